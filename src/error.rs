@@ -1,0 +1,249 @@
+//! The one error type of this crate.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `filesem`.
+///
+/// Contention has variants of its own ([`NoCapacity`](Error::NoCapacity),
+/// [`AlreadyHeld`](Error::AlreadyHeld), [`Timeout`](Error::Timeout),
+/// [`LockTimeout`](Error::LockTimeout)), so callers match on them instead of guessing from an
+/// [`io::ErrorKind`]. Every variant names the semaphore's state file (`path`); I/O variants
+/// also name the file they were working on and carry the OS error as their
+/// [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Every slot is taken (the seed's `ErrNoCapacity`); returned by
+    /// [`Semaphore::try_acquire`](crate::Semaphore::try_acquire), which never waits.
+    #[error("semaphore `{path}` has no available capacity ({held} of {capacity} slots held)")]
+    NoCapacity {
+        /// The state file.
+        path: PathBuf,
+        /// The capacity read from the file, in holders.
+        capacity: u32,
+        /// The number of holders on file when the attempt was refused.
+        held: usize,
+    },
+
+    /// The holder ID already holds a slot, or is already queued for one (the seed's
+    /// `ErrAlreadyHeld`).
+    #[error("holder `{id}` already holds semaphore `{path}`")]
+    AlreadyHeld {
+        /// The state file.
+        path: PathBuf,
+        /// The holder ID, as given.
+        id: String,
+    },
+
+    /// The holder ID holds no slot (the seed's `ErrNotHeld`).
+    #[error("holder `{id}` does not hold semaphore `{path}`")]
+    NotHeld {
+        /// The state file.
+        path: PathBuf,
+        /// The holder ID, as given.
+        id: String,
+    },
+
+    /// The file records a different capacity than the one passed to
+    /// [`Semaphore::open`](crate::Semaphore::open).
+    #[error(
+        "semaphore `{path}` has capacity {on_file}, not the {requested} asked for \
+         (open it with capacity {on_file}, use `Semaphore::open_existing`, \
+         or change it with `Semaphore::set_capacity`)"
+    )]
+    CapacityMismatch {
+        /// The state file.
+        path: PathBuf,
+        /// The capacity passed to `open`, in holders.
+        requested: u32,
+        /// The capacity recorded in the file, in holders.
+        on_file: u32,
+    },
+
+    /// A capacity outside `1..=`[`MAX_CAPACITY`](crate::MAX_CAPACITY) was asked for.
+    #[error("invalid capacity {capacity} for semaphore `{path}`: must be 1 to {max}")]
+    InvalidCapacity {
+        /// The state file.
+        path: PathBuf,
+        /// The capacity asked for.
+        capacity: u64,
+        /// The largest capacity allowed ([`MAX_CAPACITY`](crate::MAX_CAPACITY)).
+        max: u32,
+    },
+
+    /// A holder ID given to an acquire is empty, too long or contains control characters.
+    #[error("invalid holder ID {id:?} for semaphore `{path}`: {reason}")]
+    InvalidId {
+        /// The state file.
+        path: PathBuf,
+        /// The rejected ID.
+        id: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// The metadata given to an acquire is too large or has an empty key.
+    #[error("invalid metadata for semaphore `{path}`: {reason}")]
+    InvalidMetadata {
+        /// The state file.
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A [`Permit`](crate::Permit)'s entry is no longer on file: it was reaped, removed by
+    /// [`Semaphore::remove`](crate::Semaphore::remove) or released by ID, or the file was
+    /// recovered. The slot may already belong to someone else; nothing was changed.
+    #[error("the hold of `{id}` (token {token}) on semaphore `{path}` was lost")]
+    Lost {
+        /// The state file.
+        path: PathBuf,
+        /// The permit's holder ID.
+        id: String,
+        /// The permit's fencing token.
+        token: u64,
+    },
+
+    /// The state file exists but is not a valid semaphore document. Nothing was changed;
+    /// see [`Semaphore::recover`](crate::Semaphore::recover).
+    #[error("semaphore state at `{path}` is corrupt: {reason}")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// There is no semaphore at this path (and the operation does not create one).
+    #[error("no semaphore at `{path}`")]
+    NotFound {
+        /// The state file that does not exist.
+        path: PathBuf,
+    },
+
+    /// The state file is a symbolic link; `filesem` refuses to replace a link with a file, and
+    /// a lock on the link's name would not exclude programs that follow it.
+    #[error("semaphore path `{path}` is a symbolic link; open its target instead")]
+    Symlink {
+        /// The state file.
+        path: PathBuf,
+    },
+
+    /// The lock file stayed locked by another process for longer than the lock timeout
+    /// ([`OpenOptions::lock_timeout`](crate::OpenOptions::lock_timeout)). A process stopped
+    /// (or hung) inside its short critical section is the usual cause.
+    #[error("timed out after {waited:?} waiting for the lock file `{lock_path}`")]
+    LockTimeout {
+        /// The state file.
+        path: PathBuf,
+        /// The lock file (`PATH.lock`).
+        lock_path: PathBuf,
+        /// How long the call waited.
+        waited: Duration,
+    },
+
+    /// No slot became free within the time given to an acquire that waits.
+    #[error("timed out after {waited:?} waiting for a slot of semaphore `{path}`")]
+    Timeout {
+        /// The state file.
+        path: PathBuf,
+        /// How long the call waited.
+        waited: Duration,
+    },
+
+    /// An I/O operation on one of the semaphore's files failed.
+    #[error("failed to {action} `{file}` (semaphore `{path}`)")]
+    Io {
+        /// The state file.
+        path: PathBuf,
+        /// The file the operation was working on (state, lock, temp file or directory).
+        file: PathBuf,
+        /// What was being done, e.g. "read semaphore state at".
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(
+        path: &std::path::Path,
+        file: &std::path::Path,
+        action: &'static str,
+        source: io::Error,
+    ) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            file: file.to_path_buf(),
+            action,
+            source,
+        }
+    }
+
+    /// The semaphore state file this error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Error::NoCapacity { path, .. }
+            | Error::AlreadyHeld { path, .. }
+            | Error::NotHeld { path, .. }
+            | Error::CapacityMismatch { path, .. }
+            | Error::InvalidCapacity { path, .. }
+            | Error::InvalidId { path, .. }
+            | Error::InvalidMetadata { path, .. }
+            | Error::Lost { path, .. }
+            | Error::Corrupt { path, .. }
+            | Error::NotFound { path }
+            | Error::Symlink { path }
+            | Error::LockTimeout { path, .. }
+            | Error::Timeout { path, .. }
+            | Error::Io { path, .. } => path,
+        }
+    }
+
+    /// `true` for contention: [`NoCapacity`](Error::NoCapacity),
+    /// [`Timeout`](Error::Timeout) and [`LockTimeout`](Error::LockTimeout). Trying again
+    /// later may succeed; the other variants need a change first.
+    pub fn is_contention(&self) -> bool {
+        matches!(
+            self,
+            Error::NoCapacity { .. } | Error::Timeout { .. } | Error::LockTimeout { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn error_is_send_sync_static() {
+        // Errors must cross threads and be boxed as `dyn Error + Send + Sync`.
+        assert_send_sync_static::<Error>();
+    }
+
+    #[test]
+    fn io_error_names_path_and_keeps_cause() {
+        // The message names our layer and the file; the OS cause stays reachable as source.
+        let e = Error::io(
+            std::path::Path::new("/x/s.json"),
+            std::path::Path::new("/x/s.json.lock"),
+            "open lock file",
+            io::Error::from_raw_os_error(13),
+        );
+        assert_eq!(
+            e.to_string(),
+            "failed to open lock file `/x/s.json.lock` (semaphore `/x/s.json`)"
+        );
+        let source = std::error::Error::source(&e).expect("source");
+        assert!(source.to_string().contains("ermission denied"), "{source}");
+        assert_eq!(e.path(), std::path::Path::new("/x/s.json"));
+    }
+}

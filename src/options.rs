@@ -1,0 +1,141 @@
+//! Builders for settings: [`OpenOptions`] per semaphore handle, [`AcquireOptions`] per acquire.
+//! Later features add fields here, not new methods on [`Semaphore`](crate::Semaphore).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::semaphore::Semaphore;
+
+/// The default for [`OpenOptions::lock_timeout`]: 10 seconds.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most metadata an acquire may attach, in bytes of keys plus values.
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// Settings for opening a [`Semaphore`].
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// use std::time::Duration;
+/// let sem = filesem::OpenOptions::new()
+///     .durable(false) // a throwaway semaphore on tmpfs
+///     .lock_timeout(Duration::from_secs(2))
+///     .open(dir.path().join("gpu.json"), 4)?;
+/// assert_eq!(sem.capacity()?, 4);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    pub(crate) durable: bool,
+    pub(crate) mode: u32,
+    pub(crate) lock_timeout: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions::new()
+    }
+}
+
+impl OpenOptions {
+    /// The defaults: durable writes, mode 0644 for new files, a 10 s lock timeout.
+    pub fn new() -> OpenOptions {
+        OpenOptions {
+            durable: true,
+            mode: crate::store::DEFAULT_MODE,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
+
+    /// Whether every write is flushed to disk before the operation returns (default `true`):
+    /// `fsync` of the new state file before the `rename` and of the directory after it. Turn
+    /// it off only for throwaway semaphores (tmpfs, tests): without it, a power loss may lose
+    /// the last writes (never truncate the file: the rename stays atomic).
+    pub fn durable(&mut self, durable: bool) -> &mut Self {
+        self.durable = durable;
+        self
+    }
+
+    /// The permission bits of a newly created state file and lock file (default `0o644`, as
+    /// the Go package). An existing state file keeps its own mode (and, when we run as root,
+    /// its owner and group) across rewrites. The lock file is created with `open(2)`, so the
+    /// umask applies to it; the state file gets exactly this mode. To share a semaphore
+    /// between users, use `0o664` and a group-writable directory without the sticky bit.
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode & 0o7777;
+        self
+    }
+
+    /// The longest time an operation waits for the lock file `PATH.lock` (default 10 s).
+    /// Every operation holds that lock only for one read-modify-write, so a long wait means a
+    /// process is stopped or hung inside one; the operation then fails with
+    /// [`Error::LockTimeout`](crate::Error::LockTimeout).
+    pub fn lock_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Opens (creating if absent) the semaphore at `path` with these settings. See
+    /// [`Semaphore::open`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Semaphore::open`].
+    pub fn open(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Semaphore> {
+        Semaphore::open_with(path.as_ref(), Some(capacity), self)
+    }
+
+    /// Opens an existing semaphore with these settings. See [`Semaphore::open_existing`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Semaphore::open_existing`].
+    pub fn open_existing(&self, path: impl AsRef<Path>) -> Result<Semaphore> {
+        Semaphore::open_with(path.as_ref(), None, self)
+    }
+}
+
+/// Settings for one acquire.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let sem = filesem::Semaphore::open(dir.path().join("gpu.json"), 2)?;
+/// let opts = filesem::AcquireOptions::new().metadata("job", "train-42");
+/// let permit = sem.try_acquire_with("worker-1", &opts)?;
+/// let holders = sem.holders()?;
+/// assert_eq!(holders[0].metadata["job"], "train-42");
+/// # drop(permit);
+/// # Ok::<(), filesem::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct AcquireOptions {
+    pub(crate) metadata: BTreeMap<String, String>,
+}
+
+impl AcquireOptions {
+    /// No metadata.
+    pub fn new() -> AcquireOptions {
+        AcquireOptions::default()
+    }
+
+    /// Attaches a key-value pair, shown by [`Semaphore::holders`] (for example a job name or
+    /// a user). Keys and values together may take at most [`MAX_METADATA_BYTES`] bytes;
+    /// more is refused by the acquire with [`Error::InvalidMetadata`](crate::Error::InvalidMetadata).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    pub(crate) fn check_metadata(&self) -> std::result::Result<(), &'static str> {
+        let size: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_METADATA_BYTES {
+            return Err("metadata is larger than 4096 bytes");
+        }
+        if self.metadata.keys().any(|k| k.is_empty()) {
+            return Err("a metadata key is empty");
+        }
+        Ok(())
+    }
+}

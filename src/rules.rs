@@ -1,0 +1,514 @@
+//! The pure rules of the semaphore: who gets a slot, which slot and token, who is stale, who is
+//! served next. They change a [`Document`] in memory and take the time and a liveness oracle
+//! as inputs, so they are tested without files, processes or clocks. The file store applies
+//! them under the lock; another store (compare-and-swap on a server) could reuse them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::liveness::Liveness;
+use crate::state::{Document, Entry};
+
+/// How long past `expires_at` an entry is still considered alive, for clock skew between
+/// machines sharing the file.
+pub const LEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// Judges whether the process behind an entry is alive. Implemented by
+/// [`crate::liveness`] with pids, boot ids and witness locks; by fakes in tests.
+pub(crate) trait Judge {
+    /// The verdict on a non-detached entry whose lease (if any) has not expired.
+    fn judge(&self, entry: &Entry) -> Liveness;
+}
+
+/// The inputs every rule that may reap needs.
+pub(crate) struct Ctx<'a> {
+    pub now: DateTime<Utc>,
+    pub judge: &'a dyn Judge,
+    /// Whether stale entries may be removed by this operation.
+    pub reap: bool,
+}
+
+/// An entry removed because it was stale, with the evidence.
+#[derive(Clone, Debug)]
+pub(crate) struct Removed {
+    pub entry: Entry,
+    pub verdict: Liveness,
+    pub was_waiter: bool,
+}
+
+/// Why an acquire was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    AlreadyHeld,
+    NoCapacity { capacity: u32, held: usize },
+}
+
+/// The verdict on one entry: lease first (pure), then detached, then the oracle.
+pub(crate) fn verdict(entry: &Entry, now: DateTime<Utc>, judge: &dyn Judge) -> Liveness {
+    if let Some(expires_at) = entry.expires_at {
+        let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
+        if now > expires_at + grace {
+            return Liveness::Expired {
+                evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
+            };
+        }
+    }
+    if entry.detached {
+        return Liveness::Unknown {
+            evidence: match entry.expires_at {
+                Some(at) => format!("detached hold, lease runs until {}", at.to_rfc3339()),
+                None => "detached hold: ends by release or remove".to_string(),
+            },
+        };
+    }
+    judge.judge(entry)
+}
+
+/// The next fencing token: above the stored counter and above every token in the file (a
+/// Go write drops the counter; tokens that survive still bound it from below).
+pub(crate) fn next_token(doc: &Document) -> u64 {
+    let seen = doc
+        .holders
+        .iter()
+        .chain(&doc.waiters)
+        .filter_map(|e| e.token)
+        .max()
+        .map_or(1, |t| t.saturating_add(1));
+    doc.next_token.unwrap_or(1).max(seen).max(1)
+}
+
+/// Takes the next fencing token and advances the counter.
+pub(crate) fn take_token(doc: &mut Document) -> u64 {
+    let token = next_token(doc);
+    doc.next_token = Some(token.saturating_add(1));
+    token
+}
+
+/// The lowest slot index in `0..capacity` not used by a holder; `None` when every index is
+/// taken (possible after the capacity was lowered).
+pub(crate) fn lowest_free_slot(doc: &Document) -> Option<u32> {
+    let capacity = doc.capacity();
+    let mut used: Vec<u32> = doc.holders.iter().filter_map(|e| e.slot).collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut candidate = 0u32;
+    for s in used {
+        if s == candidate {
+            candidate += 1;
+        } else if s > candidate {
+            break;
+        }
+    }
+    (candidate < capacity).then_some(candidate)
+}
+
+/// Finds an entry by fencing token, or, for entries whose token was dropped by a Go write, by
+/// (ID, acquired_at).
+pub(crate) fn find_own(
+    entries: &[Entry],
+    token: u64,
+    id: &str,
+    acquired_at: DateTime<Utc>,
+) -> Option<usize> {
+    entries
+        .iter()
+        .position(|e| e.token == Some(token))
+        .or_else(|| {
+            entries
+                .iter()
+                .position(|e| e.token.is_none() && e.id == id && e.acquired_at == acquired_at)
+        })
+}
+
+/// Whether an entry is stale (dead or expired).
+fn stale(entry: &Entry, ctx: &Ctx<'_>) -> Option<Liveness> {
+    let v = verdict(entry, ctx.now, ctx.judge);
+    v.is_stale().then_some(v)
+}
+
+/// Removes every stale holder and waiter, then hands freed slots to the queue. Returns what
+/// it removed; an empty list means nothing changed unless hand-off granted someone.
+pub(crate) fn reap(doc: &mut Document, ctx: &Ctx<'_>) -> Vec<Removed> {
+    let mut removed = Vec::new();
+    for (list, was_waiter) in [(&mut doc.holders, false), (&mut doc.waiters, true)] {
+        let mut kept = Vec::with_capacity(list.len());
+        for entry in list.drain(..) {
+            match stale(&entry, ctx) {
+                Some(verdict) => removed.push(Removed {
+                    entry,
+                    verdict,
+                    was_waiter,
+                }),
+                None => kept.push(entry),
+            }
+        }
+        *list = kept;
+    }
+    removed
+}
+
+/// Grants free slots to the head of the queue, in queue order, each in the same write that
+/// freed it (direct hand-off). Returns how many waiters were granted.
+pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
+    let mut granted = 0;
+    while !doc.waiters.is_empty() && doc.holders.len() < doc.capacity() as usize {
+        let Some(slot) = lowest_free_slot(doc) else {
+            break;
+        };
+        let mut entry = doc.waiters.remove(0);
+        entry.slot = Some(slot);
+        entry.acquired_at = now;
+        entry.priority = None;
+        entry.expires_at = lease_end(entry.lease_ms, now);
+        doc.holders.push(entry);
+        granted += 1;
+    }
+    granted
+}
+
+pub(crate) fn lease_end(lease_ms: Option<u64>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    lease_ms.map(|ms| now + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
+
+/// Decides whether `id` may take a slot now, reaping stale entries in its way when
+/// `ctx.reap` allows. On success a slot is free and no waiter is owed it. The document may
+/// have changed (reaped entries, hand-off) even when the answer is a refusal: `changed` says so.
+pub(crate) fn admit(
+    doc: &mut Document,
+    id: &str,
+    ctx: &Ctx<'_>,
+    changed: &mut bool,
+    removed: &mut Vec<Removed>,
+) -> Result<(), Refusal> {
+    // The same ID on file: refused unless that entry is provably stale.
+    for was_waiter in [false, true] {
+        let list = if was_waiter {
+            &mut doc.waiters
+        } else {
+            &mut doc.holders
+        };
+        if let Some(i) = list.iter().position(|e| e.id == id) {
+            match stale(&list[i], ctx).filter(|_| ctx.reap) {
+                Some(verdict) => {
+                    let entry = list.remove(i);
+                    removed.push(Removed {
+                        entry,
+                        verdict,
+                        was_waiter,
+                    });
+                    *changed = true;
+                }
+                None => return Err(Refusal::AlreadyHeld),
+            }
+        }
+    }
+    // Slots freed behind the queue's back (a Go release, a capacity increase) go to it first.
+    if hand_off(doc, ctx.now) > 0 {
+        *changed = true;
+    }
+    if full(doc) && ctx.reap {
+        let more = reap(doc, ctx);
+        if !more.is_empty() {
+            *changed = true;
+            removed.extend(more);
+        }
+        if hand_off(doc, ctx.now) > 0 {
+            *changed = true;
+        }
+    }
+    if full(doc) {
+        return Err(Refusal::NoCapacity {
+            capacity: doc.capacity(),
+            held: doc.holders.len(),
+        });
+    }
+    Ok(())
+}
+
+/// No slot for a newcomer: every slot held, or a queue that is owed the next one.
+fn full(doc: &Document) -> bool {
+    doc.holders.len() >= doc.capacity() as usize || !doc.waiters.is_empty()
+}
+
+/// Records a grant after [`admit`] said yes: gives the entry `token` (which must come from
+/// [`take_token`]), the lowest free slot and `now`. Returns the slot.
+pub(crate) fn grant(doc: &mut Document, mut entry: Entry, token: u64, now: DateTime<Utc>) -> u32 {
+    let slot = lowest_free_slot(doc).unwrap_or(0);
+    entry.token = Some(token);
+    entry.slot = Some(slot);
+    entry.acquired_at = now;
+    entry.expires_at = lease_end(entry.lease_ms, now);
+    doc.holders.push(entry);
+    slot
+}
+
+/// Adds a waiter behind everyone of equal or higher priority. The entry must carry a token.
+pub(crate) fn enqueue(doc: &mut Document, entry: Entry) {
+    let p = entry.priority.unwrap_or(0);
+    let at = doc
+        .waiters
+        .iter()
+        .position(|w| w.priority.unwrap_or(0) < p)
+        .unwrap_or(doc.waiters.len());
+    doc.waiters.insert(at, entry);
+}
+
+/// What [`available`] and the query functions report: slots a `try_acquire` could get now.
+/// Stale entries count as free only when the caller would reap them.
+pub(crate) fn available(doc: &Document, ctx: &Ctx<'_>) -> usize {
+    let live = |e: &&Entry| !(ctx.reap && stale(e, ctx).is_some());
+    let holders = doc.holders.iter().filter(live).count();
+    let waiters = doc.waiters.iter().filter(live).count();
+    (doc.capacity() as usize)
+        .saturating_sub(holders)
+        .saturating_sub(waiters)
+}
+
+/// Removes the entries with these IDs from holders and waiters, then hands freed slots on.
+/// Returns the IDs removed, in the order given (each once).
+pub(crate) fn remove_ids(doc: &mut Document, ids: &[&str], now: DateTime<Utc>) -> Vec<String> {
+    let mut removed = Vec::new();
+    for &id in ids {
+        let before = doc.holders.len() + doc.waiters.len();
+        doc.holders.retain(|e| e.id != id);
+        doc.waiters.retain(|e| e.id != id);
+        if doc.holders.len() + doc.waiters.len() != before && !removed.iter().any(|r| r == id) {
+            removed.push(id.to_string());
+        }
+    }
+    if !removed.is_empty() {
+        hand_off(doc, now);
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A judge that answers from a table keyed by ID; unknown IDs are `Unknown`.
+    struct Table(HashMap<&'static str, bool>);
+
+    impl Judge for Table {
+        fn judge(&self, entry: &Entry) -> Liveness {
+            match self.0.get(entry.id.as_str()) {
+                Some(true) => Liveness::Alive {
+                    evidence: "test says alive".into(),
+                },
+                Some(false) => Liveness::Dead {
+                    evidence: "test says dead".into(),
+                },
+                None => Liveness::Unknown {
+                    evidence: "not in table".into(),
+                },
+            }
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2025-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn ctx<'a>(judge: &'a Table) -> Ctx<'a> {
+        Ctx {
+            now: now(),
+            judge,
+            reap: true,
+        }
+    }
+
+    fn acquire(doc: &mut Document, id: &str, ctx: &Ctx<'_>) -> Result<(u64, u32), Refusal> {
+        let mut changed = false;
+        let mut removed = Vec::new();
+        admit(doc, id, ctx, &mut changed, &mut removed)?;
+        let token = take_token(doc);
+        let slot = grant(doc, Entry::test(id), token, ctx.now);
+        Ok((token, slot))
+    }
+
+    #[test]
+    fn grants_up_to_capacity_with_lowest_slots_and_rising_tokens() {
+        // Never more than capacity; slots fill from 0; tokens strictly increase.
+        let judge = Table(HashMap::new());
+        let mut doc = Document::new(3);
+        assert_eq!(acquire(&mut doc, "a", &ctx(&judge)), Ok((1, 0)));
+        assert_eq!(acquire(&mut doc, "b", &ctx(&judge)), Ok((2, 1)));
+        assert_eq!(acquire(&mut doc, "c", &ctx(&judge)), Ok((3, 2)));
+        assert_eq!(
+            acquire(&mut doc, "d", &ctx(&judge)),
+            Err(Refusal::NoCapacity {
+                capacity: 3,
+                held: 3
+            })
+        );
+        assert_eq!(
+            acquire(&mut doc, "a", &ctx(&judge)),
+            Err(Refusal::AlreadyHeld)
+        );
+        doc.holders.retain(|e| e.id != "b");
+        assert_eq!(acquire(&mut doc, "d", &ctx(&judge)), Ok((4, 1)));
+    }
+
+    #[test]
+    fn token_counter_resumes_above_every_visible_token() {
+        // A Go write drops next_token; tokens must still never repeat what is visible.
+        let mut doc = Document::new(5);
+        doc.next_token = None;
+        let mut e = Entry::test("x");
+        e.token = Some(41);
+        doc.holders.push(e);
+        assert_eq!(take_token(&mut doc), 42);
+        assert_eq!(take_token(&mut doc), 43);
+        doc.next_token = Some(100);
+        assert_eq!(take_token(&mut doc), 100);
+    }
+
+    #[test]
+    fn stale_holder_is_reaped_only_when_full_and_only_if_provably_dead() {
+        // Unknown entries (Go-written) keep their slot; a dead one gives it up.
+        let judge = Table(HashMap::from([("dead", false), ("live", true)]));
+        let mut doc = Document::new(2);
+        acquire(&mut doc, "dead", &ctx(&judge)).unwrap();
+        acquire(&mut doc, "live", &ctx(&judge)).unwrap();
+        let mut changed = false;
+        let mut removed = Vec::new();
+        assert_eq!(
+            admit(&mut doc, "new", &ctx(&judge), &mut changed, &mut removed),
+            Ok(())
+        );
+        assert!(changed);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].entry.id, "dead");
+
+        let mut doc = Document::new(1);
+        doc.holders.push(Entry::test("go-written"));
+        let mut removed = Vec::new();
+        let r = admit(&mut doc, "new", &ctx(&judge), &mut changed, &mut removed);
+        assert_eq!(
+            r,
+            Err(Refusal::NoCapacity {
+                capacity: 1,
+                held: 1
+            })
+        );
+        assert!(removed.is_empty());
+    }
+
+    #[test]
+    fn reaping_off_keeps_dead_entries() {
+        // With reaping off, even a provably dead holder keeps its slot until removed.
+        let judge = Table(HashMap::from([("dead", false)]));
+        let mut doc = Document::new(1);
+        acquire(&mut doc, "dead", &ctx(&judge)).unwrap();
+        let off = Ctx {
+            reap: false,
+            ..ctx(&judge)
+        };
+        assert!(matches!(
+            acquire(&mut doc, "x", &off),
+            Err(Refusal::NoCapacity { .. })
+        ));
+        assert_eq!(acquire(&mut doc, "dead", &off), Err(Refusal::AlreadyHeld));
+        assert_eq!(available(&doc, &off), 0);
+        assert_eq!(available(&doc, &ctx(&judge)), 1);
+    }
+
+    #[test]
+    fn same_id_held_by_dead_entry_is_replaced() {
+        // A crashed holder's ID can be taken again once it is provably dead.
+        let judge = Table(HashMap::from([("me", false)]));
+        let mut doc = Document::new(2);
+        acquire(&mut doc, "me", &ctx(&judge)).unwrap();
+        assert_eq!(acquire(&mut doc, "me", &ctx(&judge)), Ok((2, 0)));
+        assert_eq!(doc.holders.len(), 1);
+    }
+
+    #[test]
+    fn expired_lease_is_stale_after_grace() {
+        // A lease is honoured until expires_at + grace, even for entries we cannot judge.
+        let judge = Table(HashMap::new());
+        let mut e = Entry::test("x");
+        e.detached = true;
+        e.expires_at = Some(now() - chrono::Duration::seconds(1));
+        assert!(!verdict(&e, now(), &judge).is_stale());
+        e.expires_at = Some(now() - chrono::Duration::seconds(3));
+        assert!(matches!(
+            verdict(&e, now(), &judge),
+            Liveness::Expired { .. }
+        ));
+        e.expires_at = None;
+        assert!(matches!(
+            verdict(&e, now(), &judge),
+            Liveness::Unknown { .. }
+        ));
+    }
+
+    #[test]
+    fn queue_is_served_by_priority_then_arrival_with_hand_off() {
+        // A freed slot goes to the queue head in the same change; newcomers cannot overtake.
+        let judge = Table(HashMap::new());
+        let mut doc = Document::new(1);
+        acquire(&mut doc, "holder", &ctx(&judge)).unwrap();
+        for (id, p) in [("w1", 0), ("w2", 0), ("vip", 5), ("w3", 0)] {
+            let mut e = Entry::test(id);
+            e.token = Some(take_token(&mut doc));
+            e.priority = Some(p);
+            enqueue(&mut doc, e);
+        }
+        let order: Vec<_> = doc.waiters.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(order, ["vip", "w1", "w2", "w3"]);
+        assert!(matches!(
+            acquire(&mut doc, "late", &ctx(&judge)),
+            Err(Refusal::NoCapacity { .. })
+        ));
+        assert_eq!(available(&doc, &ctx(&judge)), 0);
+        assert_eq!(remove_ids(&mut doc, &["holder"], now()), ["holder"]);
+        assert_eq!(doc.holders.len(), 1);
+        assert_eq!(doc.holders[0].id, "vip");
+        assert_eq!(doc.holders[0].slot, Some(0));
+        assert_eq!(doc.holders[0].priority, None);
+        assert_eq!(doc.waiters.len(), 3);
+    }
+
+    #[test]
+    fn lowest_free_slot_fills_gaps_and_respects_capacity() {
+        // Slot indices stay in 0..capacity; gaps are reused first.
+        let mut doc = Document::new(3);
+        for s in [0, 2] {
+            let mut e = Entry::test("x");
+            e.slot = Some(s);
+            doc.holders.push(e);
+        }
+        assert_eq!(lowest_free_slot(&doc), Some(1));
+        doc.capacity = 2;
+        assert_eq!(lowest_free_slot(&doc), Some(1));
+        doc.capacity = 1;
+        assert_eq!(lowest_free_slot(&doc), None);
+    }
+
+    #[test]
+    fn find_own_matches_token_then_id_and_time() {
+        // A permit finds its entry after a Go rewrite dropped the token, never a newcomer's.
+        let mut a = Entry::test("a");
+        a.token = Some(7);
+        let mut b = Entry::test("a");
+        b.acquired_at = now();
+        let entries = vec![a.clone(), b.clone()];
+        assert_eq!(find_own(&entries, 7, "a", now()), Some(0));
+        assert_eq!(find_own(&entries, 8, "a", now()), Some(1));
+        assert_eq!(find_own(&entries, 8, "a", a.acquired_at), None);
+    }
+
+    #[test]
+    fn remove_is_idempotent_and_reports_what_it_removed() {
+        // remove of unknown IDs changes nothing and is not an error.
+        let judge = Table(HashMap::new());
+        let mut doc = Document::new(2);
+        acquire(&mut doc, "a", &ctx(&judge)).unwrap();
+        assert_eq!(remove_ids(&mut doc, &["zz", "a", "a"], now()), ["a"]);
+        assert!(remove_ids(&mut doc, &["a"], now()).is_empty());
+        assert!(doc.holders.is_empty());
+    }
+}

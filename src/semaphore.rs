@@ -1,0 +1,627 @@
+//! The [`Semaphore`] handle and its operations.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::error::{Error, Result};
+use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
+use crate::liveness::NoEvidence;
+use crate::options::{AcquireOptions, OpenOptions};
+use crate::permit::Permit;
+use crate::rules::{self, Ctx, Judge, Refusal};
+use crate::state::{self, Document, Entry, MAX_CAPACITY};
+use crate::store::{Step, Store};
+
+/// A cheap, cloneable handle on one semaphore file; every operation goes through it.
+///
+/// `Semaphore` is `Send + Sync`: threads may share one handle (or clone it). Each operation is
+/// one short critical section under `PATH.lock`; no lock is held between operations, and none
+/// while waiting for a slot.
+#[derive(Clone)]
+pub struct Semaphore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub judge: Box<dyn Judge + Send + Sync>,
+    pub reap: bool,
+}
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("path", &self.inner.store.path)
+            .field("durable", &self.inner.store.durable)
+            .field("lock_timeout", &self.inner.store.lock_timeout)
+            .finish()
+    }
+}
+
+/// What [`Semaphore::recover`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// The semaphore, now with a valid state file.
+    pub semaphore: Semaphore,
+    /// Where the corrupt state file was moved (`PATH.corrupt-<UTC time>`); `None` when the
+    /// file was valid (nothing was changed) or absent (a new semaphore was created).
+    pub moved_to: Option<PathBuf>,
+}
+
+impl Semaphore {
+    /// Opens the semaphore at `path`, creating it (and its parent directory) with `capacity`
+    /// slots if it does not exist.
+    ///
+    /// As in the seed, a `capacity` of 0 means 1. `path` is the JSON state file; the lock file
+    /// is `PATH.lock` beside it. After opening, the file is the source of truth: every
+    /// operation uses the capacity it reads then. Opening also removes temp files left by a
+    /// writer that was killed mid-write.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::CapacityMismatch`] if the file records another capacity (use
+    ///   [`open_existing`](Semaphore::open_existing) to adopt it, or
+    ///   [`set_capacity`](Semaphore::set_capacity) to change it);
+    /// - [`Error::InvalidCapacity`] for a capacity above [`MAX_CAPACITY`];
+    /// - [`Error::Corrupt`] if the state file does not parse (see [`recover`](Semaphore::recover));
+    /// - [`Error::Symlink`] if `path` is a symbolic link;
+    /// - [`Error::LockTimeout`], [`Error::Io`] for the lock and the file system.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("db-writers.json"), 3)?;
+    /// assert_eq!(sem.capacity()?, 3);
+    /// assert_eq!(sem.available()?, 3);
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>, capacity: u32) -> Result<Semaphore> {
+        OpenOptions::new().open(path, capacity)
+    }
+
+    /// Opens an existing semaphore and adopts the capacity stored in it. Creates nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if there is no state file; [`Error::Corrupt`], [`Error::Symlink`],
+    /// [`Error::Io`] as for [`open`](Semaphore::open).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("gpu.json");
+    /// filesem::Semaphore::open(&path, 4)?;
+    /// let sem = filesem::Semaphore::open_existing(&path)?;
+    /// assert_eq!(sem.capacity()?, 4);
+    /// assert!(matches!(
+    ///     filesem::Semaphore::open_existing(dir.path().join("nope.json")),
+    ///     Err(filesem::Error::NotFound { .. })
+    /// ));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Semaphore> {
+        OpenOptions::new().open_existing(path)
+    }
+
+    pub(crate) fn open_with(
+        path: &Path,
+        capacity: Option<u32>,
+        options: &OpenOptions,
+    ) -> Result<Semaphore> {
+        let store = Store::new(
+            path.to_path_buf(),
+            options.durable,
+            options.mode,
+            options.lock_timeout,
+        );
+        let sem = Semaphore {
+            inner: Arc::new(Inner {
+                store,
+                judge: Box::new(NoEvidence),
+                reap: true,
+            }),
+        };
+        let store = &sem.inner.store;
+        match capacity {
+            None => {
+                store.snapshot()?;
+            }
+            Some(capacity) => {
+                let requested = capacity.max(1);
+                check_capacity(path, u64::from(requested))?;
+                match fs::symlink_metadata(path) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        return Err(Error::Symlink {
+                            path: path.to_path_buf(),
+                        });
+                    }
+                    _ => {}
+                }
+                let dir = crate::store::parent_dir(path);
+                fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(path, dir, "create the directory", e))?;
+                store.transact(Some(requested), |doc, _created| {
+                    for temp in crate::atomic::remove_leftovers(path)? {
+                        tracing::info!(path = %path.display(), temp = %temp.display(), "removed leftover temp file");
+                    }
+                    if doc.capacity() != requested {
+                        return Err(Error::CapacityMismatch {
+                            path: path.to_path_buf(),
+                            requested,
+                            on_file: doc.capacity(),
+                        });
+                    }
+                    Ok(Step::unchanged(()))
+                })?;
+            }
+        }
+        Ok(sem)
+    }
+
+    /// The state file's path, as given to `open`.
+    pub fn path(&self) -> &Path {
+        &self.inner.store.path
+    }
+
+    /// The capacity recorded in the state file now, in holders.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the file cannot be read:
+    /// never a guessed number.
+    pub fn capacity(&self) -> Result<u32> {
+        Ok(self.inner.store.snapshot()?.capacity())
+    }
+
+    /// Changes the capacity to `capacity` holders. Lowering it below the number of holders
+    /// evicts nobody: new acquires are refused until enough holders have left. Raising it
+    /// hands the new slots to queued waiters first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCapacity`] for 0 or more than [`MAX_CAPACITY`] (unlike `open`, 0 is not
+    /// rounded up here); [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`],
+    /// [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// sem.set_capacity(3)?;
+    /// assert_eq!(sem.capacity()?, 3);
+    /// assert!(sem.set_capacity(0).is_err());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn set_capacity(&self, capacity: u32) -> Result<()> {
+        check_capacity(self.path(), u64::from(capacity))?;
+        self.inner.store.transact(None, |doc, _| {
+            if doc.capacity() == capacity {
+                return Ok(Step::unchanged(()));
+            }
+            doc.capacity = i64::from(capacity);
+            rules::hand_off(doc, Utc::now());
+            Ok(Step::changed(()))
+        })
+    }
+
+    /// Takes a slot for `holder` if one is free now; never waits for one (the seed's
+    /// `Acquire`).
+    ///
+    /// The returned [`Permit`] releases the slot when dropped. Bind it to a name: `let _ =
+    /// sem.try_acquire(..)?` drops (and releases) it at once; use `let _permit`.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::NoCapacity`] when every slot is held (or owed to a queued waiter);
+    /// - [`Error::AlreadyHeld`] when `holder`'s ID holds a slot or is queued;
+    /// - [`Error::InvalidId`] for an empty ID, one over [`MAX_ID_LEN`](crate::MAX_ID_LEN)
+    ///   bytes, or one with control characters;
+    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let permit = sem.try_acquire("job-1")?;
+    /// assert!(matches!(sem.try_acquire("job-2"), Err(filesem::Error::NoCapacity { .. })));
+    /// assert!(matches!(sem.try_acquire("job-1"), Err(filesem::Error::AlreadyHeld { .. })));
+    /// permit.release()?;
+    /// assert_eq!(sem.available()?, 1);
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn try_acquire<H: Holder + ?Sized>(&self, holder: &H) -> Result<Permit> {
+        self.try_acquire_with(holder, &AcquireOptions::new())
+    }
+
+    /// [`try_acquire`](Semaphore::try_acquire) with per-acquire settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Semaphore::try_acquire), and [`Error::InvalidMetadata`].
+    pub fn try_acquire_with<H: Holder + ?Sized>(
+        &self,
+        holder: &H,
+        options: &AcquireOptions,
+    ) -> Result<Permit> {
+        let id = holder.id();
+        self.check_request(id, options)?;
+        let path = self.path();
+        let granted = self.inner.store.transact(None, |doc, _| {
+            let now = Utc::now();
+            let ctx = self.ctx(now);
+            let mut changed = false;
+            let mut removed = Vec::new();
+            let admitted = rules::admit(doc, id, &ctx, &mut changed, &mut removed);
+            log_removed(path, &removed);
+            if let Err(refusal) = admitted {
+                return Ok(Step {
+                    value: Err(refusal_error(path, id, refusal)),
+                    changed,
+                });
+            }
+            let token = rules::take_token(doc);
+            let mut entry = Entry::new(id.to_string(), now);
+            entry.metadata = options.metadata.clone();
+            let slot = rules::grant(doc, entry, token, now);
+            Ok(Step::changed(Ok((token, slot, now))))
+        })?;
+        let (token, slot, acquired_at) = granted?;
+        tracing::debug!(path = %path.display(), id, token, slot, "acquired");
+        Ok(Permit::new(
+            self.clone(),
+            id.to_string(),
+            token,
+            slot,
+            acquired_at,
+        ))
+    }
+
+    fn check_request(&self, id: &str, options: &AcquireOptions) -> Result<()> {
+        state::validate_id(id).map_err(|reason| Error::InvalidId {
+            path: self.path().to_path_buf(),
+            id: id.to_string(),
+            reason,
+        })?;
+        options
+            .check_metadata()
+            .map_err(|reason| Error::InvalidMetadata {
+                path: self.path().to_path_buf(),
+                reason,
+            })
+    }
+
+    /// Releases the slot held by `id`, whoever holds it (the seed's `Release`). A
+    /// [`Permit`] releases itself; this is for holds that outlived their permit
+    /// ([`Permit::keep`]) or were taken by another program.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] if `id` holds no slot; [`Error::NotFound`], [`Error::Corrupt`],
+    /// [`Error::LockTimeout`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("ws.json"), 1)?;
+    /// sem.try_acquire("session-123")?.keep().map_err(|e| e.error)?;
+    /// assert_eq!(sem.count()?, 1);
+    /// sem.release("session-123")?;
+    /// assert!(matches!(sem.release("session-123"), Err(filesem::Error::NotHeld { .. })));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn release(&self, id: &str) -> Result<()> {
+        self.inner.store.transact(None, |doc, _| {
+            match doc.holders.iter().position(|e| e.id == id) {
+                Some(i) => {
+                    doc.holders.remove(i);
+                    rules::hand_off(doc, Utc::now());
+                    Ok(Step::changed(Ok(())))
+                }
+                None => Ok(Step::unchanged(Err(Error::NotHeld {
+                    path: self.path().to_path_buf(),
+                    id: id.to_string(),
+                }))),
+            }
+        })?
+    }
+
+    /// Removes the holders (and queued waiters) with these IDs, for cleanup after crashes
+    /// (the seed's `Remove`). Idempotent: unknown IDs are not an error. Returns the IDs that
+    /// were on file and are now gone, each once, in the order given.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("ws.json"), 2)?;
+    /// sem.try_acquire("stale-1")?.keep().map_err(|e| e.error)?;
+    /// assert_eq!(sem.remove(["stale-1", "stale-2"])?, vec!["stale-1".to_string()]);
+    /// assert!(sem.remove(["stale-1"])?.is_empty());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn remove<I, S>(&self, ids: I) -> Result<Vec<String>>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let ids: Vec<S> = ids.into_iter().collect();
+        let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+        self.inner.store.transact(None, |doc, _| {
+            let removed = rules::remove_ids(doc, &ids, Utc::now());
+            let changed = !removed.is_empty();
+            Ok(Step {
+                value: removed,
+                changed,
+            })
+        })
+    }
+
+    /// The current holders, in the order they appear in the state file, each with a liveness
+    /// verdict. Reads without the lock and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`]: never an empty list made up
+    /// from a file that could not be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 3)?;
+    /// let _a = sem.try_acquire("holder-1")?;
+    /// let _b = sem.try_acquire("holder-2")?;
+    /// let ids: Vec<String> = sem.holders()?.into_iter().map(|h| h.id).collect();
+    /// assert_eq!(ids, ["holder-1", "holder-2"]);
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn holders(&self) -> Result<Vec<HolderInfo>> {
+        let doc = self.inner.store.snapshot()?;
+        let now = Utc::now();
+        Ok(doc.holders.iter().map(|e| self.info(e, now)).collect())
+    }
+
+    /// The number of holders on file (including stale ones not yet reaped).
+    ///
+    /// # Errors
+    ///
+    /// As [`holders`](Semaphore::holders).
+    pub fn count(&self) -> Result<usize> {
+        Ok(self.inner.store.snapshot()?.holders.len())
+    }
+
+    /// How many slots a [`try_acquire`](Semaphore::try_acquire) could get now: free slots
+    /// (counting provably stale holders as free, since an acquire would reap them) minus
+    /// queued waiters, who are served first. 0 when over capacity.
+    ///
+    /// # Errors
+    ///
+    /// As [`holders`](Semaphore::holders).
+    pub fn available(&self) -> Result<usize> {
+        let doc = self.inner.store.snapshot()?;
+        Ok(rules::available(&doc, &self.ctx(Utc::now())))
+    }
+
+    /// Recovers from a corrupt state file: moves it aside to `PATH.corrupt-<UTC time>` and
+    /// starts an empty semaphore with `capacity` slots and a fencing-token counter above any
+    /// token the old file can have handed out.
+    ///
+    /// **Stop all holders first**: their holds are forgotten, so a process that still holds
+    /// a slot is no longer counted. This is never done automatically. If the state file is
+    /// valid, nothing changes (`moved_to` is `None`); if it is absent, a new semaphore is
+    /// created.
+    ///
+    /// The new token counter is the larger of (the highest `token` or `next_token` number
+    /// found in the corrupt bytes + 1) and the current time in microseconds since 1970, so it
+    /// stays above tokens that a truncated file lost.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCapacity`], [`Error::Symlink`], [`Error::LockTimeout`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("s.json");
+    /// std::fs::write(&path, "{\"capacity\": 2, \"hold")?;
+    /// assert!(matches!(filesem::Semaphore::open(&path, 2), Err(filesem::Error::Corrupt { .. })));
+    /// let recovered = filesem::Semaphore::recover(&path, 2)?;
+    /// assert!(recovered.moved_to.is_some());
+    /// assert_eq!(recovered.semaphore.available()?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recover(path: impl AsRef<Path>, capacity: u32) -> Result<Recovered> {
+        OpenOptions::new().recover(path, capacity)
+    }
+
+    pub(crate) fn ctx(&self, now: chrono::DateTime<Utc>) -> Ctx<'_> {
+        Ctx {
+            now,
+            judge: self.inner.judge.as_ref(),
+            reap: self.inner.reap,
+        }
+    }
+
+    pub(crate) fn info(&self, e: &Entry, now: chrono::DateTime<Utc>) -> HolderInfo {
+        let mode = if e.detached {
+            HoldMode::Detached
+        } else if e.owner.is_some() {
+            HoldMode::ProcessBound
+        } else {
+            HoldMode::Unowned
+        };
+        HolderInfo {
+            id: e.id.clone(),
+            acquired_at: e.acquired_at,
+            token: e.token,
+            slot: e.slot,
+            mode,
+            owner: e.owner.as_ref().map(|o| OwnerInfo {
+                host: o.host.clone(),
+                pid: o.pid,
+            }),
+            expires_at: e.expires_at,
+            metadata: e.metadata.clone(),
+            liveness: rules::verdict(e, now, self.inner.judge.as_ref()),
+        }
+    }
+}
+
+impl OpenOptions {
+    /// [`Semaphore::recover`] with these settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`Semaphore::recover`].
+    pub fn recover(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Recovered> {
+        let path = path.as_ref();
+        check_capacity(path, u64::from(capacity))?;
+        let store = Store::new(
+            path.to_path_buf(),
+            self.durable,
+            self.mode,
+            self.lock_timeout,
+        );
+        if path.exists() || fs::symlink_metadata(path).is_ok() {
+            store.check_exists()?;
+        } else {
+            let semaphore = self.open(path, capacity)?;
+            return Ok(Recovered {
+                semaphore,
+                moved_to: None,
+            });
+        }
+        let moved_to = store.with_lock(|| {
+            let bytes = match store.read() {
+                Ok(_) => return Ok(None),
+                Err(Error::Corrupt { .. }) => fs::read(path)
+                    .map_err(|e| store.io_error("read semaphore state at", e))?,
+                Err(e) => return Err(e),
+            };
+            let mode = fs::metadata(path)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+                .unwrap_or(self.mode);
+            let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+            let mut aside = path.as_os_str().to_os_string();
+            aside.push(format!(".corrupt-{stamp}"));
+            let aside = PathBuf::from(aside);
+            fs::rename(path, &aside).map_err(|e| {
+                Error::io(path, &aside, "move the corrupt state file to", e)
+            })?;
+            let mut doc = Document::new(capacity);
+            doc.next_token = Some(token_floor(&bytes));
+            let meta = crate::atomic::FileMeta { mode, owner: None };
+            crate::atomic::write_atomic(path, &doc.to_bytes(), meta, self.durable)?;
+            tracing::warn!(path = %path.display(), aside = %aside.display(), "recovered corrupt semaphore state");
+            Ok(Some(aside))
+        })?;
+        let semaphore = self.open_existing(path)?;
+        Ok(Recovered {
+            semaphore,
+            moved_to,
+        })
+    }
+}
+
+/// A fencing-token counter above anything a corrupt file can have handed out.
+fn token_floor(bytes: &[u8]) -> u64 {
+    let mut max = 0u64;
+    let key = b"token\"";
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(key.len()).position(|w| w == key) {
+        let mut j = i + at + key.len();
+        while j < bytes.len() && (bytes[j].is_ascii_whitespace() || bytes[j] == b':') {
+            j += 1;
+        }
+        let digits: String = bytes[j..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| b as char)
+            .collect();
+        if let Ok(n) = digits.parse::<u64>() {
+            max = max.max(n);
+        }
+        i = j.max(i + at + 1);
+    }
+    let micros = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
+    max.saturating_add(1).max(micros)
+}
+
+fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
+    if capacity == 0 || capacity > u64::from(MAX_CAPACITY) {
+        return Err(Error::InvalidCapacity {
+            path: path.to_path_buf(),
+            capacity,
+            max: MAX_CAPACITY,
+        });
+    }
+    Ok(())
+}
+
+fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::AlreadyHeld => Error::AlreadyHeld {
+            path: path.to_path_buf(),
+            id: id.to_string(),
+        },
+        Refusal::NoCapacity { capacity, held } => Error::NoCapacity {
+            path: path.to_path_buf(),
+            capacity,
+            held,
+        },
+    }
+}
+
+pub(crate) fn log_removed(path: &Path, removed: &[rules::Removed]) {
+    for r in removed {
+        tracing::info!(
+            path = %path.display(),
+            id = %r.entry.id,
+            token = r.entry.token,
+            evidence = r.verdict.evidence(),
+            "reaped stale {}",
+            if r.was_waiter { "waiter" } else { "holder" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_floor_is_above_tokens_in_corrupt_bytes_and_the_clock() {
+        // Recovery must never hand out a fencing token that the corrupt file already used.
+        let far = 9_000_000_000_000_000u64;
+        let bytes = format!(
+            r#"{{"holders":[{{"token": {far}}}], "next_token":{}"#,
+            far + 5
+        );
+        assert_eq!(token_floor(bytes.as_bytes()), far + 6);
+        let t = token_floor(b"garbage");
+        assert!(t > 1_700_000_000_000_000, "{t}");
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn semaphore_is_send_and_sync() {
+        // Threads share one handle.
+        assert_send_sync::<Semaphore>();
+    }
+}

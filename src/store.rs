@@ -1,0 +1,217 @@
+//! The file store: one locked step ("lock, read, apply a rule, write if changed, unlock") and
+//! a lock-free snapshot for queries.
+//!
+//! Queries need no lock: every writer (ours and the Go package) replaces the state file by
+//! `rename`, so a reader always sees one complete version.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::atomic::{self, FileMeta};
+use crate::error::{Error, Result};
+use crate::lock;
+use crate::state::Document;
+
+/// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
+/// Go package's 0644.
+pub(crate) const DEFAULT_MODE: u32 = 0o644;
+
+/// Where and how one semaphore is stored.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub path: PathBuf,
+    pub lock_path: PathBuf,
+    pub durable: bool,
+    pub create_mode: u32,
+    pub lock_timeout: Duration,
+    /// Serializes threads of this process sharing the handle, so they wait here (without
+    /// polling) rather than on the lock file. Held only for one step.
+    mutex: Mutex<()>,
+}
+
+/// What a rule reports back to [`Store::transact`].
+pub(crate) struct Step<R> {
+    pub value: R,
+    /// Whether the document changed and must be written.
+    pub changed: bool,
+}
+
+impl<R> Step<R> {
+    pub fn unchanged(value: R) -> Step<R> {
+        Step {
+            value,
+            changed: false,
+        }
+    }
+    pub fn changed(value: R) -> Step<R> {
+        Step {
+            value,
+            changed: true,
+        }
+    }
+}
+
+impl Store {
+    pub fn new(path: PathBuf, durable: bool, create_mode: u32, lock_timeout: Duration) -> Store {
+        let mut lock = path.clone().into_os_string();
+        lock.push(".lock");
+        Store {
+            lock_path: PathBuf::from(lock),
+            path,
+            durable,
+            create_mode,
+            lock_timeout,
+            mutex: Mutex::new(()),
+        }
+    }
+
+    /// One locked read-modify-write. With `create = Some(capacity)` a missing state file is
+    /// created (an empty semaphore of that capacity) and written even if the rule changes
+    /// nothing; with `None` a missing file is [`Error::NotFound`] and nothing is created.
+    /// `rule` gets the document and whether it was just created.
+    pub fn transact<R>(
+        &self,
+        create: Option<u32>,
+        rule: impl FnOnce(&mut Document, bool) -> Result<Step<R>>,
+    ) -> Result<R> {
+        if create.is_none() {
+            self.check_exists()?;
+        }
+        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock::lock_exclusive(
+            &self.path,
+            &self.lock_path,
+            self.create_mode,
+            self.lock_timeout,
+        )?;
+        let (mut doc, meta, created) = match self.read()? {
+            Some((doc, meta)) => (doc, meta, false),
+            None => match create {
+                Some(capacity) => {
+                    let meta = FileMeta {
+                        mode: self.create_mode,
+                        owner: None,
+                    };
+                    (Document::new(capacity), meta, true)
+                }
+                None => return Err(self.not_found()),
+            },
+        };
+        let step = rule(&mut doc, created)?;
+        if step.changed || created {
+            if doc.version.is_none() {
+                doc.version = Some(crate::state::FORMAT_VERSION);
+            }
+            atomic::write_atomic(&self.path, &doc.to_bytes(), meta, self.durable)?;
+        }
+        guard.unlock();
+        Ok(step.value)
+    }
+
+    /// Reads the current document without the lock; `None` when there is no state file.
+    pub fn read(&self) -> Result<Option<(Document, FileMeta)>> {
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(self.symlink()),
+            Err(e) => return Err(self.io_error("read semaphore state at", e)),
+        };
+        let (bytes, meta) =
+            read_all(file).map_err(|e| self.io_error("read semaphore state at", e))?;
+        let doc = Document::parse(&bytes).map_err(|reason| Error::Corrupt {
+            path: self.path.clone(),
+            reason,
+        })?;
+        Ok(Some((doc, meta)))
+    }
+
+    /// Reads the current document, failing with [`Error::NotFound`] if there is none.
+    pub fn snapshot(&self) -> Result<Document> {
+        self.read()?.map(|(d, _)| d).ok_or_else(|| self.not_found())
+    }
+
+    /// Fails unless a state file (not a symlink) exists, without creating anything.
+    pub fn check_exists(&self) -> Result<()> {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => Err(self.symlink()),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.not_found()),
+            Err(e) => Err(self.io_error("look up semaphore state at", e)),
+        }
+    }
+
+    /// Removes leftover temp files of killed writers (under the lock).
+    pub fn clean_leftovers(&self) -> Result<Vec<PathBuf>> {
+        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock::lock_exclusive(
+            &self.path,
+            &self.lock_path,
+            self.create_mode,
+            self.lock_timeout,
+        )?;
+        let removed = atomic::remove_leftovers(&self.path)?;
+        guard.unlock();
+        for p in &removed {
+            tracing::info!(path = %self.path.display(), temp = %p.display(), "removed leftover temp file");
+        }
+        Ok(removed)
+    }
+
+    /// Runs `f` under the lock without reading the state (used by recovery, which must not
+    /// parse the file).
+    pub fn with_lock<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock::lock_exclusive(
+            &self.path,
+            &self.lock_path,
+            self.create_mode,
+            self.lock_timeout,
+        )?;
+        let r = f()?;
+        guard.unlock();
+        Ok(r)
+    }
+
+    pub fn not_found(&self) -> Error {
+        Error::NotFound {
+            path: self.path.clone(),
+        }
+    }
+
+    fn symlink(&self) -> Error {
+        Error::Symlink {
+            path: self.path.clone(),
+        }
+    }
+
+    pub fn io_error(&self, action: &'static str, e: io::Error) -> Error {
+        Error::io(&self.path, &self.path, action, e)
+    }
+}
+
+fn read_all(mut file: File) -> io::Result<(Vec<u8>, FileMeta)> {
+    let m = file.metadata()?;
+    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
+    file.read_to_end(&mut bytes)?;
+    let meta = FileMeta {
+        mode: m.mode() & 0o7777,
+        owner: Some((m.uid(), m.gid())),
+    };
+    Ok((bytes, meta))
+}
+
+/// The directory that holds `path`.
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
