@@ -147,6 +147,7 @@ impl Permit {
     /// A [`KeepError`] holding the error and the permit, which is not lost: on
     /// [`Error::LockTimeout`] or [`Error::Io`] it can be kept again later or released. On
     /// [`Error::Lost`] the entry was already gone.
+    #[allow(clippy::result_large_err)] // the permit rides in the error on purpose, as in tempfile
     pub fn keep(mut self) -> std::result::Result<(), KeepError> {
         let Some(held) = self.held.take() else {
             return Ok(());
@@ -180,7 +181,7 @@ impl Held {
     }
 
     fn release(self) -> Result<()> {
-        let r = self.sem.inner.store.transact(None, |doc, _| {
+        self.sem.inner.store.transact(None, |doc, _| {
             match rules::find_own(&doc.holders, self.token, &self.id, self.acquired_at) {
                 Some(i) => {
                     doc.holders.remove(i);
@@ -191,7 +192,7 @@ impl Held {
             }
         })??;
         tracing::debug!(path = %self.sem.path().display(), id = %self.id, token = self.token, "released");
-        Ok(r)
+        Ok(())
     }
 }
 
