@@ -37,8 +37,31 @@ pub(crate) fn lock_exclusive(
     mode: u32,
     timeout: Duration,
 ) -> Result<LockGuard> {
-    let file = open_lock_file(lock_path, mode)
+    let file = open_lock_file(lock_path, Some(mode))
         .map_err(|e| Error::io(state_path, lock_path, "open lock file", e))?;
+    lock_file(state_path, lock_path, file, timeout)
+}
+
+/// Like [`lock_exclusive`], but never creates the lock file: `Ok(None)` when it is absent.
+pub(crate) fn lock_exclusive_existing(
+    state_path: &Path,
+    lock_path: &Path,
+    timeout: Duration,
+) -> Result<Option<LockGuard>> {
+    match open_lock_file(lock_path, None) {
+        Ok(file) => lock_file(state_path, lock_path, file, timeout).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(state_path, lock_path, "open lock file", e)),
+    }
+}
+
+/// Locks the open lock file `file`, polling with backoff for at most `timeout`.
+fn lock_file(
+    state_path: &Path,
+    lock_path: &Path,
+    file: File,
+    timeout: Duration,
+) -> Result<LockGuard> {
     let start = Instant::now();
     let mut backoff = FIRST_BACKOFF;
     let mut file = file;
@@ -79,14 +102,18 @@ pub(crate) fn lock_exclusive(
     }
 }
 
-fn open_lock_file(lock_path: &Path, mode: u32) -> io::Result<File> {
-    let rw = OpenOptions::new()
+/// Opens the lock file read-write (read-only if that is all this user may), creating it with
+/// `create`'s mode when given.
+fn open_lock_file(lock_path: &Path, create: Option<u32>) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options
         .read(true)
         .write(true)
-        .create(true)
-        .mode(mode)
-        .custom_flags(libc_o_nofollow())
-        .open(lock_path);
+        .custom_flags(libc_o_nofollow());
+    if let Some(mode) = create {
+        options.create(true).mode(mode);
+    }
+    let rw = options.open(lock_path);
     match rw {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS)) => {
             OpenOptions::new()

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::atomic::{self, FileMeta};
 use crate::error::{Error, Result};
-use crate::lock;
+use crate::lock::{self, LockGuard};
 use crate::state::Document;
 
 /// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
@@ -78,16 +78,25 @@ impl Store {
         create: Option<u32>,
         rule: impl FnOnce(&mut Document, bool) -> Result<Step<R>>,
     ) -> Result<R> {
-        if create.is_none() {
-            self.check_exists()?;
-        }
         let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let guard = lock::lock_exclusive(
-            &self.path,
-            &self.lock_path,
-            self.create_mode,
-            self.lock_timeout,
-        )?;
+        let guard = match create {
+            Some(_) => self.lock()?,
+            // Nothing may be created for a missing semaphore. The lock file is opened without
+            // `O_CREAT`, and only if it is absent is the state file looked up (`NotFound`)
+            // before the lock file is created: one `statx` fewer per operation than looking
+            // up the state file first. A state file that vanishes after this is found by
+            // `read` below.
+            None => {
+                match lock::lock_exclusive_existing(&self.path, &self.lock_path, self.lock_timeout)?
+                {
+                    Some(guard) => guard,
+                    None => {
+                        self.check_exists()?;
+                        self.lock()?
+                    }
+                }
+            }
+        };
         let (mut doc, meta, created) = match self.read()? {
             Some((doc, meta)) => (doc, meta, false),
             None => match create {
@@ -110,6 +119,16 @@ impl Store {
         }
         guard.unlock();
         Ok(step.value)
+    }
+
+    /// Takes the lock file, creating it if absent.
+    fn lock(&self) -> Result<LockGuard> {
+        lock::lock_exclusive(
+            &self.path,
+            &self.lock_path,
+            self.create_mode,
+            self.lock_timeout,
+        )
     }
 
     /// Reads the current document without the lock; `None` when there is no state file.
@@ -180,10 +199,27 @@ impl Store {
     }
 }
 
+/// Reads the whole file after one `fstat` (for its size, mode and owner). Unlike
+/// `File::read_to_end`, which asks for the size again (`statx` and `lseek`), this makes only
+/// the `read` calls: two system calls fewer on every operation.
 fn read_all(mut file: File) -> io::Result<(Vec<u8>, FileMeta)> {
     let m = file.metadata()?;
-    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
-    file.read_to_end(&mut bytes)?;
+    // One byte more than the size, so that the read that finds the end needs no growth.
+    let mut bytes = vec![0; usize::try_from(m.len()).unwrap_or(0).saturating_add(1)];
+    let mut filled = 0;
+    loop {
+        if filled == bytes.len() {
+            // The file grew since the fstat (a writer that does not replace it by rename).
+            bytes.resize(bytes.len().saturating_mul(2), 0);
+        }
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(filled);
     let meta = FileMeta {
         mode: m.mode() & 0o7777,
         owner: Some((m.uid(), m.gid())),
@@ -196,5 +232,80 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> Store {
+        Store::new(
+            dir.join("s.json"),
+            false,
+            DEFAULT_MODE,
+            Duration::from_secs(1),
+        )
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn step_on_a_missing_semaphore_creates_no_file() {
+        // Queries, release and remove on an absent semaphore create neither state nor lock file.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let r = store.transact(None, |_, _| Ok(Step::changed(())));
+        assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+        assert!(names(dir.path()).is_empty());
+
+        // A lock file left without its state file: still NotFound, still no state file.
+        fs::write(&store.lock_path, b"").unwrap();
+        let r = store.transact(None, |_, _| Ok(Step::changed(())));
+        assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+        assert_eq!(names(dir.path()), ["s.json.lock"]);
+    }
+
+    #[test]
+    fn step_on_a_state_file_without_lock_file_creates_the_lock_file() {
+        // A state file written by hand (or copied) without its lock file is still usable.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        fs::write(&store.path, br#"{"capacity": 2, "holders": []}"#).unwrap();
+        let capacity = store.transact(None, |doc, _| Ok(Step::unchanged(doc.capacity())));
+        assert_eq!(capacity.unwrap(), 2);
+        assert_eq!(names(dir.path()), ["s.json", "s.json.lock"]);
+    }
+
+    #[test]
+    fn step_on_a_symlinked_state_file_is_refused() {
+        // A symlink at PATH is never followed or replaced, whether or not the lock file exists.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let target = dir.path().join("elsewhere.json");
+        fs::write(&target, br#"{"capacity": 2, "holders": []}"#).unwrap();
+        std::os::unix::fs::symlink(&target, &store.path).unwrap();
+        let r = store.transact(None, |_, _| Ok(Step::changed(())));
+        assert!(matches!(r, Err(Error::Symlink { .. })), "{r:?}");
+        fs::write(&store.lock_path, b"").unwrap();
+        let r = store.transact(None, |_, _| Ok(Step::changed(())));
+        assert!(matches!(r, Err(Error::Symlink { .. })), "{r:?}");
+        assert!(
+            fs::symlink_metadata(&store.path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            br#"{"capacity": 2, "holders": []}"#
+        );
     }
 }
