@@ -13,7 +13,9 @@
 //! - `refusal`: a refused `try_acquire` on a full semaphore against a plain cycle; the ratio
 //!   is refusal throughput over cycle throughput (target: at least 3x);
 //! - `scale N`: a plain cycle with N detached holders present against one on an empty
-//!   semaphore; the ratio is how many times longer it takes (target: under 15x at 1,000).
+//!   semaphore; the ratio is how many times longer it takes (target: under 15x at 1,000);
+//!   `scale N floor` is the same for the floor given the same bytes: the part of the
+//!   slowdown that the file's size alone explains.
 //!
 //! Arguments that do not start with `--` filter rows by substring
 //! (`cargo bench --bench ratios -- "cycle bare tmpfs"`). Run without `--bench` (as
@@ -284,6 +286,19 @@ fn measure_place(table: &mut Table, place: &Place) {
         table.row(&name, target, &mut || support::cycle(&empty), &mut || {
             support::cycle(&crowded)
         });
+        if others == 1000 {
+            // How much of that the file's size alone costs: the floor with the same bytes.
+            let bytes = std::fs::read(crowded.path()).expect("read the crowded state");
+            let mut small = Floor::create(&dir.join("floor-small.json"), false).expect("floor");
+            let mut large =
+                Floor::create_with(&dir.join("floor-large.json"), false, &bytes).expect("floor");
+            table.row(
+                &format!("scale {medium} {others} floor"),
+                Target::Slower,
+                &mut || small.cycle().expect("floor cycle"),
+                &mut || large.cycle().expect("floor cycle"),
+            );
+        }
     }
 }
 

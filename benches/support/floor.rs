@@ -11,7 +11,7 @@
 //! openat(PATH.lock, O_RDWR|O_CREAT|O_CLOEXEC, 0644)          the lock file, opened per step
 //! flock(lock, LOCK_EX)                                       blocks until the lock is ours
 //! openat(PATH, O_RDONLY|O_CLOEXEC)
-//! read(state, 64 KiB buffer) -> n; read(state) -> 0           the whole state, not parsed
+//! read(state, buffer) -> n; read(state) -> 0                 the whole state, not parsed
 //! close(state)
 //! openat(DIR/.NAME.<16 hex>.floor-tmp, O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0644)
 //! write(temp, n bytes)                                       the same bytes back
@@ -67,8 +67,18 @@ impl Floor {
     /// Creates the state file at `path` with [`SAMPLE_STATE`] (replacing any file there) and
     /// returns a handle on it.
     pub fn create(path: &Path, durable: bool) -> io::Result<Floor> {
-        fs::write(path, SAMPLE_STATE)?;
-        Floor::open(path, durable)
+        Floor::create_with(path, durable, SAMPLE_STATE)
+    }
+
+    /// Creates the state file at `path` with `state` (for example a copy of a large
+    /// semaphore's file) and returns a handle on it.
+    pub fn create_with(path: &Path, durable: bool, state: &[u8]) -> io::Result<Floor> {
+        fs::write(path, state)?;
+        let mut floor = Floor::open(path, durable)?;
+        floor
+            .buffer
+            .resize(floor.buffer.len().max(2 * state.len()), 0);
+        Ok(floor)
     }
 
     /// A handle on an existing state file at `path` (created by [`Floor::create`]).
@@ -113,7 +123,7 @@ impl Floor {
                 n => len += n,
             }
             if len == self.buffer.len() {
-                return Err(io::Error::other("floor state is larger than 64 KiB"));
+                return Err(io::Error::other("floor state is larger than its buffer"));
             }
         }
         drop(state);
