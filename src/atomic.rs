@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -36,23 +36,37 @@ fn temp_prefix(path: &Path) -> OsString {
 /// when this returns.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], meta: FileMeta, durable: bool) -> Result<()> {
     let dir = crate::store::parent_dir(path);
+    let mode = meta.mode & 0o7777;
     let mut temp = tempfile::Builder::new()
         .prefix(&temp_prefix(path))
         .suffix(TEMP_SUFFIX)
         .rand_bytes(8)
+        // Created with the wanted mode less the umask: usually exactly the wanted mode.
+        .permissions(Permissions::from_mode(mode))
         .tempfile_in(dir)
         .map_err(|e| Error::io(path, dir, "create a temp file in", e))?;
     let temp_path = temp.path().to_path_buf();
     let io = |action, e| Error::io(path, &temp_path, action, e);
-    // Not subject to the umask: the new file gets exactly the old file's mode.
-    temp.as_file()
-        .set_permissions(Permissions::from_mode(meta.mode & 0o7777))
-        .map_err(|e| io("set the mode of", e))?;
+    // One fstat tells whether the mode or the owner needs changing; changing them only then
+    // saves the fchmod, geteuid and fchown that every write made before.
+    let created = temp
+        .as_file()
+        .metadata()
+        .map_err(|e| io("look up the temp file", e))?;
+    let mut chowned = false;
     if let Some((uid, gid)) = meta.owner {
-        if nix::unistd::geteuid().is_root() {
+        if (created.uid(), created.gid()) != (uid, gid) && nix::unistd::geteuid().is_root() {
             std::os::unix::fs::fchown(temp.as_file(), Some(uid), Some(gid))
                 .map_err(|e| io("change the owner of", e))?;
+            chowned = true;
         }
+    }
+    // Not subject to the umask: the new file gets exactly the old file's mode (set after the
+    // chown, which may clear set-id bits).
+    if chowned || created.mode() & 0o7777 != mode {
+        temp.as_file()
+            .set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| io("set the mode of", e))?;
     }
     temp.write_all(bytes).map_err(|e| io("write", e))?;
     if durable {
@@ -123,6 +137,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![OsString::from("s.json")], "no temp file left");
+    }
+
+    #[test]
+    fn keeps_the_old_owner_and_mode_when_root() {
+        // A state file shared between users keeps its owner, group and mode across rewrites.
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        let meta = FileMeta {
+            mode: 0o666,
+            owner: Some((4321, 4322)),
+        };
+        write_atomic(&p, b"new", meta, false).unwrap();
+        let m = fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4321, 4322));
+        assert_eq!(m.permissions().mode() & 0o7777, 0o666);
     }
 
     #[test]
