@@ -80,12 +80,11 @@ pub fn start() -> io::Result<Events> {
     mask.thread_block().map_err(io::Error::from)?;
     let (tx, rx) = mpsc::channel();
     let reader = reader(&mask)?;
-    let sender = tx;
     std::thread::Builder::new()
         .name("filesem-signals".into())
         .spawn(move || {
             for received in reader {
-                if sender.send(Event::Signal(received)).is_err() {
+                if tx.send(Event::Signal(received)).is_err() {
                     break;
                 }
             }
