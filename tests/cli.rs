@@ -62,23 +62,8 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start filesem");
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().expect("stderr");
-        let (tx, stderr) = mpsc::channel();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            let _ = tx.send(text);
-        });
+        let stdout = lines_of(child.stdout.take().expect("stdout"));
+        let stderr = lines_of(child.stderr.take().expect("stderr"));
         Running {
             child,
             stdout,
@@ -97,6 +82,13 @@ impl Running {
             .expect("a line on stdout before the deadline")
     }
 
+    /// The next line the process prints on stderr, within the deadline.
+    fn error_line(&self) -> String {
+        self.stderr
+            .recv_timeout(DEADLINE)
+            .expect("a line on stderr before the deadline")
+    }
+
     /// Waits for the end (killing the process at the deadline) and collects its output.
     fn finish(mut self) -> Finished {
         let start = Instant::now();
@@ -113,25 +105,38 @@ impl Running {
         };
         // The rest of the output, up to end-of-file (the pipes close when the process and
         // anything it started are gone).
-        let remaining = || DEADLINE.saturating_sub(start.elapsed());
-        let mut stdout = Vec::new();
-        loop {
-            match self.stdout.recv_timeout(remaining()) {
-                Ok(line) => stdout.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stdout still open at the deadline"),
+        let rest = |lines: &mpsc::Receiver<String>| {
+            let mut all = Vec::new();
+            loop {
+                match lines.recv_timeout(DEADLINE.saturating_sub(start.elapsed())) {
+                    Ok(line) => all.push(line),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break all.join("\n"),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        panic!("output still open at the deadline")
+                    }
+                }
             }
-        }
-        let stderr = self
-            .stderr
-            .recv_timeout(remaining())
-            .expect("stderr closed before the deadline");
+        };
         Finished {
             status,
-            stdout: stdout.join("\n"),
-            stderr,
+            stdout: rest(&self.stdout),
+            stderr: rest(&self.stderr),
         }
     }
+}
+
+/// The lines read from `pipe` by a thread of their own, until end-of-file.
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 impl Drop for Running {
@@ -897,7 +902,6 @@ fn nested_run_with_another_id_competes_for_a_slot() {
 }
 
 #[test]
-#[ignore = "needs witness inheritance from issue 3"]
 fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
     // The command inherits the hold (as with flock(1)): SIGKILL of `filesem run` frees
     // nothing while the command runs; its exit frees the slot for the next run.
@@ -929,4 +933,115 @@ fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
         0,
         "the slot came back when the command exited: {out:?}"
     );
+}
+
+#[test]
+fn run_with_close_ends_the_hold_with_filesem_and_reap_says_why() {
+    // -o (as flock -o): the command does not inherit the hold, so killing `filesem run` frees
+    // the slot while the command goes on; reap removes the entry with its evidence.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let stop = dir.path().join("stop");
+    let script = format!(
+        "echo $$; exec >/dev/null 2>&1; while [ ! -e {} ]; do sleep 0.02; done",
+        stop.display()
+    );
+    let running = Running::start(
+        filesem()
+            .args(["run", "-o", "--id", "closed"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    let command_pid = Pid::from_raw(running.line().parse().unwrap());
+    kill(running.pid(), Signal::SIGKILL).unwrap();
+    assert_eq!(running.finish().status.signal(), Some(9));
+    let status = status_json(&path);
+    assert_eq!(status["holders"][0]["liveness"], "dead", "{status}");
+    let out = finish(filesem().arg("reap").arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("reaped closed (slot 0, token "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(": dead (witness lock"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        finish(filesem().arg("reap").arg(&path)).stdout,
+        "",
+        "nothing left to reap"
+    );
+    assert!(kill(command_pid, None).is_ok(), "the command still runs");
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        0
+    );
+    fs::write(&stop, "").unwrap();
+}
+
+#[test]
+fn a_lost_hold_is_reported_and_kill_on_lost_stops_the_command() {
+    // If someone removes the hold while the command runs, run says so; --kill-on-lost also
+    // sends the command SIGTERM, whose status run passes on.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let running = Running::start(
+        filesem()
+            .args(["run", "--kill-on-lost", "--id", "victim"])
+            .arg(&path)
+            .args(["sh", "-c", "echo ready; exec sleep 60"]),
+    );
+    assert_eq!(running.line(), "ready");
+    assert_eq!(
+        finish(filesem().arg("remove").arg(&path).arg("victim")).stdout,
+        "removed victim"
+    );
+    let mut warning = running.error_line();
+    if warning.contains("created a new semaphore") {
+        warning = running.error_line();
+    }
+    assert!(
+        warning.contains("hold of `victim`") && warning.contains("was lost"),
+        "{warning}"
+    );
+    let out = running.finish();
+    assert_eq!(out.code(), 128 + 15, "{out:?}");
+    assert!(out.stderr.contains("--kill-on-lost"), "{}", out.stderr);
+}
+
+#[test]
+fn a_lease_is_renewed_while_the_command_runs() {
+    // With --lease, run renews in the background: past lease + grace the slot is still taken.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let stop = dir.path().join("stop");
+    let script = format!(
+        "echo ready; while [ ! -e {} ]; do sleep 0.02; done",
+        stop.display()
+    );
+    let running = Running::start(
+        filesem()
+            .args(["run", "--lease", "1s"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    assert_eq!(running.line(), "ready");
+    let start = Instant::now();
+    let expired_by = Duration::from_secs(1) + filesem::LEASE_GRACE + Duration::from_millis(500);
+    wait_until("lease and grace have passed", || {
+        start.elapsed() >= expired_by
+    });
+    let status = status_json(&path);
+    assert_eq!(status["holders"][0]["liveness"], "alive", "{status}");
+    assert!(!status["holders"][0]["expires_at"].is_null());
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        1,
+        "still held"
+    );
+    fs::write(&stop, "").unwrap();
+    assert_eq!(running.finish().code(), 0);
 }

@@ -46,6 +46,9 @@ impl<'a> Request<'a> {
             (false, None) => Wait::Forever,
         };
         let mut options = AcquireOptions::new();
+        if let Some(lease) = args.lease {
+            options = options.lease(lease);
+        }
         for (key, value) in &args.meta {
             options = options.metadata(key, value);
         }
@@ -154,8 +157,10 @@ pub fn detached(args: AcquireArgs) -> Result<Exit, Fail> {
         )
     })?;
     let sem = open::open(&args.slot.semfile, args.slot.capacity, args.slot.quiet)?;
-    let request = Request::new(&args.slot, &args.id);
+    let mut request = Request::new(&args.slot, &args.id);
+    request.options = request.options.detached(true);
     let permit = acquire(&sem, &request, &events)?;
-    permit.keep().map_err(|e| Fail::from(e.error))?;
+    // A detached permit leaves its entry on file when dropped.
+    drop(permit);
     Ok(Exit::Success)
 }

@@ -1,4 +1,4 @@
-//! The maintenance subcommands: `release`, `remove`, `set-capacity`, `recover`.
+//! The maintenance subcommands: `release`, `remove`, `reap`, `set-capacity`, `recover`.
 
 use std::path::Path;
 
@@ -26,6 +26,38 @@ pub fn release(path: &Path, id: &str) -> Result<Exit, Fail> {
 pub fn remove(path: &Path, ids: &[String]) -> Result<Exit, Fail> {
     for id in Semaphore::open_existing(path)?.remove(ids)? {
         print_line(&format!("removed {}", escape(&id)))?;
+    }
+    Ok(Exit::Success)
+}
+
+/// `filesem reap SEMFILE`: prints `reaped ID (slot S, token T): EVIDENCE` for each entry
+/// removed (`waiter` instead of the slot for a queued waiter).
+///
+/// # Errors
+///
+/// The library's errors.
+pub fn reap(path: &Path) -> Result<Exit, Fail> {
+    for reaped in Semaphore::open_existing(path)?.reap()? {
+        let mut what = Vec::new();
+        if reaped.waiter {
+            what.push("waiter".to_string());
+        } else if let Some(slot) = reaped.slot {
+            what.push(format!("slot {slot}"));
+        }
+        if let Some(token) = reaped.token {
+            what.push(format!("token {token}"));
+        }
+        let what = if what.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", what.join(", "))
+        };
+        print_line(&format!(
+            "reaped {}{what}: {} ({})",
+            escape(&reaped.id),
+            reaped.liveness.name(),
+            escape(reaped.liveness.evidence())
+        ))?;
     }
     Ok(Exit::Success)
 }

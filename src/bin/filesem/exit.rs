@@ -114,6 +114,19 @@ impl Fail {
     }
 }
 
+impl Fail {
+    /// A failure for a library error known only by reference (from a callback).
+    pub fn from_ref(error: &filesem::Error) -> Fail {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let _ = write!(message, ": {cause}");
+            source = cause.source();
+        }
+        Fail::new(Exit::Failure, message)
+    }
+}
+
 impl From<filesem::Error> for Fail {
     fn from(error: filesem::Error) -> Fail {
         use filesem::Error as E;

@@ -41,10 +41,10 @@ struct Cli {
 enum Command {
     /// Take a slot (waiting for one by default), run a command, release the slot when it ends.
     ///
-    /// The command inherits the hold: the slot stays taken as long as the command (or a
-    /// process it started that keeps the inherited descriptor) runs, even if `filesem run`
-    /// is killed (-o turns this off). It gets FILESEM_PATH, FILESEM_ID, FILESEM_TOKEN and
-    /// FILESEM_SLOT in its environment. Signals sent to `filesem run` are forwarded to it
+    /// The command inherits the hold: if `filesem run` is killed (even with SIGKILL), the
+    /// slot stays taken until the command (and any process it started that kept the
+    /// inherited descriptor) has ended; -o turns this off. The command gets FILESEM_PATH,
+    /// FILESEM_ID, FILESEM_TOKEN and FILESEM_SLOT in its environment. Signals sent to `filesem run` are forwarded to it
     /// once; a terminal's Ctrl-C reaches it directly and is not forwarded again.
     ///
     /// Nested in the command of a `run` on the same semaphore, `run` without --id uses the
@@ -71,6 +71,14 @@ enum Command {
         /// The holder IDs.
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+    /// Remove the entries of holders that are provably dead or whose lease ran out.
+    ///
+    /// Prints each removed entry with the evidence. Entries that cannot be judged (written by
+    /// Go or another machine, detached holds without a lease) are never removed by guess.
+    Reap {
+        /// The semaphore's state file.
+        semfile: PathBuf,
     },
     /// Change the number of slots.
     ///
@@ -121,6 +129,10 @@ struct SlotArgs {
     /// The exit code when no slot could be had (default 1).
     #[arg(short = 'E', long = "conflict-exit-code", value_name = "CODE", default_value_t = NO_SLOT)]
     conflict_exit_code: u8,
+    /// Give the hold a lease: it ends by itself this long after it was taken (or last
+    /// renewed). `run` renews it in the background while the command runs.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    lease: Option<Duration>,
     /// Attach KEY=VALUE to the hold, shown by `status` (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     meta: Vec<(String, String)>,
@@ -143,6 +155,10 @@ struct RunArgs {
     /// the command lives on (as `flock -o`).
     #[arg(short = 'o', long = "close")]
     close: bool,
+    /// If the hold is lost while the command runs (lease not renewed in time, or removed by
+    /// someone), send the command SIGTERM; without this, `run` only warns.
+    #[arg(long)]
+    kill_on_lost: bool,
     /// The command and its arguments (put `--` before it if it starts with `-`).
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -176,6 +192,7 @@ fn main() -> ExitCode {
         Command::Acquire(args) => acquire::detached(args),
         Command::Release { semfile, id } => admin::release(&semfile, &id),
         Command::Remove { semfile, ids } => admin::remove(&semfile, &ids),
+        Command::Reap { semfile } => admin::reap(&semfile),
         Command::SetCapacity { semfile, capacity } => admin::set_capacity(&semfile, capacity),
         Command::Recover { semfile, capacity } => admin::recover(&semfile, capacity),
         Command::Status { semfile, json } => status::status(&semfile, json),

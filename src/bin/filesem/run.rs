@@ -67,26 +67,34 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let child = spawn(&args.command, &environment)?;
     // The command has its copy of the witness now; ours closes here.
     drop(inherited);
-    let status = supervise(child, &events)?;
-    if let Err(error) = permit.release() {
-        if !slot.quiet {
-            eprintln!("{}", Fail::from(error).report());
-        }
+    let lost = events.sender();
+    let keep_alive = permit.keep_alive_with(move |error| {
+        let _ = lost.send(Event::Lost(Fail::from_ref(error).report()));
+    });
+    let ended = supervise(child, &events, args.kill_on_lost)?;
+    drop(keep_alive);
+    match permit.release() {
+        Ok(()) => {}
+        // Already reported while the command ran.
+        Err(Error::Lost { .. }) if ended.lost => {}
+        Err(error) => eprintln!("{}", Fail::from(error).report()),
     }
-    Ok(Exit::Command(status))
+    Ok(Exit::Command(ended.code))
 }
 
 /// The descriptor that the command inherits so that the hold lives exactly as long as the
 /// command, even if `filesem run` is killed with SIGKILL (as `flock(1)` passes its lock
-/// descriptor on); `None` with `-o` (`close`), when the hold ends with `filesem run`.
+/// descriptor on): a non-`CLOEXEC` duplicate of the permit's liveness witness
+/// ([`Permit::inherit_witness`]). `None` with `-o` (`close`): the hold then ends with
+/// `filesem run`, even if the command lives on.
 ///
-/// This is the one place where the command inherits anything of ours. It needs the
-/// library's witness inheritance (issue 3: a non-`CLOEXEC` duplicate of the permit's
-/// liveness witness lock); until that lands the hold is tied to `filesem run` alone, and
-/// the SIGKILL test in `tests/cli.rs` is ignored.
+/// This is the one place where the command inherits anything of ours; the caller closes the
+/// descriptor right after spawning.
 fn inherit_hold(permit: &Permit, close: bool) -> Result<Option<OwnedFd>, Fail> {
-    let _ = (permit, close);
-    Ok(None)
+    if close {
+        return Ok(None);
+    }
+    Ok(permit.inherit_witness()?)
 }
 
 /// The ID of the hold whose command we run in, if it is on this same semaphore: a `run`
@@ -171,16 +179,26 @@ fn spawn(argv: &[OsString], extra: &[(&str, OsString)]) -> Result<Pid, Fail> {
     })
 }
 
+/// How the command ended.
+struct Ended {
+    /// Its exit code, or 128 + the signal that killed it (as shells report it).
+    code: u8,
+    /// Whether the hold was found lost (and reported) while it ran.
+    lost: bool,
+}
+
 /// Waits for the command to end, forwarding the signals sent to `filesem run` (but not those
-/// the terminal sent to the whole process group, which the command got already). Returns
-/// its exit code, or 128 + the signal that killed it (as shells report it).
-fn supervise(child: Pid, events: &Events) -> Result<u8, Fail> {
+/// the terminal sent to the whole process group, which the command got already), and warning
+/// if the hold is lost meanwhile (with `kill_on_lost`, also sending the command SIGTERM).
+fn supervise(child: Pid, events: &Events, kill_on_lost: bool) -> Result<Ended, Fail> {
+    let mut lost = false;
+    let ended = |code: u8, lost: bool| Ok(Ended { code, lost });
     loop {
         // SIGCHLD may have come before the child existed; check first. Only this loop reaps
         // the child, so until it does, `child` cannot be reused by another process.
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code as u8),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as u8),
+            Ok(WaitStatus::Exited(_, code)) => return ended(code as u8, lost),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return ended(128 + signal as u8, lost),
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 return Err(Fail::new(
@@ -195,10 +213,22 @@ fn supervise(child: Pid, events: &Events) -> Result<u8, Fail> {
                     let _ = kill(child, received.signal);
                 }
             }
+            Some(Event::Lost(report)) => {
+                lost = true;
+                eprintln!("{report}");
+                if kill_on_lost {
+                    eprintln!("filesem: sending SIGTERM to the command (--kill-on-lost)");
+                    let _ = kill(child, Signal::SIGTERM);
+                } else {
+                    eprintln!(
+                        "filesem: the command goes on without a slot (--kill-on-lost stops it)"
+                    );
+                }
+            }
             // The signal thread is gone: wait without it.
             None => match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code as u8),
-                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as u8),
+                Ok(WaitStatus::Exited(_, code)) => return ended(code as u8, lost),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return ended(128 + signal as u8, lost),
                 _ => {}
             },
         }

@@ -16,7 +16,7 @@
 //!   terminal's (the `time`/`xargs` rule) and the others are forwarded.
 
 use std::io;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
@@ -45,11 +45,14 @@ pub struct Received {
 pub enum Event {
     /// A signal arrived (one of [`FORWARDED`], or SIGCHLD).
     Signal(Received),
+    /// The hold was lost while the command ran: the report to print.
+    Lost(String),
 }
 
-/// The receiving end of the events.
+/// The receiving end of the events; [`Events::sender`] lets other threads add theirs.
 pub struct Events {
     rx: Receiver<Event>,
+    tx: Sender<Event>,
 }
 
 impl Events {
@@ -59,9 +62,14 @@ impl Events {
         self.rx.recv_timeout(timeout).ok()
     }
 
-    /// The next event, waiting as long as it takes; `None` only if the signal thread is gone.
+    /// The next event, waiting as long as it takes.
     pub fn next(&self) -> Option<Event> {
         self.rx.recv().ok()
+    }
+
+    /// A sender for events from other threads (the lease keep-alive).
+    pub fn sender(&self) -> Sender<Event> {
+        self.tx.clone()
     }
 }
 
@@ -80,16 +88,17 @@ pub fn start() -> io::Result<Events> {
     mask.thread_block().map_err(io::Error::from)?;
     let (tx, rx) = mpsc::channel();
     let reader = reader(&mask)?;
+    let sender = tx.clone();
     std::thread::Builder::new()
         .name("filesem-signals".into())
         .spawn(move || {
             for received in reader {
-                if tx.send(Event::Signal(received)).is_err() {
+                if sender.send(Event::Signal(received)).is_err() {
                     break;
                 }
             }
         })?;
-    Ok(Events { rx })
+    Ok(Events { rx, tx })
 }
 
 /// Ends the process by `signal`, as if `filesem` had not handled it (so a calling shell
