@@ -160,6 +160,31 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// A shell loop that runs until `stop` exists, or its directory is gone (so that a command
+/// outliving a failed test does not loop forever).
+fn until_stop(stop: &Path) -> String {
+    let dir = stop.parent().expect("stop file in a directory");
+    format!(
+        "while [ ! -e {} ] && [ -d {} ]; do sleep 0.02; done",
+        stop.display(),
+        dir.display()
+    )
+}
+
+/// Waits until process `pid` (not our child) has exited: gone, or a zombie not yet reaped by
+/// its new parent.
+fn wait_for_exit(pid: Pid) {
+    wait_until(
+        &format!("process {pid} exited"),
+        || match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        },
+    );
+}
+
 fn sem_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("sem.json")
 }
@@ -671,10 +696,10 @@ fn recover_moves_a_corrupt_file_aside_and_starts_afresh() {
 /// A command that logs each SIGINT/SIGTERM/SIGHUP/SIGUSR1 it gets to `log`, runs `ready`
 /// once its traps are set, and runs until `stop` exists.
 fn trapping_script(log: &Path, stop: &Path, ready: &str) -> String {
-    let (log, stop) = (log.display(), stop.display());
     format!(
-        "for s in INT TERM HUP USR1; do trap \"echo $s >> {log}\" $s; done; {ready}; \
-         while [ ! -e {stop} ]; do sleep 0.02; done"
+        "for s in INT TERM HUP USR1; do trap \"echo $s >> {}\" $s; done; {ready}; {}",
+        log.display(),
+        until_stop(stop)
     )
 }
 
@@ -909,10 +934,7 @@ fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
     let path = sem_path(&dir);
     let stop = dir.path().join("stop");
     // The command lets go of the test's pipes so that only its exit matters.
-    let script = format!(
-        "echo $$; exec >/dev/null 2>&1; while [ ! -e {} ]; do sleep 0.02; done",
-        stop.display()
-    );
+    let script = format!("echo $$; exec >/dev/null 2>&1; {}", until_stop(&stop));
     let running = Running::start(filesem().arg("run").arg(&path).args(["sh", "-c", &script]));
     let command_pid: i32 = running.line().parse().unwrap();
     kill(running.pid(), Signal::SIGKILL).unwrap();
@@ -924,9 +946,7 @@ fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
         "the command still holds the slot"
     );
     fs::write(&stop, "").unwrap();
-    wait_until("the command exited", || {
-        kill(Pid::from_raw(command_pid), None).is_err()
-    });
+    wait_for_exit(Pid::from_raw(command_pid));
     let out = finish(filesem().args(["run", "-w", "30"]).arg(&path).arg("true"));
     assert_eq!(
         out.code(),
@@ -942,10 +962,7 @@ fn run_with_close_ends_the_hold_with_filesem_and_reap_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = sem_path(&dir);
     let stop = dir.path().join("stop");
-    let script = format!(
-        "echo $$; exec >/dev/null 2>&1; while [ ! -e {} ]; do sleep 0.02; done",
-        stop.display()
-    );
+    let script = format!("echo $$; exec >/dev/null 2>&1; {}", until_stop(&stop));
     let running = Running::start(
         filesem()
             .args(["run", "-o", "--id", "closed"])
@@ -980,6 +997,7 @@ fn run_with_close_ends_the_hold_with_filesem_and_reap_says_why() {
         0
     );
     fs::write(&stop, "").unwrap();
+    wait_for_exit(command_pid);
 }
 
 #[test]
@@ -1018,10 +1036,7 @@ fn a_lease_is_renewed_while_the_command_runs() {
     let dir = tempfile::tempdir().unwrap();
     let path = sem_path(&dir);
     let stop = dir.path().join("stop");
-    let script = format!(
-        "echo ready; while [ ! -e {} ]; do sleep 0.02; done",
-        stop.display()
-    );
+    let script = format!("echo ready; {}", until_stop(&stop));
     let running = Running::start(
         filesem()
             .args(["run", "--lease", "1s"])
