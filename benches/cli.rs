@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() {
     let mut runs = 300usize;
@@ -44,25 +44,37 @@ fn main() {
             c.stdout(Stdio::null()).stderr(Stdio::null());
             c
         };
+        // Alternate run by run, so that load from elsewhere hits both alike.
         let mut filesem_rates = Vec::new();
         let mut flock_rates = Vec::new();
         for _ in 0..rounds {
-            filesem_rates.push(rate(runs, || {
-                let mut c = quiet(Command::new(filesem));
-                c.args(["run", "-q"]).arg(&sem).arg("true");
-                c
-            }));
-            flock_rates.push(rate(runs, || {
-                let mut c = quiet(Command::new("flock"));
-                c.arg(&lock).arg("true");
-                c
-            }));
+            let (f, l) = alternate(
+                runs,
+                || {
+                    let mut c = quiet(Command::new(filesem));
+                    c.args(["run", "-q"]).arg(&sem).arg("true");
+                    c
+                },
+                || {
+                    let mut c = quiet(Command::new("flock"));
+                    c.arg(&lock).arg("true");
+                    c
+                },
+            );
+            filesem_rates.push(f);
+            flock_rates.push(l);
         }
         let (f, l) = (median(&mut filesem_rates), median(&mut flock_rates));
+        let ratios: Vec<String> = filesem_rates
+            .iter()
+            .zip(&flock_rates)
+            .map(|(f, l)| format!("{:.2}", f / l))
+            .collect();
         println!(
-            "{name:>5} ({}): filesem run {f:7.0}/s   flock {l:7.0}/s   ratio {:.2}x",
+            "{name:>5} ({}): filesem run {f:6.0}/s   flock {l:6.0}/s   ratio {:.2}x (rounds: {})",
             base.display(),
-            f / l
+            f / l,
+            ratios.join(" ")
         );
         if has_sem {
             let sem_rate = rate(runs.min(20), || {
@@ -77,15 +89,37 @@ fn main() {
     }
 }
 
-/// Runs `command()` to completion `runs` times in a row; returns runs per second. Panics if
-/// a run fails (a broken benchmark must not print a number).
+/// Runs `command()` to completion `runs` times in a row; returns runs per second.
 fn rate(runs: usize, command: impl Fn() -> Command) -> f64 {
     let start = Instant::now();
     for _ in 0..runs {
-        let status = command().status().expect("spawn");
-        assert!(status.success(), "a benchmarked run failed: {status}");
+        run(command());
     }
     runs as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Runs `a()` and `b()` alternately, `runs` times each; returns each one's runs per second.
+fn alternate(runs: usize, a: impl Fn() -> Command, b: impl Fn() -> Command) -> (f64, f64) {
+    let (mut time_a, mut time_b) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..runs {
+        let start = Instant::now();
+        run(a());
+        time_a += start.elapsed();
+        let start = Instant::now();
+        run(b());
+        time_b += start.elapsed();
+    }
+    (
+        runs as f64 / time_a.as_secs_f64(),
+        runs as f64 / time_b.as_secs_f64(),
+    )
+}
+
+/// Runs `command` to completion; panics if it fails (a broken benchmark must not print a
+/// number).
+fn run(mut command: Command) {
+    let status = command.status().expect("spawn");
+    assert!(status.success(), "a benchmarked run failed: {status}");
 }
 
 fn median(values: &mut [f64]) -> f64 {

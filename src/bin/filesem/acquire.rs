@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use crate::escape::escape;
 use crate::exit::{Exit, Fail};
-use crate::signals::{self, Event, Events};
+use crate::signals::{self, Signals};
 use crate::{AcquireArgs, SlotArgs, open};
 
 /// How long to wait for a slot.
@@ -62,7 +62,7 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Takes a slot of `sem` as `request` says. A signal from `events` that arrives while waiting
+/// Takes a slot of `sem` as `request` says. A signal from `signals` that arrives while waiting
 /// ends the process by that signal (see [`signals::die_by`]).
 ///
 /// The wait is a retry loop with backoff (5 ms doubling to 200 ms, with jitter) around
@@ -74,7 +74,7 @@ impl<'a> Request<'a> {
 ///
 /// [`Exit::NoSlot`] when no slot could be had in time (or the ID already holds one), and the
 /// library's other errors.
-pub fn acquire(sem: &Semaphore, request: &Request<'_>, events: &Events) -> Result<Permit, Fail> {
+pub fn acquire(sem: &Semaphore, request: &Request<'_>, signals: &Signals) -> Result<Permit, Fail> {
     let start = Instant::now();
     let deadline = match request.wait {
         Wait::Nonblock => Some(start),
@@ -114,7 +114,7 @@ pub fn acquire(sem: &Semaphore, request: &Request<'_>, events: &Events) -> Resul
                 let jitter =
                     Duration::from_micros(fastrand::u64(0..=backoff.as_micros() as u64 / 2));
                 let sleep = (backoff + jitter).min(remaining.unwrap_or(Duration::MAX));
-                if let Some(Event::Signal(received)) = events.next_timeout(sleep) {
+                if let Some(received) = signals.next(Some(sleep)).map_err(signal_failure)? {
                     if received.signal != Signal::SIGCHLD {
                         signals::die_by(received.signal);
                     }
@@ -150,17 +150,17 @@ fn waiting_note(sem: &Semaphore) -> String {
 ///
 /// As [`acquire`], and the library's errors from opening and keeping the hold.
 pub fn detached(args: AcquireArgs) -> Result<Exit, Fail> {
-    let events = signals::start().map_err(|e| {
-        Fail::new(
-            Exit::Failure,
-            format!("failed to set up signal handling: {e}"),
-        )
-    })?;
+    let signals = Signals::start().map_err(signal_failure)?;
     let sem = open::open(&args.slot.semfile, args.slot.capacity, args.slot.quiet)?;
     let mut request = Request::new(&args.slot, &args.id);
     request.options = request.options.detached(true);
-    let permit = acquire(&sem, &request, &events)?;
+    let permit = acquire(&sem, &request, &signals)?;
     // A detached permit leaves its entry on file when dropped.
     drop(permit);
     Ok(Exit::Success)
+}
+
+/// A failure of signal handling itself (setting the mask, reading the signalfd).
+pub fn signal_failure(error: std::io::Error) -> Fail {
+    Fail::new(Exit::Failure, format!("failed to handle signals: {error}"))
 }

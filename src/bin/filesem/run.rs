@@ -5,6 +5,8 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use filesem::{Error, Permit};
 use nix::errno::Errno;
@@ -16,7 +18,7 @@ use nix::unistd::Pid;
 use crate::acquire::{self, Request};
 use crate::escape::escape;
 use crate::exit::{Exit, Fail};
-use crate::signals::{self, Event, Events};
+use crate::signals::Signals;
 use crate::{RunArgs, open};
 
 /// Runs `filesem run`.
@@ -27,12 +29,7 @@ use crate::{RunArgs, open};
 /// cannot be started; [`Exit::Failure`] for signal setup or waiting failures.
 pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     // First, before any thread exists: every thread must inherit the blocked mask.
-    let events = signals::start().map_err(|e| {
-        Fail::new(
-            Exit::Failure,
-            format!("failed to set up signal handling: {e}"),
-        )
-    })?;
+    let signals = Signals::start().map_err(acquire::signal_failure)?;
     let slot = &args.slot;
     let sem = open::open(&slot.semfile, slot.capacity, slot.quiet)?;
     let nested = nested_id(sem.path());
@@ -42,7 +39,7 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
         (None, None) => default_id(),
     };
     let request = Request::new(slot, &id);
-    let permit = acquire::acquire(&sem, &request, &events).map_err(|fail| {
+    let permit = acquire::acquire(&sem, &request, &signals).map_err(|fail| {
         let already_held = matches!(
             fail.error.downcast_ref::<Error>(),
             Some(Error::AlreadyHeld { .. })
@@ -67,11 +64,20 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let child = spawn(&args.command, &environment)?;
     // The command has its copy of the witness now; ours closes here.
     drop(inherited);
-    let lost = events.sender();
-    let keep_alive = permit.keep_alive_with(move |error| {
-        let _ = lost.send(Event::Lost(Fail::from_ref(error).report()));
+    // Renew a lease, and watch for a lost hold where that changes what happens; otherwise a
+    // lost hold is reported when the release at the end finds it gone (and no thread is
+    // started for a short command).
+    let lost = Arc::new(Mutex::new(None));
+    let keep_alive = (permit.lease().is_some() || args.kill_on_lost).then(|| {
+        let lost = Arc::clone(&lost);
+        permit.keep_alive_with(move |error| {
+            if let Ok(mut lost) = lost.lock() {
+                *lost = Some(Fail::from_ref(error).report());
+            }
+        })
     });
-    let ended = supervise(child, &events, args.kill_on_lost)?;
+    let watch = keep_alive.as_ref().map(|_| &*lost);
+    let ended = supervise(child, &signals, watch, args.kill_on_lost)?;
     drop(keep_alive);
     match permit.release() {
         Ok(()) => {}
@@ -189,16 +195,33 @@ struct Ended {
 
 /// Waits for the command to end, forwarding the signals sent to `filesem run` (but not those
 /// the terminal sent to the whole process group, which the command got already), and warning
-/// if the hold is lost meanwhile (with `kill_on_lost`, also sending the command SIGTERM).
-fn supervise(child: Pid, events: &Events, kill_on_lost: bool) -> Result<Ended, Fail> {
+/// if the keep-alive reports the hold lost in `watch` (with `kill_on_lost`, also sending the
+/// command SIGTERM).
+fn supervise(
+    child: Pid,
+    signals: &Signals,
+    watch: Option<&Mutex<Option<String>>>,
+    kill_on_lost: bool,
+) -> Result<Ended, Fail> {
+    // How often to look at `watch`: a lost hold is noticed at lease / 3 anyway.
+    const WATCH_EVERY: Duration = Duration::from_millis(100);
     let mut lost = false;
-    let ended = |code: u8, lost: bool| Ok(Ended { code, lost });
     loop {
         // SIGCHLD may have come before the child existed; check first. Only this loop reaps
         // the child, so until it does, `child` cannot be reused by another process.
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return ended(code as u8, lost),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return ended(128 + signal as u8, lost),
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Ok(Ended {
+                    code: code as u8,
+                    lost,
+                });
+            }
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Ok(Ended {
+                    code: 128 + signal as u8,
+                    lost,
+                });
+            }
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 return Err(Fail::new(
@@ -207,30 +230,21 @@ fn supervise(child: Pid, events: &Events, kill_on_lost: bool) -> Result<Ended, F
                 ));
             }
         }
-        match events.next() {
-            Some(Event::Signal(received)) => {
-                if received.signal != Signal::SIGCHLD && !received.from_terminal {
-                    let _ = kill(child, received.signal);
-                }
+        let timeout = (watch.is_some() && !lost).then_some(WATCH_EVERY);
+        if let Some(received) = signals.next(timeout).map_err(acquire::signal_failure)? {
+            if received.signal != Signal::SIGCHLD && !received.from_terminal {
+                let _ = kill(child, received.signal);
             }
-            Some(Event::Lost(report)) => {
-                lost = true;
-                eprintln!("{report}");
-                if kill_on_lost {
-                    eprintln!("filesem: sending SIGTERM to the command (--kill-on-lost)");
-                    let _ = kill(child, Signal::SIGTERM);
-                } else {
-                    eprintln!(
-                        "filesem: the command goes on without a slot (--kill-on-lost stops it)"
-                    );
-                }
+        }
+        if let Some(report) = watch.and_then(|w| w.lock().ok()?.take()) {
+            lost = true;
+            eprintln!("{report}");
+            if kill_on_lost {
+                eprintln!("filesem: sending SIGTERM to the command (--kill-on-lost)");
+                let _ = kill(child, Signal::SIGTERM);
+            } else {
+                eprintln!("filesem: the command goes on without a slot (--kill-on-lost stops it)");
             }
-            // The signal thread is gone: wait without it.
-            None => match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return ended(code as u8, lost),
-                Ok(WaitStatus::Signaled(_, signal, _)) => return ended(128 + signal as u8, lost),
-                _ => {}
-            },
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Signals while `filesem` waits for a slot and while its command runs.
 //!
-//! [`start`] blocks the signals filesem cares about in the calling thread before any other
-//! thread exists (so every later thread, the library's included, inherits the mask) and reads
-//! them in a thread of its own, which turns them into [`Event`]s on a channel. Nothing is ever
-//! *ignored*: an ignored disposition would be inherited by the command across `exec`, while
-//! the blocked mask is reset by `std::process::Command` in the child.
+//! [`Signals::start`] blocks the signals filesem cares about in the calling thread before any
+//! other thread exists (so every later thread, the library's included, inherits the mask) and
+//! reads them from a descriptor the main thread polls: a signalfd on Linux; elsewhere a pipe
+//! fed by a thread in `sigwait`. Nothing is ever *ignored*: an ignored disposition would be
+//! inherited by the command across `exec`, while `run` starts the command with an empty mask.
 //!
 //! What happens to a signal then is decided by the caller:
 //! - while waiting for a slot, any of them ends `filesem` as if unhandled ([`die_by`]);
@@ -16,9 +16,11 @@
 //!   terminal's (the `time`/`xargs` rule) and the others are forwarded.
 
 use std::io;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 
 /// The signals `run` forwards to its command (and that end a wait for a slot).
@@ -34,71 +36,67 @@ pub const FORWARDED: [Signal; 6] = [
 /// A signal, and whether the terminal sent it (to the whole foreground process group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Received {
-    /// The signal.
+    /// The signal: one of [`FORWARDED`], or SIGCHLD.
     pub signal: Signal,
     /// `true` if the kernel sent it on behalf of the terminal: the command got it too.
     pub from_terminal: bool,
 }
 
-/// Something the main thread must react to.
-#[derive(Debug)]
-pub enum Event {
-    /// A signal arrived (one of [`FORWARDED`], or SIGCHLD).
-    Signal(Received),
-    /// The hold was lost while the command ran: the report to print.
-    Lost(String),
+/// The blocked signals, read one by one with [`Signals::next`].
+pub struct Signals {
+    source: Source,
 }
 
-/// The receiving end of the events; [`Events::sender`] lets other threads add theirs.
-pub struct Events {
-    rx: Receiver<Event>,
-    tx: Sender<Event>,
-}
-
-impl Events {
-    /// The next event, waiting at most `timeout`; `None` when the time ran out (or the
-    /// signal thread is gone, which only a failing `read` on the signalfd causes).
-    pub fn next_timeout(&self, timeout: Duration) -> Option<Event> {
-        self.rx.recv_timeout(timeout).ok()
+impl Signals {
+    /// Blocks [`FORWARDED`] and SIGCHLD in the calling thread and opens the descriptor they
+    /// are read from. Call it first thing, before any other thread is started.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `pthread_sigmask`, `signalfd` (or the pipe and thread elsewhere).
+    pub fn start() -> io::Result<Signals> {
+        let mut mask = SigSet::empty();
+        for signal in FORWARDED {
+            mask.add(signal);
+        }
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block().map_err(io::Error::from)?;
+        Ok(Signals {
+            source: Source::open(&mask)?,
+        })
     }
 
-    /// The next event, waiting as long as it takes.
-    pub fn next(&self) -> Option<Event> {
-        self.rx.recv().ok()
-    }
-
-    /// A sender for events from other threads (the lease keep-alive).
-    pub fn sender(&self) -> Sender<Event> {
-        self.tx.clone()
-    }
-}
-
-/// Blocks [`FORWARDED`] and SIGCHLD in the calling thread and starts the thread that reads
-/// them. Call it first thing, before any other thread is started.
-///
-/// # Errors
-///
-/// The OS error of `pthread_sigmask`, `signalfd` or the thread spawn.
-pub fn start() -> io::Result<Events> {
-    let mut mask = SigSet::empty();
-    for signal in FORWARDED {
-        mask.add(signal);
-    }
-    mask.add(Signal::SIGCHLD);
-    mask.thread_block().map_err(io::Error::from)?;
-    let (tx, rx) = mpsc::channel();
-    let reader = reader(&mask)?;
-    let sender = tx.clone();
-    std::thread::Builder::new()
-        .name("filesem-signals".into())
-        .spawn(move || {
-            for received in reader {
-                if sender.send(Event::Signal(received)).is_err() {
-                    break;
-                }
+    /// The next signal, waiting at most `timeout` (`None`: as long as it takes); `Ok(None)`
+    /// when the time ran out.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `poll` or `read` on the descriptor.
+    pub fn next(&self, timeout: Option<Duration>) -> io::Result<Option<Received>> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            if let Some(received) = self.source.read()? {
+                return Ok(Some(received));
             }
-        })?;
-    Ok(Events { rx, tx })
+            let wait = match deadline {
+                None => PollTimeout::NONE,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    // Round up, so that a wait never ends before its deadline.
+                    let ms = left.as_micros().div_ceil(1000);
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.source.fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, wait) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// Ends the process by `signal`, as if `filesem` had not handled it (so a calling shell
@@ -112,44 +110,99 @@ pub fn die_by(signal: Signal) -> ! {
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn reader(mask: &SigSet) -> io::Result<impl Iterator<Item = Received> + Send + 'static> {
-    use nix::sys::signalfd::SignalFd;
+struct Source(nix::sys::signalfd::SignalFd);
 
-    let fd = SignalFd::new(mask).map_err(io::Error::from)?;
-    Ok(std::iter::from_fn(move || {
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Source {
+    fn open(mask: &SigSet) -> io::Result<Source> {
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let flags = SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC;
+        Ok(Source(SignalFd::with_flags(mask, flags)?))
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// A pending signal, if there is one; never waits.
+    fn read(&self) -> io::Result<Option<Received>> {
         loop {
-            match fd.read_signal() {
+            match self.0.read_signal() {
                 Ok(Some(info)) => {
                     let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
                         continue;
                     };
-                    return Some(Received {
+                    return Ok(Some(Received {
                         signal,
                         from_terminal: info.ssi_code == libc::SI_KERNEL,
-                    });
+                    }));
                 }
-                Ok(None) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return None,
+                Ok(None) => return Ok(None),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
-    }))
+    }
 }
 
+/// Without signalfd: a thread takes the blocked signals with `sigwait` and writes each
+/// signal's number, one byte, to a pipe that the main thread polls.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn reader(mask: &SigSet) -> io::Result<impl Iterator<Item = Received> + Send + 'static> {
-    let mask = *mask;
-    Ok(std::iter::from_fn(move || {
+struct Source(std::fs::File);
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+impl Source {
+    fn open(mask: &SigSet) -> io::Result<Source> {
+        use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+        use std::io::Write;
+        let (read, write) = nix::unistd::pipe()?;
+        for fd in [&read, &write] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        }
+        fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let mut write = std::fs::File::from(write);
+        let mask = *mask;
+        std::thread::Builder::new()
+            .name("filesem-signals".into())
+            .spawn(move || {
+                loop {
+                    match mask.wait() {
+                        Ok(signal) => {
+                            if write.write_all(&[signal as i32 as u8]).is_err() {
+                                break;
+                            }
+                        }
+                        Err(Errno::EINTR) => continue,
+                        Err(_) => break,
+                    }
+                }
+            })?;
+        Ok(Source(std::fs::File::from(read)))
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    fn read(&self) -> io::Result<Option<Received>> {
+        use std::io::Read;
+        let mut byte = [0u8];
         loop {
-            match mask.wait() {
-                Ok(signal) => {
-                    return Some(Received {
+            match (&self.0).read(&mut byte) {
+                Ok(1) => {
+                    let Ok(signal) = Signal::try_from(i32::from(byte[0])) else {
+                        continue;
+                    };
+                    return Ok(Some(Received {
                         signal,
                         from_terminal: matches!(signal, Signal::SIGINT | Signal::SIGQUIT),
-                    });
+                    }));
                 }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return None,
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
         }
-    }))
+    }
 }
