@@ -126,6 +126,14 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The semaphore exists already, and [`OpenOptions::create_new`](crate::OpenOptions::create_new)
+    /// asked for a new one. Nothing was changed.
+    #[error("semaphore `{path}` already exists")]
+    AlreadyExists {
+        /// The state file.
+        path: PathBuf,
+    },
+
     /// The state file is a symbolic link; `filesem` refuses to replace a link with a file, and
     /// a lock on the link's name would not exclude programs that follow it.
     #[error("semaphore path `{path}` is a symbolic link; open its target instead")]
@@ -199,6 +207,7 @@ impl Error {
             | Error::Lost { path, .. }
             | Error::Corrupt { path, .. }
             | Error::NotFound { path }
+            | Error::AlreadyExists { path }
             | Error::Symlink { path }
             | Error::LockTimeout { path, .. }
             | Error::Timeout { path, .. }

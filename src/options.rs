@@ -33,6 +33,7 @@ pub struct OpenOptions {
     pub(crate) lock_timeout: Duration,
     pub(crate) auto_reap: bool,
     pub(crate) default_lease: Option<Duration>,
+    pub(crate) create_new: bool,
 }
 
 impl Default for OpenOptions {
@@ -51,7 +52,31 @@ impl OpenOptions {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             auto_reap: true,
             default_lease: None,
+            create_new: false,
         }
+    }
+
+    /// Whether [`open`](OpenOptions::open) must create the semaphore (default `false`): with
+    /// `true` it fails with [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the state
+    /// file exists, as [`std::fs::OpenOptions::create_new`]. The check and the creation are one
+    /// step under the lock, so of several processes racing to create a semaphore exactly one
+    /// succeeds. This tells a caller whether it made a new semaphore (the `filesem` tool says
+    /// so, since a mistyped path would otherwise silently make a second one). Ignored by
+    /// [`open_existing`](OpenOptions::open_existing), which never creates.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("gpu.json");
+    /// let mut options = filesem::OpenOptions::new();
+    /// options.create_new(true);
+    /// let sem = options.open(&path, 4)?;
+    /// assert_eq!(sem.capacity()?, 4);
+    /// assert!(matches!(options.open(&path, 4), Err(filesem::Error::AlreadyExists { .. })));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn create_new(&mut self, create_new: bool) -> &mut Self {
+        self.create_new = create_new;
+        self
     }
 
     /// Whether acquires remove provably stale entries in their way (default `true`): when the
@@ -104,7 +129,8 @@ impl OpenOptions {
     ///
     /// # Errors
     ///
-    /// As [`Semaphore::open`].
+    /// As [`Semaphore::open`], and [`Error::AlreadyExists`](crate::Error::AlreadyExists) with
+    /// [`create_new`](OpenOptions::create_new).
     pub fn open(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Semaphore> {
         Semaphore::open_with(path.as_ref(), Some(capacity), self)
     }

@@ -181,7 +181,12 @@ impl Semaphore {
                 let dir = crate::store::parent_dir(path);
                 fs::create_dir_all(dir)
                     .map_err(|e| Error::io(path, dir, "create the directory", e))?;
-                store.transact(Some(requested), |doc, _created| {
+                store.transact(Some(requested), |doc, created| {
+                    if options.create_new && !created {
+                        return Err(Error::AlreadyExists {
+                            path: path.to_path_buf(),
+                        });
+                    }
                     let tokens = live_tokens(doc);
                     let leftovers = crate::atomic::remove_leftovers(path)?
                         .into_iter()

@@ -1060,3 +1060,20 @@ fn a_lease_is_renewed_while_the_command_runs() {
     fs::write(&stop, "").unwrap();
     assert_eq!(running.finish().code(), 0);
 }
+
+#[test]
+fn racing_runs_say_created_exactly_once() {
+    // Of several runs that find no semaphore, exactly one creates it and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let runs: Vec<Running> = (0..6)
+        .map(|_| Running::start(filesem().args(["run", "-c", "2"]).arg(&path).arg("true")))
+        .collect();
+    let mut notes = 0;
+    for run in runs {
+        let out = run.finish();
+        assert_eq!(out.code(), 0, "{out:?}");
+        notes += out.stderr.matches("created a new semaphore").count();
+    }
+    assert_eq!(notes, 1);
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use filesem::{Error, Semaphore};
+use filesem::{Error, OpenOptions, Semaphore};
 
 use crate::escape::{escape, shell_quote};
 use crate::exit::{Exit, Fail};
@@ -21,18 +21,10 @@ pub const DEFAULT_CAPACITY: u32 = 1;
 /// A [`Fail`] with [`Exit::Usage`] for a capacity mismatch, or the library's error.
 pub fn open(path: &Path, capacity: Option<u32>, quiet: bool) -> Result<Semaphore, Fail> {
     match Semaphore::open_existing(path) {
-        Ok(sem) => {
-            if let Some(requested) = capacity {
-                let on_file = sem.capacity()?;
-                if on_file != requested {
-                    return Err(mismatch(path, requested, on_file));
-                }
-            }
-            Ok(sem)
-        }
+        Ok(sem) => matching(sem, capacity),
         Err(Error::NotFound { .. }) => {
             let requested = capacity.unwrap_or(DEFAULT_CAPACITY);
-            match Semaphore::open(path, requested) {
+            match OpenOptions::new().create_new(true).open(path, requested) {
                 Ok(sem) => {
                     if !quiet {
                         eprintln!(
@@ -42,18 +34,26 @@ pub fn open(path: &Path, capacity: Option<u32>, quiet: bool) -> Result<Semaphore
                     }
                     Ok(sem)
                 }
-                // Someone else created it meanwhile, with another capacity.
-                Err(Error::CapacityMismatch { .. }) if capacity.is_none() => {
-                    Ok(Semaphore::open_existing(path)?)
-                }
-                Err(Error::CapacityMismatch { on_file, .. }) => {
-                    Err(mismatch(path, requested, on_file))
+                // Someone else created it since we looked.
+                Err(Error::AlreadyExists { .. }) => {
+                    matching(Semaphore::open_existing(path)?, capacity)
                 }
                 Err(e) => Err(e.into()),
             }
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `sem`, if its capacity is `capacity` (when given).
+fn matching(sem: Semaphore, capacity: Option<u32>) -> Result<Semaphore, Fail> {
+    if let Some(requested) = capacity {
+        let on_file = sem.capacity()?;
+        if on_file != requested {
+            return Err(mismatch(sem.path(), requested, on_file));
+        }
+    }
+    Ok(sem)
 }
 
 fn mismatch(path: &Path, requested: u32, on_file: u32) -> Fail {
