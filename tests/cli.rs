@@ -1077,3 +1077,198 @@ fn racing_runs_say_created_exactly_once() {
     }
     assert_eq!(notes, 1);
 }
+
+/// The shell block that follows `<!-- recipe: NAME -->` in CLI.md, with `/tmp/` and
+/// `/run/lock/` moved into `dir`.
+fn recipe(name: &str, dir: &Path) -> String {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CLI.md")).unwrap();
+    let marker = format!("<!-- recipe: {name} -->\n```sh\n");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no recipe {name}"))
+        + marker.len();
+    let block = &doc[start..start + doc[start..].find("```").unwrap()];
+    let dir = format!("{}/", dir.display());
+    block.replace("/tmp/", &dir).replace("/run/lock/", &dir)
+}
+
+/// `sh -c script` in `dir`, with the built `filesem` first on `PATH`.
+fn shell(script: &str, dir: &Path) -> Command {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_filesem")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .stdin(Stdio::null());
+    for key in [
+        "FILESEM_PATH",
+        "FILESEM_ID",
+        "FILESEM_TOKEN",
+        "FILESEM_SLOT",
+    ] {
+        command.env_remove(key);
+    }
+    command
+}
+
+#[test]
+fn recipe_gpu_jobs_from_xargs_use_each_gpu_alone() {
+    // The README's xargs -P recipe, as written: four jobs at a time, one per GPU slot.
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("configs")).unwrap();
+    for i in 1..=8 {
+        fs::write(dir.path().join(format!("configs/job{i}.yaml")), "").unwrap();
+    }
+    // A stand-in for training: claims its GPU's directory (mkdir fails if another job has it).
+    fs::write(
+        dir.path().join("train.py"),
+        "import os, sys, time\n\
+         gpu = os.environ['CUDA_VISIBLE_DEVICES']\n\
+         try:\n    os.mkdir('gpu-' + gpu)\n\
+         except FileExistsError:\n    open('violations', 'a').write(gpu + '\\n')\n\
+         time.sleep(0.05)\n\
+         os.rmdir('gpu-' + gpu)\n\
+         open('done.log', 'a').write(sys.argv[1] + ' ' + gpu + '\\n')\n",
+    )
+    .unwrap();
+    let out = finish(&mut shell(&recipe("gpu", dir.path()), dir.path()));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        !dir.path().join("violations").exists(),
+        "two jobs shared a GPU"
+    );
+    let mut done = lines(&dir.path().join("done.log"));
+    done.sort();
+    assert_eq!(done.len(), 8, "{done:?}");
+    for (i, line) in done.iter().enumerate() {
+        let (config, gpu) = line.split_once(' ').unwrap();
+        assert_eq!(config, format!("configs/job{}.yaml", i + 1));
+        assert!(gpu.parse::<u32>().unwrap() < 4, "{line}");
+    }
+}
+
+#[test]
+fn recipe_cron_job_skips_while_the_previous_run_goes_on() {
+    // The crontab line, as written: a second run while the first goes on exits at once,
+    // silently; after the first ends, the next runs.
+    let dir = tempfile::tempdir().unwrap();
+    let line = recipe("cron", dir.path());
+    let entry = line.lines().find(|l| !l.starts_with('#')).unwrap();
+    let command: Vec<&str> = entry.split_whitespace().skip(5).collect();
+    let backup = dir.path().join("backup.sh");
+    let command = command
+        .join(" ")
+        .replace("/usr/local/bin/backup.sh", &backup.display().to_string());
+    let stop = dir.path().join("stop");
+    fs::write(
+        &backup,
+        format!(
+            "#!/bin/sh\necho started >> {}\n{}\n",
+            dir.path().join("runs").display(),
+            until_stop(&stop)
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&backup, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let first = Running::start(&mut shell(&command, dir.path()));
+    wait_until("the first backup started", || {
+        lines(&dir.path().join("runs")).len() == 1
+    });
+    let second = finish(&mut shell(&command, dir.path()));
+    assert_eq!(
+        (
+            second.code(),
+            second.stdout.as_str(),
+            second.stderr.as_str()
+        ),
+        (1, "", "")
+    );
+    fs::write(&stop, "").unwrap();
+    assert_eq!(first.finish().code(), 0);
+    assert_eq!(finish(&mut shell(&command, dir.path())).code(), 0);
+    assert_eq!(
+        lines(&dir.path().join("runs")).len(),
+        2,
+        "the skipped run never started"
+    );
+}
+
+#[test]
+fn recipe_crash_inspection_shows_and_removes_the_dead() {
+    // The cleanup recipe, as written, on a semaphore with a dead, a detached and a live holder.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpus.json");
+    hold(&path, "session-123", 4);
+    let stop = dir.path().join("stop");
+    let script = format!("echo ready; exec >/dev/null 2>&1; {}", until_stop(&stop));
+    let dead = Running::start(
+        filesem()
+            .args(["run", "-o", "--id", "crashed-job"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    assert_eq!(dead.line(), "ready");
+    kill(dead.pid(), Signal::SIGKILL).unwrap();
+    dead.finish();
+    let alive = Running::start(
+        filesem()
+            .args(["run", "--id", "live-job"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    assert_eq!(alive.line(), "ready");
+    let mut script = recipe("crash", dir.path());
+    if Command::new("jq").arg("--version").output().is_err() {
+        println!("jq is not installed: the recipe's jq line is left out");
+        script = script.replace("| jq", "| cat >/dev/null #");
+    }
+    let out = finish(&mut shell(&script, dir.path()));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("3 held (1 stale"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("\ncrashed-job\n") || script.contains("cat >/dev/null"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("reaped crashed-job (slot 1, token "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.ends_with("removed session-123"),
+        "{}",
+        out.stdout
+    );
+    let status = status_json(&path);
+    assert_eq!(status["count"], 1);
+    assert_eq!(status["holders"][0]["id"], "live-job");
+    fs::write(&stop, "").unwrap();
+    assert_eq!(alive.finish().code(), 0);
+}
+
+#[test]
+fn recipe_session_hold_lasts_until_the_script_exits() {
+    // acquire + trap release, as written: the hold exists during the script and is gone after.
+    let dir = tempfile::tempdir().unwrap();
+    let check = format!(
+        "filesem status --json {}/deploy.json | grep -c '\"id\": \"deploy-tester\"'",
+        dir.path().display()
+    );
+    let script =
+        recipe("session", dir.path()).replace("echo \"deploying as the only deployer\"", &check);
+    let out = finish(shell(&script, dir.path()).env("USER", "tester"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "1", "held while the script ran");
+    assert_eq!(
+        status_json(&dir.path().join("deploy.json"))["count"],
+        0,
+        "released by the trap"
+    );
+}

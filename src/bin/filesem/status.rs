@@ -105,8 +105,14 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// The text form; every string from the file is escaped.
 fn human(status: &Status, infos: &[HolderInfo], now: DateTime<Utc>) -> String {
+    let stale = infos.iter().filter(|h| h.liveness.is_stale()).count();
+    let stale = if stale > 0 {
+        format!(" ({stale} stale: `filesem reap` removes them)")
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "{}: capacity {}, {} held, {} available",
+        "{}: capacity {}, {} held{stale}, {} available",
         escape(&status.path),
         status.capacity,
         status.count,
