@@ -17,8 +17,8 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn holder_killed_with_sigkill_keeps_its_entry_until_removed() {
-    // A SIGKILLed holder cannot release: its entry stays (no automatic reaping here) and
-    // blocks the slot; remove clears it, and the next acquire works at once.
+    // A SIGKILLed holder cannot release: with reaping off its entry stays and blocks the
+    // slot; remove clears it, and the next acquire works at once.
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     Semaphore::open(&path, 1).unwrap();
@@ -30,13 +30,13 @@ fn holder_killed_with_sigkill_keeps_its_entry_until_removed() {
     );
     let held = group.expect(idx, "held", common::deadline(30));
     let token: u64 = held.split(' ').nth(1).unwrap().parse().unwrap();
+    let pid = group.pid(idx);
     let status = group.kill(idx, common::deadline(10));
     assert_eq!(status.signal(), Some(Signal::SIGKILL as i32));
 
-    // TODO(issue 3, lead): once crash resilience reaps dead holders, this handle must be
-    // opened with reaping turned off (`OpenOptions::new().reap(false)`), or the victim's
-    // entry would be reaped by the acquire below and this test would check the wrong thing.
+    // Reaping off: this test is about what stays on file without it (as in the Go package).
     let sem = OpenOptions::new()
+        .auto_reap(false)
         .lock_timeout(LOCK_TIMEOUT)
         .open(&path, 1)
         .unwrap();
@@ -45,6 +45,12 @@ fn holder_killed_with_sigkill_keeps_its_entry_until_removed() {
     assert_eq!(holders.len(), 1);
     assert_eq!(holders[0].id, "victim");
     assert_eq!(holders[0].token, Some(token));
+    assert_eq!(holders[0].owner.as_ref().map(|o| o.pid), Some(pid));
+    assert!(
+        holders[0].liveness.is_stale(),
+        "shown as provably dead, yet kept: {}",
+        holders[0].liveness
+    );
     assert_eq!(sem.available().unwrap(), 0);
     assert!(matches!(
         sem.try_acquire("survivor"),
@@ -119,8 +125,9 @@ fn killing_one_of_several_holders_leaves_only_its_entry() {
         );
         group.expect(idx, "held", common::deadline(30));
     }
-    // TODO(issue 3, lead): open with `.reap(false)` once reaping exists (see above).
+    // Reaping off, so that the dead victim's entry stays for the check below.
     let sem = OpenOptions::new()
+        .auto_reap(false)
         .lock_timeout(LOCK_TIMEOUT)
         .open_existing(&path)
         .unwrap();

@@ -125,9 +125,17 @@ fn run(r: &Run<'_>) -> Measured {
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "sem.json" && n != "sem.json.lock")
+        .filter(|n| n != "sem.json" && n != "sem.json.lock" && n != "sem.json.witness")
         .collect();
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
+    let witness_dir = path.with_file_name("sem.json.witness");
+    if witness_dir.exists() {
+        let files: Vec<_> = std::fs::read_dir(&witness_dir).unwrap().collect();
+        assert!(
+            files.is_empty(),
+            "every hold's liveness witness file is gone: {files:?}"
+        );
+    }
     Measured { grants }
 }
 
