@@ -578,30 +578,37 @@ fn stress_worker(path: &Path, id: &str, capacity: u32, markers: &Path) {
     say(&format!("DONE {grants} {refusals}"));
 }
 
-/// Creates the slot marker; one left by a dead process is replaced, one of a live process is
-/// a violation (two holders in one slot).
+/// Creates the slot marker. A marker already there is either left by a killed process (its
+/// pid dies while the marker stays: replaced) or belongs to a live holder of the same slot,
+/// which removes it when it releases: a violation. A process in the middle of exiting has
+/// already lost its witness lock but may still show as running, hence the wait.
 fn claim_marker(marker: &Path, me: u32) {
     loop {
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(marker)
-        {
+        match fs::OpenOptions::new().write(true).create_new(true).open(marker) {
             Ok(mut f) => {
                 write!(f, "{me}").unwrap();
                 return;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let other: u32 = fs::read_to_string(marker)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                if other != 0 && process_alive(other) {
-                    say(&format!(
-                        "VIOLATION slot marker {} held by live pid {other}",
-                        marker.display()
-                    ));
-                    return;
+                let other = fs::read_to_string(marker).unwrap_or_default();
+                let pid: u32 = other.parse().unwrap_or(0);
+                let start = Instant::now();
+                while pid != 0 && process_alive(pid) {
+                    if fs::read_to_string(marker).unwrap_or_default() != other {
+                        say(&format!(
+                            "VIOLATION slot marker {} of live pid {pid} changed while we held the slot",
+                            marker.display()
+                        ));
+                        return;
+                    }
+                    if start.elapsed() > Duration::from_secs(2) {
+                        say(&format!(
+                            "VIOLATION slot marker {} held by live pid {pid}",
+                            marker.display()
+                        ));
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 let _ = fs::remove_file(marker);
             }
