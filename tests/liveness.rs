@@ -584,7 +584,11 @@ fn stress_worker(path: &Path, id: &str, capacity: u32, markers: &Path) {
 /// already lost its witness lock but may still show as running, hence the wait.
 fn claim_marker(marker: &Path, me: u32) {
     loop {
-        match fs::OpenOptions::new().write(true).create_new(true).open(marker) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+        {
             Ok(mut f) => {
                 write!(f, "{me}").unwrap();
                 return;
