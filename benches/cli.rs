@@ -80,7 +80,7 @@ fn main() {
             let sem_rate = rate(runs.min(20), || {
                 let mut c = quiet(Command::new("sem"));
                 c.args(["--will-cite", "--fg", "--id"])
-                    .arg(dir.path().join("gnu-sem"))
+                    .arg(format!("filesem-bench-{}", std::process::id()))
                     .arg("true");
                 c
             });

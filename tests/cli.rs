@@ -1276,3 +1276,62 @@ fn recipe_session_hold_lasts_until_the_script_exits() {
         "released by the trap"
     );
 }
+
+/// Runs `command` with stderr on a fresh pseudo-terminal; returns its exit code and what it
+/// wrote there.
+fn with_terminal_stderr(command: &mut Command) -> (i32, String) {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    }
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .expect("spawn");
+    // The command keeps its stdio until changed: let go of our slave descriptor.
+    command.stderr(Stdio::null());
+    let mut master = fs::File::from(pty.master);
+    let (tx, text) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // Reading the master fails with EIO once the last slave descriptor is closed.
+        let _ = master.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("did not end");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let text = text.recv_timeout(DEADLINE).expect("terminal output");
+    (status.code().expect("exit code"), text)
+}
+
+#[test]
+fn waiting_on_a_terminal_is_announced_once_unless_quiet() {
+    // A user at a terminal learns why nothing happens, and who holds the slots; scripts
+    // (no terminal) and -q stay silent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "blocker", 1);
+    let (code, text) =
+        with_terminal_stderr(filesem().args(["run", "-w", "0.5"]).arg(&path).arg("true"));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(text.matches("waiting for a slot on").count(), 1, "{text}");
+    assert!(text.contains(": 1/1 held by blocker"), "{text}");
+    let (code, text) = with_terminal_stderr(
+        filesem()
+            .args(["run", "-q", "-w", "0.2"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!((code, text.as_str()), (1, ""));
+}
