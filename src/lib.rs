@@ -59,17 +59,22 @@
 //!   the fields it does not know (tokens, owners, queue) when it writes.
 
 mod atomic;
+mod cancel;
 mod error;
 mod holder;
 mod liveness;
 mod lock;
+#[cfg(target_os = "linux")]
+mod notify;
 mod options;
 mod permit;
 mod rules;
 mod semaphore;
 mod state;
 mod store;
+mod wait;
 
+pub use cancel::CancelToken;
 pub use error::{Error, Result};
 pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use liveness::Liveness;
@@ -77,3 +82,4 @@ pub use options::{AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, Open
 pub use permit::{KeepError, Permit};
 pub use semaphore::{Recovered, Semaphore};
 pub use state::{MAX_CAPACITY, MAX_ID_LEN};
+pub use wait::WaitStatus;
