@@ -31,18 +31,11 @@ fn temp_prefix(path: &Path) -> OsString {
     p
 }
 
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 /// Replaces `path` with `bytes` so that a reader (or a crash) sees either the old or the new
 /// file, never a mix or a truncated one. With `durable`, the data and the rename are on disk
 /// when this returns.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], meta: FileMeta, durable: bool) -> Result<()> {
-    let dir = parent(path);
+    let dir = crate::store::parent_dir(path);
     let mut temp = tempfile::Builder::new()
         .prefix(&temp_prefix(path))
         .suffix(TEMP_SUFFIX)
@@ -85,7 +78,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], meta: FileMeta, durable: b
 /// Removes temp files that a killed writer of this semaphore left behind. Must be called
 /// under the lock (then no live writer of ours has a temp file). Returns the paths removed.
 pub(crate) fn remove_leftovers(path: &Path) -> Result<Vec<PathBuf>> {
-    let dir = parent(path);
+    let dir = crate::store::parent_dir(path);
     let prefix = temp_prefix(path);
     let prefix = prefix.as_encoded_bytes();
     let mut removed = Vec::new();

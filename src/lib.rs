@@ -73,13 +73,15 @@ mod semaphore;
 mod state;
 mod store;
 mod wait;
+mod witness;
 
 pub use cancel::CancelToken;
 pub use error::{Error, Result};
 pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use liveness::Liveness;
 pub use options::{AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, OpenOptions};
-pub use permit::{KeepError, Permit};
-pub use semaphore::{Recovered, Semaphore};
+pub use permit::{KeepAlive, KeepError, Permit};
+pub use rules::LEASE_GRACE;
+pub use semaphore::{Reaped, Recovered, Semaphore};
 pub use state::{MAX_CAPACITY, MAX_ID_LEN};
 pub use wait::WaitStatus;

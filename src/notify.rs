@@ -7,6 +7,11 @@
 //! state file (`IN_CLOSE_NOWRITE`) are not watched, so waiters looking at the file never wake
 //! each other.
 //!
+//! A second watch on the witness directory (`PATH.witness`) wakes waiters when a holder or
+//! waiter dies: its witness file, which it keeps open for writing, closes
+//! (`IN_CLOSE_WRITE`). Judges probe witness files read-only, so probing raises no event
+//! there either.
+//!
 //! Everything here is an optimisation: the waiter also polls on a timer, and falls back to
 //! polling alone when inotify is unavailable (instance or watch limits) or when the
 //! directory is on a network filesystem, where other machines' writes raise no events.
@@ -16,13 +21,15 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::statfs;
 
 /// An inotify instance watching one semaphore's directory.
 pub(crate) struct Notifier {
     inotify: Inotify,
     state_name: OsString,
+    /// The watch on the witness directory, if it existed when the wait started.
+    witness_wd: Option<WatchDescriptor>,
     /// Whether the directory is on a filesystem where writes by other machines may happen
     /// without events (NFS, SMB/CIFS, FUSE, Ceph, 9p).
     remote: bool,
@@ -62,9 +69,17 @@ impl Notifier {
         let remote = statfs::statfs(dir)
             .map(|s| is_remote(s.filesystem_type()))
             .unwrap_or(true);
+        let witness_dir = crate::witness::dir_of(state_path);
+        let witness_wd = inotify
+            .add_watch(
+                &witness_dir,
+                AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ONLYDIR,
+            )
+            .ok();
         Some(Notifier {
             inotify,
             state_name,
+            witness_wd,
             remote,
         })
     }
@@ -87,7 +102,13 @@ impl Notifier {
                 Ok(events) if events.is_empty() => return seen,
                 Ok(events) => {
                     for e in events {
-                        let verdict = classify(e.mask, e.name.as_deref(), &self.state_name);
+                        let verdict = if Some(e.wd) == self.witness_wd {
+                            // A witness closed by its writer (a death or a release); or the
+                            // watch went away (IN_IGNORED): look once either way.
+                            Events::Changed
+                        } else {
+                            classify(e.mask, e.name.as_deref(), &self.state_name)
+                        };
                         seen = seen.max_with(verdict);
                     }
                 }
@@ -175,6 +196,22 @@ mod tests {
         }
         // Reading the state file raises nothing we watch.
         let _ = std::fs::read(&state).unwrap();
+        assert!(!wait_readable(&n, 20));
+    }
+
+    #[test]
+    fn a_witness_closed_by_its_writer_is_seen_and_probes_are_not() {
+        // A holder's death closes its witness for writing; a judge's read-only probe is silent.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.json");
+        let witness_dir = crate::witness::dir_of(&state);
+        std::fs::create_dir(&witness_dir).unwrap();
+        let n = Notifier::new(&state).expect("inotify on tmp");
+        let file = witness_dir.join("7");
+        std::fs::write(&file, b"").unwrap();
+        assert!(wait_readable(&n, 5000));
+        assert_eq!(n.drain(), Events::Changed);
+        let _ = std::fs::File::open(&file).unwrap();
         assert!(!wait_readable(&n, 20));
     }
 

@@ -35,6 +35,8 @@ pub struct OpenOptions {
     pub(crate) durable: bool,
     pub(crate) mode: u32,
     pub(crate) lock_timeout: Duration,
+    pub(crate) auto_reap: bool,
+    pub(crate) default_lease: Option<Duration>,
 }
 
 impl Default for OpenOptions {
@@ -44,13 +46,33 @@ impl Default for OpenOptions {
 }
 
 impl OpenOptions {
-    /// The defaults: durable writes, mode 0644 for new files, a 10 s lock timeout.
+    /// The defaults: durable writes, mode 0644 for new files, a 10 s lock timeout, automatic
+    /// reaping on, no lease.
     pub fn new() -> OpenOptions {
         OpenOptions {
             durable: true,
             mode: crate::store::DEFAULT_MODE,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            auto_reap: true,
+            default_lease: None,
         }
+    }
+
+    /// Whether acquires remove provably stale entries in their way (default `true`): when the
+    /// semaphore is full, or when the ID asked for is held by a dead entry. With `false`, a
+    /// dead holder keeps its slot until [`Semaphore::reap`](crate::Semaphore::reap),
+    /// [`Semaphore::remove`](crate::Semaphore::remove) or `release` ends it, as in the Go
+    /// package; [`Semaphore::available`](crate::Semaphore::available) then counts it as held.
+    pub fn auto_reap(&mut self, auto_reap: bool) -> &mut Self {
+        self.auto_reap = auto_reap;
+        self
+    }
+
+    /// A lease for every acquire through this handle that does not set its own
+    /// ([`AcquireOptions::lease`]). Default: none. See [`AcquireOptions::lease`].
+    pub fn default_lease(&mut self, lease: Option<Duration>) -> &mut Self {
+        self.default_lease = lease;
+        self
     }
 
     /// Whether every write is flushed to disk before the operation returns (default `true`):
@@ -126,6 +148,8 @@ pub struct AcquireOptions {
     pub(crate) priority: i32,
     pub(crate) cancel: Option<CancelToken>,
     pub(crate) on_wait: Option<Arc<OnWait>>,
+    pub(crate) detached: bool,
+    pub(crate) lease: Option<Duration>,
 }
 
 /// The callback type of [`AcquireOptions::on_wait`].
@@ -135,6 +159,8 @@ impl fmt::Debug for AcquireOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcquireOptions")
             .field("metadata", &self.metadata)
+            .field("detached", &self.detached)
+            .field("lease", &self.lease)
             .field("timeout", &self.timeout)
             .field("priority", &self.priority)
             .field("cancel", &self.cancel)
@@ -144,10 +170,32 @@ impl fmt::Debug for AcquireOptions {
 }
 
 impl AcquireOptions {
-    /// No metadata; wait without a time limit, at priority 0, with no cancel token and no
-    /// callback.
+    /// The defaults: a process-bound hold, no lease (unless the handle has a
+    /// [default lease](OpenOptions::default_lease)), no metadata; when waiting: no time
+    /// limit, priority 0, no cancel token, no callback.
     pub fn new() -> AcquireOptions {
         AcquireOptions::default()
+    }
+
+    /// Takes a *detached* hold (default `false`): it outlives this process and its
+    /// [`Permit`](crate::Permit) is not released on drop, like [`Permit::keep`](crate::Permit::keep).
+    /// It ends by [`Semaphore::release`](crate::Semaphore::release),
+    /// [`Semaphore::remove`](crate::Semaphore::remove) or its lease expiring. A process-bound
+    /// hold (the default) is released on drop and reaped once its process is provably dead.
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    /// Gives the hold a lease of `lease`: the entry records `expires_at = now + lease` and is
+    /// stale once that instant (plus a 2 s grace for clock skew,
+    /// [`LEASE_GRACE`](crate::LEASE_GRACE)) has passed, whoever wrote it and wherever it runs.
+    /// [`Permit::renew`](crate::Permit::renew) extends it;
+    /// [`Permit::keep_alive`](crate::Permit::keep_alive) renews in the background. Leases are
+    /// the only way a hold from another machine, or a detached one, ends by itself.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// Attaches a key-value pair, shown by [`Semaphore::holders`] (for example a job name or

@@ -10,12 +10,13 @@ use chrono::Utc;
 
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
-use crate::liveness::NoEvidence;
+use crate::liveness::{Liveness, SystemJudge};
 use crate::options::{AcquireOptions, OpenOptions};
 use crate::permit::Permit;
 use crate::rules::{self, Ctx, Judge, Refusal};
 use crate::state::{self, Document, Entry, MAX_CAPACITY};
 use crate::store::{Step, Store};
+use crate::witness::{self, Created, WitnessLock};
 
 /// A cheap, cloneable handle on one semaphore file; every operation goes through it.
 ///
@@ -31,6 +32,37 @@ pub(crate) struct Inner {
     pub store: Store,
     pub judge: Box<dyn Judge + Send + Sync>,
     pub reap: bool,
+    pub default_lease: Option<Duration>,
+}
+
+/// An entry removed by reaping, with the evidence that it was stale. Returned by
+/// [`Semaphore::reap`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reaped {
+    /// The holder ID.
+    pub id: String,
+    /// Its fencing token, if it had one.
+    pub token: Option<u64>,
+    /// Its slot, if it had one.
+    pub slot: Option<u32>,
+    /// Why it was stale: [`Liveness::Dead`] or [`Liveness::Expired`] with evidence such as
+    /// "pid 4242 no longer exists".
+    pub liveness: Liveness,
+    /// `true` if it was a queued waiter rather than a holder.
+    pub waiter: bool,
+}
+
+impl From<rules::Removed> for Reaped {
+    fn from(r: rules::Removed) -> Reaped {
+        Reaped {
+            id: r.entry.id,
+            token: r.entry.token,
+            slot: r.entry.slot,
+            liveness: r.verdict,
+            waiter: r.was_waiter,
+        }
+    }
 }
 
 impl fmt::Debug for Semaphore {
@@ -125,8 +157,9 @@ impl Semaphore {
         let sem = Semaphore {
             inner: Arc::new(Inner {
                 store,
-                judge: Box::new(NoEvidence),
-                reap: true,
+                judge: Box::new(SystemJudge::new(path)),
+                reap: options.auto_reap,
+                default_lease: options.default_lease,
             }),
         };
         let store = &sem.inner.store;
@@ -149,8 +182,12 @@ impl Semaphore {
                 fs::create_dir_all(dir)
                     .map_err(|e| Error::io(path, dir, "create the directory", e))?;
                 store.transact(Some(requested), |doc, _created| {
-                    for temp in crate::atomic::remove_leftovers(path)? {
-                        tracing::info!(path = %path.display(), temp = %temp.display(), "removed leftover temp file");
+                    let tokens = live_tokens(doc);
+                    let leftovers = crate::atomic::remove_leftovers(path)?
+                        .into_iter()
+                        .chain(witness::remove_orphans(path, &tokens));
+                    for file in leftovers {
+                        tracing::info!(path = %path.display(), file = %file.display(), "removed leftover file");
                     }
                     if doc.capacity() != requested {
                         return Err(Error::CapacityMismatch {
@@ -258,25 +295,27 @@ impl Semaphore {
         let id = holder.id();
         self.check_request(id, options)?;
         let path = self.path();
+        let lease = options.lease.or(self.inner.default_lease);
         let granted = self.inner.store.transact(None, |doc, _| {
             let now = Utc::now();
             let ctx = self.ctx(now);
             let mut changed = false;
             let mut removed = Vec::new();
             let admitted = rules::admit(doc, id, &ctx, &mut changed, &mut removed);
-            log_removed(path, &removed);
+            self.after_reap(&removed);
             if let Err(refusal) = admitted {
                 return Ok(Step {
                     value: Err(refusal_error(path, id, refusal)),
                     changed,
                 });
             }
-            let token = rules::take_token(doc);
-            let entry = crate::wait::holder_entry(id, now, options);
+            let mut entry = crate::wait::holder_entry(id, now, options, lease);
+            let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
+            entry.witness = witness.as_ref().map(|w| w.record.clone());
             let slot = rules::grant(doc, entry, token, now);
-            Ok(Step::changed(Ok((token, slot, now))))
+            Ok(Step::changed(Ok((token, slot, now, witness))))
         })?;
-        let (token, slot, acquired_at) = granted?;
+        let (token, slot, acquired_at, witness) = granted?;
         tracing::debug!(path = %path.display(), id, token, slot, "acquired");
         Ok(Permit::new(
             self.clone(),
@@ -284,6 +323,8 @@ impl Semaphore {
             token,
             slot,
             acquired_at,
+            lease,
+            witness,
         ))
     }
 
@@ -401,6 +442,94 @@ impl Semaphore {
         let id = holder.id();
         self.check_request(id, options)?;
         crate::wait::acquire(self, id, options)
+    }
+
+    /// Takes the next fencing token and, for a process-bound hold, creates and locks its
+    /// witness file (before the entry naming it is written). Skips tokens whose witness file
+    /// exists already (possible after a Go write dropped the counter).
+    pub(crate) fn take_token_and_witness(
+        &self,
+        doc: &mut Document,
+        detached: bool,
+    ) -> Result<(u64, Option<WitnessLock>)> {
+        let store = &self.inner.store;
+        for _ in 0..64 {
+            let token = rules::take_token(doc);
+            if detached {
+                return Ok((token, None));
+            }
+            match witness::create(&store.path, token, store.create_mode)? {
+                Created::Locked(lock) => return Ok((token, Some(lock))),
+                Created::Taken => continue,
+            }
+        }
+        Err(Error::io(
+            &store.path,
+            &witness::dir_of(&store.path),
+            "find a free witness name in",
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ))
+    }
+
+    /// Logs reaped entries and removes their witness files (if free). Under the lock.
+    pub(crate) fn after_reap(&self, removed: &[rules::Removed]) {
+        log_removed(self.path(), removed);
+        for r in removed {
+            if let (Some(token), Some(record)) = (r.entry.token, &r.entry.witness) {
+                if witness::probe(self.path(), token, record) == witness::Probe::Free {
+                    let file = witness::dir_of(self.path()).join(token.to_string());
+                    let _ = fs::remove_file(file);
+                }
+            }
+        }
+    }
+
+    /// Removes every provably stale holder and waiter now (dead owner, expired lease), hands
+    /// their slots to queued waiters, and returns what it removed with the evidence. Entries
+    /// that cannot be judged (see [`Liveness::Unknown`]) stay. Also removes witness files that
+    /// no entry refers to.
+    ///
+    /// Acquires already reap when they would otherwise fail (unless
+    /// [`OpenOptions::auto_reap`] is off); call this to free slots eagerly or from a cleanup
+    /// job.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 2)?;
+    /// let opts = filesem::AcquireOptions::new().detached(true).lease(Duration::ZERO);
+    /// sem.try_acquire_with("short-lived", &opts)?;
+    /// std::thread::sleep(filesem::LEASE_GRACE + Duration::from_millis(100));
+    /// let reaped = sem.reap()?;
+    /// assert_eq!(reaped[0].id, "short-lived");
+    /// assert!(reaped[0].liveness.evidence().contains("lease expired"));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn reap(&self) -> Result<Vec<Reaped>> {
+        let path = self.path();
+        self.inner.store.transact(None, |doc, _| {
+            let ctx = Ctx {
+                reap: true,
+                ..self.ctx(Utc::now())
+            };
+            let removed = rules::reap(doc, &ctx);
+            let granted = rules::hand_off(doc, ctx.now);
+            self.after_reap(&removed);
+            for file in witness::remove_orphans(path, &live_tokens(doc)) {
+                tracing::info!(path = %path.display(), file = %file.display(), "removed orphan witness");
+            }
+            let changed = !removed.is_empty() || granted > 0;
+            Ok(Step {
+                value: removed.into_iter().map(Reaped::from).collect(),
+                changed,
+            })
+        })
     }
 
     fn check_request(&self, id: &str, options: &AcquireOptions) -> Result<()> {
@@ -725,6 +854,14 @@ pub(crate) fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
             held,
         },
     }
+}
+
+fn live_tokens(doc: &Document) -> Vec<u64> {
+    doc.holders
+        .iter()
+        .chain(&doc.waiters)
+        .filter_map(|e| e.token)
+        .collect()
 }
 
 pub(crate) fn log_removed(path: &Path, removed: &[rules::Removed]) {

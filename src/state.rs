@@ -187,6 +187,25 @@ pub(crate) fn validate_id(id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+impl Entry {
+    pub(crate) fn new(id: String, at: DateTime<Utc>) -> Entry {
+        Entry {
+            id,
+            acquired_at: at,
+            token: None,
+            slot: None,
+            owner: None,
+            witness: None,
+            expires_at: None,
+            lease_ms: None,
+            detached: false,
+            priority: None,
+            metadata: BTreeMap::new(),
+            extra: Map::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,25 +315,6 @@ mod tests {
     impl Entry {
         pub(crate) fn test(id: &str) -> Entry {
             Entry::new(id.to_string(), "2024-01-01T10:00:00Z".parse().unwrap())
-        }
-    }
-}
-
-impl Entry {
-    pub(crate) fn new(id: String, at: DateTime<Utc>) -> Entry {
-        Entry {
-            id,
-            acquired_at: at,
-            token: None,
-            slot: None,
-            owner: None,
-            witness: None,
-            expires_at: None,
-            lease_ms: None,
-            detached: false,
-            priority: None,
-            metadata: BTreeMap::new(),
-            extra: Map::new(),
         }
     }
 }

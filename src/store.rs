@@ -148,23 +148,6 @@ impl Store {
         }
     }
 
-    /// Removes leftover temp files of killed writers (under the lock).
-    pub fn clean_leftovers(&self) -> Result<Vec<PathBuf>> {
-        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let guard = lock::lock_exclusive(
-            &self.path,
-            &self.lock_path,
-            self.create_mode,
-            self.lock_timeout,
-        )?;
-        let removed = atomic::remove_leftovers(&self.path)?;
-        guard.unlock();
-        for p in &removed {
-            tracing::info!(path = %self.path.display(), temp = %p.display(), "removed leftover temp file");
-        }
-        Ok(removed)
-    }
-
     /// Runs `f` under the lock without reading the state (used by recovery, which must not
     /// parse the file).
     pub fn with_lock<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {

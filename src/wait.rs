@@ -24,12 +24,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::cancel::{CancelToken, Registration};
 use crate::error::{Error, Result};
+use crate::liveness::Identity;
 use crate::options::AcquireOptions;
 use crate::permit::Permit;
 use crate::rules::{self, Ctx, Refusal, Removed};
-use crate::semaphore::{Semaphore, log_removed, refusal_error};
-use crate::state::{Document, Entry};
+use crate::semaphore::{Semaphore, refusal_error};
+use crate::state::{Document, Entry, Owner, Witness};
 use crate::store::Step;
+use crate::witness::WitnessLock;
 
 /// How far ahead a waiter's `expires_at` is set. A waiter refreshes it every third of this
 /// while it waits; one that stops (it died, or was stopped for longer) is dropped from the
@@ -78,18 +80,44 @@ pub struct WaitStatus {
 pub(crate) struct Request<'a> {
     pub id: &'a str,
     pub options: &'a AcquireOptions,
+    /// The lease of the hold: the acquire's own, or the handle's default.
+    pub lease: Option<Duration>,
     /// `false` for one attempt only (a zero timeout): refused instead of queued.
     pub may_wait: bool,
 }
 
-/// A queued acquire's identity on file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A queued acquire's identity on file, and what its entry carried (to restore it if a Go
+/// write strips the entry after the hand-off).
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Mine {
     pub id: String,
     pub token: u64,
     /// When it joined the queue: a grant of it is never older.
     pub since: DateTime<Utc>,
+    pub owner: Option<Owner>,
+    pub witness: Option<Witness>,
+    pub detached: bool,
+    pub lease_ms: Option<u64>,
 }
+
+impl Mine {
+    fn of(entry: &Entry, token: u64) -> Mine {
+        Mine {
+            id: entry.id.clone(),
+            token,
+            since: entry.acquired_at,
+            owner: entry.owner.clone(),
+            witness: entry.witness.clone(),
+            detached: entry.detached,
+            lease_ms: entry.lease_ms,
+        }
+    }
+}
+
+/// Takes a fencing token for a new entry and, for a process-bound hold, creates its witness
+/// (returning the record to put in the entry). Files are touched here only, so that
+/// [`settle`] stays testable without them.
+pub(crate) type NewToken<'a> = dyn FnMut(&mut Document) -> Result<(u64, Option<Witness>)> + 'a;
 
 /// A slot granted to an acquire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +129,7 @@ pub(crate) struct Grant {
 
 /// The result of one locked step of an acquire.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per locked step, moved once; boxing buys nothing
 pub(crate) enum Outcome {
     Granted(Grant),
     Queued { mine: Mine, status: WaitStatus },
@@ -129,26 +158,36 @@ enum Found {
     Unmarked(usize),
 }
 
-/// The entry of a new hold, as both `try_acquire` and a waiting acquire granted at once
-/// record it.
-pub(crate) fn holder_entry(id: &str, now: DateTime<Utc>, options: &AcquireOptions) -> Entry {
+/// The entry of a new hold before its token and witness, as both `try_acquire` and an
+/// acquire granted at once record it: owner, metadata, detached, lease length.
+pub(crate) fn holder_entry(
+    id: &str,
+    now: DateTime<Utc>,
+    options: &AcquireOptions,
+    lease: Option<Duration>,
+) -> Entry {
     let mut entry = Entry::new(id.to_string(), now);
     entry.metadata = options.metadata.clone();
+    entry.detached = options.detached;
+    entry.lease_ms = lease.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    entry.owner = Some(Identity::current().owner());
     entry
 }
 
-/// The entry of a new waiter: a holder entry plus its token, priority and expiry. Every
-/// waiter entry is built here, so that it carries what a holder's does and becomes one by
-/// [`rules::hand_off`] without changes.
+/// The entry of a new waiter: a holder entry plus its token, witness, priority and expiry.
+/// Every waiter entry is built here, so that it is judged like a holder (owner, witness) and
+/// becomes one by [`rules::hand_off`] without changes (which replaces the waiter's expiry by
+/// the lease, if any).
 pub(crate) fn waiter_entry(
-    id: &str,
+    req: &Request<'_>,
     token: u64,
+    witness: Option<Witness>,
     now: DateTime<Utc>,
-    options: &AcquireOptions,
 ) -> Entry {
-    let mut entry = holder_entry(id, now, options);
+    let mut entry = holder_entry(req.id, now, req.options, req.lease);
     entry.token = Some(token);
-    entry.priority = (options.priority != 0).then_some(options.priority);
+    entry.witness = witness;
+    entry.priority = (req.options.priority != 0).then_some(req.options.priority);
     entry.expires_at = Some(expiry_from(now));
     entry
 }
@@ -188,7 +227,8 @@ pub(crate) fn granted(doc: &Document, mine: &Mine) -> Option<Grant> {
     }
 }
 
-/// Gives the holder entry at `i` (ours) back its token and a slot if a writer dropped them.
+/// Gives the holder entry at `i` (ours) back its token, a slot, owner, witness and lease if a
+/// writer (the Go package) dropped them.
 fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option<Grant> {
     let slot = match doc.holders[i].slot {
         Some(slot) => slot,
@@ -203,6 +243,13 @@ fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option
     if e.token != Some(mine.token) || e.slot != Some(slot) {
         e.token = Some(mine.token);
         e.slot = Some(slot);
+        if e.owner.is_none() {
+            e.owner = mine.owner.clone();
+            e.witness = mine.witness.clone();
+            e.detached = mine.detached;
+            e.lease_ms = mine.lease_ms;
+            e.expires_at = rules::lease_end(mine.lease_ms, e.acquired_at);
+        }
         *changed = true;
     }
     Some(Grant {
@@ -217,15 +264,17 @@ fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option
 /// the queue, then report our grant, or stay queued (refreshing the expiry if `refresh`), or,
 /// if our entry vanished, start over as a first step (at the back of the queue, with a new
 /// token: the old one may have been lost with the counter).
+#[allow(clippy::too_many_arguments)] // one step's inputs and its two reports
 pub(crate) fn settle(
     doc: &mut Document,
     req: &Request<'_>,
     mine: Option<&Mine>,
     refresh: bool,
     ctx: &Ctx<'_>,
+    new_token: &mut NewToken<'_>,
     changed: &mut bool,
     removed: &mut Vec<Removed>,
-) -> Outcome {
+) -> Result<Outcome> {
     if let Some(mine) = mine {
         if ctx.reap {
             let reaped = rules::reap(doc, ctx);
@@ -239,30 +288,31 @@ pub(crate) fn settle(
         }
         match find(doc, mine) {
             Some(Found::Holder(i) | Found::Unmarked(i)) => {
-                return match mark(doc, i, mine, changed) {
+                return Ok(match mark(doc, i, mine, changed) {
                     Some(grant) => Outcome::Granted(grant),
                     // Ours, but no slot index is free (capacity lowered meanwhile): the ID is
                     // on file and this call cannot claim it.
                     None => Outcome::Refused(Refusal::AlreadyHeld),
-                };
+                });
             }
             Some(Found::Waiter(i)) => {
                 if refresh {
                     doc.waiters[i].expires_at = Some(expiry_from(ctx.now));
                     *changed = true;
                 }
-                return Outcome::Queued {
+                return Ok(Outcome::Queued {
                     mine: mine.clone(),
                     status: status(doc, i, mine.token),
-                };
+                });
             }
             None => {}
         }
     }
-    match rules::admit(doc, req.id, ctx, changed, removed) {
+    Ok(match rules::admit(doc, req.id, ctx, changed, removed) {
         Ok(()) => {
-            let token = rules::take_token(doc);
-            let entry = holder_entry(req.id, ctx.now, req.options);
+            let mut entry = holder_entry(req.id, ctx.now, req.options, req.lease);
+            let (token, witness) = new_token(doc)?;
+            entry.witness = witness;
             let slot = rules::grant(doc, entry, token, ctx.now);
             *changed = true;
             Outcome::Granted(Grant {
@@ -272,8 +322,10 @@ pub(crate) fn settle(
             })
         }
         Err(Refusal::NoCapacity { .. }) if req.may_wait => {
-            let token = rules::take_token(doc);
-            rules::enqueue(doc, waiter_entry(req.id, token, ctx.now, req.options));
+            let (token, witness) = new_token(doc)?;
+            let entry = waiter_entry(req, token, witness, ctx.now);
+            let mine = Mine::of(&entry, token);
+            rules::enqueue(doc, entry);
             *changed = true;
             let ahead = doc
                 .waiters
@@ -281,16 +333,12 @@ pub(crate) fn settle(
                 .position(|e| e.token == Some(token))
                 .unwrap_or(0);
             Outcome::Queued {
-                mine: Mine {
-                    id: req.id.to_string(),
-                    token,
-                    since: ctx.now,
-                },
                 status: status(doc, ahead, token),
+                mine,
             }
         }
         Err(refusal) => Outcome::Refused(refusal),
-    }
+    })
 }
 
 /// The status for `on_wait`; the caller fills in `path`.
@@ -371,6 +419,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     let req = Request {
         id,
         options,
+        lease: options.lease.or(sem.inner.default_lease),
         may_wait: options.timeout != Some(Duration::ZERO),
     };
     let path = sem.path();
@@ -385,8 +434,9 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             path: path.to_path_buf(),
         });
     }
-    let (mine, mut status) = match step(sem, &req, None, false)? {
-        Outcome::Granted(grant) => return Ok(permit(sem, id, grant)),
+    let (outcome, witness) = step(sem, &req, None, false)?;
+    let (mine, mut status) = match outcome {
+        Outcome::Granted(grant) => return Ok(permit(sem, &req, grant, witness)),
         Outcome::Queued { mine, status } => (mine, status),
         Outcome::Refused(Refusal::NoCapacity { .. }) => {
             return Err(Error::Timeout {
@@ -399,6 +449,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     let mut queued = Queued {
         sem,
         mine,
+        witness,
         armed: true,
     };
     tracing::debug!(path = %path.display(), id, token = queued.mine.token, ahead = status.ahead, "queued");
@@ -414,15 +465,19 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         let doc = sem.inner.store.snapshot()?;
         let now = Utc::now();
         if let Some(grant) = granted(&doc, &queued.mine) {
-            return Ok(queued.granted(grant, start));
+            return Ok(queued.granted(&req, grant, None, start));
         }
         let refresh = refreshed.elapsed() >= REFRESH_EVERY;
         if refresh || needs_step(&doc, &queued.mine, &sem.ctx(now)) {
-            match step(sem, &req, Some(&queued.mine), refresh)? {
-                Outcome::Granted(grant) => return Ok(queued.granted(grant, start)),
+            let (outcome, witness) = step(sem, &req, Some(&queued.mine), refresh)?;
+            match outcome {
+                Outcome::Granted(grant) => {
+                    return Ok(queued.granted(&req, grant, witness, start));
+                }
                 Outcome::Queued { mine, .. } => {
-                    if mine != queued.mine {
+                    if mine.token != queued.mine.token {
                         tracing::debug!(path = %path.display(), id, token = mine.token, "queue entry vanished; queued again");
+                        queued.witness = witness;
                         refreshed = Instant::now();
                     } else if refresh {
                         refreshed = Instant::now();
@@ -437,17 +492,15 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             }
         }
         if cancelled() {
-            queued.armed = false;
-            leave_locked(sem, &queued.mine, false)?;
+            queued.leave(false)?;
             return Err(Error::Cancelled {
                 path: path.to_path_buf(),
             });
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            queued.armed = false;
-            return match leave_locked(sem, &queued.mine, true)? {
+            return match queued.leave(true)? {
                 // Handed over while we were timing out: the slot is ours, return it.
-                Left::Granted(grant) => Ok(permit(sem, id, grant)),
+                Left::Granted(grant) => Ok(queued.granted(&req, grant, None, start)),
                 Left::Gone | Left::Released => Err(Error::Timeout {
                     path: path.to_path_buf(),
                     waited: start.elapsed(),
@@ -470,58 +523,108 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     }
 }
 
-fn permit(sem: &Semaphore, id: &str, grant: Grant) -> Permit {
+fn permit(
+    sem: &Semaphore,
+    req: &Request<'_>,
+    grant: Grant,
+    witness: Option<WitnessLock>,
+) -> Permit {
     Permit::new(
         sem.clone(),
-        id.to_string(),
+        req.id.to_string(),
         grant.token,
         grant.slot,
         grant.acquired_at,
+        req.lease,
+        witness,
     )
 }
 
-/// One locked [`settle`] step.
-fn step(sem: &Semaphore, req: &Request<'_>, mine: Option<&Mine>, refresh: bool) -> Result<Outcome> {
-    let path = sem.path();
+/// One locked [`settle`] step; also returns the witness lock of a token it took.
+fn step(
+    sem: &Semaphore,
+    req: &Request<'_>,
+    mine: Option<&Mine>,
+    refresh: bool,
+) -> Result<(Outcome, Option<WitnessLock>)> {
     sem.inner.store.transact(None, |doc, _| {
         let ctx = sem.ctx(Utc::now());
         let mut changed = false;
         let mut removed = Vec::new();
-        let outcome = settle(doc, req, mine, refresh, &ctx, &mut changed, &mut removed);
-        log_removed(path, &removed);
+        let mut lock = None;
+        let mut new_token = |doc: &mut Document| {
+            let (token, witness) = sem.take_token_and_witness(doc, req.options.detached)?;
+            let record = witness.as_ref().map(|w| w.record.clone());
+            lock = witness;
+            Ok((token, record))
+        };
+        let outcome = settle(
+            doc,
+            req,
+            mine,
+            refresh,
+            &ctx,
+            &mut new_token,
+            &mut changed,
+            &mut removed,
+        );
+        sem.after_reap(&removed);
         Ok(Step {
-            value: outcome,
+            value: (outcome?, lock),
             changed,
         })
     })
 }
 
-/// One locked [`leave`] step.
-fn leave_locked(sem: &Semaphore, mine: &Mine, keep_grant: bool) -> Result<Left> {
-    sem.inner.store.transact(None, |doc, _| {
-        let mut changed = false;
-        let left = leave(doc, mine, keep_grant, Utc::now(), &mut changed);
-        Ok(Step {
-            value: left,
-            changed,
-        })
-    })
-}
-
-/// A queue entry of this call. If the call ends any other way than by returning a permit or
-/// leaving explicitly (an error, a panic in the `on_wait` callback), dropping this leaves the
-/// queue, releasing a slot handed over meanwhile: a waiter never leaks a slot.
+/// A queue entry of this call and its witness lock (which becomes the permit's when the slot
+/// is handed over). If the call ends any other way than by returning a permit or leaving
+/// explicitly (an error, a panic in the `on_wait` callback), dropping this leaves the queue,
+/// releasing a slot handed over meanwhile: a waiter never leaks a slot.
 struct Queued<'a> {
     sem: &'a Semaphore,
     mine: Mine,
+    witness: Option<WitnessLock>,
     armed: bool,
 }
 
 impl Queued<'_> {
-    fn granted(&mut self, grant: Grant, start: Instant) -> Permit {
+    /// The permit for a grant; `witness` is the lock of a token the last step took (when it
+    /// granted a new entry after ours vanished), else ours carries over.
+    fn granted(
+        &mut self,
+        req: &Request<'_>,
+        grant: Grant,
+        witness: Option<WitnessLock>,
+        start: Instant,
+    ) -> Permit {
         self.armed = false;
+        let witness = match witness {
+            Some(w) => Some(w),
+            None if grant.token == self.mine.token => self.witness.take(),
+            None => None,
+        };
         tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, token = grant.token, slot = grant.slot, waited = ?start.elapsed(), "acquired after waiting");
-        permit(self.sem, &self.mine.id, grant)
+        permit(self.sem, req, grant, witness)
+    }
+
+    /// Leaves the queue in one locked step (see [`leave`]); the witness goes once the entry
+    /// naming it is gone.
+    fn leave(&mut self, keep_grant: bool) -> Result<Left> {
+        self.armed = false;
+        let left = self.sem.inner.store.transact(None, |doc, _| {
+            let mut changed = false;
+            let left = leave(doc, &self.mine, keep_grant, Utc::now(), &mut changed);
+            Ok(Step {
+                value: left,
+                changed,
+            })
+        });
+        if !matches!(left, Ok(Left::Granted(_))) {
+            // Gone from the file, or the write failed: then a free witness lets the entry be
+            // reaped as dead instead of waiting for its expiry.
+            drop(self.witness.take());
+        }
+        left
     }
 }
 
@@ -530,12 +633,12 @@ impl Drop for Queued<'_> {
         if !self.armed {
             return;
         }
-        if let Err(error) = leave_locked(self.sem, &self.mine, false) {
+        if let Err(error) = self.leave(false) {
             tracing::warn!(
                 path = %self.sem.path().display(),
                 id = %self.mine.id,
                 %error,
-                "failed to leave the queue; the entry expires on its own"
+                "failed to leave the queue; the entry is reaped once its witness or expiry says so"
             );
         }
     }
@@ -698,6 +801,11 @@ mod tests {
         }
     }
 
+    /// Tokens without witness files.
+    fn tokens_only(doc: &mut Document) -> Result<(u64, Option<Witness>)> {
+        Ok((rules::take_token(doc), None))
+    }
+
     fn full(capacity: u32) -> Document {
         let mut doc = Document::new(capacity);
         for i in 0..capacity {
@@ -718,6 +826,7 @@ mod tests {
         let req = Request {
             id,
             options,
+            lease: None,
             may_wait: true,
         };
         let mut changed = false;
@@ -728,10 +837,11 @@ mod tests {
             mine,
             refresh,
             &ctx(now),
+            &mut tokens_only,
             &mut changed,
             &mut removed,
         );
-        (o, changed)
+        (o.unwrap(), changed)
     }
 
     fn queue(doc: &mut Document, id: &str, priority: i32, now: DateTime<Utc>) -> Mine {
@@ -770,6 +880,7 @@ mod tests {
         let req = Request {
             id: "b",
             options: &AcquireOptions::new(),
+            lease: None,
             may_wait: false,
         };
         let (mut changed, mut removed) = (false, Vec::new());
@@ -779,9 +890,11 @@ mod tests {
             None,
             false,
             &ctx(t(1)),
+            &mut tokens_only,
             &mut changed,
             &mut removed,
-        );
+        )
+        .unwrap();
         assert!(matches!(o, Outcome::Refused(Refusal::NoCapacity { .. })));
         assert!(doc.waiters.is_empty());
         assert!(!changed);

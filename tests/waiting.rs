@@ -12,13 +12,12 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use filesem::{AcquireOptions, CancelToken, Error, OpenOptions, Semaphore};
+use filesem::{AcquireOptions, CancelToken, Error, HoldMode, Liveness, OpenOptions, Semaphore};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// How long any single expected event may take before the test fails. Generous: the machine
-/// is shared, and a dead waiter that nobody can judge leaves the queue only when its expiry
-/// (a few seconds) has passed.
+/// is shared.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 const ROLE: &str = "FILESEM_WAITING_ROLE";
@@ -344,16 +343,51 @@ fn waiting_processes_are_served_by_priority_then_arrival() {
 // Dead waiters, hand-off, try_acquire
 
 #[test]
-fn a_waiter_killed_while_queued_does_not_block_the_next_one() {
-    // A dead waiter leaves the queue (judged dead, or by its expiry) and the next is served.
+fn a_waiter_killed_while_queued_leaves_the_queue() {
+    // A dead waiter is judged like a dead holder and removed by the waiter behind it.
+    let (_dir, path, sem) = new_semaphore(1);
+    let first = sem.try_acquire("first").unwrap();
+    let mut procs = Procs::new();
+    let tokens = queue_in_order(&mut procs, &sem, &path, &[("doomed", 0), ("next", 0)]);
+    let doomed = &sem.waiters().unwrap()[0];
+    assert_eq!(doomed.mode, HoldMode::ProcessBound);
+    assert_eq!(
+        doomed.owner.as_ref().unwrap().pid,
+        procs.procs[0].child.id()
+    );
+    assert!(
+        matches!(doomed.liveness, Liveness::Alive { .. }),
+        "{:?}",
+        doomed.liveness
+    );
+    let witness = path
+        .with_extension("json.witness")
+        .join(tokens[0].to_string());
+    assert!(witness.exists());
+    procs.procs[0].kill();
+    eventually("the dead waiter to leave the queue", || {
+        (ids(sem.waiters().unwrap()) == ["next"]).then_some(())
+    });
+    assert!(
+        !witness.exists(),
+        "the dead waiter's witness file is removed"
+    );
+    first.release().unwrap();
+    let fields = procs.expect(1, "acquired");
+    assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[1]);
+    assert_eq!(ids(sem.holders().unwrap()), ["next"]);
+    procs.procs[1].send("release");
+    procs.expect(1, "released");
+}
+
+#[test]
+fn a_waiter_killed_just_before_its_turn_does_not_block_the_next_one() {
+    // A slot handed to a waiter that died before noticing is an ordinary dead holder: reaped.
     let (_dir, path, sem) = new_semaphore(1);
     let first = sem.try_acquire("first").unwrap();
     let mut procs = Procs::new();
     let tokens = queue_in_order(&mut procs, &sem, &path, &[("doomed", 0), ("next", 0)]);
     procs.procs[0].kill();
-    eventually("the dead waiter to leave the queue", || {
-        (ids(sem.waiters().unwrap()) == ["next"]).then_some(())
-    });
     first.release().unwrap();
     let fields = procs.expect(1, "acquired");
     assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[1]);
@@ -415,9 +449,9 @@ fn raising_the_capacity_hands_the_new_slots_to_waiters() {
     let tokens = queue_in_order(&mut procs, &sem, &path, &[("a", 0), ("b", 0)]);
     sem.set_capacity(3).unwrap();
     assert_eq!(ids(sem.holders().unwrap()), ["first", "a", "b"]);
-    for i in 0..2 {
+    for (i, &token) in tokens.iter().enumerate() {
         let fields = procs.expect(i, "acquired");
-        assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[i]);
+        assert_eq!(fields[1].parse::<u64>().unwrap(), token);
         assert_eq!(fields[2], (i + 1).to_string(), "slots 1 and 2");
     }
     assert_eq!(sem.available().unwrap(), 0);
