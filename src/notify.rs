@@ -19,6 +19,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::sync::{Mutex, mpsc};
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
@@ -26,7 +27,8 @@ use nix::sys::statfs;
 
 /// An inotify instance watching one semaphore's directory.
 pub(crate) struct Notifier {
-    inotify: Inotify,
+    /// `None` only while dropping (see the `Drop` impl).
+    inotify: Option<Inotify>,
     state_name: OsString,
     /// The watch on the witness directory, if it existed when the wait started.
     witness_wd: Option<WatchDescriptor>,
@@ -77,7 +79,7 @@ impl Notifier {
             )
             .ok();
         Some(Notifier {
-            inotify,
+            inotify: Some(inotify),
             state_name,
             witness_wd,
             remote,
@@ -85,8 +87,8 @@ impl Notifier {
     }
 
     /// The descriptor to poll for readability.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.inotify.as_fd()
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(AsFd::as_fd)
     }
 
     /// Whether events can be missed because other machines may write the directory.
@@ -97,8 +99,11 @@ impl Notifier {
     /// Reads every queued event and says whether any concerns the state file.
     pub fn drain(&self) -> Events {
         let mut seen = Events::Unrelated;
+        let Some(inotify) = &self.inotify else {
+            return Events::Broken;
+        };
         loop {
-            match self.inotify.read_events() {
+            match inotify.read_events() {
                 Ok(events) if events.is_empty() => return seen,
                 Ok(events) => {
                     for e in events {
@@ -121,6 +126,38 @@ impl Notifier {
             }
         }
     }
+}
+
+impl Drop for Notifier {
+    /// Closing an inotify instance that had watches waits for an RCU grace period in the
+    /// kernel (measured here: 10-20 ms). A waiter that got its slot must not pay that on its
+    /// way out, so the instance is handed to a background thread, which closes it.
+    fn drop(&mut self) {
+        if let Some(inotify) = self.inotify.take() {
+            close_later(inotify);
+        }
+    }
+}
+
+/// Closes `inotify` on a background thread (one per process, started on first use and again
+/// in a forked child); closes it here if that thread cannot be started.
+fn close_later(inotify: Inotify) {
+    static CLOSER: Mutex<Option<(u32, mpsc::Sender<Inotify>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut closer = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
+    if !matches!(&*closer, Some((owner, _)) if *owner == pid) {
+        let (tx, rx) = mpsc::channel::<Inotify>();
+        let started = std::thread::Builder::new()
+            .name("filesem-notify-close".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        *closer = started.ok().map(|_| (pid, tx));
+    }
+    let unsent = match &*closer {
+        Some((_, tx)) => tx.send(inotify).err().map(|e| e.0),
+        None => Some(inotify),
+    };
+    drop(closer);
+    drop(unsent);
 }
 
 impl Events {
@@ -167,7 +204,7 @@ mod tests {
 
     fn wait_readable(n: &Notifier, ms: u16) -> bool {
         use nix::poll::{PollFd, PollFlags, poll};
-        let mut fds = [PollFd::new(n.fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(n.fd().unwrap(), PollFlags::POLLIN)];
         loop {
             match poll(&mut fds, ms) {
                 Ok(k) => return k > 0,

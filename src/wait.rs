@@ -744,8 +744,8 @@ impl Sleeper {
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
         let mut fds = Vec::with_capacity(2);
         #[cfg(target_os = "linux")]
-        if let Some(n) = &self.notifier {
-            fds.push(PollFd::new(n.fd(), PollFlags::POLLIN));
+        if let Some(fd) = self.notifier.as_ref().and_then(|n| n.fd()) {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         let notifier_fds = fds.len();
         if let Some(r) = &self.cancel {
