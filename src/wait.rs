@@ -644,6 +644,21 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// Unit tests switch inotify off to exercise the polling fallback.
+#[cfg(test)]
+static FORCE_POLLING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn polling_forced() -> bool {
+    #[cfg(test)]
+    {
+        FORCE_POLLING.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
+
 /// Sleeps between looks: in `poll(2)` on the change notifier and the cancel socket, with a
 /// backoff timer as the safety net.
 struct Sleeper {
@@ -657,7 +672,11 @@ impl Sleeper {
     fn new(sem: &Semaphore, cancel: Option<&CancelToken>) -> Sleeper {
         let mut sleeper = Sleeper {
             #[cfg(target_os = "linux")]
-            notifier: crate::notify::Notifier::new(sem.path()),
+            notifier: if polling_forced() {
+                None
+            } else {
+                crate::notify::Notifier::new(sem.path())
+            },
             cancel: cancel.and_then(CancelToken::register),
             backoff: Duration::ZERO,
         };
@@ -1050,6 +1069,48 @@ mod tests {
         assert_eq!(status.ahead, 2);
         let order: Vec<_> = doc.waiters.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(order, ["vip", "a", "b", "low"]);
+    }
+
+    #[test]
+    fn polling_alone_serves_the_queue_and_honours_cancel() {
+        // Without inotify (limits, network filesystems, other Unix) the timer finds the
+        // hand-off, and a cancel still wakes the sleeper.
+        use std::sync::mpsc;
+        FORCE_POLLING.store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Duration::from_secs(60);
+        let dir = tempfile::tempdir().unwrap();
+        let sem = crate::OpenOptions::new()
+            .durable(false)
+            .open(dir.path().join("s.json"), 1)
+            .unwrap();
+        let queued = |n: usize| {
+            let start = Instant::now();
+            while sem.waiters().unwrap().len() != n {
+                assert!(start.elapsed() < deadline, "waiter never queued");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let first = sem.try_acquire("a").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiter = sem.clone();
+        std::thread::spawn(move || tx.send(waiter.acquire("b")).unwrap());
+        queued(1);
+        assert!(!Sleeper::new(&sem, None).prompt());
+        first.release().unwrap();
+        let second = rx.recv_timeout(deadline).unwrap().unwrap();
+        assert_eq!(second.id(), "b");
+
+        let token = CancelToken::new();
+        let opts = AcquireOptions::new().cancel_token(&token);
+        let (tx, rx) = mpsc::channel();
+        let waiter = sem.clone();
+        std::thread::spawn(move || tx.send(waiter.acquire_with("c", &opts)).unwrap());
+        queued(1);
+        token.cancel();
+        let err = rx.recv_timeout(deadline).unwrap().unwrap_err();
+        assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
+        assert!(sem.waiters().unwrap().is_empty());
+        FORCE_POLLING.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[test]
