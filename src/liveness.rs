@@ -98,6 +98,7 @@ pub(crate) struct Identity {
     pub host: String,
     pub pid: u32,
     pub start_time: Option<u64>,
+    pub machine_id: Option<String>,
     pub boot_id: Option<String>,
     pub pid_ns: Option<u64>,
 }
@@ -126,6 +127,7 @@ impl Identity {
                 .unwrap_or_default(),
             pid,
             start_time: proc_stat(pid).map(|s| s.start_time),
+            machine_id: machine_id(),
             boot_id: boot_id(),
             pid_ns: pid_namespace(),
         }
@@ -137,6 +139,7 @@ impl Identity {
             host: self.host.clone(),
             pid: self.pid,
             start_time: self.start_time,
+            machine_id: self.machine_id.clone(),
             boot_id: self.boot_id.clone(),
             pid_ns: self.pid_ns,
             extra: Default::default(),
@@ -166,58 +169,56 @@ impl SystemJudge {
 
 impl Judge for SystemJudge {
     fn judge(&self, entry: &Entry) -> Liveness {
-        // 1. The witness lock: held = alive, even if the acquiring pid is gone (a child that
-        //    inherited it still runs); free = dead. Only on a local filesystem.
-        let mut witness_note = None;
+        let owner = entry.owner.as_ref();
+        // Same kernel as ours: same boot id (containers on one kernel share it).
+        let same_kernel =
+            owner.is_some_and(|o| o.boot_id.is_some() && o.boot_id == self.me.boot_id);
+        // 1. The witness lock. Held = alive, even if the acquiring pid is gone (a child that
+        //    inherited it still runs). Free = dead, but only when the holder ran on this
+        //    kernel and the filesystem is local: a lock taken over NFS by another machine may
+        //    not show here at all.
+        let mut note = None;
         if let (Some(w), Some(token)) = (&entry.witness, entry.token) {
-            if self.local {
-                match witness::probe(&self.state_path, token, w) {
-                    Probe::Held => {
-                        return Liveness::Alive {
-                            evidence: format!("witness lock {token} is held"),
-                        };
-                    }
-                    Probe::Free => {
-                        return Liveness::Dead {
-                            evidence: format!("witness lock {token} was released"),
-                        };
-                    }
-                    Probe::Missing => witness_note = Some("witness file missing or replaced"),
-                    Probe::Unreadable(_) => witness_note = Some("witness file unreadable"),
+            match witness::probe(&self.state_path, token, w) {
+                Probe::Held => {
+                    return Liveness::Alive {
+                        evidence: format!("witness lock {token} is held"),
+                    };
                 }
-            } else {
-                witness_note = Some("witness not trusted on a network filesystem");
+                Probe::Free if same_kernel && self.local => {
+                    return Liveness::Dead {
+                        evidence: format!("witness lock {token} was released"),
+                    };
+                }
+                Probe::Free => note = Some("witness free but not trusted across machines"),
+                Probe::Missing => note = Some("witness file missing or replaced"),
+                Probe::Unreadable(_) => note = Some("witness file unreadable"),
             }
         }
-        let Some(owner) = &entry.owner else {
+        let Some(owner) = owner else {
             return Liveness::Unknown {
                 evidence: "no owner recorded (written by Go or an older version)".to_string(),
             };
         };
         let unknown = |why: String| Liveness::Unknown {
-            evidence: match witness_note {
+            evidence: match note {
                 Some(note) => format!("{why}; {note}"),
                 None => why,
             },
         };
-        // 2. A reboot: an entry from an earlier boot of this machine is dead. Only on a local
-        //    filesystem, where every writer runs on this machine.
-        let (Some(theirs), Some(ours)) = (&owner.boot_id, &self.me.boot_id) else {
-            return unknown(format!(
-                "pid {} on {}: no boot id to compare",
-                owner.pid, owner.host
-            ));
-        };
-        if theirs != ours {
-            if self.local {
-                return Liveness::Dead {
+        if !same_kernel {
+            // 2. A reboot: same machine (machine id), another boot id. Only for a state file on
+            //    a local filesystem. Any other difference means another machine: no verdict.
+            let same_machine = owner.machine_id.is_some() && owner.machine_id == self.me.machine_id;
+            return match (&owner.boot_id, &self.me.boot_id) {
+                (Some(theirs), Some(ours)) if same_machine && self.local => Liveness::Dead {
                     evidence: format!("holder's machine rebooted (boot id {theirs}, now {ours})"),
-                };
-            }
-            return unknown(format!(
-                "pid {} on {}: another machine or boot",
-                owner.pid, owner.host
-            ));
+                },
+                _ => unknown(format!(
+                    "pid {} on {}: another machine or boot",
+                    owner.pid, owner.host
+                )),
+            };
         }
         // 3. The pid, only inside the same pid namespace.
         if owner.pid_ns.is_none() || owner.pid_ns != self.me.pid_ns {
@@ -306,6 +307,20 @@ fn boot_id() -> Option<String> {
 
 #[cfg(not(target_os = "linux"))]
 fn boot_id() -> Option<String> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn machine_id() -> Option<String> {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn machine_id() -> Option<String> {
     None
 }
 

@@ -85,10 +85,13 @@ fn open_lock_file(lock_path: &Path, mode: u32) -> io::Result<File> {
         .open(lock_path);
     match rw {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS)) => {
+            // If the read-only open fails too (typically: the lock file does not exist and
+            // the directory is not writable), the first error is the one that explains it.
             OpenOptions::new()
                 .read(true)
                 .custom_flags(libc_o_nofollow())
                 .open(lock_path)
+                .map_err(|_| e)
         }
         other => other,
     }

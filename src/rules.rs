@@ -89,6 +89,21 @@ pub(crate) fn expiry(entry: &Entry) -> Option<DateTime<Utc>> {
     entry.expires_at.map(|at| at + grace)
 }
 
+/// Gives a document without a token counter one that is above every token handed out before.
+///
+/// Only the Go package writes a document without `next_token` (it drops every field it does
+/// not know, tokens included), so nothing on file bounds the tokens we handed out before that
+/// write. The counter resumes at `now` in microseconds since 1970, as
+/// [`Semaphore::recover`](crate::Semaphore::recover) does: our counters count up from 1 by one
+/// per grant, and no grant takes less than a microsecond, so this stays above every earlier
+/// token unless the clock went back. Applied to every document read under the lock.
+pub(crate) fn resume_token_counter(doc: &mut Document, now: DateTime<Utc>) {
+    if doc.next_token.is_none() {
+        let micros = u64::try_from(now.timestamp_micros()).unwrap_or(0);
+        doc.next_token = Some(micros.max(1));
+    }
+}
+
 /// Takes the next fencing token and advances the counter.
 pub(crate) fn take_token(doc: &mut Document) -> u64 {
     let token = next_token(doc);
@@ -382,6 +397,24 @@ mod tests {
         assert_eq!(take_token(&mut doc), 43);
         doc.next_token = Some(100);
         assert_eq!(take_token(&mut doc), 100);
+    }
+
+    #[test]
+    fn token_counter_lost_to_a_go_write_resumes_at_the_clock() {
+        // After a Go write drops every token, new tokens must exceed those handed out before.
+        let mut doc = Document::new(2);
+        for _ in 0..5 {
+            take_token(&mut doc);
+        }
+        doc.next_token = None;
+        resume_token_counter(&mut doc, now());
+        let micros = u64::try_from(now().timestamp_micros()).unwrap();
+        assert_eq!(take_token(&mut doc), micros);
+        assert_eq!(take_token(&mut doc), micros + 1);
+        // A counter on file is never touched.
+        let later = now() + chrono::Duration::days(1);
+        resume_token_counter(&mut doc, later);
+        assert_eq!(take_token(&mut doc), micros + 2);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::atomic::{self, FileMeta};
 use crate::error::{Error, Result};
 use crate::lock;
+use crate::rules;
 use crate::state::Document;
 
 /// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
@@ -89,7 +90,10 @@ impl Store {
             self.lock_timeout,
         )?;
         let (mut doc, meta, created) = match self.read()? {
-            Some((doc, meta)) => (doc, meta, false),
+            Some((mut doc, meta)) => {
+                rules::resume_token_counter(&mut doc, chrono::Utc::now());
+                (doc, meta, false)
+            }
             None => match create {
                 Some(capacity) => {
                     let meta = FileMeta {
