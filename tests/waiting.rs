@@ -660,22 +660,26 @@ fn a_waiter_whose_entry_vanished_queues_again() {
 #[test]
 fn on_wait_reports_holders_capacity_and_position_once() {
     // The CLI's "waiting for a slot" line gets who holds and how many are ahead.
+    enum Msg {
+        Waiting(filesem::WaitStatus),
+        Acquired(filesem::Result<filesem::Permit>),
+    }
     let (_dir, _path, sem) = new_semaphore(2);
     let a = sem.try_acquire("a").unwrap();
-    let _b = sem.try_acquire("b").unwrap();
-    let mut threads = Vec::new();
+    let b = sem.try_acquire("b").unwrap();
     let (tx, rx) = mpsc::channel();
     for (n, id) in ["w1", "w2"].into_iter().enumerate() {
         let waiter = sem.clone();
         let tx = tx.clone();
         let report = tx.clone();
         let opts = AcquireOptions::new().on_wait(move |s| {
-            report.send(Ok(s.clone())).unwrap();
+            report.send(Msg::Waiting(s.clone())).unwrap();
         });
-        threads.push(std::thread::spawn(move || {
-            let p = waiter.acquire_with(id, &opts);
-            tx.send(Err(p.map(|p| p.id().to_string()))).unwrap();
-        }));
+        // The permit travels back, so that the test decides when it is released.
+        std::thread::spawn(move || {
+            tx.send(Msg::Acquired(waiter.acquire_with(id, &opts)))
+                .unwrap()
+        });
         eventually("the waiter to queue", || {
             (sem.waiters().unwrap().len() == n + 1).then_some(())
         });
@@ -683,8 +687,8 @@ fn on_wait_reports_holders_capacity_and_position_once() {
     let mut statuses = Vec::new();
     for _ in 0..2 {
         match rx.recv_timeout(DEADLINE).unwrap() {
-            Ok(status) => statuses.push(status),
-            Err(r) => panic!("acquired before it was released: {r:?}"),
+            Msg::Waiting(status) => statuses.push(status),
+            Msg::Acquired(r) => panic!("acquired before a release: {r:?}"),
         }
     }
     statuses.sort_by_key(|s| s.ahead);
@@ -694,22 +698,17 @@ fn on_wait_reports_holders_capacity_and_position_once() {
         assert_eq!(s.holders, ["a", "b"]);
         assert_eq!(s.path, sem.path());
     }
-    a.release().unwrap();
-    let served = rx.recv_timeout(DEADLINE).unwrap();
-    assert!(
-        matches!(served, Err(Ok(ref id)) if id == "w1"),
-        "{served:?}"
-    );
-    assert!(rx.try_recv().is_err(), "on_wait is called once per acquire");
-    drop(_b);
-    let served = rx.recv_timeout(DEADLINE).unwrap();
-    assert!(
-        matches!(served, Err(Ok(ref id)) if id == "w2"),
-        "{served:?}"
-    );
-    for t in threads {
-        t.join().unwrap();
+    let mut served = Vec::new();
+    for holder in [a, b] {
+        holder.release().unwrap();
+        match rx.recv_timeout(DEADLINE).unwrap() {
+            Msg::Acquired(r) => served.push(r.unwrap()),
+            Msg::Waiting(s) => panic!("on_wait called twice: {s:?}"),
+        }
     }
+    let ids: Vec<&str> = served.iter().map(|p| p.id()).collect();
+    assert_eq!(ids, ["w1", "w2"]);
+    assert!(rx.try_recv().is_err(), "on_wait is called once per acquire");
 }
 
 #[test]
