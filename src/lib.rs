@@ -43,20 +43,44 @@
 //!   [durable](OpenOptions::durable) writes, of the machine).
 //! - A process killed inside the critical section releases the lock file as the kernel closes
 //!   its descriptors; its temp file is removed by the next [`Semaphore::open`].
-//! - A holder killed without releasing keeps its entry until it is removed with
-//!   [`Semaphore::remove`] or [`Semaphore::release`]. Entries whose owner cannot be judged are
-//!   never removed on a guess: see [`Liveness`].
+//! - A holder that dies without releasing gets its slot back as soon as it is *provably* dead:
+//!   acquires reap stale entries in their way ([`OpenOptions::auto_reap`]), and
+//!   [`Semaphore::reap`] does it on demand. A live holder is never declared dead; an entry that
+//!   cannot be judged keeps its slot until its lease expires or it is removed. The verdicts
+//!   ([`Liveness`], shown by [`Semaphore::holders`]):
+//!
+//! | the entry | verdict |
+//! | --- | --- |
+//! | its witness file `PATH.witness/<token>` is flock'd by anyone (the holder, or a child that inherited it via [`Permit::inherit_witness`]) | alive |
+//! | witness free, holder on this boot of this machine, local filesystem | dead |
+//! | witness missing or replaced, same boot and pid namespace: pid gone (`kill(pid, 0)` = `ESRCH`), zombie, or reused (other start time) | dead |
+//! | same, pid running with the recorded start time | alive |
+//! | written in an earlier boot of this machine (same machine id, other boot id), local filesystem | dead |
+//! | another machine, another pid namespace, a network filesystem | unknown |
+//! | no owner recorded (Go package, older versions) | unknown |
+//! | detached ([`Permit::keep`], [`AcquireOptions::detached`]) | unknown |
+//! | lease ([`AcquireOptions::lease`]) expired more than [`LEASE_GRACE`] ago | expired |
+//!
+//!   "Dead" and "expired" are stale: only they are reaped. Pid evidence is never inferred from a
+//!   missing `/proc` entry (`hidepid` hides live processes), and never used across machines,
+//!   boots or pid namespaces.
 //! - A corrupt state file is reported as [`Error::Corrupt`] by every operation and is never
 //!   overwritten; [`Semaphore::recover`] moves it aside explicitly.
 //!
 //! # Platform notes
 //!
-//! - Unix only; Linux first. flock is *advisory*: every program that uses the semaphore must
+//! - Unix only; Linux first: pid, boot-id and machine-id evidence are Linux facilities; other
+//!   Unix systems get witness locks (held = alive) and leases. flock is *advisory*: every program that uses the semaphore must
 //!   follow this protocol (this crate, the Go package, or the documented file format).
 //! - flock over network filesystems (NFS, SMB) is not reliable everywhere; keep semaphore files
 //!   on a local filesystem (tmpfs is ideal for throwaway ones: `OpenOptions::durable(false)`).
 //! - The Go package can share a semaphore file if both sides use the same capacity; it drops
 //!   the fields it does not know (tokens, owners, queue) when it writes.
+
+// The README's code blocks are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 mod atomic;
 mod error;

@@ -148,6 +148,17 @@ impl Semaphore {
         capacity: Option<u32>,
         options: &OpenOptions,
     ) -> Result<Semaphore> {
+        if let Some(capacity) = capacity {
+            check_capacity(path, u64::from(capacity.max(1)))?;
+            if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(Error::Symlink {
+                    path: path.to_path_buf(),
+                });
+            }
+            // Before the judge looks at the filesystem type of this directory.
+            let dir = crate::store::parent_dir(path);
+            fs::create_dir_all(dir).map_err(|e| Error::io(path, dir, "create the directory", e))?;
+        }
         let store = Store::new(
             path.to_path_buf(),
             options.durable,
@@ -169,18 +180,6 @@ impl Semaphore {
             }
             Some(capacity) => {
                 let requested = capacity.max(1);
-                check_capacity(path, u64::from(requested))?;
-                match fs::symlink_metadata(path) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        return Err(Error::Symlink {
-                            path: path.to_path_buf(),
-                        });
-                    }
-                    _ => {}
-                }
-                let dir = crate::store::parent_dir(path);
-                fs::create_dir_all(dir)
-                    .map_err(|e| Error::io(path, dir, "create the directory", e))?;
                 store.transact(Some(requested), |doc, _created| {
                     let tokens = live_tokens(doc);
                     let leftovers = crate::atomic::remove_leftovers(path)?

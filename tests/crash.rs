@@ -203,3 +203,35 @@ fn child_process() {
         None => {}
     }
 }
+
+#[test]
+fn free_witness_counts_as_dead_in_a_directory_created_by_open() {
+    // The filesystem check must see the directory open creates, or dead holders there would
+    // never be reaped.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("new/nested/sem.json");
+    let sem = OpenOptions::new().durable(false).open(&path, 1).unwrap();
+    // An entry of this process whose witness file exists but is not locked: as after a crash.
+    let witness_dir = dir.path().join("new/nested/sem.json.witness");
+    fs::create_dir(&witness_dir).unwrap();
+    fs::write(witness_dir.join("5"), b"").unwrap();
+    let meta = fs::metadata(witness_dir.join("5")).unwrap();
+    let probe = dir.path().join("probe.json");
+    let owner = {
+        let p = Semaphore::open(&probe, 1).unwrap();
+        let opts = filesem::AcquireOptions::new().detached(true);
+        let _kept = p.try_acquire_with("me", &opts).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&probe).unwrap()).unwrap();
+        v["holders"][0]["owner"].clone()
+    };
+    use std::os::unix::fs::MetadataExt;
+    let doc = serde_json::json!({"capacity": 1, "next_token": 6, "holders": [{
+        "id": "crashed", "acquired_at": "2026-01-01T00:00:00Z", "token": 5, "slot": 0,
+        "owner": owner, "witness": {"dev": meta.dev(), "ino": meta.ino()}}]});
+    fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let verdict = &sem.holders().unwrap()[0].liveness;
+    assert_eq!(verdict.name(), "dead", "{verdict}");
+    assert!(verdict.evidence().contains("witness lock 5 was released"));
+    let permit = sem.try_acquire("next").unwrap();
+    assert_eq!(permit.token(), 6);
+}
