@@ -12,7 +12,11 @@
 //! ```
 //!
 //! The workers are this program re-executed with a hidden `--worker` argument. Each one loops:
-//! take a slot (retrying after a short random pause while all are taken), hold it, release it.
+//! take a slot (waiting in the semaphore's queue while all are taken: first come, first
+//! served, and the slot is handed over by the release that frees it), hold it, release it.
+//! The timeline shows when each worker queued, how many were ahead, and the order they were
+//! served in (a queued worker keeps the fencing token it got when it queued, so tokens are
+//! granted in increasing order).
 //! An independent witness (`examples/common/witness.rs`: its own counter file under its own
 //! lock, plus one `O_EXCL` marker file per slot in use) counts who is inside. The program
 //! exits with status 1 if the witness ever saw more than `capacity` inside, a slot used twice,
@@ -28,7 +32,7 @@ use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use filesem::{Error, Permit, Semaphore};
+use filesem::{AcquireOptions, Semaphore};
 use witness::Witness;
 
 const USAGE: &str = "\
@@ -118,9 +122,9 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
 // ---------------------------------------------------------------------------------------
 
 /// What a worker reports to the parent, one tab-separated line per event on stdout:
-/// `ready`, `refused held capacity`, `entered slot token inside retries waited_ms`,
-/// `left slot inside held_ms`, `violation text`, `error text`, `done grants refusals`; each
-/// after the kind and the time since the start of the run in microseconds.
+/// `ready`, `queued token ahead holders capacity`, `entered slot token inside queued
+/// waited_ms`, `left slot inside held_ms`, `violation text`, `error text`, `done grants
+/// waits`; each after the kind and the time since the start of the run in microseconds.
 fn emit(epoch_us: u64, kind: &str, fields: &[&dyn std::fmt::Display]) {
     let mut line = format!("{kind}\t{}", now_us().saturating_sub(epoch_us));
     for f in fields {
@@ -171,26 +175,32 @@ fn worker(args: &[String]) -> ExitCode {
     // Start together: wait for the parent's "go" (or for its end).
     let _ = std::io::stdin().lock().read_line(&mut String::new());
 
-    let mut refusals = 0u64;
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = AcquireOptions::new().on_wait({
+        let queued = queued.clone();
+        move |status| {
+            queued.store(true, std::sync::atomic::Ordering::SeqCst);
+            let holders = status.holders.join(", ");
+            emit(
+                epoch,
+                "queued",
+                &[&status.token, &status.ahead, &holders, &status.capacity],
+            );
+        }
+    });
+    let mut waits = 0u64;
     for _ in 0..cycles {
         let waiting_since = Instant::now();
-        let mut retries = 0u32;
-        let mut on_refused = |e: &Error| {
-            if let Error::NoCapacity { held, capacity, .. } = e
-                && retries == 0
-            {
-                emit(epoch, "refused", &[held, capacity]);
-            }
-            retries += 1;
-            refusals += 1;
-        };
-        // The waiting API (`sem.acquire`) arrives in a later release; until then, poll.
-        // Swapping to it is this one line: `let permit = match sem.acquire(id.as_str()) {`.
-        let permit = match poll_acquire(&sem, &id, &mut rng, &mut on_refused) {
+        queued.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Waits in the queue when every slot is taken; the releasing worker hands its slot
+        // to the head of the queue.
+        let permit = match sem.acquire_with(id.as_str(), &opts) {
             Ok(p) => p,
             Err(e) => return fail(e.to_string()),
         };
         let waited_ms = waiting_since.elapsed().as_millis();
+        let was_queued = u8::from(queued.load(std::sync::atomic::Ordering::SeqCst));
+        waits += u64::from(was_queued);
         let (slot, token) = (permit.slot(), permit.token());
         let entered = match witness.enter(slot, &id, token) {
             Ok(e) => e,
@@ -199,7 +209,7 @@ fn worker(args: &[String]) -> ExitCode {
         emit(
             epoch,
             "entered",
-            &[&slot, &token, &entered.inside, &retries, &waited_ms],
+            &[&slot, &token, &entered.inside, &was_queued, &waited_ms],
         );
         for v in &entered.violations {
             emit(epoch, "violation", &[v]);
@@ -220,30 +230,10 @@ fn worker(args: &[String]) -> ExitCode {
             // NotHeld or Lost here would mean the semaphore lost our entry.
             return fail(format!("release failed: {e}"));
         }
-        // A short rest, so that the others get a turn before this worker polls again.
-        std::thread::sleep(Duration::from_millis(rng.u64(0..=hold_ms / 2)));
+        // No rest needed for fairness: acquiring again queues behind everyone waiting.
     }
-    emit(epoch, "done", &[&cycles, &refusals]);
+    emit(epoch, "done", &[&cycles, &waits]);
     ExitCode::SUCCESS
-}
-
-/// Takes a slot, retrying after a short random pause (10 to 30 ms) while all are taken.
-/// `on_refused` hears of every refusal.
-fn poll_acquire(
-    sem: &Semaphore,
-    id: &str,
-    rng: &mut fastrand::Rng,
-    on_refused: &mut dyn FnMut(&Error),
-) -> filesem::Result<Permit> {
-    loop {
-        match sem.try_acquire(id) {
-            Err(e @ Error::NoCapacity { .. }) => {
-                on_refused(&e);
-                std::thread::sleep(Duration::from_millis(rng.u64(10..=30)));
-            }
-            other => return other,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,7 +264,7 @@ impl Drop for Workers {
 #[derive(Default)]
 struct Tally {
     grants: u64,
-    refusals: u64,
+    waits: u64,
     max_inside: u32,
     problems: Vec<String>,
     done: u32,
@@ -323,7 +313,8 @@ fn run(config: &Config) -> Result<bool, String> {
     println!("  state file: {}{keep_note}", path.display());
     println!("  witness:    {}", witness.dir().display());
     println!(
-        "  each worker takes a slot {} times and holds it about {} ms; a refused worker retries",
+        "  each worker takes a slot {} times and holds it about {} ms; when all are taken it \
+         queues (first come, first served)",
         config.cycles, config.hold_ms
     );
     println!();
@@ -458,21 +449,20 @@ fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
     let f = |n: usize| fields.get(n).copied().unwrap_or("?");
     let time = format!("{:.3}s", t_us as f64 / 1e6);
     let (event, inside) = match kind {
-        "refused" => (
-            format!("refused: all {} slots taken, will retry", f(3)),
+        "queued" => (
+            format!(
+                "queued (token {}): {} ahead; {} slots held by {}",
+                f(2),
+                f(3),
+                f(5),
+                f(4)
+            ),
             None,
         ),
         "entered" => {
-            let retries: u32 = f(5).parse().unwrap_or(0);
             let mut event = format!("entered slot {} (token {})", f(2), f(3));
-            match retries {
-                0 => {}
-                1 => {
-                    let _ = write!(event, " after 1 retry, {} ms", f(6));
-                }
-                n => {
-                    let _ = write!(event, " after {n} retries, {} ms", f(6));
-                }
+            if f(5) == "1" {
+                let _ = write!(event, " after waiting {} ms", f(6));
             }
             tally.grants += 1;
             (event, f(4).parse::<u32>().ok())
@@ -490,9 +480,12 @@ fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
             (format!("ERROR: {}", f(2)), None)
         }
         "done" => {
-            tally.refusals += f(3).parse::<u64>().unwrap_or(0);
+            tally.waits += f(3).parse::<u64>().unwrap_or(0);
             tally.done += 1;
-            (format!("done: {} grants, {} refusals", f(2), f(3)), None)
+            (
+                format!("done: {} grants, {} after waiting", f(2), f(3)),
+                None,
+            )
         }
         _ => (format!("(unexpected output: {line:?})"), None),
     };
@@ -585,12 +578,12 @@ fn summarize(
 
     println!();
     println!(
-        "summary: {} workers x {} cycles = {} grants, {} refusals (retried), \
+        "summary: {} workers x {} cycles = {} grants, {} after waiting in the queue, \
          at most {} of {} inside at once (witness: {}), {} violations",
         config.workers,
         config.cycles,
         tally.grants,
-        tally.refusals,
+        tally.waits,
         tally.max_inside,
         config.capacity,
         report.max_inside,

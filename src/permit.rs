@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::rules;
 use crate::semaphore::Semaphore;
+use crate::state::Document;
 use crate::store::Step;
 use crate::witness::{self, WitnessLock};
 
@@ -52,11 +53,8 @@ pub struct Permit {
 }
 
 struct Held {
-    sem: Semaphore,
-    id: String,
-    token: u64,
+    hold: Target,
     slot: u32,
-    acquired_at: DateTime<Utc>,
     lease: Option<Duration>,
     /// The kernel-held witness of a process-bound hold; `None` for detached holds.
     witness: Option<WitnessLock>,
@@ -89,11 +87,13 @@ impl Permit {
     ) -> Permit {
         Permit {
             held: Some(Held {
-                sem,
-                id,
-                token,
+                hold: Target {
+                    sem,
+                    id,
+                    token,
+                    acquired_at,
+                },
                 slot,
-                acquired_at,
                 lease,
                 detached: witness.is_none(),
                 witness,
@@ -109,14 +109,14 @@ impl Permit {
 
     /// The holder ID.
     pub fn id(&self) -> &str {
-        &self.held().id
+        &self.held().hold.id
     }
 
     /// The fencing token of this grant: a number from a counter in the state file that only
     /// ever increases, across releases and processes. Pass it to the guarded resource so it
     /// can refuse a holder whose permit was lost (a newer grant has a larger token).
     pub fn token(&self) -> u64 {
-        self.held().token
+        self.held().hold.token
     }
 
     /// The slot index in `0..capacity` this grant got: the lowest free one at the time (for
@@ -127,17 +127,17 @@ impl Permit {
 
     /// When the slot was granted.
     pub fn acquired_at(&self) -> DateTime<Utc> {
-        self.held().acquired_at
+        self.held().hold.acquired_at
     }
 
     /// The semaphore's state file.
     pub fn path(&self) -> &Path {
-        self.held().sem.path()
+        self.held().hold.sem.path()
     }
 
     /// The semaphore this permit belongs to.
     pub fn semaphore(&self) -> &Semaphore {
-        &self.held().sem
+        &self.held().hold.sem
     }
 
     /// The lease length of this hold, if it has one.
@@ -154,18 +154,16 @@ impl Permit {
     ///
     /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the state cannot be read.
     pub fn is_held(&self) -> Result<bool> {
-        let h = self.held();
+        let h = &self.held().hold;
         let doc = h.sem.inner.store.snapshot()?;
         let now = Utc::now();
-        Ok(
-            match rules::find_own(&doc.holders, h.token, &h.id, h.acquired_at) {
-                Some(i) => !matches!(
-                    rules::verdict(&doc.holders[i], now, &crate::liveness::NoEvidence),
-                    crate::Liveness::Expired { .. }
-                ),
-                None => false,
-            },
-        )
+        Ok(match h.find(&doc) {
+            Some(i) => !matches!(
+                rules::verdict(&doc.holders[i], now, &crate::liveness::NoEvidence),
+                crate::Liveness::Expired { .. }
+            ),
+            None => false,
+        })
     }
 
     /// Extends the lease to `now + lease` and returns the new end; `Ok(None)` for a hold
@@ -191,7 +189,7 @@ impl Permit {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn renew(&self) -> Result<Option<DateTime<Utc>>> {
-        self.held().renew()
+        self.held().hold.renew()
     }
 
     /// Starts a background thread that keeps this hold alive: it renews the lease at about a
@@ -220,16 +218,7 @@ impl Permit {
     /// thread) with the [`Error::Lost`] when the hold is found lost.
     pub fn keep_alive_with(&self, on_lost: impl FnOnce(&Error) + Send + 'static) -> KeepAlive {
         let h = self.held();
-        KeepAlive::start(
-            Target {
-                sem: h.sem.clone(),
-                id: h.id.clone(),
-                token: h.token,
-                acquired_at: h.acquired_at,
-            },
-            h.lease,
-            Box::new(on_lost),
-        )
+        KeepAlive::start(h.hold.clone(), h.lease, Box::new(on_lost))
     }
 
     /// A duplicate of the hold's witness lock descriptor *without* `O_CLOEXEC`, so that a
@@ -249,12 +238,8 @@ impl Permit {
         match &h.witness {
             None => Ok(None),
             Some(w) => w.inheritable().map(Some).map_err(|e| {
-                Error::io(
-                    h.sem.path(),
-                    &witness::dir_of(h.sem.path()),
-                    "duplicate the witness in",
-                    e,
-                )
+                let path = h.hold.sem.path();
+                Error::io(path, &witness::dir_of(path), "duplicate the witness in", e)
             }),
         }
     }
@@ -290,16 +275,19 @@ impl Permit {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
-        let result = held.sem.inner.store.transact(None, |doc, _| {
-            match rules::find_own(&doc.holders, held.token, &held.id, held.acquired_at) {
+        let hold = &held.hold;
+        let result = hold
+            .sem
+            .inner
+            .store
+            .transact(None, |doc, _| match hold.find(doc) {
                 Some(i) => {
                     doc.holders[i].detached = true;
                     doc.holders[i].witness = None;
                     Ok(Step::changed(Ok(())))
                 }
-                None => Ok(Step::unchanged(Err(held.lost()))),
-            }
-        });
+                None => Ok(Step::unchanged(Err(hold.lost()))),
+            });
         match result.and_then(|r| r) {
             Ok(()) => {
                 if let Some(w) = held.witness {
@@ -316,48 +304,15 @@ impl Permit {
 }
 
 impl Held {
-    fn lost(&self) -> Error {
-        Error::Lost {
-            path: self.sem.path().to_path_buf(),
-            id: self.id.clone(),
-            token: self.token,
-        }
-    }
-
-    fn renew(&self) -> Result<Option<DateTime<Utc>>> {
-        Target {
-            sem: self.sem.clone(),
-            id: self.id.clone(),
-            token: self.token,
-            acquired_at: self.acquired_at,
-        }
-        .renew()
-    }
-
     fn release(mut self) -> Result<()> {
         let witness = self.witness.take();
-        let result = self.remove_entry();
+        let result = self.hold.remove_entry();
         // The entry is gone (or the write failed: then a free witness lets the entry be
         // reaped, which is what a best-effort release wants).
         if let Some(w) = witness {
             w.release();
         }
         result
-    }
-
-    fn remove_entry(&self) -> Result<()> {
-        self.sem.inner.store.transact(None, |doc, _| {
-            match rules::find_own(&doc.holders, self.token, &self.id, self.acquired_at) {
-                Some(i) => {
-                    doc.holders.remove(i);
-                    rules::hand_off(doc, Utc::now());
-                    Ok(Step::changed(Ok(())))
-                }
-                None => Ok(Step::unchanged(Err(self.lost()))),
-            }
-        })??;
-        tracing::debug!(path = %self.sem.path().display(), id = %self.id, token = self.token, "released");
-        Ok(())
     }
 }
 
@@ -377,15 +332,16 @@ impl Drop for Permit {
             // Outlives the permit by request (`AcquireOptions::detached`).
             return;
         }
-        let path = held.sem.path().to_path_buf();
-        let id = held.id.clone();
+        let path = held.hold.sem.path().to_path_buf();
+        let id = held.hold.id.clone();
         if let Err(error) = held.release() {
             tracing::warn!(path = %path.display(), id = %id, %error, "failed to release permit on drop");
         }
     }
 }
 
-/// What a renewal needs to find a hold: its semaphore, ID, token and grant time.
+/// What identifies a hold on file: its semaphore, ID, fencing token and grant time.
+#[derive(Clone)]
 struct Target {
     sem: Semaphore,
     id: String,
@@ -394,15 +350,40 @@ struct Target {
 }
 
 impl Target {
+    /// The index of this hold's entry in `holders`: by token, or by (ID, grant time) when a
+    /// Go write dropped the token.
+    fn find(&self, doc: &Document) -> Option<usize> {
+        rules::find_own(&doc.holders, self.token, &self.id, self.acquired_at)
+    }
+
+    fn lost(&self) -> Error {
+        Error::Lost {
+            path: self.sem.path().to_path_buf(),
+            id: self.id.clone(),
+            token: self.token,
+        }
+    }
+
+    fn remove_entry(&self) -> Result<()> {
+        self.sem
+            .inner
+            .store
+            .transact(None, |doc, _| match self.find(doc) {
+                Some(i) => {
+                    doc.holders.remove(i);
+                    rules::hand_off(doc, Utc::now());
+                    Ok(Step::changed(Ok(())))
+                }
+                None => Ok(Step::unchanged(Err(self.lost()))),
+            })??;
+        tracing::debug!(path = %self.sem.path().display(), id = %self.id, token = self.token, "released");
+        Ok(())
+    }
+
     fn renew(&self) -> Result<Option<DateTime<Utc>>> {
         self.sem.inner.store.transact(None, |doc, _| {
-            let Some(i) = rules::find_own(&doc.holders, self.token, &self.id, self.acquired_at)
-            else {
-                return Ok(Step::unchanged(Err(Error::Lost {
-                    path: self.sem.path().to_path_buf(),
-                    id: self.id.clone(),
-                    token: self.token,
-                })));
+            let Some(i) = self.find(doc) else {
+                return Ok(Step::unchanged(Err(self.lost())));
             };
             let entry = &mut doc.holders[i];
             match rules::lease_end(entry.lease_ms, Utc::now()) {
@@ -413,6 +394,14 @@ impl Target {
                 None => Ok(Step::unchanged(Ok(None))),
             }
         })?
+    }
+
+    /// Fails with [`Error::Lost`] unless the entry is on file (a lock-free read).
+    fn check_on_file(&self) -> Result<()> {
+        match self.find(&self.sem.inner.store.snapshot()?) {
+            Some(_) => Ok(()),
+            None => Err(self.lost()),
+        }
     }
 }
 
@@ -445,22 +434,7 @@ impl KeepAlive {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
                     let outcome = match lease {
                         Some(_) => target.renew().map(|_| ()),
-                        None => match target.sem.inner.store.snapshot() {
-                            Ok(doc) => match rules::find_own(
-                                &doc.holders,
-                                target.token,
-                                &target.id,
-                                target.acquired_at,
-                            ) {
-                                Some(_) => Ok(()),
-                                None => Err(Error::Lost {
-                                    path: target.sem.path().to_path_buf(),
-                                    id: target.id.clone(),
-                                    token: target.token,
-                                }),
-                            },
-                            Err(e) => Err(e),
-                        },
+                        None => target.check_on_file(),
                     };
                     match outcome {
                         Ok(()) => wait = every,
@@ -531,11 +505,11 @@ impl fmt::Debug for Permit {
         match &self.held {
             Some(h) => f
                 .debug_struct("Permit")
-                .field("path", &h.sem.path())
-                .field("id", &h.id)
-                .field("token", &h.token)
+                .field("path", &h.hold.sem.path())
+                .field("id", &h.hold.id)
+                .field("token", &h.hold.token)
                 .field("slot", &h.slot)
-                .field("acquired_at", &h.acquired_at)
+                .field("acquired_at", &h.hold.acquired_at)
                 .finish(),
             None => f.write_str("Permit(released)"),
         }

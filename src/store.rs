@@ -82,38 +82,32 @@ impl Store {
         if create.is_none() {
             self.check_exists()?;
         }
-        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let guard = lock::lock_exclusive(
-            &self.path,
-            &self.lock_path,
-            self.create_mode,
-            self.lock_timeout,
-        )?;
-        let (mut doc, meta, created) = match self.read()? {
-            Some((mut doc, meta)) => {
-                rules::resume_token_counter(&mut doc, chrono::Utc::now());
-                (doc, meta, false)
-            }
-            None => match create {
-                Some(capacity) => {
-                    let meta = FileMeta {
-                        mode: self.create_mode,
-                        owner: None,
-                    };
-                    (Document::new(capacity), meta, true)
+        self.with_lock(|| {
+            let (mut doc, meta, created) = match self.read()? {
+                Some((mut doc, meta)) => {
+                    rules::resume_token_counter(&mut doc, chrono::Utc::now());
+                    (doc, meta, false)
                 }
-                None => return Err(self.not_found()),
-            },
-        };
-        let step = rule(&mut doc, created)?;
-        if step.changed || created {
-            if doc.version.is_none() {
-                doc.version = Some(crate::state::FORMAT_VERSION);
+                None => match create {
+                    Some(capacity) => {
+                        let meta = FileMeta {
+                            mode: self.create_mode,
+                            owner: None,
+                        };
+                        (Document::new(capacity), meta, true)
+                    }
+                    None => return Err(self.not_found()),
+                },
+            };
+            let step = rule(&mut doc, created)?;
+            if step.changed || created {
+                if doc.version.is_none() {
+                    doc.version = Some(crate::state::FORMAT_VERSION);
+                }
+                atomic::write_atomic(&self.path, &doc.to_bytes(), meta, self.durable)?;
             }
-            atomic::write_atomic(&self.path, &doc.to_bytes(), meta, self.durable)?;
-        }
-        guard.unlock();
-        Ok(step.value)
+            Ok(step.value)
+        })
     }
 
     /// Reads the current document without the lock; `None` when there is no state file.
