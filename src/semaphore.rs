@@ -750,6 +750,7 @@ impl Semaphore {
             }),
             expires_at: e.expires_at,
             metadata: e.metadata.clone(),
+            priority: e.priority.unwrap_or(0),
             liveness: rules::verdict(e, now, self.inner.judge.as_ref()),
         }
     }

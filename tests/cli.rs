@@ -559,6 +559,7 @@ fn status_json_has_the_documented_fields() {
             "metadata",
             "mode",
             "owner",
+            "priority",
             "slot",
             "token"
         ]
@@ -572,6 +573,8 @@ fn status_json_has_the_documented_fields() {
     assert!(h["owner"].is_null() || h["owner"]["pid"].is_u64());
     assert!(h["expires_at"].is_null());
     assert!(h["metadata"].is_object());
+    assert_eq!(h["priority"], 0);
+    assert_eq!(status["waiters"].as_array().unwrap().len(), 0);
     assert!(["alive", "dead", "expired", "unknown"].contains(&h["liveness"].as_str().unwrap()));
     assert!(!h["evidence"].as_str().unwrap().is_empty());
 }
@@ -803,26 +806,77 @@ fn a_terminal_ctrl_c_reaches_the_command_once() {
 }
 
 #[test]
-fn a_signal_while_waiting_ends_run_by_that_signal_without_a_hold() {
+fn a_signal_while_waiting_ends_run_by_that_signal_and_leaves_the_queue() {
     // Interrupting a wait leaves no trace in the semaphore and reports the signal to the shell.
     let dir = tempfile::tempdir().unwrap();
     let path = sem_path(&dir);
     hold(&path, "blocker", 1);
     let marker = dir.path().join("ran");
-    let running = Running::start(
-        filesem()
-            .args(["run", "-w", "60"])
-            .arg(&path)
-            .arg("touch")
-            .arg(&marker),
-    );
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    let out = running.finish();
-    assert_eq!(out.status.signal(), Some(Signal::SIGTERM as i32), "{out:?}");
-    assert!(!marker.exists());
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let running = Running::start(
+            filesem()
+                .args(["run", "-w", "60", "--id", "waiter"])
+                .arg(&path)
+                .arg("touch")
+                .arg(&marker),
+        );
+        wait_until("the run is queued", || {
+            status_json(&path)["waiters"][0]["id"] == "waiter"
+        });
+        kill(running.pid(), signal).unwrap();
+        let out = running.finish();
+        assert_eq!(out.status.signal(), Some(signal as i32), "{out:?}");
+        assert!(!marker.exists());
+        let status = status_json(&path);
+        assert_eq!(status["waiters"].as_array().unwrap().len(), 0, "{status}");
+        assert_eq!(status["count"], 1);
+        assert_eq!(status["holders"][0]["id"], "blocker");
+    }
+}
+
+#[test]
+fn waiting_runs_are_served_by_priority_then_arrival_and_status_shows_the_queue() {
+    // The queue is visible (`status`) and fair: higher priority first, then first come.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let log = dir.path().join("order");
+    hold(&path, "blocker", 1);
+    let mut runs = Vec::new();
+    for (id, priority) in [("first", "0"), ("second", "0"), ("urgent", "5")] {
+        runs.push(Running::start(
+            filesem()
+                .args(["run", "--id", id, "--priority", priority])
+                .arg(&path)
+                .args(["sh", "-c", &format!("echo {id} >> {}", log.display())]),
+        ));
+        wait_until(&format!("{id} is queued"), || {
+            status_json(&path)["waiters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["id"] == id)
+        });
+    }
     let status = status_json(&path);
-    assert_eq!(status["count"], 1);
-    assert_eq!(status["holders"][0]["id"], "blocker");
+    let queue: Vec<(&str, i64)> = status["waiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["id"].as_str().unwrap(), w["priority"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(queue, [("urgent", 5), ("first", 0), ("second", 0)]);
+    let text = finish(filesem().arg("status").arg(&path)).stdout;
+    assert!(text.contains("1 held, 0 available, 3 waiting"), "{text}");
+    assert!(text.contains("\n1. urgent (priority 5)\n"), "{text}");
+    assert!(text.contains("\n3. second\n"), "{text}");
+    assert_eq!(
+        finish(filesem().arg("release").arg(&path).arg("blocker")).code(),
+        0
+    );
+    for run in runs {
+        assert_eq!(run.finish().code(), 0);
+    }
+    assert_eq!(lines(&log), ["urgent", "first", "second"]);
 }
 
 #[test]

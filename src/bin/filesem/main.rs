@@ -133,6 +133,10 @@ struct SlotArgs {
     /// renewed). `run` renews it in the background while the command runs.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     lease: Option<Duration>,
+    /// Queue priority while waiting: higher is served first, first come first served within
+    /// a priority (default 0; negative values queue behind).
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    priority: Option<i32>,
     /// Attach KEY=VALUE to the hold, shown by `status` (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     meta: Vec<(String, String)>,

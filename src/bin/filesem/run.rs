@@ -29,7 +29,7 @@ use crate::{RunArgs, open};
 /// cannot be started; [`Exit::Failure`] for signal setup or waiting failures.
 pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     // First, before any thread exists: every thread must inherit the blocked mask.
-    let signals = Signals::start().map_err(acquire::signal_failure)?;
+    let signals = Arc::new(Signals::start().map_err(acquire::signal_failure)?);
     let slot = &args.slot;
     let sem = open::open(&slot.semfile, slot.capacity, slot.quiet)?;
     let nested = nested_id(sem.path());

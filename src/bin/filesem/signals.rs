@@ -73,6 +73,24 @@ impl Signals {
     ///
     /// The OS error of `poll` or `read` on the descriptor.
     pub fn next(&self, timeout: Option<Duration>) -> io::Result<Option<Received>> {
+        self.wait(timeout, None)
+    }
+
+    /// The next signal, or `Ok(None)` as soon as `stop` is readable or closed at the other
+    /// end (a pipe whose writer is dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`next`](Signals::next).
+    pub fn next_unless(&self, stop: BorrowedFd<'_>) -> io::Result<Option<Received>> {
+        self.wait(None, Some(stop))
+    }
+
+    fn wait(
+        &self,
+        timeout: Option<Duration>,
+        stop: Option<BorrowedFd<'_>>,
+    ) -> io::Result<Option<Received>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if let Some(received) = self.source.read()? {
@@ -90,9 +108,21 @@ impl Signals {
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [PollFd::new(self.source.fd(), PollFlags::POLLIN)];
+            let mut fds = vec![PollFd::new(self.source.fd(), PollFlags::POLLIN)];
+            if let Some(stop) = stop {
+                fds.push(PollFd::new(stop, PollFlags::POLLIN));
+            }
             match poll(&mut fds, wait) {
-                Ok(_) | Err(Errno::EINTR) => {}
+                Ok(_) => {
+                    let stopped = fds
+                        .get(1)
+                        .and_then(PollFd::revents)
+                        .is_some_and(|r| !r.is_empty());
+                    if stopped {
+                        return Ok(None);
+                    }
+                }
+                Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }

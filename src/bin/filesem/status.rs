@@ -26,6 +26,7 @@ struct Status {
     count: usize,
     available: usize,
     holders: Vec<Holder>,
+    waiters: Vec<Holder>,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +40,7 @@ struct Holder {
     owner: Option<Owner>,
     expires_at: Option<String>,
     metadata: BTreeMap<String, String>,
+    priority: i32,
     liveness: &'static str,
     evidence: String,
 }
@@ -59,6 +61,7 @@ pub fn status(path: &Path, json: bool) -> Result<Exit, Fail> {
     let sem = Semaphore::open_existing(path)?;
     let capacity = sem.capacity()?;
     let infos = sem.holders()?;
+    let waiting = sem.waiters()?;
     let available = sem.available()?;
     let now = Utc::now();
     let status = Status {
@@ -68,13 +71,14 @@ pub fn status(path: &Path, json: bool) -> Result<Exit, Fail> {
         count: infos.len(),
         available,
         holders: infos.iter().map(|h| holder(h, now)).collect(),
+        waiters: waiting.iter().map(|w| holder(w, now)).collect(),
     };
     if json {
         let text = serde_json::to_string_pretty(&status)
             .map_err(|e| Fail::new(Exit::Failure, format!("failed to encode status: {e}")))?;
         print_line(&text)?;
     } else {
-        print_line(&human(&status, &infos, now))?;
+        print_line(&human(&status, &infos, &waiting, now))?;
     }
     Ok(Exit::Success)
 }
@@ -94,6 +98,7 @@ fn holder(info: &HolderInfo, now: DateTime<Utc>) -> Holder {
         }),
         expires_at: info.expires_at.map(rfc3339),
         metadata: info.metadata.clone(),
+        priority: info.priority,
         liveness: info.liveness.name(),
         evidence: info.liveness.evidence().to_string(),
     }
@@ -104,7 +109,12 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// The text form; every string from the file is escaped.
-fn human(status: &Status, infos: &[HolderInfo], now: DateTime<Utc>) -> String {
+fn human(
+    status: &Status,
+    infos: &[HolderInfo],
+    waiting: &[HolderInfo],
+    now: DateTime<Utc>,
+) -> String {
     let stale = infos.iter().filter(|h| h.liveness.is_stale()).count();
     let stale = if stale > 0 {
         format!(" ({stale} stale: `filesem reap` removes them)")
@@ -112,48 +122,68 @@ fn human(status: &Status, infos: &[HolderInfo], now: DateTime<Utc>) -> String {
         String::new()
     };
     let mut out = format!(
-        "{}: capacity {}, {} held{stale}, {} available",
+        "{}: capacity {}, {} held{stale}, {} available, {} waiting",
         escape(&status.path),
         status.capacity,
         status.count,
-        status.available
+        status.available,
+        status.waiters.len()
     );
     for (h, info) in status.holders.iter().zip(infos) {
         let slot = h.slot.map_or("-".to_string(), |s| s.to_string());
         out.push_str(&format!("\n\nslot {slot}: {}", escape(&h.id)));
-        let token = h.token.map_or(String::new(), |t| format!("token {t}, "));
-        out.push_str(&format!(
-            "\n  {token}held for {} (since {})",
-            age(Duration::from_secs_f64(h.age_seconds)),
-            h.acquired_at
-        ));
-        let owner = match &h.owner {
-            Some(o) => format!(", pid {} on {}", o.pid, escape(&o.host)),
-            None => String::new(),
-        };
-        out.push_str(&format!("\n  mode {}{owner}", h.mode));
-        if let Some(expires) = info.expires_at {
-            let line = match (expires - now).to_std() {
-                Ok(left) => format!("expires in {} ({})", age(left), rfc3339(expires)),
-                Err(_) => format!(
-                    "expired {} ago ({})",
-                    age((now - expires).to_std().unwrap_or_default()),
-                    rfc3339(expires)
-                ),
-            };
-            out.push_str(&format!("\n  lease {line}"));
+        entry(&mut out, h, info, now, "held");
+    }
+    if !status.waiters.is_empty() {
+        out.push_str("\n\nwaiting, in the order they will be served:");
+    }
+    for (position, (w, info)) in status.waiters.iter().zip(waiting).enumerate() {
+        out.push_str(&format!("\n\n{}. {}", position + 1, escape(&w.id)));
+        if w.priority != 0 {
+            out.push_str(&format!(" (priority {})", w.priority));
         }
-        out.push_str(&format!("\n  {}: {}", h.liveness, escape(&h.evidence)));
-        if !h.metadata.is_empty() {
-            let pairs: Vec<String> = h
-                .metadata
-                .iter()
-                .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
-                .collect();
-            out.push_str(&format!("\n  metadata {}", pairs.join(" ")));
-        }
+        entry(&mut out, w, info, now, "waiting");
     }
     out
+}
+
+/// The lines about one holder or waiter, after its heading line.
+fn entry(out: &mut String, h: &Holder, info: &HolderInfo, now: DateTime<Utc>, what: &str) {
+    let token = h.token.map_or(String::new(), |t| format!("token {t}, "));
+    out.push_str(&format!(
+        "\n  {token}{what} for {} (since {})",
+        age(Duration::from_secs_f64(h.age_seconds)),
+        h.acquired_at
+    ));
+    let owner = match &h.owner {
+        Some(o) => format!(", pid {} on {}", o.pid, escape(&o.host)),
+        None => String::new(),
+    };
+    out.push_str(&format!("\n  mode {}{owner}", h.mode));
+    if let Some(expires) = info.expires_at {
+        let line = match (expires - now).to_std() {
+            Ok(left) => format!("expires in {} ({})", age(left), rfc3339(expires)),
+            Err(_) => format!(
+                "expired {} ago ({})",
+                age((now - expires).to_std().unwrap_or_default()),
+                rfc3339(expires)
+            ),
+        };
+        if what == "held" {
+            out.push_str(&format!("\n  lease {line}"));
+        } else {
+            out.push_str(&format!("\n  queue entry {line} unless refreshed"));
+        }
+    }
+    out.push_str(&format!("\n  {}: {}", h.liveness, escape(&h.evidence)));
+    if !h.metadata.is_empty() {
+        let pairs: Vec<String> = h
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+            .collect();
+        out.push_str(&format!("\n  metadata {}", pairs.join(" ")));
+    }
 }
 
 /// A duration for people: `12s`, `3m12s`, `2h05m`, `3d04h`.
