@@ -500,7 +500,15 @@ fn acquire_and_release_work_across_invocations() {
     let path = sem_path(&dir);
     let out = finish(
         filesem()
-            .args(["acquire", "-c", "1", "--meta", "user=alice"])
+            .args([
+                "acquire",
+                "-c",
+                "1",
+                "--meta",
+                "user=alice",
+                "--lease",
+                "1h",
+            ])
             .arg(&path)
             .args(["--id", "session-1"]),
     );
@@ -510,6 +518,14 @@ fn acquire_and_release_work_across_invocations() {
     assert_eq!(status["holders"][0]["id"], "session-1");
     assert_eq!(status["holders"][0]["mode"], "detached");
     assert_eq!(status["holders"][0]["metadata"]["user"], "alice");
+    let expires = status["holders"][0]["expires_at"]
+        .as_str()
+        .expect("a lease");
+    let expires = chrono::DateTime::parse_from_rfc3339(expires).unwrap();
+    assert!(
+        expires > chrono::Utc::now() + chrono::Duration::minutes(59),
+        "{expires}"
+    );
     assert_eq!(
         finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
         1,
@@ -1388,4 +1404,34 @@ fn waiting_on_a_terminal_is_announced_once_unless_quiet() {
             .arg("true"),
     );
     assert_eq!((code, text.as_str()), (1, ""));
+}
+
+#[test]
+fn verbose_reports_the_slot_token_and_time_waited() {
+    // --verbose tells a user which slot and token the command runs under, and how long it
+    // waited for them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "first", 2);
+    let out = finish(
+        filesem()
+            .args(["run", "-v", "--id", "job"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("acquired"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("filesem: acquired slot 1 of "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        line.contains(" as job (token ") && line.ends_with('s'),
+        "{line}"
+    );
 }
