@@ -9,6 +9,8 @@
 //! --cycles N     times each worker takes a slot (default 3)
 //! --hold-ms N    how long a worker holds its slot, in milliseconds (default 200, jittered)
 //! --path FILE    the semaphore's state file (default: a fresh file in the temp directory)
+//! --kill N       SIGKILL worker N while it holds its first slot, and show the slot coming
+//!                back by itself (crash resilience)
 //! ```
 //!
 //! The workers are this program re-executed with a hidden `--worker` argument. Each one loops:
@@ -36,10 +38,12 @@ use filesem::{AcquireOptions, Semaphore};
 use witness::Witness;
 
 const USAGE: &str = "\
-usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE]
+usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE] [--kill N]
 
 Starts N worker processes that compete for a semaphore with a few slots, prints a timeline
-of who held which slot, and exits non-zero if the semaphore ever let too many in.";
+of who held which slot, and exits non-zero if the semaphore ever let too many in.
+--kill N kills worker N with SIGKILL in the middle of its first hold: its slot comes back
+by itself as soon as it is provably dead.";
 
 /// The settings of a run, shared by the parent and (as arguments) its workers.
 #[derive(Clone, Debug)]
@@ -49,6 +53,8 @@ struct Config {
     cycles: u32,
     hold_ms: u64,
     path: Option<PathBuf>,
+    /// The worker (1-based) to SIGKILL during its first hold.
+    kill: Option<u32>,
 }
 
 impl Default for Config {
@@ -59,6 +65,7 @@ impl Default for Config {
             cycles: 3,
             hold_ms: 200,
             path: None,
+            kill: None,
         }
     }
 }
@@ -111,6 +118,7 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             "--cycles" => config.cycles = number(10_000)? as u32,
             "--hold-ms" => config.hold_ms = number(60_000)?,
             "--path" => config.path = Some(PathBuf::from(value)),
+            "--kill" => config.kill = Some(number(64)? as u32),
             _ => return Err(format!("unknown option {arg:?}")),
         }
     }
@@ -268,6 +276,15 @@ struct Tally {
     max_inside: u32,
     problems: Vec<String>,
     done: u32,
+    killed: Option<Killed>,
+}
+
+/// The worker killed on purpose, and what became of its slot.
+struct Killed {
+    worker: usize,
+    slot: String,
+    at: Instant,
+    came_back_after: Option<Duration>,
 }
 
 fn parent(config: &Config) -> ExitCode {
@@ -399,11 +416,17 @@ fn run(config: &Config) -> Result<bool, String> {
     let mut open = workers.0.len();
     while open > 0 {
         match recv(&rx, deadline)? {
-            (i, Some(line)) => show(&workers.0[i].name, &line, config.capacity, &mut tally),
+            (i, Some(line)) => {
+                show(&workers.0[i].name, &line, config.capacity, &mut tally);
+                crash_demo(config, &sem, &witness, &mut workers, i, &line, &mut tally)?;
+            }
             (_, None) => open -= 1,
         }
     }
-    for w in &mut workers.0 {
+    for (i, w) in workers.0.iter_mut().enumerate() {
+        if tally.killed.as_ref().is_some_and(|k| k.worker == i) {
+            continue; // killed on purpose and already reaped
+        }
         loop {
             match w.child.try_wait() {
                 Ok(Some(status)) if status.success() => break,
@@ -423,6 +446,72 @@ fn run(config: &Config) -> Result<bool, String> {
     }
 
     summarize(config, &path, &sem, &witness, tally)
+}
+
+/// With `--kill N`: kills worker N when it enters its first slot, shows its entry's verdict,
+/// and later when its slot came back.
+fn crash_demo(
+    config: &Config,
+    sem: &Semaphore,
+    witness: &Witness,
+    workers: &mut Workers,
+    i: usize,
+    line: &str,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    if fields[0] != "entered" {
+        return Ok(());
+    }
+    let (slot, token) = (fields[2].to_string(), fields[3].parse::<u64>().unwrap_or(0));
+    if let Some(k) = &mut tally.killed {
+        if k.came_back_after.is_none() && k.slot == slot && k.worker != i {
+            let after = k.at.elapsed();
+            k.came_back_after = Some(after);
+            println!(
+                "{:>8}  {:<10} slot {slot} came back {} ms after the kill, with no manual step",
+                "",
+                "",
+                after.as_millis()
+            );
+        }
+        return Ok(());
+    }
+    if config.kill != Some(i as u32 + 1) {
+        return Ok(());
+    }
+    let victim = &mut workers.0[i];
+    let (name, pid) = (victim.name.clone(), victim.child.id());
+    let slot_number: u32 = slot.parse().unwrap_or(0);
+    let killed = witness
+        .kill_inside(slot_number, &name, token, || {
+            victim.child.kill()?;
+            victim.child.wait().map(|_| ())
+        })
+        .map_err(|e| format!("witness: {e}"))?;
+    if killed.is_none() {
+        return Ok(()); // it already left; try again at its next entry
+    }
+    println!(
+        "{:>8}  {name:<10} KILLED with SIGKILL (pid {pid}) while holding slot {slot}",
+        ""
+    );
+    let verdict = sem
+        .holders()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|h| h.id == name);
+    match verdict {
+        Some(h) => println!("{:>8}  {:<10} its entry now: {}", "", "", h.liveness),
+        None => println!("{:>8}  {:<10} its entry is already reaped", "", ""),
+    }
+    tally.killed = Some(Killed {
+        worker: i,
+        slot,
+        at: Instant::now(),
+        came_back_after: None,
+    });
+    Ok(())
 }
 
 /// Receives the next line from any worker, or fails when the deadline has passed.
@@ -568,12 +657,30 @@ fn summarize(
             .problems
             .push(format!("fencing tokens handed out twice: {dups:?}"));
     }
-    let expected = u64::from(config.workers) * u64::from(config.cycles);
-    if tally.grants != expected || tally.done != config.workers {
+    // A worker killed during its first hold got one grant and never finished.
+    let killed = u32::from(tally.killed.is_some());
+    let expected =
+        u64::from(config.workers - killed) * u64::from(config.cycles) + u64::from(killed);
+    if tally.grants != expected || tally.done != config.workers - killed {
         tally.problems.push(format!(
             "{} of {expected} grants and {} of {} workers finished",
-            tally.grants, tally.done, config.workers
+            tally.grants,
+            tally.done,
+            config.workers - killed
         ));
+    }
+    if let Some(n) = config.kill {
+        match &tally.killed {
+            None => tally
+                .problems
+                .push(format!("worker {n} was never caught holding a slot")),
+            Some(k) if k.came_back_after.is_none() && tally.grants < expected => {
+                tally
+                    .problems
+                    .push(format!("slot {} never came back after the kill", k.slot));
+            }
+            Some(_) => {}
+        }
     }
 
     println!();
@@ -589,6 +696,17 @@ fn summarize(
         report.max_inside,
         report.violations.len(),
     );
+    if let Some(k) = &tally.killed {
+        let back = k
+            .came_back_after
+            .map_or("it was not needed again".to_string(), |d| {
+                format!("its slot came back after {} ms", d.as_millis())
+            });
+        println!(
+            "crash: {} was killed with SIGKILL after 1 grant (so {expected} grants in all); {back}",
+            config.kill.map_or(String::new(), |n| format!("worker-{n}"))
+        );
+    }
     if tally.problems.is_empty() {
         println!(
             "OK: never more than {} inside, every slot used by one holder at a time, \
