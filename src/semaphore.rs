@@ -306,18 +306,16 @@ impl Semaphore {
             let mut changed = false;
             let mut removed = Vec::new();
             let admitted = rules::admit(doc, id, &ctx, &mut changed, &mut removed);
-            self.after_reap(&removed);
             if let Err(refusal) = admitted {
-                return Ok(Step {
-                    value: Err(refusal_error(path, id, refusal)),
-                    changed,
-                });
+                return Ok(
+                    Step::new(Err(refusal_error(path, id, refusal)), changed).reaped(removed)
+                );
             }
             let mut entry = crate::wait::holder_entry(id, now, options, lease);
             let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
             entry.witness = witness.as_ref().map(|w| w.record.clone());
             let slot = rules::grant(doc, entry, token, now);
-            Ok(Step::changed(Ok((token, slot, now, witness))))
+            Ok(Step::changed(Ok((token, slot, now, witness))).reaped(removed))
         })?;
         let (token, slot, acquired_at, witness) = granted?;
         tracing::debug!(path = %path.display(), id, token, slot, "acquired");
@@ -475,19 +473,6 @@ impl Semaphore {
         ))
     }
 
-    /// Logs reaped entries and removes their witness files (if free). Under the lock.
-    pub(crate) fn after_reap(&self, removed: &[rules::Removed]) {
-        log_removed(self.path(), removed);
-        for r in removed {
-            if let (Some(token), Some(record)) = (r.entry.token, &r.entry.witness) {
-                if witness::probe(self.path(), token, record) == witness::Probe::Free {
-                    let file = witness::dir_of(self.path()).join(token.to_string());
-                    let _ = fs::remove_file(file);
-                }
-            }
-        }
-    }
-
     /// Removes every provably stale holder and waiter now (dead owner, expired lease), hands
     /// their slots to queued waiters, and returns what it removed with the evidence. Entries
     /// that cannot be judged (see [`Liveness::Unknown`]) stay. Also removes witness files that
@@ -524,15 +509,11 @@ impl Semaphore {
             };
             let removed = rules::reap(doc, &ctx);
             let granted = rules::hand_off(doc, ctx.now);
-            self.after_reap(&removed);
             for file in witness::remove_orphans(path, &live_tokens(doc)) {
                 tracing::info!(path = %path.display(), file = %file.display(), "removed orphan witness");
             }
-            let changed = !removed.is_empty() || granted > 0;
-            Ok(Step {
-                value: removed.into_iter().map(Reaped::from).collect(),
-                changed,
-            })
+            let reaped = removed.iter().cloned().map(Reaped::from).collect();
+            Ok(Step::new(reaped, granted > 0).reaped(removed))
         })
     }
 
@@ -614,10 +595,7 @@ impl Semaphore {
         self.inner.store.transact(None, |doc, _| {
             let removed = rules::remove_ids(doc, &ids, Utc::now());
             let changed = !removed.is_empty();
-            Ok(Step {
-                value: removed,
-                changed,
-            })
+            Ok(Step::new(removed, changed))
         })
     }
 
@@ -867,19 +845,6 @@ fn live_tokens(doc: &Document) -> Vec<u64> {
         .chain(&doc.waiters)
         .filter_map(|e| e.token)
         .collect()
-}
-
-pub(crate) fn log_removed(path: &Path, removed: &[rules::Removed]) {
-    for r in removed {
-        tracing::info!(
-            path = %path.display(),
-            id = %r.entry.id,
-            token = r.entry.token,
-            evidence = r.verdict.evidence(),
-            "reaped stale {}",
-            if r.was_waiter { "waiter" } else { "holder" }
-        );
-    }
 }
 
 #[cfg(test)]

@@ -568,11 +568,7 @@ fn step(
             &mut changed,
             &mut removed,
         );
-        sem.after_reap(&removed);
-        Ok(Step {
-            value: (outcome?, lock),
-            changed,
-        })
+        Ok(Step::new((outcome?, lock), changed).reaped(removed))
     })
 }
 
@@ -614,10 +610,7 @@ impl Queued<'_> {
         let left = self.sem.inner.store.transact(None, |doc, _| {
             let mut changed = false;
             let left = leave(doc, &self.mine, keep_grant, Utc::now(), &mut changed);
-            Ok(Step {
-                value: left,
-                changed,
-            })
+            Ok(Step::new(left, changed))
         });
         if !matches!(left, Ok(Left::Granted(_))) {
             // Gone from the file, or the write failed: then a free witness lets the entry be

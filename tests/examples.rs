@@ -140,7 +140,11 @@ fn workers_example_kill_shows_the_dead_holders_slot_coming_back() {
     );
     let verdict = stdout.lines().find(|l| l.contains("its entry")).unwrap();
     assert!(
-        verdict.contains("dead (witness lock") || verdict.contains("already reaped"),
+        // Its witness lock was released; a reaper racing with this look may already have
+        // deleted the witness file, leaving the pid as the evidence.
+        verdict.contains("dead (witness lock")
+            || verdict.contains("dead (pid")
+            || verdict.contains("already reaped"),
         "{verdict}"
     );
     assert!(stdout.contains("came back"), "{stdout}");
