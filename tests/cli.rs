@@ -548,7 +548,7 @@ fn acquire_and_release_work_across_invocations() {
 
 #[test]
 fn status_json_has_the_documented_fields() {
-    // The JSON schema in CLI.md is an interface: every documented field, with its type.
+    // The JSON schema in the README is an interface: every documented field, with its type.
     let dir = tempfile::tempdir().unwrap();
     let path = sem_path(&dir);
     hold(&path, "worker-1", 3);
@@ -1148,10 +1148,10 @@ fn racing_runs_say_created_exactly_once() {
     assert_eq!(notes, 1);
 }
 
-/// The shell block that follows `<!-- recipe: NAME -->` in CLI.md, with `/tmp/` and
+/// The shell block that follows `<!-- recipe: NAME -->` in the README, with `/tmp/` and
 /// `/run/lock/` moved into `dir`.
 fn recipe(name: &str, dir: &Path) -> String {
-    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CLI.md")).unwrap();
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let marker = format!("<!-- recipe: {name} -->\n```sh\n");
     let start = doc
         .find(&marker)

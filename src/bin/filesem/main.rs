@@ -1,7 +1,7 @@
 //! `filesem`: limit concurrent jobs from shell scripts, inspect and clean up holders.
 //!
 //! Built with `--features cli`; it uses only the public API of the `filesem` library, on the
-//! same semaphore files. See `CLI.md` for recipes, the exit codes and the `status --json`
+//! same semaphore files. See the README's "Command line" section for recipes, the exit codes and the `status --json`
 //! schema.
 
 mod acquire;
@@ -105,7 +105,7 @@ enum Command {
     Status {
         /// The semaphore's state file.
         semfile: PathBuf,
-        /// Print one JSON document (schema in CLI.md) instead of text.
+        /// Print one JSON document (schema in the README) instead of text.
         #[arg(long)]
         json: bool,
     },
