@@ -6,9 +6,12 @@
 //! holders over capacity, the worst failure a semaphore can have.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::rules::Judge;
-use crate::state::Entry;
+use crate::state::{Entry, Owner};
+use crate::witness::{self, Probe};
 
 /// A liveness verdict on a holder or waiter, with the evidence it rests on.
 ///
@@ -74,6 +77,7 @@ impl fmt::Display for Liveness {
 }
 
 /// The judge used when nothing about owners can be proven: every entry is `Unknown`.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) struct NoEvidence;
 
 impl Judge for NoEvidence {
@@ -85,5 +89,320 @@ impl Judge for NoEvidence {
                 "owner checks are not available".to_string()
             },
         }
+    }
+}
+
+/// Who this process is, as recorded in the entries it writes.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub host: String,
+    pub pid: u32,
+    pub start_time: Option<u64>,
+    pub machine_id: Option<String>,
+    pub boot_id: Option<String>,
+    pub pid_ns: Option<u64>,
+}
+
+impl Identity {
+    /// This process's identity, cached; recomputed after a fork (the pid changed).
+    pub fn current() -> Arc<Identity> {
+        static CACHE: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
+        let pid = std::process::id();
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cache {
+            Some(me) if me.pid == pid => Arc::clone(me),
+            _ => {
+                let me = Arc::new(Identity::read(pid));
+                *cache = Some(Arc::clone(&me));
+                me
+            }
+        }
+    }
+
+    fn read(pid: u32) -> Identity {
+        Identity {
+            host: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+            pid,
+            start_time: proc_stat(pid).map(|s| s.start_time),
+            machine_id: machine_id(),
+            boot_id: boot_id(),
+            pid_ns: pid_namespace(),
+        }
+    }
+
+    /// The owner record for an entry this process writes.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            host: self.host.clone(),
+            pid: self.pid,
+            start_time: self.start_time,
+            machine_id: self.machine_id.clone(),
+            boot_id: self.boot_id.clone(),
+            pid_ns: self.pid_ns,
+            extra: Default::default(),
+        }
+    }
+}
+
+/// The judge for real files: witness locks, then pids, then reboots. See the table in the
+/// crate docs (`# Crash behavior`).
+pub(crate) struct SystemJudge {
+    pub state_path: PathBuf,
+    /// Whether the state file is on a local filesystem, where flock and boot ids can be
+    /// trusted (decided once at open).
+    pub local: bool,
+    pub me: Arc<Identity>,
+}
+
+impl SystemJudge {
+    pub fn new(state_path: &Path) -> SystemJudge {
+        SystemJudge {
+            state_path: state_path.to_path_buf(),
+            local: is_local_fs(crate::store::parent_dir(state_path)),
+            me: Identity::current(),
+        }
+    }
+}
+
+impl Judge for SystemJudge {
+    fn judge(&self, entry: &Entry) -> Liveness {
+        let owner = entry.owner.as_ref();
+        // Same kernel as ours: same boot id (containers on one kernel share it).
+        let same_kernel =
+            owner.is_some_and(|o| o.boot_id.is_some() && o.boot_id == self.me.boot_id);
+        // 1. The witness lock. Held = alive, even if the acquiring pid is gone (a child that
+        //    inherited it still runs). Free = dead, but only when the holder ran on this
+        //    kernel and the filesystem is local: a lock taken over NFS by another machine may
+        //    not show here at all.
+        let mut note = None;
+        if let (Some(w), Some(token)) = (&entry.witness, entry.token) {
+            match witness::probe(&self.state_path, token, w) {
+                Probe::Held => {
+                    return Liveness::Alive {
+                        evidence: format!("witness lock {token} is held"),
+                    };
+                }
+                Probe::Free if same_kernel && self.local => {
+                    return Liveness::Dead {
+                        evidence: format!("witness lock {token} was released"),
+                    };
+                }
+                Probe::Free => note = Some("witness free but not trusted across machines"),
+                Probe::Missing => note = Some("witness file missing or replaced"),
+                Probe::Unreadable(_) => note = Some("witness file unreadable"),
+            }
+        }
+        let Some(owner) = owner else {
+            return Liveness::Unknown {
+                evidence: "no owner recorded (written by Go or an older version)".to_string(),
+            };
+        };
+        let unknown = |why: String| Liveness::Unknown {
+            evidence: match note {
+                Some(note) => format!("{why}; {note}"),
+                None => why,
+            },
+        };
+        if !same_kernel {
+            // 2. A reboot: same machine (machine id), another boot id. Only for a state file on
+            //    a local filesystem. Any other difference means another machine: no verdict.
+            let same_machine = owner.machine_id.is_some() && owner.machine_id == self.me.machine_id;
+            return match (&owner.boot_id, &self.me.boot_id) {
+                (Some(theirs), Some(ours)) if same_machine && self.local => Liveness::Dead {
+                    evidence: format!("holder's machine rebooted (boot id {theirs}, now {ours})"),
+                },
+                _ => unknown(format!(
+                    "pid {} on {}: another machine or boot",
+                    owner.pid, owner.host
+                )),
+            };
+        }
+        // 3. The pid, only inside the same pid namespace.
+        if owner.pid_ns.is_none() || owner.pid_ns != self.me.pid_ns {
+            return unknown(format!("pid {} in another pid namespace", owner.pid));
+        }
+        judge_pid(owner.pid, owner.start_time, unknown)
+    }
+}
+
+/// The pid verdict: gone, zombie or reused = dead; same start time = alive.
+fn judge_pid(pid: u32, start_time: Option<u64>, unknown: impl Fn(String) -> Liveness) -> Liveness {
+    let Ok(raw) = i32::try_from(pid) else {
+        return unknown(format!("pid {pid} is out of range"));
+    };
+    // Never infer death from a missing /proc entry: `hidepid` hides live processes.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Err(nix::errno::Errno::ESRCH) => {
+            return Liveness::Dead {
+                evidence: format!("pid {pid} no longer exists"),
+            };
+        }
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(e) => return unknown(format!("pid {pid}: kill(0) failed: {e}")),
+    }
+    let Some(stat) = proc_stat(pid) else {
+        return unknown(format!(
+            "pid {pid} exists but /proc/{pid}/stat is unreadable"
+        ));
+    };
+    if stat.state == 'Z' {
+        return Liveness::Dead {
+            evidence: format!("pid {pid} is a zombie"),
+        };
+    }
+    match start_time {
+        Some(t) if t != stat.start_time => Liveness::Dead {
+            evidence: format!(
+                "pid {pid} was reused (holder started at tick {t}, running process at tick {})",
+                stat.start_time
+            ),
+        },
+        Some(_) => Liveness::Alive {
+            evidence: format!("pid {pid} is running"),
+        },
+        None => unknown(format!(
+            "pid {pid} exists; no start time recorded to rule out reuse"
+        )),
+    }
+}
+
+/// Fields of `/proc/PID/stat` we use.
+pub(crate) struct ProcStat {
+    pub state: char,
+    /// Field 22: start time in clock ticks after boot.
+    pub start_time: u64,
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_proc_stat(&text)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn proc_stat(_pid: u32) -> Option<ProcStat> {
+    None
+}
+
+/// Parses `/proc/PID/stat`. The command name (field 2) may contain spaces and parentheses,
+/// so fields are counted from the last `)`.
+fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field 22 is at index 22 - 3.
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn boot_id() -> Option<String> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn machine_id() -> Option<String> {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn machine_id() -> Option<String> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pid_namespace() -> Option<u64> {
+    None
+}
+
+/// Whether `dir` is on a filesystem whose flock and boot-id evidence we trust: a local disk
+/// filesystem or tmpfs. Network and FUSE filesystems (NFS, SMB, 9p, virtiofs, ...) are not.
+#[cfg(target_os = "linux")]
+pub(crate) fn is_local_fs(dir: &Path) -> bool {
+    use nix::sys::statfs::{self, FsType};
+    const LOCAL: &[i64] = &[
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x8584_58f6, // ramfs
+        0xF2F5_2010, // f2fs
+        0x2fc1_2fc1, // zfs
+        0x794c_7630, // overlayfs
+        0xca45_1a4e, // bcachefs
+    ];
+    match statfs::statfs(dir) {
+        Ok(s) => {
+            let FsType(t) = s.filesystem_type();
+            // The field's type differs between targets (i64, u32, ...).
+            #[allow(clippy::unnecessary_cast)]
+            let t = t as i64;
+            LOCAL.contains(&t)
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn is_local_fs(_dir: &Path) -> bool {
+    // Without a filesystem type we cannot tell; flock on BSD/macOS local disks is reliable,
+    // and boot ids are not used there.
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_with_parentheses_in_name() {
+        // A command name like "a) b" must not shift the fields.
+        let text = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 0 0";
+        let s = parse_proc_stat(text).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.start_time, 123456);
+    }
+
+    #[test]
+    fn own_identity_is_alive_by_pid() {
+        // This process, judged by its own owner record, is alive; a changed start time is reuse.
+        let me = Identity::current();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.start_time.is_some() && me.boot_id.is_some() && me.pid_ns.is_some());
+        let unknown = |e: String| Liveness::Unknown { evidence: e };
+        assert!(matches!(
+            judge_pid(me.pid, me.start_time, unknown),
+            Liveness::Alive { .. }
+        ));
+        let other = me.start_time.map(|t| t + 1);
+        let v = judge_pid(me.pid, other, unknown);
+        assert!(v.is_stale() && v.evidence().contains("reused"), "{v}");
+    }
+
+    #[test]
+    fn local_filesystems_are_recognised() {
+        // tmpfs and the temp dir of this machine are local; /proc is not a place for state.
+        assert!(is_local_fs(Path::new("/dev/shm")));
+        assert!(!is_local_fs(Path::new("/proc")));
     }
 }

@@ -7,7 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -22,7 +22,6 @@ const MAX_BACKOFF: Duration = Duration::from_millis(2);
 /// An exclusive flock on the lock file, released on drop.
 pub(crate) struct LockGuard {
     flock: Option<Flock<File>>,
-    lock_path: PathBuf,
 }
 
 /// Opens (creating if allowed by permissions) and exclusively locks `lock_path`, waiting at
@@ -69,10 +68,7 @@ fn lock_file(
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(flock) => {
-                return Ok(LockGuard {
-                    flock: Some(flock),
-                    lock_path: lock_path.to_path_buf(),
-                });
+                return Ok(LockGuard { flock: Some(flock) });
             }
             Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
             Err((_, errno)) => {
@@ -116,10 +112,13 @@ fn open_lock_file(lock_path: &Path, create: Option<u32>) -> io::Result<File> {
     let rw = options.open(lock_path);
     match rw {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS)) => {
+            // If the read-only open fails too (typically: the lock file does not exist and
+            // the directory is not writable), the first error is the one that explains it.
             OpenOptions::new()
                 .read(true)
                 .custom_flags(libc_o_nofollow())
                 .open(lock_path)
+                .map_err(|_| e)
         }
         other => other,
     }
@@ -145,25 +144,30 @@ impl LockGuard {
     }
 
     fn release(&mut self) {
-        let Some(mut flock) = self.flock.take() else {
-            return;
-        };
-        // LOCK_UN on a valid descriptor does not fail on Linux; if it ever does, retry, and
-        // as a last resort leak the descriptor rather than let nix's Drop panic.
-        for _ in 0..3 {
-            match flock.unlock() {
-                Ok(file) => {
-                    drop(file);
-                    return;
-                }
-                Err((again, errno)) => {
-                    tracing::warn!(lock = %self.lock_path.display(), %errno, "failed to unlock");
-                    flock = again;
-                }
+        if let Some(flock) = self.flock.take() {
+            unlock(flock, "lock file");
+        }
+    }
+}
+
+/// Unlocks and closes. `LOCK_UN` on a valid descriptor does not fail on Linux; if it ever
+/// does, this retries, and as a last resort leaks the descriptor (keeping the lock until the
+/// process exits) rather than let nix's `Drop` for [`Flock`] panic.
+pub(crate) fn unlock(mut flock: Flock<File>, what: &'static str) {
+    for _ in 0..3 {
+        match flock.unlock() {
+            Ok(file) => {
+                drop(file);
+                return;
+            }
+            Err((again, errno)) => {
+                tracing::warn!(%errno, "failed to unlock {what}");
+                flock = again;
             }
         }
-        std::mem::forget(flock);
     }
+    tracing::error!("leaking a locked {what} descriptor after repeated unlock failures");
+    std::mem::forget(flock);
 }
 
 impl Drop for LockGuard {

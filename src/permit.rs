@@ -1,14 +1,22 @@
 //! The [`Permit`] guard: one held slot, released on drop.
 
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::rules;
 use crate::semaphore::Semaphore;
+use crate::state::Document;
 use crate::store::Step;
+use crate::witness::{self, WitnessLock};
 
 /// One held slot of a [`Semaphore`]. Dropping it releases the slot.
 ///
@@ -19,7 +27,9 @@ use crate::store::Step;
 /// Drop is best effort: it never panics and waits for the lock file at most the
 /// [lock timeout](crate::OpenOptions::lock_timeout); a failure is reported as a `tracing`
 /// warning naming the path and ID. Use [`release`](Permit::release) to see errors. A permit
-/// dropped in a forked child process does nothing: the hold belongs to the parent.
+/// dropped in a forked child process does nothing: the hold belongs to the parent. A permit
+/// of a detached hold ([`AcquireOptions::detached`](crate::AcquireOptions::detached)) is not
+/// released on drop either.
 ///
 /// `let _ = sem.try_acquire("x")?;` releases at once; bind the permit to a name
 /// (`let _permit = ...`) to keep it for the scope.
@@ -43,11 +53,13 @@ pub struct Permit {
 }
 
 struct Held {
-    sem: Semaphore,
-    id: String,
-    token: u64,
+    hold: Target,
     slot: u32,
-    acquired_at: DateTime<Utc>,
+    lease: Option<Duration>,
+    /// The kernel-held witness of a process-bound hold; `None` for detached holds.
+    witness: Option<WitnessLock>,
+    /// A detached hold is not released on drop.
+    detached: bool,
     /// The process that acquired: a forked child must not release the parent's hold.
     pid: u32,
 }
@@ -70,14 +82,21 @@ impl Permit {
         token: u64,
         slot: u32,
         acquired_at: DateTime<Utc>,
+        lease: Option<Duration>,
+        witness: Option<WitnessLock>,
     ) -> Permit {
         Permit {
             held: Some(Held {
-                sem,
-                id,
-                token,
+                hold: Target {
+                    sem,
+                    id,
+                    token,
+                    acquired_at,
+                },
                 slot,
-                acquired_at,
+                lease,
+                detached: witness.is_none(),
+                witness,
                 pid: std::process::id(),
             }),
         }
@@ -90,14 +109,14 @@ impl Permit {
 
     /// The holder ID.
     pub fn id(&self) -> &str {
-        &self.held().id
+        &self.held().hold.id
     }
 
     /// The fencing token of this grant: a number from a counter in the state file that only
     /// ever increases, across releases and processes. Pass it to the guarded resource so it
     /// can refuse a holder whose permit was lost (a newer grant has a larger token).
     pub fn token(&self) -> u64 {
-        self.held().token
+        self.held().hold.token
     }
 
     /// The slot index in `0..capacity` this grant got: the lowest free one at the time (for
@@ -108,17 +127,121 @@ impl Permit {
 
     /// When the slot was granted.
     pub fn acquired_at(&self) -> DateTime<Utc> {
-        self.held().acquired_at
+        self.held().hold.acquired_at
     }
 
     /// The semaphore's state file.
     pub fn path(&self) -> &Path {
-        self.held().sem.path()
+        self.held().hold.sem.path()
     }
 
     /// The semaphore this permit belongs to.
     pub fn semaphore(&self) -> &Semaphore {
-        &self.held().sem
+        &self.held().hold.sem
+    }
+
+    /// The lease length of this hold, if it has one.
+    pub fn lease(&self) -> Option<Duration> {
+        self.held().lease
+    }
+
+    /// Whether this permit's entry is still on file and not past its lease (plus
+    /// [`LEASE_GRACE`](crate::LEASE_GRACE)). `false` means the hold was lost (reaped, removed,
+    /// released by ID, recovered away) or may be reaped at any moment: stop using the
+    /// resource. Reads without the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the state cannot be read.
+    pub fn is_held(&self) -> Result<bool> {
+        let h = &self.held().hold;
+        let doc = h.sem.inner.store.snapshot()?;
+        let now = Utc::now();
+        Ok(match h.find(&doc) {
+            Some(i) => !matches!(
+                rules::verdict(&doc.holders[i], now, &crate::liveness::NoEvidence),
+                crate::Liveness::Expired { .. }
+            ),
+            None => false,
+        })
+    }
+
+    /// Extends the lease to `now + lease` and returns the new end; `Ok(None)` for a hold
+    /// without a lease (nothing to extend; the entry is still checked to be on file).
+    ///
+    /// Never re-acquires: if the entry is gone, the hold is lost and this fails.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lost`] if the entry is no longer on file; [`Error::NotFound`],
+    /// [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// let opts = filesem::AcquireOptions::new().lease(Duration::from_secs(30));
+    /// let permit = sem.try_acquire_with("job", &opts)?;
+    /// let until = permit.renew()?.expect("has a lease");
+    /// assert!(until > chrono::Utc::now() + chrono::Duration::seconds(29));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn renew(&self) -> Result<Option<DateTime<Utc>>> {
+        self.held().hold.renew()
+    }
+
+    /// Starts a background thread that keeps this hold alive: it renews the lease at about a
+    /// third of its length (retrying sooner after a failed renewal) and notices when the hold
+    /// is lost. For a hold without a lease it only watches, checking about once a second.
+    /// The thread stops when the returned [`KeepAlive`] is dropped (drop it before the
+    /// permit, or together with it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// let permit = sem.try_acquire_with("long-job", &filesem::AcquireOptions::new().lease(Duration::from_secs(3)))?;
+    /// let keep_alive = permit.keep_alive();
+    /// // ... work for longer than 3 s; check keep_alive.is_lost() between steps ...
+    /// assert!(!keep_alive.is_lost());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn keep_alive(&self) -> KeepAlive {
+        self.keep_alive_with(|_| {})
+    }
+
+    /// [`keep_alive`](Permit::keep_alive), calling `on_lost` once (from the background
+    /// thread) with the [`Error::Lost`] when the hold is found lost.
+    pub fn keep_alive_with(&self, on_lost: impl FnOnce(&Error) + Send + 'static) -> KeepAlive {
+        let h = self.held();
+        KeepAlive::start(h.hold.clone(), h.lease, Box::new(on_lost))
+    }
+
+    /// A duplicate of the hold's witness lock descriptor *without* `O_CLOEXEC`, so that a
+    /// command spawned while it is open inherits it: the hold then counts as alive for as long
+    /// as that command runs, even if this process is killed (as `flock(1)` does). Close it in
+    /// this process right after spawning. `Ok(None)` for a detached hold, which has no
+    /// witness.
+    ///
+    /// Every process spawned while the descriptor is open inherits it, so use it from one
+    /// thread, just around the spawn.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the descriptor cannot be duplicated.
+    pub fn inherit_witness(&self) -> Result<Option<OwnedFd>> {
+        let h = self.held();
+        match &h.witness {
+            None => Ok(None),
+            Some(w) => w.inheritable().map(Some).map_err(|e| {
+                let path = h.hold.sem.path();
+                Error::io(path, &witness::dir_of(path), "duplicate the witness in", e)
+            }),
+        }
     }
 
     /// Releases the slot now and reports the outcome (dropping the permit does the same,
@@ -137,10 +260,10 @@ impl Permit {
         }
     }
 
-    /// Keeps the hold after the permit is gone: the entry is rewritten as *detached*, so it
-    /// stays on file (and keeps its slot) until [`Semaphore::release`] or
-    /// [`Semaphore::remove`] ends it, even after this process exits. This is the seed's
-    /// session use.
+    /// Keeps the hold after the permit is gone: the entry is rewritten as *detached* (its
+    /// witness is dropped), so it stays on file and keeps its slot until
+    /// [`Semaphore::release`], [`Semaphore::remove`] or its lease ends it, even after this
+    /// process exits. This is the seed's session use.
     ///
     /// # Errors
     ///
@@ -152,17 +275,26 @@ impl Permit {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
-        let result = held.sem.inner.store.transact(None, |doc, _| {
-            match rules::find_own(&doc.holders, held.token, &held.id, held.acquired_at) {
+        let hold = &held.hold;
+        let result = hold
+            .sem
+            .inner
+            .store
+            .transact(None, |doc, _| match hold.find(doc) {
                 Some(i) => {
                     doc.holders[i].detached = true;
+                    doc.holders[i].witness = None;
                     Ok(Step::changed(Ok(())))
                 }
-                None => Ok(Step::unchanged(Err(held.lost()))),
-            }
-        });
+                None => Ok(Step::unchanged(Err(hold.lost()))),
+            });
         match result.and_then(|r| r) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(w) = held.witness {
+                    w.release();
+                }
+                Ok(())
+            }
             Err(error) => Err(KeepError {
                 error,
                 permit: Permit { held: Some(held) },
@@ -172,27 +304,15 @@ impl Permit {
 }
 
 impl Held {
-    fn lost(&self) -> Error {
-        Error::Lost {
-            path: self.sem.path().to_path_buf(),
-            id: self.id.clone(),
-            token: self.token,
+    fn release(mut self) -> Result<()> {
+        let witness = self.witness.take();
+        let result = self.hold.remove_entry();
+        // The entry is gone (or the write failed: then a free witness lets the entry be
+        // reaped, which is what a best-effort release wants).
+        if let Some(w) = witness {
+            w.release();
         }
-    }
-
-    fn release(self) -> Result<()> {
-        self.sem.inner.store.transact(None, |doc, _| {
-            match rules::find_own(&doc.holders, self.token, &self.id, self.acquired_at) {
-                Some(i) => {
-                    doc.holders.remove(i);
-                    rules::hand_off(doc, Utc::now());
-                    Ok(Step::changed(Ok(())))
-                }
-                None => Ok(Step::unchanged(Err(self.lost()))),
-            }
-        })??;
-        tracing::debug!(path = %self.sem.path().display(), id = %self.id, token = self.token, "released");
-        Ok(())
+        result
     }
 }
 
@@ -202,14 +322,181 @@ impl Drop for Permit {
             return;
         };
         if held.pid != std::process::id() {
-            // A forked child: the hold is the parent's.
+            // A forked child: the hold (and the witness lock it shares) is the parent's.
+            if let Some(w) = held.witness {
+                w.abandon();
+            }
             return;
         }
-        let path = held.sem.path().to_path_buf();
-        let id = held.id.clone();
+        if held.detached {
+            // Outlives the permit by request (`AcquireOptions::detached`).
+            return;
+        }
+        let path = held.hold.sem.path().to_path_buf();
+        let id = held.hold.id.clone();
         if let Err(error) = held.release() {
             tracing::warn!(path = %path.display(), id = %id, %error, "failed to release permit on drop");
         }
+    }
+}
+
+/// What identifies a hold on file: its semaphore, ID, fencing token and grant time.
+#[derive(Clone)]
+struct Target {
+    sem: Semaphore,
+    id: String,
+    token: u64,
+    acquired_at: DateTime<Utc>,
+}
+
+impl Target {
+    /// The index of this hold's entry in `holders`: by token, or by (ID, grant time) when a
+    /// Go write dropped the token.
+    fn find(&self, doc: &Document) -> Option<usize> {
+        rules::find_own(&doc.holders, self.token, &self.id, self.acquired_at)
+    }
+
+    fn lost(&self) -> Error {
+        Error::Lost {
+            path: self.sem.path().to_path_buf(),
+            id: self.id.clone(),
+            token: self.token,
+        }
+    }
+
+    fn remove_entry(&self) -> Result<()> {
+        self.sem
+            .inner
+            .store
+            .transact(None, |doc, _| match self.find(doc) {
+                Some(i) => {
+                    doc.holders.remove(i);
+                    rules::hand_off(doc, Utc::now());
+                    Ok(Step::changed(Ok(())))
+                }
+                None => Ok(Step::unchanged(Err(self.lost()))),
+            })??;
+        tracing::debug!(path = %self.sem.path().display(), id = %self.id, token = self.token, "released");
+        Ok(())
+    }
+
+    fn renew(&self) -> Result<Option<DateTime<Utc>>> {
+        self.sem.inner.store.transact(None, |doc, _| {
+            let Some(i) = self.find(doc) else {
+                return Ok(Step::unchanged(Err(self.lost())));
+            };
+            let entry = &mut doc.holders[i];
+            match rules::lease_end(entry.lease_ms, Utc::now()) {
+                Some(until) => {
+                    entry.expires_at = Some(until);
+                    Ok(Step::changed(Ok(Some(until))))
+                }
+                None => Ok(Step::unchanged(Ok(None))),
+            }
+        })?
+    }
+
+    /// Fails with [`Error::Lost`] unless the entry is on file (a lock-free read).
+    fn check_on_file(&self) -> Result<()> {
+        match self.find(&self.sem.inner.store.snapshot()?) {
+            Some(_) => Ok(()),
+            None => Err(self.lost()),
+        }
+    }
+}
+
+/// A background thread renewing a [`Permit`]'s lease; see [`Permit::keep_alive`]. Stops (and
+/// joins the thread, which takes at most one lock timeout) when dropped.
+#[must_use = "the keep-alive stops when dropped"]
+pub struct KeepAlive {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl KeepAlive {
+    fn start(
+        target: Target,
+        lease: Option<Duration>,
+        on_lost: Box<dyn FnOnce(&Error) + Send>,
+    ) -> KeepAlive {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&lost);
+        let thread = std::thread::Builder::new()
+            .name("filesem-keep-alive".into())
+            .spawn(move || {
+                let (every, retry) = match lease {
+                    Some(l) => (l / 3, (l / 10).max(Duration::from_millis(50))),
+                    None => (Duration::from_secs(1), Duration::from_secs(1)),
+                };
+                let mut wait = every;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                    let outcome = match lease {
+                        Some(_) => target.renew().map(|_| ()),
+                        None => target.check_on_file(),
+                    };
+                    match outcome {
+                        Ok(()) => wait = every,
+                        Err(e @ Error::Lost { .. }) => {
+                            flag.store(true, Ordering::SeqCst);
+                            tracing::warn!(path = %target.sem.path().display(), id = %target.id, "hold lost");
+                            on_lost(&e);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %target.sem.path().display(), id = %target.id, error = %e, "renewal failed; retrying");
+                            wait = retry;
+                        }
+                    }
+                }
+            });
+        match thread {
+            Ok(thread) => KeepAlive {
+                stop: Some(stop),
+                thread: Some(thread),
+                lost,
+            },
+            Err(e) => {
+                // Without a thread nothing renews: say so loudly rather than pretend.
+                tracing::error!(error = %e, "failed to start keep-alive thread");
+                KeepAlive {
+                    stop: None,
+                    thread: None,
+                    lost,
+                }
+            }
+        }
+    }
+
+    /// Whether the hold was found lost (the entry vanished from the file). Once `true`, the
+    /// thread has stopped; stop using the resource.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether the background thread runs (it stops after finding the hold lost, and could not
+    /// start if the system refused a thread).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl fmt::Debug for KeepAlive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeepAlive")
+            .field("running", &self.is_running())
+            .field("lost", &self.is_lost())
+            .finish()
     }
 }
 
@@ -218,11 +505,11 @@ impl fmt::Debug for Permit {
         match &self.held {
             Some(h) => f
                 .debug_struct("Permit")
-                .field("path", &h.sem.path())
-                .field("id", &h.id)
-                .field("token", &h.token)
+                .field("path", &h.hold.sem.path())
+                .field("id", &h.hold.id)
+                .field("token", &h.hold.token)
                 .field("slot", &h.slot)
-                .field("acquired_at", &h.acquired_at)
+                .field("acquired_at", &h.hold.acquired_at)
                 .finish(),
             None => f.write_str("Permit(released)"),
         }

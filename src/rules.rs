@@ -46,13 +46,8 @@ pub(crate) enum Refusal {
 
 /// The verdict on one entry: lease first (pure), then detached, then the oracle.
 pub(crate) fn verdict(entry: &Entry, now: DateTime<Utc>, judge: &dyn Judge) -> Liveness {
-    if let Some(expires_at) = entry.expires_at {
-        let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
-        if now > expires_at + grace {
-            return Liveness::Expired {
-                evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
-            };
-        }
+    if let Some(expired) = expired(entry, now) {
+        return expired;
     }
     if entry.detached {
         return Liveness::Unknown {
@@ -76,6 +71,37 @@ pub(crate) fn next_token(doc: &Document) -> u64 {
         .max()
         .map_or(1, |t| t.saturating_add(1));
     doc.next_token.unwrap_or(1).max(seen).max(1)
+}
+
+/// `Expired` when the entry's `expires_at` (plus [`LEASE_GRACE`]) has passed: the pure part
+/// of [`verdict`], which needs no judge.
+pub(crate) fn expired(entry: &Entry, now: DateTime<Utc>) -> Option<Liveness> {
+    let expires_at = entry.expires_at?;
+    let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
+    (now > expires_at + grace).then(|| Liveness::Expired {
+        evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
+    })
+}
+
+/// The instant after which [`expired`] calls the entry expired, if it has an expiry.
+pub(crate) fn expiry(entry: &Entry) -> Option<DateTime<Utc>> {
+    let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
+    entry.expires_at.map(|at| at + grace)
+}
+
+/// Gives a document without a token counter one that is above every token handed out before.
+///
+/// Only the Go package writes a document without `next_token` (it drops every field it does
+/// not know, tokens included), so nothing on file bounds the tokens we handed out before that
+/// write. The counter resumes at `now` in microseconds since 1970, as
+/// [`Semaphore::recover`](crate::Semaphore::recover) does: our counters count up from 1 by one
+/// per grant, and no grant takes less than a microsecond, so this stays above every earlier
+/// token unless the clock went back. Applied to every document read under the lock.
+pub(crate) fn resume_token_counter(doc: &mut Document, now: DateTime<Utc>) {
+    if doc.next_token.is_none() {
+        let micros = u64::try_from(now.timestamp_micros()).unwrap_or(0);
+        doc.next_token = Some(micros.max(1));
+    }
 }
 
 /// Takes the next fencing token and advances the counter.
@@ -150,6 +176,10 @@ pub(crate) fn reap(doc: &mut Document, ctx: &Ctx<'_>) -> Vec<Removed> {
 
 /// Grants free slots to the head of the queue, in queue order, each in the same write that
 /// freed it (direct hand-off). Returns how many waiters were granted.
+///
+/// A waiter whose expiry has passed (it stopped refreshing it: dead, or stopped for longer
+/// than its expiry) is dropped from the queue instead of granted, so that a dead waiter
+/// never becomes a holder nobody can judge.
 pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
     let mut granted = 0;
     while !doc.waiters.is_empty() && doc.holders.len() < doc.capacity() as usize {
@@ -157,6 +187,9 @@ pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
             break;
         };
         let mut entry = doc.waiters.remove(0);
+        if expired(&entry, now).is_some() {
+            continue;
+        }
         entry.slot = Some(slot);
         entry.acquired_at = now;
         entry.priority = None;
@@ -367,6 +400,24 @@ mod tests {
     }
 
     #[test]
+    fn token_counter_lost_to_a_go_write_resumes_at_the_clock() {
+        // After a Go write drops every token, new tokens must exceed those handed out before.
+        let mut doc = Document::new(2);
+        for _ in 0..5 {
+            take_token(&mut doc);
+        }
+        doc.next_token = None;
+        resume_token_counter(&mut doc, now());
+        let micros = u64::try_from(now().timestamp_micros()).unwrap();
+        assert_eq!(take_token(&mut doc), micros);
+        assert_eq!(take_token(&mut doc), micros + 1);
+        // A counter on file is never touched.
+        let later = now() + chrono::Duration::days(1);
+        resume_token_counter(&mut doc, later);
+        assert_eq!(take_token(&mut doc), micros + 2);
+    }
+
+    #[test]
     fn stale_holder_is_reaped_only_when_full_and_only_if_provably_dead() {
         // Unknown entries (Go-written) keep their slot; a dead one gives it up.
         let judge = Table(HashMap::from([("dead", false), ("live", true)]));
@@ -471,6 +522,25 @@ mod tests {
         assert_eq!(doc.holders[0].slot, Some(0));
         assert_eq!(doc.holders[0].priority, None);
         assert_eq!(doc.waiters.len(), 3);
+    }
+
+    #[test]
+    fn hand_off_skips_waiters_whose_expiry_passed() {
+        // A waiter that stopped refreshing its expiry (dead) is dropped, never granted.
+        let mut doc = Document::new(1);
+        for (id, token, secs) in [("gone", 1, -10), ("alive", 2, 10)] {
+            let mut e = Entry::test(id);
+            e.token = Some(token);
+            e.expires_at = Some(now() + chrono::Duration::seconds(secs));
+            enqueue(&mut doc, e);
+        }
+        assert_eq!(hand_off(&mut doc, now()), 1);
+        assert_eq!(doc.holders[0].id, "alive");
+        assert_eq!(
+            doc.holders[0].expires_at, None,
+            "the waiter's expiry is not a lease"
+        );
+        assert!(doc.waiters.is_empty());
     }
 
     #[test]

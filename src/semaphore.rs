@@ -4,17 +4,19 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
-use crate::liveness::NoEvidence;
+use crate::liveness::{Liveness, SystemJudge};
 use crate::options::{AcquireOptions, OpenOptions};
 use crate::permit::Permit;
 use crate::rules::{self, Ctx, Judge, Refusal};
 use crate::state::{self, Document, Entry, MAX_CAPACITY};
 use crate::store::{Step, Store};
+use crate::witness::{self, Created, WitnessLock};
 
 /// A cheap, cloneable handle on one semaphore file; every operation goes through it.
 ///
@@ -30,6 +32,37 @@ pub(crate) struct Inner {
     pub store: Store,
     pub judge: Box<dyn Judge + Send + Sync>,
     pub reap: bool,
+    pub default_lease: Option<Duration>,
+}
+
+/// An entry removed by reaping, with the evidence that it was stale. Returned by
+/// [`Semaphore::reap`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reaped {
+    /// The holder ID.
+    pub id: String,
+    /// Its fencing token, if it had one.
+    pub token: Option<u64>,
+    /// Its slot, if it had one.
+    pub slot: Option<u32>,
+    /// Why it was stale: [`Liveness::Dead`] or [`Liveness::Expired`] with evidence such as
+    /// "pid 4242 no longer exists".
+    pub liveness: Liveness,
+    /// `true` if it was a queued waiter rather than a holder.
+    pub waiter: bool,
+}
+
+impl From<rules::Removed> for Reaped {
+    fn from(r: rules::Removed) -> Reaped {
+        Reaped {
+            id: r.entry.id,
+            token: r.entry.token,
+            slot: r.entry.slot,
+            liveness: r.verdict,
+            waiter: r.was_waiter,
+        }
+    }
 }
 
 impl fmt::Debug for Semaphore {
@@ -115,6 +148,17 @@ impl Semaphore {
         capacity: Option<u32>,
         options: &OpenOptions,
     ) -> Result<Semaphore> {
+        if let Some(capacity) = capacity {
+            check_capacity(path, u64::from(capacity.max(1)))?;
+            if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(Error::Symlink {
+                    path: path.to_path_buf(),
+                });
+            }
+            // Before the judge looks at the filesystem type of this directory.
+            let dir = crate::store::parent_dir(path);
+            fs::create_dir_all(dir).map_err(|e| Error::io(path, dir, "create the directory", e))?;
+        }
         let store = Store::new(
             path.to_path_buf(),
             options.durable,
@@ -124,8 +168,9 @@ impl Semaphore {
         let sem = Semaphore {
             inner: Arc::new(Inner {
                 store,
-                judge: Box::new(NoEvidence),
-                reap: true,
+                judge: Box::new(SystemJudge::new(path)),
+                reap: options.auto_reap,
+                default_lease: options.default_lease,
             }),
         };
         let store = &sem.inner.store;
@@ -135,21 +180,18 @@ impl Semaphore {
             }
             Some(capacity) => {
                 let requested = capacity.max(1);
-                check_capacity(path, u64::from(requested))?;
-                match fs::symlink_metadata(path) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        return Err(Error::Symlink {
+                store.transact(Some(requested), |doc, created| {
+                    if options.create_new && !created {
+                        return Err(Error::AlreadyExists {
                             path: path.to_path_buf(),
                         });
                     }
-                    _ => {}
-                }
-                let dir = crate::store::parent_dir(path);
-                fs::create_dir_all(dir)
-                    .map_err(|e| Error::io(path, dir, "create the directory", e))?;
-                store.transact(Some(requested), |doc, _created| {
-                    for temp in crate::atomic::remove_leftovers(path)? {
-                        tracing::info!(path = %path.display(), temp = %temp.display(), "removed leftover temp file");
+                    let tokens = live_tokens(doc);
+                    let leftovers = crate::atomic::remove_leftovers(path)?
+                        .into_iter()
+                        .chain(witness::remove_orphans(path, &tokens));
+                    for file in leftovers {
+                        tracing::info!(path = %path.display(), file = %file.display(), "removed leftover file");
                     }
                     if doc.capacity() != requested {
                         return Err(Error::CapacityMismatch {
@@ -213,7 +255,8 @@ impl Semaphore {
     }
 
     /// Takes a slot for `holder` if one is free now; never waits for one (the seed's
-    /// `Acquire`).
+    /// `Acquire`). A slot is not free while waiters are queued: they are owed the next ones
+    /// (see [`acquire`](Semaphore::acquire)).
     ///
     /// The returned [`Permit`] releases the slot when dropped. Bind it to a name: `let _ =
     /// sem.try_acquire(..)?` drops (and releases) it at once; use `let _permit`.
@@ -242,7 +285,8 @@ impl Semaphore {
         self.try_acquire_with(holder, &AcquireOptions::new())
     }
 
-    /// [`try_acquire`](Semaphore::try_acquire) with per-acquire settings.
+    /// [`try_acquire`](Semaphore::try_acquire) with per-acquire settings. Only the
+    /// metadata applies: the waiting settings of [`AcquireOptions`] are ignored.
     ///
     /// # Errors
     ///
@@ -255,26 +299,25 @@ impl Semaphore {
         let id = holder.id();
         self.check_request(id, options)?;
         let path = self.path();
+        let lease = options.lease.or(self.inner.default_lease);
         let granted = self.inner.store.transact(None, |doc, _| {
             let now = Utc::now();
             let ctx = self.ctx(now);
             let mut changed = false;
             let mut removed = Vec::new();
             let admitted = rules::admit(doc, id, &ctx, &mut changed, &mut removed);
-            log_removed(path, &removed);
             if let Err(refusal) = admitted {
-                return Ok(Step {
-                    value: Err(refusal_error(path, id, refusal)),
-                    changed,
-                });
+                return Ok(
+                    Step::new(Err(refusal_error(path, id, refusal)), changed).reaped(removed)
+                );
             }
-            let token = rules::take_token(doc);
-            let mut entry = Entry::new(id.to_string(), now);
-            entry.metadata = options.metadata.clone();
+            let mut entry = crate::wait::holder_entry(id, now, options, lease);
+            let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
+            entry.witness = witness.as_ref().map(|w| w.record.clone());
             let slot = rules::grant(doc, entry, token, now);
-            Ok(Step::changed(Ok((token, slot, now))))
+            Ok(Step::changed(Ok((token, slot, now, witness))).reaped(removed))
         })?;
-        let (token, slot, acquired_at) = granted?;
+        let (token, slot, acquired_at, witness) = granted?;
         tracing::debug!(path = %path.display(), id, token, slot, "acquired");
         Ok(Permit::new(
             self.clone(),
@@ -282,7 +325,196 @@ impl Semaphore {
             token,
             slot,
             acquired_at,
+            lease,
+            witness,
         ))
+    }
+
+    /// Takes a slot for `holder`, waiting as long as it takes.
+    ///
+    /// Waiters are served first come, first served (see [`acquire_with`](Semaphore::acquire_with)
+    /// for priorities, timeouts and cancellation): if no slot is free, this call joins the
+    /// queue in the state file, and whoever frees a slot hands it to the head of the queue in
+    /// the same write. The call holds no lock while it waits and wakes as soon as the state
+    /// file changes (inotify on Linux; polling elsewhere).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::AlreadyHeld`] when `holder`'s ID holds a slot or is queued;
+    /// - [`Error::InvalidId`] as for [`try_acquire`](Semaphore::try_acquire);
+    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`]; the
+    ///   queue entry is then removed if the file can still be written, and otherwise expires
+    ///   on its own within seconds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let first = sem.try_acquire("job-1")?;
+    /// let waiter = std::thread::spawn({
+    ///     let sem = sem.clone();
+    ///     move || sem.acquire("job-2").map(|p| p.id().to_string())
+    /// });
+    /// while sem.waiters()?.is_empty() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// }
+    /// first.release()?; // hands the slot to job-2
+    /// assert_eq!(waiter.join().unwrap()?, "job-2");
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn acquire<H: Holder + ?Sized>(&self, holder: &H) -> Result<Permit> {
+        self.acquire_with(holder, &AcquireOptions::new())
+    }
+
+    /// Takes a slot for `holder`, waiting at most `timeout`; then fails with
+    /// [`Error::Timeout`] and leaves the queue.
+    ///
+    /// [`Duration::ZERO`] makes one attempt and leaves nothing queued; a duration too large
+    /// for the clock ([`Duration::MAX`]) waits without limit. The time is measured on the
+    /// monotonic clock and is not restarted by signals. The lock steps around the wait use the
+    /// [lock timeout](crate::OpenOptions::lock_timeout), so a call can overrun `timeout` by
+    /// one wait for the lock file. If the slot is handed over while the call is timing out,
+    /// the permit is returned rather than thrown away.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when no slot came in time; otherwise as
+    /// [`acquire`](Semaphore::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let sem = filesem::Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let _held = sem.try_acquire("job-1")?;
+    /// let err = sem.acquire_timeout("job-2", Duration::from_millis(20)).unwrap_err();
+    /// assert!(matches!(err, filesem::Error::Timeout { .. }));
+    /// assert!(sem.waiters()?.is_empty());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn acquire_timeout<H: Holder + ?Sized>(
+        &self,
+        holder: &H,
+        timeout: Duration,
+    ) -> Result<Permit> {
+        self.acquire_with(holder, &AcquireOptions::new().timeout(timeout))
+    }
+
+    /// Takes a slot for `holder`, waiting as `options` say: [`timeout`](AcquireOptions::timeout)
+    /// (default: none), queue [`priority`](AcquireOptions::priority) (default 0),
+    /// [`cancel_token`](AcquireOptions::cancel_token), an [`on_wait`](AcquireOptions::on_wait)
+    /// callback, and metadata.
+    ///
+    /// The first step is the same as [`try_acquire_with`](Semaphore::try_acquire_with); if it
+    /// finds no free slot, the call joins the queue (behind every waiter of equal or higher
+    /// priority) with its fencing token, and waits without holding any lock until a release,
+    /// a reap or [`set_capacity`](Semaphore::set_capacity) hands it a slot. A waiter whose
+    /// queue entry vanished (removed by [`remove`](Semaphore::remove), or dropped by a write of
+    /// the Go package) joins the queue again, at the back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] after the timeout; [`Error::Cancelled`] after a cancel; otherwise as
+    /// [`acquire`](Semaphore::acquire), and [`Error::InvalidMetadata`]. On every error the
+    /// call has left the queue and holds no slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use filesem::{AcquireOptions, Semaphore};
+    /// let sem = Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let opts = AcquireOptions::new()
+    ///     .priority(10)
+    ///     .timeout(Duration::from_secs(30))
+    ///     .metadata("job", "urgent-fix");
+    /// let permit = sem.acquire_with("job-7", &opts)?;
+    /// assert_eq!(sem.holders()?[0].metadata["job"], "urgent-fix");
+    /// # drop(permit);
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn acquire_with<H: Holder + ?Sized>(
+        &self,
+        holder: &H,
+        options: &AcquireOptions,
+    ) -> Result<Permit> {
+        let id = holder.id();
+        self.check_request(id, options)?;
+        crate::wait::acquire(self, id, options)
+    }
+
+    /// Takes the next fencing token and, for a process-bound hold, creates and locks its
+    /// witness file (before the entry naming it is written). Skips tokens whose witness file
+    /// exists already (possible after a Go write dropped the counter).
+    pub(crate) fn take_token_and_witness(
+        &self,
+        doc: &mut Document,
+        detached: bool,
+    ) -> Result<(u64, Option<WitnessLock>)> {
+        let store = &self.inner.store;
+        for _ in 0..64 {
+            let token = rules::take_token(doc);
+            if detached {
+                return Ok((token, None));
+            }
+            match witness::create(&store.path, token, store.create_mode)? {
+                Created::Locked(lock) => return Ok((token, Some(lock))),
+                Created::Taken => continue,
+            }
+        }
+        Err(Error::io(
+            &store.path,
+            &witness::dir_of(&store.path),
+            "find a free witness name in",
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ))
+    }
+
+    /// Removes every provably stale holder and waiter now (dead owner, expired lease), hands
+    /// their slots to queued waiters, and returns what it removed with the evidence. Entries
+    /// that cannot be judged (see [`Liveness::Unknown`]) stay. Also removes witness files that
+    /// no entry refers to.
+    ///
+    /// Acquires already reap when they would otherwise fail (unless
+    /// [`OpenOptions::auto_reap`] is off); call this to free slots eagerly or from a cleanup
+    /// job.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 2)?;
+    /// let opts = filesem::AcquireOptions::new().detached(true).lease(Duration::ZERO);
+    /// sem.try_acquire_with("short-lived", &opts)?;
+    /// std::thread::sleep(filesem::LEASE_GRACE + Duration::from_millis(100));
+    /// let reaped = sem.reap()?;
+    /// assert_eq!(reaped[0].id, "short-lived");
+    /// assert!(reaped[0].liveness.evidence().contains("lease expired"));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn reap(&self) -> Result<Vec<Reaped>> {
+        let path = self.path();
+        self.inner.store.transact(None, |doc, _| {
+            let ctx = Ctx {
+                reap: true,
+                ..self.ctx(Utc::now())
+            };
+            let removed = rules::reap(doc, &ctx);
+            let granted = rules::hand_off(doc, ctx.now);
+            for file in witness::remove_orphans(path, &live_tokens(doc)) {
+                tracing::info!(path = %path.display(), file = %file.display(), "removed orphan witness");
+            }
+            let reaped = removed.iter().cloned().map(Reaped::from).collect();
+            Ok(Step::new(reaped, granted > 0).reaped(removed))
+        })
     }
 
     fn check_request(&self, id: &str, options: &AcquireOptions) -> Result<()> {
@@ -363,10 +595,7 @@ impl Semaphore {
         self.inner.store.transact(None, |doc, _| {
             let removed = rules::remove_ids(doc, &ids, Utc::now());
             let changed = !removed.is_empty();
-            Ok(Step {
-                value: removed,
-                changed,
-            })
+            Ok(Step::new(removed, changed))
         })
     }
 
@@ -393,6 +622,28 @@ impl Semaphore {
         let doc = self.inner.store.snapshot()?;
         let now = Utc::now();
         Ok(doc.holders.iter().map(|e| self.info(e, now)).collect())
+    }
+
+    /// The queued waiters, in the order they will be served (priority, then arrival), each
+    /// with its fencing token and a liveness verdict. `acquired_at` is when it joined the
+    /// queue. Reads without the lock and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`holders`](Semaphore::holders).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// assert!(sem.waiters()?.is_empty());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn waiters(&self) -> Result<Vec<HolderInfo>> {
+        let doc = self.inner.store.snapshot()?;
+        let now = Utc::now();
+        Ok(doc.waiters.iter().map(|e| self.info(e, now)).collect())
     }
 
     /// The number of holders on file (including stale ones not yet reaped).
@@ -477,6 +728,7 @@ impl Semaphore {
             }),
             expires_at: e.expires_at,
             metadata: e.metadata.clone(),
+            priority: e.priority.unwrap_or(0),
             liveness: rules::verdict(e, now, self.inner.judge.as_ref()),
         }
     }
@@ -573,7 +825,7 @@ fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
     Ok(())
 }
 
-fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
+pub(crate) fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
     match refusal {
         Refusal::AlreadyHeld => Error::AlreadyHeld {
             path: path.to_path_buf(),
@@ -587,17 +839,12 @@ fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
     }
 }
 
-pub(crate) fn log_removed(path: &Path, removed: &[rules::Removed]) {
-    for r in removed {
-        tracing::info!(
-            path = %path.display(),
-            id = %r.entry.id,
-            token = r.entry.token,
-            evidence = r.verdict.evidence(),
-            "reaped stale {}",
-            if r.was_waiter { "waiter" } else { "holder" }
-        );
-    }
+fn live_tokens(doc: &Document) -> Vec<u64> {
+    doc.holders
+        .iter()
+        .chain(&doc.waiters)
+        .filter_map(|e| e.token)
+        .collect()
 }
 
 #[cfg(test)]

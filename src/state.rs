@@ -90,6 +90,9 @@ pub(crate) struct Owner {
     /// tells a reused pid from the original process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<u64>,
+    /// `/etc/machine-id`: tells an earlier boot of this machine from another machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     /// `/proc/sys/kernel/random/boot_id` of the machine at acquire time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,

@@ -14,7 +14,10 @@ use std::time::Duration;
 use crate::atomic::{self, FileMeta};
 use crate::error::{Error, Result};
 use crate::lock::{self, LockGuard};
+use crate::rules;
+use crate::rules::Removed;
 use crate::state::Document;
+use crate::witness;
 
 /// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
 /// Go package's 0644.
@@ -38,6 +41,10 @@ pub(crate) struct Step<R> {
     pub value: R,
     /// Whether the document changed and must be written.
     pub changed: bool,
+    /// Entries the rule reaped: once the write has committed their removal, their witness
+    /// files are deleted and they are logged (not before: a reader of the old file would
+    /// find the witness missing).
+    pub reaped: Vec<Removed>,
 }
 
 impl<R> Step<R> {
@@ -45,13 +52,28 @@ impl<R> Step<R> {
         Step {
             value,
             changed: false,
+            reaped: Vec::new(),
         }
     }
     pub fn changed(value: R) -> Step<R> {
         Step {
             value,
             changed: true,
+            reaped: Vec::new(),
         }
+    }
+    pub fn new(value: R, changed: bool) -> Step<R> {
+        Step {
+            value,
+            changed,
+            reaped: Vec::new(),
+        }
+    }
+    /// Records what the rule reaped (and so changed).
+    pub fn reaped(mut self, reaped: Vec<Removed>) -> Step<R> {
+        self.changed |= !reaped.is_empty();
+        self.reaped = reaped;
+        self
     }
 }
 
@@ -78,47 +100,33 @@ impl Store {
         create: Option<u32>,
         rule: impl FnOnce(&mut Document, bool) -> Result<Step<R>>,
     ) -> Result<R> {
-        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let guard = match create {
-            Some(_) => self.lock()?,
-            // Nothing may be created for a missing semaphore. The lock file is opened without
-            // `O_CREAT`, and only if it is absent is the state file looked up (`NotFound`)
-            // before the lock file is created: one `statx` fewer per operation than looking
-            // up the state file first. A state file that vanishes after this is found by
-            // `read` below.
-            None => {
-                match lock::lock_exclusive_existing(&self.path, &self.lock_path, self.lock_timeout)?
-                {
-                    Some(guard) => guard,
-                    None => {
-                        self.check_exists()?;
-                        self.lock()?
+        self.locked(create.is_some(), || {
+            let (mut doc, meta, created) = match self.read()? {
+                Some((mut doc, meta)) => {
+                    rules::resume_token_counter(&mut doc, chrono::Utc::now());
+                    (doc, meta, false)
+                }
+                None => match create {
+                    Some(capacity) => {
+                        let meta = FileMeta {
+                            mode: self.create_mode,
+                            owner: None,
+                        };
+                        (Document::new(capacity), meta, true)
                     }
+                    None => return Err(self.not_found()),
+                },
+            };
+            let step = rule(&mut doc, created)?;
+            if step.changed || created {
+                if doc.version.is_none() {
+                    doc.version = Some(crate::state::FORMAT_VERSION);
                 }
+                atomic::write_atomic(&self.path, &doc.to_bytes(), meta, self.durable)?;
             }
-        };
-        let (mut doc, meta, created) = match self.read()? {
-            Some((doc, meta)) => (doc, meta, false),
-            None => match create {
-                Some(capacity) => {
-                    let meta = FileMeta {
-                        mode: self.create_mode,
-                        owner: None,
-                    };
-                    (Document::new(capacity), meta, true)
-                }
-                None => return Err(self.not_found()),
-            },
-        };
-        let step = rule(&mut doc, created)?;
-        if step.changed || created {
-            if doc.version.is_none() {
-                doc.version = Some(crate::state::FORMAT_VERSION);
-            }
-            atomic::write_atomic(&self.path, &doc.to_bytes(), meta, self.durable)?;
-        }
-        guard.unlock();
-        Ok(step.value)
+            witness::forget_reaped(&self.path, &step.reaped);
+            Ok(step.value)
+        })
     }
 
     /// Takes the lock file, creating it if absent.
@@ -170,13 +178,27 @@ impl Store {
     /// Runs `f` under the lock without reading the state (used by recovery, which must not
     /// parse the file).
     pub fn with_lock<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.locked(true, f)
+    }
+
+    /// Runs `f` under the lock. Without `may_create`, nothing is created for a missing
+    /// semaphore: the lock file is opened without `O_CREAT`, and only if it is absent is the
+    /// state file looked up ([`Error::NotFound`]) before the lock file is created. That is
+    /// one `statx` fewer per operation than looking up the state file first; a state file
+    /// that is missing while its lock file exists is found missing by [`Store::read`].
+    fn locked<R>(&self, may_create: bool, f: impl FnOnce() -> Result<R>) -> Result<R> {
         let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let guard = lock::lock_exclusive(
-            &self.path,
-            &self.lock_path,
-            self.create_mode,
-            self.lock_timeout,
-        )?;
+        let guard = if may_create {
+            self.lock()?
+        } else {
+            match lock::lock_exclusive_existing(&self.path, &self.lock_path, self.lock_timeout)? {
+                Some(guard) => guard,
+                None => {
+                    self.check_exists()?;
+                    self.lock()?
+                }
+            }
+        };
         let r = f()?;
         guard.unlock();
         Ok(r)

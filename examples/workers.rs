@@ -1,0 +1,727 @@
+//! The main job: `cargo run --example workers` starts several worker processes that share one
+//! semaphore file, prints who got which slot when, and checks that capacity was never exceeded.
+//!
+//! Options (all optional):
+//!
+//! ```text
+//! --workers N    worker processes to start (default 5)
+//! --capacity N   slots in the semaphore (default 2)
+//! --cycles N     times each worker takes a slot (default 3)
+//! --hold-ms N    how long a worker holds its slot, in milliseconds (default 200, jittered)
+//! --path FILE    the semaphore's state file (default: a fresh file in the temp directory)
+//! --kill N       SIGKILL worker N while it holds its first slot, and show the slot coming
+//!                back by itself (crash resilience)
+//! ```
+//!
+//! The workers are this program re-executed with a hidden `--worker` argument. Each one loops:
+//! take a slot (waiting in the semaphore's queue while all are taken: first come, first
+//! served, and the slot is handed over by the release that frees it), hold it, release it.
+//! The timeline shows when each worker queued, how many were ahead, and the order they were
+//! served in (a queued worker keeps the fencing token it got when it queued, so tokens are
+//! granted in increasing order).
+//! An independent witness (`examples/common/witness.rs`: its own counter file under its own
+//! lock, plus one `O_EXCL` marker file per slot in use) counts who is inside. The program
+//! exits with status 1 if the witness ever saw more than `capacity` inside, a slot used twice,
+//! a release that failed, or a semaphore that is not empty at the end; 2 for bad arguments.
+
+#[path = "common/witness.rs"]
+mod witness;
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use filesem::{AcquireOptions, Semaphore};
+use witness::Witness;
+
+const USAGE: &str = "\
+usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE] [--kill N]
+
+Starts N worker processes that compete for a semaphore with a few slots, prints a timeline
+of who held which slot, and exits non-zero if the semaphore ever let too many in.
+--kill N kills worker N with SIGKILL in the middle of its first hold: its slot comes back
+by itself as soon as it is provably dead.";
+
+/// The settings of a run, shared by the parent and (as arguments) its workers.
+#[derive(Clone, Debug)]
+struct Config {
+    workers: u32,
+    capacity: u32,
+    cycles: u32,
+    hold_ms: u64,
+    path: Option<PathBuf>,
+    /// The worker (1-based) to SIGKILL during its first hold.
+    kill: Option<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: 5,
+            capacity: 2,
+            cycles: 3,
+            hold_ms: 200,
+            path: None,
+            kill: None,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--worker") {
+        return worker(&args[1..]);
+    }
+    match parse(&args) {
+        Ok(Some(config)) => parent(&config),
+        Ok(None) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Parses `--name value` and `--name=value` options; `Ok(None)` for `--help`.
+fn parse(args: &[String]) -> Result<Option<Config>, String> {
+    let mut config = Config::default();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let value = match inline.or_else(|| rest.next().cloned()) {
+            Some(v) => v,
+            None => return Err(format!("{name} needs a value")),
+        };
+        let number = |max: u64| -> Result<u64, String> {
+            match value.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "{name} takes a number from 1 to {max}, not {value:?}"
+                )),
+            }
+        };
+        match name {
+            "--workers" => config.workers = number(64)? as u32,
+            "--capacity" => config.capacity = number(u64::from(filesem::MAX_CAPACITY))? as u32,
+            "--cycles" => config.cycles = number(10_000)? as u32,
+            "--hold-ms" => config.hold_ms = number(60_000)?,
+            "--path" => config.path = Some(PathBuf::from(value)),
+            "--kill" => config.kill = Some(number(64)? as u32),
+            _ => return Err(format!("unknown option {arg:?}")),
+        }
+    }
+    Ok(Some(config))
+}
+
+// ---------------------------------------------------------------------------------------
+// The worker process.
+// ---------------------------------------------------------------------------------------
+
+/// What a worker reports to the parent, one tab-separated line per event on stdout:
+/// `ready`, `queued token ahead holders capacity`, `entered slot token inside queued
+/// waited_ms`, `left slot inside held_ms`, `violation text`, `error text`, `done grants
+/// waits`; each after the kind and the time since the start of the run in microseconds.
+fn emit(epoch_us: u64, kind: &str, fields: &[&dyn std::fmt::Display]) {
+    let mut line = format!("{kind}\t{}", now_us().saturating_sub(epoch_us));
+    for f in fields {
+        let _ = write!(line, "\t{f}");
+    }
+    let mut out = std::io::stdout().lock();
+    // If the parent is gone there is nobody to tell; the worker just carries on.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn worker(args: &[String]) -> ExitCode {
+    let value = |name: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let id = value("--id");
+    let path = PathBuf::from(value("--path"));
+    let capacity: u32 = value("--capacity").parse().unwrap_or(1);
+    let cycles: u32 = value("--cycles").parse().unwrap_or(1);
+    let hold_ms: u64 = value("--hold-ms").parse().unwrap_or(1);
+    let epoch: u64 = value("--epoch-us").parse().unwrap_or(0);
+    let mut rng = fastrand::Rng::with_seed(value("--seed").parse().unwrap_or(0));
+    let fail = |what: String| {
+        emit(epoch, "error", &[&what]);
+        ExitCode::FAILURE
+    };
+
+    let witness = match Witness::create(value("--witness"), capacity) {
+        Ok(w) => w,
+        Err(e) => return fail(format!("witness: {e}")),
+    };
+    let sem = match Semaphore::open(&path, capacity) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    emit(epoch, "ready", &[]);
+    // Start together: wait for the parent's "go" (or for its end).
+    let _ = std::io::stdin().lock().read_line(&mut String::new());
+
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = AcquireOptions::new().on_wait({
+        let queued = queued.clone();
+        move |status| {
+            queued.store(true, std::sync::atomic::Ordering::SeqCst);
+            let holders = status.holders.join(", ");
+            emit(
+                epoch,
+                "queued",
+                &[&status.token, &status.ahead, &holders, &status.capacity],
+            );
+        }
+    });
+    let mut waits = 0u64;
+    for _ in 0..cycles {
+        let waiting_since = Instant::now();
+        queued.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Waits in the queue when every slot is taken; the releasing worker hands its slot
+        // to the head of the queue.
+        let permit = match sem.acquire_with(id.as_str(), &opts) {
+            Ok(p) => p,
+            Err(e) => return fail(e.to_string()),
+        };
+        let waited_ms = waiting_since.elapsed().as_millis();
+        let was_queued = u8::from(queued.load(std::sync::atomic::Ordering::SeqCst));
+        waits += u64::from(was_queued);
+        let (slot, token) = (permit.slot(), permit.token());
+        let entered = match witness.enter(slot, &id, token) {
+            Ok(e) => e,
+            Err(e) => return fail(format!("witness: {e}")),
+        };
+        emit(
+            epoch,
+            "entered",
+            &[&slot, &token, &entered.inside, &was_queued, &waited_ms],
+        );
+        for v in &entered.violations {
+            emit(epoch, "violation", &[v]);
+        }
+
+        let held_for = Duration::from_millis(hold_ms / 2 + rng.u64(0..=hold_ms));
+        std::thread::sleep(held_for);
+
+        let (inside, violations) = match witness.leave(slot, &id, token) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("witness: {e}")),
+        };
+        emit(epoch, "left", &[&slot, &inside, &held_for.as_millis()]);
+        for v in &violations {
+            emit(epoch, "violation", &[v]);
+        }
+        if let Err(e) = permit.release() {
+            // NotHeld or Lost here would mean the semaphore lost our entry.
+            return fail(format!("release failed: {e}"));
+        }
+        // No rest needed for fairness: acquiring again queues behind everyone waiting.
+    }
+    emit(epoch, "done", &[&cycles, &waits]);
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------
+// The parent process.
+// ---------------------------------------------------------------------------------------
+
+struct Worker {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+/// Kills every worker still running when the parent leaves early.
+struct Workers(Vec<Worker>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            if let Ok(None) = w.child.try_wait() {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+            }
+        }
+    }
+}
+
+/// What the parent learns from the timeline.
+#[derive(Default)]
+struct Tally {
+    grants: u64,
+    waits: u64,
+    max_inside: u32,
+    problems: Vec<String>,
+    done: u32,
+    killed: Option<Killed>,
+}
+
+/// The worker killed on purpose, and what became of its slot.
+struct Killed {
+    worker: usize,
+    slot: String,
+    at: Instant,
+    came_back_after: Option<Duration>,
+}
+
+fn parent(config: &Config) -> ExitCode {
+    match run(config) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the demo; `Ok(true)` when every check passed.
+fn run(config: &Config) -> Result<bool, String> {
+    let temp = tempfile::Builder::new()
+        .prefix("filesem-workers-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp directory: {e}"))?;
+    let (path, keep_note) = match &config.path {
+        Some(p) => (p.clone(), ""),
+        None => (
+            temp.path().join("workers.json"),
+            " (a fresh file, removed at the end; pass --path FILE to keep one)",
+        ),
+    };
+    let witness = Witness::create(temp.path().join("witness"), config.capacity)
+        .map_err(|e| format!("cannot create the witness directory: {e}"))?;
+    let sem = Semaphore::open(&path, config.capacity).map_err(|e| e.to_string())?;
+    let already = sem.count().map_err(|e| e.to_string())?;
+    if already > 0 {
+        return Err(format!(
+            "the semaphore at {} already has {already} holder(s); this demo needs an empty one \
+             (remove them, or pick another --path)",
+            path.display()
+        ));
+    }
+
+    println!(
+        "filesem workers: {} processes share a semaphore with {} slots",
+        config.workers, config.capacity
+    );
+    println!("  state file: {}{keep_note}", path.display());
+    println!("  witness:    {}", witness.dir().display());
+    println!(
+        "  each worker takes a slot {} times and holds it about {} ms; when all are taken it \
+         queues (first come, first served)",
+        config.cycles, config.hold_ms
+    );
+    println!();
+
+    let epoch = now_us();
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
+    let mut workers = Workers(Vec::new());
+    for i in 0..config.workers as usize {
+        let name = format!("worker-{}", i + 1);
+        let mut child = Command::new(&exe)
+            .args(["--worker", "--id", &name])
+            .arg("--path")
+            .arg(&path)
+            .arg("--witness")
+            .arg(witness.dir())
+            .args(["--capacity", &config.capacity.to_string()])
+            .args(["--cycles", &config.cycles.to_string()])
+            .args(["--hold-ms", &config.hold_ms.to_string()])
+            .args(["--epoch-us", &epoch.to_string()])
+            .args(["--seed", &fastrand::u64(..).to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((i, Some(line))).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send((i, None));
+        });
+        let stdin = child.stdin.take();
+        workers.0.push(Worker { name, child, stdin });
+    }
+    drop(tx);
+    let pids: Vec<String> = workers
+        .0
+        .iter()
+        .map(|w| format!("{} (pid {})", w.name, w.child.id()))
+        .collect();
+    println!("started {}", pids.join(", "));
+
+    // Generous: the whole run if every hold were serialized, three times over, plus slack.
+    let serial_ms =
+        u64::from(config.workers) * u64::from(config.cycles) * (config.hold_ms * 2 + 40);
+    let deadline = Instant::now() + Duration::from_millis(serial_ms * 3) + Duration::from_secs(30);
+
+    // Handshake: everyone has opened the semaphore, then everyone starts at once.
+    let mut ready = 0;
+    let mut early = Vec::new();
+    while ready < workers.0.len() {
+        match recv(&rx, deadline)? {
+            (_, Some(line)) if line.starts_with("ready\t") => ready += 1,
+            (i, Some(line)) => early.push((i, line)),
+            (i, None) => {
+                return Err(format!(
+                    "{} ended before it was ready: {early:?}",
+                    workers.0[i].name
+                ));
+            }
+        }
+    }
+    for w in &mut workers.0 {
+        if let Some(stdin) = w.stdin.as_mut() {
+            let _ = writeln!(stdin, "go");
+        }
+        w.stdin = None;
+    }
+
+    println!();
+    println!("{:>8}  {:<10} {:<52} inside", "time", "worker", "event");
+    let mut tally = Tally::default();
+    for (i, line) in early {
+        show(&workers.0[i].name, &line, config.capacity, &mut tally);
+    }
+    let mut open = workers.0.len();
+    while open > 0 {
+        match recv(&rx, deadline)? {
+            (i, Some(line)) => {
+                show(&workers.0[i].name, &line, config.capacity, &mut tally);
+                crash_demo(config, &sem, &witness, &mut workers, i, &line, &mut tally)?;
+            }
+            (_, None) => open -= 1,
+        }
+    }
+    for (i, w) in workers.0.iter_mut().enumerate() {
+        if tally.killed.as_ref().is_some_and(|k| k.worker == i) {
+            continue; // killed on purpose and already reaped
+        }
+        loop {
+            match w.child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    tally
+                        .problems
+                        .push(format!("{} exited with {status}", w.name));
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => return Err(format!("{} did not exit in time", w.name)),
+                Err(e) => return Err(format!("waiting for {}: {e}", w.name)),
+            }
+        }
+    }
+
+    summarize(config, &path, &sem, &witness, tally)
+}
+
+/// With `--kill N`: kills worker N when it enters its first slot, shows its entry's verdict,
+/// and later when its slot came back.
+fn crash_demo(
+    config: &Config,
+    sem: &Semaphore,
+    witness: &Witness,
+    workers: &mut Workers,
+    i: usize,
+    line: &str,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    if fields[0] != "entered" {
+        return Ok(());
+    }
+    let (slot, token) = (fields[2].to_string(), fields[3].parse::<u64>().unwrap_or(0));
+    if let Some(k) = &mut tally.killed {
+        if k.came_back_after.is_none() && k.slot == slot && k.worker != i {
+            let after = k.at.elapsed();
+            k.came_back_after = Some(after);
+            println!(
+                "{:>8}  {:<10} slot {slot} came back {} ms after the kill, with no manual step",
+                "",
+                "",
+                after.as_millis()
+            );
+        }
+        return Ok(());
+    }
+    if config.kill != Some(i as u32 + 1) {
+        return Ok(());
+    }
+    let victim = &mut workers.0[i];
+    let (name, pid) = (victim.name.clone(), victim.child.id());
+    let slot_number: u32 = slot.parse().unwrap_or(0);
+    let killed = witness
+        .kill_inside(slot_number, &name, token, || {
+            victim.child.kill()?;
+            victim.child.wait().map(|_| ())
+        })
+        .map_err(|e| format!("witness: {e}"))?;
+    if killed.is_none() {
+        return Ok(()); // it already left; try again at its next entry
+    }
+    println!(
+        "{:>8}  {name:<10} KILLED with SIGKILL (pid {pid}) while holding slot {slot}",
+        ""
+    );
+    let verdict = sem
+        .holders()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|h| h.id == name);
+    match verdict {
+        Some(h) => println!("{:>8}  {:<10} its entry now: {}", "", "", h.liveness),
+        None => println!("{:>8}  {:<10} its entry is already reaped", "", ""),
+    }
+    tally.killed = Some(Killed {
+        worker: i,
+        slot,
+        at: Instant::now(),
+        came_back_after: None,
+    });
+    Ok(())
+}
+
+/// Receives the next line from any worker, or fails when the deadline has passed.
+fn recv(
+    rx: &mpsc::Receiver<(usize, Option<String>)>,
+    deadline: Instant,
+) -> Result<(usize, Option<String>), String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    rx.recv_timeout(left).map_err(|_| {
+        "the workers did not finish in time (deadline passed); stopped them".to_string()
+    })
+}
+
+/// Prints one timeline line for a worker's event and updates the tally.
+fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
+    let fields: Vec<&str> = line.split('\t').collect();
+    let (kind, t_us) = (
+        fields[0],
+        fields
+            .get(1)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0),
+    );
+    let f = |n: usize| fields.get(n).copied().unwrap_or("?");
+    let time = format!("{:.3}s", t_us as f64 / 1e6);
+    let (event, inside) = match kind {
+        "queued" => (
+            format!(
+                "queued (token {}): {} ahead; {} slots held by {}",
+                f(2),
+                f(3),
+                f(5),
+                f(4)
+            ),
+            None,
+        ),
+        "entered" => {
+            let mut event = format!("entered slot {} (token {})", f(2), f(3));
+            if f(5) == "1" {
+                let _ = write!(event, " after waiting {} ms", f(6));
+            }
+            tally.grants += 1;
+            (event, f(4).parse::<u32>().ok())
+        }
+        "left" => (
+            format!("left slot {} after {} ms", f(2), f(4)),
+            f(3).parse::<u32>().ok(),
+        ),
+        "violation" => {
+            tally.problems.push(format!("{name}: {}", f(2)));
+            (format!("VIOLATION: {}", f(2)), None)
+        }
+        "error" => {
+            tally.problems.push(format!("{name}: {}", f(2)));
+            (format!("ERROR: {}", f(2)), None)
+        }
+        "done" => {
+            tally.waits += f(3).parse::<u64>().unwrap_or(0);
+            tally.done += 1;
+            (
+                format!("done: {} grants, {} after waiting", f(2), f(3)),
+                None,
+            )
+        }
+        _ => (format!("(unexpected output: {line:?})"), None),
+    };
+    let bar = match inside {
+        Some(n) => {
+            tally.max_inside = tally.max_inside.max(n);
+            format!("{} {n}/{capacity}", gauge(n, capacity))
+        }
+        None => String::new(),
+    };
+    println!("{time:>8}  {name:<10} {event:<52} {bar}");
+}
+
+/// `[##.]`: one `#` per holder inside, `.` per free slot, `!` per holder over capacity.
+fn gauge(inside: u32, capacity: u32) -> String {
+    if capacity > 16 {
+        return String::new();
+    }
+    let mut s = String::from("[");
+    for i in 0..capacity.max(inside) {
+        s.push(if i >= capacity {
+            '!'
+        } else if i < inside {
+            '#'
+        } else {
+            '.'
+        });
+    }
+    s.push(']');
+    s
+}
+
+fn summarize(
+    config: &Config,
+    path: &Path,
+    sem: &Semaphore,
+    witness: &Witness,
+    mut tally: Tally,
+) -> Result<bool, String> {
+    println!();
+    println!("final state of {}:", path.display());
+    let holders = sem.holders().map_err(|e| e.to_string())?;
+    let count = sem.count().map_err(|e| e.to_string())?;
+    let available = sem.available().map_err(|e| e.to_string())?;
+    let ids: Vec<&str> = holders.iter().map(|h| h.id.as_str()).collect();
+    println!(
+        "  count {count}, available {available} of {}, holders: {}",
+        config.capacity,
+        if ids.is_empty() {
+            "none".to_string()
+        } else {
+            ids.join(", ")
+        }
+    );
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for line in text.lines() {
+            println!("  | {line}");
+        }
+    }
+
+    let report = witness.report().map_err(|e| format!("witness: {e}"))?;
+    for v in &report.violations {
+        if !tally.problems.iter().any(|p| p.ends_with(v.as_str())) {
+            tally.problems.push(format!("witness: {v}"));
+        }
+    }
+    if count != 0 {
+        tally
+            .problems
+            .push(format!("{count} holder(s) left on file: {ids:?}"));
+    }
+    if report.inside != 0 {
+        tally
+            .problems
+            .push(format!("the witness still counts {} inside", report.inside));
+    }
+    let dups = report.duplicate_tokens();
+    if !dups.is_empty() {
+        tally
+            .problems
+            .push(format!("fencing tokens handed out twice: {dups:?}"));
+    }
+    // A worker killed during its first hold got one grant and never finished.
+    let killed = u32::from(tally.killed.is_some());
+    let expected =
+        u64::from(config.workers - killed) * u64::from(config.cycles) + u64::from(killed);
+    if tally.grants != expected || tally.done != config.workers - killed {
+        tally.problems.push(format!(
+            "{} of {expected} grants and {} of {} workers finished",
+            tally.grants,
+            tally.done,
+            config.workers - killed
+        ));
+    }
+    if let Some(n) = config.kill {
+        match &tally.killed {
+            None => tally
+                .problems
+                .push(format!("worker {n} was never caught holding a slot")),
+            Some(k) if k.came_back_after.is_none() && tally.grants < expected => {
+                tally
+                    .problems
+                    .push(format!("slot {} never came back after the kill", k.slot));
+            }
+            Some(_) => {}
+        }
+    }
+
+    println!();
+    println!(
+        "summary: {} workers x {} cycles = {} grants, {} after waiting in the queue, \
+         at most {} of {} inside at once (witness: {}), {} violations",
+        config.workers,
+        config.cycles,
+        tally.grants,
+        tally.waits,
+        tally.max_inside,
+        config.capacity,
+        report.max_inside,
+        report.violations.len(),
+    );
+    if let Some(k) = &tally.killed {
+        let back = k
+            .came_back_after
+            .map_or("it was not needed again".to_string(), |d| {
+                format!("its slot came back after {} ms", d.as_millis())
+            });
+        println!(
+            "crash: {} was killed with SIGKILL after 1 grant (so {expected} grants in all); {back}",
+            config.kill.map_or(String::new(), |n| format!("worker-{n}"))
+        );
+    }
+    if tally.problems.is_empty() {
+        println!(
+            "OK: never more than {} inside, every slot used by one holder at a time, \
+             every release landed",
+            config.capacity
+        );
+        Ok(true)
+    } else {
+        println!("FAILED:");
+        for p in tally.problems.iter().take(20) {
+            println!("  - {p}");
+        }
+        if tally.problems.len() > 20 {
+            println!("  ... and {} more", tally.problems.len() - 20);
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,388 @@
+//! Helpers shared by the integration tests: temp directories, directory snapshots, and
+//! child processes (the test binary re-running itself in a "role") with a readiness handshake
+//! over stdout and a deadline on every wait.
+
+#![allow(dead_code)] // Each test file uses a different part.
+
+#[path = "../../examples/common/witness.rs"]
+pub mod witness;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The environment variable that tells a re-executed test binary which role to play.
+pub const ROLE_VAR: &str = "FILESEM_TEST_ROLE";
+
+/// Lines a child prints for its parent start with this, to tell them from libtest's output.
+pub const MARK: &str = "@@ ";
+
+/// A fresh directory on tmpfs (`/dev/shm`) if there is one, else in the system temp dir.
+pub fn tmpfs_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let builder = tempfile::Builder::new()
+        .prefix("filesem-test-")
+        .tempdir_in(shm);
+    match builder {
+        Ok(d) => d,
+        Err(_) => tempfile::tempdir().expect("create temp dir"),
+    }
+}
+
+/// A fresh directory on the disk that holds the build (not tmpfs), for durable runs.
+pub fn disk_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("filesem-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create temp dir on disk")
+}
+
+/// One entry of a [`snapshot`]: file bytes, a symlink's target, or a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    File { bytes: Vec<u8>, mode: u32 },
+    Link(PathBuf),
+    Dir,
+}
+
+/// Every name in `dir` (not recursive) with its bytes and mode, to compare before and after.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(dir).expect("list dir") {
+        let entry = entry.expect("dir entry");
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).expect("stat");
+        let node = if meta.file_type().is_symlink() {
+            Node::Link(fs::read_link(&path).expect("readlink"))
+        } else if meta.is_dir() {
+            Node::Dir
+        } else {
+            Node::File {
+                bytes: fs::read(&path).expect("read"),
+                mode: meta.mode() & 0o7777,
+            }
+        };
+        out.insert(entry.file_name().to_string_lossy().into_owned(), node);
+    }
+    out
+}
+
+/// In a child process: the role it was started for, if any.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE_VAR).ok()
+}
+
+/// In a child process: a setting passed by the parent.
+pub fn arg(name: &str) -> String {
+    std::env::var(format!("FILESEM_TEST_{name}"))
+        .unwrap_or_else(|_| panic!("parent did not pass FILESEM_TEST_{name}"))
+}
+
+/// In a child process: tells the parent something (one line).
+pub fn say(line: impl AsRef<str>) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{MARK}{}", line.as_ref()).expect("write to parent");
+    out.flush().expect("flush to parent");
+}
+
+/// In a child process: waits for one line from the parent (returns at EOF too, so a child
+/// whose parent died does not wait forever).
+pub fn wait_for_parent() -> String {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    line.trim().to_string()
+}
+
+/// How to start one child: the test binary, running the (ignored) test `entry` with
+/// [`ROLE_VAR`] set to `role`.
+pub struct ChildSpec {
+    pub name: String,
+    entry: String,
+    role: String,
+    env: Vec<(String, String)>,
+    wrapper: Vec<String>,
+}
+
+impl ChildSpec {
+    pub fn new(name: impl Into<String>, entry: &str, role: &str) -> ChildSpec {
+        ChildSpec {
+            name: name.into(),
+            entry: entry.to_string(),
+            role: role.to_string(),
+            env: Vec::new(),
+            wrapper: Vec::new(),
+        }
+    }
+
+    /// Passes `FILESEM_TEST_<name>=value`, read in the child with [`arg`].
+    pub fn arg(mut self, name: &str, value: impl ToString) -> ChildSpec {
+        self.env
+            .push((format!("FILESEM_TEST_{name}"), value.to_string()));
+        self
+    }
+
+    /// Runs the child through a wrapper command (e.g. `setpriv ...`).
+    pub fn via(mut self, wrapper: &[&str]) -> ChildSpec {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    fn command(&self) -> Command {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        cmd.args([
+            self.entry.as_str(),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(ROLE_VAR, &self.role)
+        .envs(self.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        cmd
+    }
+}
+
+/// What one child said and how it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub name: String,
+    pub status: ExitStatus,
+    /// Its [`say`] lines, without the mark.
+    pub lines: Vec<String>,
+}
+
+impl Finished {
+    /// The lines starting with `word `, with that word removed.
+    pub fn lines_of(&self, word: &str) -> Vec<&str> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(word).and_then(|r| r.strip_prefix(' ')))
+            .collect()
+    }
+}
+
+struct Running {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Vec<String>,
+    /// Lines received but not yet consumed by [`Group::expect`].
+    unread: usize,
+    open: bool,
+}
+
+/// A set of child processes. Every wait has a deadline; on drop (including a panic) every
+/// child still running is killed and reaped.
+pub struct Group {
+    children: Vec<Running>,
+    rx: Receiver<(usize, Option<String>)>,
+    tx: mpsc::Sender<(usize, Option<String>)>,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group::new()
+    }
+}
+
+impl Group {
+    pub fn new() -> Group {
+        let (tx, rx) = mpsc::channel();
+        Group {
+            children: Vec::new(),
+            rx,
+            tx,
+        }
+    }
+
+    /// Starts a child; returns its index.
+    pub fn spawn(&mut self, spec: ChildSpec) -> usize {
+        let mut child = spec
+            .command()
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn child {}: {e}", spec.name));
+        let idx = self.children.len();
+        let stdout = child.stdout.take().expect("child stdout");
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(msg) = line.strip_prefix(MARK)
+                    && tx.send((idx, Some(msg.to_string()))).is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx.send((idx, None));
+        });
+        self.children.push(Running {
+            name: spec.name,
+            stdin: child.stdin.take(),
+            child,
+            lines: Vec::new(),
+            unread: 0,
+            open: true,
+        });
+        idx
+    }
+
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// The OS process ID of child `idx`.
+    pub fn pid(&self, idx: usize) -> u32 {
+        self.children[idx].child.id()
+    }
+
+    /// Receives one message before `deadline`; panics (killing every child) on timeout.
+    fn pump(&mut self, deadline: Instant, waiting_for: &str) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok((idx, Some(line))) => {
+                self.children[idx].lines.push(line);
+                self.children[idx].unread += 1;
+            }
+            Ok((idx, None)) => self.children[idx].open = false,
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill_all();
+                panic!("deadline passed waiting for {waiting_for}");
+            }
+            Err(RecvTimeoutError::Disconnected) => unreachable!("group holds a sender"),
+        }
+    }
+
+    /// Waits until child `idx` says a line starting with `word`; returns that line. Panics if
+    /// the child ends first or the deadline passes.
+    pub fn expect(&mut self, idx: usize, word: &str, deadline: Instant) -> String {
+        loop {
+            let c = &mut self.children[idx];
+            while c.unread > 0 {
+                let line = c.lines[c.lines.len() - c.unread].clone();
+                c.unread -= 1;
+                if line == word || line.starts_with(&format!("{word} ")) {
+                    return line;
+                }
+            }
+            if !c.open {
+                let name = c.name.clone();
+                let lines = c.lines.clone();
+                self.kill_all();
+                panic!("child {name} ended before saying {word:?}; it said {lines:?}");
+            }
+            let what = format!("{word:?} from child {}", self.children[idx].name);
+            self.pump(deadline, &what);
+        }
+    }
+
+    /// Waits until every child has said `word`.
+    pub fn expect_all(&mut self, word: &str, deadline: Instant) {
+        for idx in 0..self.children.len() {
+            self.expect(idx, word, deadline);
+        }
+    }
+
+    /// Sends one line to every child's stdin.
+    pub fn send_all(&mut self, line: &str) {
+        for c in &mut self.children {
+            if let Some(stdin) = c.stdin.as_mut() {
+                let _ = writeln!(stdin, "{line}");
+                let _ = stdin.flush();
+            }
+        }
+    }
+
+    /// Sends SIGKILL to child `idx` and reaps it (within `deadline`).
+    pub fn kill(&mut self, idx: usize, deadline: Instant) -> ExitStatus {
+        let _ = self.children[idx].child.kill();
+        self.reap(idx, deadline)
+    }
+
+    fn reap(&mut self, idx: usize, deadline: Instant) -> ExitStatus {
+        loop {
+            match self.children[idx].child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(None) => {
+                    let name = self.children[idx].name.clone();
+                    self.kill_all();
+                    panic!("deadline passed waiting for child {name} to exit");
+                }
+                Err(e) => panic!("wait for child: {e}"),
+            }
+        }
+    }
+
+    /// Closes every stdin, reads everything the children say and waits for them to exit,
+    /// all before `deadline`.
+    pub fn finish(mut self, deadline: Instant) -> Vec<Finished> {
+        for c in &mut self.children {
+            c.stdin = None;
+        }
+        while self.children.iter().any(|c| c.open) {
+            self.pump(deadline, "children to finish");
+        }
+        let mut out = Vec::new();
+        for idx in 0..self.children.len() {
+            let status = self.reap(idx, deadline);
+            let c = &self.children[idx];
+            out.push(Finished {
+                name: c.name.clone(),
+                status,
+                lines: c.lines.clone(),
+            });
+        }
+        self.children.clear();
+        out
+    }
+
+    fn kill_all(&mut self) {
+        for c in &mut self.children {
+            let _ = c.child.kill();
+            let _ = c.child.wait();
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// A deadline `secs` seconds from now.
+pub fn deadline(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}
+
+/// Polls `done` every few milliseconds until it returns true; panics naming `what` if
+/// `deadline` passes first. For conditions no child announces (a process becoming a zombie,
+/// a background thread noticing something), so that such a wait cannot hang.
+pub fn wait_until(deadline: Instant, what: &str, mut done: impl FnMut() -> bool) {
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "deadline passed waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,195 @@
+//! The examples run and succeed: `workers` (the main job, shown in the README), `basic` and
+//! `shared`. The first test to need them builds them with the `cargo` that runs the tests
+//! (into the same target directory), so a stale example binary is never what gets tested.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The built example `name`: `cargo build --example ...` once, into this test's target dir.
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // current_exe is <target>/<profile>/deps/examples-<hash>.
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .ok_or("no profile dir")?;
+        let target_dir = profile_dir.parent().ok_or("no target dir")?;
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "workers",
+                "--example",
+                "basic",
+            ])
+            .args(["--example", "shared", "--target-dir"])
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let out = run(cargo, Duration::from_secs(600));
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build of the examples failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(profile_dir.join("examples"))
+    });
+    match dir {
+        Ok(dir) => dir.join(name),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Runs `cmd` to completion, killing it if it takes longer than `limit`.
+fn run(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start command");
+    let deadline = Instant::now() + limit;
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = loop {
+        match child.try_wait().unwrap() {
+            Some(status) => break status,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} did not finish within {limit:?}");
+            }
+        }
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap().into_bytes(),
+        stderr: err.join().unwrap().into_bytes(),
+    }
+}
+
+#[test]
+fn workers_example_shares_the_semaphore_without_exceeding_capacity() {
+    // The main job runs as shown in the README and reports success with zero violations.
+    let exe = example("workers");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--workers",
+        "4",
+        "--capacity",
+        "2",
+        "--cycles",
+        "3",
+        "--hold-ms",
+        "20",
+    ]);
+    let out = run(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 workers x 3 cycles = 12 grants"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(", 0 violations"), "{stdout}");
+    assert!(stdout.contains("OK: never more than 2 inside"), "{stdout}");
+    assert!(
+        stdout.contains("count 0, available 2 of 2, holders: none"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("entered slot").count(), 12);
+}
+
+#[test]
+fn workers_example_kill_shows_the_dead_holders_slot_coming_back() {
+    // A worker SIGKILLed mid-hold is judged dead and its slot is granted again unprompted.
+    let mut cmd = Command::new(example("workers"));
+    cmd.args([
+        "--workers",
+        "4",
+        "--cycles",
+        "2",
+        "--hold-ms",
+        "50",
+        "--kill",
+        "2",
+    ]);
+    let out = run(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("worker-2   KILLED with SIGKILL"),
+        "{stdout}"
+    );
+    let verdict = stdout.lines().find(|l| l.contains("its entry")).unwrap();
+    assert!(
+        // Its witness lock was released; a reaper racing with this look may already have
+        // deleted the witness file, leaving the pid as the evidence.
+        verdict.contains("dead (witness lock")
+            || verdict.contains("dead (pid")
+            || verdict.contains("already reaped"),
+        "{verdict}"
+    );
+    assert!(stdout.contains("came back"), "{stdout}");
+    // 3 survivors x 2 cycles + the victim's one grant.
+    assert!(stdout.contains("= 7 grants"), "{stdout}");
+    assert!(stdout.contains("count 0, available 2 of 2"), "{stdout}");
+}
+
+#[test]
+fn workers_example_refuses_bad_arguments_with_status_two() {
+    // Usage errors are distinguishable from a failed run.
+    let exe = example("workers");
+    for args in [&["--workers", "0"][..], &["--capacity"], &["--bogus", "1"]] {
+        let mut cmd = Command::new(&exe);
+        cmd.args(args);
+        let out = run(cmd, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+    }
+}
+
+#[test]
+fn workers_example_refuses_a_semaphore_that_already_has_holders() {
+    // The demo's final check needs an empty semaphore; it says so instead of failing later.
+    let exe = example("workers");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.json");
+    let sem = filesem::Semaphore::open(&path, 2).unwrap();
+    sem.try_acquire("squatter").unwrap().keep().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.arg("--path").arg(&path);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already has 1 holder"));
+    assert_eq!(sem.count().unwrap(), 1, "the demo touched nobody's hold");
+}
+
+#[test]
+fn basic_and_shared_examples_succeed() {
+    // The seed's two examples, ported, run to success.
+    for name in ["basic", "shared"] {
+        let exe = example(name);
+        let out = run(Command::new(exe), Duration::from_secs(30));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {stdout}");
+        assert!(stdout.contains("done: count 0"), "{name}: {stdout}");
+    }
+}
