@@ -5,9 +5,12 @@
 //! Groups (each on tmpfs and on the normal disk, see `support/place.rs`):
 //! - `floor/MEDIUM/DURABILITY`: one cycle (two locked read-modify-writes) of the floor in
 //!   `support/floor.rs`;
-//! - `cycle/CONFIG/MEDIUM/DURABILITY`: `try_acquire` + `release`;
+//! - `cycle/CONFIG/MEDIUM/DURABILITY`: `try_acquire` + `release`, in each configuration of
+//!   `Config` (`support/mod.rs`: `bare`, the protocol alone, and `default`);
 //! - `refusal/MEDIUM`: `try_acquire` on a full semaphore (writes nothing);
 //! - `scale/MEDIUM/N`: a cycle with N detached holders present (N = 0, 10, 100, 1000);
+//!
+//! refusal, scale and queries use the default configuration without fsync.
 //! - `queries/MEDIUM/holders|count/N`: the lock-free queries with N holders present.
 //!
 //! Defaults keep the whole run short (1 s warm-up, 2 s measurement, 30 samples); criterion's
@@ -43,36 +46,34 @@ fn benches(c: &mut Criterion, scales: &[usize]) {
             for durable in DURABILITIES {
                 let d = durability_name(durable);
                 let name = format!("cycle-{}-{d}", config.name());
-                let sem = support::semaphore(dir, &name, config, durable, 0, 1);
+                let sem = support::subject(dir, &name, config, durable, 0, 1);
                 c.bench_function(&format!("cycle/{}/{medium}/{d}", config.name()), |b| {
-                    b.iter(|| support::cycle(&sem))
+                    b.iter(|| sem.cycle())
                 });
             }
         }
 
-        let full = support::semaphore(dir, "full", Config::Bare, false, 1, 0);
-        c.bench_function(&format!("refusal/{medium}"), |b| {
-            b.iter(|| support::refusal(&full))
-        });
+        let full = support::subject(dir, "full", Config::Default, false, 1, 0);
+        c.bench_function(&format!("refusal/{medium}"), |b| b.iter(|| full.refusal()));
 
         for &others in scales {
-            let sem = support::semaphore(
+            let sem = support::subject(
                 dir,
                 &format!("scale-{others}"),
-                Config::Bare,
+                Config::Default,
                 false,
                 others,
                 1,
             );
             c.bench_function(&format!("scale/{medium}/{others}"), |b| {
-                b.iter(|| support::cycle(&sem))
+                b.iter(|| sem.cycle())
             });
             if others == 10 || others == 1000 {
                 c.bench_function(&format!("queries/{medium}/holders/{others}"), |b| {
-                    b.iter(|| sem.holders().expect("holders"))
+                    b.iter(|| sem.sem.holders().expect("holders"))
                 });
                 c.bench_function(&format!("queries/{medium}/count/{others}"), |b| {
-                    b.iter(|| sem.count().expect("count"))
+                    b.iter(|| sem.sem.count().expect("count"))
                 });
             }
         }

@@ -9,7 +9,7 @@ pub mod place;
 
 use std::path::Path;
 
-use filesem::{Error, OpenOptions, Semaphore};
+use filesem::{AcquireOptions, Error, OpenOptions, Semaphore};
 
 pub use place::Place;
 
@@ -23,36 +23,45 @@ pub fn durability_name(durable: bool) -> &'static str {
 
 /// A configuration of the library whose cost is measured.
 ///
-/// `Bare` is the semaphore with no per-holder liveness evidence (no owner, no witness): all
-/// that exists so far. A configuration that changes what a cycle writes or checks (crash
-/// resilience's default) is added as a variant with its [`OpenOptions`], and then appears in
-/// every table and benchmark group that iterates [`Config::ALL`].
+/// Each configuration that changes what a cycle writes or checks is a variant, with the
+/// options it opens and acquires with; every table and benchmark group iterates
+/// [`Config::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Config {
-    /// Nothing but the holder entries.
+    /// The protocol alone: detached holds (no witness file, nothing to judge) and no
+    /// automatic reaping, as the Go package does it.
     Bare,
+    /// What `Semaphore::open` and `try_acquire` do by default: process-bound holds with an
+    /// owner record and a witness file (created and locked on acquire, deleted on release),
+    /// automatic reaping of provably dead holders.
+    Default,
 }
 
 impl Config {
     /// Every configuration measured.
-    pub const ALL: [Config; 1] = [Config::Bare];
+    pub const ALL: [Config; 2] = [Config::Bare, Config::Default];
 
     /// A short name for reports.
     pub fn name(self) -> &'static str {
         match self {
             Config::Bare => "bare",
+            Config::Default => "default",
         }
     }
 
     /// The open options of this configuration.
     pub fn options(self, durable: bool) -> OpenOptions {
-        match self {
-            Config::Bare => {
-                let mut options = OpenOptions::new();
-                options.durable(durable);
-                options
-            }
+        let mut options = OpenOptions::new();
+        options.durable(durable);
+        if self == Config::Bare {
+            options.auto_reap(false);
         }
+        options
+    }
+
+    /// The acquire options of this configuration.
+    pub fn acquire_options(self) -> AcquireOptions {
+        AcquireOptions::new().detached(self == Config::Bare)
     }
 }
 
@@ -61,16 +70,42 @@ pub fn places() -> Vec<Place> {
     place::all(&[Path::new(env!("CARGO_TARGET_TMPDIR"))])
 }
 
+/// A semaphore to measure, with the acquire options of its configuration.
+pub struct Subject {
+    /// The semaphore.
+    pub sem: Semaphore,
+    acquire: AcquireOptions,
+}
+
+impl Subject {
+    /// One cycle through the library: `try_acquire` + `release`.
+    pub fn cycle(&self) {
+        self.sem
+            .try_acquire_with("bench", &self.acquire)
+            .and_then(|p| p.release())
+            .unwrap_or_else(|e| panic!("cycle on {}: {e}", self.sem.path().display()));
+    }
+
+    /// One refused `try_acquire` on a full semaphore.
+    pub fn refusal(&self) {
+        match self.sem.try_acquire_with("bench", &self.acquire) {
+            Err(Error::NoCapacity { .. }) => {}
+            Err(e) => panic!("refusal on {}: {e}", self.sem.path().display()),
+            Ok(_) => panic!("{} was not full", self.sem.path().display()),
+        }
+    }
+}
+
 /// A new semaphore `NAME.json` in `dir` with `others` detached holders (kept with
 /// [`filesem::Permit::keep`], so they hold no descriptor) and room for `free` more.
-pub fn semaphore(
+pub fn subject(
     dir: &Path,
     name: &str,
     config: Config,
     durable: bool,
     others: usize,
     free: usize,
-) -> Semaphore {
+) -> Subject {
     let capacity = u32::try_from(others + free).expect("capacity fits in u32");
     let path = dir.join(format!("{name}.json"));
     let sem = config
@@ -86,21 +121,8 @@ pub fn semaphore(
             .unwrap_or_else(|e| panic!("keep in {}: {e}", path.display()));
     }
     assert_eq!(sem.count().expect("count"), others);
-    sem
-}
-
-/// One cycle through the library: `try_acquire` + `release`.
-pub fn cycle(sem: &Semaphore) {
-    sem.try_acquire("bench")
-        .and_then(|p| p.release())
-        .unwrap_or_else(|e| panic!("cycle on {}: {e}", sem.path().display()));
-}
-
-/// One refused `try_acquire` on a full semaphore.
-pub fn refusal(sem: &Semaphore) {
-    match sem.try_acquire("bench") {
-        Err(Error::NoCapacity { .. }) => {}
-        Err(e) => panic!("refusal on {}: {e}", sem.path().display()),
-        Ok(_) => panic!("{} was not full", sem.path().display()),
+    Subject {
+        sem,
+        acquire: config.acquire_options(),
     }
 }
