@@ -1,36 +1,44 @@
 //! Multi-process contention on one semaphore, against the raw-syscall floor's own run:
 //! `cargo run --release --example contention [-- --seconds 3 --rounds 1 --procs 1,2,4,8
-//! --media tmpfs,disk --durable]`.
+//! --media tmpfs,disk --strategies try-backoff,wait --config default --durable]`.
 //!
 //! For each medium (tmpfs, the normal disk) and each process count P, it runs P copies of
-//! this program (re-executed as workers) for `--seconds` (default 3):
+//! this program (re-executed as workers) for `--seconds` (default 3) each:
 //!
 //! - **floor**: each worker repeats the floor's cycle (`benches/support/floor.rs`: two locked
 //!   read-modify-writes with raw system calls, waiting for the lock in the kernel);
-//! - **library**: each worker repeats `try_acquire` + `release` on a semaphore of capacity 2;
-//!   when it is full (`NoCapacity`), the worker sleeps (20 us doubling to 1 ms, with jitter)
-//!   and tries again.
+//! - **library**, once per strategy: each worker repeats acquire + `release` on a semaphore
+//!   of capacity 2, in the configuration `--config` (`default` or `bare`, see
+//!   `benches/support/config.rs`). `try-backoff` calls `try_acquire` and, when the semaphore
+//!   is full (`NoCapacity`), sleeps (20 us doubling to 1 ms, with jitter) and tries again, the
+//!   seed's way; `wait` calls `acquire`, which queues and is handed the slot.
 //!
-//! Between the two halves of every cycle, both kinds of worker enter and leave an
-//! independent **witness**: a separate counter file, updated in place under its own flock.
-//! Entering counts a violation when more than 2 workers are inside: for the library, the
-//! check that the semaphore never admits a third holder (the count must be 0, and the run
-//! fails otherwise). The floor admits everyone and is not judged; it runs the witness only so
-//! that both sides pay its cost (two small in-place updates under a lock) and the ratio
-//! compares like with like.
+//! Between the two halves of every cycle, every worker enters and leaves an independent
+//! **witness**: a separate counter file, updated in place under its own flock. Entering
+//! counts a violation when more than 2 workers are inside: for the library, the check that
+//! the semaphore never admits a third holder (the count must be 0, and the run fails
+//! otherwise). The floor admits everyone and is not judged; it runs the witness only so that
+//! both sides pay its cost (two small in-place updates under a lock) and the ratio compares
+//! like with like.
 //!
 //! Workers start together (each reports `ready` on stdout, then waits for `go` on stdin), and
-//! every wait of the parent has a deadline. With `--rounds R`, floor and library runs
-//! alternate R times per process count (which goes first alternates too), and the table shows
-//! medians, so that a change in the machine's load hits both alike.
+//! every wait of the parent has a deadline. With `--rounds R`, the runs at one P repeat R
+//! times in a rotating order, and the table shows medians, so that a change in the machine's
+//! load hits every side alike.
 //!
 //! Columns: total completed cycles per second and the slowest..fastest worker (floor, then
 //! library); the library's throughput over the floor's (median of the rounds' ratios, and
-//! their range); refused attempts per second; CPU time per cycle (user + system, from
-//! `/proc/self/stat`); the witness's violations (the run fails unless 0) and the most holders
-//! it saw inside at once.
+//! their range); refused attempts per second; how long getting a slot took, p50 and p99 (for
+//! the library: from the first attempt to holding the permit, refusals, sleeps and queueing
+//! included; for the floor: its first locked step, lock wait included); CPU time per cycle
+//! (user + system, from `/proc/self/stat`); the witness's violations and the most holders it
+//! saw inside at once. Hand-off latency between two processes and the CPU cost of a sleeping
+//! waiter are measured by `examples/handoff.rs`.
 
 // Shared with the benchmarks, which use the parts this harness does not.
+#[allow(dead_code)]
+#[path = "../benches/support/config.rs"]
+mod config;
 #[allow(dead_code)]
 #[path = "../benches/support/floor.rs"]
 mod floor;
@@ -49,12 +57,14 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use config::Config;
 use floor::Floor;
 use place::{Medium, Place};
 
 /// The semaphore's capacity in every library run.
 const CAPACITY: u64 = 2;
-/// How long workers may take to start, or to finish after their run time.
+/// How long workers may take to start, or to finish after their run time; also the longest a
+/// waiting `acquire` may wait.
 const GRACE: Duration = Duration::from_secs(30);
 
 type Failure = Box<dyn std::error::Error>;
@@ -70,25 +80,45 @@ enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Strategy {
     /// `try_acquire`; after `NoCapacity`, sleep (20 us doubling to 1 ms, +-25% jitter) and
-    /// try again: the seed's way. A waiting acquire is another variant, measured the same way.
+    /// try again: the seed's way.
     TryWithBackoff,
+    /// `acquire`: join the queue in the state file and be handed the slot.
+    Wait,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::TryWithBackoff => "try-backoff",
+            Strategy::Wait => "wait",
+        }
+    }
+
+    fn parse(arg: &str) -> Option<Strategy> {
+        [Strategy::TryWithBackoff, Strategy::Wait]
+            .into_iter()
+            .find(|s| s.name() == arg)
+    }
 }
 
 impl Kind {
     fn arg(self) -> &'static str {
         match self {
             Kind::Floor => "floor",
-            Kind::Library(Strategy::TryWithBackoff) => "try-backoff",
+            Kind::Library(strategy) => strategy.name(),
         }
     }
 
     fn parse(arg: &str) -> Option<Kind> {
         match arg {
             "floor" => Some(Kind::Floor),
-            "try-backoff" => Some(Kind::Library(Strategy::TryWithBackoff)),
-            _ => None,
+            other => Strategy::parse(other).map(Kind::Library),
         }
     }
+}
+
+fn parse_config(arg: &str) -> Option<Config> {
+    Config::ALL.into_iter().find(|c| c.name() == arg)
 }
 
 struct Options {
@@ -96,11 +126,15 @@ struct Options {
     rounds: usize,
     procs: Vec<usize>,
     media: Vec<Medium>,
+    strategies: Vec<Strategy>,
+    config: Config,
     durable: bool,
 }
 
 fn usage() -> String {
-    "usage: contention [--seconds S] [--rounds R] [--procs 1,2,4,8] [--media tmpfs,disk] [--durable]".into()
+    "usage: contention [--seconds S] [--rounds R] [--procs 1,2,4,8] [--media tmpfs,disk] \
+     [--strategies try-backoff,wait] [--config default|bare] [--durable]"
+        .into()
 }
 
 fn parse_options(args: &[String]) -> Result<Options, Failure> {
@@ -109,6 +143,8 @@ fn parse_options(args: &[String]) -> Result<Options, Failure> {
         rounds: 1,
         procs: vec![1, 2, 4, 8],
         media: vec![Medium::Tmpfs, Medium::Disk],
+        strategies: vec![Strategy::TryWithBackoff, Strategy::Wait],
+        config: Config::Default,
         durable: false,
     };
     let mut args = args.iter();
@@ -136,6 +172,16 @@ fn parse_options(args: &[String]) -> Result<Options, Failure> {
                     })
                     .collect::<Result<_, _>>()?
             }
+            "--strategies" => {
+                options.strategies = value()?
+                    .split(',')
+                    .map(|s| Strategy::parse(s).ok_or(format!("unknown strategy {s:?}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--config" => {
+                let v = value()?;
+                options.config = parse_config(v).ok_or(format!("unknown config {v:?}"))?;
+            }
             "--durable" => options.durable = true,
             "--help" | "-h" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other:?}\n{}", usage()).into()),
@@ -145,9 +191,10 @@ fn parse_options(args: &[String]) -> Result<Options, Failure> {
         || options.seconds <= 0.0
         || options.rounds == 0
         || options.procs.contains(&0)
+        || options.strategies.is_empty()
     {
         return Err(format!(
-            "--seconds, --rounds and --procs must be positive\n{}",
+            "--seconds, --rounds, --procs and --strategies must be positive\n{}",
             usage()
         )
         .into());
@@ -248,13 +295,15 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// A worker: `--worker KIND DIR INDEX DURABLE`. Prints `ready`, waits for `go MILLIS` on
-/// stdin, runs, prints `done CYCLES REFUSALS CPU_MICROS`.
+/// A worker: `--worker KIND CONFIG DIR INDEX DURABLE`. Prints `ready`, waits for
+/// `go MILLIS` on stdin, runs, writes how long each acquire took (microseconds, u32
+/// little-endian) to `DIR/latency-INDEX`, and prints `done CYCLES REFUSALS CPU_MICROS`.
 fn worker(args: &[String]) -> Result<(), Failure> {
-    let [kind, dir, index, durable] = args else {
-        return Err("worker arguments: KIND DIR INDEX DURABLE".into());
+    let [kind, config, dir, index, durable] = args else {
+        return Err("worker arguments: KIND CONFIG DIR INDEX DURABLE".into());
     };
     let kind = Kind::parse(kind).ok_or("unknown worker kind")?;
+    let config = parse_config(config).ok_or("unknown config")?;
     let dir = PathBuf::from(dir);
     let durable = durable == "durable";
     let mut witness = Witness::open(&dir.join("witness"))?;
@@ -266,12 +315,13 @@ fn worker(args: &[String]) -> Result<(), Failure> {
     let mut subject = match kind {
         Kind::Floor => Subject::Floor(Floor::open(&dir.join("floor.json"), durable)?),
         Kind::Library(strategy) => {
-            let sem = filesem::OpenOptions::new()
-                .durable(durable)
+            let sem = config
+                .options(durable)
                 .open_existing(dir.join("sem.json"))?;
             Subject::Library(sem, strategy)
         }
     };
+    let acquire_options = config.acquire_options().timeout(GRACE);
     let id = format!("worker-{index}");
 
     let mut out = io::stdout().lock();
@@ -288,41 +338,52 @@ fn worker(args: &[String]) -> Result<(), Failure> {
     let cpu_start = cpu_time();
     let end = Instant::now() + Duration::from_millis(millis);
     let (mut cycles, mut refusals) = (0u64, 0u64);
-    let first_backoff = Duration::from_micros(20);
-    let mut backoff = first_backoff;
+    let mut latencies: Vec<u32> = Vec::new();
+    let micros = |since: Instant| u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX);
     while Instant::now() < end {
+        let started = Instant::now();
         match &mut subject {
             Subject::Floor(floor) => {
                 floor.step()?;
+                latencies.push(micros(started));
                 witness.enter()?;
                 witness.leave()?;
                 floor.step()?;
-                cycles += 1;
             }
-            Subject::Library(sem, Strategy::TryWithBackoff) => match sem.try_acquire(&id) {
-                Ok(permit) => {
-                    witness.enter()?;
-                    witness.leave()?;
-                    permit.release()?;
-                    cycles += 1;
-                    backoff = first_backoff;
-                }
-                Err(filesem::Error::NoCapacity { .. }) => {
-                    refusals += 1;
-                    let quarter = backoff / 4;
-                    let jitter =
-                        Duration::from_nanos(fastrand::u64(..=quarter.as_nanos() as u64 * 2));
-                    thread::sleep(backoff - quarter + jitter);
-                    backoff = (backoff * 2).min(Duration::from_millis(1));
-                }
-                Err(e) => return Err(e.into()),
-            },
+            Subject::Library(sem, strategy) => {
+                let permit = match strategy {
+                    Strategy::Wait => sem.acquire_with(&id, &acquire_options)?,
+                    Strategy::TryWithBackoff => {
+                        let mut backoff = Duration::from_micros(20);
+                        loop {
+                            match sem.try_acquire_with(&id, &acquire_options) {
+                                Ok(permit) => break permit,
+                                Err(filesem::Error::NoCapacity { .. }) => refusals += 1,
+                                Err(e) => return Err(e.into()),
+                            }
+                            let quarter = backoff / 4;
+                            let jitter = Duration::from_nanos(fastrand::u64(
+                                ..=u64::try_from(quarter.as_nanos() * 2).unwrap_or(0),
+                            ));
+                            thread::sleep(backoff - quarter + jitter);
+                            backoff = (backoff * 2).min(Duration::from_millis(1));
+                        }
+                    }
+                };
+                latencies.push(micros(started));
+                witness.enter()?;
+                witness.leave()?;
+                permit.release()?;
+            }
         }
+        cycles += 1;
     }
     let cpu = match (cpu_start, cpu_time()) {
         (Some(a), Some(b)) => (b - a).as_micros().to_string(),
         _ => "-".to_string(),
     };
+    let bytes: Vec<u8> = latencies.iter().flat_map(|l| l.to_le_bytes()).collect();
+    fs::write(dir.join(format!("latency-{index}")), bytes)?;
     writeln!(out, "done {cycles} {refusals} {cpu}")?;
     out.flush()?;
     Ok(())
@@ -333,13 +394,15 @@ fn worker(args: &[String]) -> Result<(), Failure> {
 
 /// What one run of P workers did.
 struct RunResult {
-    // `violations` and `max_inside` are the witness's counts (judged for the library only).
     /// Completed cycles per worker.
     cycles: Vec<u64>,
     refusals: u64,
     /// Total CPU time of the workers during the run, if known.
     cpu: Option<Duration>,
     seconds: f64,
+    /// How long each acquire took, in microseconds, all workers together.
+    latencies: Vec<u32>,
+    /// The witness's counts (judged for the library only).
     violations: u64,
     max_inside: u64,
 }
@@ -369,6 +432,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The runs of one kind at one process count, one per round.
+#[derive(Default)]
 struct Runs(Vec<RunResult>);
 
 impl Runs {
@@ -401,9 +465,43 @@ impl Runs {
     fn cpu_per_cycle(&self) -> String {
         let known: Option<Vec<f64>> = self.0.iter().map(RunResult::cpu_per_cycle).collect();
         match known {
-            Some(v) if !v.is_empty() => format!("{:.0} us", median(v) * 1e6),
+            Some(v) if !v.is_empty() => micros(median(v)),
             _ => "-".to_string(),
         }
+    }
+
+    /// The `q`-quantile of every acquire's duration over all rounds.
+    fn latency(&self, q: f64) -> String {
+        let mut all: Vec<u32> = self
+            .0
+            .iter()
+            .flat_map(|r| r.latencies.iter().copied())
+            .collect();
+        if all.is_empty() {
+            return "-".to_string();
+        }
+        all.sort_unstable();
+        let i = ((all.len() - 1) as f64 * q).round() as usize;
+        micros(f64::from(all[i]) / 1e6)
+    }
+
+    fn violations(&self) -> u64 {
+        self.0.iter().map(|r| r.violations).sum()
+    }
+
+    fn max_inside(&self) -> u64 {
+        self.0.iter().map(|r| r.max_inside).max().unwrap_or(0)
+    }
+}
+
+/// Seconds as `12 us` or `3.4 ms`.
+fn micros(seconds: f64) -> String {
+    if seconds >= 0.01 {
+        format!("{:.0} ms", seconds * 1e3)
+    } else if seconds >= 0.001 {
+        format!("{:.1} ms", seconds * 1e3)
+    } else {
+        format!("{:.0} us", seconds * 1e6)
     }
 }
 
@@ -417,12 +515,12 @@ fn kill_all(children: &mut [Child]) {
     }
 }
 
+/// One run of `procs` workers of `kind` in `dir`, prepared by [`prepare`].
 fn run_workers(
     kind: Kind,
     dir: &Path,
     procs: usize,
-    seconds: f64,
-    durable: bool,
+    options: &Options,
 ) -> Result<RunResult, Failure> {
     let exe = std::env::current_exe()?;
     let (tx, rx) = mpsc::channel::<(usize, String)>();
@@ -431,9 +529,10 @@ fn run_workers(
         let spawned = Command::new(&exe)
             .arg("--worker")
             .arg(kind.arg())
+            .arg(options.config.name())
             .arg(dir)
             .arg(index.to_string())
-            .arg(if durable { "durable" } else { "plain" })
+            .arg(if options.durable { "durable" } else { "plain" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -445,7 +544,11 @@ fn run_workers(
                 return Err(e.into());
             }
         };
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let Some(stdout) = child.stdout.take() else {
+            children.push(child);
+            kill_all(&mut children);
+            return Err("a worker has no stdout".into());
+        };
         let tx = tx.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -458,7 +561,7 @@ fn run_workers(
         children.push(child);
     }
     drop(tx);
-    let (cycles, refusals, cpu, seconds) = match drive(&mut children, &rx, procs, seconds) {
+    let (cycles, refusals, cpu, seconds) = match drive(&mut children, &rx, procs, options.seconds) {
         Ok(reports) => reports,
         Err(e) => {
             kill_all(&mut children);
@@ -466,9 +569,9 @@ fn run_workers(
         }
     };
     let deadline = Instant::now() + GRACE;
-    for child in &mut children {
+    for i in 0..children.len() {
         loop {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = children[i].try_wait()? {
                 if !status.success() {
                     kill_all(&mut children);
                     return Err(format!("a worker failed: {status}").into());
@@ -482,6 +585,15 @@ fn run_workers(
             thread::sleep(Duration::from_millis(5));
         }
     }
+    let mut latencies = Vec::new();
+    for index in 0..procs {
+        let bytes = fs::read(dir.join(format!("latency-{index}")))?;
+        latencies.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
     let mut bytes = [0u8; 24];
     File::open(dir.join("witness"))?.read_exact_at(&mut bytes, 0)?;
     let [inside, violations, max_inside] = decode(&bytes);
@@ -493,12 +605,13 @@ fn run_workers(
         refusals,
         cpu,
         seconds,
+        latencies,
         violations,
         max_inside,
     })
 }
 
-type Drive = (Vec<u64>, u64, Option<Duration>, f64);
+type Reports = (Vec<u64>, u64, Option<Duration>, f64);
 
 /// Waits for every worker's `ready`, sends `go`, and collects every `done`, each wait with a
 /// deadline.
@@ -507,7 +620,7 @@ fn drive(
     rx: &mpsc::Receiver<(usize, String)>,
     procs: usize,
     seconds: f64,
-) -> Result<Drive, Failure> {
+) -> Result<Reports, Failure> {
     let wait_for = |word: &str, deadline: Instant| -> Result<Vec<String>, Failure> {
         let mut lines: Vec<Option<String>> = vec![None; procs];
         while lines.iter().any(Option::is_none) {
@@ -530,7 +643,8 @@ fn drive(
         writeln!(stdin, "go {millis}")?;
         stdin.flush()?;
     }
-    let done = wait_for("done", started + Duration::from_millis(millis) + GRACE)?;
+    // A waiting worker may finish its last acquire up to GRACE after the run time.
+    let done = wait_for("done", started + Duration::from_millis(millis) + 2 * GRACE)?;
     let elapsed = Duration::from_millis(millis).as_secs_f64();
     let (mut cycles, mut refusals, mut cpu) = (Vec::new(), 0u64, Some(Duration::ZERO));
     for line in done {
@@ -554,7 +668,7 @@ fn prepare(
     kind: Kind,
     procs: usize,
     round: usize,
-    durable: bool,
+    options: &Options,
 ) -> Result<PathBuf, Failure> {
     let dir = place
         .path()
@@ -563,23 +677,127 @@ fn prepare(
     Witness::create(&dir.join("witness"))?;
     match kind {
         Kind::Floor => {
-            Floor::create(&dir.join("floor.json"), durable)?;
+            Floor::create(&dir.join("floor.json"), options.durable)?;
         }
         Kind::Library(_) => {
-            filesem::OpenOptions::new()
-                .durable(durable)
+            options
+                .config
+                .options(options.durable)
                 .open(dir.join("sem.json"), CAPACITY as u32)?;
         }
     }
     Ok(dir)
 }
 
+/// Fails unless every holder released and nobody is left in the queue.
 fn check_released(dir: &Path) -> Result<(), Failure> {
     let sem = filesem::Semaphore::open_existing(dir.join("sem.json"))?;
-    match sem.count()? {
-        0 => Ok(()),
-        n => Err(format!("{n} holders left on {}", sem.path().display()).into()),
+    let (holders, waiters) = (sem.count()?, sem.waiters()?.len());
+    if holders + waiters > 0 {
+        return Err(format!(
+            "{holders} holders and {waiters} waiters left on {}",
+            sem.path().display()
+        )
+        .into());
     }
+    Ok(())
+}
+
+/// The floor's runs and each strategy's runs at one process count.
+struct Row {
+    procs: usize,
+    floor: Runs,
+    library: Vec<Runs>,
+}
+
+fn measure(place: &Place, procs: usize, options: &Options) -> Result<Row, Failure> {
+    let kinds: Vec<Kind> = std::iter::once(Kind::Floor)
+        .chain(options.strategies.iter().copied().map(Kind::Library))
+        .collect();
+    let mut row = Row {
+        procs,
+        floor: Runs::default(),
+        library: options.strategies.iter().map(|_| Runs::default()).collect(),
+    };
+    for round in 0..options.rounds {
+        // Rotate the order, so that a drift in the machine's load hits every kind alike.
+        for k in 0..kinds.len() {
+            let i = (k + round) % kinds.len();
+            let kind = kinds[i];
+            let dir = prepare(place, kind, procs, round, options)?;
+            let result = run_workers(kind, &dir, procs, options)?;
+            if i == 0 {
+                row.floor.0.push(result);
+            } else {
+                check_released(&dir)?;
+                row.library[i - 1].0.push(result);
+            }
+        }
+    }
+    Ok(row)
+}
+
+fn print_table(strategy: Strategy, index: usize, rows: &[Row]) -> u64 {
+    println!(
+        "library = {} ({})",
+        strategy.name(),
+        match strategy {
+            Strategy::TryWithBackoff => "try_acquire, sleep and retry when full",
+            Strategy::Wait => "acquire: queue and be handed the slot",
+        }
+    );
+    println!(
+        "{:>2} {:>9} {:>13} {:>9} {:>13} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4} {:>6}",
+        "P",
+        "floor c/s",
+        "(per worker)",
+        "lib c/s",
+        "(per worker)",
+        "ratio",
+        "(range)",
+        "refused/s",
+        "acq p50",
+        "acq p99",
+        "CPU/c fl",
+        "CPU/c lib",
+        "viol",
+        "inside"
+    );
+    let mut violations = 0;
+    for row in rows {
+        let lib = &row.library[index];
+        let ratios: Vec<f64> = row
+            .floor
+            .0
+            .iter()
+            .zip(&lib.0)
+            .map(|(f, l)| l.rate() / f.rate())
+            .collect();
+        let range = format!(
+            "{:.2}..{:.2}",
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max)
+        );
+        violations += lib.violations();
+        println!(
+            "{:>2} {:>9.0} {:>13} {:>9.0} {:>13} {:>5.2}x {:>10} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>4} {:>6}",
+            row.procs,
+            row.floor.rate(),
+            row.floor.spread(),
+            lib.rate(),
+            lib.spread(),
+            median(ratios),
+            range,
+            lib.refusal_rate(),
+            lib.latency(0.5),
+            lib.latency(0.99),
+            row.floor.cpu_per_cycle(),
+            lib.cpu_per_cycle(),
+            lib.violations(),
+            lib.max_inside(),
+        );
+    }
+    violations
 }
 
 fn run(options: &Options) -> Result<(), Failure> {
@@ -589,7 +807,6 @@ fn run(options: &Options) -> Result<(), Failure> {
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
     let durability = if options.durable { "durable" } else { "plain" };
-    let library = Kind::Library(Strategy::TryWithBackoff);
     let mut violations = 0;
     for &medium in &options.media {
         let place = match medium {
@@ -604,75 +821,31 @@ fn run(options: &Options) -> Result<(), Failure> {
             }
         };
         println!(
-            "\n{} ({durability}), capacity {CAPACITY}, {} round(s) of {} s per P, library = {}",
+            "\n{} ({durability}), capacity {CAPACITY}, config {}, {} round(s) of {} s per run",
             place.describe(),
+            options.config.name(),
             options.rounds,
             options.seconds,
-            library.arg()
         );
-        println!(
-            "{:>2} {:>10} {:>13} {:>10} {:>13} {:>6} {:>11} {:>10} {:>8} {:>9} {:>10} {:>6}",
-            "P",
-            "floor c/s",
-            "(per worker)",
-            "lib c/s",
-            "(per worker)",
-            "ratio",
-            "(range)",
-            "refusals/s",
-            "CPU/c fl",
-            "CPU/c lib",
-            "violations",
-            "inside"
-        );
+        let mut rows = Vec::new();
         for &procs in &options.procs {
-            let (mut floor, mut lib) = (Runs(Vec::new()), Runs(Vec::new()));
-            for round in 0..options.rounds {
-                // Alternate which goes first, so that a drift in the machine's load hits both.
-                for kind in if round % 2 == 0 {
-                    [Kind::Floor, library]
-                } else {
-                    [library, Kind::Floor]
-                } {
-                    let dir = prepare(&place, kind, procs, round, options.durable)?;
-                    let result = run_workers(kind, &dir, procs, options.seconds, options.durable)?;
-                    if kind == Kind::Floor {
-                        floor.0.push(result);
-                    } else {
-                        check_released(&dir)?;
-                        lib.0.push(result);
-                    }
-                }
-            }
-            let ratios: Vec<f64> = floor
-                .0
-                .iter()
-                .zip(&lib.0)
-                .map(|(f, l)| l.rate() / f.rate())
-                .collect();
-            let range = format!(
-                "{:.2}..{:.2}",
-                ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratios.iter().copied().fold(0.0, f64::max)
-            );
-            let run_violations: u64 = lib.0.iter().map(|r| r.violations).sum();
-            violations += run_violations;
-            println!(
-                "{:>2} {:>10.0} {:>13} {:>10.0} {:>13} {:>5.2}x {:>11} {:>10.0} {:>8} {:>9} {:>10} {:>6}",
-                procs,
-                floor.rate(),
-                floor.spread(),
-                lib.rate(),
-                lib.spread(),
-                median(ratios),
-                range,
-                lib.refusal_rate(),
-                floor.cpu_per_cycle(),
-                lib.cpu_per_cycle(),
-                run_violations,
-                lib.0.iter().map(|r| r.max_inside).max().unwrap_or(0),
-            );
+            rows.push(measure(&place, procs, options)?);
         }
+        for (index, &strategy) in options.strategies.iter().enumerate() {
+            violations += print_table(strategy, index, &rows);
+        }
+        println!(
+            "floor acquire p50/p99: {}",
+            rows.iter()
+                .map(|r| format!(
+                    "P={} {}/{}",
+                    r.procs,
+                    r.floor.latency(0.5),
+                    r.floor.latency(0.99)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if violations > 0 {
         return Err(format!("{violations} capacity violations").into());

@@ -1,16 +1,18 @@
 //! Setup shared by the benchmark targets: where they run ([`place`]), the raw-syscall floor
-//! ([`floor`]), and the library configurations and semaphores they measure.
+//! ([`floor`]), the library configurations ([`config`]) and the semaphores they measure.
 
 // Each benchmark target uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod config;
 pub mod floor;
 pub mod place;
 
 use std::path::Path;
 
-use filesem::{AcquireOptions, Error, OpenOptions, Semaphore};
+use filesem::{AcquireOptions, Error, Semaphore};
 
+pub use config::Config;
 pub use place::Place;
 
 /// Both durabilities, the cheaper first: `false` skips both fsyncs, `true` does them.
@@ -19,50 +21,6 @@ pub const DURABILITIES: [bool; 2] = [false, true];
 /// `plain` (no fsync) or `durable` (fsync of the temp file and of the directory).
 pub fn durability_name(durable: bool) -> &'static str {
     if durable { "durable" } else { "plain" }
-}
-
-/// A configuration of the library whose cost is measured.
-///
-/// Each configuration that changes what a cycle writes or checks is a variant, with the
-/// options it opens and acquires with; every table and benchmark group iterates
-/// [`Config::ALL`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Config {
-    /// The protocol alone: detached holds (no witness file, nothing to judge) and no
-    /// automatic reaping, as the Go package does it.
-    Bare,
-    /// What `Semaphore::open` and `try_acquire` do by default: process-bound holds with an
-    /// owner record and a witness file (created and locked on acquire, deleted on release),
-    /// automatic reaping of provably dead holders.
-    Default,
-}
-
-impl Config {
-    /// Every configuration measured.
-    pub const ALL: [Config; 2] = [Config::Bare, Config::Default];
-
-    /// A short name for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Config::Bare => "bare",
-            Config::Default => "default",
-        }
-    }
-
-    /// The open options of this configuration.
-    pub fn options(self, durable: bool) -> OpenOptions {
-        let mut options = OpenOptions::new();
-        options.durable(durable);
-        if self == Config::Bare {
-            options.auto_reap(false);
-        }
-        options
-    }
-
-    /// The acquire options of this configuration.
-    pub fn acquire_options(self) -> AcquireOptions {
-        AcquireOptions::new().detached(self == Config::Bare)
-    }
 }
 
 /// The tmpfs and disk places available here (the disk one under cargo's target directory).
