@@ -641,8 +641,12 @@ impl OpenOptions {
         let moved_to = store.with_lock(|| {
             let bytes = match store.read() {
                 Ok(_) => return Ok(None),
-                Err(Error::Corrupt { .. }) => fs::read(path)
-                    .map_err(|e| store.io_error("read semaphore state at", e))?,
+                // Tokens are looked for in what can be read safely: the first bytes of a
+                // file over the size limit, nothing of a FIFO or device.
+                Err(Error::Corrupt { .. }) => match store.read_raw()? {
+                    crate::store::Raw::Regular { bytes, .. } => bytes,
+                    _ => read_prefix(path, crate::store::MAX_STATE_BYTES),
+                },
                 Err(e) => return Err(e),
             };
             let mode = fs::metadata(path)
@@ -668,6 +672,25 @@ impl OpenOptions {
             moved_to,
         })
     }
+}
+
+/// Up to `limit` bytes of a regular file at `path` (not following a symlink, not blocking on
+/// a FIFO); empty for anything else or on error.
+fn read_prefix(path: &Path, limit: u64) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let mut bytes = Vec::new();
+    if let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+    {
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            let _ = file.take(limit).read_to_end(&mut bytes);
+        }
+    }
+    bytes
 }
 
 /// A fencing-token counter above anything a corrupt file can have handed out.

@@ -112,23 +112,46 @@ impl Store {
 
     /// Reads the current document without the lock; `None` when there is no state file.
     pub fn read(&self) -> Result<Option<(Document, FileMeta)>> {
+        let (bytes, meta) = match self.read_raw()? {
+            Raw::Missing => return Ok(None),
+            Raw::Regular { bytes, meta } => (bytes, meta),
+            Raw::TooLarge { len } => {
+                return Err(self.corrupt(format!(
+                    "the file is {len} bytes, more than the {MAX_STATE_BYTES} bytes a state file may have"
+                )));
+            }
+            Raw::NotRegular { kind } => {
+                return Err(self.corrupt(format!("it is a {kind}, not a regular file")));
+            }
+        };
+        let doc = Document::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
+        Ok(Some((doc, meta)))
+    }
+
+    /// Reads the state file's bytes, without ever blocking on a FIFO or reading more than
+    /// [`MAX_STATE_BYTES`]. A directory is an I/O error (`EISDIR`), as reading it would be.
+    pub fn read_raw(&self) -> Result<Raw> {
+        // O_NONBLOCK: opening a FIFO for reading would wait for a writer, under the lock.
+        // It changes nothing for regular files.
+        let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
         let file = match fs::OpenOptions::new()
             .read(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .custom_flags(flags.bits())
             .open(&self.path)
         {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Raw::Missing),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(self.symlink()),
             Err(e) => return Err(self.io_error("read semaphore state at", e)),
         };
-        let (bytes, meta) =
-            read_all(file).map_err(|e| self.io_error("read semaphore state at", e))?;
-        let doc = Document::parse(&bytes).map_err(|reason| Error::Corrupt {
+        read_all(file).map_err(|e| self.io_error("read semaphore state at", e))
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt {
             path: self.path.clone(),
             reason,
-        })?;
-        Ok(Some((doc, meta)))
+        }
     }
 
     /// Reads the current document, failing with [`Error::NotFound`] if there is none.
@@ -178,15 +201,65 @@ impl Store {
     }
 }
 
-fn read_all(mut file: File) -> io::Result<(Vec<u8>, FileMeta)> {
+/// The largest state file that is read, in bytes: 64 MiB, room for well over 100 000 holders.
+/// A larger file is [`Error::Corrupt`] rather than read into memory (a sparse file of a few
+/// terabytes would otherwise abort the process).
+pub(crate) const MAX_STATE_BYTES: u64 = 64 << 20;
+
+/// What [`Store::read_raw`] found at the state path.
+pub(crate) enum Raw {
+    Missing,
+    Regular {
+        bytes: Vec<u8>,
+        meta: FileMeta,
+    },
+    /// A regular file over [`MAX_STATE_BYTES`]; `len` is its size in bytes.
+    TooLarge {
+        len: u64,
+    },
+    /// A FIFO, socket or device; `kind` names it.
+    NotRegular {
+        kind: &'static str,
+    },
+}
+
+fn read_all(file: File) -> io::Result<Raw> {
+    use std::os::unix::fs::FileTypeExt;
     let m = file.metadata()?;
+    let t = m.file_type();
+    if t.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "FIFO"
+        } else if t.is_socket() {
+            "socket"
+        } else if t.is_char_device() {
+            "character device"
+        } else if t.is_block_device() {
+            "block device"
+        } else {
+            "special file"
+        };
+        return Ok(Raw::NotRegular { kind });
+    }
+    if m.len() > MAX_STATE_BYTES {
+        return Ok(Raw::TooLarge { len: m.len() });
+    }
+    // The file may grow while we read (a foreign writer): never read past the limit.
     let mut bytes = Vec::with_capacity(m.len() as usize + 1);
-    file.read_to_end(&mut bytes)?;
+    file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Ok(Raw::TooLarge {
+            len: bytes.len() as u64,
+        });
+    }
     let meta = FileMeta {
         mode: m.mode() & 0o7777,
         owner: Some((m.uid(), m.gid())),
     };
-    Ok((bytes, meta))
+    Ok(Raw::Regular { bytes, meta })
 }
 
 /// The directory that holds `path`.
