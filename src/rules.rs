@@ -48,7 +48,11 @@ pub(crate) enum Refusal {
 pub(crate) fn verdict(entry: &Entry, now: DateTime<Utc>, judge: &dyn Judge) -> Liveness {
     if let Some(expires_at) = entry.expires_at {
         let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
-        if now > expires_at + grace {
+        // Checked: an `expires_at` at the end of chrono's range must not panic.
+        if expires_at
+            .checked_add_signed(grace)
+            .is_some_and(|end| now > end)
+        {
             return Liveness::Expired {
                 evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
             };
@@ -182,8 +186,23 @@ pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
     granted
 }
 
+/// The end of a lease of `lease_ms` milliseconds starting `now`, capped at [`latest_instant`]:
+/// a lease is user input (and `lease_ms` is read from the file), so the arithmetic must not
+/// overflow (chrono panics), and the date written stays one that RFC 3339 readers accept.
 pub(crate) fn lease_end(lease_ms: Option<u64>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    lease_ms.map(|ms| now + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)))
+    lease_ms.map(|ms| {
+        let latest = latest_instant();
+        i64::try_from(ms)
+            .ok()
+            .and_then(chrono::TimeDelta::try_milliseconds)
+            .and_then(|d| now.checked_add_signed(d))
+            .map_or(latest, |end| end.min(latest))
+    })
+}
+
+/// 9999-12-31T23:59:59Z: the last instant RFC 3339 writes with a four-digit year.
+fn latest_instant() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides whether `id` may take a slot now, reaping stale entries in its way when
