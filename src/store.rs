@@ -8,8 +8,8 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::atomic::{self, FileMeta};
 use crate::error::{Error, Result};
@@ -30,8 +30,9 @@ pub(crate) struct Store {
     pub create_mode: u32,
     pub lock_timeout: Duration,
     /// Serializes threads of this process sharing the handle, so they wait here (without
-    /// polling) rather than on the lock file. Held only for one step.
-    mutex: Mutex<()>,
+    /// polling) rather than on the lock file. Held only for one step; waiting for it counts
+    /// against the lock timeout.
+    gate: Gate,
 }
 
 /// What a rule reports back to [`Store::transact`].
@@ -66,7 +67,7 @@ impl Store {
             durable,
             create_mode,
             lock_timeout,
-            mutex: Mutex::new(()),
+            gate: Gate::default(),
         }
     }
 
@@ -172,13 +173,24 @@ impl Store {
     /// Runs `f` under the lock without reading the state (used by recovery, which must not
     /// parse the file).
     pub fn with_lock<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let guard = lock::lock_exclusive(
-            &self.path,
-            &self.lock_path,
-            self.create_mode,
-            self.lock_timeout,
-        )?;
+        let start = Instant::now();
+        let timed_out = || Error::LockTimeout {
+            path: self.path.clone(),
+            lock_path: self.lock_path.clone(),
+            waited: start.elapsed(),
+        };
+        // One deadline for the in-process queue and the lock file together: otherwise the
+        // last of N threads could wait N lock timeouts.
+        let _serial = self
+            .gate
+            .enter(start + self.lock_timeout)
+            .ok_or_else(timed_out)?;
+        let left = self.lock_timeout.saturating_sub(start.elapsed());
+        let guard = lock::lock_exclusive(&self.path, &self.lock_path, self.create_mode, left)
+            .map_err(|e| match e {
+                Error::LockTimeout { .. } => timed_out(),
+                other => other,
+            })?;
         let r = f()?;
         guard.unlock();
         Ok(r)
@@ -221,6 +233,47 @@ pub(crate) enum Raw {
     NotRegular {
         kind: &'static str,
     },
+}
+
+/// A mutex whose wait has a deadline (std's has none). Besides bounding the wait behind other
+/// threads, it keeps a child forked while another thread was inside from hanging: the child
+/// sees the gate busy forever and times out, where a std mutex would block it for good.
+#[derive(Debug, Default)]
+struct Gate {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+/// Holding this is being inside the [`Gate`]; dropping it lets the next thread in.
+struct GateGuard<'a>(&'a Gate);
+
+impl Gate {
+    /// Enters, waiting until `deadline` at most; `None` when the deadline passed first.
+    fn enter(&self, deadline: Instant) -> Option<GateGuard<'_>> {
+        let mut busy = self.lock();
+        while *busy {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *busy = true;
+        Some(GateGuard(self))
+    }
+
+    /// The flag's mutex is held only to read or flip the flag, never across I/O.
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = false;
+        self.0.freed.notify_one();
+    }
 }
 
 fn read_all(file: File) -> io::Result<Raw> {

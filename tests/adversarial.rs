@@ -294,7 +294,7 @@ fn forked_child_of_a_busy_multithreaded_process_gets_an_answer_not_a_hang() {
     let path = dir.path().join("sem.json");
     let sem = OpenOptions::new()
         .durable(false)
-        .lock_timeout(Duration::from_millis(500))
+        .lock_timeout(Duration::from_millis(300))
         .open(&path, 2)
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
