@@ -53,7 +53,7 @@
 //! | --- | --- |
 //! | its witness file `PATH.witness/<token>` is flock'd by anyone (the holder, or a child that inherited it via [`Permit::inherit_witness`]) | alive |
 //! | witness free, holder on this boot of this machine, local filesystem | dead |
-//! | witness missing or replaced, same boot and pid namespace: pid gone (`kill(pid, 0)` = `ESRCH`), zombie, or reused (other start time) | dead |
+//! | witness missing or replaced, same boot and pid namespace: pid gone (`kill(pid, 0)` = `ESRCH`), zombie, or reused (other start time, compared only within one time namespace and when `/proc` shows the checker's own pid namespace) | dead |
 //! | same, pid running with the recorded start time | alive |
 //! | written in an earlier boot of this machine (same machine id, other boot id), local filesystem | dead |
 //! | another machine, another pid namespace, a network filesystem | unknown |

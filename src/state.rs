@@ -99,6 +99,10 @@ pub(crate) struct Owner {
     /// Inode of `/proc/self/ns/pid`: pids are only comparable inside one pid namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_ns: Option<u64>,
+    /// Inode of `/proc/self/ns/time`: `start_time` is only comparable inside one time
+    /// namespace (a boot-time offset shifts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ns: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
