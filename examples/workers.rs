@@ -9,10 +9,16 @@
 //! --cycles N     times each worker takes a slot (default 3)
 //! --hold-ms N    how long a worker holds its slot, in milliseconds (default 200, jittered)
 //! --path FILE    the semaphore's state file (default: a fresh file in the temp directory)
+//! --kill N       SIGKILL worker N while it holds its first slot, and show the slot coming
+//!                back by itself (crash resilience)
 //! ```
 //!
 //! The workers are this program re-executed with a hidden `--worker` argument. Each one loops:
-//! take a slot (retrying after a short random pause while all are taken), hold it, release it.
+//! take a slot (waiting in the semaphore's queue while all are taken: first come, first
+//! served, and the slot is handed over by the release that frees it), hold it, release it.
+//! The timeline shows when each worker queued, how many were ahead, and the order they were
+//! served in (a queued worker keeps the fencing token it got when it queued, so tokens are
+//! granted in increasing order).
 //! An independent witness (`examples/common/witness.rs`: its own counter file under its own
 //! lock, plus one `O_EXCL` marker file per slot in use) counts who is inside. The program
 //! exits with status 1 if the witness ever saw more than `capacity` inside, a slot used twice,
@@ -28,14 +34,16 @@ use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use filesem::{Error, Permit, Semaphore};
+use filesem::{AcquireOptions, Semaphore};
 use witness::Witness;
 
 const USAGE: &str = "\
-usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE]
+usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE] [--kill N]
 
 Starts N worker processes that compete for a semaphore with a few slots, prints a timeline
-of who held which slot, and exits non-zero if the semaphore ever let too many in.";
+of who held which slot, and exits non-zero if the semaphore ever let too many in.
+--kill N kills worker N with SIGKILL in the middle of its first hold: its slot comes back
+by itself as soon as it is provably dead.";
 
 /// The settings of a run, shared by the parent and (as arguments) its workers.
 #[derive(Clone, Debug)]
@@ -45,6 +53,8 @@ struct Config {
     cycles: u32,
     hold_ms: u64,
     path: Option<PathBuf>,
+    /// The worker (1-based) to SIGKILL during its first hold.
+    kill: Option<u32>,
 }
 
 impl Default for Config {
@@ -55,6 +65,7 @@ impl Default for Config {
             cycles: 3,
             hold_ms: 200,
             path: None,
+            kill: None,
         }
     }
 }
@@ -107,6 +118,7 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             "--cycles" => config.cycles = number(10_000)? as u32,
             "--hold-ms" => config.hold_ms = number(60_000)?,
             "--path" => config.path = Some(PathBuf::from(value)),
+            "--kill" => config.kill = Some(number(64)? as u32),
             _ => return Err(format!("unknown option {arg:?}")),
         }
     }
@@ -118,9 +130,9 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
 // ---------------------------------------------------------------------------------------
 
 /// What a worker reports to the parent, one tab-separated line per event on stdout:
-/// `ready`, `refused held capacity`, `entered slot token inside retries waited_ms`,
-/// `left slot inside held_ms`, `violation text`, `error text`, `done grants refusals`; each
-/// after the kind and the time since the start of the run in microseconds.
+/// `ready`, `queued token ahead holders capacity`, `entered slot token inside queued
+/// waited_ms`, `left slot inside held_ms`, `violation text`, `error text`, `done grants
+/// waits`; each after the kind and the time since the start of the run in microseconds.
 fn emit(epoch_us: u64, kind: &str, fields: &[&dyn std::fmt::Display]) {
     let mut line = format!("{kind}\t{}", now_us().saturating_sub(epoch_us));
     for f in fields {
@@ -171,26 +183,32 @@ fn worker(args: &[String]) -> ExitCode {
     // Start together: wait for the parent's "go" (or for its end).
     let _ = std::io::stdin().lock().read_line(&mut String::new());
 
-    let mut refusals = 0u64;
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = AcquireOptions::new().on_wait({
+        let queued = queued.clone();
+        move |status| {
+            queued.store(true, std::sync::atomic::Ordering::SeqCst);
+            let holders = status.holders.join(", ");
+            emit(
+                epoch,
+                "queued",
+                &[&status.token, &status.ahead, &holders, &status.capacity],
+            );
+        }
+    });
+    let mut waits = 0u64;
     for _ in 0..cycles {
         let waiting_since = Instant::now();
-        let mut retries = 0u32;
-        let mut on_refused = |e: &Error| {
-            if let Error::NoCapacity { held, capacity, .. } = e
-                && retries == 0
-            {
-                emit(epoch, "refused", &[held, capacity]);
-            }
-            retries += 1;
-            refusals += 1;
-        };
-        // The waiting API (`sem.acquire`) arrives in a later release; until then, poll.
-        // Swapping to it is this one line: `let permit = match sem.acquire(id.as_str()) {`.
-        let permit = match poll_acquire(&sem, &id, &mut rng, &mut on_refused) {
+        queued.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Waits in the queue when every slot is taken; the releasing worker hands its slot
+        // to the head of the queue.
+        let permit = match sem.acquire_with(id.as_str(), &opts) {
             Ok(p) => p,
             Err(e) => return fail(e.to_string()),
         };
         let waited_ms = waiting_since.elapsed().as_millis();
+        let was_queued = u8::from(queued.load(std::sync::atomic::Ordering::SeqCst));
+        waits += u64::from(was_queued);
         let (slot, token) = (permit.slot(), permit.token());
         let entered = match witness.enter(slot, &id, token) {
             Ok(e) => e,
@@ -199,7 +217,7 @@ fn worker(args: &[String]) -> ExitCode {
         emit(
             epoch,
             "entered",
-            &[&slot, &token, &entered.inside, &retries, &waited_ms],
+            &[&slot, &token, &entered.inside, &was_queued, &waited_ms],
         );
         for v in &entered.violations {
             emit(epoch, "violation", &[v]);
@@ -220,30 +238,10 @@ fn worker(args: &[String]) -> ExitCode {
             // NotHeld or Lost here would mean the semaphore lost our entry.
             return fail(format!("release failed: {e}"));
         }
-        // A short rest, so that the others get a turn before this worker polls again.
-        std::thread::sleep(Duration::from_millis(rng.u64(0..=hold_ms / 2)));
+        // No rest needed for fairness: acquiring again queues behind everyone waiting.
     }
-    emit(epoch, "done", &[&cycles, &refusals]);
+    emit(epoch, "done", &[&cycles, &waits]);
     ExitCode::SUCCESS
-}
-
-/// Takes a slot, retrying after a short random pause (10 to 30 ms) while all are taken.
-/// `on_refused` hears of every refusal.
-fn poll_acquire(
-    sem: &Semaphore,
-    id: &str,
-    rng: &mut fastrand::Rng,
-    on_refused: &mut dyn FnMut(&Error),
-) -> filesem::Result<Permit> {
-    loop {
-        match sem.try_acquire(id) {
-            Err(e @ Error::NoCapacity { .. }) => {
-                on_refused(&e);
-                std::thread::sleep(Duration::from_millis(rng.u64(10..=30)));
-            }
-            other => return other,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,10 +272,19 @@ impl Drop for Workers {
 #[derive(Default)]
 struct Tally {
     grants: u64,
-    refusals: u64,
+    waits: u64,
     max_inside: u32,
     problems: Vec<String>,
     done: u32,
+    killed: Option<Killed>,
+}
+
+/// The worker killed on purpose, and what became of its slot.
+struct Killed {
+    worker: usize,
+    slot: String,
+    at: Instant,
+    came_back_after: Option<Duration>,
 }
 
 fn parent(config: &Config) -> ExitCode {
@@ -323,7 +330,8 @@ fn run(config: &Config) -> Result<bool, String> {
     println!("  state file: {}{keep_note}", path.display());
     println!("  witness:    {}", witness.dir().display());
     println!(
-        "  each worker takes a slot {} times and holds it about {} ms; a refused worker retries",
+        "  each worker takes a slot {} times and holds it about {} ms; when all are taken it \
+         queues (first come, first served)",
         config.cycles, config.hold_ms
     );
     println!();
@@ -408,11 +416,17 @@ fn run(config: &Config) -> Result<bool, String> {
     let mut open = workers.0.len();
     while open > 0 {
         match recv(&rx, deadline)? {
-            (i, Some(line)) => show(&workers.0[i].name, &line, config.capacity, &mut tally),
+            (i, Some(line)) => {
+                show(&workers.0[i].name, &line, config.capacity, &mut tally);
+                crash_demo(config, &sem, &witness, &mut workers, i, &line, &mut tally)?;
+            }
             (_, None) => open -= 1,
         }
     }
-    for w in &mut workers.0 {
+    for (i, w) in workers.0.iter_mut().enumerate() {
+        if tally.killed.as_ref().is_some_and(|k| k.worker == i) {
+            continue; // killed on purpose and already reaped
+        }
         loop {
             match w.child.try_wait() {
                 Ok(Some(status)) if status.success() => break,
@@ -432,6 +446,72 @@ fn run(config: &Config) -> Result<bool, String> {
     }
 
     summarize(config, &path, &sem, &witness, tally)
+}
+
+/// With `--kill N`: kills worker N when it enters its first slot, shows its entry's verdict,
+/// and later when its slot came back.
+fn crash_demo(
+    config: &Config,
+    sem: &Semaphore,
+    witness: &Witness,
+    workers: &mut Workers,
+    i: usize,
+    line: &str,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    if fields[0] != "entered" {
+        return Ok(());
+    }
+    let (slot, token) = (fields[2].to_string(), fields[3].parse::<u64>().unwrap_or(0));
+    if let Some(k) = &mut tally.killed {
+        if k.came_back_after.is_none() && k.slot == slot && k.worker != i {
+            let after = k.at.elapsed();
+            k.came_back_after = Some(after);
+            println!(
+                "{:>8}  {:<10} slot {slot} came back {} ms after the kill, with no manual step",
+                "",
+                "",
+                after.as_millis()
+            );
+        }
+        return Ok(());
+    }
+    if config.kill != Some(i as u32 + 1) {
+        return Ok(());
+    }
+    let victim = &mut workers.0[i];
+    let (name, pid) = (victim.name.clone(), victim.child.id());
+    let slot_number: u32 = slot.parse().unwrap_or(0);
+    let killed = witness
+        .kill_inside(slot_number, &name, token, || {
+            victim.child.kill()?;
+            victim.child.wait().map(|_| ())
+        })
+        .map_err(|e| format!("witness: {e}"))?;
+    if killed.is_none() {
+        return Ok(()); // it already left; try again at its next entry
+    }
+    println!(
+        "{:>8}  {name:<10} KILLED with SIGKILL (pid {pid}) while holding slot {slot}",
+        ""
+    );
+    let verdict = sem
+        .holders()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|h| h.id == name);
+    match verdict {
+        Some(h) => println!("{:>8}  {:<10} its entry now: {}", "", "", h.liveness),
+        None => println!("{:>8}  {:<10} its entry is already reaped", "", ""),
+    }
+    tally.killed = Some(Killed {
+        worker: i,
+        slot,
+        at: Instant::now(),
+        came_back_after: None,
+    });
+    Ok(())
 }
 
 /// Receives the next line from any worker, or fails when the deadline has passed.
@@ -458,21 +538,20 @@ fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
     let f = |n: usize| fields.get(n).copied().unwrap_or("?");
     let time = format!("{:.3}s", t_us as f64 / 1e6);
     let (event, inside) = match kind {
-        "refused" => (
-            format!("refused: all {} slots taken, will retry", f(3)),
+        "queued" => (
+            format!(
+                "queued (token {}): {} ahead; {} slots held by {}",
+                f(2),
+                f(3),
+                f(5),
+                f(4)
+            ),
             None,
         ),
         "entered" => {
-            let retries: u32 = f(5).parse().unwrap_or(0);
             let mut event = format!("entered slot {} (token {})", f(2), f(3));
-            match retries {
-                0 => {}
-                1 => {
-                    let _ = write!(event, " after 1 retry, {} ms", f(6));
-                }
-                n => {
-                    let _ = write!(event, " after {n} retries, {} ms", f(6));
-                }
+            if f(5) == "1" {
+                let _ = write!(event, " after waiting {} ms", f(6));
             }
             tally.grants += 1;
             (event, f(4).parse::<u32>().ok())
@@ -490,9 +569,12 @@ fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
             (format!("ERROR: {}", f(2)), None)
         }
         "done" => {
-            tally.refusals += f(3).parse::<u64>().unwrap_or(0);
+            tally.waits += f(3).parse::<u64>().unwrap_or(0);
             tally.done += 1;
-            (format!("done: {} grants, {} refusals", f(2), f(3)), None)
+            (
+                format!("done: {} grants, {} after waiting", f(2), f(3)),
+                None,
+            )
         }
         _ => (format!("(unexpected output: {line:?})"), None),
     };
@@ -575,27 +657,56 @@ fn summarize(
             .problems
             .push(format!("fencing tokens handed out twice: {dups:?}"));
     }
-    let expected = u64::from(config.workers) * u64::from(config.cycles);
-    if tally.grants != expected || tally.done != config.workers {
+    // A worker killed during its first hold got one grant and never finished.
+    let killed = u32::from(tally.killed.is_some());
+    let expected =
+        u64::from(config.workers - killed) * u64::from(config.cycles) + u64::from(killed);
+    if tally.grants != expected || tally.done != config.workers - killed {
         tally.problems.push(format!(
             "{} of {expected} grants and {} of {} workers finished",
-            tally.grants, tally.done, config.workers
+            tally.grants,
+            tally.done,
+            config.workers - killed
         ));
+    }
+    if let Some(n) = config.kill {
+        match &tally.killed {
+            None => tally
+                .problems
+                .push(format!("worker {n} was never caught holding a slot")),
+            Some(k) if k.came_back_after.is_none() && tally.grants < expected => {
+                tally
+                    .problems
+                    .push(format!("slot {} never came back after the kill", k.slot));
+            }
+            Some(_) => {}
+        }
     }
 
     println!();
     println!(
-        "summary: {} workers x {} cycles = {} grants, {} refusals (retried), \
+        "summary: {} workers x {} cycles = {} grants, {} after waiting in the queue, \
          at most {} of {} inside at once (witness: {}), {} violations",
         config.workers,
         config.cycles,
         tally.grants,
-        tally.refusals,
+        tally.waits,
         tally.max_inside,
         config.capacity,
         report.max_inside,
         report.violations.len(),
     );
+    if let Some(k) = &tally.killed {
+        let back = k
+            .came_back_after
+            .map_or("it was not needed again".to_string(), |d| {
+                format!("its slot came back after {} ms", d.as_millis())
+            });
+        println!(
+            "crash: {} was killed with SIGKILL after 1 grant (so {expected} grants in all); {back}",
+            config.kill.map_or(String::new(), |n| format!("worker-{n}"))
+        );
+    }
     if tally.problems.is_empty() {
         println!(
             "OK: never more than {} inside, every slot used by one holder at a time, \

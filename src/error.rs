@@ -126,6 +126,14 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The semaphore exists already, and [`OpenOptions::create_new`](crate::OpenOptions::create_new)
+    /// asked for a new one. Nothing was changed.
+    #[error("semaphore `{path}` already exists")]
+    AlreadyExists {
+        /// The state file.
+        path: PathBuf,
+    },
+
     /// The state file is a symbolic link; `filesem` refuses to replace a link with a file, and
     /// a lock on the link's name would not exclude programs that follow it.
     #[error("semaphore path `{path}` is a symbolic link; open its target instead")]
@@ -147,13 +155,24 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// No slot became free within the time given to an acquire that waits.
+    /// No slot became free within the time given to an acquire that waits
+    /// ([`Semaphore::acquire_timeout`](crate::Semaphore::acquire_timeout), or
+    /// [`AcquireOptions::timeout`](crate::AcquireOptions::timeout)); the call left the queue.
+    /// Distinct from [`LockTimeout`](Error::LockTimeout), which is about the lock file.
     #[error("timed out after {waited:?} waiting for a slot of semaphore `{path}`")]
     Timeout {
         /// The state file.
         path: PathBuf,
         /// How long the call waited.
         waited: Duration,
+    },
+
+    /// A waiting acquire was cancelled through its
+    /// [`CancelToken`](crate::CancelToken). The call left the queue; no slot is held.
+    #[error("waiting for a slot of semaphore `{path}` was cancelled")]
+    Cancelled {
+        /// The state file.
+        path: PathBuf,
     },
 
     /// An I/O operation on one of the semaphore's files failed.
@@ -199,7 +218,9 @@ impl Error {
             | Error::Lost { path, .. }
             | Error::Corrupt { path, .. }
             | Error::NotFound { path }
+            | Error::AlreadyExists { path }
             | Error::Symlink { path }
+            | Error::Cancelled { path }
             | Error::LockTimeout { path, .. }
             | Error::Timeout { path, .. }
             | Error::Io { path, .. } => path,

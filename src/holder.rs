@@ -101,6 +101,10 @@ pub struct HolderInfo {
     pub expires_at: Option<DateTime<Utc>>,
     /// The metadata given at acquire time.
     pub metadata: BTreeMap<String, String>,
+    /// The queue priority given at acquire time ([`AcquireOptions::priority`](crate::AcquireOptions::priority);
+    /// 0 when none was given). It orders [`Semaphore::waiters`](crate::Semaphore::waiters):
+    /// higher first, then first come, first served.
+    pub priority: i32,
     /// The liveness verdict now, with its evidence.
     pub liveness: Liveness,
 }

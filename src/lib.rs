@@ -36,6 +36,48 @@
 //! - A [`Semaphore`] handle is `Send + Sync`. Threads sharing one handle are serialized in
 //!   process; separate handles and processes are serialized by the lock file.
 //!
+//! ## Waiting: fairness, hand-off, timeouts, wake-up
+//!
+//! - [`Semaphore::acquire`] waits for a slot, [`Semaphore::acquire_timeout`] waits at most a
+//!   [`Duration`](std::time::Duration) and then fails with [`Error::Timeout`] (distinct from
+//!   [`Error::NoCapacity`] and from [`Error::LockTimeout`]), and [`Semaphore::acquire_with`]
+//!   takes [`AcquireOptions`]: [`timeout`](AcquireOptions::timeout),
+//!   [`priority`](AcquireOptions::priority), a [`CancelToken`], an
+//!   [`on_wait`](AcquireOptions::on_wait) callback.
+//! - **Fairness.** An acquire that finds no free slot joins a queue kept in the state file
+//!   (`waiters`, listed by [`Semaphore::waiters`]): higher priority first, first come first
+//!   served within a priority. It takes its fencing token when it joins. A newcomer never
+//!   overtakes the queue: [`Semaphore::try_acquire`] fails with [`Error::NoCapacity`] while
+//!   anyone is queued, and [`Semaphore::available`] counts queued waiters as taken.
+//! - **Direct hand-off.** Whoever frees a slot (a release or dropped permit, reaping,
+//!   [`Semaphore::remove`], a higher [`capacity`](Semaphore::set_capacity)) grants it to the
+//!   head of the queue in the same write: the waiter's entry moves into `holders` with its
+//!   token and a slot. The waiter only has to notice; it holds no lock while it waits.
+//! - **Timeouts and cancellation.** Deadlines are measured on the monotonic clock from the
+//!   call; signals (`EINTR`) neither fail a wait nor restart its deadline.
+//!   [`Duration::ZERO`](std::time::Duration::ZERO) makes one attempt and queues nothing; a
+//!   duration too large for the clock waits without limit. A wait that times out or is
+//!   cancelled leaves the queue in one locked step. If the slot was handed over in the
+//!   meantime, a timed-out call returns the permit (it was granted) and a cancelled one
+//!   releases it to the next waiter: no slot is ever leaked.
+//! - **Dead waiters.** A waiter's entry records its owner and a witness lock, like a holder's
+//!   (see `# Crash behavior`), so a killed waiter is judged dead and removed by the next
+//!   waiter that looks. For waiters nobody can judge (on another machine), each waiter also
+//!   keeps an expiry 6 s ahead, refreshed every 2 s; one that stops refreshing (dead, or
+//!   stopped) leaves the queue 8 s later ([`LEASE_GRACE`] included) and is never granted a
+//!   slot. A waiter whose entry vanished (removed with [`Semaphore::remove`], or dropped by a
+//!   write of the Go package, which does not know the queue) joins the queue again, at the
+//!   back.
+//! - **Wake-up.** On Linux a waiter sleeps in `poll(2)` on inotify watches of the
+//!   semaphore's directory (the state file is replaced by `rename`, which a watch on the file
+//!   itself would not follow) and of the witness directory (a dying holder's witness closes),
+//!   so it looks again within microseconds of a change. A timer is the safety net (100 ms
+//!   doubling to 1 s, with jitter). Without inotify (instance limits, network filesystems,
+//!   other Unix systems) it polls: 5 ms doubling to 250 ms, back to 5 ms when the state
+//!   changes. Measured with `examples/handoff.rs` on a shared 2-core VM: release-to-acquire
+//!   hand-off between processes p50 0.33 ms on tmpfs, 0.66 ms on ext4 with durable writes; a
+//!   waiter asleep for 10 s used under 5 ms of CPU.
+//!
 //! # Crash behavior
 //!
 //! - The state file is never truncated or half-written: writers replace it by `rename`. After
@@ -83,18 +125,23 @@
 pub struct ReadmeDoctests;
 
 mod atomic;
+mod cancel;
 mod error;
 mod holder;
 mod liveness;
 mod lock;
+#[cfg(target_os = "linux")]
+mod notify;
 mod options;
 mod permit;
 mod rules;
 mod semaphore;
 mod state;
 mod store;
+mod wait;
 mod witness;
 
+pub use cancel::CancelToken;
 pub use error::{Error, Result};
 pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use liveness::Liveness;
@@ -103,3 +150,4 @@ pub use permit::{KeepAlive, KeepError, Permit};
 pub use rules::LEASE_GRACE;
 pub use semaphore::{Reaped, Recovered, Semaphore};
 pub use state::{MAX_CAPACITY, MAX_ID_LEN};
+pub use wait::WaitStatus;

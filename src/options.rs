@@ -2,11 +2,15 @@
 //! Later features add fields here, not new methods on [`Semaphore`](crate::Semaphore).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cancel::CancelToken;
 use crate::error::Result;
 use crate::semaphore::Semaphore;
+use crate::wait::WaitStatus;
 
 /// The default for [`OpenOptions::lock_timeout`]: 10 seconds.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +37,7 @@ pub struct OpenOptions {
     pub(crate) lock_timeout: Duration,
     pub(crate) auto_reap: bool,
     pub(crate) default_lease: Option<Duration>,
+    pub(crate) create_new: bool,
 }
 
 impl Default for OpenOptions {
@@ -51,7 +56,31 @@ impl OpenOptions {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             auto_reap: true,
             default_lease: None,
+            create_new: false,
         }
+    }
+
+    /// Whether [`open`](OpenOptions::open) must create the semaphore (default `false`): with
+    /// `true` it fails with [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the state
+    /// file exists, as [`std::fs::OpenOptions::create_new`]. The check and the creation are one
+    /// step under the lock, so of several processes racing to create a semaphore exactly one
+    /// succeeds. This tells a caller whether it made a new semaphore (the `filesem` tool says
+    /// so, since a mistyped path would otherwise silently make a second one). Ignored by
+    /// [`open_existing`](OpenOptions::open_existing), which never creates.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("gpu.json");
+    /// let mut options = filesem::OpenOptions::new();
+    /// options.create_new(true);
+    /// let sem = options.open(&path, 4)?;
+    /// assert_eq!(sem.capacity()?, 4);
+    /// assert!(matches!(options.open(&path, 4), Err(filesem::Error::AlreadyExists { .. })));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn create_new(&mut self, create_new: bool) -> &mut Self {
+        self.create_new = create_new;
+        self
     }
 
     /// Whether acquires remove provably stale entries in their way (default `true`): when the
@@ -104,7 +133,8 @@ impl OpenOptions {
     ///
     /// # Errors
     ///
-    /// As [`Semaphore::open`].
+    /// As [`Semaphore::open`], and [`Error::AlreadyExists`](crate::Error::AlreadyExists) with
+    /// [`create_new`](OpenOptions::create_new).
     pub fn open(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Semaphore> {
         Semaphore::open_with(path.as_ref(), Some(capacity), self)
     }
@@ -119,7 +149,13 @@ impl OpenOptions {
     }
 }
 
-/// Settings for one acquire.
+/// Settings for one acquire: metadata for every acquire, and how to wait for
+/// [`Semaphore::acquire_with`].
+///
+/// [`Semaphore::try_acquire_with`] never waits: it uses the metadata and ignores the
+/// waiting settings ([`timeout`](AcquireOptions::timeout),
+/// [`priority`](AcquireOptions::priority), [`cancel_token`](AcquireOptions::cancel_token),
+/// [`on_wait`](AcquireOptions::on_wait)).
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -131,16 +167,38 @@ impl OpenOptions {
 /// # drop(permit);
 /// # Ok::<(), filesem::Error>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct AcquireOptions {
     pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) priority: i32,
+    pub(crate) cancel: Option<CancelToken>,
+    pub(crate) on_wait: Option<Arc<OnWait>>,
     pub(crate) detached: bool,
     pub(crate) lease: Option<Duration>,
 }
 
+/// The callback type of [`AcquireOptions::on_wait`].
+type OnWait = dyn Fn(&WaitStatus) + Send + Sync;
+
+impl fmt::Debug for AcquireOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcquireOptions")
+            .field("metadata", &self.metadata)
+            .field("detached", &self.detached)
+            .field("lease", &self.lease)
+            .field("timeout", &self.timeout)
+            .field("priority", &self.priority)
+            .field("cancel", &self.cancel)
+            .field("on_wait", &self.on_wait.as_ref().map(|_| "Fn(&WaitStatus)"))
+            .finish()
+    }
+}
+
 impl AcquireOptions {
     /// The defaults: a process-bound hold, no lease (unless the handle has a
-    /// [default lease](OpenOptions::default_lease)), no metadata.
+    /// [default lease](OpenOptions::default_lease)), no metadata; when waiting: no time
+    /// limit, priority 0, no cancel token, no callback.
     pub fn new() -> AcquireOptions {
         AcquireOptions::default()
     }
@@ -171,6 +229,64 @@ impl AcquireOptions {
     /// more is refused by the acquire with [`Error::InvalidMetadata`](crate::Error::InvalidMetadata).
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The longest time [`Semaphore::acquire_with`] waits for a slot, measured on the
+    /// monotonic clock from the call; after it the call leaves the queue and fails with
+    /// [`Error::Timeout`](crate::Error::Timeout). Default: no limit.
+    ///
+    /// [`Duration::ZERO`] makes exactly one attempt and leaves no queue entry behind (like
+    /// [`Semaphore::try_acquire`], but failing with `Timeout`). A duration too large to add
+    /// to the current [`Instant`](std::time::Instant) (such as [`Duration::MAX`]) means no
+    /// limit. Signals arriving during the wait neither fail it nor restart the time.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The queue priority of a waiting acquire (default 0): a waiter is served before every
+    /// waiter of lower priority, and after those of equal priority that queued earlier
+    /// (first come, first served). Negative values queue behind the default. Priority only
+    /// orders the queue: it never takes a slot from a holder.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Lets another thread cancel the wait: after [`CancelToken::cancel`] the acquire
+    /// leaves the queue and fails with [`Error::Cancelled`](crate::Error::Cancelled).
+    pub fn cancel_token(mut self, token: &CancelToken) -> Self {
+        self.cancel = Some(token.clone());
+        self
+    }
+
+    /// Calls `callback` once, when the acquire first has to wait (it is then on file in the
+    /// queue), with who holds the slots and how many waiters are ahead; for example to print
+    /// "waiting for a slot on gpu.json: 3/3 held by a, b, c; 2 ahead in the queue". It runs on
+    /// the acquiring thread with no lock held; it is not called when a slot is free at once.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let sem = filesem::Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let opts = filesem::AcquireOptions::new()
+    ///     .timeout(std::time::Duration::from_millis(10))
+    ///     .on_wait(|status| {
+    ///         eprintln!(
+    ///             "waiting for a slot on {}: {}/{} held by {}; {} ahead in the queue",
+    ///             status.path.display(),
+    ///             status.holders.len(),
+    ///             status.capacity,
+    ///             status.holders.join(", "),
+    ///             status.ahead,
+    ///         )
+    ///     });
+    /// let _held = sem.try_acquire("a")?;
+    /// assert!(sem.acquire_with("b", &opts).is_err());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn on_wait(mut self, callback: impl Fn(&WaitStatus) + Send + Sync + 'static) -> Self {
+        self.on_wait = Some(Arc::new(callback));
         self
     }
 

@@ -46,17 +46,8 @@ pub(crate) enum Refusal {
 
 /// The verdict on one entry: lease first (pure), then detached, then the oracle.
 pub(crate) fn verdict(entry: &Entry, now: DateTime<Utc>, judge: &dyn Judge) -> Liveness {
-    if let Some(expires_at) = entry.expires_at {
-        let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
-        // Checked: an `expires_at` at the end of chrono's range must not panic.
-        if expires_at
-            .checked_add_signed(grace)
-            .is_some_and(|end| now > end)
-        {
-            return Liveness::Expired {
-                evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
-            };
-        }
+    if let Some(expired) = expired(entry, now) {
+        return expired;
     }
     if entry.detached {
         return Liveness::Unknown {
@@ -80,6 +71,23 @@ pub(crate) fn next_token(doc: &Document) -> u64 {
         .max()
         .map_or(1, |t| t.saturating_add(1));
     doc.next_token.unwrap_or(1).max(seen).max(1)
+}
+
+/// `Expired` when the entry's `expires_at` (plus [`LEASE_GRACE`]) has passed: the pure part
+/// of [`verdict`], which needs no judge.
+pub(crate) fn expired(entry: &Entry, now: DateTime<Utc>) -> Option<Liveness> {
+    let expires_at = entry.expires_at?;
+    (now > expiry(entry)?).then(|| Liveness::Expired {
+        evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
+    })
+}
+
+/// The instant after which [`expired`] calls the entry expired, if it has an expiry.
+/// `None` also when adding the grace would overflow chrono's range (an `expires_at` at its
+/// end, read from the file): such an entry never expires, and nothing panics.
+pub(crate) fn expiry(entry: &Entry) -> Option<DateTime<Utc>> {
+    let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
+    entry.expires_at?.checked_add_signed(grace)
 }
 
 /// Gives a document without a token counter one that is above every token handed out before.
@@ -169,6 +177,10 @@ pub(crate) fn reap(doc: &mut Document, ctx: &Ctx<'_>) -> Vec<Removed> {
 
 /// Grants free slots to the head of the queue, in queue order, each in the same write that
 /// freed it (direct hand-off). Returns how many waiters were granted.
+///
+/// A waiter whose expiry has passed (it stopped refreshing it: dead, or stopped for longer
+/// than its expiry) is dropped from the queue instead of granted, so that a dead waiter
+/// never becomes a holder nobody can judge.
 pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
     let mut granted = 0;
     while !doc.waiters.is_empty() && doc.holders.len() < doc.capacity() as usize {
@@ -176,6 +188,9 @@ pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
             break;
         };
         let mut entry = doc.waiters.remove(0);
+        if expired(&entry, now).is_some() {
+            continue;
+        }
         entry.slot = Some(slot);
         entry.acquired_at = now;
         entry.priority = None;
@@ -523,6 +538,25 @@ mod tests {
         assert_eq!(doc.holders[0].slot, Some(0));
         assert_eq!(doc.holders[0].priority, None);
         assert_eq!(doc.waiters.len(), 3);
+    }
+
+    #[test]
+    fn hand_off_skips_waiters_whose_expiry_passed() {
+        // A waiter that stopped refreshing its expiry (dead) is dropped, never granted.
+        let mut doc = Document::new(1);
+        for (id, token, secs) in [("gone", 1, -10), ("alive", 2, 10)] {
+            let mut e = Entry::test(id);
+            e.token = Some(token);
+            e.expires_at = Some(now() + chrono::Duration::seconds(secs));
+            enqueue(&mut doc, e);
+        }
+        assert_eq!(hand_off(&mut doc, now()), 1);
+        assert_eq!(doc.holders[0].id, "alive");
+        assert_eq!(
+            doc.holders[0].expires_at, None,
+            "the waiter's expiry is not a lease"
+        );
+        assert!(doc.waiters.is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
-use crate::liveness::{Identity, Liveness, SystemJudge};
+use crate::liveness::{Liveness, SystemJudge};
 use crate::options::{AcquireOptions, OpenOptions};
 use crate::permit::Permit;
 use crate::rules::{self, Ctx, Judge, Refusal};
@@ -180,7 +180,12 @@ impl Semaphore {
             }
             Some(capacity) => {
                 let requested = capacity.max(1);
-                store.transact(Some(requested), |doc, _created| {
+                store.transact(Some(requested), |doc, created| {
+                    if options.create_new && !created {
+                        return Err(Error::AlreadyExists {
+                            path: path.to_path_buf(),
+                        });
+                    }
                     let tokens = live_tokens(doc);
                     let leftovers = crate::atomic::remove_leftovers(path)?
                         .into_iter()
@@ -250,7 +255,8 @@ impl Semaphore {
     }
 
     /// Takes a slot for `holder` if one is free now; never waits for one (the seed's
-    /// `Acquire`).
+    /// `Acquire`). A slot is not free while waiters are queued: they are owed the next ones
+    /// (see [`acquire`](Semaphore::acquire)).
     ///
     /// The returned [`Permit`] releases the slot when dropped. Bind it to a name: `let _ =
     /// sem.try_acquire(..)?` drops (and releases) it at once; use `let _permit`.
@@ -279,7 +285,8 @@ impl Semaphore {
         self.try_acquire_with(holder, &AcquireOptions::new())
     }
 
-    /// [`try_acquire`](Semaphore::try_acquire) with per-acquire settings.
+    /// [`try_acquire`](Semaphore::try_acquire) with per-acquire settings. Only the
+    /// metadata applies: the waiting settings of [`AcquireOptions`] are ignored.
     ///
     /// # Errors
     ///
@@ -299,22 +306,16 @@ impl Semaphore {
             let mut changed = false;
             let mut removed = Vec::new();
             let admitted = rules::admit(doc, id, &ctx, &mut changed, &mut removed);
-            self.after_reap(&removed);
             if let Err(refusal) = admitted {
-                return Ok(Step {
-                    value: Err(refusal_error(path, id, refusal)),
-                    changed,
-                });
+                return Ok(
+                    Step::new(Err(refusal_error(path, id, refusal)), changed).reaped(removed)
+                );
             }
-            let mut entry = Entry::new(id.to_string(), now);
-            entry.metadata = options.metadata.clone();
-            entry.detached = options.detached;
-            entry.lease_ms = lease.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            entry.owner = Some(Identity::current().owner());
+            let mut entry = crate::wait::holder_entry(id, now, options, lease);
             let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
             entry.witness = witness.as_ref().map(|w| w.record.clone());
             let slot = rules::grant(doc, entry, token, now);
-            Ok(Step::changed(Ok((token, slot, now, witness))))
+            Ok(Step::changed(Ok((token, slot, now, witness))).reaped(removed))
         })?;
         let (token, slot, acquired_at, witness) = granted?;
         tracing::debug!(path = %path.display(), id, token, slot, "acquired");
@@ -327,6 +328,122 @@ impl Semaphore {
             lease,
             witness,
         ))
+    }
+
+    /// Takes a slot for `holder`, waiting as long as it takes.
+    ///
+    /// Waiters are served first come, first served (see [`acquire_with`](Semaphore::acquire_with)
+    /// for priorities, timeouts and cancellation): if no slot is free, this call joins the
+    /// queue in the state file, and whoever frees a slot hands it to the head of the queue in
+    /// the same write. The call holds no lock while it waits and wakes as soon as the state
+    /// file changes (inotify on Linux; polling elsewhere).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::AlreadyHeld`] when `holder`'s ID holds a slot or is queued;
+    /// - [`Error::InvalidId`] as for [`try_acquire`](Semaphore::try_acquire);
+    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`]; the
+    ///   queue entry is then removed if the file can still be written, and otherwise expires
+    ///   on its own within seconds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let first = sem.try_acquire("job-1")?;
+    /// let waiter = std::thread::spawn({
+    ///     let sem = sem.clone();
+    ///     move || sem.acquire("job-2").map(|p| p.id().to_string())
+    /// });
+    /// while sem.waiters()?.is_empty() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// }
+    /// first.release()?; // hands the slot to job-2
+    /// assert_eq!(waiter.join().unwrap()?, "job-2");
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn acquire<H: Holder + ?Sized>(&self, holder: &H) -> Result<Permit> {
+        self.acquire_with(holder, &AcquireOptions::new())
+    }
+
+    /// Takes a slot for `holder`, waiting at most `timeout`; then fails with
+    /// [`Error::Timeout`] and leaves the queue.
+    ///
+    /// [`Duration::ZERO`] makes one attempt and leaves nothing queued; a duration too large
+    /// for the clock ([`Duration::MAX`]) waits without limit. The time is measured on the
+    /// monotonic clock and is not restarted by signals. The lock steps around the wait use the
+    /// [lock timeout](crate::OpenOptions::lock_timeout), so a call can overrun `timeout` by
+    /// one wait for the lock file. If the slot is handed over while the call is timing out,
+    /// the permit is returned rather than thrown away.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when no slot came in time; otherwise as
+    /// [`acquire`](Semaphore::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let sem = filesem::Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let _held = sem.try_acquire("job-1")?;
+    /// let err = sem.acquire_timeout("job-2", Duration::from_millis(20)).unwrap_err();
+    /// assert!(matches!(err, filesem::Error::Timeout { .. }));
+    /// assert!(sem.waiters()?.is_empty());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn acquire_timeout<H: Holder + ?Sized>(
+        &self,
+        holder: &H,
+        timeout: Duration,
+    ) -> Result<Permit> {
+        self.acquire_with(holder, &AcquireOptions::new().timeout(timeout))
+    }
+
+    /// Takes a slot for `holder`, waiting as `options` say: [`timeout`](AcquireOptions::timeout)
+    /// (default: none), queue [`priority`](AcquireOptions::priority) (default 0),
+    /// [`cancel_token`](AcquireOptions::cancel_token), an [`on_wait`](AcquireOptions::on_wait)
+    /// callback, and metadata.
+    ///
+    /// The first step is the same as [`try_acquire_with`](Semaphore::try_acquire_with); if it
+    /// finds no free slot, the call joins the queue (behind every waiter of equal or higher
+    /// priority) with its fencing token, and waits without holding any lock until a release,
+    /// a reap or [`set_capacity`](Semaphore::set_capacity) hands it a slot. A waiter whose
+    /// queue entry vanished (removed by [`remove`](Semaphore::remove), or dropped by a write of
+    /// the Go package) joins the queue again, at the back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] after the timeout; [`Error::Cancelled`] after a cancel; otherwise as
+    /// [`acquire`](Semaphore::acquire), and [`Error::InvalidMetadata`]. On every error the
+    /// call has left the queue and holds no slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use filesem::{AcquireOptions, Semaphore};
+    /// let sem = Semaphore::open(dir.path().join("gpu.json"), 1)?;
+    /// let opts = AcquireOptions::new()
+    ///     .priority(10)
+    ///     .timeout(Duration::from_secs(30))
+    ///     .metadata("job", "urgent-fix");
+    /// let permit = sem.acquire_with("job-7", &opts)?;
+    /// assert_eq!(sem.holders()?[0].metadata["job"], "urgent-fix");
+    /// # drop(permit);
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn acquire_with<H: Holder + ?Sized>(
+        &self,
+        holder: &H,
+        options: &AcquireOptions,
+    ) -> Result<Permit> {
+        let id = holder.id();
+        self.check_request(id, options)?;
+        crate::wait::acquire(self, id, options)
     }
 
     /// Takes the next fencing token and, for a process-bound hold, creates and locks its
@@ -354,19 +471,6 @@ impl Semaphore {
             "find a free witness name in",
             std::io::Error::from(std::io::ErrorKind::AlreadyExists),
         ))
-    }
-
-    /// Logs reaped entries and removes their witness files (if free). Under the lock.
-    fn after_reap(&self, removed: &[rules::Removed]) {
-        log_removed(self.path(), removed);
-        for r in removed {
-            if let (Some(token), Some(record)) = (r.entry.token, &r.entry.witness) {
-                if witness::probe(self.path(), token, record) == witness::Probe::Free {
-                    let file = witness::dir_of(self.path()).join(token.to_string());
-                    let _ = fs::remove_file(file);
-                }
-            }
-        }
     }
 
     /// Removes every provably stale holder and waiter now (dead owner, expired lease), hands
@@ -405,15 +509,11 @@ impl Semaphore {
             };
             let removed = rules::reap(doc, &ctx);
             let granted = rules::hand_off(doc, ctx.now);
-            self.after_reap(&removed);
             for file in witness::remove_orphans(path, &live_tokens(doc)) {
                 tracing::info!(path = %path.display(), file = %file.display(), "removed orphan witness");
             }
-            let changed = !removed.is_empty() || granted > 0;
-            Ok(Step {
-                value: removed.into_iter().map(Reaped::from).collect(),
-                changed,
-            })
+            let reaped = removed.iter().cloned().map(Reaped::from).collect();
+            Ok(Step::new(reaped, granted > 0).reaped(removed))
         })
     }
 
@@ -495,10 +595,7 @@ impl Semaphore {
         self.inner.store.transact(None, |doc, _| {
             let removed = rules::remove_ids(doc, &ids, Utc::now());
             let changed = !removed.is_empty();
-            Ok(Step {
-                value: removed,
-                changed,
-            })
+            Ok(Step::new(removed, changed))
         })
     }
 
@@ -525,6 +622,28 @@ impl Semaphore {
         let doc = self.inner.store.snapshot()?;
         let now = Utc::now();
         Ok(doc.holders.iter().map(|e| self.info(e, now)).collect())
+    }
+
+    /// The queued waiters, in the order they will be served (priority, then arrival), each
+    /// with its fencing token and a liveness verdict. `acquired_at` is when it joined the
+    /// queue. Reads without the lock and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`holders`](Semaphore::holders).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// assert!(sem.waiters()?.is_empty());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn waiters(&self) -> Result<Vec<HolderInfo>> {
+        let doc = self.inner.store.snapshot()?;
+        let now = Utc::now();
+        Ok(doc.waiters.iter().map(|e| self.info(e, now)).collect())
     }
 
     /// The number of holders on file (including stale ones not yet reaped).
@@ -609,6 +728,7 @@ impl Semaphore {
             }),
             expires_at: e.expires_at,
             metadata: e.metadata.clone(),
+            priority: e.priority.unwrap_or(0),
             liveness: rules::verdict(e, now, self.inner.judge.as_ref()),
         }
     }
@@ -728,7 +848,7 @@ fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
     Ok(())
 }
 
-fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
+pub(crate) fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
     match refusal {
         Refusal::AlreadyHeld => Error::AlreadyHeld {
             path: path.to_path_buf(),
@@ -748,19 +868,6 @@ fn live_tokens(doc: &Document) -> Vec<u64> {
         .chain(&doc.waiters)
         .filter_map(|e| e.token)
         .collect()
-}
-
-pub(crate) fn log_removed(path: &Path, removed: &[rules::Removed]) {
-    for r in removed {
-        tracing::info!(
-            path = %path.display(),
-            id = %r.entry.id,
-            token = r.entry.token,
-            evidence = r.verdict.evidence(),
-            "reaped stale {}",
-            if r.was_waiter { "waiter" } else { "holder" }
-        );
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use crate::atomic::{self, FileMeta};
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::rules;
+use crate::rules::Removed;
 use crate::state::Document;
+use crate::witness;
 
 /// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
 /// Go package's 0644.
@@ -40,6 +42,10 @@ pub(crate) struct Step<R> {
     pub value: R,
     /// Whether the document changed and must be written.
     pub changed: bool,
+    /// Entries the rule reaped: once the write has committed their removal, their witness
+    /// files are deleted and they are logged (not before: a reader of the old file would
+    /// find the witness missing).
+    pub reaped: Vec<Removed>,
 }
 
 impl<R> Step<R> {
@@ -47,13 +53,28 @@ impl<R> Step<R> {
         Step {
             value,
             changed: false,
+            reaped: Vec::new(),
         }
     }
     pub fn changed(value: R) -> Step<R> {
         Step {
             value,
             changed: true,
+            reaped: Vec::new(),
         }
+    }
+    pub fn new(value: R, changed: bool) -> Step<R> {
+        Step {
+            value,
+            changed,
+            reaped: Vec::new(),
+        }
+    }
+    /// Records what the rule reaped (and so changed).
+    pub fn reaped(mut self, reaped: Vec<Removed>) -> Step<R> {
+        self.changed |= !reaped.is_empty();
+        self.reaped = reaped;
+        self
     }
 }
 
@@ -107,6 +128,7 @@ impl Store {
                 }
                 atomic::write_atomic(&self.path, &doc.to_bytes(), meta, self.durable)?;
             }
+            witness::forget_reaped(&self.path, &step.reaped);
             Ok(step.value)
         })
     }

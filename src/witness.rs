@@ -208,6 +208,26 @@ fn try_shared(mut file: File) -> Probe {
     }
 }
 
+/// Logs entries that were reaped (their removal is on disk) and deletes their witness files
+/// if nobody holds them. Called under the state lock.
+pub(crate) fn forget_reaped(state_path: &Path, reaped: &[crate::rules::Removed]) {
+    for r in reaped {
+        tracing::info!(
+            path = %state_path.display(),
+            id = %r.entry.id,
+            token = r.entry.token,
+            evidence = r.verdict.evidence(),
+            "reaped stale {}",
+            if r.was_waiter { "waiter" } else { "holder" }
+        );
+        if let (Some(token), Some(record)) = (r.entry.token, &r.entry.witness) {
+            if probe(state_path, token, record) == Probe::Free {
+                let _ = fs::remove_file(dir_of(state_path).join(token.to_string()));
+            }
+        }
+    }
+}
+
 /// Removes witness files no entry refers to and nobody holds (left by a process killed between
 /// creating its witness and writing its entry, or by reaped holders). Call under the state lock.
 pub(crate) fn remove_orphans(state_path: &Path, live_tokens: &[u64]) -> Vec<PathBuf> {

@@ -117,6 +117,43 @@ fn workers_example_shares_the_semaphore_without_exceeding_capacity() {
 }
 
 #[test]
+fn workers_example_kill_shows_the_dead_holders_slot_coming_back() {
+    // A worker SIGKILLed mid-hold is judged dead and its slot is granted again unprompted.
+    let mut cmd = Command::new(example("workers"));
+    cmd.args([
+        "--workers",
+        "4",
+        "--cycles",
+        "2",
+        "--hold-ms",
+        "50",
+        "--kill",
+        "2",
+    ]);
+    let out = run(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("worker-2   KILLED with SIGKILL"),
+        "{stdout}"
+    );
+    let verdict = stdout.lines().find(|l| l.contains("its entry")).unwrap();
+    assert!(
+        // Its witness lock was released; a reaper racing with this look may already have
+        // deleted the witness file, leaving the pid as the evidence.
+        verdict.contains("dead (witness lock")
+            || verdict.contains("dead (pid")
+            || verdict.contains("already reaped"),
+        "{verdict}"
+    );
+    assert!(stdout.contains("came back"), "{stdout}");
+    // 3 survivors x 2 cycles + the victim's one grant.
+    assert!(stdout.contains("= 7 grants"), "{stdout}");
+    assert!(stdout.contains("count 0, available 2 of 2"), "{stdout}");
+}
+
+#[test]
 fn workers_example_refuses_bad_arguments_with_status_two() {
     // Usage errors are distinguishable from a failed run.
     let exe = example("workers");

@@ -1,185 +1,124 @@
 //! Crash resilience: slots of provably dead holders come back by themselves; live holders,
 //! and holders that cannot be judged, keep theirs.
 //!
-//! Child processes are this test binary re-executed with `FILESEM_ROLE` set (see
-//! `child_main`); they talk over stdout lines with a `@` prefix and are killed on drop.
+//! Child processes are this test binary re-executed in a role (the ignored test
+//! `child_process`, started through `common::Group`); they say `READY` over stdout once they
+//! hold what the test needs, and are killed on drop.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{ChildSpec, Group, arg, say, wait_for_parent};
 use filesem::{AcquireOptions, Error, HoldMode, Liveness, OpenOptions, Semaphore};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-
-const DEADLINE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- child processes
 
-/// A child process speaking the `@`-line protocol; killed and reaped on drop.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(role: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
-            .env("FILESEM_ROLE", role)
-            .env("FILESEM_ARGS", args.join("\u{1f}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(l) = line.strip_prefix('@') {
-                    if tx.send(l.to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Proc {
-            stdin: child.stdin.take(),
-            child,
-            lines: rx,
-        }
-    }
-
-    /// The next protocol line, within the deadline.
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|_| panic!("child {} sent no line within {DEADLINE:?}", self.pid()))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Closes stdin (the child's signal to finish) and waits for a successful exit.
-    fn finish(mut self) -> Vec<String> {
-        drop(self.stdin.take());
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "child {} failed: {status}", self.pid());
-                return self.lines.try_iter().collect();
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "child {} did not exit",
-                self.pid()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn args() -> Vec<String> {
-    std::env::var("FILESEM_ARGS")
-        .unwrap_or_default()
-        .split('\u{1f}')
-        .map(str::to_string)
-        .collect()
-}
-
-/// Sends one protocol line. It starts on a fresh line: libtest may have printed
-/// "test child_main ... " without a newline.
-fn say(line: &str) {
-    println!("\n@{line}");
-    std::io::stdout().flush().unwrap();
-}
-
-fn wait_stdin_eof() {
-    let mut sink = String::new();
-    while std::io::stdin().read_line(&mut sink).unwrap_or(0) > 0 {}
-}
-
+/// Opens the semaphore without fsync: these tests are about liveness, not durability.
 fn quick() -> OpenOptions {
     let mut o = OpenOptions::new();
     o.durable(false);
     o
 }
 
+/// Takes a slot as `ID` on the semaphore of `CAPACITY` at `PATH`, says `READY <token> <slot>`,
+/// waits for the parent and releases.
+fn hold() {
+    let sem = quick()
+        .open(arg("PATH"), arg("CAPACITY").parse().unwrap())
+        .unwrap();
+    let permit = sem.try_acquire(arg("ID").as_str()).unwrap();
+    say(format!("READY {} {}", permit.token(), permit.slot()));
+    wait_for_parent();
+    permit.release().unwrap();
+}
+
+/// Takes a slot as `ID` at `PATH`, hands its witness to a `sleep 600` grandchild and says
+/// `READY <grandchild pid>`; waits for the parent, then kills the grandchild.
+fn hold_inherit() {
+    let sem = quick().open(arg("PATH"), 1).unwrap();
+    let permit = sem.try_acquire(arg("ID").as_str()).unwrap();
+    let fd = permit
+        .inherit_witness()
+        .unwrap()
+        .expect("process-bound hold has a witness");
+    let mut grandchild = Command::new("sleep").arg("600").spawn().unwrap();
+    drop(fd);
+    say(format!("READY {}", grandchild.id()));
+    wait_for_parent();
+    let _ = grandchild.kill();
+    let _ = grandchild.wait();
+}
+
+/// Takes a detached slot as `ID` at `PATH`, says `READY <token>` and exits holding it.
+fn detach() {
+    let sem = quick().open(arg("PATH"), 1).unwrap();
+    let opts = AcquireOptions::new().detached(true);
+    let permit = sem.try_acquire_with(arg("ID").as_str(), &opts).unwrap();
+    say(format!("READY {}", permit.token()));
+    // Dropping the permit of a detached hold leaves it held.
+}
+
+/// Releases `ID` at `PATH` (a hold this process never took) and says `RELEASED`.
+fn release() {
+    let sem = Semaphore::open_existing(arg("PATH")).unwrap();
+    sem.release(&arg("ID")).unwrap();
+    say("RELEASED");
+}
+
 #[test]
-fn child_main() {
-    // Not a test: the entry point of the child processes the other tests spawn.
-    let Ok(role) = std::env::var("FILESEM_ROLE") else {
-        return;
-    };
-    let a = args();
-    let path = Path::new(&a[0]);
-    let out = |s: String| say(&s);
-    match role.as_str() {
-        "hold" => {
-            let sem = quick().open(path, a[2].parse().unwrap()).unwrap();
-            let permit = sem.try_acquire(a[1].as_str()).unwrap();
-            out(format!("READY {} {}", permit.token(), permit.slot()));
-            wait_stdin_eof();
-            permit.release().unwrap();
-        }
-        "hold-inherit" => {
-            let sem = quick().open(path, 1).unwrap();
-            let permit = sem.try_acquire(a[1].as_str()).unwrap();
-            let fd = permit
-                .inherit_witness()
-                .unwrap()
-                .expect("process-bound hold has a witness");
-            let mut grandchild = Command::new("sleep").arg("600").spawn().unwrap();
-            drop(fd);
-            out(format!("READY {}", grandchild.id()));
-            wait_stdin_eof();
-            let _ = grandchild.kill();
-            let _ = grandchild.wait();
-        }
-        "detach" => {
-            let sem = quick().open(path, 1).unwrap();
-            let opts = AcquireOptions::new().detached(true);
-            let permit = sem.try_acquire_with(a[1].as_str(), &opts).unwrap();
-            out(format!("READY {}", permit.token()));
-            // Dropping the permit of a detached hold leaves it held.
-        }
-        "release" => {
-            let sem = Semaphore::open_existing(path).unwrap();
-            sem.release(&a[1]).unwrap();
-            out("RELEASED".into());
-        }
-        "stress-worker" => stress_worker(path, &a[1], a[2].parse().unwrap(), Path::new(&a[3])),
-        other => panic!("unknown role {other}"),
+#[ignore = "a child-process role, started by the other tests in this file"]
+fn child_process() {
+    // Not a test of its own: the body of the processes the tests in this file start and kill.
+    match common::role().as_deref() {
+        Some("hold") => hold(),
+        Some("hold-inherit") => hold_inherit(),
+        Some("detach") => detach(),
+        Some("release") => release(),
+        Some("stress-worker") => stress_worker(
+            Path::new(&arg("PATH")),
+            &arg("ID"),
+            arg("CAPACITY").parse().unwrap(),
+            Path::new(&arg("MARKERS")),
+        ),
+        Some(other) => panic!("unknown role {other}"),
+        None => {}
     }
-    std::process::exit(0);
+}
+
+/// Starts one child in `role` on the semaphore at `path` as holder `id`.
+fn child(role: &str, path: &Path, id: &str) -> ChildSpec {
+    ChildSpec::new(id, "child_process", role)
+        .arg("PATH", path.display())
+        .arg("ID", id)
+}
+
+/// Sends SIGKILL to child `idx` and checks that SIGKILL is what ended it.
+fn kill9(group: &mut Group, idx: usize) {
+    let status = group.kill(idx, common::deadline(10));
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status}");
+}
+
+/// Closes every child's stdin and checks that each one exited successfully.
+fn finish_all(group: Group) {
+    for f in group.finish(common::deadline(30)) {
+        assert!(f.status.success(), "child {} failed: {}", f.name, f.status);
+    }
 }
 
 // ---------------------------------------------------------------- helpers
 
 fn sem_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("sem.json")
-}
-
-fn shm_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
 }
 
 fn verdict_of(sem: &Semaphore, id: &str) -> Liveness {
@@ -217,10 +156,11 @@ fn proc_start_time(pid: u32) -> u64 {
 #[test]
 fn killed_holder_is_shown_dead_then_its_slot_comes_back() {
     // SIGKILL frees the slot for the next try_acquire, with no manual step.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
-    let mut holder = Proc::spawn("hold", &[path.to_str().unwrap(), "victim", "1"]);
-    assert!(holder.line().starts_with("READY"));
+    let mut group = Group::new();
+    let holder = group.spawn(child("hold", &path, "victim").arg("CAPACITY", 1));
+    group.expect(holder, "READY", common::deadline(30));
     let sem = quick().open(&path, 1).unwrap();
     let alive = verdict_of(&sem, "victim");
     assert!(matches!(alive, Liveness::Alive { .. }), "{alive}");
@@ -229,7 +169,7 @@ fn killed_holder_is_shown_dead_then_its_slot_comes_back() {
         Err(Error::NoCapacity { .. })
     ));
 
-    holder.kill9();
+    kill9(&mut group, holder);
     let dead = verdict_of(&sem, "victim");
     assert_eq!(dead.name(), "dead");
     assert!(dead.evidence().contains("witness lock"), "{dead}");
@@ -247,11 +187,12 @@ fn killed_holder_is_shown_dead_then_its_slot_comes_back() {
 #[test]
 fn killed_holder_keeps_its_slot_when_auto_reap_is_off() {
     // The seed's behaviour stays available: without reaping, remove is the cleanup.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
-    let mut holder = Proc::spawn("hold", &[path.to_str().unwrap(), "victim", "1"]);
-    assert!(holder.line().starts_with("READY"));
-    holder.kill9();
+    let mut group = Group::new();
+    let holder = group.spawn(child("hold", &path, "victim").arg("CAPACITY", 1));
+    group.expect(holder, "READY", common::deadline(30));
+    kill9(&mut group, holder);
     let sem = quick().auto_reap(false).open(&path, 1).unwrap();
     assert!(matches!(
         sem.try_acquire("next"),
@@ -266,13 +207,14 @@ fn killed_holder_keeps_its_slot_when_auto_reap_is_off() {
 #[test]
 fn inherited_witness_keeps_the_hold_until_the_child_exits() {
     // Held witness = alive, even when the acquiring process is gone.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
-    let mut holder = Proc::spawn("hold-inherit", &[path.to_str().unwrap(), "parent"]);
-    let line = holder.line();
+    let mut group = Group::new();
+    let holder = group.spawn(child("hold-inherit", &path, "parent"));
+    let line = group.expect(holder, "READY", common::deadline(30));
     let grandchild: i32 = line.strip_prefix("READY ").unwrap().parse().unwrap();
     let gc = nix::unistd::Pid::from_raw(grandchild);
-    holder.kill9();
+    kill9(&mut group, holder);
 
     let sem = quick().open(&path, 1).unwrap();
     let v = verdict_of(&sem, "parent");
@@ -284,31 +226,26 @@ fn inherited_witness_keeps_the_hold_until_the_child_exits() {
 
     nix::sys::signal::kill(gc, nix::sys::signal::Signal::SIGKILL).unwrap();
     // The grandchild was re-parented; wait until it is gone (or a zombie of init's).
-    let start = Instant::now();
-    while verdict_of(&sem, "parent").name() != "dead" {
-        assert!(start.elapsed() < DEADLINE, "witness never freed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_until(common::deadline(30), "the witness to be freed", || {
+        verdict_of(&sem, "parent").name() == "dead"
+    });
     assert!(sem.try_acquire("next").is_ok());
 }
 
 #[test]
 fn pid_reuse_and_zombies_are_dead_a_matching_pid_is_alive() {
     // A reused pid (other start time) or a zombie proves the holder dead; pid + start time match proves it alive.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
     let pid = sleeper.id();
     let mut zombie = Command::new("true").spawn().unwrap();
     let zpid = zombie.id();
-    let start = Instant::now();
-    while !fs::read_to_string(format!("/proc/{zpid}/stat"))
-        .unwrap()
-        .contains(") Z ")
-    {
-        assert!(start.elapsed() < DEADLINE, "child never became a zombie");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    common::wait_until(common::deadline(30), "the child to become a zombie", || {
+        fs::read_to_string(format!("/proc/{zpid}/stat"))
+            .unwrap()
+            .contains(") Z ")
+    });
     let me = my_owner(dir.path());
     let with = |pid: u32, start: u64| {
         let mut o = me.clone();
@@ -360,7 +297,7 @@ fn pid_reuse_and_zombies_are_dead_a_matching_pid_is_alive() {
 #[test]
 fn entries_that_cannot_be_judged_keep_their_slot() {
     // Another host, another pid namespace, no owner, a lost witness: never reaped on a guess.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let me = my_owner(dir.path());
     let dead_pid = {
@@ -429,11 +366,12 @@ fn entries_that_cannot_be_judged_keep_their_slot() {
 #[test]
 fn detached_hold_survives_its_process_and_is_released_by_id_elsewhere() {
     // The seed's session use: a hold that outlives the process that took it.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
-    let p = Proc::spawn("detach", &[path.to_str().unwrap(), "session-1"]);
-    assert!(p.line().starts_with("READY"));
-    p.finish();
+    let mut group = Group::new();
+    let detacher = group.spawn(child("detach", &path, "session-1"));
+    group.expect(detacher, "READY", common::deadline(30));
+    finish_all(group);
     let sem = quick().open(&path, 1).unwrap();
     let h = &sem.holders().unwrap()[0];
     assert_eq!((h.id.as_str(), h.mode), ("session-1", HoldMode::Detached));
@@ -443,16 +381,20 @@ fn detached_hold_survives_its_process_and_is_released_by_id_elsewhere() {
         sem.try_acquire("x"),
         Err(Error::NoCapacity { .. })
     ));
-    let r = Proc::spawn("release", &[path.to_str().unwrap(), "session-1"]);
-    assert_eq!(r.line(), "RELEASED");
-    r.finish();
+    let mut group = Group::new();
+    let releaser = group.spawn(child("release", &path, "session-1"));
+    assert_eq!(
+        group.expect(releaser, "RELEASED", common::deadline(30)),
+        "RELEASED"
+    );
+    finish_all(group);
     assert_eq!(sem.count().unwrap(), 0);
 }
 
 #[test]
 fn lease_expires_and_is_reaped_renew_extends_it() {
     // A lease ends a hold nobody can judge; renew keeps it; a reaped permit reports Lost.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let sem = quick().open(&path, 1).unwrap();
     let opts = AcquireOptions::new()
@@ -488,7 +430,7 @@ fn lease_expires_and_is_reaped_renew_extends_it() {
 #[test]
 fn keep_alive_holds_a_job_longer_than_its_lease() {
     // Background renewal keeps a leased hold while eager reapers run.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let sem = quick().open(&path, 1).unwrap();
     let opts = AcquireOptions::new()
@@ -507,14 +449,11 @@ fn keep_alive_holds_a_job_longer_than_its_lease() {
     assert!(!keep_alive.is_lost() && keep_alive.is_running());
     assert!(permit.is_held().unwrap());
     sem.remove(["long"]).unwrap();
-    let start = Instant::now();
-    while !keep_alive.is_lost() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "keep-alive never noticed the loss"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(
+        common::deadline(30),
+        "keep-alive to notice the loss",
+        || keep_alive.is_lost(),
+    );
     drop(keep_alive);
     assert!(matches!(permit.release(), Err(Error::Lost { .. })));
 }
@@ -522,7 +461,7 @@ fn keep_alive_holds_a_job_longer_than_its_lease() {
 #[test]
 fn keep_turns_a_process_bound_hold_into_a_detached_one() {
     // keep() drops the witness and marks the entry detached, so no reaper takes it.
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let sem = quick().open(&path, 1).unwrap();
     let permit = sem.try_acquire("s").unwrap();
@@ -550,7 +489,7 @@ fn stress_worker(path: &Path, id: &str, capacity: u32, markers: &Path) {
     let me = std::process::id();
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
-        wait_stdin_eof();
+        wait_for_parent();
         let _ = tx.send(());
     });
     let (mut grants, mut refusals) = (0u64, 0u64);
@@ -567,7 +506,7 @@ fn stress_worker(path: &Path, id: &str, capacity: u32, markers: &Path) {
         };
         grants += 1;
         if permit.slot() >= capacity {
-            say(&format!("VIOLATION slot {} >= capacity", permit.slot()));
+            say(format!("VIOLATION slot {} >= capacity", permit.slot()));
         }
         let marker = markers.join(format!("slot-{}", permit.slot()));
         claim_marker(&marker, me);
@@ -575,7 +514,7 @@ fn stress_worker(path: &Path, id: &str, capacity: u32, markers: &Path) {
         let _ = fs::remove_file(&marker);
         permit.release().unwrap();
     }
-    say(&format!("DONE {grants} {refusals}"));
+    say(format!("DONE {grants} {refusals}"));
 }
 
 /// Creates the slot marker. A marker already there is either left by a killed process (its
@@ -599,14 +538,14 @@ fn claim_marker(marker: &Path, me: u32) {
                 let start = Instant::now();
                 while pid != 0 && process_alive(pid) {
                     if fs::read_to_string(marker).unwrap_or_default() != other {
-                        say(&format!(
+                        say(format!(
                             "VIOLATION slot marker {} of live pid {pid} changed while we held the slot",
                             marker.display()
                         ));
                         return;
                     }
                     if start.elapsed() > Duration::from_secs(2) {
-                        say(&format!(
+                        say(format!(
                             "VIOLATION slot marker {} held by live pid {pid}",
                             marker.display()
                         ));
@@ -640,56 +579,63 @@ fn stress_holders_killed_at_random_never_exceed_capacity_or_leak_slots() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    let dir = shm_dir();
+    let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let markers = dir.path().join("markers");
     fs::create_dir(&markers).unwrap();
-    let spawn = |i: usize| {
-        let id = format!("worker-{i}");
-        let p = Proc::spawn(
-            "stress-worker",
-            &[path.to_str().unwrap(), &id, "2", markers.to_str().unwrap()],
+    let mut group = Group::new();
+    // Worker `i` (holder id `worker-i`) is child `workers[i]` of the group; a killed worker
+    // stays in the group, so what it said before dying is still read at the end.
+    let spawn = |group: &mut Group, i: usize| {
+        let idx = group.spawn(
+            child("stress-worker", &path, &format!("worker-{i}"))
+                .arg("CAPACITY", 2)
+                .arg("MARKERS", markers.display()),
         );
-        assert_eq!(p.line(), "READY");
-        p
+        assert_eq!(group.expect(idx, "READY", common::deadline(30)), "READY");
+        idx
     };
-    let mut workers: Vec<Proc> = (0..8).map(spawn).collect();
-    let mut violations = Vec::new();
+    let mut workers: Vec<usize> = (0..8).map(|i| spawn(&mut group, i)).collect();
     let mut kills = 0;
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20 + fastrand::u64(..80)));
         let i = fastrand::usize(..workers.len());
-        workers[i].kill9();
-        violations.extend(
-            workers[i]
-                .lines
-                .try_iter()
-                .filter(|l| l.starts_with("VIOLATION")),
-        );
+        kill9(&mut group, workers[i]);
         kills += 1;
-        workers[i] = spawn(i);
+        workers[i] = spawn(&mut group, i);
     }
+    let finished = group.finish(common::deadline(30));
+    // Violations from every process, the killed ones included.
+    let violations: Vec<String> = finished
+        .iter()
+        .flat_map(|f| f.lines_of("VIOLATION"))
+        .map(|l| format!("VIOLATION {l}"))
+        .collect();
     let (mut grants, mut refusals) = (0u64, 0u64);
-    for w in workers {
-        for line in w.finish() {
-            if let Some(counts) = line.strip_prefix("DONE ") {
-                let mut it = counts.split(' ').map(|n| n.parse::<u64>().unwrap());
-                grants += it.next().unwrap();
-                refusals += it.next().unwrap();
-            } else if line.starts_with("VIOLATION") {
-                violations.push(line);
-            }
-        }
+    for &idx in &workers {
+        let f = &finished[idx];
+        assert!(f.status.success(), "child {} failed: {}", f.name, f.status);
+        let done = f.lines_of("DONE");
+        assert_eq!(done.len(), 1, "{}: {:?}", f.name, f.lines);
+        let mut it = done[0].split(' ').map(|n| n.parse::<u64>().unwrap());
+        grants += it.next().unwrap();
+        refusals += it.next().unwrap();
     }
     let sem = quick().open(&path, 2).unwrap();
     let reaped = sem.reap().unwrap();
+    // Every grant took one token from the counter, which started at 1: all grants, killed
+    // workers' included.
+    let doc: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let all_grants = doc["next_token"].as_u64().unwrap() - 1;
     println!(
         "stress: seed={seed} secs={secs} processes=8 capacity=2 kills={kills} \
-         grants(survivors)={grants} refusals={refusals} reaped_at_end={} violations={}",
+         grants={all_grants} (survivors' {grants}) refusals(survivors)={refusals} \
+         reaped_at_end={} violations={}",
         reaped.len(),
         violations.len()
     );
+    assert!(all_grants >= grants);
     assert!(violations.is_empty(), "{violations:?}");
     assert!(kills > 10 && grants > 0);
     assert_eq!(
@@ -698,6 +644,5 @@ fn stress_holders_killed_at_random_never_exceed_capacity_or_leak_slots() {
         "no leaked slot after reaping the killed"
     );
     assert_eq!(sem.available().unwrap(), 2);
-    let doc: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     assert_eq!(doc["capacity"], 2);
 }

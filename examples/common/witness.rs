@@ -142,32 +142,60 @@ impl Witness {
     /// Records that `id` left `slot`. Call right before releasing. Returns how many are
     /// inside after it left, and the violations this revealed.
     pub fn leave(&self, slot: u32, id: &str, token: u64) -> io::Result<(u32, Vec<String>)> {
+        self.locked(|counter| self.record_leave(counter, slot, id, token))
+    }
+
+    /// Kills a holder that is inside `slot` and records that it left, both under the witness
+    /// lock, so nobody can enter in between and be counted next to the dead one. `kill` must
+    /// not return before the process is gone. Returns `None` (and kills nobody) if `id` with
+    /// `token` is no longer inside `slot`.
+    pub fn kill_inside(
+        &self,
+        slot: u32,
+        id: &str,
+        token: u64,
+        kill: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<Option<(u32, Vec<String>)>> {
         self.locked(|counter| {
-            let mut c = counter.load()?;
-            let mut violations = Vec::new();
-            if c.inside == 0 {
-                violations.push(format!("{id} (token {token}) left, but nobody was inside"));
-            } else {
-                c.inside -= 1;
+            if fs::read_to_string(self.marker(slot)).ok() != Some(format!("{id} {token}\n")) {
+                return Ok(None);
             }
-            let marker = self.marker(slot);
-            match fs::read_to_string(&marker) {
-                Ok(text) if text == format!("{id} {token}\n") => fs::remove_file(&marker)?,
-                Ok(text) => violations.push(format!(
-                    "{id} (token {token}) left slot {slot}, which is marked as {}",
-                    text.trim()
-                )),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => violations.push(format!(
-                    "{id} (token {token}) left slot {slot}, which had no marker"
-                )),
-                Err(e) => return Err(e),
-            }
-            for v in &violations {
-                self.append("violations.log", &format!("{v}\n"))?;
-            }
-            counter.store(&c)?;
-            Ok((c.inside, violations))
+            kill()?;
+            self.record_leave(counter, slot, id, token).map(Some)
         })
+    }
+
+    fn record_leave(
+        &self,
+        counter: &mut CounterFile,
+        slot: u32,
+        id: &str,
+        token: u64,
+    ) -> io::Result<(u32, Vec<String>)> {
+        let mut c = counter.load()?;
+        let mut violations = Vec::new();
+        if c.inside == 0 {
+            violations.push(format!("{id} (token {token}) left, but nobody was inside"));
+        } else {
+            c.inside -= 1;
+        }
+        let marker = self.marker(slot);
+        match fs::read_to_string(&marker) {
+            Ok(text) if text == format!("{id} {token}\n") => fs::remove_file(&marker)?,
+            Ok(text) => violations.push(format!(
+                "{id} (token {token}) left slot {slot}, which is marked as {}",
+                text.trim()
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => violations.push(format!(
+                "{id} (token {token}) left slot {slot}, which had no marker"
+            )),
+            Err(e) => return Err(e),
+        }
+        for v in &violations {
+            self.append("violations.log", &format!("{v}\n"))?;
+        }
+        counter.store(&c)?;
+        Ok((c.inside, violations))
     }
 
     /// Reads the verdict so far.

@@ -373,3 +373,16 @@ impl Drop for Group {
 pub fn deadline(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs)
 }
+
+/// Polls `done` every few milliseconds until it returns true; panics naming `what` if
+/// `deadline` passes first. For conditions no child announces (a process becoming a zombie,
+/// a background thread noticing something), so that such a wait cannot hang.
+pub fn wait_until(deadline: Instant, what: &str, mut done: impl FnMut() -> bool) {
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "deadline passed waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

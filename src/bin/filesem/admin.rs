@@ -1,0 +1,96 @@
+//! The maintenance subcommands: `release`, `remove`, `reap`, `set-capacity`, `recover`.
+
+use std::path::Path;
+
+use filesem::Semaphore;
+
+use crate::escape::escape;
+use crate::exit::{Exit, Fail};
+use crate::print_line;
+
+/// `filesem release SEMFILE ID`.
+///
+/// # Errors
+///
+/// [`Exit::NotHeld`] if `id` holds no slot; the library's errors.
+pub fn release(path: &Path, id: &str) -> Result<Exit, Fail> {
+    Semaphore::open_existing(path)?.release(id)?;
+    Ok(Exit::Success)
+}
+
+/// `filesem remove SEMFILE ID...`: prints `removed ID` for each ID that was on file.
+///
+/// # Errors
+///
+/// The library's errors.
+pub fn remove(path: &Path, ids: &[String]) -> Result<Exit, Fail> {
+    for id in Semaphore::open_existing(path)?.remove(ids)? {
+        print_line(&format!("removed {}", escape(&id)))?;
+    }
+    Ok(Exit::Success)
+}
+
+/// `filesem reap SEMFILE`: prints `reaped ID (slot S, token T): EVIDENCE` for each entry
+/// removed (`waiter` instead of the slot for a queued waiter).
+///
+/// # Errors
+///
+/// The library's errors.
+pub fn reap(path: &Path) -> Result<Exit, Fail> {
+    for reaped in Semaphore::open_existing(path)?.reap()? {
+        let mut what = Vec::new();
+        if reaped.waiter {
+            what.push("waiter".to_string());
+        } else if let Some(slot) = reaped.slot {
+            what.push(format!("slot {slot}"));
+        }
+        if let Some(token) = reaped.token {
+            what.push(format!("token {token}"));
+        }
+        let what = if what.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", what.join(", "))
+        };
+        print_line(&format!(
+            "reaped {}{what}: {} ({})",
+            escape(&reaped.id),
+            reaped.liveness.name(),
+            escape(reaped.liveness.evidence())
+        ))?;
+    }
+    Ok(Exit::Success)
+}
+
+/// `filesem set-capacity SEMFILE N`.
+///
+/// # Errors
+///
+/// The library's errors.
+pub fn set_capacity(path: &Path, capacity: u32) -> Result<Exit, Fail> {
+    Semaphore::open_existing(path)?.set_capacity(capacity)?;
+    Ok(Exit::Success)
+}
+
+/// `filesem recover SEMFILE -c N`: says on stdout what it did.
+///
+/// # Errors
+///
+/// The library's errors.
+pub fn recover(path: &Path, capacity: u32) -> Result<Exit, Fail> {
+    let existed = path.exists();
+    let recovered = Semaphore::recover(path, capacity)?;
+    let shown = escape(&path.display().to_string());
+    let line = match (&recovered.moved_to, existed) {
+        (Some(aside), _) => format!(
+            "moved the corrupt state to {}; {shown} starts afresh with capacity {capacity}",
+            escape(&aside.display().to_string())
+        ),
+        (None, true) => format!("{shown} is valid; nothing changed"),
+        (None, false) => {
+            format!("created a new semaphore at {shown} with capacity {capacity}")
+        }
+    };
+    print_line(&line)?;
+    Ok(Exit::Success)
+}

@@ -1,0 +1,165 @@
+//! Parsing durations given on the command line: `10` and `0.5` (seconds, as `flock -w`),
+//! `250ms`, `30s`, `5m`, `1h30m`, `2d`.
+//!
+//! Written here rather than taken from `humantime`, which refuses a bare number (`flock -w 10`
+//! must keep working) and fractions (`1.5h`).
+
+use std::time::Duration;
+
+const NANOS_PER_MS: u128 = 1_000_000;
+const NANOS_PER_S: u128 = 1_000 * NANOS_PER_MS;
+
+/// The units, largest first; a duration lists its parts in this order, each at most once.
+const UNITS: [(&str, u128); 5] = [
+    ("d", 86_400 * NANOS_PER_S),
+    ("h", 3_600 * NANOS_PER_S),
+    ("m", 60 * NANOS_PER_S),
+    ("s", NANOS_PER_S),
+    ("ms", NANOS_PER_MS),
+];
+
+/// Parses a duration: a bare decimal number of seconds (`10`, `0.25`), or one or more
+/// `<number><unit>` parts with units `d`, `h`, `m`, `s`, `ms` from largest to smallest
+/// (`1h30m`, `1m0.5s`, `250ms`). Numbers may have a fraction. A value too large for
+/// [`Duration`] is [`Duration::MAX`] (no limit in practice).
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration `{text}`: expected seconds (`10`, `0.5`) or parts like \
+             `250ms`, `30s`, `5m`, `1h30m`"
+        )
+    };
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = text;
+    let mut total: u128 = 0;
+    let mut smallest_allowed = 0; // index into UNITS of the next allowed unit
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let per_unit = if unit.is_empty() {
+            if rest.len() != text.len() {
+                // `1h30` is ambiguous: refuse rather than guess minutes or seconds.
+                return Err(invalid());
+            }
+            NANOS_PER_S
+        } else {
+            let position = UNITS[smallest_allowed..]
+                .iter()
+                .position(|(name, _)| *name == unit)
+                .ok_or_else(invalid)?;
+            smallest_allowed += position + 1;
+            UNITS[smallest_allowed - 1].1
+        };
+        total = total.saturating_add(scale(number, per_unit).ok_or_else(invalid)?);
+        rest = after;
+    }
+    let secs = total / NANOS_PER_S;
+    let nanos = (total % NANOS_PER_S) as u32;
+    Ok(match u64::try_from(secs) {
+        Ok(secs) => Duration::new(secs, nanos),
+        Err(_) => Duration::MAX,
+    })
+}
+
+/// `number` (decimal digits with at most one `.`) times `per_unit` nanoseconds, exactly,
+/// truncated below a nanosecond; saturating on overflow. `None` if `number` is malformed.
+fn scale(number: &str, per_unit: u128) -> Option<u128> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut total: u128 = 0;
+    for digit in whole.bytes() {
+        total = total
+            .saturating_mul(10)
+            .saturating_add(u128::from(digit - b'0'));
+    }
+    total = total.saturating_mul(per_unit);
+    // Fraction digits past nanosecond precision change nothing; 30 digits cannot overflow.
+    let mut scale = per_unit;
+    for digit in fraction.bytes().take(30) {
+        scale /= 10;
+        total = total.saturating_add(u128::from(digit - b'0') * scale);
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn bare_numbers_are_seconds_with_fractions() {
+        // `-w 10` means seconds as in flock(1); fractions are allowed there too.
+        assert_eq!(parse("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse("0"), Ok(Duration::ZERO));
+        assert_eq!(parse("0.25"), Ok(ms(250)));
+        assert_eq!(parse(".5"), Ok(ms(500)));
+        assert_eq!(parse("2."), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("0.1"), Ok(ms(100)), "exact, no binary float rounding");
+    }
+
+    #[test]
+    fn units_and_combinations_parse() {
+        // The forms the issue and README promise.
+        assert_eq!(parse("250ms"), Ok(ms(250)));
+        assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1h30m15s"), Ok(Duration::from_secs(5415)));
+        assert_eq!(parse("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1m0.5s"), Ok(ms(60_500)));
+        assert_eq!(parse("1s500ms"), Ok(ms(1500)));
+    }
+
+    #[test]
+    fn malformed_durations_are_refused_with_the_accepted_forms() {
+        // A typo must be a usage error, never a silently different wait.
+        for bad in [
+            "", "-1", "1x", "s", "1.2.3", "1h30", "30m1h", "1m1m", "1 s", "1e3", " 1", ".", "ms",
+        ] {
+            let error = parse(bad).expect_err(bad);
+            assert!(error.contains("expected seconds"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn huge_durations_saturate_instead_of_overflowing() {
+        // A huge value means "no limit in practice", never a panic or a wrap-around.
+        assert_eq!(
+            parse("99999999999999999999999999999999999999"),
+            Ok(Duration::MAX)
+        );
+        assert_eq!(parse("9999999999999999999999d"), Ok(Duration::MAX));
+        assert_eq!(
+            parse("18446744073709551615"),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn digits_below_a_nanosecond_are_truncated() {
+        // Precision past the nanosecond is dropped, not rounded into an error.
+        assert_eq!(parse("0.0000000019"), Ok(Duration::from_nanos(1)));
+        assert_eq!(
+            parse("1.123456789123456789"),
+            Ok(Duration::new(1, 123_456_789))
+        );
+    }
+}

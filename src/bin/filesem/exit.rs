@@ -1,0 +1,214 @@
+//! Exit codes and error reports.
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success |
+//! | 1 | no slot could be had (`-n`, or `-w` ran out, or the ID already holds one; `-E` changes it), or `release` of an ID that holds none |
+//! | 2 | usage: bad arguments (clap's own errors), a capacity that does not match the file, an invalid ID |
+//! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout |
+//! | 126 | `run`: the command was found but could not be run |
+//! | 127 | `run`: the command was not found |
+//! | other | `run`: the command's own exit code, or 128 + the signal that killed it |
+//!
+//! 125, 126 and 127 are those of coreutils `timeout`, `env` and `nice`, so a shell user can tell
+//! filesem's failures from the command's.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use crate::escape::escape;
+
+/// How `filesem` ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// 0.
+    Success,
+    /// 1, or the `-E` code: no slot could be had.
+    NoSlot,
+    /// 1: `release` named an ID that holds no slot.
+    NotHeld,
+    /// 2: the arguments do not fit (clap exits 2 by itself for its own errors).
+    Usage,
+    /// 125: filesem's own failure.
+    Failure,
+    /// 126: the command could not be run.
+    CannotRun,
+    /// 127: the command was not found.
+    CommandNotFound,
+    /// The command's exit status: its code, or 128 + signal.
+    Command(u8),
+}
+
+impl Exit {
+    /// The process exit code; `conflict` is the `-E` code used for [`Exit::NoSlot`].
+    pub fn code(self, conflict: u8) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::NoSlot => conflict,
+            Exit::NotHeld => 1,
+            Exit::Usage => 2,
+            Exit::Failure => 125,
+            Exit::CannotRun => 126,
+            Exit::CommandNotFound => 127,
+            Exit::Command(code) => code,
+        }
+    }
+
+    /// The exit code as a [`ExitCode`].
+    pub fn exit_code(self, conflict: u8) -> ExitCode {
+        ExitCode::from(self.code(conflict))
+    }
+}
+
+/// The default for `-E`.
+pub const NO_SLOT: u8 = 1;
+
+/// An error that ends `filesem`: printed once to stderr, then the process exits with `exit`.
+#[derive(Debug)]
+pub struct Fail {
+    /// The exit code class.
+    pub exit: Exit,
+    /// The error, printed with its cause chain.
+    pub error: Box<dyn StdError + Send + Sync>,
+    /// A line on what to do about it, if there is one.
+    pub hint: Option<String>,
+}
+
+impl Fail {
+    /// A failure with a message of our own.
+    pub fn new(exit: Exit, message: impl Into<String>) -> Fail {
+        Fail {
+            exit,
+            error: message.into().into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint line.
+    pub fn hint(mut self, hint: impl Into<String>) -> Fail {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Whether this is contention rather than a failure (so `-q` silences it).
+    pub fn is_no_slot(&self) -> bool {
+        self.exit == Exit::NoSlot
+    }
+
+    /// The report: `filesem: <error>: <cause>: <cause>`, then an optional `hint:` line; control
+    /// characters escaped so that an ID or a path cannot play tricks on the terminal.
+    pub fn report(&self) -> String {
+        let mut line = format!("filesem: {}", self.error);
+        let mut source = self.error.source();
+        while let Some(cause) = source {
+            let _ = write!(line, ": {cause}");
+            source = cause.source();
+        }
+        let mut out = escape(&line);
+        if let Some(hint) = &self.hint {
+            out.push_str("\nfilesem: hint: ");
+            out.push_str(&escape(hint));
+        }
+        out
+    }
+}
+
+impl Fail {
+    /// A failure for a library error known only by reference (from a callback).
+    pub fn from_ref(error: &filesem::Error) -> Fail {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let _ = write!(message, ": {cause}");
+            source = cause.source();
+        }
+        Fail::new(Exit::Failure, message)
+    }
+}
+
+impl From<filesem::Error> for Fail {
+    fn from(error: filesem::Error) -> Fail {
+        use filesem::Error as E;
+        let exit = match &error {
+            E::NoCapacity { .. } | E::Timeout { .. } | E::AlreadyHeld { .. } => Exit::NoSlot,
+            E::NotHeld { .. } => Exit::NotHeld,
+            E::CapacityMismatch { .. }
+            | E::InvalidCapacity { .. }
+            | E::InvalidId { .. }
+            | E::InvalidMetadata { .. } => Exit::Usage,
+            _ => Exit::Failure,
+        };
+        let hint = match &error {
+            E::Corrupt { path, .. } => Some(format!(
+                "stop every holder, then start afresh with `filesem recover {} -c CAPACITY` \
+                 (the bad file is kept aside)",
+                path.display()
+            )),
+            E::LockTimeout { .. } => Some(
+                "a process is stopped or hung inside its critical section; find it with \
+                 `fuser` or `lsof` on the lock file"
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        Fail {
+            exit,
+            error: Box::new(error),
+            hint,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_documented_table() {
+        // Shell scripts depend on these numbers; they are part of the interface.
+        assert_eq!(Exit::Success.code(NO_SLOT), 0);
+        assert_eq!(Exit::NoSlot.code(NO_SLOT), 1);
+        assert_eq!(Exit::NoSlot.code(75), 75);
+        assert_eq!(Exit::NotHeld.code(75), 1);
+        assert_eq!(Exit::Usage.code(NO_SLOT), 2);
+        assert_eq!(Exit::Failure.code(NO_SLOT), 125);
+        assert_eq!(Exit::CannotRun.code(NO_SLOT), 126);
+        assert_eq!(Exit::CommandNotFound.code(NO_SLOT), 127);
+        assert_eq!(Exit::Command(143).code(NO_SLOT), 143);
+    }
+
+    #[test]
+    fn report_has_the_cause_chain_on_one_line() {
+        // Errors print once, with the path and every cause.
+        let error = filesem::Error::NotFound {
+            path: "/x/s.json".into(),
+        };
+        let fail = Fail::from(error);
+        assert_eq!(fail.exit, Exit::Failure);
+        assert_eq!(fail.report(), "filesem: no semaphore at `/x/s.json`");
+
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("failed to open `/x/s.json.lock`")
+            }
+        }
+        impl StdError for Outer {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let fail = Fail {
+            exit: Exit::Failure,
+            error: Box::new(Outer(std::io::Error::from_raw_os_error(13))),
+            hint: Some("check\u{1b}[31m".into()),
+        };
+        assert_eq!(
+            fail.report(),
+            "filesem: failed to open `/x/s.json.lock`: Permission denied (os error 13)\n\
+             filesem: hint: check\\u{1b}[31m"
+        );
+    }
+}

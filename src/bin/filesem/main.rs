@@ -1,0 +1,227 @@
+//! `filesem`: limit concurrent jobs from shell scripts, inspect and clean up holders.
+//!
+//! Built with `--features cli`; it uses only the public API of the `filesem` library, on the
+//! same semaphore files. See the README's "Command line" section for recipes, the exit codes and the `status --json`
+//! schema.
+
+mod acquire;
+mod admin;
+mod duration;
+mod escape;
+mod exit;
+mod open;
+mod run;
+mod signals;
+mod status;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::{Exit, Fail, NO_SLOT};
+
+/// A counting semaphore for shell scripts: at most N named holders at once, across
+/// processes, in a JSON state file that `filesem status` shows and `filesem reap` cleans up.
+///
+/// Exit codes: 0 success; 1 no slot could be had (-n, or -w ran out; -E changes it) or
+/// `release` of an ID that holds none; 2 usage; 125 filesem's own failure (I/O, corrupt
+/// state); 126 the command cannot be run; 127 the command was not found; otherwise `run`
+/// exits with the command's code, or 128 + the signal that killed it.
+#[derive(Debug, Parser)]
+#[command(name = "filesem", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take a slot (waiting for one by default), run a command, release the slot when it ends.
+    ///
+    /// The command inherits the hold: if `filesem run` is killed (even with SIGKILL), the
+    /// slot stays taken until the command (and any process it started that kept the
+    /// inherited descriptor) has ended; -o turns this off. The command gets FILESEM_PATH,
+    /// FILESEM_ID, FILESEM_TOKEN and FILESEM_SLOT in its environment. Signals sent to `filesem run` are forwarded to it
+    /// once; a terminal's Ctrl-C reaches it directly and is not forwarded again.
+    ///
+    /// Nested in the command of a `run` on the same semaphore, `run` without --id uses the
+    /// outer hold's ID and so fails at once with exit code 1 (already held) instead of
+    /// waiting for its own parent; with another --id it competes for a slot like anyone.
+    Run(RunArgs),
+    /// Take a detached slot that outlives this process (a session), until `release`.
+    ///
+    /// Waits for a slot by default; `filesem release SEMFILE ID` ends the hold.
+    Acquire(AcquireArgs),
+    /// End the hold of an ID (taken with `acquire`, or by any program).
+    Release {
+        /// The semaphore's state file.
+        semfile: PathBuf,
+        /// The holder ID.
+        id: String,
+    },
+    /// Remove the entries of these IDs, whoever holds them (cleanup after a crash).
+    ///
+    /// Idempotent: IDs that are not on file are not an error. Prints each removed ID.
+    Remove {
+        /// The semaphore's state file.
+        semfile: PathBuf,
+        /// The holder IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove the entries of holders that are provably dead or whose lease ran out.
+    ///
+    /// Prints each removed entry with the evidence. Entries that cannot be judged (written by
+    /// Go or another machine, detached holds without a lease) are never removed by guess.
+    Reap {
+        /// The semaphore's state file.
+        semfile: PathBuf,
+    },
+    /// Change the number of slots.
+    ///
+    /// Lowering it evicts nobody: new holders wait until enough holders have left.
+    SetCapacity {
+        /// The semaphore's state file.
+        semfile: PathBuf,
+        /// The new capacity, in holders.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        capacity: u32,
+    },
+    /// Start afresh after the state file became corrupt (stop all holders first).
+    ///
+    /// Moves the corrupt file aside to SEMFILE.corrupt-<time> and writes an empty semaphore
+    /// with CAPACITY slots. Does nothing to a valid file.
+    Recover {
+        /// The semaphore's state file.
+        semfile: PathBuf,
+        /// The capacity of the fresh semaphore, in holders.
+        #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+        capacity: u32,
+    },
+    /// Show the capacity, the holders (slot, age, owner, liveness) and the queue.
+    Status {
+        /// The semaphore's state file.
+        semfile: PathBuf,
+        /// Print one JSON document (schema in the README) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Options shared by `run` and `acquire`: how to open the semaphore and how to wait.
+#[derive(Debug, Args)]
+struct SlotArgs {
+    /// The semaphore's state file (the lock file is SEMFILE.lock beside it).
+    semfile: PathBuf,
+    /// The capacity, in holders: needed only to create the semaphore (default 1 then);
+    /// if given for an existing one, it must match.
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    capacity: Option<u32>,
+    /// Wait at most this long for a slot: seconds (10, 0.5) or 250ms, 30s, 5m, 1h30m.
+    #[arg(short = 'w', long = "timeout", value_name = "DURATION", value_parser = duration::parse)]
+    timeout: Option<Duration>,
+    /// Do not wait: fail at once if no slot is free.
+    #[arg(short = 'n', long = "nonblock", conflicts_with = "timeout")]
+    nonblock: bool,
+    /// The exit code when no slot could be had (default 1).
+    #[arg(short = 'E', long = "conflict-exit-code", value_name = "CODE", default_value_t = NO_SLOT)]
+    conflict_exit_code: u8,
+    /// Give the hold a lease: it ends by itself this long after it was taken (or last
+    /// renewed). `run` renews it in the background while the command runs.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    lease: Option<Duration>,
+    /// Queue priority while waiting: higher is served first, first come first served within
+    /// a priority (default 0; negative values queue behind).
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    priority: Option<i32>,
+    /// Attach KEY=VALUE to the hold, shown by `status` (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+    /// Print nothing when there is no slot or while waiting.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print the slot, token and time waited once the slot is taken.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    slot: SlotArgs,
+    /// The holder ID (default: run-<hostname>-<pid>, or the outer hold's ID when nested).
+    #[arg(long)]
+    id: Option<String>,
+    /// Do not let the command inherit the hold: it ends when `filesem run` ends, even if
+    /// the command lives on (as `flock -o`).
+    #[arg(short = 'o', long = "close")]
+    close: bool,
+    /// If the hold is lost while the command runs (lease not renewed in time, or removed by
+    /// someone), send the command SIGTERM; without this, `run` only warns.
+    #[arg(long)]
+    kill_on_lost: bool,
+    /// The command and its arguments (put `--` before it if it starts with `-`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct AcquireArgs {
+    #[command(flatten)]
+    slot: SlotArgs,
+    /// The holder ID, used later to `release` the hold.
+    #[arg(long)]
+    id: String,
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (conflict, quiet) = match &cli.command {
+        Command::Run(a) => (a.slot.conflict_exit_code, a.slot.quiet),
+        Command::Acquire(a) => (a.slot.conflict_exit_code, a.slot.quiet),
+        _ => (NO_SLOT, false),
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Acquire(args) => acquire::detached(args),
+        Command::Release { semfile, id } => admin::release(&semfile, &id),
+        Command::Remove { semfile, ids } => admin::remove(&semfile, &ids),
+        Command::Reap { semfile } => admin::reap(&semfile),
+        Command::SetCapacity { semfile, capacity } => admin::set_capacity(&semfile, capacity),
+        Command::Recover { semfile, capacity } => admin::recover(&semfile, capacity),
+        Command::Status { semfile, json } => status::status(&semfile, json),
+    };
+    match result {
+        Ok(exit) => exit.exit_code(conflict),
+        Err(fail) => {
+            if !(quiet && fail.is_no_slot()) {
+                eprintln!("{}", fail.report());
+            }
+            fail.exit.exit_code(conflict)
+        }
+    }
+}
+
+/// Prints a line to stdout; a closed pipe (`filesem status | head -1`) ends quietly.
+fn print_line(line: &str) -> Result<(), Fail> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(Fail::new(
+            Exit::Failure,
+            format!("failed to write to stdout: {e}"),
+        )),
+    }
+}

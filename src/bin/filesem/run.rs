@@ -1,0 +1,250 @@
+//! `filesem run`: take a slot, run a command, release the slot when it ends.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use filesem::{Error, Permit};
+use nix::errno::Errno;
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::acquire::{self, Request};
+use crate::escape::escape;
+use crate::exit::{Exit, Fail};
+use crate::signals::Signals;
+use crate::{RunArgs, open};
+
+/// Runs `filesem run`.
+///
+/// # Errors
+///
+/// As [`acquire::acquire`]; [`Exit::CommandNotFound`] / [`Exit::CannotRun`] when the command
+/// cannot be started; [`Exit::Failure`] for signal setup or waiting failures.
+pub fn run(args: RunArgs) -> Result<Exit, Fail> {
+    // First, before any thread exists: every thread must inherit the blocked mask.
+    let signals = Arc::new(Signals::start().map_err(acquire::signal_failure)?);
+    let slot = &args.slot;
+    let sem = open::open(&slot.semfile, slot.capacity, slot.quiet)?;
+    let nested = nested_id(sem.path());
+    let id = match (&args.id, &nested) {
+        (Some(id), _) => id.clone(),
+        (None, Some(outer)) => outer.clone(),
+        (None, None) => default_id(),
+    };
+    let request = Request::new(slot, &id);
+    let permit = acquire::acquire(&sem, &request, &signals).map_err(|fail| {
+        let already_held = matches!(
+            fail.error.downcast_ref::<Error>(),
+            Some(Error::AlreadyHeld { .. })
+        );
+        if already_held && args.id.is_none() && nested.is_some() {
+            fail.hint(
+                "this `filesem run` runs inside the command of that hold (its FILESEM_ID), and \
+                 waiting there could mean waiting for its own parent, so it fails instead; \
+                 give --id to compete for a second slot",
+            )
+        } else {
+            fail
+        }
+    })?;
+    let inherited = inherit_hold(&permit, args.close)?;
+    let environment = [
+        ("FILESEM_PATH", absolute(sem.path()).into_os_string()),
+        ("FILESEM_ID", permit.id().into()),
+        ("FILESEM_TOKEN", permit.token().to_string().into()),
+        ("FILESEM_SLOT", permit.slot().to_string().into()),
+    ];
+    let child = spawn(&args.command, &environment)?;
+    // The command has its copy of the witness now; ours closes here.
+    drop(inherited);
+    // Renew a lease, and watch for a lost hold where that changes what happens; otherwise a
+    // lost hold is reported when the release at the end finds it gone (and no thread is
+    // started for a short command).
+    let lost = Arc::new(Mutex::new(None));
+    let keep_alive = (permit.lease().is_some() || args.kill_on_lost).then(|| {
+        let lost = Arc::clone(&lost);
+        permit.keep_alive_with(move |error| {
+            if let Ok(mut lost) = lost.lock() {
+                *lost = Some(Fail::from_ref(error).report());
+            }
+        })
+    });
+    let watch = keep_alive.as_ref().map(|_| &*lost);
+    let ended = supervise(child, &signals, watch, args.kill_on_lost)?;
+    drop(keep_alive);
+    match permit.release() {
+        Ok(()) => {}
+        // Already reported while the command ran.
+        Err(Error::Lost { .. }) if ended.lost => {}
+        Err(error) => eprintln!("{}", Fail::from(error).report()),
+    }
+    Ok(Exit::Command(ended.code))
+}
+
+/// The descriptor that the command inherits so that the hold lives exactly as long as the
+/// command, even if `filesem run` is killed with SIGKILL (as `flock(1)` passes its lock
+/// descriptor on): a non-`CLOEXEC` duplicate of the permit's liveness witness
+/// ([`Permit::inherit_witness`]). `None` with `-o` (`close`): the hold then ends with
+/// `filesem run`, even if the command lives on.
+///
+/// This is the one place where the command inherits anything of ours; the caller closes the
+/// descriptor right after spawning.
+fn inherit_hold(permit: &Permit, close: bool) -> Result<Option<OwnedFd>, Fail> {
+    if close {
+        return Ok(None);
+    }
+    Ok(permit.inherit_witness()?)
+}
+
+/// The ID of the hold whose command we run in, if it is on this same semaphore: a `run`
+/// nested in another `run` (FILESEM_PATH and FILESEM_ID set by the outer one).
+fn nested_id(path: &Path) -> Option<String> {
+    let outer_path = std::env::var_os("FILESEM_PATH")?;
+    let outer_id = std::env::var("FILESEM_ID").ok()?;
+    let same = match (
+        std::fs::canonicalize(Path::new(&outer_path)),
+        std::fs::canonicalize(path),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    same.then_some(outer_id)
+}
+
+/// `run-<hostname>-<pid>`: unique among live processes of one machine, and says where to look.
+fn default_id() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("run-{host}-{}", std::process::id())
+}
+
+fn absolute(path: &Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Starts the command with `posix_spawnp` (searching `PATH`), our environment plus `extra`,
+/// an empty signal mask (ours blocks the forwarded signals; `std::process::Command` would
+/// pass that mask on) and SIGPIPE at its default (Rust ignores it in `filesem`). Signals the
+/// caller of `filesem` ignored stay ignored, as they would for the command run directly.
+fn spawn(argv: &[OsString], extra: &[(&str, OsString)]) -> Result<Pid, Fail> {
+    let program = &argv[0];
+    let cannot = |exit: Exit, cause: &dyn std::fmt::Display| Fail {
+        exit,
+        error: format!(
+            "cannot run `{}`: {cause}",
+            escape(&program.to_string_lossy())
+        )
+        .into(),
+        hint: None,
+    };
+    let c_string = |bytes: Vec<u8>| {
+        CString::new(bytes).map_err(|_| cannot(Exit::CannotRun, &"an argument contains a NUL byte"))
+    };
+    let pair =
+        |key: &OsStr, value: &OsStr| c_string([key.as_bytes(), b"=", value.as_bytes()].concat());
+    let args = argv
+        .iter()
+        .map(|a| c_string(a.as_bytes().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut environment = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        if !extra.iter().any(|(k, _)| key == *k) {
+            environment.push(pair(&key, &value)?);
+        }
+    }
+    for (key, value) in extra {
+        environment.push(pair(OsStr::new(key), value)?);
+    }
+    let setup = |e: Errno| Fail::new(Exit::Failure, format!("failed to prepare the command: {e}"));
+    let mut attributes = PosixSpawnAttr::init().map_err(setup)?;
+    attributes.set_sigmask(&SigSet::empty()).map_err(setup)?;
+    let mut to_default = SigSet::empty();
+    to_default.add(Signal::SIGPIPE);
+    attributes.set_sigdefault(&to_default).map_err(setup)?;
+    attributes
+        .set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF)
+        .map_err(setup)?;
+    let actions = PosixSpawnFileActions::init().map_err(setup)?;
+    posix_spawnp(&args[0], &actions, &attributes, &args, &environment).map_err(|errno| {
+        let exit = if errno == Errno::ENOENT {
+            Exit::CommandNotFound
+        } else {
+            Exit::CannotRun
+        };
+        cannot(exit, &io::Error::from(errno))
+    })
+}
+
+/// How the command ended.
+struct Ended {
+    /// Its exit code, or 128 + the signal that killed it (as shells report it).
+    code: u8,
+    /// Whether the hold was found lost (and reported) while it ran.
+    lost: bool,
+}
+
+/// Waits for the command to end, forwarding the signals sent to `filesem run` (but not those
+/// the terminal sent to the whole process group, which the command got already), and warning
+/// if the keep-alive reports the hold lost in `watch` (with `kill_on_lost`, also sending the
+/// command SIGTERM).
+fn supervise(
+    child: Pid,
+    signals: &Signals,
+    watch: Option<&Mutex<Option<String>>>,
+    kill_on_lost: bool,
+) -> Result<Ended, Fail> {
+    // How often to look at `watch`: a lost hold is noticed at lease / 3 anyway.
+    const WATCH_EVERY: Duration = Duration::from_millis(100);
+    let mut lost = false;
+    loop {
+        // SIGCHLD may have come before the child existed; check first. Only this loop reaps
+        // the child, so until it does, `child` cannot be reused by another process.
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Ok(Ended {
+                    code: code as u8,
+                    lost,
+                });
+            }
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Ok(Ended {
+                    code: 128 + signal as u8,
+                    lost,
+                });
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(Fail::new(
+                    Exit::Failure,
+                    format!("failed to wait for the command: {}", io::Error::from(e)),
+                ));
+            }
+        }
+        let timeout = (watch.is_some() && !lost).then_some(WATCH_EVERY);
+        if let Some(received) = signals.next(timeout).map_err(acquire::signal_failure)? {
+            if received.signal != Signal::SIGCHLD && !received.from_terminal {
+                let _ = kill(child, received.signal);
+            }
+        }
+        if let Some(report) = watch.and_then(|w| w.lock().ok()?.take()) {
+            lost = true;
+            eprintln!("{report}");
+            if kill_on_lost {
+                eprintln!("filesem: sending SIGTERM to the command (--kill-on-lost)");
+                let _ = kill(child, Signal::SIGTERM);
+            } else {
+                eprintln!("filesem: the command goes on without a slot (--kill-on-lost stops it)");
+            }
+        }
+    }
+}

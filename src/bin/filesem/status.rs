@@ -1,0 +1,214 @@
+//! `filesem status`: the capacity, the holders and the queue, as text or as JSON.
+//!
+//! The JSON document (`--json`) is a stable interface, documented in the README ("Command line"): fields are only
+//! ever added, and `schema` changes if one is ever removed or changes meaning.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use filesem::{HolderInfo, Semaphore};
+use serde::Serialize;
+
+use crate::escape::escape;
+use crate::exit::{Exit, Fail};
+use crate::print_line;
+
+/// The version of the `--json` document.
+const SCHEMA: u32 = 1;
+
+#[derive(Debug, Serialize)]
+struct Status {
+    schema: u32,
+    path: String,
+    capacity: u32,
+    count: usize,
+    available: usize,
+    holders: Vec<Holder>,
+    waiters: Vec<Holder>,
+}
+
+#[derive(Debug, Serialize)]
+struct Holder {
+    id: String,
+    slot: Option<u32>,
+    token: Option<u64>,
+    acquired_at: String,
+    age_seconds: f64,
+    mode: &'static str,
+    owner: Option<Owner>,
+    expires_at: Option<String>,
+    metadata: BTreeMap<String, String>,
+    priority: i32,
+    liveness: &'static str,
+    evidence: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Owner {
+    host: String,
+    pid: u32,
+}
+
+/// Runs `filesem status`.
+///
+/// # Errors
+///
+/// The library's errors (no semaphore, corrupt state, I/O); nothing is printed to stdout
+/// then.
+pub fn status(path: &Path, json: bool) -> Result<Exit, Fail> {
+    let sem = Semaphore::open_existing(path)?;
+    let capacity = sem.capacity()?;
+    let infos = sem.holders()?;
+    let waiting = sem.waiters()?;
+    let available = sem.available()?;
+    let now = Utc::now();
+    let status = Status {
+        schema: SCHEMA,
+        path: path.display().to_string(),
+        capacity,
+        count: infos.len(),
+        available,
+        holders: infos.iter().map(|h| holder(h, now)).collect(),
+        waiters: waiting.iter().map(|w| holder(w, now)).collect(),
+    };
+    if json {
+        let text = serde_json::to_string_pretty(&status)
+            .map_err(|e| Fail::new(Exit::Failure, format!("failed to encode status: {e}")))?;
+        print_line(&text)?;
+    } else {
+        print_line(&human(&status, &infos, &waiting, now))?;
+    }
+    Ok(Exit::Success)
+}
+
+fn holder(info: &HolderInfo, now: DateTime<Utc>) -> Holder {
+    let age = (now - info.acquired_at).to_std().unwrap_or(Duration::ZERO);
+    Holder {
+        id: info.id.clone(),
+        slot: info.slot,
+        token: info.token,
+        acquired_at: rfc3339(info.acquired_at),
+        age_seconds: age.as_secs_f64(),
+        mode: info.mode.name(),
+        owner: info.owner.as_ref().map(|o| Owner {
+            host: o.host.clone(),
+            pid: o.pid,
+        }),
+        expires_at: info.expires_at.map(rfc3339),
+        metadata: info.metadata.clone(),
+        priority: info.priority,
+        liveness: info.liveness.name(),
+        evidence: info.liveness.evidence().to_string(),
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The text form; every string from the file is escaped.
+fn human(
+    status: &Status,
+    infos: &[HolderInfo],
+    waiting: &[HolderInfo],
+    now: DateTime<Utc>,
+) -> String {
+    let stale = infos.iter().filter(|h| h.liveness.is_stale()).count();
+    let stale = if stale > 0 {
+        format!(" ({stale} stale: `filesem reap` removes them)")
+    } else {
+        String::new()
+    };
+    let mut out = format!(
+        "{}: capacity {}, {} held{stale}, {} available, {} waiting",
+        escape(&status.path),
+        status.capacity,
+        status.count,
+        status.available,
+        status.waiters.len()
+    );
+    for (h, info) in status.holders.iter().zip(infos) {
+        let slot = h.slot.map_or("-".to_string(), |s| s.to_string());
+        out.push_str(&format!("\n\nslot {slot}: {}", escape(&h.id)));
+        entry(&mut out, h, info, now, "held");
+    }
+    if !status.waiters.is_empty() {
+        out.push_str("\n\nwaiting, in the order they will be served:");
+    }
+    for (position, (w, info)) in status.waiters.iter().zip(waiting).enumerate() {
+        out.push_str(&format!("\n\n{}. {}", position + 1, escape(&w.id)));
+        if w.priority != 0 {
+            out.push_str(&format!(" (priority {})", w.priority));
+        }
+        entry(&mut out, w, info, now, "waiting");
+    }
+    out
+}
+
+/// The lines about one holder or waiter, after its heading line.
+fn entry(out: &mut String, h: &Holder, info: &HolderInfo, now: DateTime<Utc>, what: &str) {
+    let token = h.token.map_or(String::new(), |t| format!("token {t}, "));
+    out.push_str(&format!(
+        "\n  {token}{what} for {} (since {})",
+        age(Duration::from_secs_f64(h.age_seconds)),
+        h.acquired_at
+    ));
+    let owner = match &h.owner {
+        Some(o) => format!(", pid {} on {}", o.pid, escape(&o.host)),
+        None => String::new(),
+    };
+    out.push_str(&format!("\n  mode {}{owner}", h.mode));
+    if let Some(expires) = info.expires_at {
+        let line = match (expires - now).to_std() {
+            Ok(left) => format!("expires in {} ({})", age(left), rfc3339(expires)),
+            Err(_) => format!(
+                "expired {} ago ({})",
+                age((now - expires).to_std().unwrap_or_default()),
+                rfc3339(expires)
+            ),
+        };
+        if what == "held" {
+            out.push_str(&format!("\n  lease {line}"));
+        } else {
+            out.push_str(&format!("\n  queue entry {line} unless refreshed"));
+        }
+    }
+    out.push_str(&format!("\n  {}: {}", h.liveness, escape(&h.evidence)));
+    if !h.metadata.is_empty() {
+        let pairs: Vec<String> = h
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+            .collect();
+        out.push_str(&format!("\n  metadata {}", pairs.join(" ")));
+    }
+}
+
+/// A duration for people: `12s`, `3m12s`, `2h05m`, `3d04h`.
+fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+    use std::time::Duration;
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        // Two units at most, so a status line stays short.
+        assert_eq!(age(Duration::from_millis(900)), "0s");
+        assert_eq!(age(Duration::from_secs(59)), "59s");
+        assert_eq!(age(Duration::from_secs(192)), "3m12s");
+        assert_eq!(age(Duration::from_secs(7500)), "2h05m");
+        assert_eq!(age(Duration::from_secs(3 * 86_400 + 4 * 3600 + 5)), "3d04h");
+    }
+}

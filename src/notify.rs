@@ -1,0 +1,282 @@
+//! Change notification for waiters on Linux: inotify on the semaphore's directory.
+//!
+//! The state file is replaced by `rename`, so a watch on the file itself would follow the old
+//! inode and go quiet after one write; the directory watch sees every replacement as an
+//! `IN_MOVED_TO` naming the state file. Events for other names in the directory (the lock
+//! file, temp files, other semaphores) wake the poll but are filtered out here. Reads of the
+//! state file (`IN_CLOSE_NOWRITE`) are not watched, so waiters looking at the file never wake
+//! each other.
+//!
+//! A second watch on the witness directory (`PATH.witness`) wakes waiters when a holder or
+//! waiter dies: its witness file, which it keeps open for writing, closes
+//! (`IN_CLOSE_WRITE`). Judges probe witness files read-only, so probing raises no event
+//! there either.
+//!
+//! Everything here is an optimisation: the waiter also polls on a timer, and falls back to
+//! polling alone when inotify is unavailable (instance or watch limits) or when the
+//! directory is on a network filesystem, where other machines' writes raise no events.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::sync::{Mutex, mpsc};
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::statfs;
+
+/// An inotify instance watching one semaphore's directory.
+pub(crate) struct Notifier {
+    /// `None` only while dropping (see the `Drop` impl).
+    inotify: Option<Inotify>,
+    state_name: OsString,
+    /// The watch on the witness directory, if it existed when the wait started.
+    witness_wd: Option<WatchDescriptor>,
+    /// Whether the directory is on a filesystem where writes by other machines may happen
+    /// without events (NFS, SMB/CIFS, FUSE, Ceph, 9p).
+    remote: bool,
+}
+
+/// What one drain of the event queue found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Events {
+    /// Nothing about the state file (other names in the directory).
+    Unrelated,
+    /// The state file was replaced, written or deleted, or events were lost: look again.
+    Changed,
+    /// The watch is gone (the directory was removed or moved) or reading failed: stop
+    /// relying on this notifier.
+    Broken,
+}
+
+impl Notifier {
+    /// Watches the directory of `state_path`; `None` when inotify cannot be used (the caller
+    /// then polls).
+    pub fn new(state_path: &Path) -> Option<Notifier> {
+        let dir = crate::store::parent_dir(state_path);
+        let state_name = state_path.file_name()?.to_os_string();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| tracing::debug!(%e, "inotify unavailable; polling"))
+            .ok()?;
+        let mask = AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
+        inotify
+            .add_watch(dir, mask)
+            .map_err(|e| tracing::debug!(dir = %dir.display(), %e, "inotify watch failed; polling"))
+            .ok()?;
+        let remote = statfs::statfs(dir)
+            .map(|s| is_remote(s.filesystem_type()))
+            .unwrap_or(true);
+        let witness_dir = crate::witness::dir_of(state_path);
+        let witness_wd = inotify
+            .add_watch(
+                &witness_dir,
+                AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ONLYDIR,
+            )
+            .ok();
+        Some(Notifier {
+            inotify: Some(inotify),
+            state_name,
+            witness_wd,
+            remote,
+        })
+    }
+
+    /// The descriptor to poll for readability.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Whether events can be missed because other machines may write the directory.
+    pub fn remote(&self) -> bool {
+        self.remote
+    }
+
+    /// Reads every queued event and says whether any concerns the state file.
+    pub fn drain(&self) -> Events {
+        let mut seen = Events::Unrelated;
+        let Some(inotify) = &self.inotify else {
+            return Events::Broken;
+        };
+        loop {
+            match inotify.read_events() {
+                Ok(events) if events.is_empty() => return seen,
+                Ok(events) => {
+                    for e in events {
+                        let verdict = if Some(e.wd) == self.witness_wd {
+                            // A witness closed by its writer (a death or a release); or the
+                            // watch went away (IN_IGNORED): look once either way.
+                            Events::Changed
+                        } else {
+                            classify(e.mask, e.name.as_deref(), &self.state_name)
+                        };
+                        seen = seen.max_with(verdict);
+                    }
+                }
+                Err(Errno::EAGAIN) => return seen,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::debug!(%e, "reading inotify events failed; polling");
+                    return Events::Broken;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Notifier {
+    /// Closing an inotify instance that had watches waits for an RCU grace period in the
+    /// kernel (measured here: 10-20 ms). A waiter that got its slot must not pay that on its
+    /// way out, so the instance is handed to a background thread, which closes it.
+    fn drop(&mut self) {
+        if let Some(inotify) = self.inotify.take() {
+            close_later(inotify);
+        }
+    }
+}
+
+/// Closes `inotify` on a background thread (one per process, started on first use and again
+/// in a forked child); closes it here if that thread cannot be started.
+fn close_later(inotify: Inotify) {
+    static CLOSER: Mutex<Option<(u32, mpsc::Sender<Inotify>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut closer = CLOSER.lock().unwrap_or_else(|p| p.into_inner());
+    if !matches!(&*closer, Some((owner, _)) if *owner == pid) {
+        let (tx, rx) = mpsc::channel::<Inotify>();
+        let started = std::thread::Builder::new()
+            .name("filesem-notify-close".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        *closer = started.ok().map(|_| (pid, tx));
+    }
+    let unsent = match &*closer {
+        Some((_, tx)) => tx.send(inotify).err().map(|e| e.0),
+        None => Some(inotify),
+    };
+    drop(closer);
+    drop(unsent);
+}
+
+impl Events {
+    fn max_with(self, other: Events) -> Events {
+        use Events::*;
+        match (self, other) {
+            (Broken, _) | (_, Broken) => Broken,
+            (Changed, _) | (_, Changed) => Changed,
+            _ => Unrelated,
+        }
+    }
+}
+
+/// What one event means for a waiter on the state file named `state_name`.
+fn classify(mask: AddWatchFlags, name: Option<&OsStr>, state_name: &OsStr) -> Events {
+    if mask.intersects(
+        AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF,
+    ) {
+        return Events::Broken;
+    }
+    if mask.contains(AddWatchFlags::IN_Q_OVERFLOW) || name == Some(state_name) {
+        return Events::Changed;
+    }
+    Events::Unrelated
+}
+
+/// Filesystems on which another machine may change a file without a local event.
+fn is_remote(fs: statfs::FsType) -> bool {
+    const CIFS: i64 = 0xFF53_4D42;
+    const SMB2: i64 = 0xFE53_4D42;
+    const CEPH: i64 = 0x00C3_6400;
+    const V9FS: i64 = 0x0102_1997;
+    #[allow(clippy::unnecessary_cast)] // `fs_type_t` is not i64 on every target
+    let magic = fs.0 as i64;
+    fs == statfs::NFS_SUPER_MAGIC
+        || fs == statfs::SMB_SUPER_MAGIC
+        || fs == statfs::FUSE_SUPER_MAGIC
+        || [CIFS, SMB2, CEPH, V9FS].contains(&magic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_readable(n: &Notifier, ms: u16) -> bool {
+        use nix::poll::{PollFd, PollFlags, poll};
+        let mut fds = [PollFd::new(n.fd().unwrap(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, ms) {
+                Ok(k) => return k > 0,
+                Err(Errno::EINTR) => continue,
+                Err(e) => panic!("poll: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn replacing_the_state_file_by_rename_is_seen_every_time() {
+        // A watch on the directory keeps working across renames (a file watch would not).
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.json");
+        std::fs::write(&state, b"{}").unwrap();
+        let n = Notifier::new(&state).expect("inotify on tmp");
+        for round in 0..3 {
+            let temp = dir.path().join(format!(".tmp{round}"));
+            std::fs::write(&temp, b"{}").unwrap();
+            // The temp file's close is unrelated.
+            assert!(wait_readable(&n, 5000));
+            assert_eq!(n.drain(), Events::Unrelated);
+            std::fs::rename(&temp, &state).unwrap();
+            assert!(wait_readable(&n, 5000));
+            assert_eq!(n.drain(), Events::Changed, "round {round}");
+        }
+        // Reading the state file raises nothing we watch.
+        let _ = std::fs::read(&state).unwrap();
+        assert!(!wait_readable(&n, 20));
+    }
+
+    #[test]
+    fn a_witness_closed_by_its_writer_is_seen_and_probes_are_not() {
+        // A holder's death closes its witness for writing; a judge's read-only probe is silent.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.json");
+        let witness_dir = crate::witness::dir_of(&state);
+        std::fs::create_dir(&witness_dir).unwrap();
+        let n = Notifier::new(&state).expect("inotify on tmp");
+        let file = witness_dir.join("7");
+        std::fs::write(&file, b"").unwrap();
+        assert!(wait_readable(&n, 5000));
+        assert_eq!(n.drain(), Events::Changed);
+        let _ = std::fs::File::open(&file).unwrap();
+        assert!(!wait_readable(&n, 20));
+    }
+
+    #[test]
+    fn other_names_lost_events_and_a_gone_directory_are_classified() {
+        // Only the state file's own events wake a waiter; overflow means "look again".
+        let name = OsStr::new("s.json");
+        assert_eq!(
+            classify(AddWatchFlags::IN_MOVED_TO, Some(OsStr::new("s.json")), name),
+            Events::Changed
+        );
+        assert_eq!(
+            classify(
+                AddWatchFlags::IN_CLOSE_WRITE,
+                Some(OsStr::new("s.json.lock")),
+                name
+            ),
+            Events::Unrelated
+        );
+        assert_eq!(
+            classify(AddWatchFlags::IN_Q_OVERFLOW, None, name),
+            Events::Changed
+        );
+        assert_eq!(
+            classify(AddWatchFlags::IN_IGNORED, None, name),
+            Events::Broken
+        );
+        assert!(!is_remote(statfs::EXT4_SUPER_MAGIC));
+        assert!(is_remote(statfs::NFS_SUPER_MAGIC));
+    }
+}

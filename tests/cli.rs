@@ -1,0 +1,1437 @@
+//! The `filesem` binary, driven as a shell user would: exit codes, `run`'s pass-through of
+//! exit codes and signals, `status --json`, holds across invocations, concurrency, nesting,
+//! recovery. Every process started here has a deadline and is killed when it runs out.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long any one process or condition may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn filesem() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_filesem"));
+    for key in [
+        "FILESEM_PATH",
+        "FILESEM_ID",
+        "FILESEM_TOKEN",
+        "FILESEM_SLOT",
+    ] {
+        command.env_remove(key);
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// A finished process.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+}
+
+/// A process started in the background, killed if the test ends before it does.
+struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(command: &mut Command) -> Running {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start filesem");
+        let stdout = lines_of(child.stdout.take().expect("stdout"));
+        let stderr = lines_of(child.stderr.take().expect("stderr"));
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// The next line the process prints on stdout, within the deadline.
+    fn line(&self) -> String {
+        self.stdout
+            .recv_timeout(DEADLINE)
+            .expect("a line on stdout before the deadline")
+    }
+
+    /// The next line the process prints on stderr, within the deadline.
+    fn error_line(&self) -> String {
+        self.stderr
+            .recv_timeout(DEADLINE)
+            .expect("a line on stderr before the deadline")
+    }
+
+    /// Waits for the end (killing the process at the deadline) and collects its output.
+    fn finish(mut self) -> Finished {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("process did not end within {DEADLINE:?}");
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        // The rest of the output, up to end-of-file (the pipes close when the process and
+        // anything it started are gone).
+        let rest = |lines: &mpsc::Receiver<String>| {
+            let mut all = Vec::new();
+            loop {
+                match lines.recv_timeout(DEADLINE.saturating_sub(start.elapsed())) {
+                    Ok(line) => all.push(line),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break all.join("\n"),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        panic!("output still open at the deadline")
+                    }
+                }
+            }
+        };
+        Finished {
+            status,
+            stdout: rest(&self.stdout),
+            stderr: rest(&self.stderr),
+        }
+    }
+}
+
+/// The lines read from `pipe` by a thread of their own, until end-of-file.
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to its end (at most [`DEADLINE`]).
+fn finish(command: &mut Command) -> Finished {
+    Running::start(command).finish()
+}
+
+/// Polls `condition` every few milliseconds until it holds; fails the test at the deadline.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A shell loop that runs until `stop` exists, or its directory is gone (so that a command
+/// outliving a failed test does not loop forever).
+fn until_stop(stop: &Path) -> String {
+    let dir = stop.parent().expect("stop file in a directory");
+    format!(
+        "while [ ! -e {} ] && [ -d {} ]; do sleep 0.02; done",
+        stop.display(),
+        dir.display()
+    )
+}
+
+/// Waits until process `pid` (not our child) has exited: gone, or a zombie not yet reaped by
+/// its new parent.
+fn wait_for_exit(pid: Pid) {
+    wait_until(
+        &format!("process {pid} exited"),
+        || match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        },
+    );
+}
+
+fn sem_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("sem.json")
+}
+
+/// Takes a detached hold (via the CLI) so that the semaphore is full.
+fn hold(path: &Path, id: &str, capacity: u32) {
+    let out = finish(
+        filesem()
+            .args(["acquire", "-n", "-q", "-c"])
+            .arg(capacity.to_string())
+            .arg(path)
+            .args(["--id", id]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+}
+
+fn status_json(path: &Path) -> serde_json::Value {
+    let out = finish(filesem().args(["status", "--json"]).arg(path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    serde_json::from_str(&out.stdout).expect("status --json parses")
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn run_passes_the_command_exit_code_through() {
+    // `filesem run` must be transparent to scripts that check the command's status.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    for code in [0, 3, 42, 255] {
+        let out = finish(filesem().arg("run").arg(&path).args([
+            "--",
+            "sh",
+            "-c",
+            &format!("exit {code}"),
+        ]));
+        assert_eq!(out.code(), code, "{out:?}");
+    }
+    assert_eq!(
+        status_json(&path)["count"],
+        0,
+        "the slot is released after each run"
+    );
+}
+
+#[test]
+fn run_reports_128_plus_the_signal_that_killed_the_command() {
+    // As shells report it: a command killed by SIGTERM makes `filesem run` exit 143.
+    let dir = tempfile::tempdir().unwrap();
+    let out = finish(filesem().arg("run").arg(sem_path(&dir)).args([
+        "sh",
+        "-c",
+        "kill -TERM $$; sleep 5",
+    ]));
+    assert_eq!(out.code(), 128 + 15, "{out:?}");
+    let out = finish(
+        filesem()
+            .arg("run")
+            .arg(sem_path(&dir))
+            .args(["sh", "-c", "kill -KILL $$"]),
+    );
+    assert_eq!(out.code(), 128 + 9, "{out:?}");
+}
+
+#[test]
+fn run_exits_127_for_a_missing_command_and_126_for_one_that_cannot_run() {
+    // The codes of coreutils `env` and `timeout`, and the slot is not kept.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let out = finish(
+        filesem()
+            .arg("run")
+            .arg(&path)
+            .arg("no-such-command-filesem-test"),
+    );
+    assert_eq!(out.code(), 127, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot run `no-such-command-filesem-test`"),
+        "{}",
+        out.stderr
+    );
+    let script = dir.path().join("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let out = finish(filesem().arg("run").arg(&path).arg(&script));
+    assert_eq!(out.code(), 126, "{out:?}");
+    assert_eq!(
+        out.stderr.lines().count(),
+        1,
+        "printed once: {}",
+        out.stderr
+    );
+    assert_eq!(status_json(&path)["count"], 0);
+}
+
+#[test]
+fn no_slot_exits_1_or_the_conflict_code_and_q_silences_it() {
+    // `-n` on a full semaphore: exit 1 (or -E CODE) and nothing runs, as `flock -n`.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "blocker", 1);
+    let marker = dir.path().join("ran");
+    let out = finish(
+        filesem()
+            .args(["run", "-n"])
+            .arg(&path)
+            .args(["touch"])
+            .arg(&marker),
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains("no available capacity"),
+        "{}",
+        out.stderr
+    );
+    assert!(!marker.exists(), "the command must not run without a slot");
+    let out = finish(
+        filesem()
+            .args(["run", "-n", "-E", "75"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(out.code(), 75, "{out:?}");
+    let out = finish(
+        filesem()
+            .args(["acquire", "-n", "-q"])
+            .arg(&path)
+            .args(["--id", "other"]),
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert_eq!(out.stderr, "", "-q prints nothing for contention");
+}
+
+#[test]
+fn run_timeout_gives_up_with_exit_1_no_earlier_than_the_timeout() {
+    // `-w` bounds the wait for a slot; the promise is "not before the time given".
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "blocker", 1);
+    for timeout in ["0.3", "300ms"] {
+        let start = Instant::now();
+        let out = finish(
+            filesem()
+                .args(["run", "-w", timeout])
+                .arg(&path)
+                .arg("true"),
+        );
+        assert!(start.elapsed() >= Duration::from_millis(300), "{timeout}");
+        assert_eq!(out.code(), 1, "{out:?}");
+        assert!(out.stderr.contains("timed out"), "{}", out.stderr);
+        assert!(
+            !out.stderr.contains("waiting for a slot on"),
+            "no note without a terminal"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    // Mistyped command lines never run anything and are told apart from contention.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir).display().to_string();
+    for args in [
+        vec!["run", &path],
+        vec!["run", "-n", "-w", "1", &path, "true"],
+        vec!["run", "-w", "1x", &path, "true"],
+        vec!["run", "-c", "0", &path, "true"],
+        vec!["acquire", &path],
+        vec!["recover", &path],
+        vec!["frobnicate"],
+    ] {
+        let out = finish(filesem().args(&args));
+        assert_eq!(out.code(), 2, "{args:?}: {out:?}");
+    }
+    assert!(!Path::new(&path).exists(), "usage errors create nothing");
+    let out = finish(filesem().args(["run", "--id", "bad\nid", &path, "true"]));
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("invalid holder ID"), "{}", out.stderr);
+}
+
+#[test]
+fn corrupt_state_exits_125_naming_the_path_once_with_a_hint() {
+    // filesem's own failures are 125, distinct from the command's codes and from contention.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    fs::write(&path, "{\"capacity\": 2, \"hold").unwrap();
+    for args in [vec!["run"], vec!["status"], vec!["acquire", "--id", "x"]] {
+        let mut command = filesem();
+        command.args(&args).arg(&path);
+        if args[0] == "run" {
+            command.arg("true");
+        }
+        let out = finish(&mut command);
+        assert_eq!(out.code(), 125, "{args:?}: {out:?}");
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("is corrupt") && first.contains(&path.display().to_string()),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(out.stderr.matches("is corrupt").count(), 1, "printed once");
+        assert!(out.stderr.contains("filesem recover"), "{}", out.stderr);
+    }
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        "{\"capacity\": 2, \"hold"
+    );
+}
+
+#[test]
+fn capacity_mismatch_exits_2_and_says_how_to_change_the_capacity() {
+    // -c must match an existing semaphore; the message names set-capacity.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    assert_eq!(
+        finish(filesem().args(["run", "-c", "3"]).arg(&path).arg("true")).code(),
+        0
+    );
+    let out = finish(filesem().args(["run", "-c", "2"]).arg(&path).arg("true"));
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("has capacity 3, not the 2"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("filesem set-capacity {} 2", path.display())),
+        "{}",
+        out.stderr
+    );
+    let out = finish(filesem().arg("run").arg(&path).arg("true"));
+    assert_eq!(
+        out.code(),
+        0,
+        "without -c the capacity on file is used: {out:?}"
+    );
+}
+
+#[test]
+fn creating_a_semaphore_says_so_and_defaults_to_capacity_1() {
+    // A mistyped path must not silently make a second semaphore.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let out = finish(filesem().arg("run").arg(&path).arg("true"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains("created a new semaphore") && out.stderr.contains("capacity 1"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(status_json(&path)["capacity"], 1);
+    let out = finish(filesem().arg("run").arg(&path).arg("true"));
+    assert_eq!(out.stderr, "", "nothing to say when it exists");
+    let out = finish(
+        filesem()
+            .args(["run", "-q", "-c", "4"])
+            .arg(dir.path().join("quiet.json"))
+            .arg("true"),
+    );
+    assert_eq!(out.stderr, "", "-q silences the note");
+}
+
+#[test]
+fn run_gives_the_command_its_hold_in_the_environment() {
+    // FILESEM_PATH/ID/TOKEN/SLOT name the hold the command runs under, as status shows it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "first", 2);
+    let out = finish(
+        filesem()
+            .args(["run", "--id", "job-7"])
+            .arg(&path)
+            .args(["sh", "-c", "echo $FILESEM_PATH; echo $FILESEM_ID; echo $FILESEM_TOKEN; echo $FILESEM_SLOT; filesem_status=1"]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let values: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        values[0],
+        fs::canonicalize(&path).unwrap().display().to_string()
+    );
+    assert_eq!(values[1], "job-7");
+    let first_token = status_json(&path)["holders"][0]["token"].as_u64().unwrap();
+    assert!(
+        values[2].parse::<u64>().unwrap() > first_token,
+        "tokens increase"
+    );
+    assert_eq!(values[3], "1", "slot 0 is taken by `first`");
+    let out = finish(
+        filesem()
+            .arg("run")
+            .arg(&path)
+            .args(["sh", "-c", "echo $FILESEM_ID"]),
+    );
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert!(
+        out.stdout.starts_with(&format!("run-{host}-")),
+        "default ID: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn acquire_and_release_work_across_invocations() {
+    // The seed's session use: one invocation takes the hold, a later one ends it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let out = finish(
+        filesem()
+            .args([
+                "acquire",
+                "-c",
+                "1",
+                "--meta",
+                "user=alice",
+                "--lease",
+                "1h",
+            ])
+            .arg(&path)
+            .args(["--id", "session-1"]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let status = status_json(&path);
+    assert_eq!(status["count"], 1);
+    assert_eq!(status["holders"][0]["id"], "session-1");
+    assert_eq!(status["holders"][0]["mode"], "detached");
+    assert_eq!(status["holders"][0]["metadata"]["user"], "alice");
+    let expires = status["holders"][0]["expires_at"]
+        .as_str()
+        .expect("a lease");
+    let expires = chrono::DateTime::parse_from_rfc3339(expires).unwrap();
+    assert!(
+        expires > chrono::Utc::now() + chrono::Duration::minutes(59),
+        "{expires}"
+    );
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        1,
+        "held by the session"
+    );
+    let out = finish(filesem().arg("release").arg(&path).arg("session-1"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        0
+    );
+    let out = finish(filesem().arg("release").arg(&path).arg("session-1"));
+    assert_eq!(
+        out.code(),
+        1,
+        "release of an ID that holds nothing: {out:?}"
+    );
+    assert!(out.stderr.contains("does not hold"), "{}", out.stderr);
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    // The JSON schema in the README is an interface: every documented field, with its type.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "worker-1", 3);
+    let status = status_json(&path);
+    assert_eq!(status["schema"], 1);
+    assert_eq!(status["path"], path.display().to_string());
+    assert_eq!(status["capacity"], 3);
+    assert_eq!(status["count"], 1);
+    assert_eq!(status["available"], 2);
+    let holders = status["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1);
+    let h = &holders[0];
+    let mut keys: Vec<&str> = h.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "acquired_at",
+            "age_seconds",
+            "evidence",
+            "expires_at",
+            "id",
+            "liveness",
+            "metadata",
+            "mode",
+            "owner",
+            "priority",
+            "slot",
+            "token"
+        ]
+    );
+    assert_eq!(h["id"], "worker-1");
+    assert_eq!(h["slot"], 0);
+    assert!(h["token"].is_u64());
+    assert!(chrono::DateTime::parse_from_rfc3339(h["acquired_at"].as_str().unwrap()).is_ok());
+    assert!(h["age_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(h["mode"], "detached");
+    assert!(h["owner"].is_null() || h["owner"]["pid"].is_u64());
+    assert!(h["expires_at"].is_null());
+    assert!(h["metadata"].is_object());
+    assert_eq!(h["priority"], 0);
+    assert_eq!(status["waiters"].as_array().unwrap().len(), 0);
+    assert!(["alive", "dead", "expired", "unknown"].contains(&h["liveness"].as_str().unwrap()));
+    assert!(!h["evidence"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn status_escapes_control_characters_in_ids() {
+    // An ID written by another program must not reach the terminal raw (Go allows any ID).
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    fs::write(
+        &path,
+        r#"{"capacity": 2, "holders": [{"id": "evil\u001b[2J\nid", "acquired_at": "2024-01-01T10:00:00+02:00"}]}"#,
+    )
+    .unwrap();
+    let out = finish(filesem().arg("status").arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("evil\\u{1b}[2J\\nid"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\u{1b}'));
+    assert!(
+        out.stdout.contains("capacity 2, 1 held, 1 available"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        status_json(&path)["holders"][0]["id"],
+        "evil\u{1b}[2J\nid",
+        "JSON keeps the ID exact"
+    );
+    let out = finish(filesem().arg("remove").arg(&path).arg("evil\u{1b}[2J\nid"));
+    assert_eq!(out.stdout, "removed evil\\u{1b}[2J\\nid", "{out:?}");
+}
+
+#[test]
+fn remove_prints_the_removed_ids_and_is_idempotent() {
+    // Cleanup by ID after a crash; running it twice is harmless.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "a", 3);
+    hold(&path, "b", 3);
+    let out = finish(
+        filesem()
+            .arg("remove")
+            .arg(&path)
+            .args(["a", "nobody", "b"]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "removed a\nremoved b");
+    let out = finish(filesem().arg("remove").arg(&path).args(["a"]));
+    assert_eq!((out.code(), out.stdout.as_str()), (0, ""));
+    assert_eq!(status_json(&path)["count"], 0);
+}
+
+#[test]
+fn set_capacity_changes_what_run_can_take() {
+    // More slots let a waiting user in; the change is on file for everyone.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "a", 1);
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        1
+    );
+    let out = finish(filesem().arg("set-capacity").arg(&path).arg("2"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(status_json(&path)["capacity"], 2);
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        0
+    );
+    assert_eq!(
+        finish(filesem().arg("set-capacity").arg(&path).arg("0")).code(),
+        2
+    );
+    assert_eq!(
+        finish(
+            filesem()
+                .arg("set-capacity")
+                .arg(dir.path().join("none.json"))
+                .arg("2")
+        )
+        .code(),
+        125
+    );
+}
+
+#[test]
+fn recover_moves_a_corrupt_file_aside_and_starts_afresh() {
+    // The explicit way out of a corrupt state file; the bad bytes are kept for inspection.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    fs::write(&path, "not json").unwrap();
+    assert_eq!(
+        finish(filesem().arg("run").arg(&path).arg("true")).code(),
+        125
+    );
+    let out = finish(filesem().args(["recover", "-c", "2"]).arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("moved the corrupt state to "),
+        "{}",
+        out.stdout
+    );
+    let aside: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("sem.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        fs::read_to_string(dir.path().join(&aside[0])).unwrap(),
+        "not json"
+    );
+    assert_eq!(status_json(&path)["capacity"], 2);
+    assert_eq!(
+        finish(filesem().arg("run").arg(&path).arg("true")).code(),
+        0
+    );
+    let out = finish(filesem().args(["recover", "-c", "2"]).arg(&path));
+    assert!(out.stdout.ends_with("is valid; nothing changed"), "{out:?}");
+}
+
+/// A command that logs each SIGINT/SIGTERM/SIGHUP/SIGUSR1 it gets to `log`, runs `ready`
+/// once its traps are set, and runs until `stop` exists.
+fn trapping_script(log: &Path, stop: &Path, ready: &str) -> String {
+    format!(
+        "for s in INT TERM HUP USR1; do trap \"echo $s >> {}\" $s; done; {ready}; {}",
+        log.display(),
+        until_stop(stop)
+    )
+}
+
+#[test]
+fn signals_sent_to_run_reach_the_command_once() {
+    // kill(filesem run) is forwarded exactly once, and run outlives a signal the command handles.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, stop) = (dir.path().join("log"), dir.path().join("stop"));
+    let running = Running::start(filesem().arg("run").arg(sem_path(&dir)).args([
+        "sh",
+        "-c",
+        &trapping_script(&log, &stop, "echo ready"),
+    ]));
+    assert_eq!(running.line(), "ready");
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        kill(running.pid(), signal).unwrap();
+        let name = &signal.as_str()[3..];
+        wait_until(&format!("the command logged {name}"), || {
+            lines(&log).iter().any(|l| l == name)
+        });
+    }
+    // A last signal as a marker: once it is logged, every earlier one has been forwarded.
+    kill(running.pid(), Signal::SIGUSR1).unwrap();
+    wait_until("the command logged USR1", || {
+        lines(&log).contains(&"USR1".to_string())
+    });
+    fs::write(&stop, "").unwrap();
+    let out = running.finish();
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(
+        lines(&log),
+        ["TERM", "INT", "HUP", "USR1"],
+        "each signal once, in order"
+    );
+}
+
+#[test]
+fn a_terminal_ctrl_c_reaches_the_command_once() {
+    // The terminal sends SIGINT to the whole foreground group: run must not forward a second.
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, stop) = (dir.path().join("log"), dir.path().join("stop"));
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    }
+    let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    // `setsid -c` makes the pty the controlling terminal of a new session led by filesem.
+    let mut child = Command::new("setsid")
+        .arg("-c")
+        .arg(env!("CARGO_BIN_EXE_filesem"))
+        .arg("run")
+        .arg(sem_path(&dir))
+        .args(["sh", "-c", &trapping_script(&log, &stop, "touch ready")])
+        .current_dir(dir.path())
+        .stdin(slave(&pty.slave))
+        .stdout(slave(&pty.slave))
+        .stderr(slave(&pty.slave))
+        .spawn()
+        .expect("setsid");
+    drop(pty.slave);
+    let mut master = fs::File::from(pty.master);
+    thread::spawn({
+        let mut master = master.try_clone().unwrap();
+        move || {
+            let mut sink = Vec::new();
+            let _ = master.read_to_end(&mut sink);
+        }
+    });
+    wait_until("the command is ready", || dir.path().join("ready").exists());
+    std::io::Write::write_all(&mut master, b"\x03").unwrap(); // Ctrl-C
+    wait_until("the command logged INT", || {
+        lines(&log).contains(&"INT".to_string())
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
+    wait_until("the command logged USR1", || {
+        lines(&log).contains(&"USR1".to_string())
+    });
+    fs::write(&stop, "").unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("filesem run did not end");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "filesem survived the Ctrl-C its command handled"
+    );
+    assert_eq!(
+        lines(&log),
+        ["INT", "USR1"],
+        "one SIGINT, from the terminal only"
+    );
+}
+
+#[test]
+fn a_signal_while_waiting_ends_run_by_that_signal_and_leaves_the_queue() {
+    // Interrupting a wait leaves no trace in the semaphore and reports the signal to the shell.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "blocker", 1);
+    let marker = dir.path().join("ran");
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let running = Running::start(
+            filesem()
+                .args(["run", "-w", "60", "--id", "waiter"])
+                .arg(&path)
+                .arg("touch")
+                .arg(&marker),
+        );
+        wait_until("the run is queued", || {
+            status_json(&path)["waiters"][0]["id"] == "waiter"
+        });
+        kill(running.pid(), signal).unwrap();
+        let out = running.finish();
+        assert_eq!(out.status.signal(), Some(signal as i32), "{out:?}");
+        assert!(!marker.exists());
+        let status = status_json(&path);
+        assert_eq!(status["waiters"].as_array().unwrap().len(), 0, "{status}");
+        assert_eq!(status["count"], 1);
+        assert_eq!(status["holders"][0]["id"], "blocker");
+    }
+}
+
+#[test]
+fn waiting_runs_are_served_by_priority_then_arrival_and_status_shows_the_queue() {
+    // The queue is visible (`status`) and fair: higher priority first, then first come.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let log = dir.path().join("order");
+    hold(&path, "blocker", 1);
+    let mut runs = Vec::new();
+    for (id, priority) in [("first", "0"), ("second", "0"), ("urgent", "5")] {
+        runs.push(Running::start(
+            filesem()
+                .args(["run", "--id", id, "--priority", priority])
+                .arg(&path)
+                .args(["sh", "-c", &format!("echo {id} >> {}", log.display())]),
+        ));
+        wait_until(&format!("{id} is queued"), || {
+            status_json(&path)["waiters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["id"] == id)
+        });
+    }
+    let status = status_json(&path);
+    let queue: Vec<(&str, i64)> = status["waiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["id"].as_str().unwrap(), w["priority"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(queue, [("urgent", 5), ("first", 0), ("second", 0)]);
+    let text = finish(filesem().arg("status").arg(&path)).stdout;
+    assert!(text.contains("1 held, 0 available, 3 waiting"), "{text}");
+    assert!(text.contains("\n1. urgent (priority 5)\n"), "{text}");
+    assert!(text.contains("\n3. second\n"), "{text}");
+    assert_eq!(
+        finish(filesem().arg("release").arg(&path).arg("blocker")).code(),
+        0
+    );
+    for run in runs {
+        assert_eq!(run.finish().code(), 0);
+    }
+    assert_eq!(lines(&log), ["urgent", "first", "second"]);
+}
+
+#[test]
+fn eight_concurrent_runs_on_capacity_2_never_have_more_than_2_commands_inside() {
+    // The semaphore's promise, witnessed by the commands: each claims its slot directory with
+    // mkdir (which fails if another command holds that slot) and checks the slot is < 2.
+    const PROCESSES: usize = 8;
+    const ROUNDS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let d = dir.path().display();
+    let command = format!(
+        "[ \"$FILESEM_SLOT\" -lt 2 ] || echo \"slot $FILESEM_SLOT\" >> {d}/violations; \
+         mkdir {d}/slot-$FILESEM_SLOT || echo \"overlap on $FILESEM_SLOT\" >> {d}/violations; \
+         echo $FILESEM_ID >> {d}/log; sleep 0.02; rmdir {d}/slot-$FILESEM_SLOT"
+    );
+    let bin = env!("CARGO_BIN_EXE_filesem");
+    let loop_script = format!(
+        "for i in $(seq {ROUNDS}); do \"{bin}\" run -q -c 2 --id \"p$0-$i\" {} sh -c '{command}' || exit 1; done",
+        path.display()
+    );
+    let runners: Vec<Running> = (0..PROCESSES)
+        .map(|p| Running::start(Command::new("sh").args(["-c", &loop_script, &p.to_string()])))
+        .collect();
+    for runner in runners {
+        let out = runner.finish();
+        assert_eq!(out.code(), 0, "{out:?}");
+    }
+    assert_eq!(
+        fs::read_to_string(dir.path().join("violations")).unwrap_or_default(),
+        ""
+    );
+    let log = lines(&dir.path().join("log"));
+    println!(
+        "{} runs by {PROCESSES} processes on capacity 2, no overlap",
+        log.len()
+    );
+    assert_eq!(log.len(), PROCESSES * ROUNDS);
+    assert_eq!(status_json(&path)["count"], 0, "every slot came back");
+}
+
+#[test]
+fn nested_run_without_id_fails_at_once_instead_of_waiting_for_its_parent() {
+    // A nested run on the same semaphore must not deadlock: it inherits the outer ID and
+    // gets "already held" (exit 1) with a hint.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let bin = env!("CARGO_BIN_EXE_filesem");
+    let out = finish(
+        filesem()
+            .arg("run")
+            .arg(&path)
+            .args([bin, "run"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("already holds"), "{}", out.stderr);
+    assert!(out.stderr.contains("give --id"), "{}", out.stderr);
+    // With -w the same is true: the ID is held, so there is nothing to wait for.
+    let out = finish(
+        filesem()
+            .arg("run")
+            .arg(&path)
+            .args([bin, "run", "-w", "60"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+}
+
+#[test]
+fn nested_run_with_another_id_competes_for_a_slot() {
+    // With its own ID a nested run is an ordinary holder: a second slot if there is one.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let bin = env!("CARGO_BIN_EXE_filesem");
+    let inner = [bin, "run", "-n", "--id", "inner"];
+    let out = finish(
+        filesem()
+            .arg("run")
+            .arg(&path)
+            .args(inner)
+            .arg(&path)
+            .args(["sh", "-c", "echo $FILESEM_SLOT"]),
+    );
+    assert_eq!(
+        out.code(),
+        1,
+        "capacity 1 is taken by the outer run: {out:?}"
+    );
+    let out = finish(
+        filesem()
+            .args(["run", "-c", "2"])
+            .arg(dir.path().join("two.json"))
+            .args(inner)
+            .arg(dir.path().join("two.json"))
+            .args(["sh", "-c", "echo $FILESEM_SLOT"]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "1");
+}
+
+#[test]
+fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
+    // The command inherits the hold (as with flock(1)): SIGKILL of `filesem run` frees
+    // nothing while the command runs; its exit frees the slot for the next run.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let stop = dir.path().join("stop");
+    // The command lets go of the test's pipes so that only its exit matters.
+    let script = format!("echo $$; exec >/dev/null 2>&1; {}", until_stop(&stop));
+    let running = Running::start(filesem().arg("run").arg(&path).args(["sh", "-c", &script]));
+    let command_pid: i32 = running.line().parse().unwrap();
+    kill(running.pid(), Signal::SIGKILL).unwrap();
+    let out = running.finish();
+    assert_eq!(out.status.signal(), Some(9));
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        1,
+        "the command still holds the slot"
+    );
+    fs::write(&stop, "").unwrap();
+    wait_for_exit(Pid::from_raw(command_pid));
+    let out = finish(filesem().args(["run", "-w", "30"]).arg(&path).arg("true"));
+    assert_eq!(
+        out.code(),
+        0,
+        "the slot came back when the command exited: {out:?}"
+    );
+}
+
+#[test]
+fn run_with_close_ends_the_hold_with_filesem_and_reap_says_why() {
+    // -o (as flock -o): the command does not inherit the hold, so killing `filesem run` frees
+    // the slot while the command goes on; reap removes the entry with its evidence.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let stop = dir.path().join("stop");
+    let script = format!("echo $$; exec >/dev/null 2>&1; {}", until_stop(&stop));
+    let running = Running::start(
+        filesem()
+            .args(["run", "-o", "--id", "closed"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    let command_pid = Pid::from_raw(running.line().parse().unwrap());
+    kill(running.pid(), Signal::SIGKILL).unwrap();
+    assert_eq!(running.finish().status.signal(), Some(9));
+    let status = status_json(&path);
+    assert_eq!(status["holders"][0]["liveness"], "dead", "{status}");
+    let out = finish(filesem().arg("reap").arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("reaped closed (slot 0, token "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(": dead (witness lock"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        finish(filesem().arg("reap").arg(&path)).stdout,
+        "",
+        "nothing left to reap"
+    );
+    assert!(kill(command_pid, None).is_ok(), "the command still runs");
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        0
+    );
+    fs::write(&stop, "").unwrap();
+    wait_for_exit(command_pid);
+}
+
+#[test]
+fn a_lost_hold_is_reported_and_kill_on_lost_stops_the_command() {
+    // If someone removes the hold while the command runs, run says so; --kill-on-lost also
+    // sends the command SIGTERM, whose status run passes on.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let running = Running::start(
+        filesem()
+            .args(["run", "--kill-on-lost", "--id", "victim"])
+            .arg(&path)
+            .args(["sh", "-c", "echo ready; exec sleep 60"]),
+    );
+    assert_eq!(running.line(), "ready");
+    assert_eq!(
+        finish(filesem().arg("remove").arg(&path).arg("victim")).stdout,
+        "removed victim"
+    );
+    let mut warning = running.error_line();
+    if warning.contains("created a new semaphore") {
+        warning = running.error_line();
+    }
+    assert!(
+        warning.contains("hold of `victim`") && warning.contains("was lost"),
+        "{warning}"
+    );
+    let out = running.finish();
+    assert_eq!(out.code(), 128 + 15, "{out:?}");
+    assert!(out.stderr.contains("--kill-on-lost"), "{}", out.stderr);
+}
+
+#[test]
+fn a_lease_is_renewed_while_the_command_runs() {
+    // With --lease, run renews in the background: past lease + grace the slot is still taken.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let stop = dir.path().join("stop");
+    let script = format!("echo ready; {}", until_stop(&stop));
+    let running = Running::start(
+        filesem()
+            .args(["run", "--lease", "1s"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    assert_eq!(running.line(), "ready");
+    let start = Instant::now();
+    let expired_by = Duration::from_secs(1) + filesem::LEASE_GRACE + Duration::from_millis(500);
+    wait_until("lease and grace have passed", || {
+        start.elapsed() >= expired_by
+    });
+    let status = status_json(&path);
+    assert_eq!(status["holders"][0]["liveness"], "alive", "{status}");
+    assert!(!status["holders"][0]["expires_at"].is_null());
+    assert_eq!(
+        finish(filesem().args(["run", "-n"]).arg(&path).arg("true")).code(),
+        1,
+        "still held"
+    );
+    fs::write(&stop, "").unwrap();
+    assert_eq!(running.finish().code(), 0);
+}
+
+#[test]
+fn racing_runs_say_created_exactly_once() {
+    // Of several runs that find no semaphore, exactly one creates it and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let runs: Vec<Running> = (0..6)
+        .map(|_| Running::start(filesem().args(["run", "-c", "2"]).arg(&path).arg("true")))
+        .collect();
+    let mut notes = 0;
+    for run in runs {
+        let out = run.finish();
+        assert_eq!(out.code(), 0, "{out:?}");
+        notes += out.stderr.matches("created a new semaphore").count();
+    }
+    assert_eq!(notes, 1);
+}
+
+/// The shell block that follows `<!-- recipe: NAME -->` in the README, with `/tmp/` and
+/// `/run/lock/` moved into `dir`.
+fn recipe(name: &str, dir: &Path) -> String {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let marker = format!("<!-- recipe: {name} -->\n```sh\n");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no recipe {name}"))
+        + marker.len();
+    let block = &doc[start..start + doc[start..].find("```").unwrap()];
+    let dir = format!("{}/", dir.display());
+    block.replace("/tmp/", &dir).replace("/run/lock/", &dir)
+}
+
+/// `sh -c script` in `dir`, with the built `filesem` first on `PATH`.
+fn shell(script: &str, dir: &Path) -> Command {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_filesem")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .stdin(Stdio::null());
+    for key in [
+        "FILESEM_PATH",
+        "FILESEM_ID",
+        "FILESEM_TOKEN",
+        "FILESEM_SLOT",
+    ] {
+        command.env_remove(key);
+    }
+    command
+}
+
+#[test]
+fn recipe_gpu_jobs_from_xargs_use_each_gpu_alone() {
+    // The README's xargs -P recipe, as written: four jobs at a time, one per GPU slot.
+    if Command::new("python3").arg("--version").output().is_err() {
+        println!("skipped: the recipe runs python3, which is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("configs")).unwrap();
+    for i in 1..=8 {
+        fs::write(dir.path().join(format!("configs/job{i}.yaml")), "").unwrap();
+    }
+    // A stand-in for training: claims its GPU's directory (mkdir fails if another job has it).
+    fs::write(
+        dir.path().join("train.py"),
+        "import os, sys, time\n\
+         gpu = os.environ['CUDA_VISIBLE_DEVICES']\n\
+         try:\n    os.mkdir('gpu-' + gpu)\n\
+         except FileExistsError:\n    open('violations', 'a').write(gpu + '\\n')\n\
+         time.sleep(0.05)\n\
+         os.rmdir('gpu-' + gpu)\n\
+         open('done.log', 'a').write(sys.argv[1] + ' ' + gpu + '\\n')\n",
+    )
+    .unwrap();
+    let out = finish(&mut shell(&recipe("gpu", dir.path()), dir.path()));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        !dir.path().join("violations").exists(),
+        "two jobs shared a GPU"
+    );
+    let mut done = lines(&dir.path().join("done.log"));
+    done.sort();
+    assert_eq!(done.len(), 8, "{done:?}");
+    for (i, line) in done.iter().enumerate() {
+        let (config, gpu) = line.split_once(' ').unwrap();
+        assert_eq!(config, format!("configs/job{}.yaml", i + 1));
+        assert!(gpu.parse::<u32>().unwrap() < 4, "{line}");
+    }
+}
+
+#[test]
+fn recipe_cron_job_skips_while_the_previous_run_goes_on() {
+    // The crontab line, as written: a second run while the first goes on exits at once,
+    // silently; after the first ends, the next runs.
+    let dir = tempfile::tempdir().unwrap();
+    let line = recipe("cron", dir.path());
+    let entry = line.lines().find(|l| !l.starts_with('#')).unwrap();
+    let command: Vec<&str> = entry.split_whitespace().skip(5).collect();
+    let backup = dir.path().join("backup.sh");
+    let command = command
+        .join(" ")
+        .replace("/usr/local/bin/backup.sh", &backup.display().to_string());
+    let stop = dir.path().join("stop");
+    fs::write(
+        &backup,
+        format!(
+            "#!/bin/sh\necho started >> {}\n{}\n",
+            dir.path().join("runs").display(),
+            until_stop(&stop)
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&backup, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let first = Running::start(&mut shell(&command, dir.path()));
+    wait_until("the first backup started", || {
+        lines(&dir.path().join("runs")).len() == 1
+    });
+    let second = finish(&mut shell(&command, dir.path()));
+    assert_eq!(
+        (
+            second.code(),
+            second.stdout.as_str(),
+            second.stderr.as_str()
+        ),
+        (1, "", "")
+    );
+    fs::write(&stop, "").unwrap();
+    assert_eq!(first.finish().code(), 0);
+    assert_eq!(finish(&mut shell(&command, dir.path())).code(), 0);
+    assert_eq!(
+        lines(&dir.path().join("runs")).len(),
+        2,
+        "the skipped run never started"
+    );
+}
+
+#[test]
+fn recipe_crash_inspection_shows_and_removes_the_dead() {
+    // The cleanup recipe, as written, on a semaphore with a dead, a detached and a live holder.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpus.json");
+    hold(&path, "session-123", 4);
+    let stop = dir.path().join("stop");
+    let script = format!("echo ready; exec >/dev/null 2>&1; {}", until_stop(&stop));
+    let dead = Running::start(
+        filesem()
+            .args(["run", "-o", "--id", "crashed-job"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    assert_eq!(dead.line(), "ready");
+    kill(dead.pid(), Signal::SIGKILL).unwrap();
+    dead.finish();
+    let alive = Running::start(
+        filesem()
+            .args(["run", "--id", "live-job"])
+            .arg(&path)
+            .args(["sh", "-c", &script]),
+    );
+    assert_eq!(alive.line(), "ready");
+    let mut script = recipe("crash", dir.path());
+    if Command::new("jq").arg("--version").output().is_err() {
+        println!("jq is not installed: the recipe's jq line is left out");
+        script = script.replace("| jq", "| cat >/dev/null #");
+    }
+    let out = finish(&mut shell(&script, dir.path()));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("3 held (1 stale"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("\ncrashed-job\n") || script.contains("cat >/dev/null"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("reaped crashed-job (slot 1, token "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.ends_with("removed session-123"),
+        "{}",
+        out.stdout
+    );
+    let status = status_json(&path);
+    assert_eq!(status["count"], 1);
+    assert_eq!(status["holders"][0]["id"], "live-job");
+    fs::write(&stop, "").unwrap();
+    assert_eq!(alive.finish().code(), 0);
+}
+
+#[test]
+fn recipe_session_hold_lasts_until_the_script_exits() {
+    // acquire + trap release, as written: the hold exists during the script and is gone after.
+    let dir = tempfile::tempdir().unwrap();
+    let check = format!(
+        "filesem status --json {}/deploy.json | grep -c '\"id\": \"deploy-tester\"'",
+        dir.path().display()
+    );
+    let script =
+        recipe("session", dir.path()).replace("echo \"deploying as the only deployer\"", &check);
+    let out = finish(shell(&script, dir.path()).env("USER", "tester"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "1", "held while the script ran");
+    assert_eq!(
+        status_json(&dir.path().join("deploy.json"))["count"],
+        0,
+        "released by the trap"
+    );
+}
+
+/// Runs `command` with stderr on a fresh pseudo-terminal; returns its exit code and what it
+/// wrote there.
+fn with_terminal_stderr(command: &mut Command) -> (i32, String) {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    }
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .expect("spawn");
+    // The command keeps its stdio until changed: let go of our slave descriptor.
+    command.stderr(Stdio::null());
+    let mut master = fs::File::from(pty.master);
+    let (tx, text) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // Reading the master fails with EIO once the last slave descriptor is closed.
+        let _ = master.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("did not end");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let text = text.recv_timeout(DEADLINE).expect("terminal output");
+    (status.code().expect("exit code"), text)
+}
+
+#[test]
+fn waiting_on_a_terminal_is_announced_once_unless_quiet() {
+    // A user at a terminal learns why nothing happens, and who holds the slots; scripts
+    // (no terminal) and -q stay silent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "blocker", 1);
+    let (code, text) =
+        with_terminal_stderr(filesem().args(["run", "-w", "0.5"]).arg(&path).arg("true"));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(text.matches("waiting for a slot on").count(), 1, "{text}");
+    assert!(text.contains(": 1/1 held by blocker"), "{text}");
+    let (code, text) = with_terminal_stderr(
+        filesem()
+            .args(["run", "-q", "-w", "0.2"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!((code, text.as_str()), (1, ""));
+}
+
+#[test]
+fn verbose_reports_the_slot_token_and_time_waited() {
+    // --verbose tells a user which slot and token the command runs under, and how long it
+    // waited for them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "first", 2);
+    let out = finish(
+        filesem()
+            .args(["run", "-v", "--id", "job"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("acquired"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("filesem: acquired slot 1 of "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        line.contains(" as job (token ") && line.ends_with('s'),
+        "{line}"
+    );
+}
