@@ -109,6 +109,23 @@ pub enum Error {
         token: u64,
     },
 
+    /// A [`Permit`](crate::Permit) was used to release or keep its hold from a forked child
+    /// process: the hold belongs to the process that acquired it (`pid`), which may still be
+    /// using the resource. Nothing was changed.
+    #[error(
+        "the hold of `{id}` (token {token}) on semaphore `{path}` belongs to process {pid}, not to this forked child"
+    )]
+    NotOwner {
+        /// The state file.
+        path: PathBuf,
+        /// The permit's holder ID.
+        id: String,
+        /// The permit's fencing token.
+        token: u64,
+        /// The process that acquired the permit.
+        pid: u32,
+    },
+
     /// The state file exists but is not a valid semaphore document. Nothing was changed;
     /// see [`Semaphore::recover`](crate::Semaphore::recover).
     #[error("semaphore state at `{path}` is corrupt: {reason}")]
@@ -216,6 +233,7 @@ impl Error {
             | Error::InvalidId { path, .. }
             | Error::InvalidMetadata { path, .. }
             | Error::Lost { path, .. }
+            | Error::NotOwner { path, .. }
             | Error::Corrupt { path, .. }
             | Error::NotFound { path }
             | Error::AlreadyExists { path }

@@ -149,5 +149,5 @@ pub use options::{AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, Open
 pub use permit::{KeepAlive, KeepError, Permit};
 pub use rules::LEASE_GRACE;
 pub use semaphore::{Reaped, Recovered, Semaphore};
-pub use state::{MAX_CAPACITY, MAX_ID_LEN};
+pub use state::{MAX_CAPACITY, MAX_ID_LEN, MAX_TOKEN};
 pub use wait::WaitStatus;

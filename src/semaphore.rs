@@ -456,6 +456,15 @@ impl Semaphore {
     ) -> Result<(u64, Option<WitnessLock>)> {
         let store = &self.inner.store;
         for _ in 0..64 {
+            if rules::next_token(doc) > state::MAX_TOKEN {
+                // Never hand out a token twice: fail closed until `recover`.
+                return Err(Error::Corrupt {
+                    path: store.path.clone(),
+                    reason: "the fencing-token counter is exhausted (2^53 - 1 tokens were \
+                             handed out); tokens only grow, so use a new semaphore file"
+                        .to_string(),
+                });
+            }
             let token = rules::take_token(doc);
             if detached {
                 return Ok((token, None));
@@ -828,13 +837,16 @@ fn token_floor(bytes: &[u8]) -> u64 {
             .take_while(|b| b.is_ascii_digit())
             .map(|&b| b as char)
             .collect();
+        // Numbers above the token range are themselves corruption, not past tokens.
         if let Ok(n) = digits.parse::<u64>() {
-            max = max.max(n);
+            if n <= state::MAX_TOKEN + 1 {
+                max = max.max(n);
+            }
         }
         i = j.max(i + at + 1);
     }
     let micros = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
-    max.saturating_add(1).max(micros)
+    max.saturating_add(1).max(micros).min(state::MAX_TOKEN + 1)
 }
 
 fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
