@@ -269,7 +269,7 @@ impl Permit {
     /// Keeps the hold after the permit is gone: the entry is rewritten as *detached* (its
     /// witness is dropped), so it stays on file and keeps its slot until
     /// [`Semaphore::release`], [`Semaphore::remove`] or its lease ends it, even after this
-    /// process exits. This is the seed's session use.
+    /// process exits. This is the Go package's session use.
     ///
     /// # Errors
     ///

@@ -90,7 +90,7 @@ impl Semaphore {
     /// Opens the semaphore at `path`, creating it (and its parent directory) with `capacity`
     /// slots if it does not exist.
     ///
-    /// As in the seed, a `capacity` of 0 means 1. `path` is the JSON state file; the lock file
+    /// As in the Go package, a `capacity` of 0 means 1. `path` is the JSON state file; the lock file
     /// is `PATH.lock` beside it. After opening, the file is the source of truth: every
     /// operation uses the capacity it reads then. Opening also removes temp files left by a
     /// writer that was killed mid-write.
@@ -148,6 +148,7 @@ impl Semaphore {
         capacity: Option<u32>,
         options: &OpenOptions,
     ) -> Result<Semaphore> {
+        check_not_a_lock_file(path)?;
         if let Some(capacity) = capacity {
             check_capacity(path, u64::from(capacity.max(1)))?;
             if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -254,7 +255,7 @@ impl Semaphore {
         })
     }
 
-    /// Takes a slot for `holder` if one is free now; never waits for one (the seed's
+    /// Takes a slot for `holder` if one is free now; never waits for one (the Go package's
     /// `Acquire`). A slot is not free while waiters are queued: they are owed the next ones
     /// (see [`acquire`](Semaphore::acquire)).
     ///
@@ -540,7 +541,7 @@ impl Semaphore {
             })
     }
 
-    /// Releases the slot held by `id`, whoever holds it (the seed's `Release`). A
+    /// Releases the slot held by `id`, whoever holds it (the Go package's `Release`). A
     /// [`Permit`] releases itself; this is for holds that outlived their permit
     /// ([`Permit::keep`]) or were taken by another program.
     ///
@@ -577,7 +578,7 @@ impl Semaphore {
     }
 
     /// Removes the holders (and queued waiters) with these IDs, for cleanup after crashes
-    /// (the seed's `Remove`). Idempotent: unknown IDs are not an error. Returns the IDs that
+    /// (the Go package's `Remove`). Idempotent: unknown IDs are not an error. Returns the IDs that
     /// were on file and are now gone, each once, in the order given.
     ///
     /// # Errors
@@ -751,6 +752,7 @@ impl OpenOptions {
     /// As [`Semaphore::recover`].
     pub fn recover(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Recovered> {
         let path = path.as_ref();
+        check_not_a_lock_file(path)?;
         check_capacity(path, u64::from(capacity))?;
         let store = Store::new(
             path.to_path_buf(),
@@ -847,6 +849,27 @@ fn token_floor(bytes: &[u8]) -> u64 {
     }
     let micros = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
     max.saturating_add(1).max(micros).min(state::MAX_TOKEN + 1)
+}
+
+/// Refuses `X.lock` when a semaphore state file `X` exists: that is X's lock file, and using it
+/// as a state file (above all `recover`, which moves it aside) would break X's exclusion.
+fn check_not_a_lock_file(path: &Path) -> Result<()> {
+    let Some(stem) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".lock"))
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(());
+    };
+    let semaphore = path.with_file_name(stem);
+    if semaphore.is_file() {
+        return Err(Error::IsLockFile {
+            path: path.to_path_buf(),
+            semaphore,
+        });
+    }
+    Ok(())
 }
 
 fn check_capacity(path: &Path, capacity: u64) -> Result<()> {

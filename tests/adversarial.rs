@@ -893,3 +893,35 @@ fn child_process() {
         None => {}
     }
 }
+
+#[test]
+fn a_semaphores_lock_file_is_refused_as_a_state_file() {
+    // `recover X.lock` would move X's lock file aside and break X's exclusion; every entry
+    // point refuses the lock file of an existing semaphore and changes nothing.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("gpus.json");
+    let sem = quick().open(&path, 2).unwrap();
+    let _permit = sem.try_acquire("a").unwrap();
+    let lock = dir.path().join("gpus.json.lock");
+    let before = common::snapshot(dir.path());
+    let refused = |r: Result<(), Error>| match r {
+        Err(Error::IsLockFile { path, semaphore }) => {
+            assert_eq!(
+                (path.as_path(), semaphore.as_path()),
+                (lock.as_path(), path_of(&sem))
+            );
+        }
+        other => panic!("expected IsLockFile, got {other:?}"),
+    };
+    refused(filesem::Semaphore::recover(&lock, 1).map(|_| ()));
+    refused(quick().open(&lock, 1).map(|_| ()));
+    refused(quick().open_existing(&lock).map(|_| ()));
+    assert_eq!(common::snapshot(dir.path()), before);
+    // A semaphore that is itself named `*.lock` (no state file beside it) is fine.
+    let own = dir.path().join("other.lock");
+    assert!(quick().open(&own, 1).is_ok());
+}
+
+fn path_of(sem: &filesem::Semaphore) -> &std::path::Path {
+    sem.path()
+}
