@@ -1,5 +1,5 @@
 //! Builders for settings: [`OpenOptions`] per semaphore handle, [`AcquireOptions`] per acquire.
-//! Later features add fields here, not new methods on [`Semaphore`](crate::Semaphore).
+//! Later features add fields here, not new methods on [`Semaphore`].
 
 use std::collections::BTreeMap;
 use std::fmt;
