@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 
 const TEMP_SUFFIX: &str = ".filesem-tmp";
 
+/// How many random characters a temp file name has between prefix and suffix.
+const RAND_LEN: usize = 8;
+
 /// Who should own a newly written state file.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FileMeta {
@@ -40,7 +43,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], meta: FileMeta, durable: b
     let mut temp = tempfile::Builder::new()
         .prefix(&temp_prefix(path))
         .suffix(TEMP_SUFFIX)
-        .rand_bytes(8)
+        .rand_bytes(RAND_LEN)
         // Created with the wanted mode less the umask: usually exactly the wanted mode.
         .permissions(Permissions::from_mode(mode))
         .tempfile_in(dir)
@@ -100,7 +103,7 @@ pub(crate) fn remove_leftovers(path: &Path) -> Result<Vec<PathBuf>> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let bytes = name.as_encoded_bytes();
-        if bytes.starts_with(prefix) && bytes.ends_with(TEMP_SUFFIX.as_bytes()) {
+        if is_our_temp_name(bytes, prefix) {
             let p = entry.path();
             match fs::remove_file(&p) {
                 Ok(()) => removed.push(p),
@@ -110,6 +113,19 @@ pub(crate) fn remove_leftovers(path: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
+}
+
+/// Whether `name` is exactly `prefix`, [`RAND_LEN`] random characters, [`TEMP_SUFFIX`]: a
+/// semaphore whose name extends ours (`a.json.x` beside `a.json`) has temp files that start
+/// with our prefix, and those may belong to a live writer holding *its* lock, not ours.
+fn is_our_temp_name(name: &[u8], prefix: &[u8]) -> bool {
+    let suffix = TEMP_SUFFIX.as_bytes();
+    name.len() == prefix.len() + RAND_LEN + suffix.len()
+        && name.starts_with(prefix)
+        && name.ends_with(suffix)
+        && name[prefix.len()..prefix.len() + RAND_LEN]
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Every slot is taken (the seed's `ErrNoCapacity`); returned by
+    /// Every slot is taken (the Go package's `ErrNoCapacity`); returned by
     /// [`Semaphore::try_acquire`](crate::Semaphore::try_acquire), which never waits.
     #[error("semaphore `{path}` has no available capacity ({held} of {capacity} slots held)")]
     NoCapacity {
@@ -30,7 +30,7 @@ pub enum Error {
         held: usize,
     },
 
-    /// The holder ID already holds a slot, or is already queued for one (the seed's
+    /// The holder ID already holds a slot, or is already queued for one (the Go package's
     /// `ErrAlreadyHeld`).
     #[error("holder `{id}` already holds semaphore `{path}`")]
     AlreadyHeld {
@@ -40,7 +40,7 @@ pub enum Error {
         id: String,
     },
 
-    /// The holder ID holds no slot (the seed's `ErrNotHeld`).
+    /// The holder ID holds no slot (the Go package's `ErrNotHeld`).
     #[error("holder `{id}` does not hold semaphore `{path}`")]
     NotHeld {
         /// The state file.
@@ -109,6 +109,23 @@ pub enum Error {
         token: u64,
     },
 
+    /// A [`Permit`](crate::Permit) was used to release or keep its hold from a forked child
+    /// process: the hold belongs to the process that acquired it (`pid`), which may still be
+    /// using the resource. Nothing was changed.
+    #[error(
+        "the hold of `{id}` (token {token}) on semaphore `{path}` belongs to process {pid}, not to this forked child"
+    )]
+    NotOwner {
+        /// The state file.
+        path: PathBuf,
+        /// The permit's holder ID.
+        id: String,
+        /// The permit's fencing token.
+        token: u64,
+        /// The process that acquired the permit.
+        pid: u32,
+    },
+
     /// The state file exists but is not a valid semaphore document. Nothing was changed;
     /// see [`Semaphore::recover`](crate::Semaphore::recover).
     #[error("semaphore state at `{path}` is corrupt: {reason}")]
@@ -117,6 +134,19 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+
+    /// The path is the lock file of another semaphore (`X.lock` beside an existing state file
+    /// `X`). Using it as a state file, above all recovering it, would break `X`'s exclusion;
+    /// nothing was changed.
+    #[error(
+        "`{path}` is the lock file of semaphore `{semaphore}`; use the state file `{semaphore}` instead"
+    )]
+    IsLockFile {
+        /// The path given.
+        path: PathBuf,
+        /// The semaphore whose lock file it is.
+        semaphore: PathBuf,
     },
 
     /// There is no semaphore at this path (and the operation does not create one).
@@ -216,8 +246,10 @@ impl Error {
             | Error::InvalidId { path, .. }
             | Error::InvalidMetadata { path, .. }
             | Error::Lost { path, .. }
+            | Error::NotOwner { path, .. }
             | Error::Corrupt { path, .. }
             | Error::NotFound { path }
+            | Error::IsLockFile { path, .. }
             | Error::AlreadyExists { path }
             | Error::Symlink { path }
             | Error::Cancelled { path }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::liveness::Liveness;
 
-/// Anything with a holder ID (the seed's `Holder` interface).
+/// Anything with a holder ID (the Go package's `Holder` interface).
 ///
 /// Implemented for `str` and `String`, so both `sem.try_acquire("worker-1")` and a type of
 /// your own work:
@@ -52,7 +52,7 @@ impl<T: Holder + ?Sized> Holder for &T {
 pub enum HoldMode {
     /// Held for as long as the owning process (and the [`Permit`](crate::Permit)) lives.
     ProcessBound,
-    /// Outlives its process (the seed's session use); ends by release, remove or lease.
+    /// Outlives its process (the Go package's session use); ends by release, remove or lease.
     Detached,
     /// No owner recorded (written by the Go package or an older version): ends only by
     /// release or remove.

@@ -61,7 +61,7 @@
 //!   meantime, a timed-out call returns the permit (it was granted) and a cancelled one
 //!   releases it to the next waiter: no slot is ever leaked.
 //! - **Dead waiters.** A waiter's entry records its owner and a witness lock, like a holder's
-//!   (see `# Crash behavior`), so a killed waiter is judged dead and removed by the next
+//!   (see [Crash behavior](#crash-behavior)), so a killed waiter is judged dead and removed by the next
 //!   waiter that looks. For waiters nobody can judge (on another machine), each waiter also
 //!   keeps an expiry 6 s ahead, refreshed every 2 s; one that stops refreshing (dead, or
 //!   stopped) leaves the queue 8 s later ([`LEASE_GRACE`] included) and is never granted a
@@ -75,7 +75,7 @@
 //!   doubling to 1 s, with jitter). Without inotify (instance limits, network filesystems,
 //!   other Unix systems) it polls: 5 ms doubling to 250 ms, back to 5 ms when the state
 //!   changes. Measured with `examples/handoff.rs` on a shared 2-core VM: release-to-acquire
-//!   hand-off between processes p50 0.33 ms on tmpfs, 0.66 ms on ext4 with durable writes; a
+//!   hand-off between processes p50 0.33 ms on tmpfs, 0.7-0.9 ms on ext4 with durable writes; a
 //!   waiter asleep for 10 s used under 5 ms of CPU.
 //!
 //! # Crash behavior
@@ -95,7 +95,7 @@
 //! | --- | --- |
 //! | its witness file `PATH.witness/<token>` is flock'd by anyone (the holder, or a child that inherited it via [`Permit::inherit_witness`]) | alive |
 //! | witness free, holder on this boot of this machine, local filesystem | dead |
-//! | witness missing or replaced, same boot and pid namespace: pid gone (`kill(pid, 0)` = `ESRCH`), zombie, or reused (other start time) | dead |
+//! | witness missing or replaced, same boot and pid namespace: pid gone (`kill(pid, 0)` = `ESRCH`), zombie, or reused (other start time, compared only within one time namespace and when `/proc` shows the checker's own pid namespace) | dead |
 //! | same, pid running with the recorded start time | alive |
 //! | written in an earlier boot of this machine (same machine id, other boot id), local filesystem | dead |
 //! | another machine, another pid namespace, a network filesystem | unknown |
@@ -134,8 +134,10 @@ mod lock;
 mod notify;
 mod options;
 mod permit;
+mod queue;
 mod rules;
 mod semaphore;
+mod sleeper;
 mod state;
 mod store;
 mod wait;
@@ -147,7 +149,7 @@ pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use liveness::Liveness;
 pub use options::{AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, OpenOptions};
 pub use permit::{KeepAlive, KeepError, Permit};
+pub use queue::WaitStatus;
 pub use rules::LEASE_GRACE;
 pub use semaphore::{Reaped, Recovered, Semaphore};
-pub use state::{MAX_CAPACITY, MAX_ID_LEN};
-pub use wait::WaitStatus;
+pub use state::{MAX_CAPACITY, MAX_ID_LEN, MAX_TOKEN};

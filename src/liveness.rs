@@ -101,6 +101,13 @@ pub(crate) struct Identity {
     pub machine_id: Option<String>,
     pub boot_id: Option<String>,
     pub pid_ns: Option<u64>,
+    /// Inode of `/proc/self/ns/time`: start times in `/proc/PID/stat` are shifted by the
+    /// reader's time namespace, so they compare only within one.
+    pub time_ns: Option<u64>,
+    /// Whether `/proc` shows this process's own pid namespace (`/proc/self` is our pid). A
+    /// process that entered another pid namespace but kept the old `/proc` would read other
+    /// processes' stat files under the pids it judges.
+    pub proc_is_ours: bool,
 }
 
 impl Identity {
@@ -120,16 +127,22 @@ impl Identity {
     }
 
     fn read(pid: u32) -> Identity {
+        // Our own stat through /proc/self, which is this process whatever pid namespace /proc
+        // belongs to (/proc/PID could be another process).
+        let me = proc_stat_of("self");
+        let proc_is_ours = me.as_ref().is_some_and(|s| s.pid == pid);
         Identity {
             host: nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default(),
             pid,
-            start_time: proc_stat(pid).map(|s| s.start_time),
+            start_time: me.map(|s| s.start_time),
             machine_id: machine_id(),
             boot_id: boot_id(),
-            pid_ns: pid_namespace(),
+            pid_ns: namespace("pid"),
+            time_ns: namespace("time"),
+            proc_is_ours,
         }
     }
 
@@ -142,6 +155,7 @@ impl Identity {
             machine_id: self.machine_id.clone(),
             boot_id: self.boot_id.clone(),
             pid_ns: self.pid_ns,
+            time_ns: self.time_ns,
             extra: Default::default(),
         }
     }
@@ -224,12 +238,22 @@ impl Judge for SystemJudge {
         if owner.pid_ns.is_none() || owner.pid_ns != self.me.pid_ns {
             return unknown(format!("pid {} in another pid namespace", owner.pid));
         }
-        judge_pid(owner.pid, owner.start_time, unknown)
+        // Start times compare only within one time namespace (older entries record none).
+        let start_time = owner
+            .start_time
+            .filter(|_| owner.time_ns.is_some() && owner.time_ns == self.me.time_ns);
+        judge_pid(owner.pid, start_time, self.me.proc_is_ours, unknown)
     }
 }
 
-/// The pid verdict: gone, zombie or reused = dead; same start time = alive.
-fn judge_pid(pid: u32, start_time: Option<u64>, unknown: impl Fn(String) -> Liveness) -> Liveness {
+/// The pid verdict: gone, zombie or reused = dead; same start time = alive. `proc_is_ours`
+/// says whether `/proc/PID` shows the process `kill` reaches; if not, only `kill` is evidence.
+fn judge_pid(
+    pid: u32,
+    start_time: Option<u64>,
+    proc_is_ours: bool,
+    unknown: impl Fn(String) -> Liveness,
+) -> Liveness {
     let Ok(raw) = i32::try_from(pid) else {
         return unknown(format!("pid {pid} is out of range"));
     };
@@ -242,6 +266,11 @@ fn judge_pid(pid: u32, start_time: Option<u64>, unknown: impl Fn(String) -> Live
         }
         Ok(()) | Err(nix::errno::Errno::EPERM) => {}
         Err(e) => return unknown(format!("pid {pid}: kill(0) failed: {e}")),
+    }
+    if !proc_is_ours {
+        return unknown(format!(
+            "pid {pid} exists; /proc shows another pid namespace, so it cannot be checked"
+        ));
     }
     let Some(stat) = proc_stat(pid) else {
         return unknown(format!(
@@ -264,26 +293,33 @@ fn judge_pid(pid: u32, start_time: Option<u64>, unknown: impl Fn(String) -> Live
             evidence: format!("pid {pid} is running"),
         },
         None => unknown(format!(
-            "pid {pid} exists; no start time recorded to rule out reuse"
+            "pid {pid} exists; no comparable start time recorded to rule out reuse"
         )),
     }
 }
 
 /// Fields of `/proc/PID/stat` we use.
 pub(crate) struct ProcStat {
+    /// Field 1: the pid, as seen in the pid namespace of this `/proc`.
+    pub pid: u32,
     pub state: char,
     /// Field 22: start time in clock ticks after boot.
     pub start_time: u64,
 }
 
-#[cfg(target_os = "linux")]
 pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    proc_stat_of(&pid.to_string())
+}
+
+/// `/proc/WHO/stat`, for a pid or `self`.
+#[cfg(target_os = "linux")]
+fn proc_stat_of(who: &str) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?;
     parse_proc_stat(&text)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn proc_stat(_pid: u32) -> Option<ProcStat> {
+fn proc_stat_of(_who: &str) -> Option<ProcStat> {
     None
 }
 
@@ -294,6 +330,7 @@ fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); field 22 is at index 22 - 3.
     Some(ProcStat {
+        pid: text.split_whitespace().next()?.parse().ok()?,
         state: fields.first()?.chars().next()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
@@ -324,14 +361,17 @@ fn machine_id() -> Option<String> {
     None
 }
 
+/// The inode of `/proc/self/ns/KIND`, which identifies this process's namespace of that kind.
 #[cfg(target_os = "linux")]
-fn pid_namespace() -> Option<u64> {
+fn namespace(kind: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+    std::fs::metadata(format!("/proc/self/ns/{kind}"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn pid_namespace() -> Option<u64> {
+fn namespace(_kind: &str) -> Option<u64> {
     None
 }
 
@@ -379,7 +419,7 @@ mod tests {
         // A command name like "a) b" must not shift the fields.
         let text = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 0 0";
         let s = parse_proc_stat(text).unwrap();
-        assert_eq!(s.state, 'S');
+        assert_eq!((s.pid, s.state), (42, 'S'));
         assert_eq!(s.start_time, 123456);
     }
 
@@ -390,13 +430,17 @@ mod tests {
         assert_eq!(me.pid, std::process::id());
         assert!(me.start_time.is_some() && me.boot_id.is_some() && me.pid_ns.is_some());
         let unknown = |e: String| Liveness::Unknown { evidence: e };
+        assert!(me.proc_is_ours);
         assert!(matches!(
-            judge_pid(me.pid, me.start_time, unknown),
+            judge_pid(me.pid, me.start_time, true, unknown),
             Liveness::Alive { .. }
         ));
         let other = me.start_time.map(|t| t + 1);
-        let v = judge_pid(me.pid, other, unknown);
+        let v = judge_pid(me.pid, other, true, unknown);
         assert!(v.is_stale() && v.evidence().contains("reused"), "{v}");
+        // Through a /proc of another pid namespace, a differing start time proves nothing.
+        let v = judge_pid(me.pid, other, false, unknown);
+        assert_eq!(v.name(), "unknown", "{v}");
     }
 
     #[test]

@@ -102,10 +102,7 @@ fn lock_file(
 /// `create`'s mode when given.
 fn open_lock_file(lock_path: &Path, create: Option<u32>) -> io::Result<File> {
     let mut options = OpenOptions::new();
-    options
-        .read(true)
-        .write(true)
-        .custom_flags(libc_o_nofollow());
+    options.read(true).write(true).custom_flags(open_flags());
     if let Some(mode) = create {
         options.create(true).mode(mode);
     }
@@ -116,7 +113,7 @@ fn open_lock_file(lock_path: &Path, create: Option<u32>) -> io::Result<File> {
             // the directory is not writable), the first error is the one that explains it.
             OpenOptions::new()
                 .read(true)
-                .custom_flags(libc_o_nofollow())
+                .custom_flags(open_flags())
                 .open(lock_path)
                 .map_err(|_| e)
         }
@@ -124,8 +121,11 @@ fn open_lock_file(lock_path: &Path, create: Option<u32>) -> io::Result<File> {
     }
 }
 
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+/// `O_NOFOLLOW` (a planted symlink is an error, not followed) and `O_NONBLOCK` (a FIFO planted
+/// at the lock path must not block a read-only open until a writer comes; no effect on a
+/// regular file or on flock).
+fn open_flags() -> i32 {
+    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
 }
 
 /// A pause of 75% to 125% of `d`, so that processes that collided do not collide again.

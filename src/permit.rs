@@ -54,7 +54,6 @@ pub struct Permit {
 
 struct Held {
     hold: Target,
-    slot: u32,
     lease: Option<Duration>,
     /// The kernel-held witness of a process-bound hold; `None` for detached holds.
     witness: Option<WitnessLock>,
@@ -91,9 +90,9 @@ impl Permit {
                     sem,
                     id,
                     token,
+                    slot,
                     acquired_at,
                 },
-                slot,
                 lease,
                 detached: witness.is_none(),
                 witness,
@@ -122,7 +121,7 @@ impl Permit {
     /// The slot index in `0..capacity` this grant got: the lowest free one at the time (for
     /// example which of 4 GPUs to use). Slots of current holders never coincide.
     pub fn slot(&self) -> u32 {
-        self.held().slot
+        self.held().hold.slot
     }
 
     /// When the slot was granted.
@@ -250,12 +249,19 @@ impl Permit {
     /// # Errors
     ///
     /// [`Error::Lost`] if the entry is no longer on file (nothing is changed);
+    /// [`Error::NotOwner`] in a forked child (the hold is the parent's; nothing is changed);
     /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`]: the
     /// entry may then still be on file; [`Semaphore::release`] or [`Semaphore::remove`] can
     /// remove it later.
     pub fn release(mut self) -> Result<()> {
         match self.held.take() {
-            Some(held) => held.release(),
+            Some(held) => match held.not_owner() {
+                Some(e) => {
+                    held.abandon();
+                    Err(e)
+                }
+                None => held.release(),
+            },
             None => Ok(()),
         }
     }
@@ -263,18 +269,24 @@ impl Permit {
     /// Keeps the hold after the permit is gone: the entry is rewritten as *detached* (its
     /// witness is dropped), so it stays on file and keeps its slot until
     /// [`Semaphore::release`], [`Semaphore::remove`] or its lease ends it, even after this
-    /// process exits. This is the seed's session use.
+    /// process exits. This is the Go package's session use.
     ///
     /// # Errors
     ///
     /// A [`KeepError`] holding the error and the permit, which is not lost: on
     /// [`Error::LockTimeout`] or [`Error::Io`] it can be kept again later or released. On
-    /// [`Error::Lost`] the entry was already gone.
+    /// [`Error::Lost`] the entry was already gone; [`Error::NotOwner`] in a forked child.
     #[allow(clippy::result_large_err)] // the permit rides in the error on purpose, as in tempfile
     pub fn keep(mut self) -> std::result::Result<(), KeepError> {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
+        if let Some(error) = held.not_owner() {
+            return Err(KeepError {
+                error,
+                permit: Permit { held: Some(held) },
+            });
+        }
         let hold = &held.hold;
         let result = hold
             .sem
@@ -304,6 +316,24 @@ impl Permit {
 }
 
 impl Held {
+    /// `Some(NotOwner)` in a forked child: the hold is the parent's.
+    fn not_owner(&self) -> Option<Error> {
+        (self.pid != std::process::id()).then(|| Error::NotOwner {
+            path: self.hold.sem.path().to_path_buf(),
+            id: self.hold.id.clone(),
+            token: self.hold.token,
+            pid: self.pid,
+        })
+    }
+
+    /// Leaves the parent's hold alone: no write, and the witness lock (shared with the parent
+    /// through the forked descriptor) stays locked.
+    fn abandon(self) {
+        if let Some(w) = self.witness {
+            w.abandon();
+        }
+    }
+
     fn release(mut self) -> Result<()> {
         let witness = self.witness.take();
         let result = self.hold.remove_entry();
@@ -321,11 +351,9 @@ impl Drop for Permit {
         let Some(held) = self.held.take() else {
             return;
         };
-        if held.pid != std::process::id() {
+        if held.not_owner().is_some() {
             // A forked child: the hold (and the witness lock it shares) is the parent's.
-            if let Some(w) = held.witness {
-                w.abandon();
-            }
+            held.abandon();
             return;
         }
         if held.detached {
@@ -346,6 +374,7 @@ struct Target {
     sem: Semaphore,
     id: String,
     token: u64,
+    slot: u32,
     acquired_at: DateTime<Utc>,
 }
 
@@ -385,15 +414,42 @@ impl Target {
             let Some(i) = self.find(doc) else {
                 return Ok(Step::unchanged(Err(self.lost())));
             };
+            let restored = self.restore(doc, i);
             let entry = &mut doc.holders[i];
             match rules::lease_end(entry.lease_ms, Utc::now()) {
                 Some(until) => {
                     entry.expires_at = Some(until);
                     Ok(Step::changed(Ok(Some(until))))
                 }
-                None => Ok(Step::unchanged(Ok(None))),
+                None => Ok(Step::new(Ok(None), restored)),
             }
         })?
+    }
+
+    /// Gives our entry (at `i`) back the token and slot a Go write dropped, so that grants
+    /// after it neither reuse our slot nor confuse our entry with another. Returns whether
+    /// it changed anything. A slot that someone else got meanwhile is not taken back.
+    fn restore(&self, doc: &mut Document, i: usize) -> bool {
+        let slot_taken = doc
+            .holders
+            .iter()
+            .enumerate()
+            .any(|(j, e)| j != i && e.slot == Some(self.slot));
+        let entry = &mut doc.holders[i];
+        let mut changed = false;
+        if entry.token.is_none() {
+            entry.token = Some(self.token);
+            changed = true;
+        }
+        if entry.slot.is_none() {
+            if slot_taken {
+                tracing::warn!(path = %self.sem.path().display(), id = %self.id, slot = self.slot, "slot dropped by a foreign write was granted again");
+            } else {
+                entry.slot = Some(self.slot);
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Fails with [`Error::Lost`] unless the entry is on file (a lock-free read).
@@ -508,7 +564,7 @@ impl fmt::Debug for Permit {
                 .field("path", &h.hold.sem.path())
                 .field("id", &h.hold.id)
                 .field("token", &h.hold.token)
-                .field("slot", &h.slot)
+                .field("slot", &h.hold.slot)
                 .field("acquired_at", &h.hold.acquired_at)
                 .finish(),
             None => f.write_str("Permit(released)"),

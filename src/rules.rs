@@ -77,16 +77,17 @@ pub(crate) fn next_token(doc: &Document) -> u64 {
 /// of [`verdict`], which needs no judge.
 pub(crate) fn expired(entry: &Entry, now: DateTime<Utc>) -> Option<Liveness> {
     let expires_at = entry.expires_at?;
-    let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
-    (now > expires_at + grace).then(|| Liveness::Expired {
+    (now > expiry(entry)?).then(|| Liveness::Expired {
         evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
     })
 }
 
 /// The instant after which [`expired`] calls the entry expired, if it has an expiry.
+/// `None` also when adding the grace would overflow chrono's range (an `expires_at` at its
+/// end, read from the file): such an entry never expires, and nothing panics.
 pub(crate) fn expiry(entry: &Entry) -> Option<DateTime<Utc>> {
     let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
-    entry.expires_at.map(|at| at + grace)
+    entry.expires_at?.checked_add_signed(grace)
 }
 
 /// Gives a document without a token counter one that is above every token handed out before.
@@ -200,8 +201,23 @@ pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
     granted
 }
 
+/// The end of a lease of `lease_ms` milliseconds starting `now`, capped at [`latest_instant`]:
+/// a lease is user input (and `lease_ms` is read from the file), so the arithmetic must not
+/// overflow (chrono panics), and the date written stays one that RFC 3339 readers accept.
 pub(crate) fn lease_end(lease_ms: Option<u64>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    lease_ms.map(|ms| now + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)))
+    lease_ms.map(|ms| {
+        let latest = latest_instant();
+        i64::try_from(ms)
+            .ok()
+            .and_then(chrono::TimeDelta::try_milliseconds)
+            .and_then(|d| now.checked_add_signed(d))
+            .map_or(latest, |end| end.min(latest))
+    })
+}
+
+/// 9999-12-31T23:59:59Z: the last instant RFC 3339 writes with a four-digit year.
+fn latest_instant() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides whether `id` may take a slot now, reaping stale entries in its way when

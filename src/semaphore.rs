@@ -90,7 +90,7 @@ impl Semaphore {
     /// Opens the semaphore at `path`, creating it (and its parent directory) with `capacity`
     /// slots if it does not exist.
     ///
-    /// As in the seed, a `capacity` of 0 means 1. `path` is the JSON state file; the lock file
+    /// As in the Go package, a `capacity` of 0 means 1. `path` is the JSON state file; the lock file
     /// is `PATH.lock` beside it. After opening, the file is the source of truth: every
     /// operation uses the capacity it reads then. Opening also removes temp files left by a
     /// writer that was killed mid-write.
@@ -148,6 +148,7 @@ impl Semaphore {
         capacity: Option<u32>,
         options: &OpenOptions,
     ) -> Result<Semaphore> {
+        check_not_a_lock_file(path)?;
         if let Some(capacity) = capacity {
             check_capacity(path, u64::from(capacity.max(1)))?;
             if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -254,7 +255,7 @@ impl Semaphore {
         })
     }
 
-    /// Takes a slot for `holder` if one is free now; never waits for one (the seed's
+    /// Takes a slot for `holder` if one is free now; never waits for one (the Go package's
     /// `Acquire`). A slot is not free while waiters are queued: they are owed the next ones
     /// (see [`acquire`](Semaphore::acquire)).
     ///
@@ -311,7 +312,7 @@ impl Semaphore {
                     Step::new(Err(refusal_error(path, id, refusal)), changed).reaped(removed)
                 );
             }
-            let mut entry = crate::wait::holder_entry(id, now, options, lease);
+            let mut entry = crate::queue::holder_entry(id, now, options, lease);
             let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
             entry.witness = witness.as_ref().map(|w| w.record.clone());
             let slot = rules::grant(doc, entry, token, now);
@@ -456,6 +457,15 @@ impl Semaphore {
     ) -> Result<(u64, Option<WitnessLock>)> {
         let store = &self.inner.store;
         for _ in 0..64 {
+            if rules::next_token(doc) > state::MAX_TOKEN {
+                // Never hand out a token twice: fail closed until `recover`.
+                return Err(Error::Corrupt {
+                    path: store.path.clone(),
+                    reason: "the fencing-token counter is exhausted (2^53 - 1 tokens were \
+                             handed out); tokens only grow, so use a new semaphore file"
+                        .to_string(),
+                });
+            }
             let token = rules::take_token(doc);
             if detached {
                 return Ok((token, None));
@@ -531,7 +541,7 @@ impl Semaphore {
             })
     }
 
-    /// Releases the slot held by `id`, whoever holds it (the seed's `Release`). A
+    /// Releases the slot held by `id`, whoever holds it (the Go package's `Release`). A
     /// [`Permit`] releases itself; this is for holds that outlived their permit
     /// ([`Permit::keep`]) or were taken by another program.
     ///
@@ -568,7 +578,7 @@ impl Semaphore {
     }
 
     /// Removes the holders (and queued waiters) with these IDs, for cleanup after crashes
-    /// (the seed's `Remove`). Idempotent: unknown IDs are not an error. Returns the IDs that
+    /// (the Go package's `Remove`). Idempotent: unknown IDs are not an error. Returns the IDs that
     /// were on file and are now gone, each once, in the order given.
     ///
     /// # Errors
@@ -742,6 +752,7 @@ impl OpenOptions {
     /// As [`Semaphore::recover`].
     pub fn recover(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Recovered> {
         let path = path.as_ref();
+        check_not_a_lock_file(path)?;
         check_capacity(path, u64::from(capacity))?;
         let store = Store::new(
             path.to_path_buf(),
@@ -761,8 +772,12 @@ impl OpenOptions {
         let moved_to = store.with_lock(|| {
             let bytes = match store.read() {
                 Ok(_) => return Ok(None),
-                Err(Error::Corrupt { .. }) => fs::read(path)
-                    .map_err(|e| store.io_error("read semaphore state at", e))?,
+                // Tokens are looked for in what can be read safely: the first bytes of a
+                // file over the size limit, nothing of a FIFO or device.
+                Err(Error::Corrupt { .. }) => match store.read_raw()? {
+                    crate::store::Raw::Regular { bytes, .. } => bytes,
+                    _ => read_prefix(path, crate::store::MAX_STATE_BYTES),
+                },
                 Err(e) => return Err(e),
             };
             let mode = fs::metadata(path)
@@ -790,6 +805,25 @@ impl OpenOptions {
     }
 }
 
+/// Up to `limit` bytes of a regular file at `path` (not following a symlink, not blocking on
+/// a FIFO); empty for anything else or on error.
+fn read_prefix(path: &Path, limit: u64) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let mut bytes = Vec::new();
+    if let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+    {
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            let _ = file.take(limit).read_to_end(&mut bytes);
+        }
+    }
+    bytes
+}
+
 /// A fencing-token counter above anything a corrupt file can have handed out.
 fn token_floor(bytes: &[u8]) -> u64 {
     let mut max = 0u64;
@@ -805,13 +839,37 @@ fn token_floor(bytes: &[u8]) -> u64 {
             .take_while(|b| b.is_ascii_digit())
             .map(|&b| b as char)
             .collect();
+        // Numbers above the token range are themselves corruption, not past tokens.
         if let Ok(n) = digits.parse::<u64>() {
-            max = max.max(n);
+            if n <= state::MAX_TOKEN + 1 {
+                max = max.max(n);
+            }
         }
         i = j.max(i + at + 1);
     }
     let micros = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
-    max.saturating_add(1).max(micros)
+    max.saturating_add(1).max(micros).min(state::MAX_TOKEN + 1)
+}
+
+/// Refuses `X.lock` when a semaphore state file `X` exists: that is X's lock file, and using it
+/// as a state file (above all `recover`, which moves it aside) would break X's exclusion.
+fn check_not_a_lock_file(path: &Path) -> Result<()> {
+    let Some(stem) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".lock"))
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(());
+    };
+    let semaphore = path.with_file_name(stem);
+    if semaphore.is_file() {
+        return Err(Error::IsLockFile {
+            path: path.to_path_buf(),
+            semaphore,
+        });
+    }
+    Ok(())
 }
 
 fn check_capacity(path: &Path, capacity: u64) -> Result<()> {

@@ -15,6 +15,10 @@ use serde_json::{Map, Value};
 /// treated as corruption, not as a request for that many slots.
 pub const MAX_CAPACITY: u32 = 1_000_000;
 
+/// The largest fencing token, 2^53 - 1: every token is an integer that any JSON reader (a
+/// JavaScript one too) represents exactly. Larger numbers in a state file are corruption.
+pub const MAX_TOKEN: u64 = (1 << 53) - 1;
+
 /// The longest holder ID an acquire accepts, in bytes of UTF-8.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -99,6 +103,10 @@ pub(crate) struct Owner {
     /// Inode of `/proc/self/ns/pid`: pids are only comparable inside one pid namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_ns: Option<u64>,
+    /// Inode of `/proc/self/ns/time`: `start_time` is only comparable inside one time
+    /// namespace (a boot-time offset shifts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ns: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -153,6 +161,16 @@ impl Document {
             if e.slot.is_some_and(|s| s >= MAX_CAPACITY) {
                 return Err(format!("holder {:?} has slot {:?}", e.id, e.slot));
             }
+            if e.token.is_some_and(|t| t > MAX_TOKEN) {
+                return Err(format!(
+                    "holder {:?} has token {:?}, above 2^53 - 1",
+                    e.id, e.token
+                ));
+            }
+        }
+        // One past the largest token: a counter that has handed out every token.
+        if doc.next_token.is_some_and(|t| t > MAX_TOKEN + 1) {
+            return Err(format!("next_token {:?} is above 2^53", doc.next_token));
         }
         Ok(doc)
     }

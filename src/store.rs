@@ -8,12 +8,12 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::atomic::{self, FileMeta};
 use crate::error::{Error, Result};
-use crate::lock::{self, LockGuard};
+use crate::lock;
 use crate::rules;
 use crate::rules::Removed;
 use crate::state::Document;
@@ -32,8 +32,9 @@ pub(crate) struct Store {
     pub create_mode: u32,
     pub lock_timeout: Duration,
     /// Serializes threads of this process sharing the handle, so they wait here (without
-    /// polling) rather than on the lock file. Held only for one step.
-    mutex: Mutex<()>,
+    /// polling) rather than on the lock file. Held only for one step; waiting for it counts
+    /// against the lock timeout.
+    gate: Gate,
 }
 
 /// What a rule reports back to [`Store::transact`].
@@ -87,7 +88,7 @@ impl Store {
             durable,
             create_mode,
             lock_timeout,
-            mutex: Mutex::new(()),
+            gate: Gate::default(),
         }
     }
 
@@ -129,35 +130,48 @@ impl Store {
         })
     }
 
-    /// Takes the lock file, creating it if absent.
-    fn lock(&self) -> Result<LockGuard> {
-        lock::lock_exclusive(
-            &self.path,
-            &self.lock_path,
-            self.create_mode,
-            self.lock_timeout,
-        )
-    }
-
     /// Reads the current document without the lock; `None` when there is no state file.
     pub fn read(&self) -> Result<Option<(Document, FileMeta)>> {
+        let (bytes, meta) = match self.read_raw()? {
+            Raw::Missing => return Ok(None),
+            Raw::Regular { bytes, meta } => (bytes, meta),
+            Raw::TooLarge { len } => {
+                return Err(self.corrupt(format!(
+                    "the file is {len} bytes, more than the {MAX_STATE_BYTES} bytes a state file may have"
+                )));
+            }
+            Raw::NotRegular { kind } => {
+                return Err(self.corrupt(format!("it is a {kind}, not a regular file")));
+            }
+        };
+        let doc = Document::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
+        Ok(Some((doc, meta)))
+    }
+
+    /// Reads the state file's bytes, without ever blocking on a FIFO or reading more than
+    /// [`MAX_STATE_BYTES`]. A directory is an I/O error (`EISDIR`), as reading it would be.
+    pub fn read_raw(&self) -> Result<Raw> {
+        // O_NONBLOCK: opening a FIFO for reading would wait for a writer, under the lock.
+        // It changes nothing for regular files.
+        let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
         let file = match fs::OpenOptions::new()
             .read(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .custom_flags(flags.bits())
             .open(&self.path)
         {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Raw::Missing),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(self.symlink()),
             Err(e) => return Err(self.io_error("read semaphore state at", e)),
         };
-        let (bytes, meta) =
-            read_all(file).map_err(|e| self.io_error("read semaphore state at", e))?;
-        let doc = Document::parse(&bytes).map_err(|reason| Error::Corrupt {
+        read_all(file).map_err(|e| self.io_error("read semaphore state at", e))
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt {
             path: self.path.clone(),
             reason,
-        })?;
-        Ok(Some((doc, meta)))
+        }
     }
 
     /// Reads the current document, failing with [`Error::NotFound`] if there is none.
@@ -187,18 +201,33 @@ impl Store {
     /// one `statx` fewer per operation than looking up the state file first; a state file
     /// that is missing while its lock file exists is found missing by [`Store::read`].
     fn locked<R>(&self, may_create: bool, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        let _serial = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        let guard = if may_create {
-            self.lock()?
+        let start = Instant::now();
+        let timed_out = || Error::LockTimeout {
+            path: self.path.clone(),
+            lock_path: self.lock_path.clone(),
+            waited: start.elapsed(),
+        };
+        // One deadline for the in-process queue and the lock file together: otherwise the
+        // last of N threads could wait N lock timeouts.
+        let _serial = self
+            .gate
+            .enter(start + self.lock_timeout)
+            .ok_or_else(timed_out)?;
+        let left = || self.lock_timeout.saturating_sub(start.elapsed());
+        let create = || lock::lock_exclusive(&self.path, &self.lock_path, self.create_mode, left());
+        let locked = if may_create {
+            create()
         } else {
-            match lock::lock_exclusive_existing(&self.path, &self.lock_path, self.lock_timeout)? {
-                Some(guard) => guard,
-                None => {
-                    self.check_exists()?;
-                    self.lock()?
-                }
+            match lock::lock_exclusive_existing(&self.path, &self.lock_path, left()) {
+                Ok(Some(guard)) => Ok(guard),
+                Ok(None) => self.check_exists().and_then(|()| create()),
+                Err(e) => Err(e),
             }
         };
+        let guard = locked.map_err(|e| match e {
+            Error::LockTimeout { .. } => timed_out(),
+            other => other,
+        })?;
         let r = f()?;
         guard.unlock();
         Ok(r)
@@ -221,32 +250,106 @@ impl Store {
     }
 }
 
-/// Reads the whole file after one `fstat` (for its size, mode and owner). Unlike
-/// `File::read_to_end`, which asks for the size again (`statx` and `lseek`), this makes only
-/// the `read` calls: two system calls fewer on every operation.
-fn read_all(mut file: File) -> io::Result<(Vec<u8>, FileMeta)> {
-    let m = file.metadata()?;
-    // One byte more than the size, so that the read that finds the end needs no growth.
-    let mut bytes = vec![0; usize::try_from(m.len()).unwrap_or(0).saturating_add(1)];
-    let mut filled = 0;
-    loop {
-        if filled == bytes.len() {
-            // The file grew since the fstat (a writer that does not replace it by rename).
-            bytes.resize(bytes.len().saturating_mul(2), 0);
+/// The largest state file that is read, in bytes: 64 MiB, room for well over 100 000 holders.
+/// A larger file is [`Error::Corrupt`] rather than read into memory (a sparse file of a few
+/// terabytes would otherwise abort the process).
+pub(crate) const MAX_STATE_BYTES: u64 = 64 << 20;
+
+/// What [`Store::read_raw`] found at the state path.
+pub(crate) enum Raw {
+    Missing,
+    Regular {
+        bytes: Vec<u8>,
+        meta: FileMeta,
+    },
+    /// A regular file over [`MAX_STATE_BYTES`]; `len` is its size in bytes.
+    TooLarge {
+        len: u64,
+    },
+    /// A FIFO, socket or device; `kind` names it.
+    NotRegular {
+        kind: &'static str,
+    },
+}
+
+/// A mutex whose wait has a deadline (std's has none). Besides bounding the wait behind other
+/// threads, it keeps a child forked while another thread was inside from hanging: the child
+/// sees the gate busy forever and times out, where a std mutex would block it for good.
+#[derive(Debug, Default)]
+struct Gate {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+/// Holding this is being inside the [`Gate`]; dropping it lets the next thread in.
+struct GateGuard<'a>(&'a Gate);
+
+impl Gate {
+    /// Enters, waiting until `deadline` at most; `None` when the deadline passed first.
+    fn enter(&self, deadline: Instant) -> Option<GateGuard<'_>> {
+        let mut busy = self.lock();
+        while *busy {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        *busy = true;
+        Some(GateGuard(self))
     }
-    bytes.truncate(filled);
+
+    /// The flag's mutex is held only to read or flip the flag, never across I/O.
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = false;
+        self.0.freed.notify_one();
+    }
+}
+
+fn read_all(file: File) -> io::Result<Raw> {
+    use std::os::unix::fs::FileTypeExt;
+    let m = file.metadata()?;
+    let t = m.file_type();
+    if t.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "FIFO"
+        } else if t.is_socket() {
+            "socket"
+        } else if t.is_char_device() {
+            "character device"
+        } else if t.is_block_device() {
+            "block device"
+        } else {
+            "special file"
+        };
+        return Ok(Raw::NotRegular { kind });
+    }
+    if m.len() > MAX_STATE_BYTES {
+        return Ok(Raw::TooLarge { len: m.len() });
+    }
+    // The file may grow while we read (a foreign writer): never read past the limit.
+    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
+    file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Ok(Raw::TooLarge {
+            len: bytes.len() as u64,
+        });
+    }
     let meta = FileMeta {
         mode: m.mode() & 0o7777,
         owner: Some((m.uid(), m.gid())),
     };
-    Ok((bytes, meta))
+    Ok(Raw::Regular { bytes, meta })
 }
 
 /// The directory that holds `path`.

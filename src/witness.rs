@@ -170,21 +170,28 @@ pub(crate) enum Probe {
 /// for an instant if the file is free (and releases it at once).
 pub(crate) fn probe(state_path: &Path, token: u64, record: &Witness) -> Probe {
     let path = dir_of(state_path).join(token.to_string());
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(&path)
-    {
+    let file = match open_existing(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Probe::Missing,
         Err(e) => return Probe::Unreadable(e.to_string()),
     };
     match file.metadata() {
-        Ok(m) if m.dev() == record.dev && m.ino() == record.ino => {}
+        // We only ever create regular files: anything else was put there by someone else.
+        Ok(m) if m.is_file() && m.dev() == record.dev && m.ino() == record.ino => {}
         Ok(_) => return Probe::Missing,
         Err(e) => return Probe::Unreadable(e.to_string()),
     }
     try_shared(file)
+}
+
+/// Opens an existing witness file for reading without following a symlink and without
+/// blocking: a FIFO planted under a witness name would otherwise block the opener (who may hold
+/// the state lock) until some writer comes.
+fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(path)
 }
 
 fn try_shared(mut file: File) -> Probe {
@@ -237,9 +244,13 @@ pub(crate) fn remove_orphans(state_path: &Path, live_tokens: &[u64]) -> Vec<Path
         if live_tokens.contains(&token) {
             continue;
         }
-        let Ok(file) = File::open(entry.path()) else {
+        // Only our own kind of file: a symlink is not followed, a FIFO not waited on.
+        let Ok(file) = open_existing(&entry.path()) else {
             continue;
         };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            continue;
+        }
         if let Ok(flock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             if fs::remove_file(entry.path()).is_ok() {
                 removed.push(entry.path());
