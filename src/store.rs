@@ -277,8 +277,17 @@ pub(crate) enum Raw {
 /// sees the gate busy forever and times out, where a std mutex would block it for good.
 #[derive(Debug, Default)]
 struct Gate {
-    busy: Mutex<bool>,
+    state: Mutex<GateState>,
     freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// A thread is inside.
+    busy: bool,
+    /// Threads waiting to enter: leaving wakes one only if there is one, so that a handle
+    /// used by one thread makes no `futex` call per operation.
+    waiting: usize,
 }
 
 /// Holding this is being inside the [`Gate`]; dropping it lets the next thread in.
@@ -287,29 +296,37 @@ struct GateGuard<'a>(&'a Gate);
 impl Gate {
     /// Enters, waiting until `deadline` at most; `None` when the deadline passed first.
     fn enter(&self, deadline: Instant) -> Option<GateGuard<'_>> {
-        let mut busy = self.lock();
-        while *busy {
+        let mut state = self.lock();
+        while state.busy {
             let left = deadline.checked_duration_since(Instant::now())?;
-            busy = self
+            state.waiting += 1;
+            state = self
                 .freed
-                .wait_timeout(busy, left)
+                .wait_timeout(state, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.waiting -= 1;
         }
-        *busy = true;
+        state.busy = true;
         Some(GateGuard(self))
     }
 
-    /// The flag's mutex is held only to read or flip the flag, never across I/O.
-    fn lock(&self) -> MutexGuard<'_, bool> {
-        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The state's mutex is held only to read or change it, never across I/O.
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
-        *self.0.lock() = false;
-        self.0.freed.notify_one();
+        let waiting = {
+            let mut state = self.0.lock();
+            state.busy = false;
+            state.waiting > 0
+        };
+        if waiting {
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -380,6 +397,42 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn gate_lets_every_waiting_thread_in_one_at_a_time() {
+        // Leaving wakes a waiter whenever there is one (no lost wake-up), and never two inside.
+        let gate = std::sync::Arc::new(Gate::default());
+        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (gate, inside) = (gate.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        let guard = gate.enter(deadline).expect("entered before the deadline");
+                        assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
+                        inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        drop(guard);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(gate.lock().waiting, 0);
+    }
+
+    #[test]
+    fn gate_wait_ends_at_the_deadline() {
+        // A thread behind a holder that never leaves gives up at its deadline.
+        let gate = Gate::default();
+        let _held = gate.enter(Instant::now()).unwrap();
+        let start = Instant::now();
+        assert!(gate.enter(start + Duration::from_millis(30)).is_none());
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert_eq!(gate.lock().waiting, 0);
     }
 
     #[test]
