@@ -19,9 +19,9 @@
 //! The timeline shows when each worker queued, how many were ahead, and the order they were
 //! served in (a queued worker keeps the fencing token it got when it queued, so tokens are
 //! granted in increasing order).
-//! An independent witness (`examples/common/witness.rs`: its own counter file under its own
-//! lock, plus one `O_EXCL` marker file per slot in use) counts who is inside. The program
-//! exits with status 1 if the witness ever saw more than `capacity` inside, a slot used twice,
+//! An independent checker (`examples/common/witness.rs`: its own counter file under its own
+//! lock, plus one `O_EXCL` marker file per slot in use; not the library's liveness witness
+//! files) counts who is inside. The program exits with status 1 if the checker ever saw more than `capacity` inside, a slot used twice,
 //! a release that failed, or a semaphore that is not empty at the end; 2 for bad arguments.
 
 #[path = "common/witness.rs"]
@@ -171,9 +171,9 @@ fn worker(args: &[String]) -> ExitCode {
         ExitCode::FAILURE
     };
 
-    let witness = match Witness::create(value("--witness"), capacity) {
+    let witness = match Witness::create(value("--checker"), capacity) {
         Ok(w) => w,
-        Err(e) => return fail(format!("witness: {e}")),
+        Err(e) => return fail(format!("checker: {e}")),
     };
     let sem = match Semaphore::open(&path, capacity) {
         Ok(s) => s,
@@ -212,7 +212,7 @@ fn worker(args: &[String]) -> ExitCode {
         let (slot, token) = (permit.slot(), permit.token());
         let entered = match witness.enter(slot, &id, token) {
             Ok(e) => e,
-            Err(e) => return fail(format!("witness: {e}")),
+            Err(e) => return fail(format!("checker: {e}")),
         };
         emit(
             epoch,
@@ -228,7 +228,7 @@ fn worker(args: &[String]) -> ExitCode {
 
         let (inside, violations) = match witness.leave(slot, &id, token) {
             Ok(r) => r,
-            Err(e) => return fail(format!("witness: {e}")),
+            Err(e) => return fail(format!("checker: {e}")),
         };
         emit(epoch, "left", &[&slot, &inside, &held_for.as_millis()]);
         for v in &violations {
@@ -311,8 +311,8 @@ fn run(config: &Config) -> Result<bool, String> {
             " (a fresh file, removed at the end; pass --path FILE to keep one)",
         ),
     };
-    let witness = Witness::create(temp.path().join("witness"), config.capacity)
-        .map_err(|e| format!("cannot create the witness directory: {e}"))?;
+    let witness = Witness::create(temp.path().join("checker"), config.capacity)
+        .map_err(|e| format!("cannot create the checker directory: {e}"))?;
     let sem = Semaphore::open(&path, config.capacity).map_err(|e| e.to_string())?;
     let already = sem.count().map_err(|e| e.to_string())?;
     if already > 0 {
@@ -328,7 +328,10 @@ fn run(config: &Config) -> Result<bool, String> {
         config.workers, config.capacity
     );
     println!("  state file: {}{keep_note}", path.display());
-    println!("  witness:    {}", witness.dir().display());
+    println!(
+        "  checker:    {} (an independent count of who is inside)",
+        witness.dir().display()
+    );
     println!(
         "  each worker takes a slot {} times and holds it about {} ms; when all are taken it \
          queues (first come, first served)",
@@ -346,7 +349,7 @@ fn run(config: &Config) -> Result<bool, String> {
             .args(["--worker", "--id", &name])
             .arg("--path")
             .arg(&path)
-            .arg("--witness")
+            .arg("--checker")
             .arg(witness.dir())
             .args(["--capacity", &config.capacity.to_string()])
             .args(["--cycles", &config.cycles.to_string()])
@@ -488,7 +491,7 @@ fn crash_demo(
             victim.child.kill()?;
             victim.child.wait().map(|_| ())
         })
-        .map_err(|e| format!("witness: {e}"))?;
+        .map_err(|e| format!("checker: {e}"))?;
     if killed.is_none() {
         return Ok(()); // it already left; try again at its next entry
     }
@@ -635,10 +638,10 @@ fn summarize(
         }
     }
 
-    let report = witness.report().map_err(|e| format!("witness: {e}"))?;
+    let report = witness.report().map_err(|e| format!("checker: {e}"))?;
     for v in &report.violations {
         if !tally.problems.iter().any(|p| p.ends_with(v.as_str())) {
-            tally.problems.push(format!("witness: {v}"));
+            tally.problems.push(format!("checker: {v}"));
         }
     }
     if count != 0 {
@@ -649,7 +652,7 @@ fn summarize(
     if report.inside != 0 {
         tally
             .problems
-            .push(format!("the witness still counts {} inside", report.inside));
+            .push(format!("the checker still counts {} inside", report.inside));
     }
     let dups = report.duplicate_tokens();
     if !dups.is_empty() {
@@ -686,7 +689,7 @@ fn summarize(
     println!();
     println!(
         "summary: {} workers x {} cycles = {} grants, {} after waiting in the queue, \
-         at most {} of {} inside at once (witness: {}), {} violations",
+         at most {} of {} inside at once (checker: {}), {} violations",
         config.workers,
         config.cycles,
         tally.grants,

@@ -114,6 +114,13 @@ fn workers_example_shares_the_semaphore_without_exceeding_capacity() {
         "{stdout}"
     );
     assert_eq!(stdout.matches("entered slot").count(), 12);
+    // The demo's own capacity checker is not called a witness (the library's liveness files
+    // are), so the two cannot be confused.
+    assert!(
+        stdout.contains("checker:") && stdout.contains("(checker: "),
+        "{stdout}"
+    );
+    assert!(!stdout.to_lowercase().contains("witness:"), "{stdout}");
 }
 
 #[test]
