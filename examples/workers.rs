@@ -100,6 +100,17 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             Some((name, value)) => (name, Some(value.to_string())),
             None => (arg.as_str(), None),
         };
+        const KNOWN: [&str; 6] = [
+            "--workers",
+            "--capacity",
+            "--cycles",
+            "--hold-ms",
+            "--path",
+            "--kill",
+        ];
+        if !KNOWN.contains(&name) {
+            return Err(format!("unknown option {name}"));
+        }
         let value = match inline.or_else(|| rest.next().cloned()) {
             Some(v) => v,
             None => return Err(format!("{name} needs a value")),
@@ -119,8 +130,14 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             "--hold-ms" => config.hold_ms = number(60_000)?,
             "--path" => config.path = Some(PathBuf::from(value)),
             "--kill" => config.kill = Some(number(64)? as u32),
-            _ => return Err(format!("unknown option {arg:?}")),
+            _ => return Err(format!("unknown option {name}")),
         }
+    }
+    if let Some(n) = config.kill.filter(|&n| n > config.workers) {
+        return Err(format!(
+            "--kill {n}: there are only {} workers (--workers {})",
+            config.workers, config.workers
+        ));
     }
     Ok(Some(config))
 }

@@ -174,6 +174,30 @@ fn workers_example_refuses_bad_arguments_with_status_two() {
 }
 
 #[test]
+fn workers_example_names_an_unknown_option_and_a_kill_beyond_the_workers() {
+    // A typo is reported as what it is, and --kill of a worker that does not exist is refused
+    // before any process starts (not discovered as a failed run at the end).
+    let exe = example("workers");
+    for (args, message) in [
+        (&["--bogus"][..], "unknown option --bogus"),
+        (&["--bogus=3"], "unknown option --bogus"),
+        (
+            &["--workers", "3", "--kill", "4"],
+            "--kill 4: there are only 3 workers",
+        ),
+        (&["--kill", "9"], "--kill 9: there are only 5 workers"),
+    ] {
+        let mut cmd = Command::new(&exe);
+        cmd.args(args);
+        let out = run(cmd, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing started");
+    }
+}
+
+#[test]
 fn workers_example_refuses_a_semaphore_that_already_has_holders() {
     // The demo's final check needs an empty semaphore; it says so instead of failing later.
     let exe = example("workers");
