@@ -340,7 +340,12 @@ fn run_timeout_gives_up_with_exit_1_no_earlier_than_the_timeout() {
         );
         assert!(start.elapsed() >= Duration::from_millis(300), "{timeout}");
         assert_eq!(out.code(), 1, "{out:?}");
-        assert!(out.stderr.contains("timed out"), "{}", out.stderr);
+        // In a unit people read (`timed out after 300 ms`), not Debug's `300.4121ms`.
+        assert!(
+            out.stderr.contains("timed out after ") && out.stderr.contains(" ms waiting"),
+            "{}",
+            out.stderr
+        );
         assert!(
             !out.stderr.contains("waiting for a slot on"),
             "no note without a terminal"
@@ -369,6 +374,28 @@ fn usage_errors_exit_2() {
     let out = finish(filesem().args(["run", "--id", "bad\nid", &path, "true"]));
     assert_eq!(out.code(), 2, "{out:?}");
     assert!(out.stderr.contains("invalid holder ID"), "{}", out.stderr);
+}
+
+#[test]
+fn an_invalid_id_is_shown_escaped_once() {
+    // The ID is quoted with its escapes once (`"bad\tid"`, not `"bad\\tid"`), and no raw
+    // control character reaches the terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let out = finish(
+        filesem()
+            .args(["acquire"])
+            .arg(&path)
+            .args(["--id", "bad\tid\u{1b}[2J"]),
+    );
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(r#"invalid holder ID "bad\tid\u{1b}[2J" for semaphore"#),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\t') && !out.stderr.contains('\u{1b}'));
 }
 
 #[test]
