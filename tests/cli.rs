@@ -399,6 +399,24 @@ fn an_invalid_id_is_shown_escaped_once() {
 }
 
 #[test]
+fn a_capacity_out_of_range_is_told_the_real_range() {
+    // `-c 0` and `set-capacity F 0` name 1..=MAX_CAPACITY, not u32's range.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir).display().to_string();
+    let range = format!("1..={}", filesem::MAX_CAPACITY);
+    for args in [
+        vec!["run", "-c", "0", &path, "true"],
+        vec!["set-capacity", &path, "0"],
+        vec!["recover", &path, "-c", "1000001"],
+    ] {
+        let out = finish(filesem().args(&args));
+        assert_eq!(out.code(), 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(&range), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("4294967295"), "{}", out.stderr);
+    }
+}
+
+#[test]
 fn corrupt_state_exits_125_naming_the_path_once_with_a_hint() {
     // filesem's own failures are 125, distinct from the command's codes and from contention.
     let dir = tempfile::tempdir().unwrap();

@@ -87,7 +87,7 @@ enum Command {
         /// The semaphore's state file.
         semfile: PathBuf,
         /// The new capacity, in holders.
-        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(value_parser = capacity_range())]
         capacity: u32,
     },
     /// Start afresh after the state file became corrupt (stop all holders first).
@@ -98,7 +98,7 @@ enum Command {
         /// The semaphore's state file.
         semfile: PathBuf,
         /// The capacity of the fresh semaphore, in holders.
-        #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(short, long, value_parser = capacity_range())]
         capacity: u32,
     },
     /// Show the capacity, the holders (slot, age, owner, liveness) and the queue.
@@ -118,7 +118,7 @@ struct SlotArgs {
     semfile: PathBuf,
     /// The capacity, in holders: needed only to create the semaphore (default 1 then);
     /// if given for an existing one, it must match.
-    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, value_parser = capacity_range())]
     capacity: Option<u32>,
     /// Wait at most this long for a slot: seconds (10, 0.5) or 250ms, 30s, 5m, 1h30m.
     #[arg(short = 'w', long = "timeout", value_name = "DURATION", value_parser = duration::parse)]
@@ -175,6 +175,11 @@ struct AcquireArgs {
     /// The holder ID, used later to `release` the hold.
     #[arg(long)]
     id: String,
+}
+
+/// Capacities `1..=`[`filesem::MAX_CAPACITY`], so that `-c 0` is told the real range.
+fn capacity_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(filesem::MAX_CAPACITY))
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
