@@ -592,6 +592,42 @@ fn acquire_and_release_work_across_invocations() {
 }
 
 #[test]
+fn status_of_a_lease_in_its_grace_says_when_it_is_reaped_in_one_time_format() {
+    // Just past its end, a lease is still within LEASE_GRACE: status must not say "expired"
+    // on one line and "runs until" on the next, and every time stamp has the same form.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let out = finish(
+        filesem()
+            .args(["acquire", "-q", "--lease", "50ms"])
+            .arg(&path)
+            .args(["--id", "session"]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut text = String::new();
+    wait_until("status shows the lease ended", || {
+        text = finish(filesem().arg("status").arg(&path)).stdout;
+        text.contains("lease expired")
+    });
+    let verdict = text.lines().last().unwrap_or_default().trim_start();
+    if verdict.starts_with("unknown") {
+        // Within the grace (the usual case: status ran within 2 s).
+        let grace = format!(
+            "reaped after the {} s grace",
+            filesem::LEASE_GRACE.as_secs()
+        );
+        assert!(text.contains(&grace), "{text}");
+        assert!(!text.contains("runs until"), "{text}");
+    } else {
+        // The machine was slow enough for the grace to pass: then it is simply expired.
+        assert!(verdict.starts_with("expired: lease expired at"), "{text}");
+        assert!(!text.contains("grace"), "{text}");
+    }
+    assert!(!text.contains("+00:00"), "one time format: {text}");
+    assert!(text.matches("Z)").count() >= 2, "{text}");
+}
+
+#[test]
 fn status_json_has_the_documented_fields() {
     // The JSON schema in the README is an interface: every documented field, with its type.
     let dir = tempfile::tempdir().unwrap();
