@@ -791,6 +791,49 @@ fn recover_moves_a_corrupt_file_aside_and_starts_afresh() {
     );
     let out = finish(filesem().args(["recover", "-c", "2"]).arg(&path));
     assert!(out.stdout.ends_with("is valid; nothing changed"), "{out:?}");
+    assert_eq!(out.stderr, "", "same capacity: no hint");
+}
+
+#[test]
+fn recover_of_a_valid_file_with_another_capacity_points_to_set_capacity() {
+    // `recover -c 9` never changes a valid file, so it must not look as if the capacity
+    // changed: exit 0 (nothing to recover), and a hint with the command that does it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "a", 4);
+    let out = finish(filesem().args(["recover", "-c", "9"]).arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.ends_with("is valid; nothing changed"), "{out:?}");
+    let expected = format!(
+        "filesem: hint: its capacity stays 4, not the 9 given with -c; \
+         `filesem set-capacity {} 9` changes it",
+        path.display()
+    );
+    assert_eq!(out.stderr, expected);
+    assert_eq!(status_json(&path)["capacity"], 4);
+}
+
+#[test]
+fn reap_says_when_there_was_nothing_to_reap_unless_quiet() {
+    // An empty answer is explicit on stderr; stdout stays the list of what was reaped, and
+    // -q keeps a cron job silent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "alive-session", 2);
+    let out = finish(filesem().arg("reap").arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "");
+    assert!(
+        out.stderr.starts_with("filesem: nothing to reap in "),
+        "{}",
+        out.stderr
+    );
+    let out = finish(filesem().args(["reap", "-q"]).arg(&path));
+    assert_eq!(
+        (out.code(), out.stdout.as_str(), out.stderr.as_str()),
+        (0, "", "")
+    );
+    assert_eq!(status_json(&path)["count"], 1, "nothing alive was touched");
 }
 
 /// A command that logs each SIGINT/SIGTERM/SIGHUP/SIGUSR1 it gets to `log`, runs `ready`

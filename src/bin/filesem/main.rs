@@ -74,11 +74,15 @@ enum Command {
     },
     /// Remove the entries of holders that are provably dead or whose lease ran out.
     ///
-    /// Prints each removed entry with the evidence. Entries that cannot be judged (written by
-    /// Go or another machine, detached holds without a lease) are never removed by guess.
+    /// Prints each removed entry with the evidence on stdout, or "nothing to reap" on stderr
+    /// (unless -q). Entries that cannot be judged (written by Go or another machine, detached
+    /// holds without a lease) are never removed by guess.
     Reap {
         /// The semaphore's state file.
         semfile: PathBuf,
+        /// Print nothing when nothing was stale (instead of "nothing to reap" on stderr).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Change the number of slots.
     ///
@@ -93,7 +97,8 @@ enum Command {
     /// Start afresh after the state file became corrupt (stop all holders first).
     ///
     /// Moves the corrupt file aside to SEMFILE.corrupt-<time> and writes an empty semaphore
-    /// with CAPACITY slots. Does nothing to a valid file.
+    /// with CAPACITY slots. Does nothing to a valid file (exit 0), not even change its
+    /// capacity: a hint then names `filesem set-capacity`.
     Recover {
         /// The semaphore's state file.
         semfile: PathBuf,
@@ -201,7 +206,7 @@ fn main() -> ExitCode {
         Command::Acquire(args) => acquire::detached(args),
         Command::Release { semfile, id } => admin::release(&semfile, &id),
         Command::Remove { semfile, ids } => admin::remove(&semfile, &ids),
-        Command::Reap { semfile } => admin::reap(&semfile),
+        Command::Reap { semfile, quiet } => admin::reap(&semfile, quiet),
         Command::SetCapacity { semfile, capacity } => admin::set_capacity(&semfile, capacity),
         Command::Recover { semfile, capacity } => admin::recover(&semfile, capacity),
         Command::Status { semfile, json } => status::status(&semfile, json),
