@@ -417,6 +417,28 @@ fn a_capacity_out_of_range_is_told_the_real_range() {
 }
 
 #[test]
+fn acquire_help_describes_its_own_lease_and_says_each_default_once() {
+    // `acquire`'s lease is not renewed by anyone, unlike `run`'s; help must not claim it is,
+    // and must not print a default twice.
+    let help = |sub: &str| {
+        let out = finish(filesem().args([sub, "--help"]));
+        assert_eq!(out.code(), 0, "{out:?}");
+        out.stdout
+    };
+    let (acquire, run) = (help("acquire"), help("run"));
+    assert!(!acquire.contains("`run` renews"), "{acquire}");
+    assert!(
+        acquire.contains("nothing renews a detached hold's lease"),
+        "{acquire}"
+    );
+    assert!(run.contains("`run` renews it in the background"), "{run}");
+    for text in [&acquire, &run] {
+        assert!(!text.contains("(default 1)"), "{text}");
+        assert_eq!(text.matches("[default: 1]").count(), 1, "{text}");
+    }
+}
+
+#[test]
 fn corrupt_state_exits_125_naming_the_path_once_with_a_hint() {
     // filesem's own failures are 125, distinct from the command's codes and from contention.
     let dir = tempfile::tempdir().unwrap();

@@ -50,10 +50,18 @@ enum Command {
     /// Nested in the command of a `run` on the same semaphore, `run` without --id uses the
     /// outer hold's ID and so fails at once with exit code 1 (already held) instead of
     /// waiting for its own parent; with another --id it competes for a slot like anyone.
+    #[command(mut_arg("lease", |a| a.help(
+        "Give the hold a lease: it ends by itself this long after it was taken unless \
+         renewed; `run` renews it in the background while the command runs"
+    )))]
     Run(RunArgs),
     /// Take a detached slot that outlives this process (a session), until `release`.
     ///
     /// Waits for a slot by default; `filesem release SEMFILE ID` ends the hold.
+    #[command(mut_arg("lease", |a| a.help(
+        "Give the hold a lease: nothing renews a detached hold's lease, so the hold ends by \
+         itself this long after it was taken, unless released before"
+    )))]
     Acquire(AcquireArgs),
     /// End the hold of an ID (taken with `acquire`, or by any program).
     Release {
@@ -131,11 +139,10 @@ struct SlotArgs {
     /// Do not wait: fail at once if no slot is free.
     #[arg(short = 'n', long = "nonblock", conflicts_with = "timeout")]
     nonblock: bool,
-    /// The exit code when no slot could be had (default 1).
+    /// The exit code when no slot could be had.
     #[arg(short = 'E', long = "conflict-exit-code", value_name = "CODE", default_value_t = NO_SLOT)]
     conflict_exit_code: u8,
-    /// Give the hold a lease: it ends by itself this long after it was taken (or last
-    /// renewed). `run` renews it in the background while the command runs.
+    /// Give the hold a lease (each subcommand says who renews it).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     lease: Option<Duration>,
     /// Queue priority while waiting: higher is served first, first come first served within
