@@ -1153,7 +1153,8 @@ fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
     let script = format!("echo $$; exec >/dev/null 2>&1; {}", until_stop(&stop));
     let running = Running::start(filesem().arg("run").arg(&path).args(["sh", "-c", &script]));
     let command_pid: i32 = running.line().parse().unwrap();
-    kill(running.pid(), Signal::SIGKILL).unwrap();
+    let running_pid = running.pid();
+    kill(running_pid, Signal::SIGKILL).unwrap();
     let out = running.finish();
     assert_eq!(out.status.signal(), Some(9));
     assert_eq!(
@@ -1161,6 +1162,16 @@ fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
         1,
         "the command still holds the slot"
     );
+    // Status explains the held witness next to the gone pid (the verdict stays "alive").
+    let status = finish(filesem().arg("status").arg(&path)).stdout;
+    assert!(
+        status.contains(&format!(
+            "is held; the acquiring pid {} has exited",
+            running_pid
+        )),
+        "{status}"
+    );
+    assert!(status.contains("\n  alive: witness lock "), "{status}");
     fs::write(&stop, "").unwrap();
     wait_for_exit(Pid::from_raw(command_pid));
     let out = finish(filesem().args(["run", "-w", "30"]).arg(&path).arg("true"));

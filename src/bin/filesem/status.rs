@@ -190,6 +190,11 @@ fn entry(out: &mut String, h: &Holder, info: &HolderInfo, now: DateTime<Utc>, wh
         out.push_str(&format!("\n  {line}"));
     }
     out.push_str(&format!("\n  {}: {}", h.liveness, escape(&h.evidence)));
+    if let Some(pid) = exited_owner(info) {
+        out.push_str(&format!(
+            "; the acquiring pid {pid} has exited (a process it started keeps the hold)"
+        ));
+    }
     if !h.metadata.is_empty() {
         let pairs: Vec<String> = h
             .metadata
@@ -197,6 +202,28 @@ fn entry(out: &mut String, h: &Holder, info: &HolderInfo, now: DateTime<Utc>, wh
             .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
             .collect();
         out.push_str(&format!("\n  metadata {}", pairs.join(" ")));
+    }
+}
+
+/// The pid of an entry judged alive by its witness lock whose acquiring process has exited
+/// (`filesem run` killed while its command runs on): shown so that the held lock and the
+/// gone pid do not look like a contradiction. Display only: the verdict stays the library's.
+/// Looked up only for owners on this host; a pid that was reused reads as running.
+fn exited_owner(info: &HolderInfo) -> Option<u32> {
+    if !matches!(info.liveness, Liveness::Alive { .. })
+        || !info.liveness.evidence().starts_with("witness lock")
+    {
+        return None;
+    }
+    let owner = info.owner.as_ref()?;
+    let host = nix::unistd::gethostname().ok()?;
+    if host.to_str() != Some(owner.host.as_str()) {
+        return None;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(owner.pid).ok()?);
+    match nix::sys::signal::kill(pid, None) {
+        Err(nix::errno::Errno::ESRCH) => Some(owner.pid),
+        _ => None,
     }
 }
 
