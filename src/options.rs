@@ -1,5 +1,5 @@
 //! Builders for settings: [`OpenOptions`] per semaphore handle, [`AcquireOptions`] per acquire.
-//! Later features add fields here, not new methods on [`Semaphore`](crate::Semaphore).
+//! Later features add fields here, not new methods on [`Semaphore`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::cancel::CancelToken;
 use crate::error::Result;
+use crate::queue::WaitStatus;
 use crate::semaphore::Semaphore;
-use crate::wait::WaitStatus;
 
 /// The default for [`OpenOptions::lock_timeout`]: 10 seconds.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);

@@ -312,7 +312,7 @@ impl Semaphore {
                     Step::new(Err(refusal_error(path, id, refusal)), changed).reaped(removed)
                 );
             }
-            let mut entry = crate::wait::holder_entry(id, now, options, lease);
+            let mut entry = crate::queue::holder_entry(id, now, options, lease);
             let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
             entry.witness = witness.as_ref().map(|w| w.record.clone());
             let slot = rules::grant(doc, entry, token, now);

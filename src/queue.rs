@@ -1,0 +1,658 @@
+//! The queue of waiting acquires, as pure steps on a [`Document`]: join, look for our grant,
+//! refresh, leave. They take the time and a liveness oracle as inputs (through [`Ctx`]), so
+//! they are tested without files, processes or clocks; [`crate::wait`] runs them under the
+//! lock and waits between them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::liveness::Identity;
+use crate::options::AcquireOptions;
+use crate::rules::{self, Ctx, Refusal, Removed};
+use crate::state::{Document, Entry, Owner, Witness};
+
+/// How far ahead a waiter's `expires_at` is set. A waiter refreshes it every third of this
+/// while it waits; one that stops (it died, or was stopped for longer) is dropped from the
+/// queue once it has passed, plus [`rules::LEASE_GRACE`]. This is what lets a queue move past
+/// a dead waiter that nobody can judge (another machine, or no liveness evidence at all).
+pub(crate) const WAITER_EXPIRY: Duration = Duration::from_secs(6);
+
+/// What [`AcquireOptions::on_wait`](crate::AcquireOptions::on_wait) is told when an acquire
+/// starts waiting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WaitStatus {
+    /// The semaphore's state file.
+    pub path: PathBuf,
+    /// The capacity on file, in holders.
+    pub capacity: u32,
+    /// The IDs of the current holders, in file order.
+    pub holders: Vec<String>,
+    /// How many waiters are served before this one.
+    pub ahead: usize,
+    /// The fencing token this acquire got when it joined the queue; the permit keeps it
+    /// when the slot is handed over.
+    pub token: u64,
+}
+
+/// What an acquire asks for.
+pub(crate) struct Request<'a> {
+    pub id: &'a str,
+    pub options: &'a AcquireOptions,
+    /// The lease of the hold: the acquire's own, or the handle's default.
+    pub lease: Option<Duration>,
+    /// `false` for one attempt only (a zero timeout): refused instead of queued.
+    pub may_wait: bool,
+}
+
+/// A queued acquire's identity on file, and what its entry carried (to restore it if a Go
+/// write strips the entry after the hand-off).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Mine {
+    pub id: String,
+    pub token: u64,
+    /// When it joined the queue: a grant of it is never older.
+    pub since: DateTime<Utc>,
+    pub owner: Option<Owner>,
+    pub witness: Option<Witness>,
+    pub detached: bool,
+    pub lease_ms: Option<u64>,
+}
+
+impl Mine {
+    fn of(entry: &Entry, token: u64) -> Mine {
+        Mine {
+            id: entry.id.clone(),
+            token,
+            since: entry.acquired_at,
+            owner: entry.owner.clone(),
+            witness: entry.witness.clone(),
+            detached: entry.detached,
+            lease_ms: entry.lease_ms,
+        }
+    }
+}
+
+/// Takes a fencing token for a new entry and, for a process-bound hold, creates its witness
+/// (returning the record to put in the entry). Files are touched here only, so that
+/// [`settle`] stays testable without them.
+pub(crate) type NewToken<'a> = dyn FnMut(&mut Document) -> Result<(u64, Option<Witness>)> + 'a;
+
+/// A slot granted to an acquire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub token: u64,
+    pub slot: u32,
+    pub acquired_at: DateTime<Utc>,
+}
+
+/// The result of one locked step of an acquire.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per locked step, moved once; boxing buys nothing
+pub(crate) enum Outcome {
+    Granted(Grant),
+    Queued { mine: Mine, status: WaitStatus },
+    Refused(Refusal),
+}
+
+/// The result of leaving the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Left {
+    /// The queue entry was removed, or was already gone.
+    Gone,
+    /// The slot had been handed over; it is kept (the caller returns a permit).
+    Granted(Grant),
+    /// The slot had been handed over; it was released and handed on.
+    Released,
+}
+
+/// Where an acquire's entry is.
+enum Found {
+    /// In `holders`, with its token: granted.
+    Holder(usize),
+    /// In the queue.
+    Waiter(usize),
+    /// In `holders` without token, under its ID, granted after it queued: a Go write dropped
+    /// the token after the hand-off. It is ours; the step marks it again.
+    Unmarked(usize),
+}
+
+/// The entry of a new hold before its token and witness, as both `try_acquire` and an
+/// acquire granted at once record it: owner, metadata, detached, lease length.
+pub(crate) fn holder_entry(
+    id: &str,
+    now: DateTime<Utc>,
+    options: &AcquireOptions,
+    lease: Option<Duration>,
+) -> Entry {
+    let mut entry = Entry::new(id.to_string(), now);
+    entry.metadata = options.metadata.clone();
+    entry.detached = options.detached;
+    entry.lease_ms = lease.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    entry.owner = Some(Identity::current().owner());
+    entry
+}
+
+/// The entry of a new waiter: a holder entry plus its token, witness, priority and expiry.
+/// Every waiter entry is built here, so that it is judged like a holder (owner, witness) and
+/// becomes one by [`rules::hand_off`] without changes (which replaces the waiter's expiry by
+/// the lease, if any).
+pub(crate) fn waiter_entry(
+    req: &Request<'_>,
+    token: u64,
+    witness: Option<Witness>,
+    now: DateTime<Utc>,
+) -> Entry {
+    let mut entry = holder_entry(req.id, now, req.options, req.lease);
+    entry.token = Some(token);
+    entry.witness = witness;
+    entry.priority = (req.options.priority != 0).then_some(req.options.priority);
+    entry.expires_at = Some(expiry_from(now));
+    entry
+}
+
+fn expiry_from(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(WAITER_EXPIRY).unwrap_or_default()
+}
+
+/// Finds our entry: by token and ID (a Go write loses the token counter, so once our entry
+/// is gone, our old token may be handed out again: the ID tells it apart).
+fn find(doc: &Document, mine: &Mine) -> Option<Found> {
+    let ours = |e: &Entry| e.token == Some(mine.token) && e.id == mine.id;
+    if let Some(i) = doc.holders.iter().position(ours) {
+        return Some(Found::Holder(i));
+    }
+    if let Some(i) = doc.waiters.iter().position(ours) {
+        return Some(Found::Waiter(i));
+    }
+    doc.holders
+        .iter()
+        .position(|e| e.token.is_none() && e.id == mine.id && e.acquired_at >= mine.since)
+        .map(Found::Unmarked)
+}
+
+/// The grant of `mine`, if a snapshot shows it (no lock needed).
+pub(crate) fn granted(doc: &Document, mine: &Mine) -> Option<Grant> {
+    match find(doc, mine)? {
+        Found::Holder(i) => {
+            let e = &doc.holders[i];
+            Some(Grant {
+                token: mine.token,
+                slot: e.slot?,
+                acquired_at: e.acquired_at,
+            })
+        }
+        Found::Waiter(_) | Found::Unmarked(_) => None,
+    }
+}
+
+/// Gives the holder entry at `i` (ours) back its token, a slot, owner, witness and lease if a
+/// writer (the Go package) dropped them.
+fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option<Grant> {
+    let slot = match doc.holders[i].slot {
+        Some(slot) => slot,
+        None => {
+            let entry = doc.holders.remove(i);
+            let slot = rules::lowest_free_slot(doc);
+            doc.holders.insert(i, entry);
+            slot?
+        }
+    };
+    let e = &mut doc.holders[i];
+    if e.token != Some(mine.token) || e.slot != Some(slot) {
+        e.token = Some(mine.token);
+        e.slot = Some(slot);
+        if e.owner.is_none() {
+            e.owner = mine.owner.clone();
+            e.witness = mine.witness.clone();
+            e.detached = mine.detached;
+            e.lease_ms = mine.lease_ms;
+            e.expires_at = rules::lease_end(mine.lease_ms, e.acquired_at);
+        }
+        *changed = true;
+    }
+    Some(Grant {
+        token: mine.token,
+        slot,
+        acquired_at: e.acquired_at,
+    })
+}
+
+/// One locked step of an acquire. Without `mine` (the first step): grant as `try_acquire`
+/// does, else queue (if `may_wait`). With `mine`: reap stale entries and hand free slots to
+/// the queue, then report our grant, or stay queued (refreshing the expiry if `refresh`), or,
+/// if our entry vanished, start over as a first step (at the back of the queue, with a new
+/// token: the old one may have been lost with the counter).
+#[allow(clippy::too_many_arguments)] // one step's inputs and its two reports
+pub(crate) fn settle(
+    doc: &mut Document,
+    req: &Request<'_>,
+    mine: Option<&Mine>,
+    refresh: bool,
+    ctx: &Ctx<'_>,
+    new_token: &mut NewToken<'_>,
+    changed: &mut bool,
+    removed: &mut Vec<Removed>,
+) -> Result<Outcome> {
+    if let Some(mine) = mine {
+        if ctx.reap {
+            let reaped = rules::reap(doc, ctx);
+            if !reaped.is_empty() {
+                *changed = true;
+                removed.extend(reaped);
+            }
+        }
+        if rules::hand_off(doc, ctx.now) > 0 {
+            *changed = true;
+        }
+        match find(doc, mine) {
+            Some(Found::Holder(i) | Found::Unmarked(i)) => {
+                return Ok(match mark(doc, i, mine, changed) {
+                    Some(grant) => Outcome::Granted(grant),
+                    // Ours, but no slot index is free (capacity lowered meanwhile): the ID is
+                    // on file and this call cannot claim it.
+                    None => Outcome::Refused(Refusal::AlreadyHeld),
+                });
+            }
+            Some(Found::Waiter(i)) => {
+                if refresh {
+                    doc.waiters[i].expires_at = Some(expiry_from(ctx.now));
+                    *changed = true;
+                }
+                return Ok(Outcome::Queued {
+                    mine: mine.clone(),
+                    status: status(doc, i, mine.token),
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(match rules::admit(doc, req.id, ctx, changed, removed) {
+        Ok(()) => {
+            let mut entry = holder_entry(req.id, ctx.now, req.options, req.lease);
+            let (token, witness) = new_token(doc)?;
+            entry.witness = witness;
+            let slot = rules::grant(doc, entry, token, ctx.now);
+            *changed = true;
+            Outcome::Granted(Grant {
+                token,
+                slot,
+                acquired_at: ctx.now,
+            })
+        }
+        Err(Refusal::NoCapacity { .. }) if req.may_wait => {
+            let (token, witness) = new_token(doc)?;
+            let entry = waiter_entry(req, token, witness, ctx.now);
+            let mine = Mine::of(&entry, token);
+            rules::enqueue(doc, entry);
+            *changed = true;
+            let ahead = doc
+                .waiters
+                .iter()
+                .position(|e| e.token == Some(token))
+                .unwrap_or(0);
+            Outcome::Queued {
+                status: status(doc, ahead, token),
+                mine,
+            }
+        }
+        Err(refusal) => Outcome::Refused(refusal),
+    })
+}
+
+/// The status for `on_wait`; the caller fills in `path`.
+fn status(doc: &Document, ahead: usize, token: u64) -> WaitStatus {
+    WaitStatus {
+        path: PathBuf::new(),
+        capacity: doc.capacity(),
+        holders: doc.holders.iter().map(|e| e.id.clone()).collect(),
+        ahead,
+        token,
+    }
+}
+
+/// Leaves the queue (a locked step). A slot handed over meanwhile is kept if `keep_grant`,
+/// else released and handed on in the same write.
+pub(crate) fn leave(
+    doc: &mut Document,
+    mine: &Mine,
+    keep_grant: bool,
+    now: DateTime<Utc>,
+    changed: &mut bool,
+) -> Left {
+    match find(doc, mine) {
+        Some(Found::Waiter(i)) => {
+            doc.waiters.remove(i);
+            rules::hand_off(doc, now);
+            *changed = true;
+            Left::Gone
+        }
+        Some(Found::Holder(i) | Found::Unmarked(i)) => {
+            if keep_grant && let Some(grant) = mark(doc, i, mine, changed) {
+                return Left::Granted(grant);
+            }
+            doc.holders.remove(i);
+            rules::hand_off(doc, now);
+            *changed = true;
+            Left::Released
+        }
+        None => Left::Gone,
+    }
+}
+
+/// Whether a snapshot shows something a locked step would change for a queued `mine`: its
+/// entry vanished or lost its token, a slot is free for the queue, or an entry is stale.
+pub(crate) fn needs_step(doc: &Document, mine: &Mine, ctx: &Ctx<'_>) -> bool {
+    match find(doc, mine) {
+        Some(Found::Waiter(_)) => {}
+        Some(Found::Holder(i)) if doc.holders[i].slot.is_some() => return false,
+        _ => return true,
+    }
+    let free =
+        doc.holders.len() < doc.capacity() as usize && rules::lowest_free_slot(doc).is_some();
+    free || (ctx.reap
+        && doc
+            .holders
+            .iter()
+            .chain(&doc.waiters)
+            .any(|e| rules::verdict(e, ctx.now, ctx.judge).is_stale()))
+}
+
+/// How long until the next entry other than ours becomes stale by its expiry.
+pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Option<Duration> {
+    doc.holders
+        .iter()
+        .chain(&doc.waiters)
+        .filter(|e| e.token != Some(mine.token))
+        .filter_map(rules::expiry)
+        .filter(|&at| at > now)
+        .min()
+        .and_then(|at| (at - now).to_std().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::NoEvidence;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        "2025-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::seconds(secs)
+    }
+
+    fn ctx(now: DateTime<Utc>) -> Ctx<'static> {
+        Ctx {
+            now,
+            judge: &NoEvidence,
+            reap: true,
+        }
+    }
+
+    /// Tokens without witness files.
+    fn tokens_only(doc: &mut Document) -> Result<(u64, Option<Witness>)> {
+        Ok((rules::take_token(doc), None))
+    }
+
+    fn full(capacity: u32) -> Document {
+        let mut doc = Document::new(capacity);
+        for i in 0..capacity {
+            let token = rules::take_token(&mut doc);
+            rules::grant(&mut doc, Entry::test(&format!("h{i}")), token, t(0));
+        }
+        doc
+    }
+
+    fn settle_at(
+        doc: &mut Document,
+        id: &str,
+        options: &AcquireOptions,
+        mine: Option<&Mine>,
+        refresh: bool,
+        now: DateTime<Utc>,
+    ) -> (Outcome, bool) {
+        let req = Request {
+            id,
+            options,
+            lease: None,
+            may_wait: true,
+        };
+        let mut changed = false;
+        let mut removed = Vec::new();
+        let o = settle(
+            doc,
+            &req,
+            mine,
+            refresh,
+            &ctx(now),
+            &mut tokens_only,
+            &mut changed,
+            &mut removed,
+        );
+        (o.unwrap(), changed)
+    }
+
+    fn queue(doc: &mut Document, id: &str, priority: i32, now: DateTime<Utc>) -> Mine {
+        let opts = AcquireOptions::new().priority(priority);
+        match settle_at(doc, id, &opts, None, false, now).0 {
+            Outcome::Queued { mine, .. } => mine,
+            other => panic!("expected queued, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_step_grants_when_free_and_queues_with_a_token_when_full() {
+        // The try path is tried first; a full semaphore queues the caller with its token.
+        let mut doc = Document::new(1);
+        let (o, changed) = settle_at(&mut doc, "a", &AcquireOptions::new(), None, false, t(1));
+        assert!(
+            matches!(o, Outcome::Granted(Grant { slot: 0, .. })),
+            "{o:?}"
+        );
+        assert!(changed);
+        let (o, _) = settle_at(&mut doc, "b", &AcquireOptions::new(), None, false, t(1));
+        let Outcome::Queued { mine, status } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(status.holders, ["a"]);
+        assert_eq!((status.capacity, status.ahead), (1, 0));
+        assert_eq!(doc.waiters[0].token, Some(mine.token));
+        assert_eq!(doc.waiters[0].expires_at, Some(expiry_from(t(1))));
+        assert_eq!(status.token, mine.token);
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused_without_leaving_an_entry() {
+        // One attempt only: nothing is queued.
+        let mut doc = full(1);
+        let req = Request {
+            id: "b",
+            options: &AcquireOptions::new(),
+            lease: None,
+            may_wait: false,
+        };
+        let (mut changed, mut removed) = (false, Vec::new());
+        let o = settle(
+            &mut doc,
+            &req,
+            None,
+            false,
+            &ctx(t(1)),
+            &mut tokens_only,
+            &mut changed,
+            &mut removed,
+        )
+        .unwrap();
+        assert!(matches!(o, Outcome::Refused(Refusal::NoCapacity { .. })));
+        assert!(doc.waiters.is_empty());
+        assert!(!changed);
+    }
+
+    #[test]
+    fn the_handed_over_slot_is_seen_in_a_snapshot_with_the_queue_token() {
+        // The releaser's write grants the head; the waiter only has to look.
+        let mut doc = full(1);
+        let mine = queue(&mut doc, "w", 0, t(1));
+        assert_eq!(granted(&doc, &mine), None);
+        assert_eq!(rules::remove_ids(&mut doc, &["h0"], t(2)), ["h0"]);
+        let grant = granted(&doc, &mine).expect("granted");
+        assert_eq!(grant.token, mine.token);
+        assert_eq!(grant.slot, 0);
+        assert_eq!(grant.acquired_at, t(2));
+    }
+
+    #[test]
+    fn a_vanished_entry_queues_again_with_a_new_token() {
+        // A Go write drops the queue: the waiter joins again instead of waiting forever.
+        let mut doc = full(1);
+        let mine = queue(&mut doc, "w", 0, t(1));
+        doc.waiters.clear();
+        doc.next_token = None;
+        let (o, changed) = settle_at(
+            &mut doc,
+            "w",
+            &AcquireOptions::new(),
+            Some(&mine),
+            false,
+            t(2),
+        );
+        let Outcome::Queued { mine: again, .. } = o else {
+            panic!("{o:?}")
+        };
+        assert!(changed);
+        assert_eq!(again.since, t(2));
+        assert_eq!(doc.waiters.len(), 1);
+        assert_eq!(doc.waiters[0].token, Some(again.token));
+        assert!(again.token > doc.holders[0].token.unwrap());
+    }
+
+    #[test]
+    fn a_grant_whose_token_a_go_write_dropped_is_recognised_and_marked() {
+        // Hand-off then a Go rewrite: the waiter finds its grant by ID and time, not a new slot.
+        let mut doc = full(1);
+        let mine = queue(&mut doc, "w", 0, t(1));
+        rules::remove_ids(&mut doc, &["h0"], t(2));
+        doc.holders[0].token = None;
+        doc.holders[0].slot = None;
+        let (o, changed) = settle_at(
+            &mut doc,
+            "w",
+            &AcquireOptions::new(),
+            Some(&mine),
+            false,
+            t(3),
+        );
+        assert!(changed);
+        let Outcome::Granted(grant) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!((grant.token, grant.slot), (mine.token, 0));
+        assert_eq!(doc.holders[0].token, Some(mine.token));
+    }
+
+    #[test]
+    fn refresh_moves_the_expiry_and_a_stopped_waiter_is_reaped_by_the_next() {
+        // A waiter that stops refreshing leaves the queue; the one behind moves up.
+        let mut doc = full(1);
+        let dead = queue(&mut doc, "dead", 0, t(0));
+        let live = queue(&mut doc, "live", 0, t(0));
+        let (o, changed) = settle_at(
+            &mut doc,
+            "live",
+            &AcquireOptions::new(),
+            Some(&live),
+            true,
+            t(4),
+        );
+        assert!(changed);
+        assert!(matches!(o, Outcome::Queued { .. }));
+        assert_eq!(doc.waiters[1].expires_at, Some(expiry_from(t(4))));
+        let later = t(9);
+        assert!(needs_step(&doc, &live, &ctx(later)));
+        let (o, _) = settle_at(
+            &mut doc,
+            "live",
+            &AcquireOptions::new(),
+            Some(&live),
+            false,
+            later,
+        );
+        let Outcome::Queued { status, .. } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(status.ahead, 0);
+        assert_eq!(doc.waiters.len(), 1);
+        assert_eq!(granted(&doc, &dead), None);
+        assert!(!needs_step(&doc, &live, &ctx(later)));
+    }
+
+    #[test]
+    fn leaving_removes_the_entry_or_releases_or_keeps_a_grant() {
+        // Timeout and cancel never leak a slot handed over while they were leaving.
+        let mut doc = full(1);
+        let a = queue(&mut doc, "a", 0, t(1));
+        let b = queue(&mut doc, "b", 0, t(1));
+        let mut changed = false;
+        assert_eq!(leave(&mut doc, &b, false, t(2), &mut changed), Left::Gone);
+        assert!(changed);
+        assert_eq!(doc.waiters.len(), 1);
+        rules::remove_ids(&mut doc, &["h0"], t(3));
+        let mut changed = false;
+        let Left::Granted(g) = leave(&mut doc, &a, true, t(4), &mut changed) else {
+            panic!("kept")
+        };
+        assert_eq!(g.token, a.token);
+        assert!(!changed);
+        let c = queue(&mut doc, "c", 0, t(5));
+        assert_eq!(
+            leave(&mut doc, &a, false, t(6), &mut changed),
+            Left::Released
+        );
+        assert_eq!(
+            doc.holders[0].id, "c",
+            "the released slot went to the next waiter"
+        );
+        assert_eq!(granted(&doc, &c).map(|g| g.token), Some(c.token));
+        let mut changed = false;
+        assert_eq!(leave(&mut doc, &b, false, t(7), &mut changed), Left::Gone);
+        assert!(!changed);
+    }
+
+    #[test]
+    fn priority_orders_the_queue_and_status_counts_those_ahead() {
+        // Higher priority first, first come first served within a priority.
+        let mut doc = full(1);
+        queue(&mut doc, "low", -1, t(1));
+        queue(&mut doc, "a", 0, t(1));
+        let opts = AcquireOptions::new().priority(3);
+        let Outcome::Queued { status, .. } = settle_at(&mut doc, "vip", &opts, None, false, t(1)).0
+        else {
+            panic!()
+        };
+        assert_eq!(status.ahead, 0);
+        let Outcome::Queued { status, .. } =
+            settle_at(&mut doc, "b", &AcquireOptions::new(), None, false, t(1)).0
+        else {
+            panic!()
+        };
+        assert_eq!(status.ahead, 2);
+        let order: Vec<_> = doc.waiters.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(order, ["vip", "a", "b", "low"]);
+    }
+
+    #[test]
+    fn next_expiry_ignores_our_own_entry_and_the_past() {
+        // The sleeper wakes when someone else's expiry passes, not for its own.
+        let mut doc = full(1);
+        let a = queue(&mut doc, "a", 0, t(0));
+        let b = queue(&mut doc, "b", 0, t(1));
+        let grace = rules::LEASE_GRACE;
+        assert_eq!(next_expiry(&doc, &b, t(0)), Some(WAITER_EXPIRY + grace));
+        assert_eq!(
+            next_expiry(&doc, &a, t(0)),
+            Some(WAITER_EXPIRY + grace + Duration::from_secs(1))
+        );
+        assert_eq!(next_expiry(&doc, &a, t(100)), None);
+    }
+}
