@@ -11,6 +11,8 @@
 //! --path FILE    the semaphore's state file (default: a fresh file in the temp directory)
 //! --kill N       SIGKILL worker N while it holds its first slot, and show the slot coming
 //!                back by itself (crash resilience)
+//! --window-ms N  how long the timeline holds a line back to print it in time order
+//!                (default 50)
 //! ```
 //!
 //! The workers are this program re-executed with a hidden `--worker` argument. Each one loops:
@@ -19,9 +21,13 @@
 //! The timeline shows when each worker queued, how many were ahead, and the order they were
 //! served in (a queued worker keeps the fencing token it got when it queued, so tokens are
 //! granted in increasing order).
-//! An independent witness (`examples/common/witness.rs`: its own counter file under its own
-//! lock, plus one `O_EXCL` marker file per slot in use) counts who is inside. The program
-//! exits with status 1 if the witness ever saw more than `capacity` inside, a slot used twice,
+//! Lines reach the parent through one pipe per worker, so they arrive slightly out of order;
+//! the parent keeps them in a small reorder buffer keyed by the time the worker stamped on
+//! them and prints a line once every live worker has reported something later, or once it is
+//! `--window-ms` old. The crash demo's own lines carry the parent's time on the same clock.
+//! An independent checker (`examples/common/witness.rs`: its own counter file under its own
+//! lock, plus one `O_EXCL` marker file per slot in use; not the library's liveness witness
+//! files) counts who is inside. The program exits with status 1 if the checker ever saw more than `capacity` inside, a slot used twice,
 //! a release that failed, or a semaphore that is not empty at the end; 2 for bad arguments.
 
 #[path = "common/witness.rs"]
@@ -38,7 +44,7 @@ use filesem::{AcquireOptions, Semaphore};
 use witness::Witness;
 
 const USAGE: &str = "\
-usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE] [--kill N]
+usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE] [--kill N] [--window-ms N]
 
 Starts N worker processes that compete for a semaphore with a few slots, prints a timeline
 of who held which slot, and exits non-zero if the semaphore ever let too many in.
@@ -55,6 +61,8 @@ struct Config {
     path: Option<PathBuf>,
     /// The worker (1-based) to SIGKILL during its first hold.
     kill: Option<u32>,
+    /// How long a timeline line may wait for earlier ones still in a pipe, in milliseconds.
+    window_ms: u64,
 }
 
 impl Default for Config {
@@ -66,6 +74,7 @@ impl Default for Config {
             hold_ms: 200,
             path: None,
             kill: None,
+            window_ms: 50,
         }
     }
 }
@@ -100,6 +109,18 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             Some((name, value)) => (name, Some(value.to_string())),
             None => (arg.as_str(), None),
         };
+        const KNOWN: [&str; 7] = [
+            "--workers",
+            "--capacity",
+            "--cycles",
+            "--hold-ms",
+            "--path",
+            "--kill",
+            "--window-ms",
+        ];
+        if !KNOWN.contains(&name) {
+            return Err(format!("unknown option {name}"));
+        }
         let value = match inline.or_else(|| rest.next().cloned()) {
             Some(v) => v,
             None => return Err(format!("{name} needs a value")),
@@ -119,8 +140,15 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             "--hold-ms" => config.hold_ms = number(60_000)?,
             "--path" => config.path = Some(PathBuf::from(value)),
             "--kill" => config.kill = Some(number(64)? as u32),
-            _ => return Err(format!("unknown option {arg:?}")),
+            "--window-ms" => config.window_ms = number(60_000)?,
+            _ => return Err(format!("unknown option {name}")),
         }
+    }
+    if let Some(n) = config.kill.filter(|&n| n > config.workers) {
+        return Err(format!(
+            "--kill {n}: there are only {} workers (--workers {})",
+            config.workers, config.workers
+        ));
     }
     Ok(Some(config))
 }
@@ -171,9 +199,9 @@ fn worker(args: &[String]) -> ExitCode {
         ExitCode::FAILURE
     };
 
-    let witness = match Witness::create(value("--witness"), capacity) {
+    let witness = match Witness::create(value("--checker"), capacity) {
         Ok(w) => w,
-        Err(e) => return fail(format!("witness: {e}")),
+        Err(e) => return fail(format!("checker: {e}")),
     };
     let sem = match Semaphore::open(&path, capacity) {
         Ok(s) => s,
@@ -212,7 +240,7 @@ fn worker(args: &[String]) -> ExitCode {
         let (slot, token) = (permit.slot(), permit.token());
         let entered = match witness.enter(slot, &id, token) {
             Ok(e) => e,
-            Err(e) => return fail(format!("witness: {e}")),
+            Err(e) => return fail(format!("checker: {e}")),
         };
         emit(
             epoch,
@@ -228,7 +256,7 @@ fn worker(args: &[String]) -> ExitCode {
 
         let (inside, violations) = match witness.leave(slot, &id, token) {
             Ok(r) => r,
-            Err(e) => return fail(format!("witness: {e}")),
+            Err(e) => return fail(format!("checker: {e}")),
         };
         emit(epoch, "left", &[&slot, &inside, &held_for.as_millis()]);
         for v in &violations {
@@ -283,8 +311,115 @@ struct Tally {
 struct Killed {
     worker: usize,
     slot: String,
-    at: Instant,
+    /// When it was killed, in microseconds since the start of the run.
+    at_us: u64,
     came_back_after: Option<Duration>,
+}
+
+/// The reorder buffer between the workers' pipes and the screen.
+///
+/// Every line is keyed by the time it happened (microseconds since `epoch`: stamped by the
+/// worker, or by the parent for its own lines) and printed in that order. A line is printed
+/// once no earlier one can still arrive (every worker whose pipe is open has reported
+/// something at or after it: each pipe delivers its worker's events in order), or once it is
+/// `window` old, so a worker that waits quietly in the queue does not hold the screen up.
+struct Timeline {
+    epoch_us: u64,
+    window_us: u64,
+    /// Lines not printed yet, by (time, arrival number).
+    pending: std::collections::BTreeMap<(u64, u64), String>,
+    arrivals: u64,
+    /// Per worker: the time of its latest event while its pipe is open, `None` once closed.
+    latest: Vec<Option<u64>>,
+}
+
+impl Timeline {
+    fn new(epoch_us: u64, window_ms: u64, workers: usize) -> Timeline {
+        Timeline {
+            epoch_us,
+            window_us: window_ms * 1000,
+            pending: std::collections::BTreeMap::new(),
+            arrivals: 0,
+            latest: vec![Some(0); workers],
+        }
+    }
+
+    /// Now, in microseconds since the start of the run (the workers' clock).
+    fn now_us(&self) -> u64 {
+        now_us().saturating_sub(self.epoch_us)
+    }
+
+    /// Notes that worker `i` has reported an event that happened at `t_us`.
+    fn seen(&mut self, i: usize, t_us: u64) {
+        if let Some(Some(latest)) = self.latest.get_mut(i) {
+            *latest = (*latest).max(t_us);
+        }
+    }
+
+    /// Notes that worker `i`'s pipe closed: nothing earlier can come from it any more.
+    fn closed(&mut self, i: usize) {
+        if let Some(latest) = self.latest.get_mut(i) {
+            *latest = None;
+        }
+    }
+
+    /// Queues `line` to be printed in the place of time `t_us`.
+    fn push(&mut self, t_us: u64, line: String) {
+        self.arrivals += 1;
+        self.pending.insert((t_us, self.arrivals), line);
+    }
+
+    /// Prints the lines nothing earlier can still overtake, or that waited long enough.
+    fn flush_ready(&mut self) {
+        let settled = self
+            .latest
+            .iter()
+            .flatten()
+            .min()
+            .copied()
+            .unwrap_or(u64::MAX);
+        let cutoff = settled.max(self.now_us().saturating_sub(self.window_us));
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > cutoff {
+                break;
+            }
+            print_line(&entry.remove());
+        }
+    }
+
+    /// Prints every line still held back.
+    fn flush_all(&mut self) {
+        while let Some((_, line)) = self.pending.pop_first() {
+            print_line(&line);
+        }
+    }
+}
+
+impl Drop for Timeline {
+    /// Even when the run fails early, every line received is shown before the error.
+    fn drop(&mut self) {
+        self.flush_all();
+    }
+}
+
+/// Prints a timeline line. Unlike `println!` it does not panic on a closed stdout
+/// (`| head`), which in `Timeline`'s `Drop` would abort before the workers are stopped.
+fn print_line(line: &str) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// One timeline line: time, worker, event, gauge.
+fn timeline_line(t_us: u64, name: &str, event: &str, bar: &str) -> String {
+    let time = format!("{:.3}s", t_us as f64 / 1e6);
+    format!("{time:>8}  {name:<10} {event:<52} {bar}")
+}
+
+/// The time field of a worker's event line (microseconds since the start of the run).
+fn event_time(line: &str) -> u64 {
+    line.split('\t')
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 fn parent(config: &Config) -> ExitCode {
@@ -311,8 +446,8 @@ fn run(config: &Config) -> Result<bool, String> {
             " (a fresh file, removed at the end; pass --path FILE to keep one)",
         ),
     };
-    let witness = Witness::create(temp.path().join("witness"), config.capacity)
-        .map_err(|e| format!("cannot create the witness directory: {e}"))?;
+    let witness = Witness::create(temp.path().join("checker"), config.capacity)
+        .map_err(|e| format!("cannot create the checker directory: {e}"))?;
     let sem = Semaphore::open(&path, config.capacity).map_err(|e| e.to_string())?;
     let already = sem.count().map_err(|e| e.to_string())?;
     if already > 0 {
@@ -328,7 +463,10 @@ fn run(config: &Config) -> Result<bool, String> {
         config.workers, config.capacity
     );
     println!("  state file: {}{keep_note}", path.display());
-    println!("  witness:    {}", witness.dir().display());
+    println!(
+        "  checker:    {} (an independent count of who is inside)",
+        witness.dir().display()
+    );
     println!(
         "  each worker takes a slot {} times and holds it about {} ms; when all are taken it \
          queues (first come, first served)",
@@ -346,7 +484,7 @@ fn run(config: &Config) -> Result<bool, String> {
             .args(["--worker", "--id", &name])
             .arg("--path")
             .arg(&path)
-            .arg("--witness")
+            .arg("--checker")
             .arg(witness.dir())
             .args(["--capacity", &config.capacity.to_string()])
             .args(["--cycles", &config.cycles.to_string()])
@@ -390,9 +528,10 @@ fn run(config: &Config) -> Result<bool, String> {
     let mut early = Vec::new();
     while ready < workers.0.len() {
         match recv(&rx, deadline)? {
-            (_, Some(line)) if line.starts_with("ready\t") => ready += 1,
-            (i, Some(line)) => early.push((i, line)),
-            (i, None) => {
+            None => {}
+            Some((_, Some(line))) if line.starts_with("ready\t") => ready += 1,
+            Some((i, Some(line))) => early.push((i, line)),
+            Some((i, None)) => {
                 return Err(format!(
                     "{} ended before it was ready: {early:?}",
                     workers.0[i].name
@@ -410,19 +549,42 @@ fn run(config: &Config) -> Result<bool, String> {
     println!();
     println!("{:>8}  {:<10} {:<52} inside", "time", "worker", "event");
     let mut tally = Tally::default();
+    let mut timeline = Timeline::new(epoch, config.window_ms, workers.0.len());
     for (i, line) in early {
-        show(&workers.0[i].name, &line, config.capacity, &mut tally);
+        let t_us = event_time(&line);
+        timeline.seen(i, t_us);
+        let text = show(&workers.0[i].name, &line, config.capacity, &mut tally);
+        timeline.push(t_us, text);
     }
     let mut open = workers.0.len();
     while open > 0 {
         match recv(&rx, deadline)? {
-            (i, Some(line)) => {
-                show(&workers.0[i].name, &line, config.capacity, &mut tally);
-                crash_demo(config, &sem, &witness, &mut workers, i, &line, &mut tally)?;
+            Some((i, Some(line))) => {
+                let t_us = event_time(&line);
+                timeline.seen(i, t_us);
+                let text = show(&workers.0[i].name, &line, config.capacity, &mut tally);
+                timeline.push(t_us, text);
+                // Acts at once (the kill cannot wait for the screen); only its lines queue.
+                crash_demo(
+                    config,
+                    &sem,
+                    &witness,
+                    &mut workers,
+                    (i, &line),
+                    &mut tally,
+                    &mut timeline,
+                )?;
             }
-            (_, None) => open -= 1,
+            Some((i, None)) => {
+                open -= 1;
+                timeline.closed(i);
+            }
+            None => {}
         }
+        timeline.flush_ready();
     }
+    timeline.flush_all();
+    drop(timeline);
     for (i, w) in workers.0.iter_mut().enumerate() {
         if tally.killed.as_ref().is_some_and(|k| k.worker == i) {
             continue; // killed on purpose and already reaped
@@ -455,24 +617,32 @@ fn crash_demo(
     sem: &Semaphore,
     witness: &Witness,
     workers: &mut Workers,
-    i: usize,
-    line: &str,
+    (i, line): (usize, &str),
     tally: &mut Tally,
+    timeline: &mut Timeline,
 ) -> Result<(), String> {
     let fields: Vec<&str> = line.split('\t').collect();
-    if fields[0] != "entered" {
+    if fields[0] != "entered" || fields.len() < 4 {
         return Ok(());
     }
+    let entered_us = event_time(line);
     let (slot, token) = (fields[2].to_string(), fields[3].parse::<u64>().unwrap_or(0));
     if let Some(k) = &mut tally.killed {
         if k.came_back_after.is_none() && k.slot == slot && k.worker != i {
-            let after = k.at.elapsed();
+            let after = Duration::from_micros(entered_us.saturating_sub(k.at_us));
             k.came_back_after = Some(after);
-            println!(
-                "{:>8}  {:<10} slot {slot} came back {} ms after the kill, with no manual step",
-                "",
-                "",
-                after.as_millis()
+            // Right after the entry that took the slot back.
+            timeline.push(
+                entered_us,
+                timeline_line(
+                    entered_us,
+                    "",
+                    &format!(
+                        "slot {slot} came back {} ms after the kill, with no manual step",
+                        after.as_millis()
+                    ),
+                    "",
+                ),
             );
         }
         return Ok(());
@@ -488,45 +658,60 @@ fn crash_demo(
             victim.child.kill()?;
             victim.child.wait().map(|_| ())
         })
-        .map_err(|e| format!("witness: {e}"))?;
+        .map_err(|e| format!("checker: {e}"))?;
     if killed.is_none() {
         return Ok(()); // it already left; try again at its next entry
     }
-    println!(
-        "{:>8}  {name:<10} KILLED with SIGKILL (pid {pid}) while holding slot {slot}",
-        ""
+    let killed_us = timeline.now_us();
+    timeline.push(
+        killed_us,
+        timeline_line(
+            killed_us,
+            &name,
+            &format!("KILLED with SIGKILL (pid {pid}) while holding slot {slot}"),
+            "",
+        ),
     );
     let verdict = sem
         .holders()
         .map_err(|e| e.to_string())?
         .into_iter()
         .find(|h| h.id == name);
-    match verdict {
-        Some(h) => println!("{:>8}  {:<10} its entry now: {}", "", "", h.liveness),
-        None => println!("{:>8}  {:<10} its entry is already reaped", "", ""),
-    }
+    let verdict = match verdict {
+        Some(h) => format!("its entry now: {}", h.liveness),
+        None => "its entry is already reaped".to_string(),
+    };
+    let looked_us = timeline.now_us();
+    timeline.push(looked_us, timeline_line(looked_us, "", &verdict, ""));
     tally.killed = Some(Killed {
         worker: i,
         slot,
-        at: Instant::now(),
+        at_us: killed_us,
         came_back_after: None,
     });
     Ok(())
 }
 
-/// Receives the next line from any worker, or fails when the deadline has passed.
+/// Receives the next line from any worker: `None` if none came within a few milliseconds
+/// (so that the timeline can print what has waited long enough); fails when the deadline
+/// has passed.
 fn recv(
     rx: &mpsc::Receiver<(usize, Option<String>)>,
     deadline: Instant,
-) -> Result<(usize, Option<String>), String> {
+) -> Result<Option<(usize, Option<String>)>, String> {
+    const TICK: Duration = Duration::from_millis(10);
+    let too_late =
+        || "the workers did not finish in time (deadline passed); stopped them".to_string();
     let left = deadline.saturating_duration_since(Instant::now());
-    rx.recv_timeout(left).map_err(|_| {
-        "the workers did not finish in time (deadline passed); stopped them".to_string()
-    })
+    match rx.recv_timeout(left.min(TICK)) {
+        Ok(message) => Ok(Some(message)),
+        Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => Ok(None),
+        Err(_) => Err(too_late()),
+    }
 }
 
-/// Prints one timeline line for a worker's event and updates the tally.
-fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
+/// The timeline line for a worker's event; updates the tally.
+fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) -> String {
     let fields: Vec<&str> = line.split('\t').collect();
     let (kind, t_us) = (
         fields[0],
@@ -536,7 +721,6 @@ fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
             .unwrap_or(0),
     );
     let f = |n: usize| fields.get(n).copied().unwrap_or("?");
-    let time = format!("{:.3}s", t_us as f64 / 1e6);
     let (event, inside) = match kind {
         "queued" => (
             format!(
@@ -585,7 +769,7 @@ fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) {
         }
         None => String::new(),
     };
-    println!("{time:>8}  {name:<10} {event:<52} {bar}");
+    timeline_line(t_us, name, &event, &bar)
 }
 
 /// `[##.]`: one `#` per holder inside, `.` per free slot, `!` per holder over capacity.
@@ -635,10 +819,10 @@ fn summarize(
         }
     }
 
-    let report = witness.report().map_err(|e| format!("witness: {e}"))?;
+    let report = witness.report().map_err(|e| format!("checker: {e}"))?;
     for v in &report.violations {
         if !tally.problems.iter().any(|p| p.ends_with(v.as_str())) {
-            tally.problems.push(format!("witness: {v}"));
+            tally.problems.push(format!("checker: {v}"));
         }
     }
     if count != 0 {
@@ -649,7 +833,7 @@ fn summarize(
     if report.inside != 0 {
         tally
             .problems
-            .push(format!("the witness still counts {} inside", report.inside));
+            .push(format!("the checker still counts {} inside", report.inside));
     }
     let dups = report.duplicate_tokens();
     if !dups.is_empty() {
@@ -686,7 +870,7 @@ fn summarize(
     println!();
     println!(
         "summary: {} workers x {} cycles = {} grants, {} after waiting in the queue, \
-         at most {} of {} inside at once (witness: {}), {} violations",
+         at most {} of {} inside at once (checker: {}), {} violations",
         config.workers,
         config.cycles,
         tally.grants,

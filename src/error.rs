@@ -175,7 +175,7 @@ pub enum Error {
     /// The lock file stayed locked by another process for longer than the lock timeout
     /// ([`OpenOptions::lock_timeout`](crate::OpenOptions::lock_timeout)). A process stopped
     /// (or hung) inside its short critical section is the usual cause.
-    #[error("timed out after {waited:?} waiting for the lock file `{lock_path}`")]
+    #[error("timed out after {} waiting for the lock file `{lock_path}`", seconds(*.waited))]
     LockTimeout {
         /// The state file.
         path: PathBuf,
@@ -189,7 +189,7 @@ pub enum Error {
     /// ([`Semaphore::acquire_timeout`](crate::Semaphore::acquire_timeout), or
     /// [`AcquireOptions::timeout`](crate::AcquireOptions::timeout)); the call left the queue.
     /// Distinct from [`LockTimeout`](Error::LockTimeout), which is about the lock file.
-    #[error("timed out after {waited:?} waiting for a slot of semaphore `{path}`")]
+    #[error("timed out after {} waiting for a slot of semaphore `{path}`", seconds(*.waited))]
     Timeout {
         /// The state file.
         path: PathBuf,
@@ -218,6 +218,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// A wait for messages: `302 ms` below a second, else `1.5 s`.
+fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 impl Error {
@@ -280,6 +289,20 @@ mod tests {
     fn error_is_send_sync_static() {
         // Errors must cross threads and be boxed as `dyn Error + Send + Sync`.
         assert_send_sync_static::<Error>();
+    }
+
+    #[test]
+    fn timeouts_read_in_milliseconds_or_seconds() {
+        // Messages show waits as people read them, not as Rust's Debug form.
+        let e = Error::Timeout {
+            path: "/s.json".into(),
+            waited: Duration::from_micros(302_211),
+        };
+        assert_eq!(
+            e.to_string(),
+            "timed out after 302 ms waiting for a slot of semaphore `/s.json`"
+        );
+        assert_eq!(seconds(Duration::from_millis(1_501)), "1.5 s");
     }
 
     #[test]

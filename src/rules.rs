@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::liveness::Liveness;
 use crate::state::{Document, Entry};
@@ -52,7 +52,7 @@ pub(crate) fn verdict(entry: &Entry, now: DateTime<Utc>, judge: &dyn Judge) -> L
     if entry.detached {
         return Liveness::Unknown {
             evidence: match entry.expires_at {
-                Some(at) => format!("detached hold, lease runs until {}", at.to_rfc3339()),
+                Some(_) => "detached hold: ends by release, remove or its lease".to_string(),
                 None => "detached hold: ends by release or remove".to_string(),
             },
         };
@@ -78,7 +78,10 @@ pub(crate) fn next_token(doc: &Document) -> u64 {
 pub(crate) fn expired(entry: &Entry, now: DateTime<Utc>) -> Option<Liveness> {
     let expires_at = entry.expires_at?;
     (now > expiry(entry)?).then(|| Liveness::Expired {
-        evidence: format!("lease expired at {}", expires_at.to_rfc3339()),
+        evidence: format!(
+            "lease expired at {}",
+            expires_at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        ),
     })
 }
 

@@ -340,7 +340,12 @@ fn run_timeout_gives_up_with_exit_1_no_earlier_than_the_timeout() {
         );
         assert!(start.elapsed() >= Duration::from_millis(300), "{timeout}");
         assert_eq!(out.code(), 1, "{out:?}");
-        assert!(out.stderr.contains("timed out"), "{}", out.stderr);
+        // In a unit people read (`timed out after 300 ms`), not Debug's `300.4121ms`.
+        assert!(
+            out.stderr.contains("timed out after ") && out.stderr.contains(" ms waiting"),
+            "{}",
+            out.stderr
+        );
         assert!(
             !out.stderr.contains("waiting for a slot on"),
             "no note without a terminal"
@@ -369,6 +374,68 @@ fn usage_errors_exit_2() {
     let out = finish(filesem().args(["run", "--id", "bad\nid", &path, "true"]));
     assert_eq!(out.code(), 2, "{out:?}");
     assert!(out.stderr.contains("invalid holder ID"), "{}", out.stderr);
+}
+
+#[test]
+fn an_invalid_id_is_shown_escaped_once() {
+    // The ID is quoted with its escapes once (`"bad\tid"`, not `"bad\\tid"`), and no raw
+    // control character reaches the terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let out = finish(
+        filesem()
+            .args(["acquire"])
+            .arg(&path)
+            .args(["--id", "bad\tid\u{1b}[2J"]),
+    );
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(r#"invalid holder ID "bad\tid\u{1b}[2J" for semaphore"#),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\t') && !out.stderr.contains('\u{1b}'));
+}
+
+#[test]
+fn a_capacity_out_of_range_is_told_the_real_range() {
+    // `-c 0` and `set-capacity F 0` name 1..=MAX_CAPACITY, not u32's range.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir).display().to_string();
+    let range = format!("1..={}", filesem::MAX_CAPACITY);
+    for args in [
+        vec!["run", "-c", "0", &path, "true"],
+        vec!["set-capacity", &path, "0"],
+        vec!["recover", &path, "-c", "1000001"],
+    ] {
+        let out = finish(filesem().args(&args));
+        assert_eq!(out.code(), 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(&range), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("4294967295"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn acquire_help_describes_its_own_lease_and_says_each_default_once() {
+    // `acquire`'s lease is not renewed by anyone, unlike `run`'s; help must not claim it is,
+    // and must not print a default twice.
+    let help = |sub: &str| {
+        let out = finish(filesem().args([sub, "--help"]));
+        assert_eq!(out.code(), 0, "{out:?}");
+        out.stdout
+    };
+    let (acquire, run) = (help("acquire"), help("run"));
+    assert!(!acquire.contains("`run` renews"), "{acquire}");
+    assert!(
+        acquire.contains("nothing renews a detached hold's lease"),
+        "{acquire}"
+    );
+    assert!(run.contains("`run` renews it in the background"), "{run}");
+    for text in [&acquire, &run] {
+        assert!(!text.contains("(default 1)"), "{text}");
+        assert_eq!(text.matches("[default: 1]").count(), 1, "{text}");
+    }
 }
 
 #[test]
@@ -547,6 +614,42 @@ fn acquire_and_release_work_across_invocations() {
 }
 
 #[test]
+fn status_of_a_lease_in_its_grace_says_when_it_is_reaped_in_one_time_format() {
+    // Just past its end, a lease is still within LEASE_GRACE: status must not say "expired"
+    // on one line and "runs until" on the next, and every time stamp has the same form.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let out = finish(
+        filesem()
+            .args(["acquire", "-q", "--lease", "50ms"])
+            .arg(&path)
+            .args(["--id", "session"]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut text = String::new();
+    wait_until("status shows the lease ended", || {
+        text = finish(filesem().arg("status").arg(&path)).stdout;
+        text.contains("lease expired")
+    });
+    let verdict = text.lines().last().unwrap_or_default().trim_start();
+    if verdict.starts_with("unknown") {
+        // Within the grace (the usual case: status ran within 2 s).
+        let grace = format!(
+            "reaped after the {} s grace",
+            filesem::LEASE_GRACE.as_secs()
+        );
+        assert!(text.contains(&grace), "{text}");
+        assert!(!text.contains("runs until"), "{text}");
+    } else {
+        // The machine was slow enough for the grace to pass: then it is simply expired.
+        assert!(verdict.starts_with("expired: lease expired at"), "{text}");
+        assert!(!text.contains("grace"), "{text}");
+    }
+    assert!(!text.contains("+00:00"), "one time format: {text}");
+    assert!(text.matches("Z)").count() >= 2, "{text}");
+}
+
+#[test]
 fn status_json_has_the_documented_fields() {
     // The JSON schema in the README is an interface: every documented field, with its type.
     let dir = tempfile::tempdir().unwrap();
@@ -710,6 +813,49 @@ fn recover_moves_a_corrupt_file_aside_and_starts_afresh() {
     );
     let out = finish(filesem().args(["recover", "-c", "2"]).arg(&path));
     assert!(out.stdout.ends_with("is valid; nothing changed"), "{out:?}");
+    assert_eq!(out.stderr, "", "same capacity: no hint");
+}
+
+#[test]
+fn recover_of_a_valid_file_with_another_capacity_points_to_set_capacity() {
+    // `recover -c 9` never changes a valid file, so it must not look as if the capacity
+    // changed: exit 0 (nothing to recover), and a hint with the command that does it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "a", 4);
+    let out = finish(filesem().args(["recover", "-c", "9"]).arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.ends_with("is valid; nothing changed"), "{out:?}");
+    let expected = format!(
+        "filesem: hint: its capacity stays 4, not the 9 given with -c; \
+         `filesem set-capacity {} 9` changes it",
+        path.display()
+    );
+    assert_eq!(out.stderr, expected);
+    assert_eq!(status_json(&path)["capacity"], 4);
+}
+
+#[test]
+fn reap_says_when_there_was_nothing_to_reap_unless_quiet() {
+    // An empty answer is explicit on stderr; stdout stays the list of what was reaped, and
+    // -q keeps a cron job silent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    hold(&path, "alive-session", 2);
+    let out = finish(filesem().arg("reap").arg(&path));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "");
+    assert!(
+        out.stderr.starts_with("filesem: nothing to reap in "),
+        "{}",
+        out.stderr
+    );
+    let out = finish(filesem().args(["reap", "-q"]).arg(&path));
+    assert_eq!(
+        (out.code(), out.stdout.as_str(), out.stderr.as_str()),
+        (0, "", "")
+    );
+    assert_eq!(status_json(&path)["count"], 1, "nothing alive was touched");
 }
 
 /// A command that logs each SIGINT/SIGTERM/SIGHUP/SIGUSR1 it gets to `log`, runs `ready`
@@ -1007,7 +1153,8 @@ fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
     let script = format!("echo $$; exec >/dev/null 2>&1; {}", until_stop(&stop));
     let running = Running::start(filesem().arg("run").arg(&path).args(["sh", "-c", &script]));
     let command_pid: i32 = running.line().parse().unwrap();
-    kill(running.pid(), Signal::SIGKILL).unwrap();
+    let running_pid = running.pid();
+    kill(running_pid, Signal::SIGKILL).unwrap();
     let out = running.finish();
     assert_eq!(out.status.signal(), Some(9));
     assert_eq!(
@@ -1015,6 +1162,16 @@ fn run_killed_with_sigkill_keeps_the_slot_until_the_command_exits() {
         1,
         "the command still holds the slot"
     );
+    // Status explains the held witness next to the gone pid (the verdict stays "alive").
+    let status = finish(filesem().arg("status").arg(&path)).stdout;
+    assert!(
+        status.contains(&format!(
+            "is held; the acquiring pid {} has exited",
+            running_pid
+        )),
+        "{status}"
+    );
+    assert!(status.contains("\n  alive: witness lock "), "{status}");
     fs::write(&stop, "").unwrap();
     wait_for_exit(Pid::from_raw(command_pid));
     let out = finish(filesem().args(["run", "-w", "30"]).arg(&path).arg("true"));

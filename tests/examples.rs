@@ -114,6 +114,13 @@ fn workers_example_shares_the_semaphore_without_exceeding_capacity() {
         "{stdout}"
     );
     assert_eq!(stdout.matches("entered slot").count(), 12);
+    // The demo's own capacity checker is not called a witness (the library's liveness files
+    // are), so the two cannot be confused.
+    assert!(
+        stdout.contains("checker:") && stdout.contains("(checker: "),
+        "{stdout}"
+    );
+    assert!(!stdout.to_lowercase().contains("witness:"), "{stdout}");
 }
 
 #[test]
@@ -153,6 +160,78 @@ fn workers_example_kill_shows_the_dead_holders_slot_coming_back() {
     assert!(stdout.contains("count 0, available 2 of 2"), "{stdout}");
 }
 
+/// The timeline of a `workers` run: the lines between its header and the blank line after it.
+fn timeline(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("time  worker"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect()
+}
+
+/// The time at the start of a timeline line (`  0.215s  worker-1 ...`), in seconds.
+fn time_of(line: &str) -> f64 {
+    let field = line.split_whitespace().next().unwrap_or_default();
+    field
+        .strip_suffix('s')
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time at the start of {line:?}"))
+}
+
+#[test]
+fn workers_example_prints_the_timeline_in_time_order_with_the_kill_in_its_place() {
+    // Lines from several pipes are reordered by the time they happened, and the crash demo's
+    // own lines sit where they happened in time: after the victim entered, before the slot
+    // came back. A long --window-ms makes the order depend only on the reorder buffer's
+    // merge, not on how fast the pipes are on a busy machine.
+    let mut cmd = Command::new(example("workers"));
+    cmd.args([
+        "--workers",
+        "4",
+        "--cycles",
+        "2",
+        "--hold-ms",
+        "40",
+        "--kill",
+        "3",
+        "--window-ms",
+        "30000",
+    ]);
+    let out = run(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}");
+    let lines = timeline(&stdout);
+    let times: Vec<f64> = lines.iter().map(|l| time_of(l)).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "times go backwards:\n{}",
+        lines.join("\n")
+    );
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{}", lines.join("\n")))
+    };
+    let killed = position("KILLED with SIGKILL");
+    let slot = lines[killed].rsplit(' ').find(|w| !w.is_empty()).unwrap();
+    let entered = lines[..killed]
+        .iter()
+        .rposition(|l| l.contains("worker-3") && l.contains("entered slot"))
+        .expect("the victim entered before it was killed");
+    assert!(lines[entered].contains(&format!("entered slot {slot} ")));
+    assert!(position("its entry") > killed, "{}", lines.join("\n"));
+    let back = position("came back");
+    assert!(back > killed, "{}", lines.join("\n"));
+    assert!(
+        lines[back - 1].contains(&format!("entered slot {slot} ")),
+        "the slot came back with the entry that took it: {}",
+        lines.join("\n")
+    );
+}
+
 #[test]
 fn workers_example_refuses_bad_arguments_with_status_two() {
     // Usage errors are distinguishable from a failed run.
@@ -163,6 +242,30 @@ fn workers_example_refuses_bad_arguments_with_status_two() {
         let out = run(cmd, Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+    }
+}
+
+#[test]
+fn workers_example_names_an_unknown_option_and_a_kill_beyond_the_workers() {
+    // A typo is reported as what it is, and --kill of a worker that does not exist is refused
+    // before any process starts (not discovered as a failed run at the end).
+    let exe = example("workers");
+    for (args, message) in [
+        (&["--bogus"][..], "unknown option --bogus"),
+        (&["--bogus=3"], "unknown option --bogus"),
+        (
+            &["--workers", "3", "--kill", "4"],
+            "--kill 4: there are only 3 workers",
+        ),
+        (&["--kill", "9"], "--kill 9: there are only 5 workers"),
+    ] {
+        let mut cmd = Command::new(&exe);
+        cmd.args(args);
+        let out = run(cmd, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing started");
     }
 }
 

@@ -1,8 +1,10 @@
-//! An independent witness of mutual exclusion, kept apart from the semaphore's own state.
+//! An independent checker of mutual exclusion, kept apart from the semaphore's own state.
+//! (The code calls it `Witness`; it has nothing to do with the library's liveness witness
+//! files under `PATH.witness/`. Output shown to users calls it the "checker".)
 //!
 //! Whoever got a slot from the semaphore calls [`Witness::enter`] right after acquiring and
-//! [`Witness::leave`] right before releasing. The witness counts how many are inside in its
-//! own counter file (under its own flock on `<dir>/witness.lock`, never the semaphore's lock)
+//! [`Witness::leave`] right before releasing. The checker counts how many are inside in its
+//! own counter file (under its own flock on `<dir>/checker.lock`, never the semaphore's lock)
 //! and creates a marker file `<dir>/slot-<slot>` with `O_EXCL` for every slot in use, so two
 //! holders of one slot collide on the file system. Anything impossible (more inside than the
 //! capacity, a slot outside `0..capacity`, a slot used twice, a leave without an enter) is
@@ -237,7 +239,7 @@ impl Witness {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(self.dir.join("witness.lock"))?;
+            .open(self.dir.join("checker.lock"))?;
         let start = Instant::now();
         let mut file = lock;
         let _guard = loop {
@@ -249,7 +251,7 @@ impl Witness {
             if start.elapsed() > LOCK_DEADLINE {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("witness lock in {} held too long", self.dir.display()),
+                    format!("checker lock in {} held too long", self.dir.display()),
                 ));
             }
             std::thread::sleep(Duration::from_micros(50 + fastrand::u64(..100)));

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use filesem::Semaphore;
 
-use crate::escape::escape;
+use crate::escape::{escape, shell_quote};
 use crate::exit::{Exit, Fail};
 use crate::print_line;
 
@@ -31,13 +31,21 @@ pub fn remove(path: &Path, ids: &[String]) -> Result<Exit, Fail> {
 }
 
 /// `filesem reap SEMFILE`: prints `reaped ID (slot S, token T): EVIDENCE` for each entry
-/// removed (`waiter` instead of the slot for a queued waiter).
+/// removed (`waiter` instead of the slot for a queued waiter), and, unless `quiet`, a note on
+/// stderr when there was nothing to remove (stdout stays the list of what was reaped).
 ///
 /// # Errors
 ///
 /// The library's errors.
-pub fn reap(path: &Path) -> Result<Exit, Fail> {
-    for reaped in Semaphore::open_existing(path)?.reap()? {
+pub fn reap(path: &Path, quiet: bool) -> Result<Exit, Fail> {
+    let all = Semaphore::open_existing(path)?.reap()?;
+    if all.is_empty() && !quiet {
+        eprintln!(
+            "filesem: nothing to reap in {}: no holder or waiter is provably dead or expired",
+            escape(&path.display().to_string())
+        );
+    }
+    for reaped in all {
         let mut what = Vec::new();
         if reaped.waiter {
             what.push("waiter".to_string());
@@ -72,7 +80,8 @@ pub fn set_capacity(path: &Path, capacity: u32) -> Result<Exit, Fail> {
     Ok(Exit::Success)
 }
 
-/// `filesem recover SEMFILE -c N`: says on stdout what it did.
+/// `filesem recover SEMFILE -c N`: says on stdout what it did. A valid file is left alone
+/// (exit 0); if its capacity is not `N`, a hint on stderr says how to change it.
 ///
 /// # Errors
 ///
@@ -81,6 +90,16 @@ pub fn recover(path: &Path, capacity: u32) -> Result<Exit, Fail> {
     let existed = path.exists();
     let recovered = Semaphore::recover(path, capacity)?;
     let shown = escape(&path.display().to_string());
+    if existed && recovered.moved_to.is_none() {
+        let on_file = Semaphore::open_existing(path)?.capacity()?;
+        if on_file != capacity {
+            eprintln!(
+                "filesem: hint: its capacity stays {on_file}, not the {capacity} given with -c; \
+                 `filesem set-capacity {} {capacity}` changes it",
+                escape(&shell_quote(&path.display().to_string()))
+            );
+        }
+    }
     let line = match (&recovered.moved_to, existed) {
         (Some(aside), _) => format!(
             "moved the corrupt state to {}; {shown} starts afresh with capacity {capacity}",

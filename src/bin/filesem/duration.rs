@@ -69,6 +69,25 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// A duration for messages: `302 ms`, `1.0 s`, `2 s`, `42 s`, `5 min 3 s`, `2 h 5 min`
+/// (never Rust's `302.211649ms` Debug form).
+pub fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        format!("{} ms", d.as_millis())
+    } else if secs < 60 && d.subsec_millis() == 0 {
+        format!("{secs} s")
+    } else if secs < 10 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else if secs < 60 {
+        format!("{} s", d.as_secs_f64().round() as u64)
+    } else if secs < 3600 {
+        format!("{} min {} s", secs / 60, secs % 60)
+    } else {
+        format!("{} h {} min", secs / 3600, secs % 3600 / 60)
+    }
+}
+
 /// `number` (decimal digits with at most one `.`) times `per_unit` nanoseconds, exactly,
 /// truncated below a nanosecond; saturating on overflow. `None` if `number` is malformed.
 fn scale(number: &str, per_unit: u128) -> Option<u128> {
@@ -151,6 +170,17 @@ mod tests {
             parse("18446744073709551615"),
             Ok(Duration::from_secs(u64::MAX))
         );
+    }
+
+    #[test]
+    fn human_durations_read_at_a_glance() {
+        // Messages show a unit a person reads, never Debug's `302.211649ms`.
+        assert_eq!(human(Duration::from_nanos(302_211_649)), "302 ms");
+        assert_eq!(human(Duration::from_nanos(1_001_329_695)), "1.0 s");
+        assert_eq!(human(Duration::from_secs(2)), "2 s");
+        assert_eq!(human(Duration::from_millis(42_400)), "42 s");
+        assert_eq!(human(Duration::from_secs(303)), "5 min 3 s");
+        assert_eq!(human(Duration::from_secs(7500)), "2 h 5 min");
     }
 
     #[test]

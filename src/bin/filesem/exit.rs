@@ -17,6 +17,7 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use crate::duration::human;
 use crate::escape::escape;
 
 /// How `filesem` ends.
@@ -97,15 +98,20 @@ impl Fail {
     }
 
     /// The report: `filesem: <error>: <cause>: <cause>`, then an optional `hint:` line; control
-    /// characters escaped so that an ID or a path cannot play tricks on the terminal.
+    /// characters escaped so that an ID or a path cannot play tricks on the terminal (once: a
+    /// [`Escaped`] message is shown as it is).
     pub fn report(&self) -> String {
-        let mut line = format!("filesem: {}", self.error);
+        let mut out = match self.error.downcast_ref::<Escaped>() {
+            Some(escaped) => format!("filesem: {escaped}"),
+            None => escape(&format!("filesem: {}", self.error)),
+        };
+        let mut causes = String::new();
         let mut source = self.error.source();
         while let Some(cause) = source {
-            let _ = write!(line, ": {cause}");
+            let _ = write!(causes, ": {cause}");
             source = cause.source();
         }
-        let mut out = escape(&line);
+        out.push_str(&escape(&causes));
         if let Some(hint) = &self.hint {
             out.push_str("\nfilesem: hint: ");
             out.push_str(&escape(hint));
@@ -114,9 +120,64 @@ impl Fail {
     }
 }
 
+/// A message already made safe for a terminal (its parts escaped one by one, or quoted with
+/// `{:?}`), which [`Fail::report`] must not escape a second time.
+#[derive(Debug)]
+pub struct Escaped(pub String);
+
+impl std::fmt::Display for Escaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Escaped {}
+
+/// The CLI's own wording of a library error, where it differs from the error's `Display`:
+/// durations for people (`302 ms`, not `302.211649ms`), and an invalid ID quoted once (the
+/// library quotes it with `{:?}`, which escaping the whole line would escape again).
+fn wording(error: &filesem::Error) -> Option<Escaped> {
+    use filesem::Error as E;
+    let path = |p: &std::path::Path| escape(&p.display().to_string());
+    let text = match error {
+        E::InvalidId {
+            path: p,
+            id,
+            reason,
+        } => {
+            // `{:?}` escapes control, bidi-override and quote characters and backslashes.
+            format!(
+                "invalid holder ID {id:?} for semaphore `{}`: {reason}",
+                path(p)
+            )
+        }
+        E::Timeout { path: p, waited } => format!(
+            "timed out after {} waiting for a slot of semaphore `{}`",
+            human(*waited),
+            path(p)
+        ),
+        E::LockTimeout {
+            lock_path, waited, ..
+        } => format!(
+            "timed out after {} waiting for the lock file `{}`",
+            human(*waited),
+            path(lock_path)
+        ),
+        _ => return None,
+    };
+    Some(Escaped(text))
+}
+
 impl Fail {
     /// A failure for a library error known only by reference (from a callback).
     pub fn from_ref(error: &filesem::Error) -> Fail {
+        if let Some(escaped) = wording(error) {
+            return Fail {
+                exit: Exit::Failure,
+                error: Box::new(escaped),
+                hint: None,
+            };
+        }
         let mut message = error.to_string();
         let mut source = error.source();
         while let Some(cause) = source {
@@ -152,11 +213,11 @@ impl From<filesem::Error> for Fail {
             ),
             _ => None,
         };
-        Fail {
-            exit,
-            error: Box::new(error),
-            hint,
-        }
+        let error: Box<dyn StdError + Send + Sync> = match wording(&error) {
+            Some(escaped) => Box::new(escaped),
+            None => Box::new(error),
+        };
+        Fail { exit, error, hint }
     }
 }
 
@@ -176,6 +237,32 @@ mod tests {
         assert_eq!(Exit::CannotRun.code(NO_SLOT), 126);
         assert_eq!(Exit::CommandNotFound.code(NO_SLOT), 127);
         assert_eq!(Exit::Command(143).code(NO_SLOT), 143);
+    }
+
+    #[test]
+    fn an_invalid_id_is_escaped_once_and_durations_read_as_people_write_them() {
+        // `bad\tid` shows as "bad\tid" (not "bad\\tid"), still with no raw control character;
+        // a timeout says `302 ms`, not `302.211649ms`.
+        let fail = Fail::from(filesem::Error::InvalidId {
+            path: "/x/s\u{1b}.json".into(),
+            id: "bad\tid\u{1b}[2J".into(),
+            reason: "the ID contains a control character",
+        });
+        assert_eq!(fail.exit, Exit::Usage);
+        assert_eq!(
+            fail.report(),
+            "filesem: invalid holder ID \"bad\\tid\\u{1b}[2J\" for semaphore `/x/s\\u{1b}.json`: \
+             the ID contains a control character"
+        );
+        let fail = Fail::from(filesem::Error::Timeout {
+            path: "/x/s.json".into(),
+            waited: std::time::Duration::from_nanos(302_211_649),
+        });
+        assert_eq!(fail.exit, Exit::NoSlot);
+        assert_eq!(
+            fail.report(),
+            "filesem: timed out after 302 ms waiting for a slot of semaphore `/x/s.json`"
+        );
     }
 
     #[test]

@@ -50,10 +50,18 @@ enum Command {
     /// Nested in the command of a `run` on the same semaphore, `run` without --id uses the
     /// outer hold's ID and so fails at once with exit code 1 (already held) instead of
     /// waiting for its own parent; with another --id it competes for a slot like anyone.
+    #[command(mut_arg("lease", |a| a.help(
+        "Give the hold a lease: it ends by itself this long after it was taken unless \
+         renewed; `run` renews it in the background while the command runs"
+    )))]
     Run(RunArgs),
     /// Take a detached slot that outlives this process (a session), until `release`.
     ///
     /// Waits for a slot by default; `filesem release SEMFILE ID` ends the hold.
+    #[command(mut_arg("lease", |a| a.help(
+        "Give the hold a lease: nothing renews a detached hold's lease, so the hold ends by \
+         itself this long after it was taken, unless released before"
+    )))]
     Acquire(AcquireArgs),
     /// End the hold of an ID (taken with `acquire`, or by any program).
     Release {
@@ -74,11 +82,15 @@ enum Command {
     },
     /// Remove the entries of holders that are provably dead or whose lease ran out.
     ///
-    /// Prints each removed entry with the evidence. Entries that cannot be judged (written by
-    /// Go or another machine, detached holds without a lease) are never removed by guess.
+    /// Prints each removed entry with the evidence on stdout, or "nothing to reap" on stderr
+    /// (unless -q). Entries that cannot be judged (written by Go or another machine, detached
+    /// holds without a lease) are never removed by guess.
     Reap {
         /// The semaphore's state file.
         semfile: PathBuf,
+        /// Print nothing when nothing was stale (instead of "nothing to reap" on stderr).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Change the number of slots.
     ///
@@ -87,18 +99,19 @@ enum Command {
         /// The semaphore's state file.
         semfile: PathBuf,
         /// The new capacity, in holders.
-        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(value_parser = capacity_range())]
         capacity: u32,
     },
     /// Start afresh after the state file became corrupt (stop all holders first).
     ///
     /// Moves the corrupt file aside to SEMFILE.corrupt-<time> and writes an empty semaphore
-    /// with CAPACITY slots. Does nothing to a valid file.
+    /// with CAPACITY slots. Does nothing to a valid file (exit 0), not even change its
+    /// capacity: a hint then names `filesem set-capacity`.
     Recover {
         /// The semaphore's state file.
         semfile: PathBuf,
         /// The capacity of the fresh semaphore, in holders.
-        #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(short, long, value_parser = capacity_range())]
         capacity: u32,
     },
     /// Show the capacity, the holders (slot, age, owner, liveness) and the queue.
@@ -118,7 +131,7 @@ struct SlotArgs {
     semfile: PathBuf,
     /// The capacity, in holders: needed only to create the semaphore (default 1 then);
     /// if given for an existing one, it must match.
-    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, value_parser = capacity_range())]
     capacity: Option<u32>,
     /// Wait at most this long for a slot: seconds (10, 0.5) or 250ms, 30s, 5m, 1h30m.
     #[arg(short = 'w', long = "timeout", value_name = "DURATION", value_parser = duration::parse)]
@@ -126,11 +139,10 @@ struct SlotArgs {
     /// Do not wait: fail at once if no slot is free.
     #[arg(short = 'n', long = "nonblock", conflicts_with = "timeout")]
     nonblock: bool,
-    /// The exit code when no slot could be had (default 1).
+    /// The exit code when no slot could be had.
     #[arg(short = 'E', long = "conflict-exit-code", value_name = "CODE", default_value_t = NO_SLOT)]
     conflict_exit_code: u8,
-    /// Give the hold a lease: it ends by itself this long after it was taken (or last
-    /// renewed). `run` renews it in the background while the command runs.
+    /// Give the hold a lease (each subcommand says who renews it).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     lease: Option<Duration>,
     /// Queue priority while waiting: higher is served first, first come first served within
@@ -177,6 +189,11 @@ struct AcquireArgs {
     id: String,
 }
 
+/// Capacities `1..=`[`filesem::MAX_CAPACITY`], so that `-c 0` is told the real range.
+fn capacity_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(filesem::MAX_CAPACITY))
+}
+
 fn parse_meta(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
@@ -196,7 +213,7 @@ fn main() -> ExitCode {
         Command::Acquire(args) => acquire::detached(args),
         Command::Release { semfile, id } => admin::release(&semfile, &id),
         Command::Remove { semfile, ids } => admin::remove(&semfile, &ids),
-        Command::Reap { semfile } => admin::reap(&semfile),
+        Command::Reap { semfile, quiet } => admin::reap(&semfile, quiet),
         Command::SetCapacity { semfile, capacity } => admin::set_capacity(&semfile, capacity),
         Command::Recover { semfile, capacity } => admin::recover(&semfile, capacity),
         Command::Status { semfile, json } => status::status(&semfile, json),

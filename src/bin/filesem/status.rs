@@ -8,9 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use filesem::{HolderInfo, Semaphore};
+use filesem::{HolderInfo, Liveness, Semaphore};
 use serde::Serialize;
 
+use crate::duration;
 use crate::escape::escape;
 use crate::exit::{Exit, Fail};
 use crate::print_line;
@@ -161,21 +162,39 @@ fn entry(out: &mut String, h: &Holder, info: &HolderInfo, now: DateTime<Utc>, wh
     };
     out.push_str(&format!("\n  mode {}{owner}", h.mode));
     if let Some(expires) = info.expires_at {
+        let at = rfc3339(expires);
+        // Past its end but not yet judged expired: within the grace for clock skew.
+        let in_grace = !matches!(info.liveness, Liveness::Expired { .. });
+        let grace = duration::human(filesem::LEASE_GRACE);
         let line = match (expires - now).to_std() {
-            Ok(left) => format!("expires in {} ({})", age(left), rfc3339(expires)),
-            Err(_) => format!(
-                "expired {} ago ({})",
-                age((now - expires).to_std().unwrap_or_default()),
-                rfc3339(expires)
+            Ok(left) if what == "held" => format!("lease expires in {} ({at})", age(left)),
+            Ok(left) => format!(
+                "queue entry expires in {} ({at}) unless refreshed",
+                age(left)
             ),
+            Err(_) => {
+                let ago = age((now - expires).to_std().unwrap_or_default());
+                match (what == "held", in_grace) {
+                    (true, true) => {
+                        format!("lease expired {ago} ago ({at}), reaped after the {grace} grace")
+                    }
+                    (false, true) => format!(
+                        "queue entry expired {ago} ago ({at}), dropped after the {grace} grace \
+                         unless refreshed"
+                    ),
+                    (true, false) => format!("lease expired {ago} ago ({at})"),
+                    (false, false) => format!("queue entry expired {ago} ago ({at})"),
+                }
+            }
         };
-        if what == "held" {
-            out.push_str(&format!("\n  lease {line}"));
-        } else {
-            out.push_str(&format!("\n  queue entry {line} unless refreshed"));
-        }
+        out.push_str(&format!("\n  {line}"));
     }
     out.push_str(&format!("\n  {}: {}", h.liveness, escape(&h.evidence)));
+    if let Some(pid) = exited_owner(info) {
+        out.push_str(&format!(
+            "; the acquiring pid {pid} has exited (a process it started keeps the hold)"
+        ));
+    }
     if !h.metadata.is_empty() {
         let pairs: Vec<String> = h
             .metadata
@@ -183,6 +202,28 @@ fn entry(out: &mut String, h: &Holder, info: &HolderInfo, now: DateTime<Utc>, wh
             .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
             .collect();
         out.push_str(&format!("\n  metadata {}", pairs.join(" ")));
+    }
+}
+
+/// The pid of an entry judged alive by its witness lock whose acquiring process has exited
+/// (`filesem run` killed while its command runs on): shown so that the held lock and the
+/// gone pid do not look like a contradiction. Display only: the verdict stays the library's.
+/// Looked up only for owners on this host; a pid that was reused reads as running.
+fn exited_owner(info: &HolderInfo) -> Option<u32> {
+    if !matches!(info.liveness, Liveness::Alive { .. })
+        || !info.liveness.evidence().starts_with("witness lock")
+    {
+        return None;
+    }
+    let owner = info.owner.as_ref()?;
+    let host = nix::unistd::gethostname().ok()?;
+    if host.to_str() != Some(owner.host.as_str()) {
+        return None;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(owner.pid).ok()?);
+    match nix::sys::signal::kill(pid, None) {
+        Err(nix::errno::Errno::ESRCH) => Some(owner.pid),
+        _ => None,
     }
 }
 
