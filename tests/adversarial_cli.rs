@@ -11,21 +11,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn filesem() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_filesem"));
-    for key in [
-        "FILESEM_PATH",
-        "FILESEM_ID",
-        "FILESEM_TOKEN",
-        "FILESEM_SLOT",
-    ] {
-        command.env_remove(key);
-    }
-    command.stdin(Stdio::null());
-    command
-}
+#[path = "common/cli.rs"]
+mod cli_common;
+use cli_common::{DEADLINE, filesem, lines, wait_until};
 
 /// Waits for `child` (killing it at the deadline); returns its exit code (128 + signal).
 fn wait(child: &mut Child) -> i32 {
@@ -58,22 +46,6 @@ fn output(command: &mut Command) -> (i32, String, String) {
     let code = wait(&mut child);
     let read = |p: &Path| fs::read_to_string(p).unwrap();
     (code, read(&out), read(&err))
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -15,22 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// How long any one process or condition may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn filesem() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_filesem"));
-    for key in [
-        "FILESEM_PATH",
-        "FILESEM_ID",
-        "FILESEM_TOKEN",
-        "FILESEM_SLOT",
-    ] {
-        command.env_remove(key);
-    }
-    command.stdin(Stdio::null());
-    command
-}
+#[path = "common/cli.rs"]
+mod cli_common;
+use cli_common::{DEADLINE, filesem, lines, wait_until};
 
 /// A finished process.
 #[derive(Debug)]
@@ -151,15 +138,6 @@ fn finish(command: &mut Command) -> Finished {
     Running::start(command).finish()
 }
 
-/// Polls `condition` every few milliseconds until it holds; fails the test at the deadline.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A shell loop that runs until `stop` exists, or its directory is gone (so that a command
 /// outliving a failed test does not loop forever).
 fn until_stop(stop: &Path) -> String {
@@ -205,14 +183,6 @@ fn status_json(path: &Path) -> serde_json::Value {
     let out = finish(filesem().args(["status", "--json"]).arg(path));
     assert_eq!(out.code(), 0, "{out:?}");
     serde_json::from_str(&out.stdout).expect("status --json parses")
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

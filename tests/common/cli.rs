@@ -1,0 +1,46 @@
+//! Helpers for the tests that drive the `filesem` binary (built with the `cli` feature);
+//! included with `#[path]` by those tests only, since the binary exists only with the feature.
+
+#![allow(dead_code)] // Each test file uses a different part.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one process or condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The built `filesem`, with no `FILESEM_*` variables inherited from an enclosing run and no
+/// stdin.
+pub fn filesem() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_filesem"));
+    for key in [
+        "FILESEM_PATH",
+        "FILESEM_ID",
+        "FILESEM_TOKEN",
+        "FILESEM_SLOT",
+    ] {
+        command.env_remove(key);
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Polls `condition` every few milliseconds until it holds; fails the test at the deadline.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The lines of a file a command appended to (none if it does not exist yet).
+pub fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
