@@ -1303,12 +1303,7 @@ fn shell(script: &str, dir: &Path) -> Command {
         .current_dir(dir)
         .env("PATH", path)
         .stdin(Stdio::null());
-    for key in [
-        "FILESEM_PATH",
-        "FILESEM_ID",
-        "FILESEM_TOKEN",
-        "FILESEM_SLOT",
-    ] {
+    for key in cli_common::FILESEM_VARS {
         command.env_remove(key);
     }
     command

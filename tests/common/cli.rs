@@ -11,16 +11,20 @@ use std::time::{Duration, Instant};
 /// How long any one process or condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The variables `filesem run` gives its command; tests clear them so that a test run inside
+/// a `filesem run` behaves like any other.
+pub const FILESEM_VARS: [&str; 4] = [
+    "FILESEM_PATH",
+    "FILESEM_ID",
+    "FILESEM_TOKEN",
+    "FILESEM_SLOT",
+];
+
 /// The built `filesem`, with no `FILESEM_*` variables inherited from an enclosing run and no
 /// stdin.
 pub fn filesem() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_filesem"));
-    for key in [
-        "FILESEM_PATH",
-        "FILESEM_ID",
-        "FILESEM_TOKEN",
-        "FILESEM_SLOT",
-    ] {
+    for key in FILESEM_VARS {
         command.env_remove(key);
     }
     command.stdin(Stdio::null());
