@@ -61,8 +61,8 @@
 //!   meantime, a timed-out call returns the permit (it was granted) and a cancelled one
 //!   releases it to the next waiter: no slot is ever leaked.
 //! - **Dead waiters.** A waiter's entry records its owner and a witness lock, like a holder's
-//!   (see [Crash behavior](#crash-behavior)), so a killed waiter is judged dead and removed by the next
-//!   waiter that looks. For waiters nobody can judge (on another machine), each waiter also
+//!   (see [Crash behavior](#crash-behavior)), so a killed waiter is judged dead and removed by
+//!   the next waiter that looks. For waiters nobody can judge (on another machine), each waiter also
 //!   keeps an expiry 6 s ahead, refreshed every 2 s; one that stops refreshing (dead, or
 //!   stopped) leaves the queue 8 s later ([`LEASE_GRACE`] included) and is never granted a
 //!   slot. A waiter whose entry vanished (removed with [`Semaphore::remove`], or dropped by a
@@ -76,7 +76,7 @@
 //!   other Unix systems) it polls: 5 ms doubling to 250 ms, back to 5 ms when the state
 //!   changes. Measured with `examples/handoff.rs` on a shared 2-core VM: release-to-acquire
 //!   hand-off between processes p50 0.33 ms on tmpfs, 0.7-0.9 ms on ext4 with durable writes; a
-//!   waiter asleep for 10 s used under 5 ms of CPU.
+//!   waiter asleep for 10 s used about 5 ms of CPU.
 //!
 //! # Crash behavior
 //!
@@ -112,8 +112,11 @@
 //! # Platform notes
 //!
 //! - Unix only; Linux first: pid, boot-id and machine-id evidence are Linux facilities; other
-//!   Unix systems get witness locks (held = alive) and leases. flock is *advisory*: every program that uses the semaphore must
-//!   follow this protocol (this crate, the Go package, or the documented file format).
+//!   Unix systems get witness locks (held = alive) and leases. flock is *advisory*: every
+//!   program that uses the semaphore must follow this protocol (this crate, the Go package, or
+//!   the documented file format).
+//! - A [`Permit`] belongs to the process that acquired it: in a forked child, dropping it does
+//!   nothing, and [`Permit::release`] / [`Permit::keep`] fail with [`Error::NotOwner`].
 //! - flock over network filesystems (NFS, SMB) is not reliable everywhere; keep semaphore files
 //!   on a local filesystem (tmpfs is ideal for throwaway ones: `OpenOptions::durable(false)`).
 //! - The Go package can share a semaphore file if both sides use the same capacity; it drops
