@@ -76,10 +76,11 @@ impl fmt::Display for Liveness {
     }
 }
 
-/// The judge used when nothing about owners can be proven: every entry is `Unknown`.
-#[cfg_attr(not(test), allow(dead_code))]
+/// A judge for tests of the pure rules: every entry is `Unknown`.
+#[cfg(test)]
 pub(crate) struct NoEvidence;
 
+#[cfg(test)]
 impl Judge for NoEvidence {
     fn judge(&self, entry: &Entry) -> Liveness {
         Liveness::Unknown {

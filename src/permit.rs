@@ -157,10 +157,7 @@ impl Permit {
         let doc = h.sem.inner.store.snapshot()?;
         let now = Utc::now();
         Ok(match h.find(&doc) {
-            Some(i) => !matches!(
-                rules::verdict(&doc.holders[i], now, &crate::liveness::NoEvidence),
-                crate::Liveness::Expired { .. }
-            ),
+            Some(i) => rules::expired(&doc.holders[i], now).is_none(),
             None => false,
         })
     }

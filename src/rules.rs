@@ -296,7 +296,6 @@ pub(crate) fn grant(doc: &mut Document, mut entry: Entry, token: u64, now: DateT
 }
 
 /// Adds a waiter behind everyone of equal or higher priority. The entry must carry a token.
-#[cfg_attr(not(test), allow(dead_code))] // used by waiting acquires (issue 4)
 pub(crate) fn enqueue(doc: &mut Document, entry: Entry) {
     let p = entry.priority.unwrap_or(0);
     let at = doc
