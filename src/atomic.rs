@@ -1,23 +1,43 @@
 //! Atomic replacement of the state file: a temp file in the same directory, `fsync`,
-//! `rename`, then `fsync` of the directory.
+//! `renameat`, then `fsync` of the directory, all relative to the bound directory.
 //!
-//! Temp files get a random name created with `O_EXCL` (by [`tempfile`]), never a fixed
-//! `PATH.tmp` that another user could plant as a symlink, and are removed when a write
-//! fails. Their names (`.NAME.XXXXXXXX.filesem-tmp`) are recognisably ours, so leftovers of a
-//! killed writer can be removed under the lock by [`remove_leftovers`].
+//! Temp files are named `.NAME.XXXXXXXX.filesem-tmp` and created with
+//! `O_CREAT|O_EXCL|O_NOFOLLOW`: an object planted at a temp name is never followed or
+//! written, only examined. A write first tries the fixed name `.NAME.00000000.filesem-tmp`:
+//! only the holder of the state lock writes one, so a file found there is a leftover of a
+//! writer killed between creating it and the rename, and every write removes it (if it is a
+//! regular file of a trusted owner) at no cost when there is none. Anything else found there
+//! is left alone, and the write uses a random name instead. Leftovers under random names
+//! (older versions, or that fallback) are removed by [`remove_leftovers`] when a semaphore is
+//! opened or reaped. A failed write removes its temp file.
 
-use std::ffi::OsString;
-use std::fs::{self, File, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
-use crate::error::{Error, Result};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{FileStat, fchmod, fstat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+use crate::dir::{Files, mode, parent_dir};
+use crate::error::Result;
 
 const TEMP_SUFFIX: &str = ".filesem-tmp";
 
 /// How many random characters a temp file name has between prefix and suffix.
 const RAND_LEN: usize = 8;
+
+/// The middle part of the fixed first-choice temp name.
+const FIRST_CHOICE: &str = "00000000";
+
+/// Tries with random names after the first choice, before giving up.
+const RANDOM_TRIES: usize = 16;
+
+/// The set-user-ID, set-group-ID and sticky bits: a state file never gets them.
+const SPECIAL_BITS: u32 = 0o7000;
 
 /// Who should own a newly written state file.
 #[derive(Clone, Copy, Debug)]
@@ -27,89 +47,193 @@ pub(crate) struct FileMeta {
     pub owner: Option<(u32, u32)>,
 }
 
-fn temp_prefix(path: &Path) -> OsString {
+fn temp_prefix(name: &OsStr) -> OsString {
     let mut p = OsString::from(".");
-    p.push(path.file_name().unwrap_or_default());
+    p.push(name);
     p.push(".");
     p
 }
 
-/// Replaces `path` with `bytes` so that a reader (or a crash) sees either the old or the new
-/// file, never a mix or a truncated one. With `durable`, the data and the rename are on disk
-/// when this returns.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], meta: FileMeta, durable: bool) -> Result<()> {
-    let dir = crate::store::parent_dir(path);
-    let mode = meta.mode & 0o7777;
-    let mut temp = tempfile::Builder::new()
-        .prefix(&temp_prefix(path))
-        .suffix(TEMP_SUFFIX)
-        .rand_bytes(RAND_LEN)
-        // Created with the wanted mode less the umask: usually exactly the wanted mode.
-        .permissions(Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(path, dir, "create a temp file in", e))?;
-    let temp_path = temp.path().to_path_buf();
-    let io = |action, e| Error::io(path, &temp_path, action, e);
-    // One fstat tells whether the mode or the owner needs changing; changing them only then
-    // saves the fchmod, geteuid and fchown that every write made before.
-    let created = temp
-        .as_file()
-        .metadata()
-        .map_err(|e| io("look up the temp file", e))?;
-    let mut chowned = false;
-    if let Some((uid, gid)) = meta.owner {
-        if (created.uid(), created.gid()) != (uid, gid) && nix::unistd::geteuid().is_root() {
-            std::os::unix::fs::fchown(temp.as_file(), Some(uid), Some(gid))
-                .map_err(|e| io("change the owner of", e))?;
-            chowned = true;
-        }
+fn temp_name(prefix: &OsStr, middle: &str) -> OsString {
+    let mut n = prefix.to_os_string();
+    n.push(middle);
+    n.push(TEMP_SUFFIX);
+    n
+}
+
+/// Replaces the state file with `bytes` so that a reader (or a crash) sees either the old or
+/// the new file, never a mix or a truncated one. With `durable`, the data and the rename are
+/// on disk when this returns. The new file gets `meta.mode` without the set-id and sticky
+/// bits, whatever the umask, and (as root) `meta.owner`. `dir` is the directory's status,
+/// against which a leftover's owner is judged. Call under the state lock.
+pub(crate) fn write_atomic(
+    files: &Files,
+    bytes: &[u8],
+    meta: FileMeta,
+    durable: bool,
+    dir: &FileStat,
+) -> Result<()> {
+    let mode_bits = meta.mode & 0o7777 & !SPECIAL_BITS;
+    let (file, temp) = create_temp(files, mode_bits, dir)?;
+    let temp_path = parent_dir(&files.path).join(&temp);
+    let written = fill(files, file, &temp_path, bytes, meta, mode_bits, durable).and_then(|()| {
+        renameat(
+            files.dir(),
+            temp.as_os_str(),
+            files.dir(),
+            files.state_name.as_os_str(),
+        )
+        .map_err(|e| {
+            let action = if e == Errno::EPERM {
+                "rename over (in a sticky directory only the file's owner may replace it; \
+                     use a group-writable directory without the sticky bit)"
+            } else {
+                "rename a temp file over"
+            };
+            files.io(&files.path, action, e)
+        })
+    });
+    if let Err(e) = written {
+        remove_temp(files, &temp);
+        return Err(e);
     }
-    // Not subject to the umask: the new file gets exactly the old file's mode (set after the
-    // chown, which may clear set-id bits).
-    if chowned || created.mode() & 0o7777 != mode {
-        temp.as_file()
-            .set_permissions(Permissions::from_mode(mode))
-            .map_err(|e| io("set the mode of", e))?;
-    }
-    temp.write_all(bytes).map_err(|e| io("write", e))?;
     if durable {
-        temp.as_file().sync_data().map_err(|e| io("fsync", e))?;
-    }
-    temp.persist(path).map_err(|e| {
-        let hint = if e.error.raw_os_error() == Some(libc::EPERM) {
-            "rename over (in a sticky directory only the file's owner may replace it; \
-             use a group-writable directory without the sticky bit)"
-        } else {
-            "rename a temp file over"
-        };
-        Error::io(path, path, hint, e.error)
-    })?;
-    if durable {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(path, dir, "fsync directory", e))?;
+        files.sync()?;
     }
     Ok(())
 }
 
-/// Removes temp files that a killed writer of this semaphore left behind. Must be called
-/// under the lock (then no live writer of ours has a temp file). Returns the paths removed.
-pub(crate) fn remove_leftovers(path: &Path) -> Result<Vec<PathBuf>> {
-    let dir = crate::store::parent_dir(path);
-    let prefix = temp_prefix(path);
-    let prefix = prefix.as_encoded_bytes();
-    let mut removed = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(path, dir, "list directory", e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let bytes = name.as_encoded_bytes();
-        if is_our_temp_name(bytes, prefix) {
-            let p = entry.path();
-            match fs::remove_file(&p) {
-                Ok(()) => removed.push(p),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(path, &p, "remove leftover temp file", e)),
+/// Creates the temp file: the fixed first choice (removing a leftover found there), else a
+/// random name.
+fn create_temp(files: &Files, mode_bits: u32, dir: &FileStat) -> Result<(File, OsString)> {
+    let prefix = temp_prefix(&files.state_name);
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_EXCL
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC;
+    let first = temp_name(&prefix, FIRST_CHOICE);
+    let mut leftover_checked = false;
+    let mut tries = 0;
+    let mut name = first.clone();
+    loop {
+        match openat(files.dir(), name.as_os_str(), flags, mode(mode_bits)) {
+            Ok(fd) => return Ok((File::from(fd), name)),
+            Err(Errno::EEXIST) if name == first && !leftover_checked => {
+                leftover_checked = true;
+                if remove_if_leftover(files, &name, dir)? {
+                    continue;
+                }
             }
+            Err(Errno::EEXIST) if tries < RANDOM_TRIES => {}
+            Err(e) => {
+                let dir_path = parent_dir(&files.path);
+                return Err(files.io(dir_path, "create a temp file in", e));
+            }
+        }
+        tries += 1;
+        name = temp_name(&prefix, &random_middle());
+    }
+}
+
+fn random_middle() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(RAND_LEN)
+        .collect()
+}
+
+/// Sets the owner and mode of the new temp file, writes `bytes` and (durable) flushes them.
+fn fill(
+    files: &Files,
+    mut file: File,
+    temp_path: &std::path::Path,
+    bytes: &[u8],
+    meta: FileMeta,
+    mode_bits: u32,
+    durable: bool,
+) -> Result<()> {
+    let io = |action, e: std::io::Error| files.io(temp_path, action, e);
+    // One fstat tells whether the mode or the owner needs changing; changing them only then
+    // saves the fchmod, geteuid and fchown that every write would make.
+    let created = fstat(&file).map_err(|e| io("look up the temp file", e.into()))?;
+    let mut chowned = false;
+    if let Some((uid, gid)) = meta.owner
+        && (created.st_uid, created.st_gid) != (uid, gid)
+        && nix::unistd::geteuid().is_root()
+    {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(|e| io("change the owner of", e))?;
+        chowned = true;
+    }
+    // Not subject to the umask: the new file gets exactly this mode (set after the chown,
+    // which may clear set-id bits).
+    if chowned || created.st_mode as u32 & 0o7777 != mode_bits {
+        fchmod(&file, mode(mode_bits)).map_err(|e| io("set the mode of", e.into()))?;
+    }
+    file.write_all(bytes).map_err(|e| io("write", e))?;
+    if durable {
+        file.sync_data().map_err(|e| io("fsync", e))?;
+    }
+    Ok(())
+}
+
+/// Removes a temp file of ours after a failed write (logged if that fails too).
+fn remove_temp(files: &Files, name: &OsStr) {
+    if let Err(e) = unlinkat(files.dir(), name, UnlinkatFlags::NoRemoveDir)
+        && e != Errno::ENOENT
+    {
+        let path = parent_dir(&files.path).join(name);
+        tracing::warn!(temp = %path.display(), error = %e, "failed to remove temp file");
+    }
+}
+
+/// Removes `name` if it is a leftover of ours: a regular file whose owner is trusted in the
+/// directory (whose status is `dir`). Returns whether it did. Call under the state lock (then
+/// no live writer of this semaphore has a temp file).
+fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<bool> {
+    let path = parent_dir(&files.path).join(name);
+    let st = files
+        .stat_at(files.dir(), name)
+        .map_err(|e| files.io(&path, "look up leftover temp file", e))?;
+    let Some(st) = st else {
+        return Ok(false);
+    };
+    if !crate::dir::is_regular(&st) || !files.trust.trusts(st.st_uid, dir) {
+        tracing::warn!(
+            path = %files.path.display(),
+            file = %path.display(),
+            owner = st.st_uid,
+            kind = crate::dir::kind_of(st.st_mode as u32),
+            "left alone a temp-file name that filesem did not create"
+        );
+        return Ok(false);
+    }
+    match unlinkat(files.dir(), name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => {
+            tracing::info!(path = %files.path.display(), file = %path.display(), "removed leftover temp file");
+            Ok(true)
+        }
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(files.io(&path, "remove leftover temp file", e)),
+    }
+}
+
+/// Removes temp files that a killed writer of this semaphore left behind under any of our
+/// temp names (regular files of trusted owners only; see [`remove_if_leftover`]). Lists the
+/// whole directory, so it is called only by `open` and `reap`. Call under the state lock.
+/// Returns the paths removed.
+pub(crate) fn remove_leftovers(files: &Files, dir: &FileStat) -> Result<Vec<PathBuf>> {
+    let prefix = temp_prefix(&files.state_name);
+    let dir_path = parent_dir(&files.path);
+    let names =
+        crate::dir::names_in(files.dir()).map_err(|e| files.io(dir_path, "list directory", e))?;
+    let mut removed = Vec::new();
+    for name in names {
+        if is_our_temp_name(name.as_bytes(), prefix.as_bytes())
+            && remove_if_leftover(files, &name, dir)?
+        {
+            removed.push(dir_path.join(&name));
         }
     }
     Ok(removed)
@@ -131,54 +255,115 @@ fn is_our_temp_name(name: &[u8], prefix: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
 
-    #[test]
-    fn replaces_file_and_keeps_exact_mode() {
-        // The new state file has the mode we ask for, not tempfile's 0600 or the umask's.
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.json");
-        fs::write(&p, b"old").unwrap();
-        let meta = FileMeta {
-            mode: 0o664,
-            owner: None,
-        };
-        write_atomic(&p, b"new", meta, true).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"new");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o664
-        );
-        let names: Vec<_> = fs::read_dir(dir.path())
+    fn files(dir: &Path) -> Files {
+        Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap()
+    }
+
+    fn write(files: &Files, bytes: &[u8], meta: FileMeta) -> Result<()> {
+        write_atomic(files, bytes, meta, true, &files.dir_stat().unwrap())
+    }
+
+    fn names(dir: &Path) -> Vec<OsString> {
+        let mut names: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, vec![OsString::from("s.json")], "no temp file left");
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn replaces_file_and_keeps_exact_mode() {
+        // The new state file has the mode we ask for (never set-id or sticky bits), not
+        // tempfile's 0600 or the umask's.
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let p = dir.path().join("s.json");
+        fs::write(&p, b"old").unwrap();
+        for (asked, got) in [(0o664, 0o664), (0o6775, 0o775), (0o1666, 0o666)] {
+            let meta = FileMeta {
+                mode: asked,
+                owner: None,
+            };
+            write(&files, b"new", meta).unwrap();
+            assert_eq!(fs::read(&p).unwrap(), b"new");
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, got, "asked {asked:o}");
+        }
+        assert_eq!(names(dir.path()), ["s.json"], "no temp file left");
     }
 
     #[test]
     fn keeps_the_old_owner_and_mode_when_root() {
         // A state file shared between users keeps its owner, group and mode across rewrites.
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: changing a file's owner needs root");
+            println!("SKIPPED: changing a file's owner needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.json");
+        let files = files(dir.path());
         let meta = FileMeta {
             mode: 0o666,
             owner: Some((4321, 4322)),
         };
-        write_atomic(&p, b"new", meta, false).unwrap();
-        let m = fs::metadata(&p).unwrap();
+        write(&files, b"new", meta).unwrap();
+        let m = fs::metadata(dir.path().join("s.json")).unwrap();
         assert_eq!((m.uid(), m.gid()), (4321, 4322));
         assert_eq!(m.permissions().mode() & 0o7777, 0o666);
     }
 
     #[test]
-    fn leftovers_of_this_semaphore_only_are_removed() {
-        // Only our own recognisable temp files go; other files in the directory stay.
+    fn a_leftover_at_the_first_choice_name_is_removed_by_the_next_write() {
+        // A writer killed before its rename leaves its temp file; the next write, whatever
+        // it is, removes it (not only open).
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.json");
+        let files = files(dir.path());
+        let leftover = dir.path().join(".s.json.00000000.filesem-tmp");
+        fs::write(&leftover, b"{\"capacity\": 1, \"hol").unwrap();
+        let meta = FileMeta {
+            mode: 0o644,
+            owner: None,
+        };
+        write(&files, b"new", meta).unwrap();
+        assert_eq!(names(dir.path()), ["s.json"]);
+    }
+
+    #[test]
+    fn a_link_at_the_first_choice_name_is_left_alone_and_not_followed() {
+        // An object we did not create at a temp name is neither followed, written nor
+        // removed: the write takes a random name.
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let link = dir.path().join(".s.json.00000000.filesem-tmp");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let meta = FileMeta {
+            mode: 0o644,
+            owner: None,
+        };
+        write(&files, b"new", meta).unwrap();
+        assert_eq!(fs::read(dir.path().join("s.json")).unwrap(), b"new");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(names(dir.path()).len(), 3, "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn leftovers_of_this_semaphore_only_are_removed() {
+        // Only our own recognisable temp files that are regular files go; other files in
+        // the directory, and links with our names, stay.
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
         for name in [
             ".s.json.abcdefgh.filesem-tmp",
             ".other.json.abcdefgh.filesem-tmp",
@@ -186,12 +371,23 @@ mod tests {
         ] {
             fs::write(dir.path().join(name), b"x").unwrap();
         }
-        let removed = remove_leftovers(&p).unwrap();
+        std::os::unix::fs::symlink(
+            "s.json.tmp",
+            dir.path().join(".s.json.linklink.filesem-tmp"),
+        )
+        .unwrap();
+        let removed = remove_leftovers(&files, &files.dir_stat().unwrap()).unwrap();
         assert_eq!(
             removed,
             vec![dir.path().join(".s.json.abcdefgh.filesem-tmp")]
         );
-        assert!(dir.path().join(".other.json.abcdefgh.filesem-tmp").exists());
-        assert!(dir.path().join("s.json.tmp").exists());
+        assert_eq!(
+            names(dir.path()),
+            [
+                ".other.json.abcdefgh.filesem-tmp",
+                ".s.json.linklink.filesem-tmp",
+                "s.json.tmp"
+            ]
+        );
     }
 }

@@ -205,8 +205,57 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// An I/O operation on one of the semaphore's files failed.
-    #[error("failed to {action} `{file}` (semaphore `{path}`)")]
+    /// The directory that holds the semaphore was removed after the semaphore was opened.
+    ///
+    /// A handle stays bound to the directory it opened (as an open file stays bound to its
+    /// inode): renaming the directory or repointing a symlink in the path does not move it,
+    /// and once that directory is removed every operation fails with this error. Nothing is
+    /// created anywhere, neither in the removed directory nor at the old path. Open the
+    /// semaphore again (at its new place) to go on.
+    #[error(
+        "the directory of semaphore `{path}` was removed after the semaphore was opened; \
+         open it again where it now is"
+    )]
+    DirectoryGone {
+        /// The state file, as given to `open`.
+        path: PathBuf,
+    },
+
+    /// One of the semaphore's files or directories (`object`) is not what filesem creates:
+    /// a symbolic link, FIFO, socket or device where a file or directory belongs, a file
+    /// where the witness directory belongs, or an object whose owner is not trusted in a
+    /// world-writable or sticky directory (see "Trust model" in the crate docs). It was
+    /// refused before anything was changed.
+    ///
+    /// A symbolic link at the state path itself is [`Symlink`](Error::Symlink).
+    #[error("refusing to use `{object}` of semaphore `{path}`: {problem}")]
+    Untrusted {
+        /// The state file.
+        path: PathBuf,
+        /// The object refused: `PATH`, `PATH.lock`, a temp file, `PATH.witness` or a file in it.
+        object: PathBuf,
+        /// What is wrong with it, e.g. "it is a symbolic link, not a directory".
+        problem: String,
+        /// The object's owner (uid), if it could be looked up.
+        owner: Option<u32>,
+    },
+
+    /// Every fencing token was handed out: the counter in the state file reached
+    /// [`MAX_TOKEN`](crate::MAX_TOKEN) + 1. Tokens only ever grow, so neither this file nor
+    /// [`Semaphore::recover`](crate::Semaphore::recover) can grant again; nothing was changed.
+    #[error(
+        "the fencing-token counter of semaphore `{path}` is exhausted (2^53 - 1 tokens were \
+         handed out); tokens must only grow, so recovering this file cannot help: use a new \
+         semaphore path"
+    )]
+    TokensExhausted {
+        /// The state file.
+        path: PathBuf,
+    },
+
+    /// An I/O operation on one of the semaphore's files failed. The message ends with the
+    /// OS error, which is also the [`source`](std::error::Error::source).
+    #[error("failed to {action} `{file}` of semaphore `{path}`: {source}")]
     Io {
         /// The state file.
         path: PathBuf,
@@ -264,6 +313,9 @@ impl Error {
             | Error::Cancelled { path }
             | Error::LockTimeout { path, .. }
             | Error::Timeout { path, .. }
+            | Error::DirectoryGone { path }
+            | Error::Untrusted { path, .. }
+            | Error::TokensExhausted { path }
             | Error::Io { path, .. } => path,
         }
     }
@@ -306,8 +358,9 @@ mod tests {
     }
 
     #[test]
-    fn io_error_names_path_and_keeps_cause() {
-        // The message names our layer and the file; the OS cause stays reachable as source.
+    fn io_error_names_path_and_cause() {
+        // The message names our layer, the file and the OS cause, which stays reachable as
+        // the source too.
         let e = Error::io(
             std::path::Path::new("/x/s.json"),
             std::path::Path::new("/x/s.json.lock"),
@@ -316,7 +369,8 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "failed to open lock file `/x/s.json.lock` (semaphore `/x/s.json`)"
+            "failed to open lock file `/x/s.json.lock` of semaphore `/x/s.json`: \
+             Permission denied (os error 13)"
         );
         let source = std::error::Error::source(&e).expect("source");
         assert!(source.to_string().contains("ermission denied"), "{source}");

@@ -129,7 +129,9 @@ pub struct ReadmeDoctests;
 
 mod atomic;
 mod cancel;
+mod dir;
 mod error;
+mod flocks;
 mod holder;
 mod liveness;
 mod lock;

@@ -6,9 +6,10 @@
 //! holders over capacity, the worst failure a semaphore can have.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
+use crate::dir::Files;
 use crate::rules::Judge;
 use crate::state::{Entry, Owner};
 use crate::witness::{self, Probe};
@@ -147,6 +148,14 @@ impl Identity {
         }
     }
 
+    /// Whether this process is in the initial pid namespace (whose `/proc/self/ns/pid` has
+    /// the fixed inode `PROC_PID_INIT_INO`, 0xEFFFFFFC): only there does `/proc/locks` list
+    /// every process's locks.
+    pub fn initial_pid_ns(&self) -> bool {
+        const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+        self.pid_ns == Some(PROC_PID_INIT_INO)
+    }
+
     /// The owner record for an entry this process writes.
     pub fn owner(&self) -> Owner {
         Owner {
@@ -165,7 +174,8 @@ impl Identity {
 /// The judge for real files: witness locks, then pids, then reboots. See the table in the
 /// crate docs (`# Crash behavior`).
 pub(crate) struct SystemJudge {
-    pub state_path: PathBuf,
+    /// The semaphore's bound directory, where its witness directory is.
+    pub files: Arc<Files>,
     /// Whether the state file is on a local filesystem, where flock and boot ids can be
     /// trusted (decided once at open).
     pub local: bool,
@@ -173,10 +183,10 @@ pub(crate) struct SystemJudge {
 }
 
 impl SystemJudge {
-    pub fn new(state_path: &Path) -> SystemJudge {
+    pub fn new(files: Arc<Files>) -> SystemJudge {
         SystemJudge {
-            state_path: state_path.to_path_buf(),
-            local: is_local_fs(crate::store::parent_dir(state_path)),
+            local: is_local_fs(files.dir()),
+            files,
             me: Identity::current(),
         }
     }
@@ -194,7 +204,12 @@ impl Judge for SystemJudge {
         //    not show here at all.
         let mut note = None;
         if let (Some(w), Some(token)) = (&entry.witness, entry.token) {
-            match witness::probe(&self.state_path, token, w) {
+            let probe = match witness::open_dir_for_probe(&self.files) {
+                Ok(Some(dir)) => witness::probe(&self.files, dir.as_fd(), token, w),
+                Ok(None) => Probe::Missing,
+                Err(e) => Probe::Unreadable(format!("witness directory: {e}")),
+            };
+            match probe {
                 Probe::Held => {
                     return Liveness::Alive {
                         evidence: format!("witness lock {token} is held"),
@@ -207,7 +222,13 @@ impl Judge for SystemJudge {
                 }
                 Probe::Free => note = Some("witness free but not trusted across machines"),
                 Probe::Missing => note = Some("witness file missing or replaced"),
-                Probe::Unreadable(_) => note = Some("witness file unreadable"),
+                // The witness is there but cannot be examined: it may be held by a child
+                // that outlived the acquiring pid, so the pid proves nothing either.
+                Probe::Unreadable(why) => {
+                    return Liveness::Unknown {
+                        evidence: format!("witness {token} cannot be examined: {why}"),
+                    };
+                }
             }
         }
         let Some(owner) = owner else {
@@ -376,10 +397,11 @@ fn namespace(_kind: &str) -> Option<u64> {
     None
 }
 
-/// Whether `dir` is on a filesystem whose flock and boot-id evidence we trust: a local disk
-/// filesystem or tmpfs. Network and FUSE filesystems (NFS, SMB, 9p, virtiofs, ...) are not.
+/// Whether the directory open as `dir` is on a filesystem whose flock and boot-id evidence
+/// we trust: a local disk filesystem or tmpfs. Network and FUSE filesystems (NFS, SMB, 9p,
+/// virtiofs, ...) are not.
 #[cfg(target_os = "linux")]
-pub(crate) fn is_local_fs(dir: &Path) -> bool {
+pub(crate) fn is_local_fs(dir: std::os::fd::BorrowedFd<'_>) -> bool {
     use nix::sys::statfs::{self, FsType};
     const LOCAL: &[i64] = &[
         0xEF53,      // ext2/3/4
@@ -392,7 +414,7 @@ pub(crate) fn is_local_fs(dir: &Path) -> bool {
         0x794c_7630, // overlayfs
         0xca45_1a4e, // bcachefs
     ];
-    match statfs::statfs(dir) {
+    match statfs::fstatfs(dir) {
         Ok(s) => {
             let FsType(t) = s.filesystem_type();
             // The field's type differs between targets (i64, u32, ...).
@@ -405,7 +427,7 @@ pub(crate) fn is_local_fs(dir: &Path) -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn is_local_fs(_dir: &Path) -> bool {
+pub(crate) fn is_local_fs(_dir: std::os::fd::BorrowedFd<'_>) -> bool {
     // Without a filesystem type we cannot tell; flock on BSD/macOS local disks is reliable,
     // and boot ids are not used there.
     true
@@ -447,7 +469,8 @@ mod tests {
     #[test]
     fn local_filesystems_are_recognised() {
         // tmpfs and the temp dir of this machine are local; /proc is not a place for state.
-        assert!(is_local_fs(Path::new("/dev/shm")));
-        assert!(!is_local_fs(Path::new("/proc")));
+        let local = |p: &str| is_local_fs(std::fs::File::open(p).unwrap().as_fd());
+        assert!(local("/dev/shm"));
+        assert!(!local("/proc"));
     }
 }

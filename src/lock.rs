@@ -1,18 +1,21 @@
 //! The lock file: the only code that calls flock on `PATH.lock` (through nix's [`Flock`]).
 //!
 //! The lock is taken for one short read-modify-write and released at once. It is opened per
-//! operation, so a forked child never shares a lock description with its parent, and it is
-//! opened with `O_CLOEXEC` (std's default), so no command we spawn inherits it.
+//! operation, relative to the semaphore's bound directory, so a forked child never shares a
+//! lock description with its parent, and with `O_CLOEXEC`, so no command we spawn inherits
+//! it. It is opened with `O_NOFOLLOW` (a planted symlink is refused, not followed) and
+//! `O_NONBLOCK` (a FIFO planted there cannot block the open), and its type and owner are
+//! checked on the opened descriptor before it is locked.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag, openat};
+use nix::sys::stat::{FileStat, fchmod, fstat};
 
+use crate::dir::{Files, Want, mode};
 use crate::error::{Error, Result};
 
 /// The first pause after a failed attempt; doubles up to [`MAX_BACKOFF`].
@@ -22,45 +25,44 @@ const MAX_BACKOFF: Duration = Duration::from_millis(2);
 /// An exclusive flock on the lock file, released on drop.
 pub(crate) struct LockGuard {
     flock: Option<Flock<File>>,
+    /// The lock file's status when it was opened.
+    pub stat: FileStat,
 }
 
-/// Opens (creating if allowed by permissions) and exclusively locks `lock_path`, waiting at
-/// most `timeout`.
+/// Opens and exclusively locks `PATH.lock`, waiting at most `timeout`.
 ///
-/// The lock file is opened read-write and created with `mode` (less the umask) if absent; a
-/// lock file this user may only read is opened read-only, which flock accepts on local
-/// filesystems. It is never deleted.
+/// With `create = Some(mode)` an absent lock file is created with exactly `mode` (whatever
+/// the umask); with `None` nothing is created and an absent lock file is `Ok(None)`. The lock
+/// file is opened read-write, or read-only if that is all this user may (flock accepts that
+/// on local filesystems). `dir` is the status of the semaphore's directory, against which
+/// the lock file's owner is judged. The lock file is never deleted.
+///
+/// # Errors
+///
+/// [`Error::Untrusted`] for a lock file that is not a regular file or whose owner is not
+/// trusted, [`Error::LockTimeout`], [`Error::Io`].
 pub(crate) fn lock_exclusive(
-    state_path: &Path,
-    lock_path: &Path,
-    mode: u32,
-    timeout: Duration,
-) -> Result<LockGuard> {
-    let file = open_lock_file(lock_path, Some(mode))
-        .map_err(|e| Error::io(state_path, lock_path, "open lock file", e))?;
-    lock_file(state_path, lock_path, file, timeout)
-}
-
-/// Like [`lock_exclusive`], but never creates the lock file: `Ok(None)` when it is absent.
-pub(crate) fn lock_exclusive_existing(
-    state_path: &Path,
-    lock_path: &Path,
+    files: &Files,
+    create: Option<u32>,
+    dir: &FileStat,
     timeout: Duration,
 ) -> Result<Option<LockGuard>> {
-    match open_lock_file(lock_path, None) {
-        Ok(file) => lock_file(state_path, lock_path, file, timeout).map(Some),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(state_path, lock_path, "open lock file", e)),
-    }
+    let Some(file) = open_lock_file(files, create)? else {
+        return Ok(None);
+    };
+    let stat = fstat(&file).map_err(|e| files.io(&files.lock_path, "look up lock file", e))?;
+    files.check(
+        &files.lock_path,
+        &stat,
+        Want::File,
+        || Ok(*dir),
+        crate::dir::parent_dir(&files.path),
+    )?;
+    lock_file(files, file, stat, timeout).map(Some)
 }
 
 /// Locks the open lock file `file`, polling with backoff for at most `timeout`.
-fn lock_file(
-    state_path: &Path,
-    lock_path: &Path,
-    file: File,
-    timeout: Duration,
-) -> Result<LockGuard> {
+fn lock_file(files: &Files, file: File, stat: FileStat, timeout: Duration) -> Result<LockGuard> {
     let start = Instant::now();
     let mut backoff = FIRST_BACKOFF;
     let mut file = file;
@@ -68,29 +70,25 @@ fn lock_file(
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(flock) => {
-                return Ok(LockGuard { flock: Some(flock) });
+                return Ok(LockGuard {
+                    flock: Some(flock),
+                    stat,
+                });
             }
             Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
-            Err((_, errno)) => {
-                return Err(Error::io(
-                    state_path,
-                    lock_path,
-                    "lock",
-                    io::Error::from(errno),
-                ));
-            }
+            Err((_, errno)) => return Err(files.io(&files.lock_path, "lock", errno)),
         }
         let waited = start.elapsed();
         if waited >= timeout {
             return Err(Error::LockTimeout {
-                path: state_path.to_path_buf(),
-                lock_path: lock_path.to_path_buf(),
+                path: files.path.clone(),
+                lock_path: files.lock_path.clone(),
                 waited,
             });
         }
         if !announced && waited >= Duration::from_secs(1) {
             // As cargo says "Blocking waiting for file lock": a long wait here is unusual.
-            tracing::info!(lock = %lock_path.display(), "blocking waiting for file lock");
+            tracing::info!(lock = %files.lock_path.display(), "blocking waiting for file lock");
             announced = true;
         }
         std::thread::sleep(jitter(backoff).min(timeout - waited));
@@ -98,34 +96,62 @@ fn lock_file(
     }
 }
 
-/// Opens the lock file read-write (read-only if that is all this user may), creating it with
-/// `create`'s mode when given.
-fn open_lock_file(lock_path: &Path, create: Option<u32>) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).custom_flags(open_flags());
-    if let Some(mode) = create {
-        options.create(true).mode(mode);
-    }
-    let rw = options.open(lock_path);
-    match rw {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS)) => {
-            // If the read-only open fails too (typically: the lock file does not exist and
-            // the directory is not writable), the first error is the one that explains it.
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(open_flags())
-                .open(lock_path)
-                .map_err(|_| e)
+/// Opens the lock file read-write (read-only if that is all this user may); creates it with
+/// exactly `create`'s mode when it is absent and `create` is given, else `Ok(None)`.
+fn open_lock_file(files: &Files, create: Option<u32>) -> Result<Option<File>> {
+    let dir = files.dir();
+    let name = files.lock_name.as_os_str();
+    let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let refuse = |errno: Errno| {
+        files
+            .explain_open_error(dir, name, &files.lock_path, errno, Want::File)
+            .unwrap_or_else(|| files.io(&files.lock_path, "open lock file", errno))
+    };
+    // Two rounds at most: a lock file created by someone else between our two opens is
+    // opened by the second round.
+    for _ in 0..2 {
+        match openat(dir, name, flags | OFlag::O_RDWR, mode(0)) {
+            Ok(fd) => return Ok(Some(File::from(fd))),
+            Err(e @ (Errno::EACCES | Errno::EROFS)) => {
+                // If the read-only open fails too (typically: the directory is not
+                // writable and there is no lock file), the first error explains it.
+                return match openat(dir, name, flags | OFlag::O_RDONLY, mode(0)) {
+                    Ok(fd) => Ok(Some(File::from(fd))),
+                    Err(Errno::ENOENT) if create.is_none() => Ok(None),
+                    Err(_) => Err(refuse(e)),
+                };
+            }
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(refuse(e)),
         }
-        other => other,
+        let Some(wanted) = create else {
+            return Ok(None);
+        };
+        let excl = flags | OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL;
+        match openat(dir, name, excl, mode(wanted)) {
+            Ok(fd) => {
+                let file = File::from(fd);
+                set_exact_mode(files, &file, wanted)?;
+                return Ok(Some(file));
+            }
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(refuse(e)),
+        }
     }
+    Err(files.io(
+        &files.lock_path,
+        "open lock file",
+        io::Error::from(io::ErrorKind::AlreadyExists),
+    ))
 }
 
-/// `O_NOFOLLOW` (a planted symlink is an error, not followed) and `O_NONBLOCK` (a FIFO planted
-/// at the lock path must not block a read-only open until a writer comes; no effect on a
-/// regular file or on flock).
-fn open_flags() -> i32 {
-    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
+/// Gives a file we just created exactly `wanted` as its mode (the umask cleared some bits).
+fn set_exact_mode(files: &Files, file: &File, wanted: u32) -> Result<()> {
+    let st = fstat(file).map_err(|e| files.io(&files.lock_path, "look up lock file", e))?;
+    if st.st_mode as u32 & 0o7777 != wanted {
+        fchmod(file, mode(wanted)).map_err(|e| files.io(&files.lock_path, "set the mode of", e))?;
+    }
+    Ok(())
 }
 
 /// A pause of 75% to 125% of `d`, so that processes that collided do not collide again.
@@ -138,6 +164,33 @@ pub(crate) fn jitter(d: Duration) -> Duration {
 }
 
 impl LockGuard {
+    /// Takes away the permissions the lock file grants beyond `wanted` (the mode derived from
+    /// the state's), if this user owns it: lock files made by older versions and the Go
+    /// package are 0644, which lets users who may only read the state flock it. Never adds
+    /// a permission. A failure is logged: the lock works as before.
+    pub(crate) fn tighten(&self, files: &Files, wanted: u32) {
+        let current = self.stat.st_mode as u32 & 0o7777;
+        let euid = nix::unistd::geteuid().as_raw();
+        if self.stat.st_uid != euid || current & !wanted == 0 {
+            return;
+        }
+        let Some(flock) = &self.flock else { return };
+        let tightened = current & wanted;
+        match fchmod(&**flock, mode(tightened)) {
+            Ok(()) => tracing::info!(
+                lock = %files.lock_path.display(),
+                from = format_args!("{current:o}"),
+                to = format_args!("{tightened:o}"),
+                "tightened the lock file's mode"
+            ),
+            Err(e) => tracing::warn!(
+                lock = %files.lock_path.display(),
+                error = %e,
+                "failed to tighten the lock file's mode"
+            ),
+        }
+    }
+
     /// Releases the lock now.
     pub(crate) fn unlock(mut self) {
         self.release();
@@ -180,31 +233,55 @@ impl Drop for LockGuard {
 mod tests {
     use super::*;
 
+    fn files(dir: &std::path::Path) -> Files {
+        Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap()
+    }
+
     #[test]
     fn second_lock_times_out_with_lock_timeout_error() {
         // A held lock file makes others wait at most the timeout, then fail distinctly.
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("s.json");
-        let lock = dir.path().join("s.json.lock");
-        let held = lock_exclusive(&state, &lock, 0o644, Duration::from_secs(1)).unwrap();
+        let files = files(dir.path());
+        let st = files.dir_stat().unwrap();
+        let lock = |t| lock_exclusive(&files, Some(0o600), &st, t);
+        let held = lock(Duration::from_secs(1)).unwrap().unwrap();
         let t = Instant::now();
-        let err = lock_exclusive(&state, &lock, 0o644, Duration::from_millis(50))
-            .err()
-            .unwrap();
+        let err = lock(Duration::from_millis(50)).err().unwrap();
         assert!(t.elapsed() >= Duration::from_millis(50));
         match err {
             Error::LockTimeout {
                 lock_path, waited, ..
             } => {
-                assert_eq!(lock_path, lock);
+                assert_eq!(lock_path, dir.path().join("s.json.lock"));
                 assert!(waited >= Duration::from_millis(50));
             }
             other => panic!("unexpected {other:?}"),
         }
         held.unlock();
-        let again = lock_exclusive(&state, &lock, 0o644, Duration::from_millis(50));
-        assert!(again.is_ok());
-        assert!(lock.exists(), "the lock file is never deleted");
+        assert!(lock(Duration::from_millis(50)).unwrap().is_some());
+        assert!(files.lock_path.exists(), "the lock file is never deleted");
+    }
+
+    #[test]
+    fn a_new_lock_file_gets_exactly_its_mode_and_an_absent_one_is_not_created() {
+        // The umask does not decide who may open the lock file; without `create` nothing is
+        // created.
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let st = files.dir_stat().unwrap();
+        let none = lock_exclusive(&files, None, &st, Duration::from_secs(1)).unwrap();
+        assert!(none.is_none());
+        assert!(!files.lock_path.exists());
+        // 0660 is not what open(2) makes under the usual umask 022.
+        let guard = lock_exclusive(&files, Some(0o660), &st, Duration::from_secs(1));
+        let guard = guard.unwrap().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.lock_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o660);
+        drop(guard);
     }
 
     #[test]

@@ -12,18 +12,23 @@
 //! (`IN_CLOSE_WRITE`). Judges probe witness files read-only, so probing raises no event
 //! there either.
 //!
+//! Both watches are added through `/proc/self/fd/N` of a descriptor of the directory, so they
+//! are on the directory the handle is bound to (see [`crate::dir`]), whatever the path names
+//! now: a renamed directory keeps its watch, a repointed symlink does not move it.
+//!
 //! Everything here is an optimisation: the waiter also polls on a timer, and falls back to
 //! polling alone when inotify is unavailable (instance or watch limits) or when the
 //! directory is on a network filesystem, where other machines' writes raise no events.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::{Mutex, mpsc};
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::statfs;
+
+use crate::dir::Files;
 
 /// An inotify instance watching one semaphore's directory.
 pub(crate) struct Notifier {
@@ -50,11 +55,9 @@ pub(crate) enum Events {
 }
 
 impl Notifier {
-    /// Watches the directory of `state_path`; `None` when inotify cannot be used (the caller
-    /// then polls).
-    pub fn new(state_path: &Path) -> Option<Notifier> {
-        let dir = crate::store::parent_dir(state_path);
-        let state_name = state_path.file_name()?.to_os_string();
+    /// Watches the bound directory of `files` and its witness directory; `None` when inotify
+    /// cannot be used (the caller then polls).
+    pub fn new(files: &Files) -> Option<Notifier> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| tracing::debug!(%e, "inotify unavailable; polling"))
             .ok()?;
@@ -62,25 +65,24 @@ impl Notifier {
             | AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_DELETE_SELF
-            | AddWatchFlags::IN_MOVE_SELF
             | AddWatchFlags::IN_ONLYDIR;
         inotify
-            .add_watch(dir, mask)
-            .map_err(|e| tracing::debug!(dir = %dir.display(), %e, "inotify watch failed; polling"))
+            .add_watch(fd_path(files.dir()).as_str(), mask)
+            .map_err(|e| tracing::debug!(dir = %files.resolved.display(), %e, "inotify watch failed; polling"))
             .ok()?;
-        let remote = statfs::statfs(dir)
+        let remote = statfs::fstatfs(files.dir())
             .map(|s| is_remote(s.filesystem_type()))
             .unwrap_or(true);
-        let witness_dir = crate::witness::dir_of(state_path);
-        let witness_wd = inotify
-            .add_watch(
-                &witness_dir,
-                AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ONLYDIR,
-            )
-            .ok();
+        let witness_wd = crate::witness::open_dir_for_probe(files)
+            .ok()
+            .flatten()
+            .and_then(|dir| {
+                let mask = AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ONLYDIR;
+                inotify.add_watch(fd_path(dir.as_fd()).as_str(), mask).ok()
+            });
         Some(Notifier {
             inotify: Some(inotify),
-            state_name,
+            state_name: files.state_name.clone(),
             witness_wd,
             remote,
         })
@@ -171,11 +173,16 @@ impl Events {
     }
 }
 
-/// What one event means for a waiter on the state file named `state_name`.
+/// `/proc/self/fd/N` for the descriptor `fd`: inotify follows that link to the directory
+/// the descriptor is open on.
+fn fd_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// What one event means for a waiter on the state file named `state_name`. A moved directory
+/// is still the bound one (its watch stays); a removed one breaks the watch.
 fn classify(mask: AddWatchFlags, name: Option<&OsStr>, state_name: &OsStr) -> Events {
-    if mask.intersects(
-        AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF,
-    ) {
+    if mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF) {
         return Events::Broken;
     }
     if mask.contains(AddWatchFlags::IN_Q_OVERFLOW) || name == Some(state_name) {
@@ -214,13 +221,17 @@ mod tests {
         }
     }
 
+    fn files(state: &std::path::Path) -> Files {
+        Files::open(state, crate::dir::Trust::new(&[])).unwrap()
+    }
+
     #[test]
     fn replacing_the_state_file_by_rename_is_seen_every_time() {
         // A watch on the directory keeps working across renames (a file watch would not).
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("s.json");
         std::fs::write(&state, b"{}").unwrap();
-        let n = Notifier::new(&state).expect("inotify on tmp");
+        let n = Notifier::new(&files(&state)).expect("inotify on tmp");
         for round in 0..3 {
             let temp = dir.path().join(format!(".tmp{round}"));
             std::fs::write(&temp, b"{}").unwrap();
@@ -243,13 +254,52 @@ mod tests {
         let state = dir.path().join("s.json");
         let witness_dir = crate::witness::dir_of(&state);
         std::fs::create_dir(&witness_dir).unwrap();
-        let n = Notifier::new(&state).expect("inotify on tmp");
+        let n = Notifier::new(&files(&state)).expect("inotify on tmp");
         let file = witness_dir.join("7");
         std::fs::write(&file, b"").unwrap();
         assert!(wait_readable(&n, 5000));
         assert_eq!(n.drain(), Events::Changed);
         let _ = std::fs::File::open(&file).unwrap();
         assert!(!wait_readable(&n, 20));
+    }
+
+    #[test]
+    fn the_watches_stay_on_the_bound_directories_when_the_path_is_repointed_or_moved() {
+        // A waiter opened through a symlinked parent is woken by changes in the directory it
+        // is bound to, not by the one the link points to later; a moved directory keeps its
+        // watch.
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join("s.json.witness")).unwrap();
+        }
+        let link = root.path().join("current");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let n = Notifier::new(&files(&link.join("s.json"))).expect("inotify on tmp");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&b, &link).unwrap();
+        assert!(
+            !wait_readable(&n, 20),
+            "the link is outside the watched directory"
+        );
+        std::fs::write(b.join("s.json"), b"{}").unwrap();
+        std::fs::write(b.join("s.json.witness/1"), b"").unwrap();
+        assert!(!wait_readable(&n, 20), "b is not watched");
+        std::fs::write(a.join("s.json"), b"{}").unwrap();
+        assert!(wait_readable(&n, 5000));
+        assert_eq!(n.drain(), Events::Changed);
+        std::fs::write(a.join("s.json.witness/1"), b"").unwrap();
+        assert!(wait_readable(&n, 5000));
+        assert_eq!(n.drain(), Events::Changed);
+        let moved = root.path().join("moved");
+        std::fs::rename(&a, &moved).unwrap();
+        assert!(
+            !wait_readable(&n, 20),
+            "a move of the directory is no change to look at"
+        );
+        std::fs::write(moved.join("s.json"), b"{}").unwrap();
+        assert!(wait_readable(&n, 5000));
+        assert_eq!(n.drain(), Events::Changed);
     }
 
     #[test]
@@ -275,6 +325,14 @@ mod tests {
         assert_eq!(
             classify(AddWatchFlags::IN_IGNORED, None, name),
             Events::Broken
+        );
+        assert_eq!(
+            classify(AddWatchFlags::IN_DELETE_SELF, None, name),
+            Events::Broken
+        );
+        assert_eq!(
+            classify(AddWatchFlags::IN_MOVE_SELF, None, name),
+            Events::Unrelated
         );
         assert!(!is_remote(statfs::EXT4_SUPER_MAGIC));
         assert!(is_remote(statfs::NFS_SUPER_MAGIC));

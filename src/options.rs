@@ -38,6 +38,7 @@ pub struct OpenOptions {
     pub(crate) auto_reap: bool,
     pub(crate) default_lease: Option<Duration>,
     pub(crate) create_new: bool,
+    pub(crate) trusted_owners: Vec<u32>,
 }
 
 impl Default for OpenOptions {
@@ -57,6 +58,7 @@ impl OpenOptions {
             auto_reap: true,
             default_lease: None,
             create_new: false,
+            trusted_owners: Vec::new(),
         }
     }
 
@@ -109,13 +111,53 @@ impl OpenOptions {
         self
     }
 
-    /// The permission bits of a newly created state file and lock file (default `0o644`, as
-    /// the Go package). An existing state file keeps its own mode (and, when we run as root,
-    /// its owner and group) across rewrites. The lock file is created with `open(2)`, so the
-    /// umask applies to it; the state file gets exactly this mode. To share a semaphore
-    /// between users, use `0o664` and a group-writable directory without the sticky bit.
+    /// The permission bits of a newly created state file (default `0o644`, as the Go
+    /// package), from which the modes of every other file filesem creates are derived. Each
+    /// file gets exactly its mode, whatever the process umask:
+    ///
+    /// | file | mode | from 0o644 | from 0o664 |
+    /// | --- | --- | --- | --- |
+    /// | state file `PATH` (and its temp files) | `mode`, without set-id and sticky bits | 0644 | 0664 |
+    /// | lock file `PATH.lock`, witness files `PATH.witness/N` | read and write for each class (user, group, other) that may write the state, nothing for the others | 0600 | 0660 |
+    /// | witness directory `PATH.witness` | the witness files' bits, plus search for each class that may read the state, plus set-group-ID if its parent has it | 0711 | 0771 (02771 in a setgid directory) |
+    ///
+    /// So users who may only read the state can query it (queries take no lock) but cannot
+    /// open the lock file or a witness file, and so cannot stall writers or keep a dead
+    /// holder "alive" by flocking them.
+    ///
+    /// An existing state file keeps its own mode (without set-id and sticky bits) and, when
+    /// we run as root, its owner and group across rewrites; the lock file and witness files
+    /// created later derive from that mode. A lock file that grants more than its derived
+    /// mode and that this user owns (those of older versions and of the Go package are
+    /// 0644) is tightened to it when [`open`](OpenOptions::open) finds it; permissions are
+    /// never added to an existing file, and files of other users are never changed.
+    ///
+    /// To share a semaphore between the users of a group, use `0o664` in a directory owned
+    /// by that group with mode 2775 (group-writable, set-group-ID, not sticky); see "Trust
+    /// model" in the crate docs.
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = mode & 0o7777;
+        self
+    }
+
+    /// Trusts files owned by `uid` in world-writable or sticky directories (repeatable).
+    ///
+    /// In a directory such as `/tmp` (mode 1777), anyone can plant a file or directory where a
+    /// semaphore's files go. There filesem uses only files owned by the caller (effective
+    /// uid), by root, or by the directory's owner, and refuses others with
+    /// [`Error::Untrusted`](crate::Error::Untrusted) before changing anything; this adds
+    /// `uid` to those owners, for a semaphore shared on purpose with that user. In a directory
+    /// that is neither world-writable nor sticky every owner is trusted anyway: whoever can
+    /// write there can replace any file. See "Trust model" in the crate docs.
+    ///
+    /// ```
+    /// let mut options = filesem::OpenOptions::new();
+    /// options.trust_owner(1001).trust_owner(1002);
+    /// ```
+    pub fn trust_owner(&mut self, uid: u32) -> &mut Self {
+        if !self.trusted_owners.contains(&uid) {
+            self.trusted_owners.push(uid);
+        }
         self
     }
 

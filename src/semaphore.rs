@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use crate::dir::{Files, Trust};
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 use crate::liveness::{Liveness, SystemJudge};
@@ -16,7 +17,7 @@ use crate::permit::Permit;
 use crate::rules::{self, Ctx, Judge, Refusal};
 use crate::state::{self, Document, Entry, MAX_CAPACITY};
 use crate::store::{Step, Store};
-use crate::witness::{self, Created, WitnessLock};
+use crate::witness::{Created, WitnessLock};
 
 /// A cheap, cloneable handle on one semaphore file; every operation goes through it.
 ///
@@ -68,7 +69,7 @@ impl From<rules::Removed> for Reaped {
 impl fmt::Debug for Semaphore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Semaphore")
-            .field("path", &self.inner.store.path)
+            .field("path", &self.path())
             .field("durable", &self.inner.store.durable)
             .field("lock_timeout", &self.inner.store.lock_timeout)
             .finish()
@@ -148,38 +149,21 @@ impl Semaphore {
         capacity: Option<u32>,
         options: &OpenOptions,
     ) -> Result<Semaphore> {
-        check_not_a_lock_file(path)?;
         if let Some(capacity) = capacity {
             check_capacity(path, u64::from(capacity.max(1)))?;
-            if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(Error::Symlink {
-                    path: path.to_path_buf(),
-                });
-            }
-            // Before the judge looks at the filesystem type of this directory.
-            let dir = crate::store::parent_dir(path);
+            let dir = crate::dir::parent_dir(path);
             fs::create_dir_all(dir).map_err(|e| Error::io(path, dir, "create the directory", e))?;
         }
-        let store = Store::new(
-            path.to_path_buf(),
-            options.durable,
-            options.mode,
-            options.lock_timeout,
-        );
-        let sem = Semaphore {
-            inner: Arc::new(Inner {
-                store,
-                judge: Box::new(SystemJudge::new(path)),
-                reap: options.auto_reap,
-                default_lease: options.default_lease,
-            }),
-        };
+        let sem = Semaphore::bind(path, options)?;
         let store = &sem.inner.store;
+        check_not_a_lock_file(&store.files)?;
         match capacity {
             None => {
                 store.snapshot()?;
             }
             Some(capacity) => {
+                // Refused before the lock file is created.
+                store.check_not_symlink()?;
                 let requested = capacity.max(1);
                 store.transact(Some(requested), |doc, created| {
                     if options.create_new && !created {
@@ -188,9 +172,8 @@ impl Semaphore {
                         });
                     }
                     let tokens = live_tokens(doc);
-                    let leftovers = crate::atomic::remove_leftovers(path)?
-                        .into_iter()
-                        .chain(witness::remove_orphans(path, &tokens));
+                    let mut leftovers = store.remove_leftovers()?;
+                    leftovers.extend(store.remove_orphans(&tokens)?);
                     for file in leftovers {
                         tracing::info!(path = %path.display(), file = %file.display(), "removed leftover file");
                     }
@@ -208,9 +191,55 @@ impl Semaphore {
         Ok(sem)
     }
 
-    /// The state file's path, as given to `open`.
+    /// A handle bound to the directory of `path` (see [`resolved_path`](Semaphore::resolved_path));
+    /// reads nothing else.
+    fn bind(path: &Path, options: &OpenOptions) -> Result<Semaphore> {
+        let files = Arc::new(Files::open(path, Trust::new(&options.trusted_owners))?);
+        let store = Store::new(
+            Arc::clone(&files),
+            options.durable,
+            options.mode,
+            options.lock_timeout,
+        );
+        Ok(Semaphore {
+            inner: Arc::new(Inner {
+                store,
+                judge: Box::new(SystemJudge::new(files)),
+                reap: options.auto_reap,
+                default_lease: options.default_lease,
+            }),
+        })
+    }
+
+    /// The state file's path, as given to `open` (used in messages).
+    ///
+    /// The handle is bound to the directory this path named when it was opened: see
+    /// [`resolved_path`](Semaphore::resolved_path).
     pub fn path(&self) -> &Path {
-        &self.inner.store.path
+        self.inner.store.path()
+    }
+
+    /// The absolute path of the state file when the semaphore was opened: the canonical path
+    /// of its directory then, plus the file name.
+    ///
+    /// The handle, its clones, permits and waits act on the directory it opened, whatever
+    /// [`path`](Semaphore::path) names later: a change of the working directory, a renamed
+    /// directory or a repointed symlink in the path does not move them (if the directory is
+    /// renamed, this path is out of date; the handle follows the directory). Give this path to
+    /// another process (the `filesem` tool exports it as `FILESEM_PATH`) to name the same
+    /// semaphore.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// assert!(sem.resolved_path().is_absolute());
+    /// assert!(sem.resolved_path().ends_with("s.json"));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn resolved_path(&self) -> &Path {
+        &self.inner.store.files.resolved
     }
 
     /// The capacity recorded in the state file now, in holders.
@@ -458,26 +487,23 @@ impl Semaphore {
         let store = &self.inner.store;
         for _ in 0..64 {
             if rules::next_token(doc) > state::MAX_TOKEN {
-                // Never hand out a token twice: fail closed until `recover`.
-                return Err(Error::Corrupt {
-                    path: store.path.clone(),
-                    reason: "the fencing-token counter is exhausted (2^53 - 1 tokens were \
-                             handed out); tokens only grow, so use a new semaphore file"
-                        .to_string(),
+                // Never hand out a token twice: fail closed.
+                return Err(Error::TokensExhausted {
+                    path: store.path().to_path_buf(),
                 });
             }
             let token = rules::take_token(doc);
             if detached {
                 return Ok((token, None));
             }
-            match witness::create(&store.path, token, store.create_mode)? {
+            match store.create_witness(token)? {
                 Created::Locked(lock) => return Ok((token, Some(lock))),
                 Created::Taken => continue,
             }
         }
         Err(Error::io(
-            &store.path,
-            &witness::dir_of(&store.path),
+            store.path(),
+            &store.files.witness_path,
             "find a free witness name in",
             std::io::Error::from(std::io::ErrorKind::AlreadyExists),
         ))
@@ -486,7 +512,8 @@ impl Semaphore {
     /// Removes every provably stale holder and waiter now (dead owner, expired lease), hands
     /// their slots to queued waiters, and returns what it removed with the evidence. Entries
     /// that cannot be judged (see [`Liveness::Unknown`]) stay. Also removes witness files that
-    /// no entry refers to.
+    /// no entry refers to and temp files of killed writers (regular files with filesem's
+    /// names, of trusted owners only).
     ///
     /// Acquires already reap when they would otherwise fail (unless
     /// [`OpenOptions::auto_reap`] is off); call this to free slots eagerly or from a cleanup
@@ -519,8 +546,11 @@ impl Semaphore {
             };
             let removed = rules::reap(doc, &ctx);
             let granted = rules::hand_off(doc, ctx.now);
-            for file in witness::remove_orphans(path, &live_tokens(doc)) {
-                tracing::info!(path = %path.display(), file = %file.display(), "removed orphan witness");
+            let store = &self.inner.store;
+            let mut leftovers = store.remove_leftovers()?;
+            leftovers.extend(store.remove_orphans(&live_tokens(doc))?);
+            for file in leftovers {
+                tracing::info!(path = %path.display(), file = %file.display(), "removed leftover file");
             }
             let reaped = removed.iter().cloned().map(Reaped::from).collect();
             Ok(Step::new(reaped, granted > 0).reaped(removed))
@@ -752,76 +782,66 @@ impl OpenOptions {
     /// As [`Semaphore::recover`].
     pub fn recover(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Recovered> {
         let path = path.as_ref();
-        check_not_a_lock_file(path)?;
         check_capacity(path, u64::from(capacity))?;
-        let store = Store::new(
-            path.to_path_buf(),
-            self.durable,
-            self.mode,
-            self.lock_timeout,
-        );
-        if path.exists() || fs::symlink_metadata(path).is_ok() {
-            store.check_exists()?;
-        } else {
+        let sem = match Semaphore::bind(path, self) {
+            Err(Error::NotFound { .. }) => None,
+            other => Some(other?),
+        };
+        let exists = match &sem {
+            Some(sem) => {
+                check_not_a_lock_file(&sem.inner.store.files)?;
+                sem.inner.store.check_not_symlink()?
+            }
+            None => false,
+        };
+        let Some(sem) = sem.filter(|_| exists) else {
             let semaphore = self.open(path, capacity)?;
             return Ok(Recovered {
                 semaphore,
                 moved_to: None,
             });
-        }
-        let moved_to = store.with_lock(|| {
+        };
+        let store = &sem.inner.store;
+        let files = &store.files;
+        let moved_to = store.with_lock(|dir| {
+            // Only a regular file of a trusted owner is moved aside: `read` refuses anything
+            // else (a FIFO, socket or device; a file planted by another user) untouched.
             let bytes = match store.read() {
                 Ok(_) => return Ok(None),
                 // Tokens are looked for in what can be read safely: the first bytes of a
-                // file over the size limit, nothing of a FIFO or device.
-                Err(Error::Corrupt { .. }) => match store.read_raw()? {
-                    crate::store::Raw::Regular { bytes, .. } => bytes,
-                    _ => read_prefix(path, crate::store::MAX_STATE_BYTES),
-                },
+                // file over the size limit.
+                Err(Error::Corrupt { .. }) => store.read_prefix(crate::store::MAX_STATE_BYTES)?,
                 Err(e) => return Err(e),
             };
-            let mode = fs::metadata(path)
-                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-                .unwrap_or(self.mode);
+            let name = files.state_name.as_os_str();
+            let old_mode = files
+                .stat_at(files.dir(), name)
+                .map_err(|e| store.io_error("look up semaphore state at", e))?
+                .map_or(self.mode, |st| st.st_mode as u32 & 0o7777);
+            // Never pass on set-id, sticky or world-write bits of a file someone planted.
+            let mode = old_mode & 0o775;
             let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-            let mut aside = path.as_os_str().to_os_string();
-            aside.push(format!(".corrupt-{stamp}"));
-            let aside = PathBuf::from(aside);
-            fs::rename(path, &aside).map_err(|e| {
-                Error::io(path, &aside, "move the corrupt state file to", e)
-            })?;
+            let aside_name = {
+                let mut n = name.to_os_string();
+                n.push(format!(".corrupt-{stamp}"));
+                n
+            };
+            let aside = crate::dir::parent_dir(path).join(&aside_name);
+            nix::fcntl::renameat(files.dir(), name, files.dir(), aside_name.as_os_str())
+                .map_err(|e| Error::io(path, &aside, "move the corrupt state file to", e.into()))?;
             let mut doc = Document::new(capacity);
             doc.next_token = Some(token_floor(&bytes));
             let meta = crate::atomic::FileMeta { mode, owner: None };
-            crate::atomic::write_atomic(path, &doc.to_bytes(), meta, self.durable)?;
+            crate::atomic::write_atomic(files, &doc.to_bytes(), meta, self.durable, dir)?;
             tracing::warn!(path = %path.display(), aside = %aside.display(), "recovered corrupt semaphore state");
             Ok(Some(aside))
         })?;
-        let semaphore = self.open_existing(path)?;
+        store.snapshot()?;
         Ok(Recovered {
-            semaphore,
+            semaphore: sem,
             moved_to,
         })
     }
-}
-
-/// Up to `limit` bytes of a regular file at `path` (not following a symlink, not blocking on
-/// a FIFO); empty for anything else or on error.
-fn read_prefix(path: &Path, limit: u64) -> Vec<u8> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-    let mut bytes = Vec::new();
-    if let Ok(file) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)
-    {
-        if file.metadata().is_ok_and(|m| m.is_file()) {
-            let _ = file.take(limit).read_to_end(&mut bytes);
-        }
-    }
-    bytes
 }
 
 /// A fencing-token counter above anything a corrupt file can have handed out.
@@ -853,20 +873,21 @@ fn token_floor(bytes: &[u8]) -> u64 {
 
 /// Refuses `X.lock` when a semaphore state file `X` exists: that is X's lock file, and using it
 /// as a state file (above all `recover`, which moves it aside) would break X's exclusion.
-fn check_not_a_lock_file(path: &Path) -> Result<()> {
-    let Some(stem) = path
-        .file_name()
-        .and_then(|n| n.to_str())
+fn check_not_a_lock_file(files: &Files) -> Result<()> {
+    let Some(stem) = files
+        .state_name
+        .to_str()
         .and_then(|n| n.strip_suffix(".lock"))
         .filter(|s| !s.is_empty())
     else {
         return Ok(());
     };
-    let semaphore = path.with_file_name(stem);
-    if semaphore.is_file() {
+    let is_file = nix::sys::stat::fstatat(files.dir(), stem, nix::fcntl::AtFlags::empty())
+        .is_ok_and(|st| crate::dir::is_regular(&st));
+    if is_file {
         return Err(Error::IsLockFile {
-            path: path.to_path_buf(),
-            semaphore,
+            path: files.path.clone(),
+            semaphore: files.path.with_file_name(stem),
         });
     }
     Ok(())

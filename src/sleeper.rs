@@ -59,7 +59,7 @@ impl Sleeper {
             notifier: if polling_forced() {
                 None
             } else {
-                crate::notify::Notifier::new(sem.path())
+                crate::notify::Notifier::new(&sem.inner.store.files)
             },
             cancel: cancel.and_then(CancelToken::register),
             backoff: Duration::ZERO,

@@ -1,23 +1,28 @@
 //! The file store: one locked step ("lock, read, apply a rule, write if changed, unlock") and
-//! a lock-free snapshot for queries.
+//! a lock-free snapshot for queries, all relative to the semaphore's bound directory
+//! ([`Files`]).
 //!
 //! Queries need no lock: every writer (ours and the Go package) replaces the state file by
-//! `rename`, so a reader always sees one complete version.
+//! `rename`, so a reader always sees one complete version. No query opens the lock file.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{FileStat, fstat};
+
 use crate::atomic::{self, FileMeta};
+use crate::dir::{Files, Want, access_mode, mode, witness_dir_mode};
 use crate::error::{Error, Result};
-use crate::lock;
+use crate::lock::{self, LockGuard};
 use crate::rules;
 use crate::rules::Removed;
 use crate::state::Document;
-use crate::witness;
+use crate::witness::{self, Created, WitnessDir};
 
 /// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
 /// Go package's 0644.
@@ -26,8 +31,8 @@ pub(crate) const DEFAULT_MODE: u32 = 0o644;
 /// Where and how one semaphore is stored.
 #[derive(Debug)]
 pub(crate) struct Store {
-    pub path: PathBuf,
-    pub lock_path: PathBuf,
+    /// The bound directory and the names in it; shared with the liveness judge.
+    pub files: Arc<Files>,
     pub durable: bool,
     pub create_mode: u32,
     pub lock_timeout: Duration,
@@ -35,6 +40,21 @@ pub(crate) struct Store {
     /// polling) rather than on the lock file. Held only for one step; waiting for it counts
     /// against the lock timeout.
     gate: Gate,
+    /// What the step in progress knows about its files (set while the gate is held).
+    step: Mutex<Option<StepFiles>>,
+}
+
+/// What one locked step knows about the semaphore's files, for the file operations its rule
+/// makes (witness creation, cleanup).
+#[derive(Clone, Copy, Debug)]
+struct StepFiles {
+    /// The directory's status at the start of the step: who is trusted in it.
+    dir: FileStat,
+    /// The state file's mode (or the create mode for a new one): lock and witness modes
+    /// derive from it.
+    state_mode: u32,
+    /// Whether this step created the witness directory (removed again if the step fails).
+    witness_dir_created: bool,
 }
 
 /// What a rule reports back to [`Store::transact`].
@@ -79,17 +99,25 @@ impl<R> Step<R> {
 }
 
 impl Store {
-    pub fn new(path: PathBuf, durable: bool, create_mode: u32, lock_timeout: Duration) -> Store {
-        let mut lock = path.clone().into_os_string();
-        lock.push(".lock");
+    pub fn new(
+        files: Arc<Files>,
+        durable: bool,
+        create_mode: u32,
+        lock_timeout: Duration,
+    ) -> Store {
         Store {
-            lock_path: PathBuf::from(lock),
-            path,
+            files,
             durable,
             create_mode,
             lock_timeout,
             gate: Gate::default(),
+            step: Mutex::new(None),
         }
+    }
+
+    /// The state file, as given to `open`.
+    pub fn path(&self) -> &Path {
+        &self.files.path
     }
 
     /// One locked read-modify-write. With `create = Some(capacity)` a missing state file is
@@ -101,7 +129,7 @@ impl Store {
         create: Option<u32>,
         rule: impl FnOnce(&mut Document, bool) -> Result<Step<R>>,
     ) -> Result<R> {
-        self.locked(create.is_some(), || {
+        self.locked(create.is_some(), |guard, dir| {
             let (mut doc, meta, created) = match self.read()? {
                 Some((mut doc, meta)) => {
                     rules::resume_token_counter(&mut doc, chrono::Utc::now());
@@ -118,14 +146,25 @@ impl Store {
                     None => return Err(self.not_found()),
                 },
             };
+            self.set_state_mode(meta.mode);
             let step = rule(&mut doc, created)?;
             if step.changed || created {
                 if doc.version.is_none() {
                     doc.version = Some(crate::state::FORMAT_VERSION);
                 }
-                atomic::write_atomic(&self.path, &doc.to_bytes(), meta, self.durable)?;
+                atomic::write_atomic(&self.files, &doc.to_bytes(), meta, self.durable, dir)?;
             }
-            witness::forget_reaped(&self.path, &step.reaped);
+            if create.is_some() {
+                // Only when the open succeeds: a failed operation changes nothing.
+                guard.tighten(&self.files, access_mode(meta.mode));
+            }
+            if !step.reaped.is_empty() {
+                let wdir = witness::open_dir(&self.files, dir, None).unwrap_or_else(|e| {
+                    tracing::warn!(path = %self.path().display(), error = %e, "cannot remove the witness files of reaped entries");
+                    None
+                });
+                witness::forget_reaped(&self.files, wdir.as_ref(), &step.reaped);
+            }
             Ok(step.value)
         })
     }
@@ -140,36 +179,84 @@ impl Store {
                     "the file is {len} bytes, more than the {MAX_STATE_BYTES} bytes a state file may have"
                 )));
             }
-            Raw::NotRegular { kind } => {
-                return Err(self.corrupt(format!("it is a {kind}, not a regular file")));
-            }
         };
         let doc = Document::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
         Ok(Some((doc, meta)))
     }
 
     /// Reads the state file's bytes, without ever blocking on a FIFO or reading more than
-    /// [`MAX_STATE_BYTES`]. A directory is an I/O error (`EISDIR`), as reading it would be.
+    /// [`MAX_STATE_BYTES`]. Anything but a regular file of a trusted owner is refused.
     pub fn read_raw(&self) -> Result<Raw> {
+        let Some((file, st)) = self.open_state()? else {
+            return Ok(Raw::Missing);
+        };
+        read_all(file, &st).map_err(|e| self.io_error("read semaphore state at", e))
+    }
+
+    /// Up to `limit` bytes of the state file (a regular file of a trusted owner; never
+    /// blocking on a FIFO); empty when there is none.
+    pub fn read_prefix(&self, limit: u64) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        if let Some((file, _)) = self.open_state()? {
+            file.take(limit)
+                .read_to_end(&mut bytes)
+                .map_err(|e| self.io_error("read semaphore state at", e))?;
+        }
+        Ok(bytes)
+    }
+
+    /// Opens the state file for reading and checks it: `None` when it is absent.
+    fn open_state(&self) -> Result<Option<(File, FileStat)>> {
+        let files = &self.files;
+        let name = files.state_name.as_os_str();
         // O_NONBLOCK: opening a FIFO for reading would wait for a writer, under the lock.
         // It changes nothing for regular files.
-        let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-        let file = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags.bits())
-            .open(&self.path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Raw::Missing),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(self.symlink()),
-            Err(e) => return Err(self.io_error("read semaphore state at", e)),
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let file = match openat(files.dir(), name, flags, mode(0)) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => {
+                files.dir_stat()?;
+                return Ok(None);
+            }
+            Err(Errno::ELOOP) => return Err(self.symlink()),
+            Err(e) => {
+                return Err(files
+                    .explain_open_error(files.dir(), name, &files.path, e, Want::File)
+                    .unwrap_or_else(|| self.io_error("read semaphore state at", e.into())));
+            }
         };
-        read_all(file).map_err(|e| self.io_error("read semaphore state at", e))
+        let st = fstat(&file).map_err(|e| self.io_error("read semaphore state at", e.into()))?;
+        self.check_state(&st)?;
+        Ok(Some((file, st)))
+    }
+
+    /// Refuses a state file that is not a regular file or whose owner is not trusted.
+    fn check_state(&self, st: &FileStat) -> Result<()> {
+        let files = &self.files;
+        files.check(
+            &files.path,
+            st,
+            Want::File,
+            || files.dir_stat(),
+            crate::dir::parent_dir(&files.path),
+        )
+    }
+
+    /// Whether a state file exists, refusing a symlink at the state path
+    /// ([`Error::Symlink`]) without following or creating anything.
+    pub fn check_not_symlink(&self) -> Result<bool> {
+        let files = &self.files;
+        match files.stat_at(files.dir(), files.state_name.as_os_str()) {
+            Ok(Some(st)) if crate::dir::is_symlink(&st) => Err(self.symlink()),
+            Ok(Some(_)) => Ok(true),
+            Ok(None) => Ok(false),
+            Err(e) => Err(self.io_error("look up semaphore state at", e)),
+        }
     }
 
     fn corrupt(&self, reason: String) -> Error {
         Error::Corrupt {
-            path: self.path.clone(),
+            path: self.path().to_path_buf(),
             reason,
         }
     }
@@ -179,32 +266,29 @@ impl Store {
         self.read()?.map(|(d, _)| d).ok_or_else(|| self.not_found())
     }
 
-    /// Fails unless a state file (not a symlink) exists, without creating anything.
-    pub fn check_exists(&self) -> Result<()> {
-        match fs::symlink_metadata(&self.path) {
-            Ok(m) if m.file_type().is_symlink() => Err(self.symlink()),
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.not_found()),
-            Err(e) => Err(self.io_error("look up semaphore state at", e)),
-        }
-    }
-
     /// Runs `f` under the lock without reading the state (used by recovery, which must not
-    /// parse the file).
-    pub fn with_lock<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        self.locked(true, f)
+    /// parse the file). `f` gets the directory's status.
+    pub fn with_lock<R>(&self, f: impl FnOnce(&FileStat) -> Result<R>) -> Result<R> {
+        self.locked(true, |_, dir| f(dir))
     }
 
-    /// Runs `f` under the lock. Without `may_create`, nothing is created for a missing
-    /// semaphore: the lock file is opened without `O_CREAT`, and only if it is absent is the
-    /// state file looked up ([`Error::NotFound`]) before the lock file is created. That is
-    /// one `statx` fewer per operation than looking up the state file first; a state file
-    /// that is missing while its lock file exists is found missing by [`Store::read`].
-    fn locked<R>(&self, may_create: bool, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    /// Runs `f` under the lock. The lock file is opened without `O_CREAT` first; only if it is
+    /// absent is the state file looked up: without `may_create` a missing semaphore is
+    /// [`Error::NotFound`] and nothing is created; otherwise (or if the state file exists) the
+    /// lock file is created with the mode derived from the state's. That is one `statx` fewer
+    /// per operation than looking up the state file first; a state file that is missing while
+    /// its lock file exists is found missing by [`Store::read`].
+    ///
+    /// If `f` fails, a witness directory this step created is removed again (if empty).
+    fn locked<R>(
+        &self,
+        may_create: bool,
+        f: impl FnOnce(&LockGuard, &FileStat) -> Result<R>,
+    ) -> Result<R> {
         let start = Instant::now();
         let timed_out = || Error::LockTimeout {
-            path: self.path.clone(),
-            lock_path: self.lock_path.clone(),
+            path: self.path().to_path_buf(),
+            lock_path: self.files.lock_path.clone(),
             waited: start.elapsed(),
         };
         // One deadline for the in-process queue and the lock file together: otherwise the
@@ -213,40 +297,138 @@ impl Store {
             .gate
             .enter(start + self.lock_timeout)
             .ok_or_else(timed_out)?;
+        // One fstat per step: a removed directory is never written in, and its status says
+        // whose files are trusted.
+        let dir = self.files.dir_stat()?;
         let left = || self.lock_timeout.saturating_sub(start.elapsed());
-        let create = || lock::lock_exclusive(&self.path, &self.lock_path, self.create_mode, left());
-        let locked = if may_create {
-            create()
-        } else {
-            match lock::lock_exclusive_existing(&self.path, &self.lock_path, left()) {
-                Ok(Some(guard)) => Ok(guard),
-                Ok(None) => self.check_exists().and_then(|()| create()),
-                Err(e) => Err(e),
-            }
+        let guard = match lock::lock_exclusive(&self.files, None, &dir, left()) {
+            Ok(Some(guard)) => Ok(guard),
+            Ok(None) => self.create_lock(may_create, &dir, left()),
+            Err(e) => Err(e),
         };
-        let guard = locked.map_err(|e| match e {
+        let guard = guard.map_err(|e| match e {
             Error::LockTimeout { .. } => timed_out(),
             other => other,
         })?;
-        let r = f()?;
+        *self.step_files() = Some(StepFiles {
+            dir,
+            state_mode: self.create_mode,
+            witness_dir_created: false,
+        });
+        let r = f(&guard, &dir);
+        let step = self.step_files().take();
+        if r.is_err() {
+            let created = step.is_some_and(|s| s.witness_dir_created);
+            WitnessDir::remove_if_created(&self.files, created);
+        }
         guard.unlock();
-        Ok(r)
+        r
+    }
+
+    /// Creates the absent lock file (mode derived from the state file's, or from the create
+    /// mode for a new semaphore) and locks it; without `may_create` only if the state file
+    /// exists. A state file of the wrong kind or owner is refused before anything is created.
+    fn create_lock(
+        &self,
+        may_create: bool,
+        dir: &FileStat,
+        timeout: Duration,
+    ) -> Result<LockGuard> {
+        let files = &self.files;
+        let state = files
+            .stat_at(files.dir(), files.state_name.as_os_str())
+            .map_err(|e| self.io_error("look up semaphore state at", e))?;
+        let state_mode = match state {
+            None if !may_create => return Err(self.not_found()),
+            None => self.create_mode,
+            Some(st) if crate::dir::is_symlink(&st) => return Err(self.symlink()),
+            Some(st) => {
+                self.check_state(&st)?;
+                st.st_mode as u32 & 0o7777
+            }
+        };
+        let created = lock::lock_exclusive(files, Some(access_mode(state_mode)), dir, timeout)?;
+        created.ok_or_else(|| {
+            self.io_error(
+                "create the lock file of",
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })
+    }
+
+    fn step_files(&self) -> MutexGuard<'_, Option<StepFiles>> {
+        self.step.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_state_mode(&self, state_mode: u32) {
+        if let Some(step) = self.step_files().as_mut() {
+            step.state_mode = state_mode & 0o7777;
+        }
+    }
+
+    /// The step's view of the files; outside a step (never, in this crate) a fresh one.
+    fn current(&self) -> Result<StepFiles> {
+        match *self.step_files() {
+            Some(step) => Ok(step),
+            None => Ok(StepFiles {
+                dir: self.files.dir_stat()?,
+                state_mode: self.create_mode,
+                witness_dir_created: false,
+            }),
+        }
+    }
+
+    /// Creates and locks the witness file for `token` (creating the witness directory if
+    /// needed), with modes derived from the state file's. Call inside a step.
+    pub fn create_witness(&self, token: u64) -> Result<Created> {
+        let step = self.current()?;
+        let dir_mode = witness_dir_mode(step.state_mode, step.dir.st_mode as u32);
+        let wdir = witness::open_dir(&self.files, &step.dir, Some(dir_mode))?.ok_or_else(|| {
+            let missing = io::Error::from(io::ErrorKind::NotFound);
+            self.files.io(
+                &self.files.witness_path,
+                "create the witness directory",
+                missing,
+            )
+        })?;
+        if wdir.created
+            && let Some(step) = self.step_files().as_mut()
+        {
+            step.witness_dir_created = true;
+        }
+        witness::create(&self.files, &wdir, token, access_mode(step.state_mode))
+    }
+
+    /// Removes witness files no entry (with a token in `live`) refers to and nobody holds.
+    /// Call inside a step.
+    pub fn remove_orphans(&self, live: &[u64]) -> Result<Vec<PathBuf>> {
+        let step = self.current()?;
+        match witness::open_dir(&self.files, &step.dir, None)? {
+            Some(wdir) => witness::remove_orphans(&self.files, &wdir, live),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Removes temp files left by killed writers. Lists the directory: call inside a step of
+    /// `open` or `reap` only.
+    pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>> {
+        atomic::remove_leftovers(&self.files, &self.current()?.dir)
     }
 
     pub fn not_found(&self) -> Error {
-        Error::NotFound {
-            path: self.path.clone(),
-        }
+        self.files.missing(Error::NotFound {
+            path: self.path().to_path_buf(),
+        })
     }
 
     fn symlink(&self) -> Error {
         Error::Symlink {
-            path: self.path.clone(),
+            path: self.path().to_path_buf(),
         }
     }
 
     pub fn io_error(&self, action: &'static str, e: io::Error) -> Error {
-        Error::io(&self.path, &self.path, action, e)
+        Error::io(self.path(), self.path(), action, e)
     }
 }
 
@@ -265,10 +447,6 @@ pub(crate) enum Raw {
     /// A regular file over [`MAX_STATE_BYTES`]; `len` is its size in bytes.
     TooLarge {
         len: u64,
-    },
-    /// A FIFO, socket or device; `kind` names it.
-    NotRegular {
-        kind: &'static str,
     },
 }
 
@@ -330,32 +508,13 @@ impl Drop for GateGuard<'_> {
     }
 }
 
-fn read_all(file: File) -> io::Result<Raw> {
-    use std::os::unix::fs::FileTypeExt;
-    let m = file.metadata()?;
-    let t = m.file_type();
-    if t.is_dir() {
-        return Err(io::Error::from_raw_os_error(libc::EISDIR));
-    }
-    if !t.is_file() {
-        let kind = if t.is_fifo() {
-            "FIFO"
-        } else if t.is_socket() {
-            "socket"
-        } else if t.is_char_device() {
-            "character device"
-        } else if t.is_block_device() {
-            "block device"
-        } else {
-            "special file"
-        };
-        return Ok(Raw::NotRegular { kind });
-    }
-    if m.len() > MAX_STATE_BYTES {
-        return Ok(Raw::TooLarge { len: m.len() });
+fn read_all(file: File, st: &FileStat) -> io::Result<Raw> {
+    let len = u64::try_from(st.st_size).unwrap_or(0);
+    if len > MAX_STATE_BYTES {
+        return Ok(Raw::TooLarge { len });
     }
     // The file may grow while we read (a foreign writer): never read past the limit.
-    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
+    let mut bytes = Vec::with_capacity(len as usize + 1);
     file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_STATE_BYTES {
         return Ok(Raw::TooLarge {
@@ -363,18 +522,10 @@ fn read_all(file: File) -> io::Result<Raw> {
         });
     }
     let meta = FileMeta {
-        mode: m.mode() & 0o7777,
-        owner: Some((m.uid(), m.gid())),
+        mode: st.st_mode as u32 & 0o7777,
+        owner: Some((st.st_uid, st.st_gid)),
     };
     Ok(Raw::Regular { bytes, meta })
-}
-
-/// The directory that holds `path`.
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 #[cfg(test)]
@@ -382,16 +533,12 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> Store {
-        Store::new(
-            dir.join("s.json"),
-            false,
-            DEFAULT_MODE,
-            Duration::from_secs(1),
-        )
+        let files = Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap();
+        Store::new(Arc::new(files), false, DEFAULT_MODE, Duration::from_secs(1))
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
+        let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -445,7 +592,7 @@ mod tests {
         assert!(names(dir.path()).is_empty());
 
         // A lock file left without its state file: still NotFound, still no state file.
-        fs::write(&store.lock_path, b"").unwrap();
+        std::fs::write(&store.files.lock_path, b"").unwrap();
         let r = store.transact(None, |_, _| Ok(Step::changed(())));
         assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
         assert_eq!(names(dir.path()), ["s.json.lock"]);
@@ -456,7 +603,7 @@ mod tests {
         // A state file written by hand (or copied) without its lock file is still usable.
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        fs::write(&store.path, br#"{"capacity": 2, "holders": []}"#).unwrap();
+        std::fs::write(store.path(), br#"{"capacity": 2, "holders": []}"#).unwrap();
         let capacity = store.transact(None, |doc, _| Ok(Step::unchanged(doc.capacity())));
         assert_eq!(capacity.unwrap(), 2);
         assert_eq!(names(dir.path()), ["s.json", "s.json.lock"]);
@@ -468,21 +615,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
         let target = dir.path().join("elsewhere.json");
-        fs::write(&target, br#"{"capacity": 2, "holders": []}"#).unwrap();
-        std::os::unix::fs::symlink(&target, &store.path).unwrap();
+        std::fs::write(&target, br#"{"capacity": 2, "holders": []}"#).unwrap();
+        std::os::unix::fs::symlink(&target, store.path()).unwrap();
         let r = store.transact(None, |_, _| Ok(Step::changed(())));
         assert!(matches!(r, Err(Error::Symlink { .. })), "{r:?}");
-        fs::write(&store.lock_path, b"").unwrap();
+        std::fs::write(&store.files.lock_path, b"").unwrap();
         let r = store.transact(None, |_, _| Ok(Step::changed(())));
         assert!(matches!(r, Err(Error::Symlink { .. })), "{r:?}");
         assert!(
-            fs::symlink_metadata(&store.path)
+            std::fs::symlink_metadata(store.path())
                 .unwrap()
                 .file_type()
                 .is_symlink()
         );
         assert_eq!(
-            fs::read(&target).unwrap(),
+            std::fs::read(&target).unwrap(),
             br#"{"capacity": 2, "holders": []}"#
         );
     }

@@ -5,17 +5,25 @@
 //! written, and records its device and inode in the entry. The kernel drops the lock when the
 //! last descriptor of that open file closes, i.e. when the holder (and any child that inherited
 //! the descriptor) is gone. So: lock held = alive; lock free (same file) = dead; file missing or
-//! replaced = no evidence.
+//! replaced = no evidence; file there but not examinable = no verdict at all.
+//!
+//! The witness directory is opened relative to the semaphore's bound directory with
+//! `O_NOFOLLOW|O_DIRECTORY` and checked (a directory, of a trusted owner) before use; the
+//! files in it are opened relative to that descriptor with `O_NOFOLLOW|O_NONBLOCK`, and
+//! removed with `unlinkat` on it.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::{Flock, FlockArg, OFlag, openat};
+use nix::sys::stat::{FileStat, fchmod, fstat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use crate::dir::{Files, Want, is_regular, mode};
 use crate::error::{Error, Result};
 use crate::lock::unlock;
 use crate::state::Witness;
@@ -27,10 +35,106 @@ pub(crate) fn dir_of(path: &Path) -> PathBuf {
     PathBuf::from(d)
 }
 
+/// The witness directory, open and checked.
+pub(crate) struct WitnessDir {
+    fd: OwnedFd,
+    /// Its status when opened: who is trusted in it.
+    pub stat: FileStat,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+/// Opens `PATH.witness` for creating, probing and removing witness files, creating it with
+/// exactly `create`'s mode if it is absent and `create` is given (else `Ok(None)`). `state_dir`
+/// is the semaphore directory's status, against which the witness directory's owner is judged.
+///
+/// # Errors
+///
+/// [`Error::Untrusted`] if it is not a directory (a symlink, a file) or its owner is not
+/// trusted; [`Error::Io`].
+pub(crate) fn open_dir(
+    files: &Files,
+    state_dir: &FileStat,
+    create: Option<u32>,
+) -> Result<Option<WitnessDir>> {
+    let name = files.witness_name.as_os_str();
+    let object = &files.witness_path;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let refuse = |errno: Errno, action| {
+        files
+            .explain_open_error(files.dir(), name, object, errno, Want::Dir)
+            .unwrap_or_else(|| files.io(object, action, errno))
+    };
+    let mut created = false;
+    let fd = loop {
+        match openat(files.dir(), name, flags, mode(0)) {
+            Ok(fd) => break fd,
+            Err(Errno::ENOENT) if !created => {}
+            Err(e) => return Err(refuse(e, "open the witness directory")),
+        }
+        let Some(wanted) = create else {
+            return Ok(None);
+        };
+        match mkdirat(files.dir(), name, mode(wanted)) {
+            Ok(()) => created = true,
+            Err(Errno::EEXIST) => {}
+            Err(Errno::ENOENT) => {
+                return Err(files.missing(refuse(Errno::ENOENT, "create the witness directory")));
+            }
+            Err(e) => return Err(refuse(e, "create the witness directory")),
+        }
+    };
+    let stat = fstat(&fd).map_err(|e| files.io(object, "look up the witness directory", e))?;
+    files.check(
+        object,
+        &stat,
+        Want::Dir,
+        || Ok(*state_dir),
+        crate::dir::parent_dir(&files.path),
+    )?;
+    let mut dir = WitnessDir { fd, stat, created };
+    if let Some(wanted) = create.filter(|_| created) {
+        // mkdir(2) applies the umask and ignores set-group-ID.
+        if dir.stat.st_mode as u32 & 0o7777 != wanted {
+            fchmod(&dir.fd, mode(wanted)).map_err(|e| files.io(object, "set the mode of", e))?;
+            dir.stat.st_mode = (dir.stat.st_mode & !0o7777) | wanted as libc::mode_t;
+        }
+    }
+    Ok(Some(dir))
+}
+
+impl WitnessDir {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Removes the directory if this call created it and it is still empty: an operation
+    /// that fails leaves no new directory behind.
+    pub fn remove_if_created(files: &Files, created: bool) {
+        if !created {
+            return;
+        }
+        let name = files.witness_name.as_os_str();
+        match unlinkat(files.dir(), name, UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EEXIST) => {}
+            Err(e) => tracing::warn!(
+                dir = %files.witness_path.display(),
+                error = %e,
+                "failed to remove the witness directory this operation created"
+            ),
+        }
+    }
+}
+
 /// A held witness lock. Dropping it in the process that created it unlocks and removes the
 /// file; [`WitnessLock::abandon`] leaves both alone (a forked child).
 pub(crate) struct WitnessLock {
     flock: Option<Flock<File>>,
+    /// The witness directory it was created in: it is removed from there, wherever the
+    /// directory has been moved meanwhile.
+    dir: OwnedFd,
+    name: OsString,
+    /// For messages.
     path: PathBuf,
     pub record: Witness,
 }
@@ -51,63 +155,54 @@ pub(crate) enum Created {
     Taken,
 }
 
-/// Creates and locks the witness file for `token`. `mode` is the state file's create mode; the
-/// directory gets the same permissions plus search bits.
-pub(crate) fn create(state_path: &Path, token: u64, mode: u32) -> Result<Created> {
-    let dir = dir_of(state_path);
-    let file_path = dir.join(token.to_string());
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o666)
-            .custom_flags(OFlag::O_NOFOLLOW.bits())
-            .open(&file_path)
+/// Creates and locks the witness file for `token` in `dir`, with exactly `file_mode` (read
+/// and write for whoever may write the state, see [`crate::dir::access_mode`]).
+pub(crate) fn create(
+    files: &Files,
+    dir: &WitnessDir,
+    token: u64,
+    file_mode: u32,
+) -> Result<Created> {
+    let name = OsString::from(token.to_string());
+    let path = files.witness_path.join(&name);
+    let flags = OFlag::O_RDWR
+        | OFlag::O_CREAT
+        | OFlag::O_EXCL
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC;
+    let fd = match openat(dir.fd(), name.as_os_str(), flags, mode(file_mode)) {
+        Ok(fd) => fd,
+        Err(Errno::EEXIST) => return Ok(Created::Taken),
+        Err(e) => return Err(files.io(&path, "create witness file", e)),
     };
-    let file = match open() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_dir(&dir, mode)
-                .map_err(|e| Error::io(state_path, &dir, "create the witness directory", e))?;
-            open()
-        }
-        other => other,
+    let file = File::from(fd);
+    let removing = |e: Error| {
+        let _ = unlinkat(dir.fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        e
     };
-    let file = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Created::Taken),
-        Err(e) => return Err(Error::io(state_path, &file_path, "create witness file", e)),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io(state_path, &file_path, "stat witness file", e))?;
-    let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        Error::io(
-            state_path,
-            &file_path,
-            "lock witness file",
-            io::Error::from(errno),
-        )
-    })?;
+    let st = fstat(&file).map_err(|e| removing(files.io(&path, "stat witness file", e)))?;
+    if st.st_mode as u32 & 0o7777 != file_mode {
+        fchmod(&file, mode(file_mode))
+            .map_err(|e| removing(files.io(&path, "set the mode of", e)))?;
+    }
+    let keep_dir = dir
+        .fd
+        .try_clone()
+        .map_err(|e| removing(files.io(&files.witness_path, "duplicate the descriptor of", e)))?;
+    let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| removing(files.io(&path, "lock witness file", errno)))?;
     Ok(Created::Locked(WitnessLock {
         flock: Some(flock),
-        path: file_path,
+        dir: keep_dir,
+        name,
+        path,
         record: Witness {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
             extra: Default::default(),
         },
     }))
-}
-
-fn create_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    // rw bits of the file mode, plus x wherever r is set: 0644 -> 0755, 0664 -> 0775.
-    let dir_mode = (mode & 0o666) | ((mode & 0o444) >> 2);
-    match fs::DirBuilder::new().mode(dir_mode).create(dir) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        other => other,
-    }
 }
 
 impl WitnessLock {
@@ -130,10 +225,10 @@ impl WitnessLock {
         let Some(flock) = self.flock.take() else {
             return;
         };
-        if let Err(e) = fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(witness = %self.path.display(), error = %e, "failed to remove witness file");
-            }
+        if let Err(e) = unlinkat(&self.dir, self.name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+            && e != Errno::ENOENT
+        {
+            tracing::warn!(witness = %self.path.display(), error = %e, "failed to remove witness file");
         }
         unlock(flock, "witness");
     }
@@ -162,36 +257,107 @@ pub(crate) enum Probe {
     Free,
     /// The file is gone or is another file: no evidence.
     Missing,
-    /// The file could not be examined (permissions, I/O): no evidence.
+    /// The file is there but could not be examined (permissions, I/O): no verdict at all.
     Unreadable(String),
 }
 
-/// Examines the witness of the entry with `token`, recorded as `record`. Takes a shared lock
-/// for an instant if the file is free (and releases it at once).
-pub(crate) fn probe(state_path: &Path, token: u64, record: &Witness) -> Probe {
-    let path = dir_of(state_path).join(token.to_string());
-    let file = match open_existing(&path) {
+/// Opens the witness directory for probing: without read permission where the system allows
+/// (`O_PATH`), since a reader of the state only needs to search it. `None` when it is absent
+/// or is not a directory (a witness in it would be no evidence).
+pub(crate) fn open_dir_for_probe(files: &Files) -> io::Result<Option<OwnedFd>> {
+    #[cfg(target_os = "linux")]
+    let access = OFlag::O_PATH;
+    #[cfg(not(target_os = "linux"))]
+    let access = OFlag::O_RDONLY;
+    let flags = access | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(files.dir(), files.witness_name.as_os_str(), flags, mode(0)) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Examines the witness of the entry with `token`, recorded as `record`, in the witness
+/// directory `dir`. Takes a shared lock for an instant if the file is free (and releases it
+/// at once). A witness this user may not open is looked up in `/proc/locks` by device and
+/// inode (see [`probe_unopenable`]).
+pub(crate) fn probe(files: &Files, dir: BorrowedFd<'_>, token: u64, record: &Witness) -> Probe {
+    let name = token.to_string();
+    let file = match open_existing(dir, OsStr::new(&name)) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Probe::Missing,
-        Err(e) => return Probe::Unreadable(e.to_string()),
+        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENXIO) => return Probe::Missing,
+        Err(Errno::EACCES | Errno::EPERM) => {
+            return probe_unopenable(files, dir, OsStr::new(&name), record);
+        }
+        Err(e) => return Probe::Unreadable(e.desc().to_string()),
     };
-    match file.metadata() {
+    match fstat(&file) {
         // We only ever create regular files: anything else was put there by someone else.
-        Ok(m) if m.is_file() && m.dev() == record.dev && m.ino() == record.ino => {}
+        Ok(st) if is_regular(&st) && same_file(&st, record) => {}
         Ok(_) => return Probe::Missing,
-        Err(e) => return Probe::Unreadable(e.to_string()),
+        Err(e) => return Probe::Unreadable(e.desc().to_string()),
     }
     try_shared(file)
+}
+
+fn same_file(st: &FileStat, record: &Witness) -> bool {
+    st.st_dev as u64 == record.dev && st.st_ino as u64 == record.ino
+}
+
+/// Probes a witness this user may not open (another user's, not shared with us): `fstatat`
+/// needs only search permission, and the kernel lists held flocks in `/proc/locks`. A lock
+/// listed there = held. A lock not listed proves it free only when the listing is complete
+/// and comparable: this process is in the initial pid namespace and `/proc` is its own
+/// (elsewhere locks of processes outside the namespace are hidden), and the lock file
+/// `PATH.lock` on the same device is listed too (the locker of a step holds it), which shows
+/// that `/proc/locks` prints this filesystem's device as `stat` does (btrfs and overlayfs may
+/// not). Otherwise there is no verdict.
+fn probe_unopenable(files: &Files, dir: BorrowedFd<'_>, name: &OsStr, record: &Witness) -> Probe {
+    let st = match files.stat_at(dir, name) {
+        Ok(Some(st)) => st,
+        Ok(None) => return Probe::Missing,
+        Err(e) => return Probe::Unreadable(e.to_string()),
+    };
+    if !is_regular(&st) || !same_file(&st, record) {
+        return Probe::Missing;
+    }
+    let text = match crate::flocks::read() {
+        Ok(t) => t,
+        Err(e) => return Probe::Unreadable(format!("cannot open it, nor read /proc/locks: {e}")),
+    };
+    if !crate::flocks::holders_in(&text, record.dev, record.ino).is_empty() {
+        return Probe::Held;
+    }
+    let me = crate::liveness::Identity::current();
+    if !(me.initial_pid_ns() && me.proc_is_ours) {
+        return Probe::Unreadable(
+            "cannot open it, and /proc/locks hides locks outside this pid namespace".into(),
+        );
+    }
+    let calibrated = files
+        .stat_at(files.dir(), files.lock_name.as_os_str())
+        .ok()
+        .flatten()
+        .is_some_and(|lock| {
+            lock.st_dev == st.st_dev
+                && !crate::flocks::holders_in(&text, lock.st_dev as u64, lock.st_ino as u64)
+                    .is_empty()
+        });
+    if calibrated {
+        Probe::Free
+    } else {
+        Probe::Unreadable(
+            "cannot open it, and /proc/locks cannot be checked against this filesystem now".into(),
+        )
+    }
 }
 
 /// Opens an existing witness file for reading without following a symlink and without
 /// blocking: a FIFO planted under a witness name would otherwise block the opener (who may hold
 /// the state lock) until some writer comes.
-fn open_existing(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
-        .open(path)
+fn open_existing(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    openat(dir, name, flags, mode(0)).map(File::from)
 }
 
 fn try_shared(mut file: File) -> Probe {
@@ -208,93 +374,194 @@ fn try_shared(mut file: File) -> Probe {
     }
 }
 
+/// Removes the witness file `name` from `dir` if it is ours to remove and nobody holds it:
+/// a regular file (the recorded one, when `expect` is given) whose owner is trusted in the
+/// witness directory, locked exclusively by us while it is unlinked. Returns whether it did.
+fn remove_if_free(files: &Files, dir: &WitnessDir, name: &OsStr, expect: Option<&Witness>) -> bool {
+    let Ok(file) = open_existing(dir.fd(), name) else {
+        return false;
+    };
+    let Ok(st) = fstat(&file) else {
+        return false;
+    };
+    if !is_regular(&st)
+        || expect.is_some_and(|w| !same_file(&st, w))
+        || !files.trust.trusts(st.st_uid, &dir.stat)
+    {
+        return false;
+    }
+    let Ok(flock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return false;
+    };
+    let removed = unlinkat(dir.fd(), name, UnlinkatFlags::NoRemoveDir);
+    unlock(flock, "witness being removed");
+    match removed {
+        Ok(()) => true,
+        Err(e) => {
+            if e != Errno::ENOENT {
+                let path = files.witness_path.join(name);
+                tracing::warn!(witness = %path.display(), error = %e, "failed to remove witness file");
+            }
+            false
+        }
+    }
+}
+
 /// Logs entries that were reaped (their removal is on disk) and deletes their witness files
-/// if nobody holds them. Called under the state lock.
-pub(crate) fn forget_reaped(state_path: &Path, reaped: &[crate::rules::Removed]) {
+/// if nobody holds them. Called under the state lock, with the witness directory if it exists.
+pub(crate) fn forget_reaped(
+    files: &Files,
+    dir: Option<&WitnessDir>,
+    reaped: &[crate::rules::Removed],
+) {
     for r in reaped {
         tracing::info!(
-            path = %state_path.display(),
+            path = %files.path.display(),
             id = %r.entry.id,
             token = r.entry.token,
             evidence = r.verdict.evidence(),
             "reaped stale {}",
             if r.was_waiter { "waiter" } else { "holder" }
         );
-        if let (Some(token), Some(record)) = (r.entry.token, &r.entry.witness) {
-            if probe(state_path, token, record) == Probe::Free {
-                let _ = fs::remove_file(dir_of(state_path).join(token.to_string()));
-            }
+        if let (Some(dir), Some(token), Some(record)) = (dir, r.entry.token, &r.entry.witness) {
+            remove_if_free(files, dir, OsStr::new(&token.to_string()), Some(record));
         }
     }
 }
 
 /// Removes witness files no entry refers to and nobody holds (left by a process killed between
-/// creating its witness and writing its entry, or by reaped holders). Call under the state lock.
-pub(crate) fn remove_orphans(state_path: &Path, live_tokens: &[u64]) -> Vec<PathBuf> {
-    let dir = dir_of(state_path);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
+/// creating its witness and writing its entry, or by reaped holders): only files named by a
+/// token, regular, of a trusted owner. Call under the state lock. Returns the paths removed.
+pub(crate) fn remove_orphans(
+    files: &Files,
+    dir: &WitnessDir,
+    live_tokens: &[u64],
+) -> Result<Vec<PathBuf>> {
+    let names = crate::dir::names_in(dir.fd())
+        .map_err(|e| files.io(&files.witness_path, "list the witness directory", e))?;
     let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
+    for name in names {
         let Some(token) = name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
             continue;
         };
-        if live_tokens.contains(&token) {
+        if live_tokens.contains(&token) || name.to_str() != Some(token.to_string().as_str()) {
             continue;
         }
-        // Only our own kind of file: a symlink is not followed, a FIFO not waited on.
-        let Ok(file) = open_existing(&entry.path()) else {
-            continue;
-        };
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
-            continue;
-        }
-        if let Ok(flock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            if fs::remove_file(entry.path()).is_ok() {
-                removed.push(entry.path());
-            }
-            unlock(flock, "orphan witness");
+        if remove_if_free(files, dir, &name, None) {
+            removed.push(files.witness_path.join(&name));
         }
     }
-    removed
+    Ok(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn files(dir: &Path) -> Files {
+        Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap()
+    }
+
+    fn probe_now(files: &Files, token: u64, record: &Witness) -> Probe {
+        match open_dir_for_probe(files).unwrap() {
+            Some(d) => probe(files, d.as_fd(), token, record),
+            None => Probe::Missing,
+        }
+    }
 
     #[test]
     fn probe_sees_held_free_and_replaced_witness() {
         // Held means alive, free means dead, a replaced file is no evidence.
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("s.json");
-        let Created::Locked(lock) = create(&state, 7, 0o644).unwrap() else {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = files(tmp.path());
+        let st = files.dir_stat().unwrap();
+        let dir = open_dir(&files, &st, Some(0o711)).unwrap().unwrap();
+        assert!(dir.created);
+        let Created::Locked(lock) = create(&files, &dir, 7, 0o600).unwrap() else {
             panic!("token 7 should be free");
         };
         let record = lock.record.clone();
-        assert_eq!(probe(&state, 7, &record), Probe::Held);
-        assert!(matches!(create(&state, 7, 0o644).unwrap(), Created::Taken));
+        assert_eq!(probe_now(&files, 7, &record), Probe::Held);
+        assert!(matches!(
+            create(&files, &dir, 7, 0o600).unwrap(),
+            Created::Taken
+        ));
         let fd = lock.inheritable().unwrap();
         // Unlocking through the guard also releases the duplicate's lock (one open file).
         drop(fd);
-        assert_eq!(probe(&state, 7, &record), Probe::Held);
+        assert_eq!(probe_now(&files, 7, &record), Probe::Held);
         lock.release();
-        assert_eq!(probe(&state, 7, &record), Probe::Missing);
+        assert_eq!(probe_now(&files, 7, &record), Probe::Missing);
 
-        fs::write(dir_of(&state).join("8"), b"").unwrap();
+        let wdir = dir_of(&files.path);
+        fs::write(wdir.join("8"), b"").unwrap();
         let stale = Witness {
             dev: record.dev,
-            ino: fs::metadata(dir_of(&state).join("8")).unwrap().ino(),
+            ino: std::os::unix::fs::MetadataExt::ino(&fs::metadata(wdir.join("8")).unwrap()),
             extra: Default::default(),
         };
-        assert_eq!(probe(&state, 8, &stale), Probe::Free);
+        assert_eq!(probe_now(&files, 8, &stale), Probe::Free);
         let other = Witness {
             ino: stale.ino + 1,
             ..stale.clone()
         };
-        assert_eq!(probe(&state, 8, &other), Probe::Missing);
-        assert_eq!(remove_orphans(&state, &[]), vec![dir_of(&state).join("8")]);
+        assert_eq!(probe_now(&files, 8, &other), Probe::Missing);
+        assert_eq!(
+            remove_orphans(&files, &dir, &[]).unwrap(),
+            vec![wdir.join("8")]
+        );
+    }
+
+    #[test]
+    fn witness_directory_and_files_get_exact_modes() {
+        // Modes come from the state's, not from the umask: writers read-write, readers search.
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let files = files(tmp.path());
+        let st = files.dir_stat().unwrap();
+        let dir = open_dir(&files, &st, Some(0o771)).unwrap().unwrap();
+        let Created::Locked(lock) = create(&files, &dir, 3, 0o660).unwrap() else {
+            panic!("token 3 should be free");
+        };
+        let mode_of = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode_of(&files.witness_path), 0o771);
+        assert_eq!(mode_of(&files.witness_path.join("3")), 0o660);
+        lock.release();
+    }
+
+    #[test]
+    fn a_symlink_or_file_at_the_witness_directory_is_refused_and_not_followed() {
+        // PATH.witness planted as a link (to a victim directory) or a file: refused, with
+        // nothing created or removed through it.
+        let tmp = tempfile::tempdir().unwrap();
+        let files = files(tmp.path());
+        let st = files.dir_stat().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("1"), b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &files.witness_path).unwrap();
+        match open_dir(&files, &st, Some(0o711)) {
+            Err(Error::Untrusted {
+                object, problem, ..
+            }) => {
+                assert_eq!(object, files.witness_path);
+                assert!(problem.contains("symbolic link"), "{problem}");
+            }
+            other => panic!("expected Untrusted, got {:?}", other.map(|d| d.is_some())),
+        }
+        assert!(open_dir_for_probe(&files).unwrap().is_none());
+        assert_eq!(fs::read(victim.join("1")).unwrap(), b"precious");
+        fs::remove_file(&files.witness_path).unwrap();
+        fs::write(&files.witness_path, b"").unwrap();
+        match open_dir(&files, &st, Some(0o711)) {
+            Err(Error::Untrusted { problem, .. }) => {
+                assert!(
+                    problem.contains("a regular file, not a directory"),
+                    "{problem}"
+                );
+            }
+            other => panic!("expected Untrusted, got {:?}", other.map(|d| d.is_some())),
+        }
     }
 }

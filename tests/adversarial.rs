@@ -58,27 +58,46 @@ fn my_owner(dir: &Path) -> Value {
 }
 
 #[test]
-fn state_file_that_is_a_fifo_is_refused_without_hanging() {
+fn state_file_that_is_a_fifo_is_refused_without_hanging_and_recover_leaves_it() {
     // Opening a FIFO for reading blocks until a writer comes: a planted FIFO must give a typed
     // error naming the path, not hang every process (and, under the lock, everyone else).
+    // recover moves aside only regular files: the FIFO is refused and left where it is.
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     quick().open(&path, 1).unwrap();
     fs::remove_file(&path).unwrap();
     mkfifo(&path);
+    let before = common::snapshot(dir.path());
+    let untrusted_fifo = |what: &str, err: Error| match &err {
+        Error::Untrusted {
+            path: p,
+            object,
+            problem,
+            ..
+        } => {
+            assert_eq!((p, object), (&path, &path), "{what}");
+            assert!(
+                problem.contains("a FIFO, not a regular file"),
+                "{what}: {problem}"
+            );
+        }
+        other => panic!("{what}: expected Untrusted, got {other:?}"),
+    };
     let p = path.clone();
     let err = within(10, "open_existing on a FIFO", move || {
         Semaphore::open_existing(&p).unwrap_err()
     });
-    assert!(
-        matches!(&err, Error::Corrupt { path: p, .. } if *p == path),
-        "{err:?}"
-    );
+    untrusted_fifo("open_existing", err);
     let p = path.clone();
     let err = within(10, "open on a FIFO", move || {
         quick().open(&p, 1).unwrap_err()
     });
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    untrusted_fifo("open", err);
+    let p = path.clone();
+    let err = within(10, "recover on a FIFO", move || {
+        Semaphore::recover(&p, 1).unwrap_err()
+    });
+    untrusted_fifo("recover", err);
     assert!(
         fs::symlink_metadata(&path)
             .unwrap()
@@ -86,20 +105,11 @@ fn state_file_that_is_a_fifo_is_refused_without_hanging() {
             .is_fifo_like(),
         "the FIFO was left in place"
     );
-
-    // Recovery moves the FIFO aside (without reading from it) and starts afresh.
-    let p = path.clone();
-    let recovered = within(10, "recover on a FIFO", move || {
-        Semaphore::recover(&p, 1).unwrap()
-    });
-    let aside = recovered.moved_to.expect("the FIFO was moved aside");
-    assert!(
-        fs::symlink_metadata(&aside)
-            .unwrap()
-            .file_type()
-            .is_fifo_like()
+    assert_eq!(
+        common::snapshot(dir.path()),
+        before,
+        "nothing renamed or created"
     );
-    assert_eq!(recovered.semaphore.available().unwrap(), 1);
 }
 
 trait IsFifo {
@@ -704,16 +714,24 @@ fn an_exhausted_or_absurd_token_counter_fails_closed() {
             .open_existing(&path)
             .and_then(|sem| sem.try_acquire("a").map(|_| ()))
             .unwrap_err();
-        match &err {
-            Error::Corrupt { path: p, reason } => {
+        match (&err, expect) {
+            (Error::Corrupt { path: p, reason }, "above 2^53") => {
                 assert_eq!(p, &path);
                 assert!(reason.contains(expect), "{reason}");
             }
-            other => panic!("expected Corrupt, got {other:?}"),
+            (Error::TokensExhausted { path: p }, "exhausted") => {
+                assert_eq!(p, &path);
+                // The way out is a new semaphore; recover cannot lower a counter.
+                assert!(
+                    err.to_string().contains("use a new semaphore path"),
+                    "{err}"
+                );
+            }
+            (other, _) => panic!("{expect}: got {other:?}"),
         }
         assert_eq!(fs::read(&path).unwrap(), before);
     }
-    // Recovery starts a counter that is valid again.
+    // As the error says, recover cannot help: the file is valid, and it changes nothing.
     let recovered = filesem::Semaphore::recover(&path, 3).unwrap();
     assert!(
         recovered.moved_to.is_none(),

@@ -42,12 +42,14 @@ pub fn disk_dir() -> tempfile::TempDir {
         .expect("create temp dir on disk")
 }
 
-/// One entry of a [`snapshot`]: file bytes, a symlink's target, or a directory.
+/// One entry of a [`snapshot`]: file bytes, a symlink's target, a directory, or another kind
+/// of object (a FIFO, socket or device, which is never opened) with its mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
     File { bytes: Vec<u8>, mode: u32 },
     Link(PathBuf),
     Dir,
+    Special { mode: u32 },
 }
 
 /// Every name in `dir` (not recursive) with its bytes and mode, to compare before and after.
@@ -61,6 +63,8 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Node> {
             Node::Link(fs::read_link(&path).expect("readlink"))
         } else if meta.is_dir() {
             Node::Dir
+        } else if !meta.is_file() {
+            Node::Special { mode: meta.mode() }
         } else {
             Node::File {
                 bytes: fs::read(&path).expect("read"),
