@@ -406,24 +406,29 @@ fn removing_the_witness_directory_under_a_waiter_neither_hangs_it_nor_frees_a_li
 }
 
 #[test]
-fn moving_the_semaphore_directory_away_ends_a_wait_with_an_error_naming_the_path() {
-    // The state file is gone from where the waiter looks: an error that says where, no hang,
-    // and no semaphore silently created afresh in its place.
+fn moving_the_semaphore_directory_away_moves_the_wait_with_it() {
+    // A waiter is bound to the directory it opened, as an open file is to its inode: after
+    // the directory is renamed it is still queued there, is granted there when the holder
+    // releases, and nothing is created at the old path.
     let root = common::tmpfs_dir();
     let dir = root.path().join("d");
     let path = dir.join("sem.json");
     let sem = quick().open(&path, 1).unwrap();
-    let _first = sem.try_acquire("first").unwrap();
+    let first = sem.try_acquire("first").unwrap();
     let mut group = Group::new();
-    let (waiter, _) = spawn_waiter(&mut group, &path, "waiter");
-    fs::rename(&dir, root.path().join("moved")).unwrap();
-    let line = group.expect(waiter, "error", common::deadline(60));
-    assert!(line.contains(&path.display().to_string()), "{line}");
+    let (waiter, token) = spawn_waiter(&mut group, &path, "waiter");
+    let moved = root.path().join("moved");
+    fs::rename(&dir, &moved).unwrap();
+    first.release().unwrap();
+    assert_eq!(acquired_token(&mut group, waiter), token);
+    let in_moved = quick().open_existing(moved.join("sem.json")).unwrap();
+    let holders: Vec<_> = in_moved.holders().unwrap().into_iter().map(|h| h.id).collect();
+    assert_eq!(holders, ["waiter"]);
+    group.send_all("release");
+    group.expect(waiter, "released", common::deadline(60));
     group.finish(common::deadline(60));
-    assert!(
-        !path.exists(),
-        "a fresh semaphore was created at the old path"
-    );
+    assert_eq!(in_moved.count().unwrap(), 0);
+    assert!(!dir.exists(), "nothing was created at the old path");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -276,9 +276,42 @@ fn symlink_at_the_state_path_is_refused_and_never_replaced() {
     assert!(!nowhere.exists());
 }
 
+/// Asserts that `r` is [`Error::Untrusted`] for `object` of the semaphore at `path`, with a
+/// problem that mentions `problem`.
+fn assert_untrusted<T: std::fmt::Debug>(
+    what: &str,
+    r: filesem::Result<T>,
+    path: &Path,
+    object: &Path,
+    problem: &str,
+) -> Error {
+    match r {
+        Err(e @ Error::Untrusted { .. }) => {
+            let Error::Untrusted {
+                path: p,
+                object: o,
+                problem: why,
+                ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!((p.as_path(), o.as_path()), (path, object), "{what}");
+            assert!(why.contains(problem), "{what}: {e}");
+            assert!(
+                e.to_string().contains(&object.display().to_string()),
+                "{e}"
+            );
+            e
+        }
+        other => panic!("{what}: expected Untrusted, got {other:?}"),
+    }
+}
+
 #[test]
-fn symlink_at_the_lock_path_is_an_io_error_and_not_followed() {
-    // The lock file is opened with O_NOFOLLOW: a planted link is refused, its target untouched.
+fn symlink_at_the_lock_path_is_refused_as_a_symlink_and_not_followed() {
+    // The lock file is opened with O_NOFOLLOW: a planted link is refused with an error that
+    // says it is a symbolic link, and its target is not created.
     let dir = tempfile::tempdir().unwrap();
     let (path, sem) = valid_semaphore(dir.path());
     let lock = dir.path().join("sem.json.lock");
@@ -286,69 +319,96 @@ fn symlink_at_the_lock_path_is_an_io_error_and_not_followed() {
     let victim = dir.path().join("victim");
     symlink(&victim, &lock).unwrap();
     let before = snapshot(dir.path());
-    match sem.try_acquire("x") {
-        Err(Error::Io { path: p, file, .. }) => {
-            assert_eq!(p, path);
-            assert_eq!(file, lock);
-        }
-        other => panic!("expected Io, got {other:?}"),
-    }
+    let problem = "a symbolic link, not a regular file";
+    assert_untrusted("try_acquire", sem.try_acquire("x"), &path, &lock, problem);
+    assert_untrusted("open", Semaphore::open(&path, 2), &path, &lock, problem);
     assert_eq!(snapshot(dir.path()), before);
     assert!(!victim.exists(), "the link's target was not created");
 }
 
 #[test]
 fn symlinks_planted_at_temp_file_names_are_never_followed() {
-    // Temp files have random O_EXCL names: a link at Go's fixed `PATH.tmp` is ignored, and a
-    // link that looks like our leftover temp file is removed itself, its target untouched.
+    // Temp files are created with O_EXCL|O_NOFOLLOW: a link at Go's fixed `PATH.tmp` is
+    // ignored, and a link with one of our temp names (first choice or random) is neither
+    // followed nor removed (cleanup removes only regular files); its target is untouched.
     let dir = tempfile::tempdir().unwrap();
     let (path, _sem) = valid_semaphore(dir.path());
     let victim = dir.path().join("victim.txt");
     fs::write(&victim, b"precious").unwrap();
-    symlink(&victim, dir.path().join("sem.json.tmp")).unwrap();
-    let ours = dir.path().join(".sem.json.AAAAAAAA.filesem-tmp");
-    symlink(&victim, &ours).unwrap();
+    let links = [
+        dir.path().join("sem.json.tmp"),
+        dir.path().join(".sem.json.AAAAAAAA.filesem-tmp"),
+        dir.path().join(".sem.json.00000000.filesem-tmp"),
+    ];
+    for link in &links {
+        symlink(&victim, link).unwrap();
+    }
     let sem = Semaphore::open(&path, 2).unwrap();
-    assert!(
-        fs::symlink_metadata(&ours).is_err(),
-        "leftover-looking link removed"
-    );
     sem.try_acquire("a").unwrap().release().unwrap();
+    sem.reap().unwrap();
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
-    assert!(
-        fs::symlink_metadata(dir.path().join("sem.json.tmp"))
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    for link in &links {
+        assert!(
+            fs::symlink_metadata(link).unwrap().file_type().is_symlink(),
+            "{} left alone",
+            link.display()
+        );
+    }
     assert!(
         !fs::symlink_metadata(&path)
             .unwrap()
             .file_type()
             .is_symlink()
     );
+    assert_eq!(sem.count().unwrap(), 1, "the writes went to the state file");
 }
 
 #[test]
-fn lock_path_that_cannot_be_opened_is_an_io_error_naming_it() {
-    // A directory where PATH.lock should be: a typed Io error naming the lock file.
+fn objects_of_the_wrong_type_are_refused_by_name_before_anything_changes() {
+    // A directory where the lock file belongs, a socket or a directory at the state path, a
+    // file where the witness directory belongs: each is named with what it is, and nothing in
+    // the directory changes.
     let dir = tempfile::tempdir().unwrap();
     let (path, sem) = valid_semaphore(dir.path());
     let lock = dir.path().join("sem.json.lock");
     fs::remove_file(&lock).unwrap();
     fs::create_dir(&lock).unwrap();
     let before = snapshot(dir.path());
-    match sem.release("kept") {
-        Err(e @ Error::Io { .. }) => {
-            let Error::Io { path: p, file, .. } = &e else {
-                unreachable!()
-            };
-            assert_eq!((p, file), (&path, &lock));
-            assert!(e.to_string().contains("sem.json.lock"), "{e}");
-            assert!(std::error::Error::source(&e).is_some());
-        }
-        other => panic!("expected Io, got {other:?}"),
+    let problem = "a directory, not a regular file";
+    assert_untrusted("release", sem.release("kept"), &path, &lock, problem);
+    assert_untrusted("open", Semaphore::open(&path, 2), &path, &lock, problem);
+    assert_eq!(snapshot(dir.path()), before);
+
+    let socket_path = dir.path().join("socket.json");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    let before = snapshot(dir.path());
+    let problem = "a socket, not a regular file";
+    for (what, r) in [
+        (
+            "open_existing",
+            Semaphore::open_existing(&socket_path).map(drop),
+        ),
+        ("open", Semaphore::open(&socket_path, 1).map(drop)),
+        ("recover", Semaphore::recover(&socket_path, 1).map(drop)),
+    ] {
+        assert_untrusted(what, r, &socket_path, &socket_path, problem);
     }
+    assert_eq!(snapshot(dir.path()), before, "nothing created or renamed");
+
+    let dir_path = dir.path().join("dir.json");
+    fs::create_dir(&dir_path).unwrap();
+    let problem = "a directory, not a regular file";
+    let r = Semaphore::open_existing(&dir_path);
+    assert_untrusted("a directory", r, &dir_path, &dir_path, problem);
+
+    let w = dir.path().join("w.json");
+    let sem = Semaphore::open(&w, 1).unwrap();
+    let witness = dir.path().join("w.json.witness");
+    fs::write(&witness, b"").unwrap();
+    let before = snapshot(dir.path());
+    let problem = "a regular file, not a directory";
+    assert_untrusted("acquire", sem.try_acquire("x"), &w, &witness, problem);
+    assert_untrusted("reap", sem.reap(), &w, &witness, problem);
     assert_eq!(snapshot(dir.path()), before);
 }
 
@@ -557,7 +617,20 @@ fn permission_problems_are_io_errors_and_a_read_only_lock_file_still_works() {
         "unreadable state unchanged"
     );
     assert_eq!(fs::read(rw.join("sem.json.lock")).unwrap(), rw_lock_before);
-    let sem = Semaphore::open_existing(rw.join("sem.json")).unwrap();
+    // The child's writes left a state file it owns, in a world-writable directory: root
+    // trusts it only when told to (a planted file would look the same).
+    let child_uid = fs::metadata(rw.join("sem.json")).unwrap().uid();
+    if nix::unistd::geteuid().is_root() {
+        let r = Semaphore::open_existing(rw.join("sem.json"));
+        match r {
+            Err(Error::Untrusted { owner, .. }) => assert_eq!(owner, Some(child_uid)),
+            other => panic!("expected Untrusted, got {other:?}"),
+        }
+    }
+    let sem = OpenOptions::new()
+        .trust_owner(child_uid)
+        .open_existing(rw.join("sem.json"))
+        .unwrap();
     assert_eq!(
         sem.count().unwrap(),
         0,
