@@ -168,7 +168,7 @@ fn fill(
     }
     // Not subject to the umask: the new file gets exactly this mode (set after the chown,
     // which may clear set-id bits).
-    if chowned || created.st_mode as u32 & 0o7777 != mode_bits {
+    if chowned || crate::dir::perm_bits(&created) != mode_bits {
         fchmod(&file, mode(mode_bits)).map_err(|e| io("set the mode of", e.into()))?;
     }
     file.write_all(bytes).map_err(|e| io("write", e))?;
@@ -204,7 +204,7 @@ fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<boo
             path = %files.path.display(),
             file = %path.display(),
             owner = st.st_uid,
-            kind = crate::dir::kind_of(st.st_mode as u32),
+            kind = crate::dir::kind_of(crate::dir::mode_bits(&st)),
             "left alone a temp-file name that filesem did not create"
         );
         return Ok(false);

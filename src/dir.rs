@@ -25,7 +25,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use crate::error::{Error, Result};
 
 /// The `S_IFMT` bits of a mode.
-const TYPE_MASK: u32 = SFlag::S_IFMT.bits() as u32;
+const TYPE_MASK: u32 = type_bits(SFlag::S_IFMT);
 const WORLD_WRITABLE: u32 = 0o002;
 const STICKY: u32 = 0o1000;
 
@@ -173,7 +173,7 @@ impl Files {
         dir: impl FnOnce() -> Result<FileStat>,
         where_: &Path,
     ) -> Result<()> {
-        let found = st.st_mode as u32 & TYPE_MASK;
+        let found = mode_bits(st) & TYPE_MASK;
         if found != want.type_bits() {
             return Err(self.wrong_type(object, st, want));
         }
@@ -204,7 +204,7 @@ impl Files {
         Error::Untrusted {
             path: self.path.clone(),
             object: object.to_path_buf(),
-            problem: format!("it is {}, not {}", kind_of(st.st_mode as u32), want.name()),
+            problem: format!("it is {}, not {}", kind_of(mode_bits(st)), want.name()),
             owner: Some(st.st_uid),
         }
     }
@@ -227,8 +227,7 @@ impl Files {
             return None;
         }
         let st = self.stat_at(dir, name).ok()??;
-        (st.st_mode as u32 & TYPE_MASK != want.type_bits())
-            .then(|| self.wrong_type(object, &st, want))
+        (mode_bits(&st) & TYPE_MASK != want.type_bits()).then(|| self.wrong_type(object, &st, want))
     }
 }
 
@@ -242,8 +241,8 @@ pub(crate) enum Want {
 impl Want {
     fn type_bits(self) -> u32 {
         match self {
-            Want::File => SFlag::S_IFREG.bits() as u32,
-            Want::Dir => SFlag::S_IFDIR.bits() as u32,
+            Want::File => type_bits(SFlag::S_IFREG),
+            Want::Dir => type_bits(SFlag::S_IFDIR),
         }
     }
 
@@ -255,20 +254,42 @@ impl Want {
     }
 }
 
+/// The type and permission bits of `st` (`mode_t` is not `u32` on every target).
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn mode_bits(st: &FileStat) -> u32 {
+    st.st_mode as u32
+}
+
+/// The permission bits (with set-id and sticky) of `st`.
+pub(crate) fn perm_bits(st: &FileStat) -> u32 {
+    mode_bits(st) & 0o7777
+}
+
+/// The device and inode numbers of `st`, which identify a file.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn file_id(st: &FileStat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+#[allow(clippy::unnecessary_cast)]
+const fn type_bits(f: SFlag) -> u32 {
+    f.bits() as u32
+}
+
 /// Whether `st` is the status of a regular file.
 pub(crate) fn is_regular(st: &FileStat) -> bool {
-    st.st_mode as u32 & TYPE_MASK == SFlag::S_IFREG.bits() as u32
+    mode_bits(st) & TYPE_MASK == type_bits(SFlag::S_IFREG)
 }
 
 /// Whether `st` is the status of a symbolic link.
 pub(crate) fn is_symlink(st: &FileStat) -> bool {
-    st.st_mode as u32 & TYPE_MASK == SFlag::S_IFLNK.bits() as u32
+    mode_bits(st) & TYPE_MASK == type_bits(SFlag::S_IFLNK)
 }
 
 /// "a symbolic link", "a FIFO", ... for the type bits of `mode`.
 pub(crate) fn kind_of(mode: u32) -> &'static str {
     let t = mode & TYPE_MASK;
-    let is = |f: SFlag| t == f.bits() as u32;
+    let is = |f: SFlag| t == type_bits(f);
     if is(SFlag::S_IFREG) {
         "a regular file"
     } else if is(SFlag::S_IFDIR) {
@@ -316,7 +337,7 @@ impl Trust {
 
     /// Trusted in the directory whose status is `dir`.
     pub fn trusts(&self, owner: u32, dir: &FileStat) -> bool {
-        let mode = dir.st_mode as u32;
+        let mode = mode_bits(dir);
         let shared = mode & (WORLD_WRITABLE | STICKY) != 0;
         !shared || owner == dir.st_uid || self.trusts_anywhere(owner)
     }
@@ -405,8 +426,8 @@ mod tests {
     use super::*;
 
     fn stat_with(mode: u32, uid: u32) -> FileStat {
-        let mut st = fstat(&std::fs::File::open("/").unwrap()).expect("fstat /");
-        st.st_mode = (SFlag::S_IFDIR.bits() as u32 | mode) as _;
+        let mut st = fstat(std::fs::File::open("/").unwrap()).expect("fstat /");
+        st.st_mode = (type_bits(SFlag::S_IFDIR) | mode) as _;
         st.st_uid = uid;
         st
     }
@@ -452,10 +473,10 @@ mod tests {
     fn kinds_are_named() {
         // Refusals name what was found.
         assert_eq!(
-            kind_of(SFlag::S_IFLNK.bits() as u32 | 0o777),
+            kind_of(type_bits(SFlag::S_IFLNK) | 0o777),
             "a symbolic link"
         );
-        assert_eq!(kind_of(SFlag::S_IFSOCK.bits() as u32), "a socket");
-        assert_eq!(kind_of(SFlag::S_IFIFO.bits() as u32 | 0o644), "a FIFO");
+        assert_eq!(kind_of(type_bits(SFlag::S_IFSOCK)), "a socket");
+        assert_eq!(kind_of(type_bits(SFlag::S_IFIFO) | 0o644), "a FIFO");
     }
 }

@@ -148,7 +148,7 @@ fn open_lock_file(files: &Files, create: Option<u32>) -> Result<Option<File>> {
 /// Gives a file we just created exactly `wanted` as its mode (the umask cleared some bits).
 fn set_exact_mode(files: &Files, file: &File, wanted: u32) -> Result<()> {
     let st = fstat(file).map_err(|e| files.io(&files.lock_path, "look up lock file", e))?;
-    if st.st_mode as u32 & 0o7777 != wanted {
+    if crate::dir::perm_bits(&st) != wanted {
         fchmod(file, mode(wanted)).map_err(|e| files.io(&files.lock_path, "set the mode of", e))?;
     }
     Ok(())
@@ -169,7 +169,7 @@ impl LockGuard {
     /// package are 0644, which lets users who may only read the state flock it. Never adds
     /// a permission. A failure is logged: the lock works as before.
     pub(crate) fn tighten(&self, files: &Files, wanted: u32) {
-        let current = self.stat.st_mode as u32 & 0o7777;
+        let current = crate::dir::perm_bits(&self.stat);
         let euid = nix::unistd::geteuid().as_raw();
         if self.stat.st_uid != euid || current & !wanted == 0 {
             return;

@@ -817,7 +817,7 @@ impl OpenOptions {
             let old_mode = files
                 .stat_at(files.dir(), name)
                 .map_err(|e| store.io_error("look up semaphore state at", e))?
-                .map_or(self.mode, |st| st.st_mode as u32 & 0o7777);
+                .map_or(self.mode, |st| crate::dir::perm_bits(&st));
             // Never pass on set-id, sticky or world-write bits of a file someone planted.
             let mode = old_mode & 0o775;
             let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");

@@ -344,7 +344,7 @@ impl Store {
             Some(st) if crate::dir::is_symlink(&st) => return Err(self.symlink()),
             Some(st) => {
                 self.check_state(&st)?;
-                st.st_mode as u32 & 0o7777
+                crate::dir::perm_bits(&st)
             }
         };
         let created = lock::lock_exclusive(files, Some(access_mode(state_mode)), dir, timeout)?;
@@ -382,7 +382,7 @@ impl Store {
     /// needed), with modes derived from the state file's. Call inside a step.
     pub fn create_witness(&self, token: u64) -> Result<Created> {
         let step = self.current()?;
-        let dir_mode = witness_dir_mode(step.state_mode, step.dir.st_mode as u32);
+        let dir_mode = witness_dir_mode(step.state_mode, crate::dir::mode_bits(&step.dir));
         let wdir = witness::open_dir(&self.files, &step.dir, Some(dir_mode))?.ok_or_else(|| {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             self.files.io(
@@ -522,7 +522,7 @@ fn read_all(file: File, st: &FileStat) -> io::Result<Raw> {
         });
     }
     let meta = FileMeta {
-        mode: st.st_mode as u32 & 0o7777,
+        mode: crate::dir::perm_bits(st),
         owner: Some((st.st_uid, st.st_gid)),
     };
     Ok(Raw::Regular { bytes, meta })

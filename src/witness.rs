@@ -23,7 +23,7 @@ use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::{FileStat, fchmod, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use crate::dir::{Files, Want, is_regular, mode};
+use crate::dir::{Files, Want, file_id, is_regular, mode, perm_bits};
 use crate::error::{Error, Result};
 use crate::lock::unlock;
 use crate::state::Witness;
@@ -95,9 +95,10 @@ pub(crate) fn open_dir(
     let mut dir = WitnessDir { fd, stat, created };
     if let Some(wanted) = create.filter(|_| created) {
         // mkdir(2) applies the umask and ignores set-group-ID.
-        if dir.stat.st_mode as u32 & 0o7777 != wanted {
+        if perm_bits(&dir.stat) != wanted {
             fchmod(&dir.fd, mode(wanted)).map_err(|e| files.io(object, "set the mode of", e))?;
-            dir.stat.st_mode = (dir.stat.st_mode & !0o7777) | wanted as libc::mode_t;
+            dir.stat =
+                fstat(&dir.fd).map_err(|e| files.io(object, "look up the witness directory", e))?;
         }
     }
     Ok(Some(dir))
@@ -182,7 +183,7 @@ pub(crate) fn create(
         e
     };
     let st = fstat(&file).map_err(|e| removing(files.io(&path, "stat witness file", e)))?;
-    if st.st_mode as u32 & 0o7777 != file_mode {
+    if perm_bits(&st) != file_mode {
         fchmod(&file, mode(file_mode))
             .map_err(|e| removing(files.io(&path, "set the mode of", e)))?;
     }
@@ -198,8 +199,8 @@ pub(crate) fn create(
         name,
         path,
         record: Witness {
-            dev: st.st_dev as u64,
-            ino: st.st_ino as u64,
+            dev: file_id(&st).0,
+            ino: file_id(&st).1,
             extra: Default::default(),
         },
     }))
@@ -301,7 +302,7 @@ pub(crate) fn probe(files: &Files, dir: BorrowedFd<'_>, token: u64, record: &Wit
 }
 
 fn same_file(st: &FileStat, record: &Witness) -> bool {
-    st.st_dev as u64 == record.dev && st.st_ino as u64 == record.ino
+    file_id(st) == (record.dev, record.ino)
 }
 
 /// Probes a witness this user may not open (another user's, not shared with us): `fstatat`
@@ -340,8 +341,7 @@ fn probe_unopenable(files: &Files, dir: BorrowedFd<'_>, name: &OsStr, record: &W
         .flatten()
         .is_some_and(|lock| {
             lock.st_dev == st.st_dev
-                && !crate::flocks::holders_in(&text, lock.st_dev as u64, lock.st_ino as u64)
-                    .is_empty()
+                && !crate::flocks::holders_in(&text, file_id(&lock).0, file_id(&lock).1).is_empty()
         });
     if calibrated {
         Probe::Free

@@ -422,7 +422,12 @@ fn moving_the_semaphore_directory_away_moves_the_wait_with_it() {
     first.release().unwrap();
     assert_eq!(acquired_token(&mut group, waiter), token);
     let in_moved = quick().open_existing(moved.join("sem.json")).unwrap();
-    let holders: Vec<_> = in_moved.holders().unwrap().into_iter().map(|h| h.id).collect();
+    let holders: Vec<_> = in_moved
+        .holders()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
     assert_eq!(holders, ["waiter"]);
     group.send_all("release");
     group.expect(waiter, "released", common::deadline(60));

@@ -46,9 +46,7 @@ fn a_relative_path_stays_bound_after_chdir() {
     detached_job(&b);
     let b_before = snapshot(&b);
     let mut group = Group::new();
-    let idx = group.spawn(
-        ChildSpec::new("chdir", "child_process", "chdir").arg("A", a.display()),
-    );
+    let idx = group.spawn(ChildSpec::new("chdir", "child_process", "chdir").arg("A", a.display()));
     let finished = group.finish(common::deadline(60));
     let child = &finished[idx];
     assert!(child.status.success(), "{:?}", child.lines);
@@ -117,7 +115,10 @@ fn a_permit_held_through_a_repointed_symlink_releases_in_the_original_directory(
     let root = common::tmpfs_dir();
     let (a, b, link) = two_targets(root.path());
     let sem = quick().open_existing(link.join("sem.json")).unwrap();
-    assert_eq!(sem.resolved_path(), a.canonicalize().unwrap().join("sem.json"));
+    assert_eq!(
+        sem.resolved_path(),
+        a.canonicalize().unwrap().join("sem.json")
+    );
     let permit = sem.try_acquire("job").unwrap();
     let b_before = snapshot(&b);
     repoint(&link, &b);
@@ -244,7 +245,10 @@ fn a_removed_directory_fails_every_operation_and_nothing_is_created_anywhere() {
     gone("is_held", permit.is_held().map(drop));
     gone("renew", permit.renew().map(drop));
     gone("permit release", permit.release());
-    assert!(snapshot(&dir).is_empty(), "nothing made in the new directory");
+    assert!(
+        snapshot(&dir).is_empty(),
+        "nothing made in the new directory"
+    );
     // Only a new open creates a semaphore there.
     drop(quick().open(&path, 2).unwrap());
     let names: Vec<String> = snapshot(&dir).into_keys().collect();

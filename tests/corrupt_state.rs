@@ -298,10 +298,7 @@ fn assert_untrusted<T: std::fmt::Debug>(
             };
             assert_eq!((p.as_path(), o.as_path()), (path, object), "{what}");
             assert!(why.contains(problem), "{what}: {e}");
-            assert!(
-                e.to_string().contains(&object.display().to_string()),
-                "{e}"
-            );
+            assert!(e.to_string().contains(&object.display().to_string()), "{e}");
             e
         }
         other => panic!("{what}: expected Untrusted, got {other:?}"),
