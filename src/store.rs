@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,6 +43,9 @@ pub(crate) struct Store {
     gate: Gate,
     /// What the step in progress knows about its files (set while the gate is held).
     step: Mutex<Option<StepFiles>>,
+    /// The witness directory as last opened, with its status: an acquire checks by one
+    /// `fstatat` that the name still refers to it, instead of opening it again.
+    witness_dir: Mutex<Option<(Arc<OwnedFd>, FileStat)>>,
 }
 
 /// What one locked step knows about the semaphore's files, for the file operations its rule
@@ -112,6 +116,7 @@ impl Store {
             lock_timeout,
             gate: Gate::default(),
             step: Mutex::new(None),
+            witness_dir: Mutex::new(None),
         }
     }
 
@@ -382,21 +387,53 @@ impl Store {
     /// needed), with modes derived from the state file's. Call inside a step.
     pub fn create_witness(&self, token: u64) -> Result<Created> {
         let step = self.current()?;
-        let dir_mode = witness_dir_mode(step.state_mode, crate::dir::mode_bits(&step.dir));
-        let wdir = witness::open_dir(&self.files, &step.dir, Some(dir_mode))?.ok_or_else(|| {
-            let missing = io::Error::from(io::ErrorKind::NotFound);
-            self.files.io(
-                &self.files.witness_path,
-                "create the witness directory",
-                missing,
-            )
-        })?;
+        let wdir = self.witness_dir_for_create(&step)?;
         if wdir.created
             && let Some(step) = self.step_files().as_mut()
         {
             step.witness_dir_created = true;
         }
         witness::create(&self.files, &wdir, token, access_mode(step.state_mode))
+    }
+
+    /// The witness directory, created if absent: the one opened last if `PATH.witness` still
+    /// names it (one `fstatat`; its type and owner are checked again on that status), else
+    /// opened (and checked) afresh.
+    fn witness_dir_for_create(&self, step: &StepFiles) -> Result<WitnessDir> {
+        let files = &self.files;
+        let cached = self
+            .witness_dir
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((fd, opened)) = cached
+            && let Ok(Some(now)) = files.stat_at(files.dir(), files.witness_name.as_os_str())
+            && crate::dir::file_id(&now) == crate::dir::file_id(&opened)
+        {
+            let parent = crate::dir::parent_dir(&files.path);
+            files.check(
+                &files.witness_path,
+                &now,
+                Want::Dir,
+                || Ok(step.dir),
+                parent,
+            )?;
+            return Ok(WitnessDir {
+                fd,
+                stat: now,
+                created: false,
+            });
+        }
+        let dir_mode = witness_dir_mode(step.state_mode, crate::dir::mode_bits(&step.dir));
+        let wdir = witness::open_dir(files, &step.dir, Some(dir_mode))?.ok_or_else(|| {
+            let missing = io::Error::from(io::ErrorKind::NotFound);
+            files.io(&files.witness_path, "create the witness directory", missing)
+        })?;
+        *self
+            .witness_dir
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((Arc::clone(&wdir.fd), wdir.stat));
+        Ok(wdir)
     }
 
     /// Removes witness files no entry (with a token in `live`) refers to and nobody holds.

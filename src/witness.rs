@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat};
@@ -37,7 +38,8 @@ pub(crate) fn dir_of(path: &Path) -> PathBuf {
 
 /// The witness directory, open and checked.
 pub(crate) struct WitnessDir {
-    fd: OwnedFd,
+    /// Shared with the witness locks created in it (and a handle's cache).
+    pub fd: Arc<OwnedFd>,
     /// Its status when opened: who is trusted in it.
     pub stat: FileStat,
     /// Whether this call created it.
@@ -92,7 +94,11 @@ pub(crate) fn open_dir(
         || Ok(*state_dir),
         crate::dir::parent_dir(&files.path),
     )?;
-    let mut dir = WitnessDir { fd, stat, created };
+    let mut dir = WitnessDir {
+        fd: Arc::new(fd),
+        stat,
+        created,
+    };
     if let Some(wanted) = create.filter(|_| created) {
         // mkdir(2) applies the umask and ignores set-group-ID.
         if perm_bits(&dir.stat) != wanted {
@@ -133,7 +139,7 @@ pub(crate) struct WitnessLock {
     flock: Option<Flock<File>>,
     /// The witness directory it was created in: it is removed from there, wherever the
     /// directory has been moved meanwhile.
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     name: OsString,
     /// For messages.
     path: PathBuf,
@@ -187,15 +193,11 @@ pub(crate) fn create(
         fchmod(&file, mode(file_mode))
             .map_err(|e| removing(files.io(&path, "set the mode of", e)))?;
     }
-    let keep_dir = dir
-        .fd
-        .try_clone()
-        .map_err(|e| removing(files.io(&files.witness_path, "duplicate the descriptor of", e)))?;
     let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, errno)| removing(files.io(&path, "lock witness file", errno)))?;
     Ok(Created::Locked(WitnessLock {
         flock: Some(flock),
-        dir: keep_dir,
+        dir: Arc::clone(&dir.fd),
         name,
         path,
         record: Witness {
@@ -226,8 +228,11 @@ impl WitnessLock {
         let Some(flock) = self.flock.take() else {
             return;
         };
-        if let Err(e) = unlinkat(&self.dir, self.name.as_os_str(), UnlinkatFlags::NoRemoveDir)
-            && e != Errno::ENOENT
+        if let Err(e) = unlinkat(
+            &*self.dir,
+            self.name.as_os_str(),
+            UnlinkatFlags::NoRemoveDir,
+        ) && e != Errno::ENOENT
         {
             tracing::warn!(witness = %self.path.display(), error = %e, "failed to remove witness file");
         }
