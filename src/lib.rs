@@ -35,6 +35,13 @@
 //!   rule changes nothing (a refused acquire writes nothing).
 //! - A [`Semaphore`] handle is `Send + Sync`. Threads sharing one handle are serialized in
 //!   process; separate handles and processes are serialized by the lock file.
+//! - A handle is bound to the directory of its state file when it is opened: it opens that
+//!   directory once (following symlinks in the path as given, once) and makes every later
+//!   file operation, its permits' and its waits' relative to it. Neither a change of the
+//!   working directory nor a renamed directory or a repointed symlink in the path changes
+//!   what it acts on, just as an open file stays bound to its inode
+//!   ([`resolved_path`](Semaphore::resolved_path) is where it was opened). If the directory is
+//!   removed, every operation fails with [`Error::DirectoryGone`] and nothing is created.
 //!
 //! ## Waiting: fairness, hand-off, timeouts, wake-up
 //!
@@ -84,7 +91,10 @@
 //!   `try_acquire` or `release` returns, its change survives a crash of the process (and, with
 //!   [durable](OpenOptions::durable) writes, of the machine).
 //! - A process killed inside the critical section releases the lock file as the kernel closes
-//!   its descriptors; its temp file is removed by the next [`Semaphore::open`].
+//!   its descriptors; its temp file is removed by the next write (every write first tries the
+//!   same temp name, `.NAME.00000000.filesem-tmp`, and a file found there under the lock is a
+//!   leftover), and leftovers under other temp names by the next [`Semaphore::open`] or
+//!   [`Semaphore::reap`] (which list the directory).
 //! - A holder that dies without releasing gets its slot back as soon as it is *provably* dead:
 //!   acquires reap stale entries in their way ([`OpenOptions::auto_reap`]), and
 //!   [`Semaphore::reap`] does it on demand. A live holder is never declared dead; an entry that
@@ -94,6 +104,9 @@
 //! | the entry | verdict |
 //! | --- | --- |
 //! | its witness file `PATH.witness/<token>` is flock'd by anyone (the holder, or a child that inherited it via [`Permit::inherit_witness`]) | alive |
+//! | its witness file is there but this user may not open it: `/proc/locks` lists it as locked | alive |
+//! | same, not listed; the checker can trust the listing (initial pid namespace, `/proc` its own, and the state lock it holds while reaping is listed under the device `stat` reports) | as if the witness were free (the "witness free" row) |
+//! | same, any other case | unknown (the pid is never consulted: a child may hold the witness) |
 //! | witness free, holder on this boot of this machine, local filesystem | dead |
 //! | witness missing or replaced, same boot and pid namespace: pid gone (`kill(pid, 0)` = `ESRCH`), zombie, or reused (other start time, compared only within one time namespace and when `/proc` shows the checker's own pid namespace) | dead |
 //! | same, pid running with the recorded start time | alive |
@@ -109,10 +122,59 @@
 //! - A corrupt state file is reported as [`Error::Corrupt`] by every operation and is never
 //!   overwritten; [`Semaphore::recover`] moves it aside explicitly.
 //!
+//! # Trust model
+//!
+//! Anyone who can write a semaphore's directory or its files can disturb it. filesem makes
+//! sure that nobody else can turn it against its users:
+//!
+//! - It acts only on its own objects and never through a symlink: `PATH`, `PATH.lock`, temp
+//!   files, `PATH.witness/` and its files are opened relative to the bound directory without
+//!   following symlinks (`O_NOFOLLOW`, `O_DIRECTORY`), and their type is checked on the opened
+//!   descriptor. A symlink, FIFO, socket or device where a file belongs, or a file where the
+//!   witness directory belongs, is refused with [`Error::Untrusted`] before anything changes
+//!   (a symlink at `PATH` itself is [`Error::Symlink`]).
+//! - Owners: let `D` be the directory that holds an object (the semaphore's directory, or the
+//!   witness directory for witness files). If `D` is neither world-writable nor sticky, every
+//!   owner is trusted (whoever can write `D` can replace any file in it anyway). In a
+//!   world-writable or sticky `D` such as `/tmp`, the owner must be the caller (effective
+//!   uid), root, `D`'s owner, or a uid given to [`OpenOptions::trust_owner`]; anything else is
+//!   [`Error::Untrusted`]. So a root-run semaphore in `/tmp` never adopts a state file, lock
+//!   file or witness directory another user planted there.
+//! - Cleanup (temp files of killed writers, orphan witness files, witness files of reaped
+//!   entries) removes only regular files with filesem's names whose owner is trusted.
+//! - A witness that cannot be examined is never evidence of death (see the table above).
+//! - A failed operation removes the witness directory, witness file or temp file it created;
+//!   only a lock file may stay (it is never deleted).
+//! - [`Semaphore::recover`] moves aside only a regular file of a trusted owner, and the new
+//!   state file never gets set-id, sticky or world-write bits from the old one.
+//! - Modes: the lock file and witness files are readable and writable only by the classes of
+//!   users who may write the state, whatever the umask (see [`OpenOptions::mode`]), so users
+//!   who may only read the state can query it but cannot stall writers or keep a dead holder
+//!   "alive".
+//!
+//! To keep others out, put a semaphore in a directory only you (or your group) can write; to
+//! share it with a group, use a group directory with mode 2775 and
+//! [`OpenOptions::mode(0o664)`](OpenOptions::mode) (the README has the recipe).
+//!
+//! # Errors
+//!
+//! Every operation returns [`Result`]. Besides the errors of its own (listed in its
+//! `# Errors`), any operation on the files can fail with [`Error::Io`] (whose message ends
+//! with the OS error), [`Error::Untrusted`] (an object of the wrong type or owner) and
+//! [`Error::DirectoryGone`] (the directory was removed after the semaphore was opened);
+//! operations that change the state also with [`Error::LockTimeout`]. None of them changes
+//! anything on disk.
+//!
 //! # Platform notes
 //!
 //! - Unix only; Linux first: pid, boot-id and machine-id evidence are Linux facilities; other
-//!   Unix systems get witness locks (held = alive) and leases. flock is *advisory*: every
+//!   Unix systems get witness locks (held = alive) and leases. On Linux, a witness this user
+//!   may not open is looked up in `/proc/locks`, and a directory it may search but not read
+//!   is opened with `O_PATH` (queries work; durable writes, which `fsync` the directory, do
+//!   not).
+//! - Each handle (with its clones) keeps its directory open, and once it has taken a
+//!   process-bound hold also the witness directory; each such permit keeps its witness file
+//!   open. flock is *advisory*: every
 //!   program that uses the semaphore must follow this protocol (this crate, the Go package, or
 //!   the documented file format).
 //! - A [`Permit`] belongs to the process that acquired it: in a forked child, dropping it does

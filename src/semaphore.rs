@@ -104,6 +104,10 @@ impl Semaphore {
     /// - [`Error::InvalidCapacity`] for a capacity above [`MAX_CAPACITY`];
     /// - [`Error::Corrupt`] if the state file does not parse (see [`recover`](Semaphore::recover));
     /// - [`Error::Symlink`] if `path` is a symbolic link;
+    /// - [`Error::Untrusted`] if the state file, lock file or witness directory is of the
+    ///   wrong type (a FIFO, a socket, a symlink, ...) or has an owner that is not trusted in
+    ///   a world-writable or sticky directory (see [`OpenOptions::trust_owner`]);
+    /// - [`Error::IsLockFile`] if `path` is another semaphore's lock file;
     /// - [`Error::LockTimeout`], [`Error::Io`] for the lock and the file system.
     ///
     /// # Examples
@@ -123,8 +127,9 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] if there is no state file; [`Error::Corrupt`], [`Error::Symlink`],
-    /// [`Error::Io`] as for [`open`](Semaphore::open).
+    /// [`Error::NotFound`] if there is no state file (or no directory); [`Error::Corrupt`],
+    /// [`Error::Symlink`], [`Error::Untrusted`], [`Error::IsLockFile`], [`Error::Io`] as for
+    /// [`open`](Semaphore::open).
     ///
     /// # Examples
     ///
@@ -297,7 +302,10 @@ impl Semaphore {
     /// - [`Error::AlreadyHeld`] when `holder`'s ID holds a slot or is queued;
     /// - [`Error::InvalidId`] for an empty ID, one over [`MAX_ID_LEN`](crate::MAX_ID_LEN)
     ///   bytes, or one with control characters;
-    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    /// - [`Error::TokensExhausted`] when every fencing token was handed out;
+    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and
+    ///   [`Error::Untrusted`], [`Error::DirectoryGone`] as for every operation (see the crate
+    ///   docs).
     ///
     /// # Examples
     ///
@@ -371,10 +379,11 @@ impl Semaphore {
     /// # Errors
     ///
     /// - [`Error::AlreadyHeld`] when `holder`'s ID holds a slot or is queued;
-    /// - [`Error::InvalidId`] as for [`try_acquire`](Semaphore::try_acquire);
-    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`]; the
-    ///   queue entry is then removed if the file can still be written, and otherwise expires
-    ///   on its own within seconds.
+    /// - [`Error::InvalidId`], [`Error::TokensExhausted`] as for
+    ///   [`try_acquire`](Semaphore::try_acquire);
+    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    ///   [`Error::Untrusted`], [`Error::DirectoryGone`]; the queue entry is then removed if the
+    ///   file can still be written, and otherwise expires on its own within seconds.
     ///
     /// # Examples
     ///
@@ -720,9 +729,18 @@ impl Semaphore {
     /// found in the corrupt bytes + 1) and the current time in microseconds since 1970, so it
     /// stays above tokens that a truncated file lost.
     ///
+    /// Only a regular file is moved aside: a FIFO, socket or device at `path` is refused with
+    /// [`Error::Untrusted`] and left where it is, as is a file whose owner is not trusted in a
+    /// world-writable or sticky directory (see [`OpenOptions::trust_owner`]). The new state
+    /// file keeps the old file's mode without set-user-ID, set-group-ID, sticky and
+    /// world-write bits. A valid file whose fencing tokens are exhausted
+    /// ([`Error::TokensExhausted`]) is left as it is: tokens must only grow, so only a new
+    /// semaphore path helps.
+    ///
     /// # Errors
     ///
-    /// [`Error::InvalidCapacity`], [`Error::Symlink`], [`Error::LockTimeout`], [`Error::Io`].
+    /// [`Error::InvalidCapacity`], [`Error::Symlink`], [`Error::Untrusted`],
+    /// [`Error::IsLockFile`], [`Error::LockTimeout`], [`Error::Io`].
     ///
     /// # Examples
     ///

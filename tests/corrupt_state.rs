@@ -410,6 +410,105 @@ fn objects_of_the_wrong_type_are_refused_by_name_before_anything_changes() {
 }
 
 #[test]
+fn a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write() {
+    // Every write tries the same temp name first: a file there under the lock is a leftover
+    // of a writer killed before its rename, and any write removes it (not only open).
+    let dir = tempfile::tempdir().unwrap();
+    let (path, sem) = valid_semaphore(dir.path());
+    let leftover = dir.path().join(".sem.json.00000000.filesem-tmp");
+    fs::write(&leftover, b"{\"capacity\": 2, \"hol").unwrap();
+    let permit = sem.try_acquire("writer").unwrap();
+    assert!(!leftover.exists(), "removed by the acquire's write");
+    fs::write(&leftover, b"{\"capacity\": 2, \"hol").unwrap();
+    permit.release().unwrap();
+    assert!(!leftover.exists(), "removed by the release's write");
+    assert_eq!(Semaphore::open_existing(&path).unwrap().count().unwrap(), 1);
+}
+
+#[test]
+fn a_device_node_at_the_state_path_is_refused_and_recover_leaves_it() {
+    // recover moves aside only regular files: a device node is named and left in place.
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: making a device node needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.json");
+    // The device of /dev/null (1, 3).
+    nix::sys::stat::mknod(
+        &path,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        libc::makedev(1, 3),
+    )
+    .unwrap();
+    let before = snapshot(dir.path());
+    let problem = "a character device, not a regular file";
+    assert_untrusted(
+        "recover",
+        Semaphore::recover(&path, 1),
+        &path,
+        &path,
+        problem,
+    );
+    assert_untrusted("open", Semaphore::open(&path, 1), &path, &path, problem);
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+#[test]
+fn recover_never_passes_on_set_id_sticky_or_world_write_bits() {
+    // The new state file keeps the old file's mode without the bits that would let others
+    // rewrite it or run with its owner's rights.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sem.json");
+    fs::write(&path, b"garbage").unwrap();
+    chmod(&path, 0o6777);
+    let recovered = Semaphore::recover(&path, 2).unwrap();
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o775);
+    assert_eq!(
+        fs::read(recovered.moved_to.unwrap()).unwrap(),
+        b"garbage",
+        "the bad bytes are kept aside"
+    );
+}
+
+#[test]
+fn a_lock_file_is_tightened_by_its_owners_successful_open_only() {
+    // A 0644 lock file (the Go package's) lets readers of the state flock it; the owner's
+    // next open takes the extra bits away. A failed open changes nothing, and a lock file of
+    // another user is never changed.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _sem) = valid_semaphore(dir.path());
+    let lock = dir.path().join("sem.json.lock");
+    chmod(&lock, 0o644);
+    let mode_of = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert!(matches!(
+        Semaphore::open(&path, 3),
+        Err(Error::CapacityMismatch { .. })
+    ));
+    assert_eq!(mode_of(&lock), 0o644, "a failed open changes nothing");
+    Semaphore::open_existing(&path).unwrap();
+    assert_eq!(
+        mode_of(&lock),
+        0o644,
+        "only an open that may create tightens"
+    );
+    Semaphore::open(&path, 2).unwrap();
+    assert_eq!(mode_of(&lock), 0o600);
+    if nix::unistd::geteuid().is_root() {
+        chmod(&lock, 0o644);
+        std::os::unix::fs::chown(&lock, Some(61601), None).unwrap();
+        Semaphore::open(&path, 2).unwrap();
+        assert_eq!(
+            mode_of(&lock),
+            0o644,
+            "another user's lock file is left alone"
+        );
+    }
+}
+
+#[test]
 fn recover_moves_a_corrupt_file_aside_and_starts_above_its_tokens() {
     // Recovery is explicit: the bad bytes are kept at PATH.corrupt-*, the new state is empty
     // with the given capacity, and new tokens exceed any the old file may have handed out.
