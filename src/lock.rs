@@ -170,8 +170,7 @@ impl LockGuard {
     /// a permission. A failure is logged: the lock works as before.
     pub(crate) fn tighten(&self, files: &Files, wanted: u32) {
         let current = crate::dir::perm_bits(&self.stat);
-        let euid = nix::unistd::geteuid().as_raw();
-        if self.stat.st_uid != euid || current & !wanted == 0 {
+        if current & !wanted == 0 || self.stat.st_uid != nix::unistd::geteuid().as_raw() {
             return;
         }
         let Some(flock) = &self.flock else { return };

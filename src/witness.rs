@@ -68,10 +68,13 @@ pub(crate) fn open_dir(
             .unwrap_or_else(|| files.io(object, action, errno))
     };
     let mut created = false;
+    // Another process may remove the directory between our mkdir and open: a few rounds.
+    let mut rounds = 0;
     let fd = loop {
+        rounds += 1;
         match openat(files.dir(), name, flags, mode(0)) {
             Ok(fd) => break fd,
-            Err(Errno::ENOENT) if !created => {}
+            Err(Errno::ENOENT) if !created && rounds <= 3 => {}
             Err(e) => return Err(refuse(e, "open the witness directory")),
         }
         let Some(wanted) = create else {
