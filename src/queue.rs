@@ -54,8 +54,6 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Mine {
     pub id: String,
     pub token: u64,
-    /// When it joined the queue: a grant of it is never older.
-    pub since: DateTime<Utc>,
     pub owner: Option<Owner>,
     pub witness: Option<Witness>,
     pub detached: bool,
@@ -67,7 +65,6 @@ impl Mine {
         Mine {
             id: entry.id.clone(),
             token,
-            since: entry.acquired_at,
             owner: entry.owner.clone(),
             witness: entry.witness.clone(),
             detached: entry.detached,
@@ -115,9 +112,6 @@ enum Found {
     Holder(usize),
     /// In the queue.
     Waiter(usize),
-    /// In `holders` without token, under its ID, granted after it queued: a Go write dropped
-    /// the token after the hand-off. It is ours; the step marks it again.
-    Unmarked(usize),
 }
 
 /// The entry of a new hold before its token and witness, as both `try_acquire` and an
@@ -160,18 +154,18 @@ fn expiry_from(now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Finds our entry: by token and ID (a Go write loses the token counter, so once our entry
 /// is gone, our old token may be handed out again: the ID tells it apart).
+///
+/// Never by ID alone. Once our queue entry is gone (removed, or dropped by a Go write), the ID
+/// may be granted to someone else, and a holder entry whose token a Go write dropped cannot be
+/// told from a slot handed to us and stripped before we saw it: claiming it could make two
+/// processes hold one entry, and our release would end the other's hold. Such an entry is
+/// left alone; the acquire is then refused as already held (the hold can be released by ID).
 fn find(doc: &Document, mine: &Mine) -> Option<Found> {
     let ours = |e: &Entry| e.token == Some(mine.token) && e.id == mine.id;
     if let Some(i) = doc.holders.iter().position(ours) {
         return Some(Found::Holder(i));
     }
-    if let Some(i) = doc.waiters.iter().position(ours) {
-        return Some(Found::Waiter(i));
-    }
-    doc.holders
-        .iter()
-        .position(|e| e.token.is_none() && e.id == mine.id && e.acquired_at >= mine.since)
-        .map(Found::Unmarked)
+    doc.waiters.iter().position(ours).map(Found::Waiter)
 }
 
 /// The grant of `mine`, if a snapshot shows it (no lock needed).
@@ -185,7 +179,7 @@ pub(crate) fn granted(doc: &Document, mine: &Mine) -> Option<Grant> {
                 acquired_at: e.acquired_at,
             })
         }
-        Found::Waiter(_) | Found::Unmarked(_) => None,
+        Found::Waiter(_) => None,
     }
 }
 
@@ -249,7 +243,7 @@ pub(crate) fn settle(
             *changed = true;
         }
         match find(doc, mine) {
-            Some(Found::Holder(i) | Found::Unmarked(i)) => {
+            Some(Found::Holder(i)) => {
                 return Ok(match mark(doc, i, mine, changed) {
                     Some(grant) => Outcome::Granted(grant),
                     // Ours, but no slot index is free (capacity lowered meanwhile): the ID is
@@ -330,7 +324,7 @@ pub(crate) fn leave(
             *changed = true;
             Left::Gone
         }
-        Some(Found::Holder(i) | Found::Unmarked(i)) => {
+        Some(Found::Holder(i)) => {
             if keep_grant && let Some(grant) = mark(doc, i, mine, changed) {
                 return Left::Granted(grant);
             }
@@ -521,20 +515,34 @@ mod tests {
             panic!("{o:?}")
         };
         assert!(changed);
-        assert_eq!(again.since, t(2));
         assert_eq!(doc.waiters.len(), 1);
+        assert_eq!(doc.waiters[0].acquired_at, t(2));
         assert_eq!(doc.waiters[0].token, Some(again.token));
         assert!(again.token > doc.holders[0].token.unwrap());
     }
 
+    /// What a Go write leaves of a document: holders with `id` and `acquired_at` only.
+    fn go_rewrite(doc: &mut Document) {
+        doc.waiters.clear();
+        doc.next_token = None;
+        for e in &mut doc.holders {
+            *e = Entry::new(e.id.clone(), e.acquired_at);
+        }
+    }
+
     #[test]
-    fn a_grant_whose_token_a_go_write_dropped_is_recognised_and_marked() {
-        // Hand-off then a Go rewrite: the waiter finds its grant by ID and time, not a new slot.
+    fn a_waiter_never_claims_a_hold_granted_to_someone_else_under_its_id() {
+        // Found by the model test: the queue entry of `w` vanished (a Go write), then a Go
+        // process took a slot as `w`. The waiter used to claim that entry as its own grant
+        // (ID and time matched), so two processes held one entry and the waiter's release
+        // would end the other's hold. It is refused instead, and leaving touches nothing.
         let mut doc = full(1);
         let mine = queue(&mut doc, "w", 0, t(1));
-        rules::remove_ids(&mut doc, &["h0"], t(2));
-        doc.holders[0].token = None;
-        doc.holders[0].slot = None;
+        go_rewrite(&mut doc);
+        doc.capacity = 2;
+        doc.holders.push(Entry::new("w".to_string(), t(2)));
+        rules::resume_token_counter(&mut doc, t(3));
+        let before = doc.clone();
         let (o, changed) = settle_at(
             &mut doc,
             "w",
@@ -543,12 +551,42 @@ mod tests {
             false,
             t(3),
         );
-        assert!(changed);
-        let Outcome::Granted(grant) = o else {
-            panic!("{o:?}")
-        };
-        assert_eq!((grant.token, grant.slot), (mine.token, 0));
-        assert_eq!(doc.holders[0].token, Some(mine.token));
+        assert!(matches!(o, Outcome::Refused(Refusal::AlreadyHeld)), "{o:?}");
+        assert!(!changed);
+        assert_eq!(doc, before);
+        assert_eq!(granted(&doc, &mine), None);
+        let mut changed = false;
+        assert_eq!(
+            leave(&mut doc, &mine, false, t(4), &mut changed),
+            Left::Gone
+        );
+        assert!(!changed);
+        assert_eq!(doc, before);
+    }
+
+    #[test]
+    fn a_grant_whose_token_a_go_write_dropped_is_left_alone() {
+        // Hand-off, then a Go write before the waiter looked: nothing on file tells that entry
+        // from someone else's hold of the same ID, so the waiter is refused as already held
+        // rather than guess; the entry stays, to be released by ID.
+        let mut doc = full(1);
+        let mine = queue(&mut doc, "w", 0, t(1));
+        rules::remove_ids(&mut doc, &["h0"], t(2));
+        go_rewrite(&mut doc);
+        rules::resume_token_counter(&mut doc, t(3));
+        let before = doc.clone();
+        let (o, changed) = settle_at(
+            &mut doc,
+            "w",
+            &AcquireOptions::new(),
+            Some(&mine),
+            false,
+            t(3),
+        );
+        assert!(matches!(o, Outcome::Refused(Refusal::AlreadyHeld)), "{o:?}");
+        assert!(!changed);
+        assert_eq!(doc, before);
+        assert_eq!(rules::remove_ids(&mut doc, &["w"], t(4)), ["w"]);
     }
 
     #[test]
