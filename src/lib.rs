@@ -133,6 +133,8 @@ mod error;
 mod holder;
 mod liveness;
 mod lock;
+#[cfg(test)]
+mod model_tests;
 #[cfg(target_os = "linux")]
 mod notify;
 mod options;
