@@ -138,6 +138,8 @@ mod model_tests;
 #[cfg(target_os = "linux")]
 mod notify;
 mod options;
+#[cfg(test)]
+mod parse_tests;
 mod permit;
 mod queue;
 mod rules;

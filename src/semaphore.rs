@@ -825,7 +825,7 @@ fn read_prefix(path: &Path, limit: u64) -> Vec<u8> {
 }
 
 /// A fencing-token counter above anything a corrupt file can have handed out.
-fn token_floor(bytes: &[u8]) -> u64 {
+pub(crate) fn token_floor(bytes: &[u8]) -> u64 {
     let mut max = 0u64;
     let key = b"token\"";
     let mut i = 0;
