@@ -90,6 +90,7 @@ pub fn human(d: Duration) -> String {
 
 /// `number` (decimal digits with at most one `.`) times `per_unit` nanoseconds, exactly,
 /// truncated below a nanosecond; saturating on overflow. `None` if `number` is malformed.
+/// Fraction digits after the 24th are ignored (together worth less than 10^-10 ns).
 fn scale(number: &str, per_unit: u128) -> Option<u128> {
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() {
@@ -105,13 +106,13 @@ fn scale(number: &str, per_unit: u128) -> Option<u128> {
             .saturating_add(u128::from(digit - b'0'));
     }
     total = total.saturating_mul(per_unit);
-    // Fraction digits past nanosecond precision change nothing; 30 digits cannot overflow.
-    let mut scale = per_unit;
-    for digit in fraction.bytes().take(30) {
-        scale /= 10;
-        total = total.saturating_add(u128::from(digit - b'0') * scale);
-    }
-    Some(total)
+    // The fraction as one integer over a power of ten, so that the product is exact (scaling
+    // digit by digit dropped part of a nanosecond at every digit: `.00000000002m` was 0 ns).
+    // 24 digits keep it within u128: 10^24 * 86_400 * 10^9 < 2^127.
+    let fraction = &fraction[..fraction.len().min(24)];
+    let numerator = (fraction.bytes()).fold(0u128, |n, digit| n * 10 + u128::from(digit - b'0'));
+    let denominator = 10u128.pow(fraction.len() as u32);
+    Some(total.saturating_add(numerator * per_unit / denominator))
 }
 
 #[cfg(test)]
@@ -191,5 +192,121 @@ mod tests {
             parse("1.123456789123456789"),
             Ok(Duration::new(1, 123_456_789))
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests of [`parse`]: no input panics it, and every duration in the documented
+    //! grammar has its exact value, truncated below a nanosecond, saturating at
+    //! [`Duration::MAX`].
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A number as the grammar allows it (`10`, `0.25`, `.5`, `2.`; up to 40 digits before
+    /// the point, so that some overflow, and 24 after it) and its digits before and after the
+    /// point.
+    fn number() -> impl Strategy<Value = (String, String, Option<String>)> {
+        let whole = prop_oneof![3 => "[0-9]{0,3}", 1 => "[0-9]{0,40}"];
+        let fraction = prop_oneof![3 => "[0-9]{0,9}", 1 => "[0-9]{0,24}"];
+        (whole, prop::option::of(fraction))
+            .prop_filter("a number has a digit", |(w, f)| {
+                !w.is_empty() || f.as_ref().is_some_and(|f| !f.is_empty())
+            })
+            .prop_map(|(whole, fraction)| {
+                let text = match &fraction {
+                    Some(f) => format!("{whole}.{f}"),
+                    None => whole.clone(),
+                };
+                (text, whole, fraction)
+            })
+    }
+
+    /// `whole.fraction` units of `per_unit` nanoseconds, computed exactly; `None` beyond u128.
+    fn exact(whole: &str, fraction: Option<&str>, per_unit: u128) -> Option<u128> {
+        let digits = |s: &str| {
+            s.bytes().try_fold(0u128, |n, b| {
+                n.checked_mul(10)?.checked_add(u128::from(b - b'0'))
+            })
+        };
+        let fraction = fraction.unwrap_or("");
+        let scale = 10u128.pow(u32::try_from(fraction.len()).unwrap());
+        digits(whole)?
+            .checked_mul(per_unit)?
+            .checked_add(digits(fraction)? * per_unit / scale)
+    }
+
+    fn duration(nanos: Option<u128>) -> Duration {
+        let Some(nanos) = nanos else {
+            return Duration::MAX;
+        };
+        match u64::try_from(nanos / NANOS_PER_S) {
+            Ok(secs) => Duration::new(secs, (nanos % NANOS_PER_S) as u32),
+            Err(_) => Duration::MAX,
+        }
+    }
+
+    /// A duration in the grammar: a bare number of seconds, or parts with units from largest
+    /// to smallest, each at most once; with its exact value.
+    fn well_formed() -> impl Strategy<Value = (String, Duration)> {
+        let bare = number().prop_map(|(text, whole, fraction)| {
+            let nanos = exact(&whole, fraction.as_deref(), NANOS_PER_S);
+            (text, duration(nanos))
+        });
+        let parts = prop::sample::subsequence(UNITS.to_vec(), 1..=UNITS.len())
+            .prop_flat_map(|units| {
+                let n = units.len();
+                (Just(units), prop::collection::vec(number(), n))
+            })
+            .prop_map(|(units, numbers)| {
+                let mut text = String::new();
+                let mut total = Some(0u128);
+                for ((unit, per_unit), (number, whole, fraction)) in units.iter().zip(numbers) {
+                    text.push_str(&number);
+                    text.push_str(unit);
+                    let part = exact(&whole, fraction.as_deref(), *per_unit);
+                    total = total.zip(part).and_then(|(t, p)| t.checked_add(p));
+                }
+                (text, duration(total))
+            });
+        prop_oneof![bare, parts]
+    }
+
+    #[test]
+    fn a_fraction_finer_than_the_unit_keeps_its_whole_nanoseconds() {
+        // Found by the property below: 2e-11 min is 1.2 ns, read as 0 ns when each digit's
+        // share was truncated on its own.
+        assert_eq!(parse(".00000000002m"), Ok(Duration::from_nanos(1)));
+        assert_eq!(parse("0.000000000019h"), Ok(Duration::from_nanos(68)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn no_input_panics_the_duration_parser(text in any::<String>()) {
+            // Anything typed after `-w` is a value or a usage error; the empty string is an error.
+            let parsed = parse(&text);
+            prop_assert!(!(text.is_empty() && parsed.is_ok()));
+        }
+
+        #[test]
+        fn near_grammar_input_never_panics_the_parser(text in "[0-9.dhms]{0,16}") {
+            // Digits, points and unit letters in any order: a value or an error naming the forms.
+            if let Err(message) = parse(&text) {
+                prop_assert!(message.contains("expected seconds"), "{}", message);
+            }
+        }
+
+        #[test]
+        fn well_formed_durations_have_their_exact_value((text, expected) in well_formed()) {
+            // Exact decimal arithmetic, no float rounding, truncated below a nanosecond;
+            // beyond what a Duration holds, Duration::MAX.
+            prop_assert_eq!(parse(&text), Ok(expected), "{}", text);
+        }
     }
 }
