@@ -485,6 +485,7 @@ fn keep_turns_a_process_bound_hold_into_a_detached_one() {
 /// A worker: acquire, record itself in a per-slot marker (the independent witness), hold a
 /// moment, remove the marker, release; until stdin closes. Prints `VIOLATION` lines.
 fn stress_worker(path: &Path, id: &str, capacity: u32, markers: &Path) {
+    common::seed(id);
     let sem = quick().open(path, capacity).unwrap();
     let me = std::process::id();
     let (tx, rx) = mpsc::channel::<()>();
@@ -570,11 +571,7 @@ fn process_alive(pid: u32) -> bool {
 #[test]
 fn stress_holders_killed_at_random_never_exceed_capacity_or_leak_slots() {
     // 8 looping processes on capacity 2, random SIGKILLs: witness shows no violation, no leaked slot.
-    let seed: u64 = std::env::var("FILESEM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    fastrand::seed(seed);
+    let seed = common::seed("stress_holders_killed_at_random");
     let secs: u64 = std::env::var("FILESEM_STRESS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -585,12 +582,15 @@ fn stress_holders_killed_at_random_never_exceed_capacity_or_leak_slots() {
     fs::create_dir(&markers).unwrap();
     let mut group = Group::new();
     // Worker `i` (holder id `worker-i`) is child `workers[i]` of the group; a killed worker
-    // stays in the group, so what it said before dying is still read at the end.
+    // stays in the group, so what it said before dying is still read at the end. Each new
+    // process gets the next seed derived from the test's.
     let spawn = |group: &mut Group, i: usize| {
+        let n = group.len() as u64;
         let idx = group.spawn(
             child("stress-worker", &path, &format!("worker-{i}"))
                 .arg("CAPACITY", 2)
-                .arg("MARKERS", markers.display()),
+                .arg("MARKERS", markers.display())
+                .seed(common::derive_seed(seed, n)),
         );
         assert_eq!(group.expect(idx, "READY", common::deadline(30)), "READY");
         idx
