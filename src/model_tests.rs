@@ -1128,8 +1128,11 @@ impl World {
             }
         }
 
-        // Grants in token order; a waiter keeps the token it took when it joined, so the only
-        // grants before it with larger tokens are of waiters that overtook it by priority.
+        // Grants in token order, with one exception: a waiter keeps the token it took when it
+        // joined, so one overtaken by a waiter of higher priority that joined later is granted
+        // a smaller token than that waiter's earlier grant. (The docs promise a larger token
+        // for every later grant; with priorities that does not hold yet. Nothing else may
+        // break the order.)
         for &(id, token, queued) in &granted {
             let Some(token) = token else { continue };
             for g in self.grants.iter().filter(|g| g.token > token) {
