@@ -131,6 +131,7 @@ mod atomic;
 mod cancel;
 mod error;
 mod holder;
+mod json;
 mod liveness;
 mod lock;
 #[cfg(target_os = "linux")]
