@@ -151,8 +151,10 @@ pub use cancel::CancelToken;
 pub use error::{Error, Result};
 pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use liveness::Liveness;
-pub use options::{AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, OpenOptions};
-pub use permit::{KeepAlive, KeepError, Permit};
+pub use options::{
+    AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, MIN_LEASE, OpenOptions,
+};
+pub use permit::{KeepError, Permit};
 pub use queue::WaitStatus;
 pub use rules::LEASE_GRACE;
 pub use semaphore::{Reaped, Recovered, Semaphore};
