@@ -711,7 +711,35 @@ mod tests {
 
     #[test]
     fn permit_is_send() {
-        // A permit can be moved to the thread that does the guarded work.
+        // A permit can be moved to the thread that does the guarded work, its keep-alive too.
         assert_send::<Permit>();
+    }
+
+    #[test]
+    fn renewals_never_come_faster_than_a_third_of_the_minimum_lease() {
+        // Whatever the lease (even one below the floor, from a file or a future caller), the
+        // keep-alive renews at most every MIN_LEASE / 3, retries included.
+        for lease in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_millis(1),
+            Duration::from_millis(999),
+            MIN_LEASE,
+            Duration::from_secs(30),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let (every, retry) = intervals(Some(lease));
+            assert!(every >= MIN_LEASE / 3, "{lease:?}: every {every:?}");
+            assert!(retry >= MIN_LEASE / 3, "{lease:?}: retry {retry:?}");
+            assert!(retry <= every, "{lease:?}");
+        }
+        assert_eq!(intervals(Some(MIN_LEASE)), (MIN_LEASE / 3, MIN_LEASE / 3));
+        let thirty = Duration::from_secs(30);
+        assert_eq!(intervals(Some(thirty)), (thirty / 3, thirty / 10));
+        assert_eq!(
+            intervals(None),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
     }
 }

@@ -527,27 +527,49 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_whose_token_a_go_write_dropped_is_recognised_and_marked() {
-        // Hand-off then a Go rewrite: the waiter finds its grant by ID and time, not a new slot.
+    fn a_grant_whose_entry_a_go_write_stripped_is_recognised_and_restored() {
+        // Hand-off then a Go rewrite that keeps only id and acquired_at: the waiter finds its
+        // grant by ID and time and writes back everything the hold records, as a permit does.
         let mut doc = full(1);
-        let mine = queue(&mut doc, "w", 0, t(1));
-        rules::remove_ids(&mut doc, &["h0"], t(2));
-        doc.holders[0].token = None;
-        doc.holders[0].slot = None;
-        let (o, changed) = settle_at(
+        let opts = AcquireOptions::new().metadata("job", "7").detached(true);
+        let req = Request {
+            id: "w",
+            options: &opts,
+            lease: Some(Duration::from_secs(30)),
+            may_wait: true,
+        };
+        let (mut changed, mut removed) = (false, Vec::new());
+        let o = settle(
             &mut doc,
-            "w",
-            &AcquireOptions::new(),
-            Some(&mine),
+            &req,
+            None,
             false,
-            t(3),
+            &ctx(t(1)),
+            &mut tokens_only,
+            &mut changed,
+            &mut removed,
+        )
+        .unwrap();
+        let Outcome::Queued { mine, .. } = o else {
+            panic!("{o:?}")
+        };
+        rules::remove_ids(&mut doc, &["h0"], t(2));
+        let granted = doc.holders[0].clone();
+        assert_eq!(
+            granted.expires_at,
+            Some(t(32)),
+            "the lease starts at the grant"
         );
+        let stripped = Entry::new(granted.id.clone(), granted.acquired_at);
+        doc.holders[0] = stripped;
+        let (o, changed) = settle_at(&mut doc, "w", &opts, Some(&mine), false, t(3));
         assert!(changed);
         let Outcome::Granted(grant) = o else {
             panic!("{o:?}")
         };
         assert_eq!((grant.token, grant.slot), (mine.token, 0));
-        assert_eq!(doc.holders[0].token, Some(mine.token));
+        assert_eq!(doc.holders[0], granted, "every field is back");
+        assert_eq!(grant.record, Record::of(&granted, mine.token));
     }
 
     #[test]

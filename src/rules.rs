@@ -432,6 +432,7 @@ pub(crate) fn remove_ids(doc: &mut Document, ids: &[&str], now: DateTime<Utc>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Witness;
     use std::collections::HashMap;
 
     /// A judge that answers from a table keyed by ID; unknown IDs are `Unknown`.
@@ -682,6 +683,57 @@ mod tests {
         assert_eq!(find_own(&entries, 7, "a", now()), Some(0));
         assert_eq!(find_own(&entries, 8, "a", now()), Some(1));
         assert_eq!(find_own(&entries, 8, "a", a.acquired_at), None);
+    }
+
+    #[test]
+    fn restore_fills_only_missing_fields_and_never_takes_a_slot_twice() {
+        // What a foreign write dropped comes back; what is on file stays; a slot granted to
+        // another holder meanwhile is not claimed again.
+        let mut doc = Document::new(3);
+        let mut full = Entry::test("me");
+        full.token = Some(7);
+        full.slot = Some(1);
+        full.owner = Some(crate::liveness::Identity::current().owner());
+        full.witness = Some(Witness {
+            dev: 1,
+            ino: 2,
+            extra: Default::default(),
+        });
+        full.lease_ms = Some(30_000);
+        full.expires_at = Some(now());
+        full.detached = true;
+        full.metadata.insert("k".into(), "v".into());
+        let record = Record::of(&full, 7);
+        doc.holders.push(Entry::test("me"));
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &record, &mut changed), Some(1));
+        assert!(changed);
+        assert_eq!(doc.holders[0], full);
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &record, &mut changed), Some(1));
+        assert!(!changed, "a complete entry is not rewritten");
+
+        // Fields on file win over the record.
+        doc.holders[0].metadata.clear();
+        doc.holders[0].metadata.insert("k".into(), "theirs".into());
+        doc.holders[0].slot = None;
+        let mut other = Entry::test("other");
+        other.slot = Some(1);
+        doc.holders.push(other);
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &record, &mut changed), None);
+        assert!(!changed);
+        assert_eq!(doc.holders[0].metadata["k"], "theirs");
+        assert_eq!(doc.holders[0].slot, None, "slot 1 is the other holder's");
+
+        // A record that does not know its slot (a waiter's) takes the lowest free one.
+        let unknown_slot = Record {
+            slot: None,
+            ..record
+        };
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &unknown_slot, &mut changed), Some(0));
+        assert!(changed);
     }
 
     #[test]
