@@ -591,7 +591,7 @@ fn status_of_a_lease_in_its_grace_says_when_it_is_reaped_in_one_time_format() {
     let path = sem_path(&dir);
     let out = finish(
         filesem()
-            .args(["acquire", "-q", "--lease", "50ms"])
+            .args(["acquire", "-q", "--lease", "1s"])
             .arg(&path)
             .args(["--id", "session"]),
     );
