@@ -74,7 +74,8 @@ enum Command {
     Release {
         /// The semaphore's state file.
         semfile: PathBuf,
-        /// The holder ID (write `-- -job` for an ID that starts with a dash).
+        /// The holder ID; it may start with a dash (`-job`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Remove the entries of these IDs, whoever holds them (cleanup after a crash).
@@ -83,7 +84,7 @@ enum Command {
     Remove {
         /// The semaphore's state file.
         semfile: PathBuf,
-        /// The holder IDs (put `--` before them if one starts with a dash).
+        /// The holder IDs (put `--` before them if one starts with a dash: `-- -job`).
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -180,7 +181,12 @@ struct SlotArgs {
     #[arg(long, value_name = "P", allow_negative_numbers = true)]
     priority: Option<i32>,
     /// Attach KEY=VALUE to the hold, shown by `status` (repeatable).
-    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    #[arg(
+        long = "meta",
+        value_name = "KEY=VALUE",
+        value_parser = parse_meta,
+        allow_hyphen_values = true
+    )]
     meta: Vec<(String, String)>,
     /// Print nothing when there is no slot or while waiting.
     #[arg(short, long, conflicts_with = "verbose")]
@@ -233,12 +239,53 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// clap reports an unknown argument such as `-job` by its first short flag (`-j`) and tips
+/// `-- -j`, which would pass another word: this names the whole argument as typed, in the
+/// message and in the tip, so that the tip works (`filesem remove S -- -job`).
+fn whole_argument(mut error: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return error;
+    }
+    let flag = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(reported)) => match reported.strip_prefix('-') {
+            Some(rest) if rest.chars().count() == 1 && rest != "-" => rest.to_string(),
+            _ => return error,
+        },
+        _ => return error,
+    };
+    // The first cluster of short flags (before any `--`) that holds the reported one.
+    let typed = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .filter_map(|a| a.into_string().ok())
+        .find(|a| {
+            a.len() > 2 && !a.starts_with("--") && a.starts_with('-') && a[1..].contains(&flag)
+        });
+    let Some(typed) = typed else {
+        return error;
+    };
+    let tipped = matches!(
+        error.get(ContextKind::Suggested),
+        Some(ContextValue::StyledStrs(tips)) if tips.iter().any(|t| t.to_string().contains("as a value"))
+    );
+    if tipped {
+        let tip = format!("to pass '{typed}' as a value, use '-- {typed}'");
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    error.insert(ContextKind::InvalidArg, ContextValue::String(typed));
+    error
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help, --version and usage errors: clap's text and exit code, whatever happens to
         // the output.
-        Err(error) => return ExitCode::from(output::clap_exit(&error)),
+        Err(error) => return ExitCode::from(output::clap_exit(&whole_argument(error))),
     };
     let (conflict, quiet) = match &cli.command {
         Command::Run(a) => (a.slot.conflict_exit_code, a.slot.quiet),
