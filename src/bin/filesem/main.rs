@@ -121,8 +121,9 @@ enum Command {
         /// The capacity of the fresh semaphore, in holders.
         #[arg(short, long, value_parser = capacity_range())]
         capacity: u32,
-        /// Permission bits of the state file if there is none yet, as for `run`. A corrupt
-        /// file's replacement keeps the corrupt file's mode.
+        /// Permission bits, in octal (664, 0664, 0o664), of the state file if there is none
+        /// yet (default 644; the lock and witness files follow, as `run --help` says). A
+        /// corrupt file's replacement keeps the corrupt file's mode.
         #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
         mode: Option<u32>,
     },
