@@ -19,6 +19,9 @@
 //! limited; the known structure is at most four levels deep (document, list, entry, owner).
 //! The one limit left is the size of the state file ([`MAX_STATE_BYTES`](crate::store::MAX_STATE_BYTES)).
 //!
+//! Keys are borrowed from the input while parsing, so documents are read with
+//! `serde_json::from_slice` (as [`Document::parse`] does), not from a reader.
+//!
 //! Known fields are written as before: two-space indentation as Go's `json.MarshalIndent`
 //! (and serde_json's pretty printer) writes it, strings escaped as serde_json escapes them,
 //! times as RFC 3339 in UTC, then a newline.

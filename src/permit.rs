@@ -251,6 +251,20 @@ impl Permit {
     /// permit.release()?; // stops the keep-alive first
     /// # Ok::<(), filesem::Error>(())
     /// ```
+    ///
+    /// The thread is reachable only through its permit, so nothing can watch or keep it
+    /// after the permit is gone:
+    ///
+    /// ```compile_fail,E0382
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// let opts = filesem::AcquireOptions::new().lease(filesem::MIN_LEASE);
+    /// let mut permit = sem.try_acquire_with("job", &opts)?;
+    /// permit.keep_alive()?;
+    /// permit.release()?;
+    /// assert!(!permit.is_lost()); // error: the keep-alive ended with the released permit
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
     pub fn keep_alive(&mut self) -> Result<()> {
         self.keep_alive_with(|_| {})
     }
