@@ -514,7 +514,8 @@ impl Target {
     /// [`rules::restore`]. Returns whether it changed anything.
     fn restore(&self, doc: &mut Document, i: usize, record: &Record) -> bool {
         let mut changed = false;
-        if rules::restore(doc, i, record, &mut changed).is_none() {
+        // Said when the stripped entry is restored, not again at every later look.
+        if rules::restore(doc, i, record, &mut changed).is_none() && changed {
             tracing::warn!(path = %self.sem.path().display(), id = %self.id, slot = self.slot, "the slot a foreign write dropped was granted again; the entry stays without one");
         }
         changed
