@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use crate::error::Result;
 use crate::liveness::Identity;
 use crate::options::AcquireOptions;
-use crate::rules::{self, Ctx, Refusal, Removed};
-use crate::state::{Document, Entry, Owner, Witness};
+use crate::rules::{self, Ctx, Record, Refusal, Removed};
+use crate::state::{Document, Entry, Witness};
 
 /// How far ahead a waiter's `expires_at` is set. A waiter refreshes it every third of this
 /// while it waits; one that stops (it died, or was stopped for longer) is dropped from the
@@ -48,7 +48,7 @@ pub(crate) struct Request<'a> {
     pub may_wait: bool,
 }
 
-/// A queued acquire's identity on file, and what its entry carried (to restore it if a Go
+/// A queued acquire's identity on file, and what its entry records (to restore it if a Go
 /// write strips the entry after the hand-off).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Mine {
@@ -56,22 +56,31 @@ pub(crate) struct Mine {
     pub token: u64,
     /// When it joined the queue: a grant of it is never older.
     pub since: DateTime<Utc>,
-    pub owner: Option<Owner>,
-    pub witness: Option<Witness>,
-    pub detached: bool,
-    pub lease_ms: Option<u64>,
+    /// What the hold will record once granted: no slot yet, and the waiter's own expiry is
+    /// not part of it (a grant replaces it by the lease end, if any).
+    pub record: Record,
 }
 
 impl Mine {
     fn of(entry: &Entry, token: u64) -> Mine {
+        let mut record = Record::of(entry, token);
+        record.slot = None;
+        record.expires_at = None;
         Mine {
             id: entry.id.clone(),
             token,
             since: entry.acquired_at,
-            owner: entry.owner.clone(),
-            witness: entry.witness.clone(),
-            detached: entry.detached,
-            lease_ms: entry.lease_ms,
+            record,
+        }
+    }
+
+    /// What the hold records once granted at `acquired_at` in `slot` (the lease end as
+    /// [`rules::hand_off`] wrote it).
+    fn granted(&self, slot: Option<u32>, acquired_at: DateTime<Utc>) -> Record {
+        Record {
+            slot,
+            expires_at: rules::lease_end(self.record.lease_ms, acquired_at),
+            ..self.record.clone()
         }
     }
 }
@@ -82,11 +91,13 @@ impl Mine {
 pub(crate) type NewToken<'a> = dyn FnMut(&mut Document) -> Result<(u64, Option<Witness>)> + 'a;
 
 /// A slot granted to an acquire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Grant {
     pub token: u64,
     pub slot: u32,
     pub acquired_at: DateTime<Utc>,
+    /// What the hold records, for the permit.
+    pub record: Record,
 }
 
 /// The result of one locked step of an acquire.
@@ -99,7 +110,8 @@ pub(crate) enum Outcome {
 }
 
 /// The result of leaving the queue.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per leave, moved once; boxing buys nothing
 pub(crate) enum Left {
     /// The queue entry was removed, or was already gone.
     Gone,
@@ -179,45 +191,31 @@ pub(crate) fn granted(doc: &Document, mine: &Mine) -> Option<Grant> {
     match find(doc, mine)? {
         Found::Holder(i) => {
             let e = &doc.holders[i];
+            let slot = e.slot?;
             Some(Grant {
                 token: mine.token,
-                slot: e.slot?,
+                slot,
                 acquired_at: e.acquired_at,
+                record: mine.granted(Some(slot), e.acquired_at),
             })
         }
         Found::Waiter(_) | Found::Unmarked(_) => None,
     }
 }
 
-/// Gives the holder entry at `i` (ours) back its token, a slot, owner, witness and lease if a
-/// writer (the Go package) dropped them.
+/// Gives the holder entry at `i` (ours) back everything a writer that knows only the basic
+/// format (the Go package) dropped after the hand-off ([`rules::restore`]: token, a slot,
+/// owner, witness, lease, metadata, detached). `None` when no slot index is free.
 fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option<Grant> {
-    let slot = match doc.holders[i].slot {
-        Some(slot) => slot,
-        None => {
-            let entry = doc.holders.remove(i);
-            let slot = rules::lowest_free_slot(doc);
-            doc.holders.insert(i, entry);
-            slot?
-        }
-    };
-    let e = &mut doc.holders[i];
-    if e.token != Some(mine.token) || e.slot != Some(slot) {
-        e.token = Some(mine.token);
-        e.slot = Some(slot);
-        if e.owner.is_none() {
-            e.owner = mine.owner.clone();
-            e.witness = mine.witness.clone();
-            e.detached = mine.detached;
-            e.lease_ms = mine.lease_ms;
-            e.expires_at = rules::lease_end(mine.lease_ms, e.acquired_at);
-        }
-        *changed = true;
-    }
+    let acquired_at = doc.holders[i].acquired_at;
+    let mut record = mine.granted(None, acquired_at);
+    let slot = rules::restore(doc, i, &record, changed)?;
+    record.slot = Some(slot);
     Some(Grant {
         token: mine.token,
         slot,
-        acquired_at: e.acquired_at,
+        acquired_at,
+        record,
     })
 }
 
@@ -275,12 +273,13 @@ pub(crate) fn settle(
             let mut entry = holder_entry(req.id, ctx.now, req.options, req.lease);
             let (token, witness) = new_token(doc)?;
             entry.witness = witness;
-            let slot = rules::grant(doc, entry, token, ctx.now);
+            let record = rules::grant(doc, entry, token, ctx.now);
             *changed = true;
             Outcome::Granted(Grant {
                 token,
-                slot,
+                slot: record.slot.unwrap_or(0),
                 acquired_at: ctx.now,
+                record,
             })
         }
         Err(Refusal::NoCapacity { .. }) if req.may_wait => {
@@ -528,27 +527,49 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_whose_token_a_go_write_dropped_is_recognised_and_marked() {
-        // Hand-off then a Go rewrite: the waiter finds its grant by ID and time, not a new slot.
+    fn a_grant_whose_entry_a_go_write_stripped_is_recognised_and_restored() {
+        // Hand-off then a Go rewrite that keeps only id and acquired_at: the waiter finds its
+        // grant by ID and time and writes back everything the hold records, as a permit does.
         let mut doc = full(1);
-        let mine = queue(&mut doc, "w", 0, t(1));
-        rules::remove_ids(&mut doc, &["h0"], t(2));
-        doc.holders[0].token = None;
-        doc.holders[0].slot = None;
-        let (o, changed) = settle_at(
+        let opts = AcquireOptions::new().metadata("job", "7").detached(true);
+        let req = Request {
+            id: "w",
+            options: &opts,
+            lease: Some(Duration::from_secs(30)),
+            may_wait: true,
+        };
+        let (mut changed, mut removed) = (false, Vec::new());
+        let o = settle(
             &mut doc,
-            "w",
-            &AcquireOptions::new(),
-            Some(&mine),
+            &req,
+            None,
             false,
-            t(3),
+            &ctx(t(1)),
+            &mut tokens_only,
+            &mut changed,
+            &mut removed,
+        )
+        .unwrap();
+        let Outcome::Queued { mine, .. } = o else {
+            panic!("{o:?}")
+        };
+        rules::remove_ids(&mut doc, &["h0"], t(2));
+        let granted = doc.holders[0].clone();
+        assert_eq!(
+            granted.expires_at,
+            Some(t(32)),
+            "the lease starts at the grant"
         );
+        let stripped = Entry::new(granted.id.clone(), granted.acquired_at);
+        doc.holders[0] = stripped;
+        let (o, changed) = settle_at(&mut doc, "w", &opts, Some(&mine), false, t(3));
         assert!(changed);
         let Outcome::Granted(grant) = o else {
             panic!("{o:?}")
         };
         assert_eq!((grant.token, grant.slot), (mine.token, 0));
-        assert_eq!(doc.holders[0].token, Some(mine.token));
+        assert_eq!(doc.holders[0], granted, "every field is back");
+        assert_eq!(grant.record, Record::of(&granted, mine.token));
     }
 
     #[test]

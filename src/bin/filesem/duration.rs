@@ -23,7 +23,7 @@ const UNITS: [(&str, u128); 5] = [
 /// The shortest lease `--lease` accepts. A holder renews its lease at about a third of its
 /// length, so a shorter one would rewrite and flush the state file many times a second and
 /// slow every other user of the semaphore.
-pub const MIN_LEASE: Duration = Duration::from_secs(1); // = filesem::MIN_LEASE
+pub const MIN_LEASE: Duration = filesem::MIN_LEASE;
 
 /// Parses a duration: a bare decimal number of seconds (`10`, `0.25`, `1e3`, `1.5e-3`), or
 /// one or more `<number><unit>` parts with units `d`, `h`, `m`, `s`, `ms` from largest to

@@ -198,7 +198,8 @@ impl From<filesem::Error> for Fail {
             E::CapacityMismatch { .. }
             | E::InvalidCapacity { .. }
             | E::InvalidId { .. }
-            | E::InvalidMetadata { .. } => Exit::Usage,
+            | E::InvalidMetadata { .. }
+            | E::InvalidLease { .. } => Exit::Usage,
             _ => Exit::Failure,
         };
         let hint = match &error {

@@ -40,7 +40,7 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
         (None, None) => default_id(),
     };
     let request = Request::new(slot, &id);
-    let permit = acquire::acquire(&sem, &request, &signals).map_err(|fail| {
+    let mut permit = acquire::acquire(&sem, &request, &signals).map_err(|fail| {
         let already_held = matches!(
             fail.error.downcast_ref::<Error>(),
             Some(Error::AlreadyHeld { .. })
@@ -55,6 +55,20 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
             fail
         }
     })?;
+    // Renew a lease, and watch for a lost hold where that changes what happens; otherwise a
+    // lost hold is reported when the release at the end finds it gone (and no thread is
+    // started for a short command). Started before the command, so that a failure to start
+    // it runs nothing; the release at the end stops it.
+    let lost = Arc::new(Mutex::new(None));
+    let watching = permit.lease().is_some() || args.kill_on_lost;
+    if watching {
+        let lost = Arc::clone(&lost);
+        permit.keep_alive_with(move |error| {
+            if let Ok(mut lost) = lost.lock() {
+                *lost = Some(Fail::from_ref(error).report());
+            }
+        })?;
+    }
     let inherited = inherit_hold(&permit, args.close)?;
     let environment = [
         ("FILESEM_PATH", resolved.into_os_string()),
@@ -65,21 +79,8 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let child = spawn(&args.command, &environment)?;
     // The command has its copy of the witness now; ours closes here.
     drop(inherited);
-    // Renew a lease, and watch for a lost hold where that changes what happens; otherwise a
-    // lost hold is reported when the release at the end finds it gone (and no thread is
-    // started for a short command).
-    let lost = Arc::new(Mutex::new(None));
-    let keep_alive = (permit.lease().is_some() || args.kill_on_lost).then(|| {
-        let lost = Arc::clone(&lost);
-        permit.keep_alive_with(move |error| {
-            if let Ok(mut lost) = lost.lock() {
-                *lost = Some(Fail::from_ref(error).report());
-            }
-        })
-    });
-    let watch = keep_alive.as_ref().map(|_| &*lost);
+    let watch = watching.then_some(&*lost);
     let ended = supervise(child, &signals, watch, args.kill_on_lost)?;
-    drop(keep_alive);
     match permit.release() {
         Ok(()) => {}
         // Already reported while the command ran.
