@@ -399,19 +399,23 @@ fn lease_expires_and_is_reaped_renew_extends_it() {
     let sem = quick().open(&path, 1).unwrap();
     let opts = AcquireOptions::new()
         .detached(true)
-        .lease(Duration::from_millis(300));
+        .lease(filesem::MIN_LEASE);
     let permit = sem.try_acquire_with("leased", &opts).unwrap();
     let first_end = sem.holders().unwrap()[0].expires_at.unwrap();
     std::thread::sleep(Duration::from_millis(150));
     let renewed = permit.renew().unwrap().unwrap();
     assert!(renewed > first_end);
+    assert_eq!(sem.holders().unwrap()[0].expires_at, Some(renewed));
     assert!(permit.is_held().unwrap());
     // Past expiry plus grace: stale, and an acquire takes the slot.
-    let until = Instant::now() + filesem::LEASE_GRACE + Duration::from_millis(400);
-    while Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(verdict_of(&sem, "leased").name(), "expired");
+    common::wait_until(
+        common::deadline(60),
+        "the lease and its grace to pass",
+        || verdict_of(&sem, "leased").name() == "expired",
+    );
+    assert!(
+        chrono::Utc::now() > renewed + chrono::Duration::from_std(filesem::LEASE_GRACE).unwrap()
+    );
     assert!(!permit.is_held().unwrap());
     let next = sem.try_acquire("next").unwrap();
     assert!(next.token() > permit.token());
@@ -433,12 +437,12 @@ fn keep_alive_holds_a_job_longer_than_its_lease() {
     let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let sem = quick().open(&path, 1).unwrap();
-    let opts = AcquireOptions::new()
-        .detached(true)
-        .lease(Duration::from_millis(600));
-    let permit = sem.try_acquire_with("long", &opts).unwrap();
-    let keep_alive = permit.keep_alive();
-    let until = Instant::now() + Duration::from_millis(600) * 3 + filesem::LEASE_GRACE;
+    let lease = filesem::MIN_LEASE;
+    let opts = AcquireOptions::new().detached(true).lease(lease);
+    let mut permit = sem.try_acquire_with("long", &opts).unwrap();
+    permit.keep_alive().unwrap();
+    assert!(permit.is_kept_alive());
+    let until = Instant::now() + lease * 3 + filesem::LEASE_GRACE;
     let mut reaps = 0;
     while Instant::now() < until {
         assert!(sem.reap().unwrap().is_empty(), "a renewed hold was reaped");
@@ -446,15 +450,17 @@ fn keep_alive_holds_a_job_longer_than_its_lease() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(reaps > 10);
-    assert!(!keep_alive.is_lost() && keep_alive.is_running());
+    assert!(!permit.is_lost() && permit.is_kept_alive());
     assert!(permit.is_held().unwrap());
     sem.remove(["long"]).unwrap();
     common::wait_until(
         common::deadline(30),
         "keep-alive to notice the loss",
-        || keep_alive.is_lost(),
+        || permit.is_lost(),
     );
-    drop(keep_alive);
+    common::wait_until(common::deadline(30), "keep-alive to stop", || {
+        !permit.is_kept_alive()
+    });
     assert!(matches!(permit.release(), Err(Error::Lost { .. })));
 }
 

@@ -112,6 +112,10 @@ enum Op {
     Leave { id: Id, keep_grant: bool },
     /// The process of `id` releases its permit (matched by token, or by ID and grant time).
     Release { id: Id },
+    /// The process of `id` renews its permit's lease, or, without a lease, looks at its entry
+    /// (`Permit::renew`, `is_held`, the keep-alive thread): found by token, or by ID and grant
+    /// time, the entry gets back what a Go write stripped (`rules::restore`).
+    Renew { id: Id },
     /// `Semaphore::release(id)`.
     ReleaseId { id: Id },
     /// `Semaphore::remove(ids)`.
@@ -157,6 +161,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => id().prop_map(|id| Op::Look { id }),
         2 => (id(), any::<bool>()).prop_map(|(id, keep_grant)| Op::Leave { id, keep_grant }),
         4 => id().prop_map(|id| Op::Release { id }),
+        3 => id().prop_map(|id| Op::Renew { id }),
         1 => id().prop_map(|id| Op::ReleaseId { id }),
         1 => prop::collection::vec(id(), 1..3).prop_map(|ids| Op::Remove { ids }),
         2 => Just(Op::Reap),

@@ -9,18 +9,42 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::{GoOp, Hold, Id, M, Model, Op, Owner, waiter_expiry};
 use crate::liveness::Liveness;
 use crate::options::AcquireOptions;
-use crate::queue::{self, Left, Mine, Outcome, Request};
-use crate::rules::{self, Ctx, Judge, Refusal};
+use crate::queue::{self, Grant, Left, Mine, Outcome, Request};
+use crate::rules::{self, Ctx, Judge, Record, Refusal};
 use crate::state::{Document, Entry};
 
 #[derive(Clone, Debug)]
 enum State {
-    /// Holds a permit for this token and grant time.
-    Holding { token: u64, at: DateTime<Utc> },
+    /// Holds a permit.
+    Holding(Box<Permit>),
     /// In a waiting acquire.
     Waiting(Box<Mine>),
     /// Gone: released, gave up, or killed.
     Ended,
+}
+
+/// What a process's permit knows of its hold, as [`crate::Permit`] keeps it.
+#[derive(Clone, Debug)]
+struct Permit {
+    token: u64,
+    slot: u32,
+    /// The grant time: with the ID, how the permit finds its entry once a Go write dropped
+    /// the token.
+    at: DateTime<Utc>,
+    /// What it writes back when it finds its entry stripped; `expires_at` follows renewals.
+    record: Record,
+}
+
+impl State {
+    /// Holding the permit of `grant`.
+    fn holding(grant: Grant) -> State {
+        State::Holding(Box::new(Permit {
+            token: grant.token,
+            slot: grant.slot,
+            at: grant.acquired_at,
+            record: grant.record,
+        }))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +125,17 @@ fn locked<R>(
         );
     }
     Ok(value)
+}
+
+/// A new permit records what its entry on file records (token, slot, owner, witness, lease
+/// and its end, metadata, detached): that is what it writes back after a foreign write.
+fn recorded(doc: &Document, record: &Record) -> Result<(), String> {
+    let entry = (doc.holders.iter()).find(|e| e.token == Some(record.token));
+    ensure!(
+        entry.map(|e| Record::of(e, record.token)).as_ref() == Some(record),
+        "the permit records {record:?}, its entry on file is {entry:?}"
+    );
+    Ok(())
 }
 
 /// Runs [`queue::settle`] for process `p` in a locked step; also returns the IDs it reaped.
@@ -275,10 +310,8 @@ impl World {
                                 == (e.token, e.slot, e.at),
                             "the snapshot shows grant {grant:?}, the model {e:?}"
                         );
-                        self.procs[p].state = State::Holding {
-                            token: grant.token,
-                            at: grant.acquired_at,
-                        };
+                        recorded(&self.doc, &grant.record)?;
+                        self.procs[p].state = State::holding(grant);
                     }
                     (got, expected) => {
                         return Err(format!("look found {got:?}, the model {expected:?}"));
@@ -292,12 +325,13 @@ impl World {
                 self.leave(p, &mine, keep_grant)?;
             }
             Op::Release { id } => {
-                let Some(p) = self.process(id, |p| matches!(p.state, State::Holding { .. })) else {
+                let Some(p) = self.process(id, |p| matches!(p.state, State::Holding(_))) else {
                     return Ok(());
                 };
-                let State::Holding { token, at } = self.procs[p].state else {
+                let State::Holding(ref permit) = self.procs[p].state else {
                     return Ok(());
                 };
+                let (token, at) = (permit.token, permit.at);
                 let name = self.procs[p].id.name();
                 let found =
                     locked(
@@ -328,6 +362,12 @@ impl World {
                     self.model.serve(now);
                 }
                 self.end(p);
+            }
+            Op::Renew { id } => {
+                let Some(p) = self.process(id, |p| matches!(p.state, State::Holding(_))) else {
+                    return Ok(());
+                };
+                self.renew(p)?;
             }
             Op::ReleaseId { id } => {
                 let name = id.name();
@@ -427,16 +467,23 @@ impl World {
                 Ok(()) => {
                     let entry = queue::holder_entry(&name, now, &options, options.lease);
                     let token = rules::take_token(doc);
-                    let slot = rules::grant(doc, entry, token, now);
-                    (Ok((token, slot)), true)
+                    let record = rules::grant(doc, entry, token, now);
+                    (Ok(record), true)
                 }
             }
         })?;
         let admitted = self.model.admit(id, now, hold.reap);
         match (result, admitted) {
-            (Ok((token, _)), Ok(())) => {
+            (Ok(record), Ok(())) => {
+                let token = record.token;
+                recorded(&self.doc, &record)?;
                 self.procs[p].tokens.push(token);
-                self.procs[p].state = State::Holding { token, at: now };
+                self.procs[p].state = State::holding(Grant {
+                    token,
+                    slot: record.slot.unwrap_or(0),
+                    acquired_at: now,
+                    record,
+                });
                 self.model.insert(id, p, hold, token, None, now);
             }
             (Err(got), Err(expected)) if got == expected => self.procs[p].alive = false,
@@ -462,12 +509,11 @@ impl World {
         match (outcome, admitted) {
             (Outcome::Granted(grant), Ok(())) => {
                 ensure!(grant.acquired_at == now, "grant time {grant:?}");
-                self.procs[p].tokens.push(grant.token);
-                self.procs[p].state = State::Holding {
-                    token: grant.token,
-                    at: now,
-                };
-                self.model.insert(id, p, hold, grant.token, None, now);
+                recorded(&self.doc, &grant.record)?;
+                let token = grant.token;
+                self.procs[p].tokens.push(token);
+                self.procs[p].state = State::holding(grant);
+                self.model.insert(id, p, hold, token, None, now);
             }
             (Outcome::Queued { mine, status }, Err(Refusal::NoCapacity { .. })) => {
                 self.procs[p].tokens.push(mine.token);
@@ -526,12 +572,71 @@ impl World {
                         == (e.token, e.slot, e.at),
                     "granted {grant:?}, the model {e:?}"
                 );
-                self.procs[p].state = State::Holding {
-                    token: grant.token,
-                    at: grant.acquired_at,
-                };
+                recorded(&self.doc, &grant.record)?;
+                self.procs[p].state = State::holding(grant);
             }
             got => return Err(format!("the step gave {got:?}, the model {e:?}")),
+        }
+        Ok(())
+    }
+
+    /// A permit's renewal (or, without a lease, its look) as [`crate::Permit`] makes it, in one
+    /// locked step: find the entry by token, or by ID and grant time; write back what the hold
+    /// records ([`rules::restore`]); move the lease end to now plus the lease.
+    fn renew(&mut self, p: usize) -> Result<(), String> {
+        let now = self.now;
+        let State::Holding(ref permit) = self.procs[p].state else {
+            return Ok(());
+        };
+        let permit = Permit::clone(permit);
+        let name = self.procs[p].id.name();
+        let found = locked(&mut self.doc, &self.procs, now, true, |doc, _| {
+            let Some(i) = rules::find_own(&doc.holders, permit.token, &name, permit.at) else {
+                return (None, false);
+            };
+            let mut changed = false;
+            rules::restore(doc, i, &permit.record, &mut changed);
+            let until = rules::lease_end(permit.record.lease_ms, now);
+            if until.is_some() {
+                doc.holders[i].expires_at = until;
+                changed = true;
+            }
+            (Some(until), changed)
+        })?;
+        // The model: the permit's entry, found as a release finds it, gets back its token, its
+        // slot unless another entry has it meanwhile, and (with a lease) an end a lease from now.
+        let ours = self.model.of(p).filter(|i| {
+            let e = &self.model.entries[i];
+            e.queued.is_none()
+                && (e.token == Some(permit.token) || e.token.is_none() && e.at == permit.at)
+        });
+        let Some(i) = ours else {
+            ensure!(
+                found.is_none(),
+                "the renewal found an entry, the model none"
+            );
+            // The hold is lost: the permit says so and its process gives up.
+            self.end(p);
+            return Ok(());
+        };
+        let Some(until) = found else {
+            return Err(format!(
+                "the renewal found no entry, the model {:?}",
+                self.model.entries[&i]
+            ));
+        };
+        let taken =
+            (self.model.entries.iter()).any(|(&j, e)| j != i && e.slot == Some(permit.slot));
+        let e = self.model.entries.get_mut(&i).unwrap();
+        e.token = Some(permit.token);
+        if e.slot.is_none() && !taken {
+            e.slot = Some(permit.slot);
+        }
+        if let Some(lease) = e.lease() {
+            e.expiry = Some(now + lease);
+        }
+        if let (State::Holding(held), Some(until)) = (&mut self.procs[p].state, until) {
+            held.record.expires_at = Some(until);
         }
         Ok(())
     }
@@ -556,10 +661,8 @@ impl World {
                     (Some(grant.token), Some(grant.slot)) == (e.token, e.slot),
                     "kept {grant:?}, the model {e:?}"
                 );
-                self.procs[p].state = State::Holding {
-                    token: grant.token,
-                    at: grant.acquired_at,
-                };
+                recorded(&self.doc, &grant.record)?;
+                self.procs[p].state = State::holding(grant);
             }
             (Left::Released, Some((i, e))) if e.queued.is_none() => {
                 self.model.entries.remove(&i);
@@ -658,6 +761,12 @@ impl World {
             ensure!(
                 waiting == m.queued.is_some(),
                 "{id:?} waiting: {waiting}, {m:?}"
+            );
+            // An entry with our token can be judged and reaped again: a restored one too.
+            let lease_ms = m.hold.lease_s.map(|s| u64::from(s) * 1000);
+            ensure!(
+                e.token.is_none() || (e.owner.is_some() && e.lease_ms == lease_ms),
+                "{id:?} on file has a token but not its owner or lease: {e:?}"
             );
             let priority = m.queued.and_then(|(p, _)| (p != 0).then_some(p));
             ensure!(
