@@ -96,6 +96,25 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A lease shorter than [`MIN_LEASE`](crate::MIN_LEASE) was asked for, by
+    /// [`AcquireOptions::lease`](crate::AcquireOptions::lease) or
+    /// [`OpenOptions::default_lease`](crate::OpenOptions::default_lease). Renewing such a lease
+    /// would rewrite the state file many times a second and slow every user of the
+    /// semaphore. Nothing was changed.
+    #[error(
+        "invalid lease of {} for semaphore `{path}`: a lease must be at least {}",
+        exact(*.lease),
+        exact(*.min)
+    )]
+    InvalidLease {
+        /// The state file.
+        path: PathBuf,
+        /// The lease asked for.
+        lease: Duration,
+        /// The shortest lease allowed ([`MIN_LEASE`](crate::MIN_LEASE)).
+        min: Duration,
+    },
+
     /// A [`Permit`](crate::Permit)'s entry is no longer on file: it was reaped, removed by
     /// [`Semaphore::remove`](crate::Semaphore::remove) or released by ID, or the file was
     /// recovered. The slot may already belong to someone else; nothing was changed.
@@ -278,6 +297,19 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// A duration as given, in the largest unit that shows it exactly: `0 s`, `1 ns`, `250 µs`,
+/// `999 ms`, `1 s`.
+fn exact(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    match nanos {
+        0 => "0 s".to_string(),
+        n if n % 1_000_000_000 == 0 => format!("{} s", n / 1_000_000_000),
+        n if n % 1_000_000 == 0 => format!("{} ms", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{} µs", n / 1_000),
+        n => format!("{n} ns"),
+    }
+}
+
 impl Error {
     pub(crate) fn io(
         path: &std::path::Path,
@@ -303,6 +335,7 @@ impl Error {
             | Error::InvalidCapacity { path, .. }
             | Error::InvalidId { path, .. }
             | Error::InvalidMetadata { path, .. }
+            | Error::InvalidLease { path, .. }
             | Error::Lost { path, .. }
             | Error::NotOwner { path, .. }
             | Error::Corrupt { path, .. }
@@ -355,6 +388,25 @@ mod tests {
             "timed out after 302 ms waiting for a slot of semaphore `/s.json`"
         );
         assert_eq!(seconds(Duration::from_millis(1_501)), "1.5 s");
+    }
+
+    #[test]
+    fn an_invalid_lease_names_both_durations_exactly() {
+        // The message shows what was asked and the floor, without rounding 1 ns down to 0.
+        let e = Error::InvalidLease {
+            path: "/s.json".into(),
+            lease: Duration::from_millis(999),
+            min: Duration::from_secs(1),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid lease of 999 ms for semaphore `/s.json`: a lease must be at least 1 s"
+        );
+        assert_eq!(exact(Duration::ZERO), "0 s");
+        assert_eq!(exact(Duration::from_nanos(1)), "1 ns");
+        assert_eq!(exact(Duration::from_micros(250)), "250 µs");
+        assert_eq!(exact(Duration::from_millis(1500)), "1500 ms");
+        assert_eq!(exact(Duration::MAX), "18446744073709551615999999999 ns");
     }
 
     #[test]

@@ -119,6 +119,15 @@
 //!   "Dead" and "expired" are stale: only they are reaped. Pid evidence is never inferred from a
 //!   missing `/proc` entry (`hidepid` hides live processes), and never used across machines,
 //!   boots or pid namespaces.
+//! - **Leases** ([`AcquireOptions::lease`], [`OpenOptions::default_lease`]) are at least
+//!   [`MIN_LEASE`] (1 s; shorter is [`Error::InvalidLease`]): renewals rewrite the state file
+//!   under the lock every user needs, so they must not come many times a second.
+//!   [`Permit::renew`] extends a lease; [`Permit::keep_alive`] starts a thread owned by the
+//!   permit that renews at a third of the lease and reports a lost hold
+//!   ([`Permit::is_lost`]); releasing, keeping or dropping the permit stops it first.
+//! - **Durations** of every setting may be as large as [`Duration::MAX`](std::time::Duration::MAX):
+//!   too large for the clock means no limit (a lock wait or an acquire without deadline), too
+//!   large for the calendar means a lease ending 9999-12-31T23:59:59Z. Nothing overflows.
 //! - A corrupt state file is reported as [`Error::Corrupt`] by every operation and is never
 //!   overwritten; [`Semaphore::recover`] moves it aside explicitly.
 //!
@@ -182,7 +191,12 @@
 //! - flock over network filesystems (NFS, SMB) is not reliable everywhere; keep semaphore files
 //!   on a local filesystem (tmpfs is ideal for throwaway ones: `OpenOptions::durable(false)`).
 //! - The Go package can share a semaphore file if both sides use the same capacity; it drops
-//!   the fields it does not know (tokens, owners, queue) when it writes.
+//!   the fields it does not know (tokens, owners, queue) when it writes. A [`Permit`] whose
+//!   entry it stripped writes back everything the hold records the next time it looks
+//!   ([`Permit::renew`], [`Permit::is_held`], [`Permit::keep`], its keep-alive), so the hold can
+//!   be reaped again when its process dies. Fields that neither side knows are kept by filesem
+//!   as the exact JSON text they had, wherever they are; a field filesem uses that appears twice
+//!   in one object makes the file [`Error::Corrupt`].
 
 // The README's code blocks are compiled and run as doctests.
 #[doc = include_str!("../README.md")]
@@ -195,11 +209,16 @@ mod dir;
 mod error;
 mod flocks;
 mod holder;
+mod json;
 mod liveness;
 mod lock;
+#[cfg(test)]
+mod model_tests;
 #[cfg(target_os = "linux")]
 mod notify;
 mod options;
+#[cfg(test)]
+mod parse_tests;
 mod permit;
 mod queue;
 mod rules;
@@ -214,8 +233,10 @@ pub use cancel::CancelToken;
 pub use error::{Error, Result};
 pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use liveness::Liveness;
-pub use options::{AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, OpenOptions};
-pub use permit::{KeepAlive, KeepError, Permit};
+pub use options::{
+    AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, MIN_LEASE, OpenOptions,
+};
+pub use permit::{KeepError, Permit};
 pub use queue::WaitStatus;
 pub use rules::LEASE_GRACE;
 pub use semaphore::{Reaped, Recovered, Semaphore};

@@ -8,12 +8,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::CancelToken;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::queue::WaitStatus;
 use crate::semaphore::Semaphore;
 
 /// The default for [`OpenOptions::lock_timeout`]: 10 seconds.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shortest lease an acquire accepts: 1 second. Shorter ones are refused with
+/// [`Error::InvalidLease`].
+///
+/// A lease is kept by renewing it ([`Permit::keep_alive`](crate::Permit::keep_alive) renews at a
+/// third of its length), and every renewal rewrites and `fsync`s the state file under the lock
+/// that every other user of the semaphore needs too. A zero or millisecond lease turned that into
+/// a flood: `filesem run --lease 0` rewrote the file about 750 times a second and made every other
+/// process's operations on the semaphore about 20 times slower. With 1 s, renewals come at most
+/// about three times a second per hold. A hold is also only reaped [`LEASE_GRACE`](crate::LEASE_GRACE)
+/// (2 s) after its lease ends, so a shorter lease would not free a slot much sooner.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+
+/// Refuses a lease shorter than [`MIN_LEASE`] for the semaphore at `path`.
+pub(crate) fn check_lease(path: &Path, lease: Option<Duration>) -> Result<()> {
+    match lease {
+        Some(lease) if lease < MIN_LEASE => Err(Error::InvalidLease {
+            path: path.to_path_buf(),
+            lease,
+            min: MIN_LEASE,
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// The most metadata an acquire may attach, in bytes of keys plus values.
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -50,6 +74,10 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// The defaults: durable writes, mode 0644 for new files, a 10 s lock timeout, automatic
     /// reaping on, no lease.
+    ///
+    /// Every [`Duration`] these options take may be as large as [`Duration::MAX`]: a duration
+    /// too large for the clock or the calendar means "no limit" (a lock wait without deadline,
+    /// a lease that ends 9999-12-31T23:59:59Z), never a panic or an overflow.
     pub fn new() -> OpenOptions {
         OpenOptions {
             durable: true,
@@ -97,6 +125,21 @@ impl OpenOptions {
 
     /// A lease for every acquire through this handle that does not set its own
     /// ([`AcquireOptions::lease`]). Default: none. See [`AcquireOptions::lease`].
+    ///
+    /// A lease shorter than [`MIN_LEASE`] (1 s) makes [`open`](OpenOptions::open),
+    /// [`open_existing`](OpenOptions::open_existing) and [`recover`](OpenOptions::recover)
+    /// fail with [`Error::InvalidLease`] before anything is created or written.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// let mut options = filesem::OpenOptions::new();
+    /// options.default_lease(Some(Duration::from_millis(500)));
+    /// let err = options.open(dir.path().join("s.json"), 1).unwrap_err();
+    /// assert!(matches!(err, filesem::Error::InvalidLease { .. }));
+    /// assert!(!dir.path().join("s.json").exists());
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
     pub fn default_lease(&mut self, lease: Option<Duration>) -> &mut Self {
         self.default_lease = lease;
         self
@@ -164,7 +207,8 @@ impl OpenOptions {
     /// The longest time an operation waits for the lock file `PATH.lock` (default 10 s).
     /// Every operation holds that lock only for one read-modify-write, so a long wait means a
     /// process is stopped or hung inside one; the operation then fails with
-    /// [`Error::LockTimeout`](crate::Error::LockTimeout).
+    /// [`Error::LockTimeout`](crate::Error::LockTimeout). [`Duration::ZERO`] makes one attempt;
+    /// a duration too large for the clock (such as [`Duration::MAX`]) waits without limit.
     pub fn lock_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.lock_timeout = timeout;
         self
@@ -261,6 +305,12 @@ impl AcquireOptions {
     /// [`Permit::renew`](crate::Permit::renew) extends it;
     /// [`Permit::keep_alive`](crate::Permit::keep_alive) renews in the background. Leases are
     /// the only way a hold from another machine, or a detached one, ends by itself.
+    ///
+    /// The file records the length in whole milliseconds (`lease_ms`). A lease shorter than
+    /// [`MIN_LEASE`] (1 s) is refused by the acquire with [`Error::InvalidLease`], before
+    /// anything is written. A lease too long for the calendar (up to [`Duration::MAX`]) ends
+    /// 9999-12-31T23:59:59Z, the last instant RFC 3339 writes with four digits: in practice,
+    /// never.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self

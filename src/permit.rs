@@ -1,20 +1,20 @@
-//! The [`Permit`] guard: one held slot, released on drop.
+//! The [`Permit`] guard: one held slot, released on drop, and its keep-alive thread.
 
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::rules;
+use crate::options::MIN_LEASE;
+use crate::rules::{self, Record};
 use crate::semaphore::Semaphore;
-use crate::state::Document;
+use crate::state::{Document, Entry};
 use crate::store::Step;
 use crate::witness::{self, WitnessLock};
 
@@ -22,7 +22,13 @@ use crate::witness::{self, WitnessLock};
 ///
 /// A permit acts only on *its own* entry, matched by its fencing [`token`](Permit::token):
 /// if that entry was reaped or removed and the ID was granted to someone else meanwhile,
-/// releasing this permit leaves the newcomer alone.
+/// releasing this permit leaves the newcomer alone. If a program that knows only the basic
+/// format (the Go package) rewrote the file and stripped the entry down to `id` and
+/// `acquired_at`, the permit finds it by those two and writes back everything its hold
+/// records (token, slot, owner, witness, lease, metadata, detached) whenever it next looks:
+/// [`renew`](Permit::renew), [`is_held`](Permit::is_held), [`keep`](Permit::keep), the
+/// [keep-alive](Permit::keep_alive) thread. So a stripped hold can still be reaped by its lease
+/// or its witness when its process dies.
 ///
 /// Drop is best effort: it never panics and waits for the lock file at most the
 /// [lock timeout](crate::OpenOptions::lock_timeout); a failure is reported as a `tracing`
@@ -61,6 +67,8 @@ struct Held {
     detached: bool,
     /// The process that acquired: a forked child must not release the parent's hold.
     pid: u32,
+    /// The keep-alive thread, if one runs ([`Permit::keep_alive`]).
+    renewer: Option<Renewer>,
 }
 
 /// The error of [`Permit::keep`], with the permit given back.
@@ -70,7 +78,8 @@ pub struct KeepError {
     /// What went wrong.
     #[source]
     pub error: Error,
-    /// The permit, still held (or lost, if `error` is [`Error::Lost`]).
+    /// The permit, still held (or lost, if `error` is [`Error::Lost`]); its keep-alive, if
+    /// one ran, still runs.
     pub permit: Permit,
 }
 
@@ -78,10 +87,10 @@ impl Permit {
     pub(crate) fn new(
         sem: Semaphore,
         id: String,
-        token: u64,
         slot: u32,
         acquired_at: DateTime<Utc>,
         lease: Option<Duration>,
+        record: Record,
         witness: Option<WitnessLock>,
     ) -> Permit {
         Permit {
@@ -89,14 +98,22 @@ impl Permit {
                 hold: Target {
                     sem,
                     id,
-                    token,
+                    token: record.token,
                     slot,
                     acquired_at,
+                    shared: Arc::new(Shared {
+                        state: Mutex::new(HoldState {
+                            record,
+                            ended: false,
+                        }),
+                        lost: AtomicBool::new(false),
+                    }),
                 },
                 lease,
                 detached: witness.is_none(),
                 witness,
                 pid: std::process::id(),
+                renewer: None,
             }),
         }
     }
@@ -104,6 +121,10 @@ impl Permit {
     fn held(&self) -> &Held {
         // `held` is only `None` inside `release`, `keep` and `drop`, which consume the permit.
         self.held.as_ref().expect("permit used after release")
+    }
+
+    fn held_mut(&mut self) -> &mut Held {
+        self.held.as_mut().expect("permit used after release")
     }
 
     /// The holder ID.
@@ -139,7 +160,7 @@ impl Permit {
         &self.held().hold.sem
     }
 
-    /// The lease length of this hold, if it has one.
+    /// The lease length of this hold, if it has one (at least [`MIN_LEASE`]).
     pub fn lease(&self) -> Option<Duration> {
         self.held().lease
     }
@@ -147,25 +168,34 @@ impl Permit {
     /// Whether this permit's entry is still on file and not past its lease (plus
     /// [`LEASE_GRACE`](crate::LEASE_GRACE)). `false` means the hold was lost (reaped, removed,
     /// released by ID, recovered away) or may be reaped at any moment: stop using the
-    /// resource. Reads without the lock.
+    /// resource.
+    ///
+    /// Reads without the lock. If a program that knows only the basic format stripped the
+    /// entry (it is found by ID and grant time), this first writes back what the hold records
+    /// (see [`Permit`]), in one locked step, and answers for the restored entry.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the state cannot be read.
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the state cannot be read;
+    /// [`Error::LockTimeout`] when a stripped entry could not be restored.
     pub fn is_held(&self) -> Result<bool> {
-        let h = &self.held().hold;
-        let doc = h.sem.inner.store.snapshot()?;
         let now = Utc::now();
-        Ok(match h.find(&doc) {
-            Some(i) => rules::expired(&doc.holders[i], now).is_none(),
-            None => false,
-        })
+        Ok(self
+            .held()
+            .hold
+            .look()?
+            .is_some_and(|e| rules::expired(&e, now).is_none()))
     }
 
-    /// Extends the lease to `now + lease` and returns the new end; `Ok(None)` for a hold
-    /// without a lease (nothing to extend; the entry is still checked to be on file).
+    /// Extends the lease to `now + lease` and returns the new end (capped at
+    /// 9999-12-31T23:59:59Z for leases too long for the calendar); `Ok(None)` for a hold
+    /// without a lease (nothing to extend; the entry is still checked to be on file). A hold
+    /// with a lease always gets it back, even if a foreign write dropped it from the entry,
+    /// together with everything else the hold records (see [`Permit`]).
     ///
-    /// Never re-acquires: if the entry is gone, the hold is lost and this fails.
+    /// Never re-acquires: if the entry is gone, the hold is lost and this fails. Each call
+    /// writes the state file; to renew in the background at a sensible pace, use
+    /// [`keep_alive`](Permit::keep_alive).
     ///
     /// # Errors
     ///
@@ -188,11 +218,24 @@ impl Permit {
         self.held().hold.renew()
     }
 
-    /// Starts a background thread that keeps this hold alive: it renews the lease at about a
-    /// third of its length (retrying sooner after a failed renewal) and notices when the hold
-    /// is lost. For a hold without a lease it only watches, checking about once a second.
-    /// The thread stops when the returned [`KeepAlive`] is dropped (drop it before the
-    /// permit, or together with it).
+    /// Starts a background thread, owned by this permit, that keeps the hold alive: it renews
+    /// the lease every third of its length (retrying after a failed renewal every tenth, and
+    /// never more often than every third of [`MIN_LEASE`], so that renewals cannot flood the
+    /// state file), restores an entry that a foreign write stripped, and notices when the hold
+    /// is lost ([`is_lost`](Permit::is_lost)). For a hold without a lease it only watches,
+    /// about once a second.
+    ///
+    /// The thread belongs to the permit: [`release`](Permit::release), [`keep`](Permit::keep)
+    /// and dropping the permit stop it before they act, so it never renews a released hold
+    /// and never outlives the permit; [`stop_keep_alive`](Permit::stop_keep_alive) stops it
+    /// earlier. Stopping waits for a renewal in progress (at most one
+    /// [lock timeout](crate::OpenOptions::lock_timeout)). Calling this again replaces the
+    /// running thread.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotOwner`] in a forked child (the hold is the parent's); [`Error::Io`] if the
+    /// system refuses a thread. Nothing renews then.
     ///
     /// # Examples
     ///
@@ -200,21 +243,75 @@ impl Permit {
     /// # let dir = tempfile::tempdir().unwrap();
     /// use std::time::Duration;
     /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
-    /// let permit = sem.try_acquire_with("long-job", &filesem::AcquireOptions::new().lease(Duration::from_secs(3)))?;
-    /// let keep_alive = permit.keep_alive();
-    /// // ... work for longer than 3 s; check keep_alive.is_lost() between steps ...
-    /// assert!(!keep_alive.is_lost());
+    /// let opts = filesem::AcquireOptions::new().lease(Duration::from_secs(3));
+    /// let mut permit = sem.try_acquire_with("long-job", &opts)?;
+    /// permit.keep_alive()?;
+    /// // ... work for longer than 3 s; check permit.is_lost() between steps ...
+    /// assert!(!permit.is_lost());
+    /// permit.release()?; // stops the keep-alive first
     /// # Ok::<(), filesem::Error>(())
     /// ```
-    pub fn keep_alive(&self) -> KeepAlive {
+    ///
+    /// The thread is reachable only through its permit, so nothing can watch or keep it
+    /// after the permit is gone:
+    ///
+    /// ```compile_fail,E0382
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// let opts = filesem::AcquireOptions::new().lease(filesem::MIN_LEASE);
+    /// let mut permit = sem.try_acquire_with("job", &opts)?;
+    /// permit.keep_alive()?;
+    /// permit.release()?;
+    /// assert!(!permit.is_lost()); // error: the keep-alive ended with the released permit
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn keep_alive(&mut self) -> Result<()> {
         self.keep_alive_with(|_| {})
     }
 
     /// [`keep_alive`](Permit::keep_alive), calling `on_lost` once (from the background
-    /// thread) with the [`Error::Lost`] when the hold is found lost.
-    pub fn keep_alive_with(&self, on_lost: impl FnOnce(&Error) + Send + 'static) -> KeepAlive {
-        let h = self.held();
-        KeepAlive::start(h.hold.clone(), h.lease, Box::new(on_lost))
+    /// thread) with the [`Error::Lost`] when the hold is found lost. It is not called when the
+    /// permit is released, kept or dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`keep_alive`](Permit::keep_alive).
+    pub fn keep_alive_with(&mut self, on_lost: impl FnOnce(&Error) + Send + 'static) -> Result<()> {
+        let held = self.held_mut();
+        if let Some(e) = held.not_owner() {
+            return Err(e);
+        }
+        held.stop_keep_alive();
+        let renewer =
+            Renewer::start(held.hold.clone(), held.lease, Box::new(on_lost)).map_err(|e| {
+                let path = held.hold.sem.path();
+                Error::io(path, path, "start the keep-alive thread for", e)
+            })?;
+        held.renewer = Some(renewer);
+        Ok(())
+    }
+
+    /// Stops the keep-alive thread, if one runs, and waits for it (at most one renewal in
+    /// progress). The hold stays; a lease then runs out unless renewed.
+    pub fn stop_keep_alive(&mut self) {
+        self.held_mut().stop_keep_alive();
+    }
+
+    /// Whether a keep-alive thread renews (or watches) this hold now: `false` before
+    /// [`keep_alive`](Permit::keep_alive), after [`stop_keep_alive`](Permit::stop_keep_alive),
+    /// and once the thread found the hold lost.
+    pub fn is_kept_alive(&self) -> bool {
+        self.held()
+            .renewer
+            .as_ref()
+            .is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished()))
+    }
+
+    /// Whether the keep-alive thread found the hold lost (its entry vanished from the file:
+    /// reaped, removed, released by ID). Once `true`, the thread has stopped; stop using the
+    /// resource. Without a keep-alive this stays `false`; ask [`is_held`](Permit::is_held).
+    pub fn is_lost(&self) -> bool {
+        self.held().hold.shared.lost.load(Ordering::SeqCst)
     }
 
     /// A duplicate of the hold's witness lock descriptor *without* `O_CLOEXEC`, so that a
@@ -241,7 +338,7 @@ impl Permit {
     }
 
     /// Releases the slot now and reports the outcome (dropping the permit does the same,
-    /// silently).
+    /// silently). Stops the keep-alive thread first.
     ///
     /// # Errors
     ///
@@ -266,7 +363,9 @@ impl Permit {
     /// Keeps the hold after the permit is gone: the entry is rewritten as *detached* (its
     /// witness is dropped), so it stays on file and keeps its slot until
     /// [`Semaphore::release`], [`Semaphore::remove`] or its lease ends it, even after this
-    /// process exits. This is the Go package's session use.
+    /// process exits. This is the Go package's session use. A stripped entry gets back what
+    /// the hold records first (see [`Permit`]). The keep-alive thread stops: nothing renews
+    /// a kept hold's lease.
     ///
     /// # Errors
     ///
@@ -275,7 +374,7 @@ impl Permit {
     /// [`Error::Lost`] the entry was already gone; [`Error::NotOwner`] in a forked child.
     #[allow(clippy::result_large_err)] // the permit rides in the error on purpose, as in tempfile
     pub fn keep(mut self) -> std::result::Result<(), KeepError> {
-        let Some(held) = self.held.take() else {
+        let Some(mut held) = self.held.take() else {
             return Ok(());
         };
         if let Some(error) = held.not_owner() {
@@ -284,22 +383,10 @@ impl Permit {
                 permit: Permit { held: Some(held) },
             });
         }
-        let hold = &held.hold;
-        let result = hold
-            .sem
-            .inner
-            .store
-            .transact(None, |doc, _| match hold.find(doc) {
-                Some(i) => {
-                    doc.holders[i].detached = true;
-                    doc.holders[i].witness = None;
-                    Ok(Step::changed(Ok(())))
-                }
-                None => Ok(Step::unchanged(Err(hold.lost()))),
-            });
-        match result.and_then(|r| r) {
+        match held.hold.keep() {
             Ok(()) => {
-                if let Some(w) = held.witness {
+                held.stop_keep_alive();
+                if let Some(w) = held.witness.take() {
                     w.release();
                 }
                 Ok(())
@@ -323,15 +410,22 @@ impl Held {
         })
     }
 
+    fn stop_keep_alive(&mut self) {
+        drop(self.renewer.take());
+    }
+
     /// Leaves the parent's hold alone: no write, and the witness lock (shared with the parent
-    /// through the forked descriptor) stays locked.
-    fn abandon(self) {
-        if let Some(w) = self.witness {
+    /// through the forked descriptor) stays locked. The parent's keep-alive thread does not
+    /// exist in a child; its handle is forgotten ([`Renewer`]'s drop).
+    fn abandon(mut self) {
+        self.stop_keep_alive();
+        if let Some(w) = self.witness.take() {
             w.abandon();
         }
     }
 
     fn release(mut self) -> Result<()> {
+        self.stop_keep_alive();
         let witness = self.witness.take();
         let result = self.hold.remove_entry();
         // The entry is gone (or the write failed: then a free witness lets the entry be
@@ -345,7 +439,7 @@ impl Held {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(held) = self.held.take() else {
+        let Some(mut held) = self.held.take() else {
             return;
         };
         if held.not_owner().is_some() {
@@ -354,7 +448,8 @@ impl Drop for Permit {
             return;
         }
         if held.detached {
-            // Outlives the permit by request (`AcquireOptions::detached`).
+            // Outlives the permit by request (`AcquireOptions::detached`); nothing renews it.
+            held.stop_keep_alive();
             return;
         }
         let path = held.hold.sem.path().to_path_buf();
@@ -365,7 +460,8 @@ impl Drop for Permit {
     }
 }
 
-/// What identifies a hold on file: its semaphore, ID, fencing token and grant time.
+/// What identifies a hold on file (its semaphore, ID, fencing token and grant time), and what
+/// it records, shared with the keep-alive thread.
 #[derive(Clone)]
 struct Target {
     sem: Semaphore,
@@ -373,9 +469,33 @@ struct Target {
     token: u64,
     slot: u32,
     acquired_at: DateTime<Utc>,
+    shared: Arc<Shared>,
+}
+
+/// The state a permit shares with its keep-alive thread.
+struct Shared {
+    /// Locked around every step on the hold, so that the thread never renews between a
+    /// [`Permit::keep`] and the end of the permit.
+    state: Mutex<HoldState>,
+    /// Set by the keep-alive thread when it finds the hold lost.
+    lost: AtomicBool,
+}
+
+struct HoldState {
+    /// What the hold records; `expires_at` follows the renewals.
+    record: Record,
+    /// The hold was kept ([`Permit::keep`]): the keep-alive thread must not act any more.
+    ended: bool,
 }
 
 impl Target {
+    fn state(&self) -> MutexGuard<'_, HoldState> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The index of this hold's entry in `holders`: by token, or by (ID, grant time) when a
     /// Go write dropped the token.
     fn find(&self, doc: &Document) -> Option<usize> {
@@ -388,6 +508,17 @@ impl Target {
             id: self.id.clone(),
             token: self.token,
         }
+    }
+
+    /// Writes back into our entry (at `i`) what a foreign write dropped; see
+    /// [`rules::restore`]. Returns whether it changed anything.
+    fn restore(&self, doc: &mut Document, i: usize, record: &Record) -> bool {
+        let mut changed = false;
+        // Said when the stripped entry is restored, not again at every later look.
+        if rules::restore(doc, i, record, &mut changed).is_none() && changed {
+            tracing::warn!(path = %self.sem.path().display(), id = %self.id, slot = self.slot, "the slot a foreign write dropped was granted again; the entry stays without one");
+        }
+        changed
     }
 
     fn remove_entry(&self) -> Result<()> {
@@ -407,92 +538,136 @@ impl Target {
     }
 
     fn renew(&self) -> Result<Option<DateTime<Utc>>> {
-        self.sem.inner.store.transact(None, |doc, _| {
+        self.renew_locked(&mut self.state())
+    }
+
+    /// [`renew`](Target::renew) with the shared state already locked.
+    fn renew_locked(&self, state: &mut HoldState) -> Result<Option<DateTime<Utc>>> {
+        let record = &state.record;
+        let until = self.sem.inner.store.transact(None, |doc, _| {
             let Some(i) = self.find(doc) else {
                 return Ok(Step::unchanged(Err(self.lost())));
             };
-            let restored = self.restore(doc, i);
+            let restored = self.restore(doc, i, record);
             let entry = &mut doc.holders[i];
-            match rules::lease_end(entry.lease_ms, Utc::now()) {
+            match rules::lease_end(record.lease_ms, Utc::now()) {
                 Some(until) => {
                     entry.expires_at = Some(until);
                     Ok(Step::changed(Ok(Some(until))))
                 }
                 None => Ok(Step::new(Ok(None), restored)),
             }
-        })?
+        })??;
+        if until.is_some() {
+            state.record.expires_at = until;
+        }
+        Ok(until)
     }
 
-    /// Gives our entry (at `i`) back the token and slot a Go write dropped, so that grants
-    /// after it neither reuse our slot nor confuse our entry with another. Returns whether
-    /// it changed anything. A slot that someone else got meanwhile is not taken back.
-    fn restore(&self, doc: &mut Document, i: usize) -> bool {
-        let slot_taken = doc
-            .holders
-            .iter()
-            .enumerate()
-            .any(|(j, e)| j != i && e.slot == Some(self.slot));
-        let entry = &mut doc.holders[i];
+    /// Our entry as on file, restored first (in a locked step) if a foreign write stripped
+    /// it; `None` when it is gone.
+    fn look(&self) -> Result<Option<Entry>> {
+        self.look_locked(&self.state())
+    }
+
+    /// [`look`](Target::look) with the shared state already locked.
+    fn look_locked(&self, state: &HoldState) -> Result<Option<Entry>> {
+        let mut doc = self.sem.inner.store.snapshot()?;
+        let Some(i) = self.find(&doc) else {
+            return Ok(None);
+        };
         let mut changed = false;
-        if entry.token.is_none() {
-            entry.token = Some(self.token);
-            changed = true;
+        rules::restore(&mut doc, i, &state.record, &mut changed);
+        if !changed {
+            return Ok(Some(doc.holders.swap_remove(i)));
         }
-        if entry.slot.is_none() {
-            if slot_taken {
-                tracing::warn!(path = %self.sem.path().display(), id = %self.id, slot = self.slot, "slot dropped by a foreign write was granted again");
-            } else {
-                entry.slot = Some(self.slot);
-                changed = true;
-            }
-        }
-        changed
+        self.sem.inner.store.transact(None, |doc, _| {
+            let Some(i) = self.find(doc) else {
+                return Ok(Step::unchanged(None));
+            };
+            let changed = self.restore(doc, i, &state.record);
+            Ok(Step::new(Some(doc.holders[i].clone()), changed))
+        })
     }
 
-    /// Fails with [`Error::Lost`] unless the entry is on file (a lock-free read).
-    fn check_on_file(&self) -> Result<()> {
-        match self.find(&self.sem.inner.store.snapshot()?) {
-            Some(_) => Ok(()),
-            None => Err(self.lost()),
+    /// Rewrites our entry as detached, restored first; the keep-alive thread does nothing
+    /// after this succeeded.
+    fn keep(&self) -> Result<()> {
+        let mut state = self.state();
+        let record = &state.record;
+        self.sem
+            .inner
+            .store
+            .transact(None, |doc, _| match self.find(doc) {
+                Some(i) => {
+                    self.restore(doc, i, record);
+                    let entry = &mut doc.holders[i];
+                    entry.detached = true;
+                    entry.witness = None;
+                    Ok(Step::changed(Ok(())))
+                }
+                None => Ok(Step::unchanged(Err(self.lost()))),
+            })??;
+        state.ended = true;
+        Ok(())
+    }
+
+    /// One look of the keep-alive thread: renew the lease, or (without one) check that the
+    /// entry is on file. `Ok(false)` once the hold was kept: the thread stops. The shared
+    /// state stays locked throughout, so a [`keep`](Target::keep) is never undone.
+    fn keep_alive_once(&self, lease: Option<Duration>) -> Result<bool> {
+        let mut state = self.state();
+        if state.ended {
+            return Ok(false);
+        }
+        match lease {
+            Some(_) => self.renew_locked(&mut state).map(|_| true),
+            None => match self.look_locked(&state)? {
+                Some(_) => Ok(true),
+                None => Err(self.lost()),
+            },
         }
     }
 }
 
-/// A background thread renewing a [`Permit`]'s lease; see [`Permit::keep_alive`]. Stops (and
-/// joins the thread, which takes at most one lock timeout) when dropped.
-#[must_use = "the keep-alive stops when dropped"]
-pub struct KeepAlive {
+/// How often the keep-alive thread renews a lease of `lease`, and how soon it retries after a
+/// failed renewal: a third and a tenth of the lease, never more often than every third of
+/// [`MIN_LEASE`]. Without a lease it looks once a second.
+fn intervals(lease: Option<Duration>) -> (Duration, Duration) {
+    let floor = MIN_LEASE / 3;
+    match lease {
+        Some(l) => ((l / 3).max(floor), (l / 10).max(floor)),
+        None => (Duration::from_secs(1), Duration::from_secs(1)),
+    }
+}
+
+/// A permit's keep-alive thread; see [`Permit::keep_alive`]. Dropping it stops the thread and
+/// waits for it (in the process that started it; in a forked child, where the thread does not
+/// exist, the handle is forgotten).
+struct Renewer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    lost: Arc<AtomicBool>,
+    pid: u32,
 }
 
-impl KeepAlive {
+impl Renewer {
     fn start(
         target: Target,
         lease: Option<Duration>,
         on_lost: Box<dyn FnOnce(&Error) + Send>,
-    ) -> KeepAlive {
+    ) -> std::io::Result<Renewer> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let lost = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&lost);
         let thread = std::thread::Builder::new()
             .name("filesem-keep-alive".into())
             .spawn(move || {
-                let (every, retry) = match lease {
-                    Some(l) => (l / 3, (l / 10).max(Duration::from_millis(50))),
-                    None => (Duration::from_secs(1), Duration::from_secs(1)),
-                };
+                let (every, retry) = intervals(lease);
                 let mut wait = every;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-                    let outcome = match lease {
-                        Some(_) => target.renew().map(|_| ()),
-                        None => target.check_on_file(),
-                    };
-                    match outcome {
-                        Ok(()) => wait = every,
+                    match target.keep_alive_once(lease) {
+                        Ok(true) => wait = every,
+                        Ok(false) => return,
                         Err(e @ Error::Lost { .. }) => {
-                            flag.store(true, Ordering::SeqCst);
+                            target.shared.lost.store(true, Ordering::SeqCst);
                             tracing::warn!(path = %target.sem.path().display(), id = %target.id, "hold lost");
                             on_lost(&e);
                             return;
@@ -503,53 +678,27 @@ impl KeepAlive {
                         }
                     }
                 }
-            });
-        match thread {
-            Ok(thread) => KeepAlive {
-                stop: Some(stop),
-                thread: Some(thread),
-                lost,
-            },
-            Err(e) => {
-                // Without a thread nothing renews: say so loudly rather than pretend.
-                tracing::error!(error = %e, "failed to start keep-alive thread");
-                KeepAlive {
-                    stop: None,
-                    thread: None,
-                    lost,
-                }
-            }
-        }
-    }
-
-    /// Whether the hold was found lost (the entry vanished from the file). Once `true`, the
-    /// thread has stopped; stop using the resource.
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-
-    /// Whether the background thread runs (it stops after finding the hold lost, and could not
-    /// start if the system refused a thread).
-    pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+            })?;
+        Ok(Renewer {
+            stop: Some(stop),
+            thread: Some(thread),
+            pid: std::process::id(),
+        })
     }
 }
 
-impl Drop for KeepAlive {
+impl Drop for Renewer {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if self.pid == std::process::id() {
+                if t.join().is_err() {
+                    tracing::warn!("the keep-alive thread panicked (in its on_lost callback)");
+                }
+            } else {
+                std::mem::forget(t);
+            }
         }
-    }
-}
-
-impl fmt::Debug for KeepAlive {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeepAlive")
-            .field("running", &self.is_running())
-            .field("lost", &self.is_lost())
-            .finish()
     }
 }
 
@@ -577,7 +726,35 @@ mod tests {
 
     #[test]
     fn permit_is_send() {
-        // A permit can be moved to the thread that does the guarded work.
+        // A permit can be moved to the thread that does the guarded work, its keep-alive too.
         assert_send::<Permit>();
+    }
+
+    #[test]
+    fn renewals_never_come_faster_than_a_third_of_the_minimum_lease() {
+        // Whatever the lease (even one below the floor, from a file or a future caller), the
+        // keep-alive renews at most every MIN_LEASE / 3, retries included.
+        for lease in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_millis(1),
+            Duration::from_millis(999),
+            MIN_LEASE,
+            Duration::from_secs(30),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let (every, retry) = intervals(Some(lease));
+            assert!(every >= MIN_LEASE / 3, "{lease:?}: every {every:?}");
+            assert!(retry >= MIN_LEASE / 3, "{lease:?}: retry {retry:?}");
+            assert!(retry <= every, "{lease:?}");
+        }
+        assert_eq!(intervals(Some(MIN_LEASE)), (MIN_LEASE / 3, MIN_LEASE / 3));
+        let thirty = Duration::from_secs(30);
+        assert_eq!(intervals(Some(thirty)), (thirty / 3, thirty / 10));
+        assert_eq!(
+            intervals(None),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
     }
 }

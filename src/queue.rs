@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use crate::error::Result;
 use crate::liveness::Identity;
 use crate::options::AcquireOptions;
-use crate::rules::{self, Ctx, Refusal, Removed};
-use crate::state::{Document, Entry, Owner, Witness};
+use crate::rules::{self, Ctx, Record, Refusal, Removed};
+use crate::state::{Document, Entry, Witness};
 
 /// How far ahead a waiter's `expires_at` is set. A waiter refreshes it every third of this
 /// while it waits; one that stops (it died, or was stopped for longer) is dropped from the
@@ -48,30 +48,37 @@ pub(crate) struct Request<'a> {
     pub may_wait: bool,
 }
 
-/// A queued acquire's identity on file, and what its entry carried (to restore it if a Go
-/// write strips the entry after the hand-off).
+/// A queued acquire's identity on file (its ID and token: the only way it recognises its
+/// entry), and what its entry records (to restore the fields another writer dropped from its
+/// granted entry, if the token survived).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Mine {
     pub id: String,
     pub token: u64,
-    /// When it joined the queue: a grant of it is never older.
-    pub since: DateTime<Utc>,
-    pub owner: Option<Owner>,
-    pub witness: Option<Witness>,
-    pub detached: bool,
-    pub lease_ms: Option<u64>,
+    /// What the hold will record once granted: no slot yet, and the waiter's own expiry is
+    /// not part of it (a grant replaces it by the lease end, if any).
+    pub record: Record,
 }
 
 impl Mine {
     fn of(entry: &Entry, token: u64) -> Mine {
+        let mut record = Record::of(entry, token);
+        record.slot = None;
+        record.expires_at = None;
         Mine {
             id: entry.id.clone(),
             token,
-            since: entry.acquired_at,
-            owner: entry.owner.clone(),
-            witness: entry.witness.clone(),
-            detached: entry.detached,
-            lease_ms: entry.lease_ms,
+            record,
+        }
+    }
+
+    /// What the hold records once granted at `acquired_at` in `slot` (the lease end as
+    /// [`rules::hand_off`] wrote it).
+    fn granted(&self, slot: Option<u32>, acquired_at: DateTime<Utc>) -> Record {
+        Record {
+            slot,
+            expires_at: rules::lease_end(self.record.lease_ms, acquired_at),
+            ..self.record.clone()
         }
     }
 }
@@ -82,11 +89,13 @@ impl Mine {
 pub(crate) type NewToken<'a> = dyn FnMut(&mut Document) -> Result<(u64, Option<Witness>)> + 'a;
 
 /// A slot granted to an acquire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Grant {
     pub token: u64,
     pub slot: u32,
     pub acquired_at: DateTime<Utc>,
+    /// What the hold records, for the permit.
+    pub record: Record,
 }
 
 /// The result of one locked step of an acquire.
@@ -99,7 +108,8 @@ pub(crate) enum Outcome {
 }
 
 /// The result of leaving the queue.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per leave, moved once; boxing buys nothing
 pub(crate) enum Left {
     /// The queue entry was removed, or was already gone.
     Gone,
@@ -115,9 +125,6 @@ enum Found {
     Holder(usize),
     /// In the queue.
     Waiter(usize),
-    /// In `holders` without token, under its ID, granted after it queued: a Go write dropped
-    /// the token after the hand-off. It is ours; the step marks it again.
-    Unmarked(usize),
 }
 
 /// The entry of a new hold before its token and witness, as both `try_acquire` and an
@@ -160,18 +167,18 @@ fn expiry_from(now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Finds our entry: by token and ID (a Go write loses the token counter, so once our entry
 /// is gone, our old token may be handed out again: the ID tells it apart).
+///
+/// Never by ID alone. Once our queue entry is gone (removed, or dropped by a Go write), the ID
+/// may be granted to someone else, and a holder entry whose token a Go write dropped cannot be
+/// told from a slot handed to us and stripped before we saw it: claiming it could make two
+/// processes hold one entry, and our release would end the other's hold. Such an entry is
+/// left alone; the acquire is then refused as already held (the hold can be released by ID).
 fn find(doc: &Document, mine: &Mine) -> Option<Found> {
     let ours = |e: &Entry| e.token == Some(mine.token) && e.id == mine.id;
     if let Some(i) = doc.holders.iter().position(ours) {
         return Some(Found::Holder(i));
     }
-    if let Some(i) = doc.waiters.iter().position(ours) {
-        return Some(Found::Waiter(i));
-    }
-    doc.holders
-        .iter()
-        .position(|e| e.token.is_none() && e.id == mine.id && e.acquired_at >= mine.since)
-        .map(Found::Unmarked)
+    doc.waiters.iter().position(ours).map(Found::Waiter)
 }
 
 /// The grant of `mine`, if a snapshot shows it (no lock needed).
@@ -179,45 +186,31 @@ pub(crate) fn granted(doc: &Document, mine: &Mine) -> Option<Grant> {
     match find(doc, mine)? {
         Found::Holder(i) => {
             let e = &doc.holders[i];
+            let slot = e.slot?;
             Some(Grant {
                 token: mine.token,
-                slot: e.slot?,
+                slot,
                 acquired_at: e.acquired_at,
+                record: mine.granted(Some(slot), e.acquired_at),
             })
         }
-        Found::Waiter(_) | Found::Unmarked(_) => None,
+        Found::Waiter(_) => None,
     }
 }
 
-/// Gives the holder entry at `i` (ours) back its token, a slot, owner, witness and lease if a
-/// writer (the Go package) dropped them.
+/// Gives the holder entry at `i` (ours: found by token and ID) back every field another writer
+/// dropped after the hand-off while keeping the token ([`rules::restore`]: a slot, owner,
+/// witness, lease, metadata, detached). `None` when no slot index is free.
 fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option<Grant> {
-    let slot = match doc.holders[i].slot {
-        Some(slot) => slot,
-        None => {
-            let entry = doc.holders.remove(i);
-            let slot = rules::lowest_free_slot(doc);
-            doc.holders.insert(i, entry);
-            slot?
-        }
-    };
-    let e = &mut doc.holders[i];
-    if e.token != Some(mine.token) || e.slot != Some(slot) {
-        e.token = Some(mine.token);
-        e.slot = Some(slot);
-        if e.owner.is_none() {
-            e.owner = mine.owner.clone();
-            e.witness = mine.witness.clone();
-            e.detached = mine.detached;
-            e.lease_ms = mine.lease_ms;
-            e.expires_at = rules::lease_end(mine.lease_ms, e.acquired_at);
-        }
-        *changed = true;
-    }
+    let acquired_at = doc.holders[i].acquired_at;
+    let mut record = mine.granted(None, acquired_at);
+    let slot = rules::restore(doc, i, &record, changed)?;
+    record.slot = Some(slot);
     Some(Grant {
         token: mine.token,
         slot,
-        acquired_at: e.acquired_at,
+        acquired_at,
+        record,
     })
 }
 
@@ -249,7 +242,7 @@ pub(crate) fn settle(
             *changed = true;
         }
         match find(doc, mine) {
-            Some(Found::Holder(i) | Found::Unmarked(i)) => {
+            Some(Found::Holder(i)) => {
                 return Ok(match mark(doc, i, mine, changed) {
                     Some(grant) => Outcome::Granted(grant),
                     // Ours, but no slot index is free (capacity lowered meanwhile): the ID is
@@ -275,12 +268,13 @@ pub(crate) fn settle(
             let mut entry = holder_entry(req.id, ctx.now, req.options, req.lease);
             let (token, witness) = new_token(doc)?;
             entry.witness = witness;
-            let slot = rules::grant(doc, entry, token, ctx.now);
+            let record = rules::grant(doc, entry, token, ctx.now);
             *changed = true;
             Outcome::Granted(Grant {
                 token,
-                slot,
+                slot: record.slot.unwrap_or(0),
                 acquired_at: ctx.now,
+                record,
             })
         }
         Err(Refusal::NoCapacity { .. }) if req.may_wait => {
@@ -330,7 +324,7 @@ pub(crate) fn leave(
             *changed = true;
             Left::Gone
         }
-        Some(Found::Holder(i) | Found::Unmarked(i)) => {
+        Some(Found::Holder(i)) => {
             if keep_grant && let Some(grant) = mark(doc, i, mine, changed) {
                 return Left::Granted(grant);
             }
@@ -521,20 +515,102 @@ mod tests {
             panic!("{o:?}")
         };
         assert!(changed);
-        assert_eq!(again.since, t(2));
         assert_eq!(doc.waiters.len(), 1);
+        assert_eq!(doc.waiters[0].acquired_at, t(2));
         assert_eq!(doc.waiters[0].token, Some(again.token));
         assert!(again.token > doc.holders[0].token.unwrap());
     }
 
+    /// What a Go write leaves of a document: holders with `id` and `acquired_at` only.
+    fn go_rewrite(doc: &mut Document) {
+        doc.waiters.clear();
+        doc.next_token = None;
+        for e in &mut doc.holders {
+            *e = Entry::new(e.id.clone(), e.acquired_at);
+        }
+    }
+
     #[test]
-    fn a_grant_whose_token_a_go_write_dropped_is_recognised_and_marked() {
-        // Hand-off then a Go rewrite: the waiter finds its grant by ID and time, not a new slot.
+    fn a_waiter_never_claims_a_hold_granted_to_someone_else_under_its_id() {
+        // Found by the model test: the queue entry of `w` vanished (a Go write), then a Go
+        // process took a slot as `w`. The waiter used to claim that entry as its own grant
+        // (ID and time matched), so two processes held one entry and the waiter's release
+        // would end the other's hold. It is refused instead, and leaving touches nothing.
         let mut doc = full(1);
         let mine = queue(&mut doc, "w", 0, t(1));
-        rules::remove_ids(&mut doc, &["h0"], t(2));
-        doc.holders[0].token = None;
-        doc.holders[0].slot = None;
+        go_rewrite(&mut doc);
+        doc.capacity = 2;
+        doc.holders.push(Entry::new("w".to_string(), t(2)));
+        rules::resume_token_counter(&mut doc, t(3));
+        let before = doc.clone();
+        let (o, changed) = settle_at(
+            &mut doc,
+            "w",
+            &AcquireOptions::new(),
+            Some(&mine),
+            false,
+            t(3),
+        );
+        assert!(matches!(o, Outcome::Refused(Refusal::AlreadyHeld)), "{o:?}");
+        assert!(!changed);
+        assert_eq!(doc, before);
+        assert_eq!(granted(&doc, &mine), None);
+        let mut changed = false;
+        assert_eq!(
+            leave(&mut doc, &mine, false, t(4), &mut changed),
+            Left::Gone
+        );
+        assert!(!changed);
+        assert_eq!(doc, before);
+    }
+
+    /// One holder `h0`, then `w` queued with a 30 s lease, metadata and detached, then handed
+    /// the slot at t(2) by the release of `h0`: the document, the waiter, and its entry as
+    /// granted.
+    fn handed_over_with_a_record() -> (Document, Mine, Entry) {
+        let mut doc = full(1);
+        let opts = AcquireOptions::new().metadata("job", "7").detached(true);
+        let req = Request {
+            id: "w",
+            options: &opts,
+            lease: Some(Duration::from_secs(30)),
+            may_wait: true,
+        };
+        let (mut changed, mut removed) = (false, Vec::new());
+        let o = settle(
+            &mut doc,
+            &req,
+            None,
+            false,
+            &ctx(t(1)),
+            &mut tokens_only,
+            &mut changed,
+            &mut removed,
+        )
+        .unwrap();
+        let Outcome::Queued { mine, .. } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(rules::remove_ids(&mut doc, &["h0"], t(2)), ["h0"]);
+        let granted = doc.holders[0].clone();
+        assert_eq!(granted.token, Some(mine.token));
+        assert_eq!(
+            granted.expires_at,
+            Some(t(32)),
+            "the lease starts at the grant"
+        );
+        (doc, mine, granted)
+    }
+
+    #[test]
+    fn a_grant_that_kept_its_token_gets_back_every_field_a_foreign_write_dropped() {
+        // Found by token and ID, the entry is ours: the waiter writes back everything the hold
+        // records (slot, owner, witness, lease and its end, metadata, detached), as a permit
+        // does, and its grant carries that record.
+        let (mut doc, mine, granted) = handed_over_with_a_record();
+        let mut stripped = Entry::new(granted.id.clone(), granted.acquired_at);
+        stripped.token = granted.token;
+        doc.holders[0] = stripped;
         let (o, changed) = settle_at(
             &mut doc,
             "w",
@@ -547,8 +623,51 @@ mod tests {
         let Outcome::Granted(grant) = o else {
             panic!("{o:?}")
         };
-        assert_eq!((grant.token, grant.slot), (mine.token, 0));
-        assert_eq!(doc.holders[0].token, Some(mine.token));
+        assert_eq!(
+            (grant.token, grant.slot, grant.acquired_at),
+            (mine.token, 0, t(2))
+        );
+        assert_eq!(doc.holders[0], granted, "every field is back");
+        assert_eq!(grant.record, Record::of(&granted, mine.token));
+    }
+
+    #[test]
+    fn a_grant_whose_token_a_go_write_dropped_is_left_alone() {
+        // Hand-off, then a Go write (only id and acquired_at kept) before the waiter looked:
+        // nothing on file tells that entry from someone else's hold of the same ID, so the
+        // waiter is refused as already held rather than guess. None of its record (owner,
+        // witness, lease, metadata, detached) is written into the entry, leaving does not
+        // release it, even when keeping a grant; the entry stays, to be released by ID.
+        let (mut doc, mine, handed) = handed_over_with_a_record();
+        go_rewrite(&mut doc);
+        rules::resume_token_counter(&mut doc, t(3));
+        assert_eq!(
+            doc.holders,
+            [Entry::new("w".to_string(), handed.acquired_at)]
+        );
+        let before = doc.clone();
+        let (o, changed) = settle_at(
+            &mut doc,
+            "w",
+            &AcquireOptions::new(),
+            Some(&mine),
+            false,
+            t(3),
+        );
+        assert!(matches!(o, Outcome::Refused(Refusal::AlreadyHeld)), "{o:?}");
+        assert!(!changed);
+        assert_eq!(doc, before, "nothing restored");
+        assert_eq!(granted(&doc, &mine), None);
+        for keep_grant in [true, false] {
+            let mut changed = false;
+            assert_eq!(
+                leave(&mut doc, &mine, keep_grant, t(4), &mut changed),
+                Left::Gone
+            );
+            assert!(!changed);
+            assert_eq!(doc, before, "not released");
+        }
+        assert_eq!(rules::remove_ids(&mut doc, &["w"], t(4)), ["w"]);
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! as inputs, so they are tested without files, processes or clocks. The file store applies
 //! them under the lock; another store (compare-and-swap on a server) could reuse them.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::liveness::Liveness;
-use crate::state::{Document, Entry};
+use crate::state::{Document, Entry, Owner, Witness};
 
 /// How long past `expires_at` an entry is still considered alive, for clock skew between
 /// machines sharing the file.
@@ -284,15 +285,110 @@ fn full(doc: &Document) -> bool {
 }
 
 /// Records a grant after [`admit`] said yes: gives the entry `token` (which must come from
-/// [`take_token`]), the lowest free slot and `now`. Returns the slot.
-pub(crate) fn grant(doc: &mut Document, mut entry: Entry, token: u64, now: DateTime<Utc>) -> u32 {
+/// [`take_token`]), the lowest free slot and `now`. Returns what the hold records.
+pub(crate) fn grant(
+    doc: &mut Document,
+    mut entry: Entry,
+    token: u64,
+    now: DateTime<Utc>,
+) -> Record {
     let slot = lowest_free_slot(doc).unwrap_or(0);
     entry.token = Some(token);
     entry.slot = Some(slot);
     entry.acquired_at = now;
     entry.expires_at = lease_end(entry.lease_ms, now);
+    let record = Record::of(&entry, token);
     doc.holders.push(entry);
-    slot
+    record
+}
+
+/// Everything a hold records in its entry besides its ID and grant time, as the process that
+/// holds it knows it: what a [`Permit`](crate::Permit) writes back when a writer that knows
+/// only the basic format (the Go package keeps `id` and `acquired_at`) stripped its entry,
+/// and what a waiter that was handed a slot writes back into its entry found by token (a
+/// waiter never claims an entry without its token: see `queue::find`). One definition for
+/// both, used by [`restore`].
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Record {
+    pub token: u64,
+    /// The slot index; `None` while a waiter does not know it yet.
+    pub slot: Option<u32>,
+    pub owner: Option<Owner>,
+    pub witness: Option<Witness>,
+    pub detached: bool,
+    /// The lease length in milliseconds, if the hold has a lease.
+    pub lease_ms: Option<u64>,
+    /// The end of the lease as last written by this process.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Record {
+    /// What `entry` records, with fencing token `token`.
+    pub fn of(entry: &Entry, token: u64) -> Record {
+        Record {
+            token,
+            slot: entry.slot,
+            owner: entry.owner.clone(),
+            witness: entry.witness.clone(),
+            detached: entry.detached,
+            lease_ms: entry.lease_ms,
+            expires_at: entry.expires_at,
+            metadata: entry.metadata.clone(),
+        }
+    }
+}
+
+/// Writes back into the holder entry at `i` (ours: found by token; a permit also by ID and
+/// grant time) every field of `record` that the entry lacks, and sets `changed` if it wrote
+/// any. Fields the entry has are left as they are.
+///
+/// The slot: ours if no other holder has it meanwhile; if another one has it, the entry stays
+/// without a slot (it still counts against the capacity). A record that does not know its slot
+/// (a waiter's) takes the lowest free one. Returns the entry's slot afterwards; `None` when it
+/// has none (then no free index was left, or ours was taken).
+pub(crate) fn restore(
+    doc: &mut Document,
+    i: usize,
+    record: &Record,
+    changed: &mut bool,
+) -> Option<u32> {
+    let slot = match doc.holders[i].slot {
+        Some(slot) => Some(slot),
+        None => match record.slot {
+            Some(ours) => {
+                let taken = doc.holders.iter().any(|e| e.slot == Some(ours));
+                (!taken).then_some(ours)
+            }
+            None => lowest_free_slot(doc),
+        },
+    };
+    let e = &mut doc.holders[i];
+    let before = e.clone();
+    e.token.get_or_insert(record.token);
+    if e.slot.is_none() {
+        e.slot = slot;
+    }
+    if e.owner.is_none() {
+        e.owner.clone_from(&record.owner);
+    }
+    if e.witness.is_none() {
+        e.witness.clone_from(&record.witness);
+    }
+    e.detached |= record.detached;
+    if e.lease_ms.is_none() {
+        e.lease_ms = record.lease_ms;
+    }
+    if e.expires_at.is_none() {
+        e.expires_at = record.expires_at;
+    }
+    if e.metadata.is_empty() {
+        e.metadata.clone_from(&record.metadata);
+    }
+    if *e != before {
+        *changed = true;
+    }
+    e.slot
 }
 
 /// Adds a waiter behind everyone of equal or higher priority. The entry must carry a token.
@@ -338,6 +434,7 @@ pub(crate) fn remove_ids(doc: &mut Document, ids: &[&str], now: DateTime<Utc>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Witness;
     use std::collections::HashMap;
 
     /// A judge that answers from a table keyed by ID; unknown IDs are `Unknown`.
@@ -376,8 +473,8 @@ mod tests {
         let mut removed = Vec::new();
         admit(doc, id, ctx, &mut changed, &mut removed)?;
         let token = take_token(doc);
-        let slot = grant(doc, Entry::test(id), token, ctx.now);
-        Ok((token, slot))
+        let record = grant(doc, Entry::test(id), token, ctx.now);
+        Ok((token, record.slot.expect("a grant has a slot")))
     }
 
     #[test]
@@ -588,6 +685,57 @@ mod tests {
         assert_eq!(find_own(&entries, 7, "a", now()), Some(0));
         assert_eq!(find_own(&entries, 8, "a", now()), Some(1));
         assert_eq!(find_own(&entries, 8, "a", a.acquired_at), None);
+    }
+
+    #[test]
+    fn restore_fills_only_missing_fields_and_never_takes_a_slot_twice() {
+        // What a foreign write dropped comes back; what is on file stays; a slot granted to
+        // another holder meanwhile is not claimed again.
+        let mut doc = Document::new(3);
+        let mut full = Entry::test("me");
+        full.token = Some(7);
+        full.slot = Some(1);
+        full.owner = Some(crate::liveness::Identity::current().owner());
+        full.witness = Some(Witness {
+            dev: 1,
+            ino: 2,
+            extra: Default::default(),
+        });
+        full.lease_ms = Some(30_000);
+        full.expires_at = Some(now());
+        full.detached = true;
+        full.metadata.insert("k".into(), "v".into());
+        let record = Record::of(&full, 7);
+        doc.holders.push(Entry::test("me"));
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &record, &mut changed), Some(1));
+        assert!(changed);
+        assert_eq!(doc.holders[0], full);
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &record, &mut changed), Some(1));
+        assert!(!changed, "a complete entry is not rewritten");
+
+        // Fields on file win over the record.
+        doc.holders[0].metadata.clear();
+        doc.holders[0].metadata.insert("k".into(), "theirs".into());
+        doc.holders[0].slot = None;
+        let mut other = Entry::test("other");
+        other.slot = Some(1);
+        doc.holders.push(other);
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &record, &mut changed), None);
+        assert!(!changed);
+        assert_eq!(doc.holders[0].metadata["k"], "theirs");
+        assert_eq!(doc.holders[0].slot, None, "slot 1 is the other holder's");
+
+        // A record that does not know its slot (a waiter's) takes the lowest free one.
+        let unknown_slot = Record {
+            slot: None,
+            ..record
+        };
+        let mut changed = false;
+        assert_eq!(restore(&mut doc, 0, &unknown_slot, &mut changed), Some(0));
+        assert!(changed);
     }
 
     #[test]

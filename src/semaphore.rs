@@ -154,6 +154,7 @@ impl Semaphore {
         capacity: Option<u32>,
         options: &OpenOptions,
     ) -> Result<Semaphore> {
+        crate::options::check_lease(path, options.default_lease)?;
         if let Some(capacity) = capacity {
             check_capacity(path, u64::from(capacity.max(1)))?;
             let dir = crate::dir::parent_dir(path);
@@ -352,18 +353,19 @@ impl Semaphore {
             let mut entry = crate::queue::holder_entry(id, now, options, lease);
             let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
             entry.witness = witness.as_ref().map(|w| w.record.clone());
-            let slot = rules::grant(doc, entry, token, now);
-            Ok(Step::changed(Ok((token, slot, now, witness))).reaped(removed))
+            let record = rules::grant(doc, entry, token, now);
+            Ok(Step::changed(Ok((record, now, witness))).reaped(removed))
         })?;
-        let (token, slot, acquired_at, witness) = granted?;
-        tracing::debug!(path = %path.display(), id, token, slot, "acquired");
+        let (record, acquired_at, witness) = granted?;
+        let slot = record.slot.unwrap_or(0);
+        tracing::debug!(path = %path.display(), id, token = record.token, slot, "acquired");
         Ok(Permit::new(
             self.clone(),
             id.to_string(),
-            token,
             slot,
             acquired_at,
             lease,
+            record,
             witness,
         ))
     }
@@ -538,9 +540,10 @@ impl Semaphore {
     /// # let dir = tempfile::tempdir().unwrap();
     /// use std::time::Duration;
     /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 2)?;
-    /// let opts = filesem::AcquireOptions::new().detached(true).lease(Duration::ZERO);
+    /// let opts = filesem::AcquireOptions::new().detached(true).lease(filesem::MIN_LEASE);
     /// sem.try_acquire_with("short-lived", &opts)?;
-    /// std::thread::sleep(filesem::LEASE_GRACE + Duration::from_millis(100));
+    /// // Nothing renews it: 1 s later it has expired, and after the 2 s grace it is stale.
+    /// std::thread::sleep(filesem::MIN_LEASE + filesem::LEASE_GRACE + Duration::from_millis(100));
     /// let reaped = sem.reap()?;
     /// assert_eq!(reaped[0].id, "short-lived");
     /// assert!(reaped[0].liveness.evidence().contains("lease expired"));
@@ -572,6 +575,7 @@ impl Semaphore {
             id: id.to_string(),
             reason,
         })?;
+        crate::options::check_lease(self.path(), options.lease.or(self.inner.default_lease))?;
         options
             .check_metadata()
             .map_err(|reason| Error::InvalidMetadata {
@@ -800,6 +804,7 @@ impl OpenOptions {
     /// As [`Semaphore::recover`].
     pub fn recover(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Recovered> {
         let path = path.as_ref();
+        crate::options::check_lease(path, self.default_lease)?;
         check_capacity(path, u64::from(capacity))?;
         let sem = match Semaphore::bind(path, self) {
             Err(Error::NotFound { .. }) => None,
@@ -863,7 +868,7 @@ impl OpenOptions {
 }
 
 /// A fencing-token counter above anything a corrupt file can have handed out.
-fn token_floor(bytes: &[u8]) -> u64 {
+pub(crate) fn token_floor(bytes: &[u8]) -> u64 {
     let mut max = 0u64;
     let key = b"token\"";
     let mut i = 0;

@@ -3,13 +3,14 @@
 //! The rules that change a document live in [`crate::rules`]; this module only knows the
 //! format. Fields the Go package writes are `capacity`, `holders`, `id` and `acquired_at`;
 //! every other field is ours and optional, and fields neither of us knows are kept
-//! (`extra`) so that a newer writer's data survives an older one.
+//! (`extra`) byte for byte so that a newer writer's data survives an older one; the JSON is
+//! read and written by hand for that, in [`crate::json`].
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Map, Value};
+
+use crate::json::Unknown;
 
 /// The largest capacity a semaphore may have, in holders. Larger numbers in a state file are
 /// treated as corruption, not as a request for that many slots.
@@ -26,110 +27,71 @@ pub const MAX_ID_LEN: usize = 256;
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// The whole state file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Document {
     /// Read as a signed number so that 0 and negative values reach validation (and become
     /// `Corrupt`) instead of failing as a type error with a worse message.
     pub capacity: i64,
     /// Go writes `null` for an empty list it never filled; read that as empty.
-    #[serde(deserialize_with = "null_as_empty")]
     pub holders: Vec<Entry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     /// The next fencing token to hand out. Only ever grows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_token: Option<u64>,
     /// Processes waiting for a slot, in the order they are served.
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "Vec::is_empty"
-    )]
     pub waiters: Vec<Entry>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub extra: Unknown,
 }
 
 /// One holder (in `holders`) or waiter (in `waiters`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Entry {
     pub id: String,
     /// When the slot was granted (for a waiter: when it joined the queue). Any RFC 3339
     /// offset is read; UTC is written.
     pub acquired_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<Witness>,
     /// End of the lease; the entry is stale after this instant (plus a grace for clock skew).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
     /// Length of the lease in milliseconds, used by renewals.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
     /// A detached hold outlives its process; it ends by release, remove or lease expiry.
-    #[serde(default, skip_serializing_if = "is_false")]
     pub detached: bool,
     /// Waiters only: higher is served first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub extra: Unknown,
 }
 
 /// Who took a hold: enough to prove the process dead on the same machine.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Owner {
     /// For display; never used to judge liveness.
-    #[serde(default)]
     pub host: String,
     pub pid: u32,
     /// The process start time in clock ticks after boot (`/proc/PID/stat` field 22), which
     /// tells a reused pid from the original process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<u64>,
     /// `/etc/machine-id`: tells an earlier boot of this machine from another machine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_id: Option<String>,
     /// `/proc/sys/kernel/random/boot_id` of the machine at acquire time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
     /// Inode of `/proc/self/ns/pid`: pids are only comparable inside one pid namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_ns: Option<u64>,
     /// Inode of `/proc/self/ns/time`: `start_time` is only comparable inside one time
     /// namespace (a boot-time offset shifts it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_ns: Option<u64>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub extra: Unknown,
 }
 
 /// The kernel-held witness file of a hold: flock'd by the holder for as long as it lives.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Witness {
     pub dev: u64,
     pub ino: u64,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    pub extra: Unknown,
 }
 
 impl Document {
@@ -141,7 +103,7 @@ impl Document {
             version: Some(FORMAT_VERSION),
             next_token: Some(1),
             waiters: Vec::new(),
-            extra: Map::new(),
+            extra: Unknown::default(),
         }
     }
 
@@ -181,15 +143,9 @@ impl Document {
     }
 
     /// Serializes the document for writing: two-space indentation like Go's
-    /// `json.MarshalIndent`, with a trailing newline.
+    /// `json.MarshalIndent`, unknown fields as they were read, a trailing newline.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).unwrap_or_else(|_| {
-            // Serializing plain structs of strings, numbers and maps cannot fail; keep a
-            // non-panicking path anyway.
-            b"{}".to_vec()
-        });
-        v.push(b'\n');
-        v
+        crate::json::write(self)
     }
 }
 
@@ -222,7 +178,7 @@ impl Entry {
             detached: false,
             priority: None,
             metadata: BTreeMap::new(),
-            extra: Map::new(),
+            extra: Unknown::default(),
         }
     }
 }
@@ -230,6 +186,7 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     const GO_TWO_HOLDERS: &str = include_str!("../tests/fixtures/go-written-two-holders.json");
     const GO_RELEASED: &str = include_str!("../tests/fixtures/go-written-released.json");

@@ -300,7 +300,7 @@ impl Store {
         // last of N threads could wait N lock timeouts.
         let _serial = self
             .gate
-            .enter(start + self.lock_timeout)
+            .enter(start.checked_add(self.lock_timeout))
             .ok_or_else(timed_out)?;
         // One fstat per step: a removed directory is never written in, and its status says
         // whose files are trusted.
@@ -509,11 +509,15 @@ struct GateState {
 struct GateGuard<'a>(&'a Gate);
 
 impl Gate {
-    /// Enters, waiting until `deadline` at most; `None` when the deadline passed first.
-    fn enter(&self, deadline: Instant) -> Option<GateGuard<'_>> {
+    /// Enters, waiting until `deadline` at most (no deadline: without limit); `None` when the
+    /// deadline passed first.
+    fn enter(&self, deadline: Option<Instant>) -> Option<GateGuard<'_>> {
         let mut state = self.lock();
         while state.busy {
-            let left = deadline.checked_duration_since(Instant::now())?;
+            let left = match deadline {
+                Some(d) => d.checked_duration_since(Instant::now())?,
+                None => Duration::MAX,
+            };
             state.waiting += 1;
             state = self
                 .freed
@@ -594,7 +598,9 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..500 {
                         let deadline = Instant::now() + Duration::from_secs(10);
-                        let guard = gate.enter(deadline).expect("entered before the deadline");
+                        let guard = gate
+                            .enter(Some(deadline))
+                            .expect("entered before the deadline");
                         assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
                         inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         drop(guard);
@@ -612,9 +618,12 @@ mod tests {
     fn gate_wait_ends_at_the_deadline() {
         // A thread behind a holder that never leaves gives up at its deadline.
         let gate = Gate::default();
-        let _held = gate.enter(Instant::now()).unwrap();
+        let _held = gate.enter(Some(Instant::now())).unwrap();
         let start = Instant::now();
-        assert!(gate.enter(start + Duration::from_millis(30)).is_none());
+        assert!(
+            gate.enter(Some(start + Duration::from_millis(30)))
+                .is_none()
+        );
         assert!(start.elapsed() >= Duration::from_millis(30));
         assert_eq!(gate.lock().waiting, 0);
     }

@@ -138,8 +138,11 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         if let Some(d) = deadline {
             until = until.min(d);
         }
-        if let Some(e) = next_expiry(&doc, &queued.mine, now) {
-            until = until.min(Instant::now() + e + Duration::from_millis(5));
+        // An expiry read from the file may be centuries away: no wake-up for it then.
+        let expiry = next_expiry(&doc, &queued.mine, now)
+            .and_then(|e| Instant::now().checked_add(e.saturating_add(Duration::from_millis(5))));
+        if let Some(at) = expiry {
+            until = until.min(at);
         }
         last = Some(doc);
         sleeper.sleep_until(until, options.cancel.as_ref());
@@ -155,10 +158,10 @@ fn permit(
     Permit::new(
         sem.clone(),
         req.id.to_string(),
-        grant.token,
         grant.slot,
         grant.acquired_at,
         req.lease,
+        grant.record,
         witness,
     )
 }

@@ -526,6 +526,7 @@ fn go_style_writer_interleaved_with_filesem_processes_never_exceeds_capacity() {
     // The Go package locks the same PATH.lock and rewrites the file keeping only the fields it
     // knows (dropping tokens, owners, witnesses): mixed with our processes, the number inside
     // must still never exceed the capacity, and no process may lose its own entry.
+    let seed = common::seed("go_style_writer_interleaved");
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     quick().open(&path, 2).unwrap();
@@ -542,7 +543,8 @@ fn go_style_writer_interleaved_with_filesem_processes_never_exceeds_capacity() {
             )
             .arg("PATH", path.display())
             .arg("DIR", dir.path().display())
-            .arg("ID", format!("{role}-{i}")),
+            .arg("ID", format!("{role}-{i}"))
+            .seed(common::derive_seed(seed, i as u64)),
         );
     }
     group.expect_all("ready", common::deadline(30));
@@ -571,7 +573,7 @@ fn holders_killed_at_random_moments_leave_only_provably_dead_entries_and_no_file
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     quick().open(&path, 2).unwrap();
-    let seed = fastrand::u64(..);
+    let seed = common::seed("holders_killed_at_random_moments");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut group = Group::new();
     let mut kills = 0;
@@ -744,6 +746,7 @@ fn stopped_processes_are_alive_and_never_hang_the_others() {
     // SIGSTOP at random moments of a process looping acquire/release: others get an answer
     // (a slot, NoCapacity or LockTimeout) within their lock timeout, never a hang, and a
     // stopped holder is alive: its slot is not reaped.
+    common::seed("stopped_processes_are_alive");
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     quick().open(&path, 1).unwrap();
@@ -842,6 +845,7 @@ fn child_process() {
             };
             let sem = quick().open_existing(arg("PATH")).unwrap();
             let id = arg("ID");
+            common::seed(&id);
             say("ready");
             common::wait_for_parent();
             let (start, mut grants) = (Instant::now(), 0);
@@ -869,6 +873,7 @@ fn child_process() {
             };
             let path = PathBuf::from(arg("PATH"));
             let id = arg("ID");
+            common::seed(&id);
             say("ready");
             common::wait_for_parent();
             let (start, mut grants) = (Instant::now(), 0);

@@ -1,6 +1,7 @@
 //! Attacks on `filesem run` and friends: nesting through symlinks and relative paths, hostile
-//! IDs, commands that are not programs, no terminal and no stdin, and signals sent to the
-//! whole process group. Every process has a deadline and is killed when it runs out.
+//! IDs, commands that are not programs, no terminal and no stdin, signals sent to the whole
+//! process group, and stdout or stderr closed, without a reader or on a full disk. Every
+//! process has a deadline and is killed when it runs out.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -208,4 +209,532 @@ fn a_signal_to_the_whole_process_group_reaches_the_command_once() {
     fs::write(&stop, "").unwrap();
     assert_eq!(wait(&mut child), 0);
     assert_eq!(lines(&log), ["HUP", "USR2"], "the group's HUP once");
+}
+
+/// How a standard stream of `filesem` is broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broken {
+    /// Closed (`>&-`): Rust's runtime puts `/dev/null` there, writes must still not fail.
+    Closed,
+    /// A pipe whose reader has exited: every write fails with EPIPE.
+    ReaderGone,
+    /// `/dev/full`: every write fails with ENOSPC.
+    Full,
+}
+
+const BROKEN: [Broken; 3] = [Broken::Closed, Broken::ReaderGone, Broken::Full];
+
+/// The standard stream a test breaks: 1 (stdout) or 2 (stderr).
+type Fd = u8;
+
+/// A stream for the child that is broken as `broken` says (for `Closed`, a placeholder: the
+/// wrapper of [`broken_command`] closes the descriptor).
+fn broken_stdio(broken: Broken) -> Stdio {
+    match broken {
+        Broken::Closed => Stdio::null(),
+        Broken::ReaderGone => {
+            // Close-on-exec, so that no other test's child inherits the read end and keeps
+            // the pipe open.
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            drop(read);
+            Stdio::from(write)
+        }
+        Broken::Full => Stdio::from(
+            fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        ),
+    }
+}
+
+/// `filesem ARGS` in `dir`, with descriptor `fd` broken as `broken` says (closed through a
+/// `sh -c 'exec "$@" >&-'` wrapper), the other one appended to `capture`.
+fn broken_command(dir: &Path, args: &[&str], fd: Fd, broken: Broken, capture: &Path) -> Command {
+    let mut command = filesem();
+    if broken == Broken::Closed {
+        let script = format!("exec \"$@\" {fd}>&-");
+        let mut wrapped = Command::new("sh");
+        wrapped
+            .args(["-c", &script, "sh", env!("CARGO_BIN_EXE_filesem")])
+            .stdin(Stdio::null());
+        for key in cli_common::FILESEM_VARS {
+            wrapped.env_remove(key);
+        }
+        command = wrapped;
+    }
+    command.args(args).current_dir(dir);
+    let working = || Stdio::from(fs::File::create(capture).unwrap());
+    if fd == 1 {
+        command.stdout(broken_stdio(broken)).stderr(working());
+    } else {
+        command.stdout(working()).stderr(broken_stdio(broken));
+    }
+    command
+}
+
+/// What one invocation did: its exit code, the lines of what it printed (on the streams that
+/// worked), and the semaphore's files afterwards.
+#[derive(Debug)]
+struct Outcome {
+    code: i32,
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    files: String,
+}
+
+/// One invocation to try with broken output: a semaphore made by `setup` in a fresh
+/// directory, `filesem ARGS` run there (the state file is `s.json`), the exit code it must
+/// have, and which streams it writes to (so that breaking them is a real test).
+struct Scenario {
+    setup: fn(&Path),
+    args: &'static [&'static str],
+    code: i32,
+    stdout: bool,
+    stderr: bool,
+}
+
+/// Setup: nothing (the command creates the semaphore, or finds none).
+fn no_semaphore(_: &Path) {}
+
+/// Setup: a capacity-1 semaphore held by the detached hold `h`.
+fn full(dir: &Path) {
+    take(dir, "h", 1);
+}
+
+/// Setup: a capacity-2 semaphore held by `a` and `b`.
+fn two_holders(dir: &Path) {
+    take(dir, "a", 2);
+    take(dir, "b", 2);
+}
+
+/// Setup: a holder whose lease ended long ago (reaped with the evidence on stdout).
+fn expired(dir: &Path) {
+    fs::write(
+        dir.join("s.json"),
+        r#"{"capacity": 1, "holders": [{"id": "gone", "acquired_at": "2020-01-01T00:00:00Z",
+            "token": 1, "slot": 0, "expires_at": "2020-01-01T00:00:01Z", "lease_ms": 1000,
+            "detached": true}], "version": 1, "next_token": 2}"#,
+    )
+    .unwrap();
+}
+
+/// Setup: a state file that is not JSON.
+fn corrupt(dir: &Path) {
+    fs::write(dir.join("s.json"), "{\"capacity\": 2, \"hold").unwrap();
+}
+
+/// A detached hold of `id` on `dir/s.json` (created with `capacity`), taken with working output.
+fn take(dir: &Path, id: &str, capacity: u32) {
+    let (code, _, stderr) = output(filesem().current_dir(dir).args([
+        "acquire",
+        "-n",
+        "-q",
+        "-c",
+        &capacity.to_string(),
+        "s.json",
+        "--id",
+        id,
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// The files `filesem` left in `dir`, comparable between runs: names (a corrupt file's time
+/// stamp left out), the state document with its times, owner and witness identity reduced to
+/// "present", and the witness files by name.
+fn files(dir: &Path) -> String {
+    let mut out = Vec::new();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        match name.split_once(".corrupt-") {
+            Some((base, _)) => out.push(format!(
+                "{base}.corrupt-*: {}",
+                fs::read_to_string(&path).unwrap()
+            )),
+            None if name == "s.json" => {
+                let mut doc: serde_json::Value =
+                    serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+                mark_volatile(&mut doc);
+                out.push(format!("{name}: {doc}"));
+            }
+            None if path.is_dir() => {
+                let mut inside: Vec<String> = fs::read_dir(&path)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                inside.sort();
+                out.push(format!("{name}/: {inside:?}"));
+            }
+            None => out.push(name),
+        }
+    }
+    out.join("\n")
+}
+
+/// Replaces the values that differ between two otherwise equal runs (times, the owner's pid,
+/// the witness file's inode, a counter started from the clock) by "present".
+fn mark_volatile(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if [
+                    "acquired_at",
+                    "expires_at",
+                    "owner",
+                    "witness",
+                    "next_token",
+                ]
+                .contains(&key.as_str())
+                {
+                    *value = "present".into();
+                } else {
+                    mark_volatile(value);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mark_volatile),
+        _ => {}
+    }
+}
+
+/// Runs `scenario` in a fresh directory; with `broken`, that descriptor broken that way.
+fn perform(scenario: &Scenario, broken: Option<(Fd, Broken)>) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let captures = tempfile::tempdir().unwrap();
+    (scenario.setup)(dir.path());
+    let (out, err) = (captures.path().join("out"), captures.path().join("err"));
+    let read = |p: &Path| lines(p);
+    let mut child = match broken {
+        None => filesem()
+            .args(scenario.args)
+            .current_dir(dir.path())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap(),
+        Some((fd, how)) => {
+            let capture = if fd == 1 { &err } else { &out };
+            broken_command(dir.path(), scenario.args, fd, how, capture)
+                .spawn()
+                .unwrap()
+        }
+    };
+    let code = wait(&mut child);
+    Outcome {
+        code,
+        stdout: read(&out),
+        stderr: read(&err),
+        files: files(dir.path()),
+    }
+}
+
+/// Runs each scenario with working output, then with stdout and with stderr each closed,
+/// without a reader and full: the exit code, the files and the other stream must be those of
+/// the working run.
+fn check_broken_output(scenarios: &[Scenario]) {
+    for scenario in scenarios {
+        let args = scenario.args.join(" ");
+        let working = perform(scenario, None);
+        assert_eq!(
+            working.code, scenario.code,
+            "`{args}` with working output: {working:?}"
+        );
+        assert_eq!(
+            !working.stdout.is_empty(),
+            scenario.stdout,
+            "`{args}`: {working:?}"
+        );
+        assert_eq!(
+            !working.stderr.is_empty(),
+            scenario.stderr,
+            "`{args}`: {working:?}"
+        );
+        for (fd, printed) in [(1, scenario.stdout), (2, scenario.stderr)] {
+            if !printed {
+                continue;
+            }
+            for broken in BROKEN {
+                let got = perform(scenario, Some((fd, broken)));
+                let case = format!("`{args}` with fd {fd} {broken:?}");
+                assert_eq!(got.code, working.code, "{case}: {got:?}");
+                assert_eq!(got.files, working.files, "{case}: the files differ");
+                // The stream that works says as much as before, and nothing about the other.
+                let (other, expected) = if fd == 1 {
+                    (&got.stderr, &working.stderr)
+                } else {
+                    (&got.stdout, &working.stdout)
+                };
+                assert_eq!(
+                    other.len(),
+                    expected.len(),
+                    "{case}: {other:?} vs {expected:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn broken_output_changes_nothing_for_run() {
+    // Output errors must not abort run before, while or after its command (9 §2): a created
+    // note or a "no slot" message to a gone reader used to exit 101 without running it.
+    check_broken_output(&[
+        Scenario {
+            setup: no_semaphore,
+            args: &[
+                "run",
+                "-v",
+                "-c",
+                "2",
+                "s.json",
+                "--",
+                "sh",
+                "-c",
+                "touch ran; exit 3",
+            ],
+            code: 3,
+            stdout: false,
+            stderr: true,
+        },
+        Scenario {
+            setup: full,
+            args: &["run", "-n", "s.json", "--", "touch", "ran"],
+            code: 1,
+            stdout: false,
+            stderr: true,
+        },
+    ]);
+}
+
+#[test]
+fn broken_output_changes_nothing_for_acquire() {
+    // The hold is taken (or refused) exactly as with a terminal.
+    check_broken_output(&[
+        Scenario {
+            setup: no_semaphore,
+            args: &["acquire", "-v", "-c", "2", "s.json", "--id", "a"],
+            code: 0,
+            stdout: false,
+            stderr: true,
+        },
+        Scenario {
+            setup: full,
+            args: &["acquire", "-n", "s.json", "--id", "b"],
+            code: 1,
+            stdout: false,
+            stderr: true,
+        },
+    ]);
+}
+
+#[test]
+fn broken_output_changes_nothing_for_release_and_remove() {
+    // An unknown ID stays exit 1; removed entries are removed even if nobody reads the list.
+    check_broken_output(&[
+        Scenario {
+            setup: full,
+            args: &["release", "s.json", "nobody"],
+            code: 1,
+            stdout: false,
+            stderr: true,
+        },
+        Scenario {
+            setup: two_holders,
+            args: &["remove", "s.json", "a", "zz"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+    ]);
+}
+
+#[test]
+fn broken_output_changes_nothing_for_reap() {
+    // "nothing to reap" on stderr and the evidence on stdout are both optional to the outcome.
+    check_broken_output(&[
+        Scenario {
+            setup: full,
+            args: &["reap", "s.json"],
+            code: 0,
+            stdout: false,
+            stderr: true,
+        },
+        Scenario {
+            setup: expired,
+            args: &["reap", "s.json"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+    ]);
+}
+
+#[test]
+fn broken_output_changes_nothing_for_set_capacity_and_recover() {
+    // Maintenance commands finish their change and keep their exit code.
+    check_broken_output(&[
+        Scenario {
+            setup: no_semaphore,
+            args: &["set-capacity", "s.json", "3"],
+            code: 125,
+            stdout: false,
+            stderr: true,
+        },
+        Scenario {
+            setup: corrupt,
+            args: &["recover", "s.json", "-c", "2"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+        Scenario {
+            setup: full,
+            args: &["recover", "s.json", "-c", "2"],
+            code: 0,
+            stdout: true,
+            stderr: true,
+        },
+    ]);
+}
+
+#[test]
+fn broken_output_changes_nothing_for_status() {
+    // `status | head -1` and `status > /dev/full` exit as status does; errors keep 125.
+    check_broken_output(&[
+        Scenario {
+            setup: full,
+            args: &["status", "s.json"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+        Scenario {
+            setup: full,
+            args: &["status", "--json", "s.json"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+        Scenario {
+            setup: no_semaphore,
+            args: &["status", "s.json"],
+            code: 125,
+            stdout: false,
+            stderr: true,
+        },
+    ]);
+}
+
+#[test]
+fn broken_output_changes_nothing_for_help_version_and_usage_errors() {
+    // clap's own output: 0 for --help and --version, 2 for a usage error, whatever happens
+    // to the text; nothing is run or created.
+    check_broken_output(&[
+        Scenario {
+            setup: no_semaphore,
+            args: &["--help"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+        Scenario {
+            setup: no_semaphore,
+            args: &["run", "--help"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+        Scenario {
+            setup: no_semaphore,
+            args: &["--version"],
+            code: 0,
+            stdout: true,
+            stderr: false,
+        },
+        Scenario {
+            setup: no_semaphore,
+            args: &["run", "--lease", "0", "s.json", "--", "touch", "ran"],
+            code: 2,
+            stdout: false,
+            stderr: true,
+        },
+        Scenario {
+            setup: no_semaphore,
+            args: &["no-such-subcommand"],
+            code: 2,
+            stdout: false,
+            stderr: true,
+        },
+    ]);
+}
+
+#[test]
+fn kill_on_lost_stops_the_command_even_when_stderr_is_broken() {
+    // The worst case of 9 §2: run used to panic while printing "lost", and its command ran
+    // on without a slot. Now the command gets SIGTERM and run exits 128 + 15.
+    for broken in BROKEN {
+        let dir = tempfile::tempdir().unwrap();
+        let captures = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // Created beforehand, so that the first thing run prints is the loss.
+        let (code, _, stderr) = output(
+            filesem()
+                .current_dir(dir.path())
+                .args(["run", "-q", "s.json", "--", "true"]),
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let script = "echo $$ > pid.tmp && mv pid.tmp pid && exec sleep 60";
+        let mut run = broken_command(
+            dir.path(),
+            &[
+                "run",
+                "--kill-on-lost",
+                "--id",
+                "victim",
+                "s.json",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+            2,
+            broken,
+            &captures.path().join("out"),
+        )
+        .spawn()
+        .unwrap();
+        let mut ended = None;
+        wait_until("the command is started", || {
+            ended = run.try_wait().unwrap();
+            pid_file.exists() || ended.is_some()
+        });
+        assert!(
+            pid_file.exists(),
+            "run ended at once ({ended:?}), stderr {broken:?}"
+        );
+        let command = Pid::from_raw(
+            fs::read_to_string(&pid_file)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap(),
+        );
+        let (code, stdout, stderr) = output(
+            filesem()
+                .current_dir(dir.path())
+                .args(["remove", "s.json", "victim"]),
+        );
+        assert_eq!((code, stdout.trim()), (0, "removed victim"), "{stderr}");
+        let code = wait(&mut run);
+        if code != 128 + 15 {
+            // run is gone without stopping its command: stop it here, then fail.
+            let _ = kill(command, Signal::SIGKILL);
+        }
+        assert_eq!(code, 128 + 15, "stderr {broken:?}: the command got SIGTERM");
+    }
 }

@@ -209,11 +209,10 @@ fn waiters_with_random_priorities_timeouts_cancels_panics_and_kills_are_served_i
     // Never more than capacity; the queue is ordered by (priority, arrival) and served in that
     // order; try_acquire never jumps it; a timeout, cancel or panic in on_wait leaves no entry
     // and leaks no slot; a killed waiter never blocks the queue; nobody hangs.
-    let seed = fastrand::u64(..);
-    fastrand::seed(seed);
+    let seed = common::seed("waiters_with_random_priorities");
     let capacity = fastrand::u32(1..=3);
     let children = 14;
-    eprintln!("seed {seed}, capacity {capacity}, {children} processes");
+    eprintln!("capacity {capacity}, {children} processes");
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     let markers = dir.path().join("markers");
@@ -233,7 +232,7 @@ fn waiters_with_random_priorities_timeouts_cancels_panics_and_kills_are_served_i
                 .arg("PATH", path.display())
                 .arg("ID", format!("w{i}"))
                 .arg("MARKERS", markers.display())
-                .arg("SEED", seed.wrapping_add(i as u64))
+                .seed(common::derive_seed(seed, i as u64))
                 .arg("ROUNDS", 20),
         );
     }
@@ -507,9 +506,9 @@ fn child_process() {
         Some("churn") => {
             // A panicking on_wait is part of the game: keep its message off the test output.
             std::panic::set_hook(Box::new(|_| {}));
-            fastrand::seed(arg("SEED").parse().unwrap());
-            let sem = quick().open_existing(arg("PATH")).unwrap();
             let id = arg("ID");
+            common::seed(&format!("waiter {id}"));
+            let sem = quick().open_existing(arg("PATH")).unwrap();
             let markers = PathBuf::from(arg("MARKERS"));
             let rounds: u32 = arg("ROUNDS").parse().unwrap();
             say("ready");

@@ -591,7 +591,7 @@ fn status_of_a_lease_in_its_grace_says_when_it_is_reaped_in_one_time_format() {
     let path = sem_path(&dir);
     let out = finish(
         filesem()
-            .args(["acquire", "-q", "--lease", "50ms"])
+            .args(["acquire", "-q", "--lease", "1s"])
             .arg(&path)
             .args(["--id", "session"]),
     );
@@ -628,6 +628,7 @@ fn status_json_has_the_documented_fields() {
     let status = status_json(&path);
     assert_eq!(status["schema"], 1);
     assert_eq!(status["path"], path.display().to_string());
+    assert_eq!(status["path_escaped"], false);
     assert_eq!(status["capacity"], 3);
     assert_eq!(status["count"], 1);
     assert_eq!(status["available"], 2);
@@ -1556,4 +1557,401 @@ fn verbose_reports_the_slot_token_and_time_waited() {
         line.contains(" as job (token ") && line.ends_with('s'),
         "{line}"
     );
+}
+
+#[test]
+fn filesem_path_is_absolute_with_its_directory_resolved_when_run_opened_it() {
+    // 9 §1: a command that changes directory or repoints a symlinked directory must still
+    // find its own semaphore through FILESEM_PATH, never another one.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["real", "other"] {
+        fs::create_dir(dir.path().join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+    let script = format!(
+        "echo \"$FILESEM_PATH\"; ln -sfn other link && cd / && {} status --json \"$FILESEM_PATH\"",
+        env!("CARGO_BIN_EXE_filesem")
+    );
+    let out = finish(filesem().current_dir(dir.path()).args([
+        "run",
+        "-q",
+        "--id",
+        "job",
+        "link/s.json",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(out.code(), 0, "{out:?}");
+    let (first, json) = out.stdout.split_once('\n').expect("two parts");
+    let real = fs::canonicalize(dir.path().join("real")).unwrap();
+    assert_eq!(first, real.join("s.json").display().to_string());
+    let status: serde_json::Value = serde_json::from_str(json).expect("status --json");
+    assert_eq!(status["holders"][0]["id"], "job", "its own hold: {status}");
+    assert!(
+        !dir.path().join("other/s.json").exists(),
+        "nothing made elsewhere"
+    );
+}
+
+#[test]
+fn huge_timeouts_and_leases_mean_no_limit_and_never_overflow() {
+    // 9 §3: a duration past what the clock can count saturates; nothing panics or wraps to
+    // a short wait.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    for wait in [
+        "1e30",
+        "18446744073709551615",
+        "99999999999999h",
+        "9999999999999999999999d",
+    ] {
+        let out = finish(
+            filesem()
+                .args(["run", "-q", "-w", wait])
+                .arg(&path)
+                .arg("true"),
+        );
+        assert_eq!(out.code(), 0, "-w {wait}: {out:?}");
+    }
+    let leased = dir.path().join("leased.json");
+    for (id, lease) in [
+        ("a", "99999999999999h"),
+        ("b", "18446744073709551615"),
+        ("c", "1e30"),
+    ] {
+        let out = finish(
+            filesem()
+                .args(["acquire", "-q", "-c", "3", "--lease", lease])
+                .arg(&leased)
+                .args(["--id", id]),
+        );
+        assert_eq!(out.code(), 0, "--lease {lease}: {out:?}");
+    }
+    let status = status_json(&leased);
+    for holder in status["holders"].as_array().unwrap() {
+        let expires = holder["expires_at"].as_str().expect("a lease end");
+        let expires = chrono::DateTime::parse_from_rfc3339(expires).unwrap();
+        assert!(
+            expires > chrono::Utc::now() + chrono::Duration::days(365 * 1000),
+            "{holder}"
+        );
+        assert_eq!(holder["liveness"], "unknown", "not expired: {holder}");
+    }
+    // A waiter with an endless -w queues and gets the slot when it is freed.
+    hold(&path, "blocker", 1);
+    let waiter = Running::start(
+        filesem()
+            .args(["run", "-q", "-w", "18446744073709551615"])
+            .arg(&path)
+            .args(["--", "echo", "got it"]),
+    );
+    wait_until("the waiter is queued", || {
+        status_json(&path)["waiters"].as_array().unwrap().len() == 1
+    });
+    let out = finish(filesem().arg("release").arg(&path).arg("blocker"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    let out = waiter.finish();
+    assert_eq!((out.code(), out.stdout.as_str()), (0, "got it"), "{out:?}");
+}
+
+#[test]
+fn a_lease_below_one_second_is_a_usage_error_naming_the_minimum() {
+    // 9 §4: a tiny lease would rewrite the state many times a second; refused before
+    // anything is created or run.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    let ran = dir.path().join("ran");
+    for lease in ["0", "1ms", "999ms", "0.5", "1e-3"] {
+        for mut command in [
+            {
+                let mut c = filesem();
+                c.args(["run", "--lease", lease])
+                    .arg(&path)
+                    .arg("touch")
+                    .arg(&ran);
+                c
+            },
+            {
+                let mut c = filesem();
+                c.args(["acquire", "--id", "x", "--lease", lease])
+                    .arg(&path);
+                c
+            },
+        ] {
+            let out = finish(&mut command);
+            assert_eq!(out.code(), 2, "--lease {lease}: {out:?}");
+            assert!(out.stderr.contains("minimum of 1 s"), "{}", out.stderr);
+        }
+    }
+    assert!(!path.exists() && !ran.exists(), "nothing created or run");
+    let out = finish(
+        filesem()
+            .args(["acquire", "-q", "--id", "x", "--lease", "1s"])
+            .arg(&path),
+    );
+    assert_eq!(out.code(), 0, "the minimum itself is fine: {out:?}");
+}
+
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// `filesem ARGS` under umask 077, so that a mode that reaches the file exactly is not the
+/// umask's doing.
+fn with_umask_077(args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            "umask 077; exec \"$@\"",
+            "sh",
+            env!("CARGO_BIN_EXE_filesem"),
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+    for key in cli_common::FILESEM_VARS {
+        command.env_remove(key);
+    }
+    command
+}
+
+#[test]
+fn mode_sets_the_permission_bits_of_a_state_file_the_command_creates() {
+    // 10 §4: `--mode` on every command that can create; exact bits whatever the umask.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let (a, b, c) = (p("a.json"), p("b.json"), p("c.json"));
+    for (args, path, mode) in [
+        (vec!["run", "-q", "--mode", "664", &a, "true"], &a, 0o664),
+        (
+            vec!["acquire", "-q", "--mode", "0o640", &b, "--id", "x"],
+            &b,
+            0o640,
+        ),
+        (vec!["recover", "--mode", "0666", "-c", "2", &c], &c, 0o666),
+    ] {
+        let out = finish(&mut with_umask_077(&args));
+        assert_eq!(out.code(), 0, "{args:?}: {out:?}");
+        assert_eq!(mode_of(Path::new(path)), mode, "{args:?}");
+    }
+    // An existing semaphore keeps its mode, and says so unless -q.
+    let out = finish(filesem().args(["run", "--mode", "600", &a, "true"]));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "exists with mode 0664; --mode 0600 applies only to a state file this command creates"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = finish(filesem().args(["run", "-q", "--mode", "600", &a, "true"]));
+    assert_eq!((out.code(), out.stderr.as_str()), (0, ""));
+    let out = finish(filesem().args(["recover", "--mode", "600", "-c", "1", &a]));
+    assert!(out.stderr.contains("exists with mode 0664"), "{out:?}");
+    assert_eq!(mode_of(Path::new(&a)), 0o664);
+}
+
+#[test]
+fn a_mode_that_is_not_plain_octal_read_write_bits_is_a_usage_error() {
+    // Execute, setuid, setgid and sticky bits, or a mode that locks out the owner, never
+    // reach a file: refused before anything is created.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir).display().to_string();
+    for (mode, says) in [
+        ("775", "outside 0666"),
+        ("4664", "outside 0666"),
+        ("0o1666", "outside 0666"),
+        ("444", "needs 0600"),
+        ("rw-rw-r--", "expected octal"),
+        ("8", "expected octal"),
+        ("", "expected octal"),
+    ] {
+        for args in [
+            vec!["run", "--mode", mode, &path, "true"],
+            vec!["acquire", "--mode", mode, &path, "--id", "x"],
+            vec!["recover", "--mode", mode, "-c", "1", &path],
+        ] {
+            let out = finish(filesem().args(&args));
+            assert_eq!(out.code(), 2, "{args:?}: {out:?}");
+            assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        }
+    }
+    assert!(!Path::new(&path).exists(), "nothing created");
+}
+
+/// Undoes the escaping of `status --json`'s `path` when `path_escaped` is true: `\\`, `\n`,
+/// `\r`, `\t`, `\u{..}` and `\xNN`, as the README's schema describes.
+fn unescape_path(text: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            bytes.extend(c.to_string().as_bytes());
+            continue;
+        }
+        match chars.next().expect("escape") {
+            '\\' => bytes.push(b'\\'),
+            'n' => bytes.push(b'\n'),
+            'r' => bytes.push(b'\r'),
+            't' => bytes.push(b'\t'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                bytes.push(u8::from_str_radix(&hex, 16).unwrap());
+            }
+            'u' => {
+                let code: String = chars.by_ref().skip(1).take_while(|&c| c != '}').collect();
+                let c = char::from_u32(u32::from_str_radix(&code, 16).unwrap()).unwrap();
+                bytes.extend(c.to_string().as_bytes());
+            }
+            other => panic!("unknown escape \\{other}"),
+        }
+    }
+    bytes
+}
+
+#[test]
+fn status_json_gives_a_path_that_is_not_utf8_escaped_and_says_so() {
+    // 10 §6: no byte of the path is lost to U+FFFD; the escaped form reverses exactly.
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9 \\x41\tdir"));
+    fs::create_dir(&odd).unwrap();
+    let path = odd.join("s.json");
+    hold(&path, "a", 1);
+    let status = status_json(&path);
+    assert_eq!(status["path_escaped"], true, "{status}");
+    let shown = status["path"].as_str().unwrap();
+    assert!(shown.ends_with(r"/caf\xe9 \\x41\tdir/s.json"), "{shown}");
+    assert_eq!(
+        unescape_path(shown),
+        path.clone().into_os_string().into_vec()
+    );
+    let text = finish(filesem().arg("status").arg(&path)).stdout;
+    assert!(text.starts_with(&format!("{shown}: capacity 1")), "{text}");
+    // A UTF-8 path is given exactly, unescaped, even with a backslash or a tab.
+    let plain = dir.path().join("a\\b\tc.json");
+    hold(&plain, "a", 1);
+    let status = status_json(&plain);
+    assert_eq!(status["path_escaped"], false, "{status}");
+    assert_eq!(status["path"], plain.to_str().unwrap());
+}
+
+#[test]
+fn ids_that_start_with_a_dash_are_accepted() {
+    // 10 §6: `--id -job`, `--id=-job` and release's `-job` name the ID; remove takes its
+    // IDs after `--`, as the tip then says (with the whole ID, not clap's `-j`).
+    let dir = tempfile::tempdir().unwrap();
+    let path = sem_path(&dir);
+    for id_args in [["--id", "-job"], ["--id=-job2", "--priority=0"]] {
+        let out = finish(
+            filesem()
+                .args(["acquire", "-q", "-c", "3"])
+                .arg(&path)
+                .args(id_args),
+        );
+        assert_eq!(out.code(), 0, "{id_args:?}: {out:?}");
+    }
+    let out = finish(filesem().args(["run", "--id", "-job3"]).arg(&path).args([
+        "--",
+        "sh",
+        "-c",
+        "echo \"$FILESEM_ID\"",
+    ]));
+    assert_eq!((out.code(), out.stdout.as_str()), (0, "-job3"), "{out:?}");
+    let ids: Vec<String> = status_json(&path)["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["-job", "-job2"]);
+    let out = finish(filesem().arg("release").arg(&path).arg("-job"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    let out = finish(filesem().arg("remove").arg(&path).args(["-job2", "-x"]));
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("unexpected argument '-job2'") && out.stderr.contains("use '-- -job2'"),
+        "the tip names the whole ID: {}",
+        out.stderr
+    );
+    let out = finish(
+        filesem()
+            .arg("remove")
+            .arg(&path)
+            .args(["--", "-job2", "-x"]),
+    );
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "removed -job2"),
+        "the tip works: {out:?}"
+    );
+    assert_eq!(status_json(&path)["count"], 0);
+}
+
+/// The command between backquotes in the `filesem: hint:` line of `stderr`.
+fn hinted_command(stderr: &str) -> String {
+    let hint = stderr
+        .lines()
+        .find(|l| l.starts_with("filesem: hint:"))
+        .unwrap_or_else(|| panic!("no hint: {stderr}"));
+    let (_, rest) = hint.split_once('`').expect("a command in backquotes");
+    let (command, _) = rest.split_once('`').expect("closing backquote");
+    command.to_string()
+}
+
+/// Runs a hinted command in `sh`, with the built `filesem` first in `PATH`.
+fn run_hint(command: &str) -> Finished {
+    let bin = Path::new(env!("CARGO_BIN_EXE_filesem")).parent().unwrap();
+    let search = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut shell = Command::new("sh");
+    shell
+        .args(["-c", command])
+        .env("PATH", search)
+        .stdin(Stdio::null());
+    for key in cli_common::FILESEM_VARS {
+        shell.env_remove(key);
+    }
+    finish(&mut shell)
+}
+
+#[test]
+fn hints_name_commands_that_work_when_pasted_for_paths_that_need_quoting() {
+    // 10 §5: every hint names a command that works for that case, even for a path with a
+    // space, a quote and a backslash; none names `recover` where it cannot help.
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("it's a \\ dir");
+    fs::create_dir(&odd).unwrap();
+    let path = odd.join("s.json");
+    fs::write(&path, "{\"capacity\": 2, \"hold").unwrap();
+    let out = finish(filesem().arg("status").arg(&path));
+    assert_eq!(out.code(), 125, "{out:?}");
+    let recover = hinted_command(&out.stderr).replace("CAPACITY", "2");
+    let done = run_hint(&recover);
+    assert_eq!(done.code(), 0, "`{recover}`: {done:?}");
+    assert_eq!(status_json(&path)["capacity"], 2);
+    let out = finish(filesem().args(["run", "-c", "3"]).arg(&path).arg("true"));
+    assert_eq!(out.code(), 2, "{out:?}");
+    let set = hinted_command(&out.stderr);
+    assert_eq!(run_hint(&set).code(), 0, "`{set}`");
+    assert_eq!(status_json(&path)["capacity"], 3);
+    let out = finish(filesem().args(["recover", "-c", "5"]).arg(&path));
+    let set = hinted_command(&out.stderr);
+    assert_eq!(run_hint(&set).code(), 0, "`{set}`");
+    assert_eq!(status_json(&path)["capacity"], 5);
+    // A FIFO at the path is not a corrupt file that recover could set aside.
+    let fifo = dir.path().join("fifo.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let out = finish(filesem().arg("status").arg(&fifo));
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(!out.stderr.contains("recover"), "{}", out.stderr);
 }

@@ -5,9 +5,11 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use filesem::{Error, HoldMode, Semaphore};
+use common::{arg, say};
+use filesem::{AcquireOptions, Error, HoldMode, Semaphore};
 use serde_json::{Value, json};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -266,4 +268,240 @@ fn unknown_fields_survive_our_writes() {
     assert_eq!(after["holders"][0]["id"], "go-1");
     assert_eq!(after["capacity"], 4);
     assert_go_readable(&path);
+}
+
+// ------------------------------------------- a permit restores its stripped entry
+
+/// Our entry (the one with ID `id`) as on file.
+fn entry_of(path: &Path, id: &str) -> Value {
+    read_json(path)["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no entry {id} in {}", read_json(path)))
+}
+
+/// The field names of an entry, sorted.
+fn keys(entry: &Value) -> Vec<String> {
+    let mut k: Vec<String> = entry.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn a_permit_writes_back_its_stripped_entry_after_every_operation() {
+    // Go keeps only id and acquired_at of our entry. renew, is_held, keep and the keep-alive
+    // each put back everything the hold records (token, slot, owner, witness, lease and expiry,
+    // metadata), so that the hold can still be judged and reaped; Go's own holders stay as Go
+    // wrote them.
+    for op in ["renew", "is_held", "keep", "keep_alive"] {
+        for lease in [Some(filesem::MIN_LEASE * 30), None] {
+            // The keep-alive renews every third of the lease: keep its wait short.
+            let lease = lease.map(|l| if op == "keep_alive" { l / 10 } else { l });
+            let what = format!("{op} with lease {lease:?}");
+            let dir = tempfile::tempdir().unwrap();
+            let path = copy_fixture(dir.path(), "go-written-two-holders.json");
+            let sem = Semaphore::open(&path, 3).unwrap();
+            let mut opts = AcquireOptions::new().metadata("job", "42");
+            if let Some(l) = lease {
+                opts = opts.lease(l);
+            }
+            let mut permit = Some(sem.try_acquire_with("ours", &opts).unwrap());
+            let before = entry_of(&path, "ours");
+            assert_eq!(before["owner"]["pid"], std::process::id(), "{what}");
+            assert!(before["witness"].is_object(), "{what}");
+            assert_eq!(before["lease_ms"].is_u64(), lease.is_some(), "{what}");
+            go_rewrite(&path);
+            assert_eq!(
+                keys(&entry_of(&path, "ours")),
+                ["acquired_at", "id"],
+                "{what}"
+            );
+
+            let mut expected = before.clone();
+            match (op, permit.as_mut().unwrap()) {
+                ("renew", permit) => {
+                    let until = permit.renew().unwrap();
+                    assert_eq!(until.is_some(), lease.is_some(), "{what}: never 'no lease'");
+                    if let Some(until) = until {
+                        expected["expires_at"] =
+                            json!(until.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+                    }
+                }
+                ("is_held", permit) => assert!(permit.is_held().unwrap(), "{what}"),
+                ("keep", _) => {
+                    permit.take().unwrap().keep().unwrap();
+                    expected["detached"] = json!(true);
+                    expected.as_object_mut().unwrap().remove("witness");
+                }
+                (_, permit) => {
+                    permit.keep_alive().unwrap();
+                    common::wait_until(common::deadline(60), "the keep-alive to restore", || {
+                        entry_of(&path, "ours").get("owner").is_some()
+                    });
+                    if lease.is_some() {
+                        // It renewed as it restored: only the lease end moved.
+                        expected["expires_at"] = entry_of(&path, "ours")["expires_at"].clone();
+                        assert!(
+                            entry_of(&path, "ours")["expires_at"].as_str()
+                                > before["expires_at"].as_str(),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(entry_of(&path, "ours"), expected, "{what}");
+            for go in ["session-123", "worker \"2\""] {
+                assert_eq!(keys(&entry_of(&path, go)), ["acquired_at", "id"], "{what}");
+            }
+            assert_go_readable(&path);
+            if op == "keep" {
+                sem.release("ours").unwrap();
+            }
+            drop(permit);
+        }
+    }
+}
+
+#[test]
+fn a_restored_slot_is_ours_unless_someone_else_took_it() {
+    // Go drops slots too: ours comes back if it is still free; if a later grant took it, the
+    // entry stays without one rather than claim a slot twice.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sem.json");
+    let sem = Semaphore::open(&path, 4).unwrap();
+    let _first = sem.try_acquire("first").unwrap();
+    let ours = sem.try_acquire("ours").unwrap();
+    assert_eq!(ours.slot(), 1);
+    go_rewrite(&path);
+    assert!(ours.is_held().unwrap());
+    assert_eq!(entry_of(&path, "ours")["slot"], 1);
+    assert_eq!(
+        entry_of(&path, "first").get("slot"),
+        None,
+        "not ours to restore"
+    );
+
+    go_rewrite(&path);
+    // A grant while both slots are unrecorded takes the lowest index, ours.
+    let newcomer = sem.try_acquire("newcomer").unwrap();
+    assert_eq!(newcomer.slot(), 0);
+    let another = sem.try_acquire("another").unwrap();
+    assert_eq!(another.slot(), 1);
+    assert!(ours.is_held().unwrap());
+    let restored = entry_of(&path, "ours");
+    assert_eq!(
+        restored.get("slot"),
+        None,
+        "slot 1 belongs to `another` now"
+    );
+    assert_eq!(restored["token"], ours.token());
+    assert_eq!(restored["owner"]["pid"], std::process::id());
+}
+
+/// A child process: takes a slot as `ID` at `PATH` the way `MODE` says (`witness`: a
+/// process-bound hold without lease; `lease`: a detached hold with a lease, which only its
+/// lease can end; `keep-alive`: a process-bound hold with a lease and a keep-alive), says
+/// `held <token>`, then answers the parent's `renew` and `is_held` lines until killed.
+fn strip_hold() {
+    let sem = Semaphore::open_existing(arg("PATH")).unwrap();
+    let opts = match arg("MODE").as_str() {
+        "witness" => AcquireOptions::new(),
+        "lease" => AcquireOptions::new()
+            .detached(true)
+            .lease(filesem::MIN_LEASE * 2),
+        _ => AcquireOptions::new().lease(filesem::MIN_LEASE * 2),
+    };
+    let mut permit = sem.try_acquire_with(arg("ID").as_str(), &opts).unwrap();
+    if arg("MODE") == "keep-alive" {
+        permit.keep_alive().unwrap();
+    }
+    say(format!("held {}", permit.token()));
+    loop {
+        match common::wait_for_parent().as_str() {
+            "renew" => say(format!("renew {:?}", permit.renew().unwrap().is_some())),
+            "is_held" => say(format!("is_held {}", permit.is_held().unwrap())),
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+#[test]
+#[ignore = "a child-process role, started by the other tests in this file"]
+fn child_process() {
+    // Not a test of its own: the body of the processes the tests above start and kill.
+    match common::role().as_deref() {
+        Some("strip-hold") => strip_hold(),
+        Some(other) => panic!("unknown role {other}"),
+        None => {}
+    }
+}
+
+#[test]
+fn a_stripped_hold_of_a_killed_holder_is_reaped_by_its_witness_or_its_lease() {
+    // After Go stripped the entry, the holder's next look restores it; once the holder is
+    // SIGKILLed, its slot comes back: by the witness lock it no longer holds, or by the lease
+    // nobody renews. Without the restore the entry had no owner, witness or lease, and was
+    // never reaped.
+    for (mode, ask, evidence) in [
+        ("witness", Some("is_held"), "witness"),
+        ("lease", Some("renew"), "lease expired"),
+        ("keep-alive", None, "witness"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = copy_fixture(dir.path(), "go-written-two-holders.json");
+        let sem = Semaphore::open(&path, 3).unwrap();
+        let mut group = common::Group::new();
+        let child = group.spawn(
+            common::ChildSpec::new(mode, "child_process", "strip-hold")
+                .arg("PATH", path.display())
+                .arg("ID", "victim")
+                .arg("MODE", mode),
+        );
+        group.expect(child, "held", common::deadline(30));
+        let before = entry_of(&path, "victim");
+        go_rewrite(&path);
+        assert_eq!(
+            keys(&entry_of(&path, "victim")),
+            ["acquired_at", "id"],
+            "{mode}"
+        );
+        match ask {
+            Some(op) => {
+                group.send_all(op);
+                let reply = group.expect(child, op, common::deadline(30));
+                assert!(reply.ends_with("true"), "{mode}: {reply}");
+            }
+            None => common::wait_until(common::deadline(60), "the keep-alive to restore", || {
+                entry_of(&path, "victim").get("owner").is_some()
+            }),
+        }
+        let restored = entry_of(&path, "victim");
+        for field in ["token", "slot", "owner", "witness", "lease_ms", "detached"] {
+            assert_eq!(restored.get(field), before.get(field), "{mode}: {field}");
+        }
+        assert_eq!(restored["owner"]["pid"], group.pid(child), "{mode}");
+
+        group.kill(child, common::deadline(10));
+        let reaped = |sem: &Semaphore| sem.reap().unwrap().into_iter().find(|r| r.id == "victim");
+        let mut found = None;
+        common::wait_until(common::deadline(60), "the victim to be reaped", || {
+            found = reaped(&sem);
+            found.is_some()
+        });
+        let found = found.unwrap();
+        assert!(
+            found.liveness.evidence().contains(evidence),
+            "{mode}: {}",
+            found.liveness
+        );
+        let ids: Vec<String> = sem.holders().unwrap().into_iter().map(|h| h.id).collect();
+        assert_eq!(
+            ids,
+            ["session-123", "worker \"2\""],
+            "{mode}: Go's holders stay"
+        );
+    }
 }

@@ -399,19 +399,23 @@ fn lease_expires_and_is_reaped_renew_extends_it() {
     let sem = quick().open(&path, 1).unwrap();
     let opts = AcquireOptions::new()
         .detached(true)
-        .lease(Duration::from_millis(300));
+        .lease(filesem::MIN_LEASE);
     let permit = sem.try_acquire_with("leased", &opts).unwrap();
     let first_end = sem.holders().unwrap()[0].expires_at.unwrap();
     std::thread::sleep(Duration::from_millis(150));
     let renewed = permit.renew().unwrap().unwrap();
     assert!(renewed > first_end);
+    assert_eq!(sem.holders().unwrap()[0].expires_at, Some(renewed));
     assert!(permit.is_held().unwrap());
     // Past expiry plus grace: stale, and an acquire takes the slot.
-    let until = Instant::now() + filesem::LEASE_GRACE + Duration::from_millis(400);
-    while Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(verdict_of(&sem, "leased").name(), "expired");
+    common::wait_until(
+        common::deadline(60),
+        "the lease and its grace to pass",
+        || verdict_of(&sem, "leased").name() == "expired",
+    );
+    assert!(
+        chrono::Utc::now() > renewed + chrono::Duration::from_std(filesem::LEASE_GRACE).unwrap()
+    );
     assert!(!permit.is_held().unwrap());
     let next = sem.try_acquire("next").unwrap();
     assert!(next.token() > permit.token());
@@ -433,12 +437,12 @@ fn keep_alive_holds_a_job_longer_than_its_lease() {
     let dir = common::tmpfs_dir();
     let path = sem_path(&dir);
     let sem = quick().open(&path, 1).unwrap();
-    let opts = AcquireOptions::new()
-        .detached(true)
-        .lease(Duration::from_millis(600));
-    let permit = sem.try_acquire_with("long", &opts).unwrap();
-    let keep_alive = permit.keep_alive();
-    let until = Instant::now() + Duration::from_millis(600) * 3 + filesem::LEASE_GRACE;
+    let lease = filesem::MIN_LEASE;
+    let opts = AcquireOptions::new().detached(true).lease(lease);
+    let mut permit = sem.try_acquire_with("long", &opts).unwrap();
+    permit.keep_alive().unwrap();
+    assert!(permit.is_kept_alive());
+    let until = Instant::now() + lease * 3 + filesem::LEASE_GRACE;
     let mut reaps = 0;
     while Instant::now() < until {
         assert!(sem.reap().unwrap().is_empty(), "a renewed hold was reaped");
@@ -446,15 +450,17 @@ fn keep_alive_holds_a_job_longer_than_its_lease() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(reaps > 10);
-    assert!(!keep_alive.is_lost() && keep_alive.is_running());
+    assert!(!permit.is_lost() && permit.is_kept_alive());
     assert!(permit.is_held().unwrap());
     sem.remove(["long"]).unwrap();
     common::wait_until(
         common::deadline(30),
         "keep-alive to notice the loss",
-        || keep_alive.is_lost(),
+        || permit.is_lost(),
     );
-    drop(keep_alive);
+    common::wait_until(common::deadline(30), "keep-alive to stop", || {
+        !permit.is_kept_alive()
+    });
     assert!(matches!(permit.release(), Err(Error::Lost { .. })));
 }
 
@@ -485,6 +491,7 @@ fn keep_turns_a_process_bound_hold_into_a_detached_one() {
 /// A worker: acquire, record itself in a per-slot marker (the independent witness), hold a
 /// moment, remove the marker, release; until stdin closes. Prints `VIOLATION` lines.
 fn stress_worker(path: &Path, id: &str, capacity: u32, markers: &Path) {
+    common::seed(id);
     let sem = quick().open(path, capacity).unwrap();
     let me = std::process::id();
     let (tx, rx) = mpsc::channel::<()>();
@@ -570,11 +577,7 @@ fn process_alive(pid: u32) -> bool {
 #[test]
 fn stress_holders_killed_at_random_never_exceed_capacity_or_leak_slots() {
     // 8 looping processes on capacity 2, random SIGKILLs: witness shows no violation, no leaked slot.
-    let seed: u64 = std::env::var("FILESEM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    fastrand::seed(seed);
+    let seed = common::seed("stress_holders_killed_at_random");
     let secs: u64 = std::env::var("FILESEM_STRESS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -585,12 +588,15 @@ fn stress_holders_killed_at_random_never_exceed_capacity_or_leak_slots() {
     fs::create_dir(&markers).unwrap();
     let mut group = Group::new();
     // Worker `i` (holder id `worker-i`) is child `workers[i]` of the group; a killed worker
-    // stays in the group, so what it said before dying is still read at the end.
+    // stays in the group, so what it said before dying is still read at the end. Each new
+    // process gets the next seed derived from the test's.
     let spawn = |group: &mut Group, i: usize| {
+        let n = group.len() as u64;
         let idx = group.spawn(
             child("stress-worker", &path, &format!("worker-{i}"))
                 .arg("CAPACITY", 2)
-                .arg("MARKERS", markers.display()),
+                .arg("MARKERS", markers.display())
+                .seed(common::derive_seed(seed, n)),
         );
         assert_eq!(group.expect(idx, "READY", common::deadline(30)), "READY");
         idx

@@ -35,7 +35,7 @@ struct Measured {
 }
 
 fn run(r: &Run<'_>) -> Measured {
-    let seed = fastrand::u64(..);
+    let seed = common::seed(r.label);
     let path = r.dir.join("state").join("sem.json");
     let witness = Witness::create(r.dir.join("witness"), r.capacity).unwrap();
     let started = Instant::now();
@@ -50,7 +50,7 @@ fn run(r: &Run<'_>) -> Measured {
                 .arg("DURABLE", r.durable)
                 .arg("HOLD_US", r.hold_us)
                 .arg("ID", format!("worker-{i}"))
-                .arg("SEED", seed.wrapping_add(i as u64)),
+                .seed(common::derive_seed(seed, i as u64)),
         );
     }
     group.expect_all("ready", common::deadline(30));
@@ -87,7 +87,7 @@ fn run(r: &Run<'_>) -> Measured {
     let report = witness.report().unwrap();
     let distinct: HashSet<u64> = all_tokens.iter().copied().collect();
     println!(
-        "{}: seed {seed}, {} processes x {} cycles, capacity {}, durable {}, hold < {} us: \
+        "{}: seed={seed}, {} processes x {} cycles, capacity {}, durable {}, hold < {} us: \
          {grants} grants, {refusals} refusals, max inside {}, violations {}, {:.2?}",
         r.label,
         r.processes,
@@ -198,7 +198,7 @@ fn worker() {
     let durable: bool = arg("DURABLE").parse().unwrap();
     let hold_us: u64 = arg("HOLD_US").parse().unwrap();
     let id = arg("ID");
-    let mut rng = fastrand::Rng::with_seed(arg("SEED").parse().unwrap());
+    let mut rng = fastrand::Rng::with_seed(common::seed(&id));
     let witness = Witness::create(arg("WITNESS"), capacity).unwrap();
 
     say("ready");

@@ -14,22 +14,24 @@ use filesem::{Error, OpenOptions, Semaphore};
 const THREADS: usize = 8;
 const CYCLES: usize = 150;
 
-/// Runs `CYCLES` acquire/hold/release cycles on `sem` as holder `id`; returns its tokens.
-fn cycle(sem: &Semaphore, id: &str, witness: &Witness) -> Vec<u64> {
+/// Runs `CYCLES` acquire/hold/release cycles on `sem` as holder `id`, with random pauses
+/// drawn from `seed`; returns its tokens.
+fn cycle(sem: &Semaphore, id: &str, witness: &Witness, seed: u64) -> Vec<u64> {
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut tokens = Vec::new();
     for i in 0..CYCLES {
         let permit = loop {
             match sem.try_acquire(id) {
                 Ok(p) => break p,
                 Err(Error::NoCapacity { .. }) => {
-                    std::thread::sleep(Duration::from_micros(fastrand::u64(10..200)));
+                    std::thread::sleep(Duration::from_micros(rng.u64(10..200)));
                 }
                 Err(e) => panic!("{id}: acquire: {e}"),
             }
         };
         let entered = witness.enter(permit.slot(), id, permit.token()).unwrap();
         assert!(entered.violations.is_empty(), "{:?}", entered.violations);
-        std::thread::sleep(Duration::from_micros(fastrand::u64(0..100)));
+        std::thread::sleep(Duration::from_micros(rng.u64(0..100)));
         let (_, violations) = witness.leave(permit.slot(), id, permit.token()).unwrap();
         assert!(violations.is_empty(), "{violations:?}");
         tokens.push(permit.token());
@@ -72,6 +74,7 @@ fn check(path: &Path, witness: &Witness, capacity: u32, tokens: Vec<u64>) {
 #[test]
 fn threads_sharing_one_handle_never_exceed_capacity() {
     // One handle shared by many threads: counts balance, never more than capacity inside.
+    let seed = common::seed("threads_sharing_one_handle");
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     let sem = OpenOptions::new().durable(false).open(&path, 2).unwrap();
@@ -80,7 +83,8 @@ fn threads_sharing_one_handle_never_exceed_capacity() {
         .map(|t| {
             let sem = sem.clone();
             let witness = Arc::clone(&witness);
-            std::thread::spawn(move || cycle(&sem, &format!("thread-{t}"), &witness))
+            let seed = common::derive_seed(seed, t as u64);
+            std::thread::spawn(move || cycle(&sem, &format!("thread-{t}"), &witness, seed))
         })
         .collect();
     let tokens = handles
@@ -93,6 +97,7 @@ fn threads_sharing_one_handle_never_exceed_capacity() {
 #[test]
 fn two_handles_on_one_path_in_one_process_exclude_each_other() {
     // Separate handles do not share the in-process mutex; the lock file must still exclude.
+    let seed = common::seed("two_handles_on_one_path");
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     let first = OpenOptions::new().durable(false).open(&path, 1).unwrap();
@@ -106,7 +111,8 @@ fn two_handles_on_one_path_in_one_process_exclude_each_other() {
                 second.clone()
             };
             let witness = Arc::clone(&witness);
-            std::thread::spawn(move || cycle(&sem, &format!("thread-{t}"), &witness))
+            let seed = common::derive_seed(seed, t as u64);
+            std::thread::spawn(move || cycle(&sem, &format!("thread-{t}"), &witness, seed))
         })
         .collect();
     let tokens = handles

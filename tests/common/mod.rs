@@ -22,6 +22,44 @@ pub const ROLE_VAR: &str = "FILESEM_TEST_ROLE";
 /// Lines a child prints for its parent start with this, to tell them from libtest's output.
 pub const MARK: &str = "@@ ";
 
+/// The environment variable that replays a randomized test: its seed. Every randomized test
+/// prints `seed=N` when it starts; `FILESEM_TEST_SEED=N cargo test --test FILE -- NAME`
+/// runs it again with the same random choices (process scheduling is not replayed). In a
+/// child process started with [`ChildSpec::seed`], the same variable carries the child's own
+/// seed, derived from the parent's.
+pub const SEED_VAR: &str = "FILESEM_TEST_SEED";
+
+/// The seed of a randomized test (or of a child process, see [`ChildSpec::seed`]):
+/// [`SEED_VAR`] if set, else a fresh one. Prints `NAME: seed=N` on stderr (shown with
+/// `--nocapture`, and in the output of a failed test) and seeds this thread's `fastrand`
+/// generator with it; other threads take their own seeds with [`derive_seed`].
+pub fn seed(name: &str) -> u64 {
+    let seed = match std::env::var(SEED_VAR) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_VAR}={value:?} is not a number from 0 to 2^64 - 1")),
+        Err(_) => fastrand::u64(..),
+    };
+    // One write per line, so that the lines of processes writing at once do not interleave.
+    let line = match role() {
+        Some(_) => format!("{name}: seed={seed}\n"),
+        None => format!("{name}: seed={seed} (replay with {SEED_VAR}={seed})\n"),
+    };
+    eprint!("{line}");
+    fastrand::seed(seed);
+    seed
+}
+
+/// The seed of the `n`th thread or child process of a test seeded with `seed`: different for
+/// every `n` and for nearby seeds, the same in every replay (the splitmix64 mixer).
+pub fn derive_seed(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A fresh directory on tmpfs (`/dev/shm`) if there is one, else in the system temp dir.
 pub fn tmpfs_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
@@ -127,6 +165,13 @@ impl ChildSpec {
     pub fn arg(mut self, name: &str, value: impl ToString) -> ChildSpec {
         self.env
             .push((format!("FILESEM_TEST_{name}"), value.to_string()));
+        self
+    }
+
+    /// Gives the child its own seed, which [`seed`] reads in the child (pass
+    /// [`derive_seed`]`(parent_seed, n)`).
+    pub fn seed(mut self, seed: u64) -> ChildSpec {
+        self.env.push((SEED_VAR.to_string(), seed.to_string()));
         self
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use filesem::{AcquireOptions, CancelToken, Permit, Semaphore, WaitStatus};
 use nix::sys::signal::Signal;
 
-use crate::escape::escape;
+use crate::escape::{escape, escape_path};
 use crate::exit::{Exit, Fail};
 use crate::signals::{self, Signals};
 use crate::{AcquireArgs, SlotArgs, open};
@@ -88,10 +88,10 @@ pub fn acquire(
         Wait::AtMost(_) | Wait::Forever => wait(sem, request, signals)?,
     };
     if request.verbose {
-        eprintln!(
+        err!(
             "filesem: acquired slot {} of {} as {} (token {}) after {:.3}s",
             permit.slot(),
-            escape(&sem.path().display().to_string()),
+            escape_path(sem.path()),
             escape(request.id),
             permit.token(),
             start.elapsed().as_secs_f64()
@@ -111,7 +111,7 @@ fn wait(sem: &Semaphore, request: &Request<'_>, signals: &Arc<Signals>) -> Resul
             (Arc::clone(&watcher), Arc::clone(signals), cancel.clone());
         move |status| {
             if announce {
-                eprintln!("{}", waiting_note(status));
+                err!("{}", waiting_note(status));
             }
             watcher.start(Arc::clone(&signals), cancel.clone());
         }
@@ -143,7 +143,7 @@ fn waiting_note(status: &WaitStatus) -> String {
     }
     let mut note = format!(
         "filesem: waiting for a slot on {}: {}/{} held by {}",
-        escape(&status.path.display().to_string()),
+        escape_path(&status.path),
         status.holders.len(),
         status.capacity,
         ids.join(", ")
@@ -212,7 +212,7 @@ fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
 /// As [`acquire`], and the library's errors from opening the semaphore.
 pub fn detached(args: AcquireArgs) -> Result<Exit, Fail> {
     let signals = Arc::new(Signals::start().map_err(signal_failure)?);
-    let sem = open::open(&args.slot.semfile, args.slot.capacity, args.slot.quiet)?;
+    let sem = open::open(&args.slot)?;
     let mut request = Request::new(&args.slot, &args.id);
     request.options = request.options.detached(true);
     let permit = acquire(&sem, &request, &signals)?;

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use filesem::Semaphore;
+use filesem::{OpenOptions, Semaphore};
 
-use crate::escape::{escape, shell_quote};
+use crate::escape::{escape, escape_path, shell_quote};
 use crate::exit::{Exit, Fail};
-use crate::print_line;
+use crate::open;
 
 /// `filesem release SEMFILE ID`.
 ///
@@ -25,7 +25,7 @@ pub fn release(path: &Path, id: &str) -> Result<Exit, Fail> {
 /// The library's errors.
 pub fn remove(path: &Path, ids: &[String]) -> Result<Exit, Fail> {
     for id in Semaphore::open_existing(path)?.remove(ids)? {
-        print_line(&format!("removed {}", escape(&id)))?;
+        out!("removed {}", escape(&id));
     }
     Ok(Exit::Success)
 }
@@ -40,9 +40,9 @@ pub fn remove(path: &Path, ids: &[String]) -> Result<Exit, Fail> {
 pub fn reap(path: &Path, quiet: bool) -> Result<Exit, Fail> {
     let all = Semaphore::open_existing(path)?.reap()?;
     if all.is_empty() && !quiet {
-        eprintln!(
+        err!(
             "filesem: nothing to reap in {}: no holder or waiter is provably dead or expired",
-            escape(&path.display().to_string())
+            escape_path(path)
         );
     }
     for reaped in all {
@@ -60,12 +60,12 @@ pub fn reap(path: &Path, quiet: bool) -> Result<Exit, Fail> {
         } else {
             format!(" ({})", what.join(", "))
         };
-        print_line(&format!(
+        out!(
             "reaped {}{what}: {} ({})",
             escape(&reaped.id),
             reaped.liveness.name(),
             escape(reaped.liveness.evidence())
-        ))?;
+        );
     }
     Ok(Exit::Success)
 }
@@ -80,36 +80,44 @@ pub fn set_capacity(path: &Path, capacity: u32) -> Result<Exit, Fail> {
     Ok(Exit::Success)
 }
 
-/// `filesem recover SEMFILE -c N`: says on stdout what it did. A valid file is left alone
-/// (exit 0); if its capacity is not `N`, a hint on stderr says how to change it.
+/// `filesem recover SEMFILE -c N [--mode OCTAL]`: says on stdout what it did. A valid file
+/// is left alone (exit 0); if its capacity is not `N`, a hint on stderr says how to change
+/// it. `mode` is that of a state file created where there was none.
 ///
 /// # Errors
 ///
 /// The library's errors.
-pub fn recover(path: &Path, capacity: u32) -> Result<Exit, Fail> {
+pub fn recover(path: &Path, capacity: u32, mode: Option<u32>) -> Result<Exit, Fail> {
     let existed = path.exists();
-    let recovered = Semaphore::recover(path, capacity)?;
-    let shown = escape(&path.display().to_string());
+    let mut options = OpenOptions::new();
+    if let Some(mode) = mode {
+        options.mode(mode);
+    }
+    let recovered = options.recover(path, capacity)?;
+    let shown = escape_path(path);
+    if let (Some(requested), true) = (mode, existed) {
+        open::note_other_mode(path, requested);
+    }
     if existed && recovered.moved_to.is_none() {
         let on_file = Semaphore::open_existing(path)?.capacity()?;
         if on_file != capacity {
-            eprintln!(
+            err!(
                 "filesem: hint: its capacity stays {on_file}, not the {capacity} given with -c; \
                  `filesem set-capacity {} {capacity}` changes it",
-                escape(&shell_quote(&path.display().to_string()))
+                shell_quote(path)
             );
         }
     }
     let line = match (&recovered.moved_to, existed) {
         (Some(aside), _) => format!(
             "moved the corrupt state to {}; {shown} starts afresh with capacity {capacity}",
-            escape(&aside.display().to_string())
+            escape_path(aside)
         ),
         (None, true) => format!("{shown} is valid; nothing changed"),
         (None, false) => {
             format!("created a new semaphore at {shown} with capacity {capacity}")
         }
     };
-    print_line(&line)?;
+    out!("{line}");
     Ok(Exit::Success)
 }

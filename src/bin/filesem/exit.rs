@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use crate::duration::human;
-use crate::escape::escape;
+use crate::escape::{escape, shell_quote, terminal_safe};
 
 /// How `filesem` ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,8 @@ impl Fail {
 
     /// The report: `filesem: <error>: <cause>: <cause>`, then an optional `hint:` line; control
     /// characters escaped so that an ID or a path cannot play tricks on the terminal (once: a
-    /// [`Escaped`] message is shown as it is).
+    /// [`Escaped`] message is shown as it is). Backslashes in the hint are kept: its commands
+    /// quote their arguments with [`shell_quote`] and must work when pasted.
     pub fn report(&self) -> String {
         let mut out = match self.error.downcast_ref::<Escaped>() {
             Some(escaped) => format!("filesem: {escaped}"),
@@ -114,7 +115,7 @@ impl Fail {
         out.push_str(&escape(&causes));
         if let Some(hint) = &self.hint {
             out.push_str("\nfilesem: hint: ");
-            out.push_str(&escape(hint));
+            out.push_str(&terminal_safe(hint));
         }
         out
     }
@@ -197,14 +198,15 @@ impl From<filesem::Error> for Fail {
             E::CapacityMismatch { .. }
             | E::InvalidCapacity { .. }
             | E::InvalidId { .. }
-            | E::InvalidMetadata { .. } => Exit::Usage,
+            | E::InvalidMetadata { .. }
+            | E::InvalidLease { .. } => Exit::Usage,
             _ => Exit::Failure,
         };
         let hint = match &error {
-            E::Corrupt { path, .. } => Some(format!(
+            E::Corrupt { path, reason } if recover_can_fix(path, reason) => Some(format!(
                 "stop every holder, then start afresh with `filesem recover {} -c CAPACITY` \
                  (the bad file is kept aside)",
-                path.display()
+                shell_quote(path)
             )),
             E::LockTimeout { .. } => Some(
                 "a process is stopped or hung inside its critical section; find it with \
@@ -219,6 +221,16 @@ impl From<filesem::Error> for Fail {
         };
         Fail { exit, error, hint }
     }
+}
+
+/// Whether `filesem recover` is the way out of a [`filesem::Error::Corrupt`] at `path`: not
+/// for a FIFO, socket or device at the path (recover moves aside only a regular file), nor for
+/// an exhausted fencing-token counter (tokens only grow, so only a new semaphore file helps,
+/// as the error says). Until the library reports those two with variants of their own, they
+/// are told apart here by the file's type and the error's reason.
+fn recover_can_fix(path: &std::path::Path, reason: &str) -> bool {
+    let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    regular && !reason.contains("fencing-token counter is exhausted")
 }
 
 #[cfg(test)]
@@ -297,5 +309,35 @@ mod tests {
             "filesem: failed to open `/x/s.json.lock`: Permission denied (os error 13)\n\
              filesem: hint: check\\u{1b}[31m"
         );
+    }
+
+    #[test]
+    fn the_recover_hint_quotes_the_path_and_is_given_only_where_recover_helps() {
+        // A hint must name a command that works: pasted as shown, on a file recover can fix.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("my sem's.json");
+        std::fs::write(&path, "{").unwrap();
+        let corrupt = |reason: &str| filesem::Error::Corrupt {
+            path: path.clone(),
+            reason: reason.into(),
+        };
+        let fail = Fail::from(corrupt("expected value at line 1 column 2"));
+        assert_eq!(fail.exit, Exit::Failure);
+        let expected = format!(
+            "stop every holder, then start afresh with `filesem recover {} -c CAPACITY` (the \
+             bad file is kept aside)",
+            shell_quote(&path)
+        );
+        assert_eq!(fail.hint.as_deref(), Some(expected.as_str()));
+        assert!(expected.contains("'\\''"), "quoted: {expected}");
+        let exhausted = Fail::from(corrupt(
+            "the fencing-token counter is exhausted (2^53 - 1 tokens were handed out); tokens \
+             only grow, so use a new semaphore file",
+        ));
+        assert_eq!(exhausted.hint, None);
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let fifo = Fail::from(corrupt("it is a FIFO, not a regular file"));
+        assert_eq!(fifo.hint, None);
     }
 }

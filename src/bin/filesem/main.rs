@@ -4,11 +4,16 @@
 //! same semaphore files. See the README's "Command line" section for recipes, the exit codes and the `status --json`
 //! schema.
 
+// First: the `out!` and `err!` macros are used by every module after it.
+#[macro_use]
+mod output;
+
 mod acquire;
 mod admin;
 mod duration;
 mod escape;
 mod exit;
+mod mode;
 mod open;
 mod run;
 mod signals;
@@ -21,7 +26,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::exit::{Exit, Fail, NO_SLOT};
+use crate::exit::NO_SLOT;
 
 /// A counting semaphore for shell scripts: at most N named holders at once, across
 /// processes, in a JSON state file that `filesem status` shows and `filesem reap` cleans up.
@@ -43,31 +48,34 @@ enum Command {
     ///
     /// The command inherits the hold: if `filesem run` is killed (even with SIGKILL), the
     /// slot stays taken until the command (and any process it started that kept the
-    /// inherited descriptor) has ended; -o turns this off. The command gets FILESEM_PATH,
-    /// FILESEM_ID, FILESEM_TOKEN and FILESEM_SLOT in its environment. Signals sent to `filesem run` are forwarded to it
-    /// once; a terminal's Ctrl-C reaches it directly and is not forwarded again.
+    /// inherited descriptor) has ended; -o turns this off. The command gets FILESEM_PATH (the
+    /// state file's absolute path, its directory resolved when `run` opened it), FILESEM_ID,
+    /// FILESEM_TOKEN and FILESEM_SLOT in its environment. Signals sent to `filesem run` are
+    /// forwarded to it once; a terminal's Ctrl-C reaches it directly and is not forwarded
+    /// again.
     ///
     /// Nested in the command of a `run` on the same semaphore, `run` without --id uses the
     /// outer hold's ID and so fails at once with exit code 1 (already held) instead of
     /// waiting for its own parent; with another --id it competes for a slot like anyone.
     #[command(mut_arg("lease", |a| a.help(
-        "Give the hold a lease: it ends by itself this long after it was taken unless \
-         renewed; `run` renews it in the background while the command runs"
+        "Give the hold a lease (at least 1 s): it ends by itself this long after it was taken \
+         unless renewed; `run` renews it in the background while the command runs"
     )))]
     Run(RunArgs),
     /// Take a detached slot that outlives this process (a session), until `release`.
     ///
     /// Waits for a slot by default; `filesem release SEMFILE ID` ends the hold.
     #[command(mut_arg("lease", |a| a.help(
-        "Give the hold a lease: nothing renews a detached hold's lease, so the hold ends by \
-         itself this long after it was taken, unless released before"
+        "Give the hold a lease (at least 1 s): nothing renews a detached hold's lease, so the \
+         hold ends by itself this long after it was taken, unless released before"
     )))]
     Acquire(AcquireArgs),
     /// End the hold of an ID (taken with `acquire`, or by any program).
     Release {
         /// The semaphore's state file.
         semfile: PathBuf,
-        /// The holder ID.
+        /// The holder ID; it may start with a dash (`-job`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Remove the entries of these IDs, whoever holds them (cleanup after a crash).
@@ -76,7 +84,7 @@ enum Command {
     Remove {
         /// The semaphore's state file.
         semfile: PathBuf,
-        /// The holder IDs.
+        /// The holder IDs (put `--` before them if one starts with a dash: `-- -job`).
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -113,6 +121,11 @@ enum Command {
         /// The capacity of the fresh semaphore, in holders.
         #[arg(short, long, value_parser = capacity_range())]
         capacity: u32,
+        /// Permission bits, in octal (664, 0664, 0o664), of the state file if there is none
+        /// yet (default 644; the lock and witness files follow, as `run --help` says). A
+        /// corrupt file's replacement keeps the corrupt file's mode.
+        #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
+        mode: Option<u32>,
     },
     /// Show the capacity, the holders (slot, age, owner, liveness) and the queue.
     Status {
@@ -133,8 +146,15 @@ struct SlotArgs {
     /// if given for an existing one, it must match.
     #[arg(short, long, value_parser = capacity_range())]
     capacity: Option<u32>,
-    /// Wait at most this long for a slot: seconds (10, 0.5) or 250ms, 30s, 5m, 1h30m.
-    #[arg(short = 'w', long = "timeout", value_name = "DURATION", value_parser = duration::parse)]
+    /// Wait at most this long for a slot: seconds (10, 0.5, 1e3) or 250ms, 30s, 5m, 1h30m;
+    /// a value past what the clock can count means no limit.
+    #[arg(
+        short = 'w',
+        long = "timeout",
+        value_name = "DURATION",
+        value_parser = duration::parse,
+        allow_hyphen_values = true
+    )]
     timeout: Option<Duration>,
     /// Do not wait: fail at once if no slot is free.
     #[arg(short = 'n', long = "nonblock", conflicts_with = "timeout")]
@@ -143,14 +163,31 @@ struct SlotArgs {
     #[arg(short = 'E', long = "conflict-exit-code", value_name = "CODE", default_value_t = NO_SLOT)]
     conflict_exit_code: u8,
     /// Give the hold a lease (each subcommand says who renews it).
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = duration::parse_lease,
+        allow_hyphen_values = true
+    )]
     lease: Option<Duration>,
+    /// Permission bits, in octal (664, 0664, 0o664), of the state file if this command
+    /// creates the semaphore (default 644); the lock and witness files get read and write
+    /// for each class that may write the state (664: owner and group; see the README on
+    /// sharing a semaphore with a group). An existing semaphore keeps its modes. Must
+    /// include 600; execute, setuid, setgid and sticky bits are refused.
+    #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
+    mode: Option<u32>,
     /// Queue priority while waiting: higher is served first, first come first served within
     /// a priority (default 0; negative values queue behind).
     #[arg(long, value_name = "P", allow_negative_numbers = true)]
     priority: Option<i32>,
     /// Attach KEY=VALUE to the hold, shown by `status` (repeatable).
-    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    #[arg(
+        long = "meta",
+        value_name = "KEY=VALUE",
+        value_parser = parse_meta,
+        allow_hyphen_values = true
+    )]
     meta: Vec<(String, String)>,
     /// Print nothing when there is no slot or while waiting.
     #[arg(short, long, conflicts_with = "verbose")]
@@ -164,8 +201,9 @@ struct SlotArgs {
 struct RunArgs {
     #[command(flatten)]
     slot: SlotArgs,
-    /// The holder ID (default: run-<hostname>-<pid>, or the outer hold's ID when nested).
-    #[arg(long)]
+    /// The holder ID (default: run-<hostname>-<pid>, or the outer hold's ID when nested); it
+    /// may start with a dash (`--id -job`).
+    #[arg(long, allow_hyphen_values = true)]
     id: Option<String>,
     /// Do not let the command inherit the hold: it ends when `filesem run` ends, even if
     /// the command lives on (as `flock -o`).
@@ -184,8 +222,9 @@ struct RunArgs {
 struct AcquireArgs {
     #[command(flatten)]
     slot: SlotArgs,
-    /// The holder ID, used later to `release` the hold.
-    #[arg(long)]
+    /// The holder ID, used later to `release` the hold; it may start with a dash
+    /// (`--id -job`).
+    #[arg(long, allow_hyphen_values = true)]
     id: String,
 }
 
@@ -201,8 +240,54 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// clap reports an unknown argument such as `-job` by its first short flag (`-j`) and tips
+/// `-- -j`, which would pass another word: this names the whole argument as typed, in the
+/// message and in the tip, so that the tip works (`filesem remove S -- -job`).
+fn whole_argument(mut error: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return error;
+    }
+    let flag = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(reported)) => match reported.strip_prefix('-') {
+            Some(rest) if rest.chars().count() == 1 && rest != "-" => rest.to_string(),
+            _ => return error,
+        },
+        _ => return error,
+    };
+    // The first cluster of short flags (before any `--`) that holds the reported one.
+    let typed = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .filter_map(|a| a.into_string().ok())
+        .find(|a| {
+            a.len() > 2 && !a.starts_with("--") && a.starts_with('-') && a[1..].contains(&flag)
+        });
+    let Some(typed) = typed else {
+        return error;
+    };
+    let tipped = matches!(
+        error.get(ContextKind::Suggested),
+        Some(ContextValue::StyledStrs(tips)) if tips.iter().any(|t| t.to_string().contains("as a value"))
+    );
+    if tipped {
+        let tip = format!("to pass '{typed}' as a value, use '-- {typed}'");
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    error.insert(ContextKind::InvalidArg, ContextValue::String(typed));
+    error
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version and usage errors: clap's text and exit code, whatever happens to
+        // the output.
+        Err(error) => return ExitCode::from(output::clap_exit(&whole_argument(error))),
+    };
     let (conflict, quiet) = match &cli.command {
         Command::Run(a) => (a.slot.conflict_exit_code, a.slot.quiet),
         Command::Acquire(a) => (a.slot.conflict_exit_code, a.slot.quiet),
@@ -215,30 +300,20 @@ fn main() -> ExitCode {
         Command::Remove { semfile, ids } => admin::remove(&semfile, &ids),
         Command::Reap { semfile, quiet } => admin::reap(&semfile, quiet),
         Command::SetCapacity { semfile, capacity } => admin::set_capacity(&semfile, capacity),
-        Command::Recover { semfile, capacity } => admin::recover(&semfile, capacity),
+        Command::Recover {
+            semfile,
+            capacity,
+            mode,
+        } => admin::recover(&semfile, capacity, mode),
         Command::Status { semfile, json } => status::status(&semfile, json),
     };
     match result {
         Ok(exit) => exit.exit_code(conflict),
         Err(fail) => {
             if !(quiet && fail.is_no_slot()) {
-                eprintln!("{}", fail.report());
+                err!("{}", fail.report());
             }
             fail.exit.exit_code(conflict)
         }
-    }
-}
-
-/// Prints a line to stdout; a closed pipe (`filesem status | head -1`) ends quietly.
-fn print_line(line: &str) -> Result<(), Fail> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{line}") {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => Err(Fail::new(
-            Exit::Failure,
-            format!("failed to write to stdout: {e}"),
-        )),
     }
 }

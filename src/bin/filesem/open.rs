@@ -1,43 +1,53 @@
-//! Opening the semaphore for `run` and `acquire`: `-c` only where needed, a note when a new
-//! semaphore is created, and a capacity mismatch that says how to change the capacity.
+//! Opening the semaphore for `run` and `acquire`: `-c` and `--mode` only where needed, a note
+//! when a new semaphore is created, a capacity mismatch that says how to change the capacity,
+//! and the state file's resolved path.
 
-use std::path::Path;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use filesem::{Error, OpenOptions, Semaphore};
 
-use crate::escape::{escape, shell_quote};
+use crate::SlotArgs;
+use crate::escape::{escape_path, shell_quote};
 use crate::exit::{Exit, Fail};
 
 /// The capacity of a semaphore created without `-c`.
 pub const DEFAULT_CAPACITY: u32 = 1;
 
-/// Opens the semaphore at `path`. An existing one is opened with its stored capacity
-/// (`capacity`, if given, must match it); an absent one is created with `capacity` (default
-/// [`DEFAULT_CAPACITY`]) and, unless `quiet`, a note on stderr says so, since a mistyped path
-/// would otherwise silently make a second semaphore.
+/// Opens the semaphore at `args.semfile`. An existing one is opened with its stored capacity
+/// (`-c`, if given, must match it); an absent one is created with `-c` (default
+/// [`DEFAULT_CAPACITY`]) and `--mode` (the library's default without it) and, unless `-q`, a
+/// note on stderr says so, since a mistyped path would otherwise silently make a second
+/// semaphore. `--mode` on an existing semaphore whose state file has other permission bits
+/// changes nothing; a note says so (unless `-q`).
 ///
 /// # Errors
 ///
 /// A [`Fail`] with [`Exit::Usage`] for a capacity mismatch, or the library's error.
-pub fn open(path: &Path, capacity: Option<u32>, quiet: bool) -> Result<Semaphore, Fail> {
+pub fn open(args: &SlotArgs) -> Result<Semaphore, Fail> {
+    let path = args.semfile.as_path();
     match Semaphore::open_existing(path) {
-        Ok(sem) => matching(sem, capacity),
+        Ok(sem) => existing(sem, args),
         Err(Error::NotFound { .. }) => {
-            let requested = capacity.unwrap_or(DEFAULT_CAPACITY);
-            match OpenOptions::new().create_new(true).open(path, requested) {
+            let requested = args.capacity.unwrap_or(DEFAULT_CAPACITY);
+            let mut options = OpenOptions::new();
+            options.create_new(true);
+            if let Some(mode) = args.mode {
+                options.mode(mode);
+            }
+            match options.open(path, requested) {
                 Ok(sem) => {
-                    if !quiet {
-                        eprintln!(
+                    if !args.quiet {
+                        err!(
                             "filesem: created a new semaphore at {} with capacity {requested}",
-                            escape(&path.display().to_string())
+                            escape_path(path)
                         );
                     }
                     Ok(sem)
                 }
                 // Someone else created it since we looked.
-                Err(Error::AlreadyExists { .. }) => {
-                    matching(Semaphore::open_existing(path)?, capacity)
-                }
+                Err(Error::AlreadyExists { .. }) => existing(Semaphore::open_existing(path)?, args),
                 Err(e) => Err(e.into()),
             }
         }
@@ -45,26 +55,82 @@ pub fn open(path: &Path, capacity: Option<u32>, quiet: bool) -> Result<Semaphore
     }
 }
 
-/// `sem`, if its capacity is `capacity` (when given).
-fn matching(sem: Semaphore, capacity: Option<u32>) -> Result<Semaphore, Fail> {
-    if let Some(requested) = capacity {
+/// `sem`, if its capacity is `-c` (when given); notes a `--mode` that does not apply.
+fn existing(sem: Semaphore, args: &SlotArgs) -> Result<Semaphore, Fail> {
+    if let Some(requested) = args.capacity {
         let on_file = sem.capacity()?;
         if on_file != requested {
             return Err(mismatch(sem.path(), requested, on_file));
         }
     }
+    if let (Some(requested), false) = (args.mode, args.quiet) {
+        note_other_mode(sem.path(), requested);
+    }
     Ok(sem)
 }
 
+/// Says on stderr that `--mode requested` did not apply, if the state file at `path` has
+/// other permission bits. Display only (the library decides the modes): a failed look-up
+/// shows nothing.
+pub fn note_other_mode(path: &Path, requested: u32) {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let on_file = meta.permissions().mode() & 0o7777;
+        if on_file != requested {
+            err!(
+                "filesem: note: {} exists with mode {on_file:04o}; --mode {requested:04o} \
+                 applies only to a state file this command creates",
+                escape_path(path)
+            );
+        }
+    }
+}
+
 fn mismatch(path: &Path, requested: u32, on_file: u32) -> Fail {
-    let shown = path.display();
     Fail::new(
         Exit::Usage,
-        format!("semaphore `{shown}` has capacity {on_file}, not the {requested} given with -c"),
+        format!(
+            "semaphore `{}` has capacity {on_file}, not the {requested} given with -c",
+            path.display()
+        ),
     )
     .hint(format!(
         "leave out -c to use the capacity on file, or change it with \
          `filesem set-capacity {} {requested}`",
-        shell_quote(&shown.to_string())
+        shell_quote(path)
     ))
+}
+
+/// The state file's absolute path with its directory resolved (symbolic links, `.` and `..`
+/// followed, as `realpath`), as `run` exports it in `FILESEM_PATH`: computed once, right
+/// after the semaphore was opened, so that a command that changes directory, or a symlinked
+/// directory repointed later, cannot make it name another semaphore. The file name itself
+/// is kept (the library refuses a symbolic link there).
+///
+/// One function, so that the library's own record of the path it opened can replace it.
+///
+/// # Errors
+///
+/// [`Exit::Failure`] if the directory cannot be resolved (it was removed since the open).
+pub fn resolved_path(sem: &Semaphore) -> Result<PathBuf, Fail> {
+    let path = sem.path();
+    let failed = |e: io::Error| {
+        Fail::new(
+            Exit::Failure,
+            format!(
+                "failed to resolve the directory of semaphore `{}`: {e}",
+                path.display()
+            ),
+        )
+    };
+    let name = path.file_name().ok_or_else(|| {
+        failed(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path does not end in a file name",
+        ))
+    })?;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    Ok(std::fs::canonicalize(directory).map_err(failed)?.join(name))
 }

@@ -31,15 +31,16 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     // First, before any thread exists: every thread must inherit the blocked mask.
     let signals = Arc::new(Signals::start().map_err(acquire::signal_failure)?);
     let slot = &args.slot;
-    let sem = open::open(&slot.semfile, slot.capacity, slot.quiet)?;
-    let nested = nested_id(sem.path());
+    let sem = open::open(slot)?;
+    let resolved = open::resolved_path(&sem)?;
+    let nested = nested_id(&resolved);
     let id = match (&args.id, &nested) {
         (Some(id), _) => id.clone(),
         (None, Some(outer)) => outer.clone(),
         (None, None) => default_id(),
     };
     let request = Request::new(slot, &id);
-    let permit = acquire::acquire(&sem, &request, &signals).map_err(|fail| {
+    let mut permit = acquire::acquire(&sem, &request, &signals).map_err(|fail| {
         let already_held = matches!(
             fail.error.downcast_ref::<Error>(),
             Some(Error::AlreadyHeld { .. })
@@ -54,9 +55,23 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
             fail
         }
     })?;
+    // Renew a lease, and watch for a lost hold where that changes what happens; otherwise a
+    // lost hold is reported when the release at the end finds it gone (and no thread is
+    // started for a short command). Started before the command, so that a failure to start
+    // it runs nothing; the release at the end stops it.
+    let lost = Arc::new(Mutex::new(None));
+    let watching = permit.lease().is_some() || args.kill_on_lost;
+    if watching {
+        let lost = Arc::clone(&lost);
+        permit.keep_alive_with(move |error| {
+            if let Ok(mut lost) = lost.lock() {
+                *lost = Some(Fail::from_ref(error).report());
+            }
+        })?;
+    }
     let inherited = inherit_hold(&permit, args.close)?;
     let environment = [
-        ("FILESEM_PATH", absolute(sem.path()).into_os_string()),
+        ("FILESEM_PATH", resolved.into_os_string()),
         ("FILESEM_ID", permit.id().into()),
         ("FILESEM_TOKEN", permit.token().to_string().into()),
         ("FILESEM_SLOT", permit.slot().to_string().into()),
@@ -64,26 +79,13 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let child = spawn(&args.command, &environment)?;
     // The command has its copy of the witness now; ours closes here.
     drop(inherited);
-    // Renew a lease, and watch for a lost hold where that changes what happens; otherwise a
-    // lost hold is reported when the release at the end finds it gone (and no thread is
-    // started for a short command).
-    let lost = Arc::new(Mutex::new(None));
-    let keep_alive = (permit.lease().is_some() || args.kill_on_lost).then(|| {
-        let lost = Arc::clone(&lost);
-        permit.keep_alive_with(move |error| {
-            if let Ok(mut lost) = lost.lock() {
-                *lost = Some(Fail::from_ref(error).report());
-            }
-        })
-    });
-    let watch = keep_alive.as_ref().map(|_| &*lost);
+    let watch = watching.then_some(&*lost);
     let ended = supervise(child, &signals, watch, args.kill_on_lost)?;
-    drop(keep_alive);
     match permit.release() {
         Ok(()) => {}
         // Already reported while the command ran.
         Err(Error::Lost { .. }) if ended.lost => {}
-        Err(error) => eprintln!("{}", Fail::from(error).report()),
+        Err(error) => err!("{}", Fail::from(error).report()),
     }
     Ok(Exit::Command(ended.code))
 }
@@ -103,14 +105,15 @@ fn inherit_hold(permit: &Permit, close: bool) -> Result<Option<OwnedFd>, Fail> {
     Ok(permit.inherit_witness()?)
 }
 
-/// The ID of the hold whose command we run in, if it is on this same semaphore: a `run`
-/// nested in another `run` (FILESEM_PATH and FILESEM_ID set by the outer one).
-fn nested_id(path: &Path) -> Option<String> {
+/// The ID of the hold whose command we run in, if it is on this same semaphore (`resolved`
+/// is ours, from [`open::resolved_path`]): a `run` nested in another `run` (FILESEM_PATH and
+/// FILESEM_ID set by the outer one).
+fn nested_id(resolved: &Path) -> Option<String> {
     let outer_path = std::env::var_os("FILESEM_PATH")?;
     let outer_id = std::env::var("FILESEM_ID").ok()?;
     let same = match (
         std::fs::canonicalize(Path::new(&outer_path)),
-        std::fs::canonicalize(path),
+        std::fs::canonicalize(resolved),
     ) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -126,10 +129,6 @@ fn default_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string());
     format!("run-{host}-{}", std::process::id())
-}
-
-fn absolute(path: &Path) -> std::path::PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Starts the command with `posix_spawnp` (searching `PATH`), our environment plus `extra`,
@@ -238,12 +237,12 @@ fn supervise(
         }
         if let Some(report) = watch.and_then(|w| w.lock().ok()?.take()) {
             lost = true;
-            eprintln!("{report}");
+            err!("{report}");
             if kill_on_lost {
-                eprintln!("filesem: sending SIGTERM to the command (--kill-on-lost)");
+                err!("filesem: sending SIGTERM to the command (--kill-on-lost)");
                 let _ = kill(child, Signal::SIGTERM);
             } else {
-                eprintln!("filesem: the command goes on without a slot (--kill-on-lost stops it)");
+                err!("filesem: the command goes on without a slot (--kill-on-lost stops it)");
             }
         }
     }

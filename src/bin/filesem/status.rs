@@ -12,9 +12,8 @@ use filesem::{HolderInfo, Liveness, Semaphore};
 use serde::Serialize;
 
 use crate::duration;
-use crate::escape::escape;
+use crate::escape::{escape, escape_path};
 use crate::exit::{Exit, Fail};
-use crate::print_line;
 
 /// The version of the `--json` document.
 const SCHEMA: u32 = 1;
@@ -22,7 +21,10 @@ const SCHEMA: u32 = 1;
 #[derive(Debug, Serialize)]
 struct Status {
     schema: u32,
+    /// The path as given if it is UTF-8; otherwise [`escape_path`]'s form.
     path: String,
+    /// Whether `path` is in [`escape_path`]'s form (only for a path that is not UTF-8).
+    path_escaped: bool,
     capacity: u32,
     count: usize,
     available: usize,
@@ -65,9 +67,14 @@ pub fn status(path: &Path, json: bool) -> Result<Exit, Fail> {
     let waiting = sem.waiters()?;
     let available = sem.available()?;
     let now = Utc::now();
+    let (shown, path_escaped) = match path.to_str() {
+        Some(exact) => (exact.to_string(), false),
+        None => (escape_path(path), true),
+    };
     let status = Status {
         schema: SCHEMA,
-        path: path.display().to_string(),
+        path: shown,
+        path_escaped,
         capacity,
         count: infos.len(),
         available,
@@ -77,9 +84,9 @@ pub fn status(path: &Path, json: bool) -> Result<Exit, Fail> {
     if json {
         let text = serde_json::to_string_pretty(&status)
             .map_err(|e| Fail::new(Exit::Failure, format!("failed to encode status: {e}")))?;
-        print_line(&text)?;
+        out!("{text}");
     } else {
-        print_line(&human(&status, &infos, &waiting, now))?;
+        out!("{}", human(path, &status, &infos, &waiting, now));
     }
     Ok(Exit::Success)
 }
@@ -111,6 +118,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// The text form; every string from the file is escaped.
 fn human(
+    path: &Path,
     status: &Status,
     infos: &[HolderInfo],
     waiting: &[HolderInfo],
@@ -124,7 +132,7 @@ fn human(
     };
     let mut out = format!(
         "{}: capacity {}, {} held{stale}, {} available, {} waiting",
-        escape(&status.path),
+        escape_path(path),
         status.capacity,
         status.count,
         status.available,

@@ -1,0 +1,829 @@
+//! The state file's JSON, read and written by hand so that fields this crate does not know
+//! survive byte for byte.
+//!
+//! Known fields are parsed into [`Document`], [`Entry`], [`Owner`] and [`Witness`]. Every other
+//! field of those objects (at the top level, in each holder and waiter, in `owner` and
+//! `witness`) is kept as the exact text of its key and value ([`RawValue`]): in the order it
+//! appeared, every occurrence of a repeated key included, and written back after the known
+//! fields of its object. A number no `f64` or `u64` can hold (`340282366920938463463374607431768211455`,
+//! `1e400`), `1.10`, `-0`, a string with a lone surrogate escape (`"\ud800"`): all come back
+//! as they were. serde's `flatten` cannot do this: it buffers values as its own numbers (and
+//! serde_json's `arbitrary_precision` feature, which would, changes number handling for every
+//! crate in a build).
+//!
+//! A key this crate knows that appears twice in one object is an error (the file is
+//! [`Corrupt`](crate::Error::Corrupt)): which of two `capacity` or `holders` values is meant
+//! cannot be told, and guessing could lose holders.
+//!
+//! Unknown values are skipped by serde_json without recursion, so their nesting depth is not
+//! limited; the known structure is at most four levels deep (document, list, entry, owner).
+//! The one limit left is the size of the state file ([`MAX_STATE_BYTES`](crate::store::MAX_STATE_BYTES)).
+//!
+//! Keys are borrowed from the input while parsing, so documents are read with
+//! `serde_json::from_slice` (as [`Document::parse`] does), not from a reader.
+//!
+//! Known fields are written as before: two-space indentation as Go's `json.MarshalIndent`
+//! (and serde_json's pretty printer) writes it, strings escaped as serde_json escapes them,
+//! times as RFC 3339 in UTC, then a newline.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::state::{Document, Entry, Owner, Witness};
+
+/// The fields of one object that this crate does not know: exact key and value text, in
+/// file order.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Unknown(Vec<(Box<RawValue>, Box<RawValue>)>);
+
+impl Unknown {
+    fn push(&mut self, key: &RawValue, value: Box<RawValue>) {
+        self.0.push((key.to_owned(), value));
+    }
+
+    /// The raw text of the value of every field named `name`, in file order (test helper).
+    #[cfg(test)]
+    pub(crate) fn values_of(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| key_name(k).as_deref() == Some(name))
+            .map(|(_, v)| v.get())
+            .collect()
+    }
+}
+
+impl Eq for Unknown {}
+
+impl PartialEq for Unknown {
+    fn eq(&self, other: &Unknown) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((k, v), (k2, v2))| k.get() == k2.get() && v.get() == v2.get())
+    }
+}
+
+/// The name a raw key stands for: its text without quotes, or decoded when it has escapes.
+/// `None` for a key no Rust string can hold (a lone surrogate escape): certainly not a key
+/// this crate knows.
+fn key_name(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// Reads the value of known field `name` into `slot`; a second occurrence is an error.
+fn once<'de, A, T>(map: &mut A, slot: &mut Option<T>, name: &'static str) -> Result<(), A::Error>
+where
+    A: MapAccess<'de>,
+    T: Deserialize<'de>,
+{
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
+/// Runs `known` for each key of an object; keys it does not take (it returns `false`) are kept
+/// in `unknown` with their values.
+fn fields<'de, A>(
+    mut map: A,
+    unknown: &mut Unknown,
+    mut known: impl FnMut(&str, &mut A) -> Result<bool, A::Error>,
+) -> Result<(), A::Error>
+where
+    A: MapAccess<'de>,
+{
+    while let Some(key) = map.next_key::<&'de RawValue>()? {
+        let taken = match key_name(key) {
+            Some(name) => known(&name, &mut map)?,
+            None => false,
+        };
+        if !taken {
+            unknown.push(key, map.next_value()?);
+        }
+    }
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Document, D::Error> {
+        d.deserialize_map(DocumentVisitor)
+    }
+}
+
+struct DocumentVisitor;
+
+impl<'de> Visitor<'de> for DocumentVisitor {
+    type Value = Document;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a semaphore state object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Document, A::Error> {
+        let mut capacity = None;
+        let mut holders: Option<Option<Vec<Entry>>> = None;
+        let mut version: Option<Option<u32>> = None;
+        let mut next_token: Option<Option<u64>> = None;
+        let mut waiters: Option<Option<Vec<Entry>>> = None;
+        let mut extra = Unknown::default();
+        fields(map, &mut extra, |name, map| {
+            match name {
+                "capacity" => once(map, &mut capacity, "capacity")?,
+                "holders" => once(map, &mut holders, "holders")?,
+                "version" => once(map, &mut version, "version")?,
+                "next_token" => once(map, &mut next_token, "next_token")?,
+                "waiters" => once(map, &mut waiters, "waiters")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(Document {
+            capacity: capacity.ok_or_else(|| de::Error::missing_field("capacity"))?,
+            // Go writes `null` for an empty list it never filled.
+            holders: holders
+                .ok_or_else(|| de::Error::missing_field("holders"))?
+                .unwrap_or_default(),
+            version: version.flatten(),
+            next_token: next_token.flatten(),
+            waiters: waiters.flatten().unwrap_or_default(),
+            extra,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Entry, D::Error> {
+        d.deserialize_map(EntryVisitor)
+    }
+}
+
+struct EntryVisitor;
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = Entry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a holder object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Entry, A::Error> {
+        let mut id = None;
+        let mut acquired_at = None;
+        let mut token: Option<Option<u64>> = None;
+        let mut slot: Option<Option<u32>> = None;
+        let mut owner: Option<Option<Owner>> = None;
+        let mut witness: Option<Option<Witness>> = None;
+        let mut expires_at: Option<Option<DateTime<Utc>>> = None;
+        let mut lease_ms: Option<Option<u64>> = None;
+        let mut detached = None;
+        let mut priority: Option<Option<i32>> = None;
+        let mut metadata = None;
+        let mut extra = Unknown::default();
+        fields(map, &mut extra, |name, map| {
+            match name {
+                "id" => once(map, &mut id, "id")?,
+                "acquired_at" => once(map, &mut acquired_at, "acquired_at")?,
+                "token" => once(map, &mut token, "token")?,
+                "slot" => once(map, &mut slot, "slot")?,
+                "owner" => once(map, &mut owner, "owner")?,
+                "witness" => once(map, &mut witness, "witness")?,
+                "expires_at" => once(map, &mut expires_at, "expires_at")?,
+                "lease_ms" => once(map, &mut lease_ms, "lease_ms")?,
+                "detached" => once(map, &mut detached, "detached")?,
+                "priority" => once(map, &mut priority, "priority")?,
+                "metadata" => once(map, &mut metadata, "metadata")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(Entry {
+            id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+            acquired_at: acquired_at.ok_or_else(|| de::Error::missing_field("acquired_at"))?,
+            token: token.flatten(),
+            slot: slot.flatten(),
+            owner: owner.flatten(),
+            witness: witness.flatten(),
+            expires_at: expires_at.flatten(),
+            lease_ms: lease_ms.flatten(),
+            detached: detached.unwrap_or(false),
+            priority: priority.flatten(),
+            metadata: metadata.unwrap_or_default(),
+            extra,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Owner, D::Error> {
+        d.deserialize_map(OwnerVisitor)
+    }
+}
+
+struct OwnerVisitor;
+
+impl<'de> Visitor<'de> for OwnerVisitor {
+    type Value = Owner;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an owner object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Owner, A::Error> {
+        let mut host = None;
+        let mut pid = None;
+        let mut start_time: Option<Option<u64>> = None;
+        let mut machine_id: Option<Option<String>> = None;
+        let mut boot_id: Option<Option<String>> = None;
+        let mut pid_ns: Option<Option<u64>> = None;
+        let mut time_ns: Option<Option<u64>> = None;
+        let mut extra = Unknown::default();
+        fields(map, &mut extra, |name, map| {
+            match name {
+                "host" => once(map, &mut host, "host")?,
+                "pid" => once(map, &mut pid, "pid")?,
+                "start_time" => once(map, &mut start_time, "start_time")?,
+                "machine_id" => once(map, &mut machine_id, "machine_id")?,
+                "boot_id" => once(map, &mut boot_id, "boot_id")?,
+                "pid_ns" => once(map, &mut pid_ns, "pid_ns")?,
+                "time_ns" => once(map, &mut time_ns, "time_ns")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(Owner {
+            host: host.unwrap_or_default(),
+            pid: pid.ok_or_else(|| de::Error::missing_field("pid"))?,
+            start_time: start_time.flatten(),
+            machine_id: machine_id.flatten(),
+            boot_id: boot_id.flatten(),
+            pid_ns: pid_ns.flatten(),
+            time_ns: time_ns.flatten(),
+            extra,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Witness {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Witness, D::Error> {
+        d.deserialize_map(WitnessVisitor)
+    }
+}
+
+struct WitnessVisitor;
+
+impl<'de> Visitor<'de> for WitnessVisitor {
+    type Value = Witness;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a witness object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Witness, A::Error> {
+        let mut dev = None;
+        let mut ino = None;
+        let mut extra = Unknown::default();
+        fields(map, &mut extra, |name, map| {
+            match name {
+                "dev" => once(map, &mut dev, "dev")?,
+                "ino" => once(map, &mut ino, "ino")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(Witness {
+            dev: dev.ok_or_else(|| de::Error::missing_field("dev"))?,
+            ino: ino.ok_or_else(|| de::Error::missing_field("ino"))?,
+            extra,
+        })
+    }
+}
+
+/// Writes a document as the state file's bytes.
+pub(crate) fn write(doc: &Document) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + 256 * (doc.holders.len() + doc.waiters.len()));
+    let mut o = Object::begin(&mut out, 0);
+    o.key("capacity").number(doc.capacity);
+    o.key("holders");
+    entries(o.out(), 1, &doc.holders);
+    if let Some(v) = doc.version {
+        o.key("version").number(v);
+    }
+    if let Some(t) = doc.next_token {
+        o.key("next_token").number(t);
+    }
+    if !doc.waiters.is_empty() {
+        o.key("waiters");
+        entries(o.out(), 1, &doc.waiters);
+    }
+    o.unknown(&doc.extra);
+    o.end();
+    out.push(b'\n');
+    out
+}
+
+fn entries(out: &mut Vec<u8>, depth: usize, list: &[Entry]) {
+    if list.is_empty() {
+        out.extend_from_slice(b"[]");
+        return;
+    }
+    out.push(b'[');
+    for (i, e) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        newline(out, depth + 1);
+        entry(out, depth + 1, e);
+    }
+    newline(out, depth);
+    out.push(b']');
+}
+
+fn entry(out: &mut Vec<u8>, depth: usize, e: &Entry) {
+    let mut o = Object::begin(out, depth);
+    o.key("id").string(&e.id);
+    o.key("acquired_at").time(e.acquired_at);
+    if let Some(t) = e.token {
+        o.key("token").number(t);
+    }
+    if let Some(s) = e.slot {
+        o.key("slot").number(s);
+    }
+    if let Some(owner) = &e.owner {
+        o.key("owner");
+        let mut w = Object::begin(o.out(), depth + 1);
+        w.key("host").string(&owner.host);
+        w.key("pid").number(owner.pid);
+        if let Some(v) = owner.start_time {
+            w.key("start_time").number(v);
+        }
+        if let Some(v) = &owner.machine_id {
+            w.key("machine_id").string(v);
+        }
+        if let Some(v) = &owner.boot_id {
+            w.key("boot_id").string(v);
+        }
+        if let Some(v) = owner.pid_ns {
+            w.key("pid_ns").number(v);
+        }
+        if let Some(v) = owner.time_ns {
+            w.key("time_ns").number(v);
+        }
+        w.unknown(&owner.extra);
+        w.end();
+    }
+    if let Some(witness) = &e.witness {
+        o.key("witness");
+        let mut w = Object::begin(o.out(), depth + 1);
+        w.key("dev").number(witness.dev);
+        w.key("ino").number(witness.ino);
+        w.unknown(&witness.extra);
+        w.end();
+    }
+    if let Some(at) = e.expires_at {
+        o.key("expires_at").time(at);
+    }
+    if let Some(ms) = e.lease_ms {
+        o.key("lease_ms").number(ms);
+    }
+    if e.detached {
+        o.key("detached").raw("true");
+    }
+    if let Some(p) = e.priority {
+        o.key("priority").number(p);
+    }
+    if !e.metadata.is_empty() {
+        o.key("metadata");
+        metadata(o.out(), depth + 1, &e.metadata);
+    }
+    o.unknown(&e.extra);
+    o.end();
+}
+
+fn metadata(out: &mut Vec<u8>, depth: usize, map: &BTreeMap<String, String>) {
+    let mut o = Object::begin(out, depth);
+    for (k, v) in map {
+        o.field_start();
+        string(o.out(), k);
+        o.out().extend_from_slice(b": ");
+        o.string(v);
+    }
+    o.end();
+}
+
+/// An object being written at `depth` (its closing brace's indentation).
+struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    depth: usize,
+    empty: bool,
+}
+
+impl<'a> Object<'a> {
+    fn begin(out: &'a mut Vec<u8>, depth: usize) -> Object<'a> {
+        out.push(b'{');
+        Object {
+            out,
+            depth,
+            empty: true,
+        }
+    }
+
+    fn out(&mut self) -> &mut Vec<u8> {
+        self.out
+    }
+
+    /// The separator and indentation before a field.
+    fn field_start(&mut self) {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        newline(self.out, self.depth + 1);
+    }
+
+    /// Starts a field named `name` (a plain ASCII name); the value follows.
+    fn key(&mut self, name: &str) -> &mut Self {
+        self.field_start();
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\": ");
+        self
+    }
+
+    fn number(&mut self, n: impl fmt::Display) {
+        self.out.extend_from_slice(n.to_string().as_bytes());
+    }
+
+    fn string(&mut self, s: &str) {
+        string(self.out, s);
+    }
+
+    fn time(&mut self, t: DateTime<Utc>) {
+        // As chrono's serde writes it: RFC 3339, fractional seconds as needed, `Z`.
+        string(self.out, &t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    }
+
+    fn raw(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+    }
+
+    /// Writes the kept unknown fields, exactly as read.
+    fn unknown(&mut self, unknown: &Unknown) {
+        for (k, v) in &unknown.0 {
+            self.field_start();
+            self.raw(k.get());
+            self.out.extend_from_slice(b": ");
+            self.raw(v.get());
+        }
+    }
+
+    fn end(self) {
+        if !self.empty {
+            newline(self.out, self.depth);
+        }
+        self.out.push(b'}');
+    }
+}
+
+fn newline(out: &mut Vec<u8>, depth: usize) {
+    out.push(b'\n');
+    for _ in 0..depth {
+        out.extend_from_slice(b"  ");
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes it: `"`, `\` and control characters only.
+fn string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let mut control = *b"\\u0000";
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => {
+                control[4] = HEX[usize::from(b >> 4)];
+                control[5] = HEX[usize::from(b & 0xf)];
+                &control
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Document, String> {
+        Document::parse(text.as_bytes())
+    }
+
+    fn written(text: &str) -> String {
+        String::from_utf8(parse(text).unwrap().to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn known_fields_are_written_exactly_as_before() {
+        // The file format of known fields does not change: same order, indentation, escapes and
+        // times as serde_json's pretty printer wrote them (this text was produced by it).
+        let text = r#"{"capacity": 3, "holders": [
+          {"id": "a\"b\u0001\t/é", "acquired_at": "2024-01-01T10:00:00.123456789+02:00", "token": 7, "slot": 2,
+           "owner": {"host": "h", "pid": 42, "start_time": 99, "machine_id": "m", "boot_id": "b", "pid_ns": 4026531836, "time_ns": 4026531834},
+           "witness": {"dev": 64768, "ino": 1234}, "expires_at": "2024-01-01T09:00:30Z", "lease_ms": 30000, "detached": true,
+           "metadata": {"job": "x", "a": ""}},
+          {"id": "go", "acquired_at": "2024-01-01T10:00:00Z"}],
+          "version": 1, "next_token": 9,
+          "waiters": [{"id": "w", "acquired_at": "2024-01-01T10:00:01Z", "token": 8, "priority": -3, "expires_at": "2024-01-01T10:00:07Z"}]}"#;
+        let expected = r#"{
+  "capacity": 3,
+  "holders": [
+    {
+      "id": "a\"b\u0001\t/é",
+      "acquired_at": "2024-01-01T08:00:00.123456789Z",
+      "token": 7,
+      "slot": 2,
+      "owner": {
+        "host": "h",
+        "pid": 42,
+        "start_time": 99,
+        "machine_id": "m",
+        "boot_id": "b",
+        "pid_ns": 4026531836,
+        "time_ns": 4026531834
+      },
+      "witness": {
+        "dev": 64768,
+        "ino": 1234
+      },
+      "expires_at": "2024-01-01T09:00:30Z",
+      "lease_ms": 30000,
+      "detached": true,
+      "metadata": {
+        "a": "",
+        "job": "x"
+      }
+    },
+    {
+      "id": "go",
+      "acquired_at": "2024-01-01T10:00:00Z"
+    }
+  ],
+  "version": 1,
+  "next_token": 9,
+  "waiters": [
+    {
+      "id": "w",
+      "acquired_at": "2024-01-01T10:00:01Z",
+      "token": 8,
+      "expires_at": "2024-01-01T10:00:07Z",
+      "priority": -3
+    }
+  ]
+}
+"#;
+        assert_eq!(written(text), expected);
+        assert_eq!(
+            String::from_utf8(Document::new(1).to_bytes()).unwrap(),
+            "{\n  \"capacity\": 1,\n  \"holders\": [],\n  \"version\": 1,\n  \"next_token\": 1\n}\n"
+        );
+    }
+
+    #[test]
+    fn strings_and_times_are_escaped_and_formatted_as_serde_json_and_chrono_do() {
+        // Every control character, quotes, backslashes and non-ASCII text, as serde_json would.
+        let all: String = (0u8..0x80)
+            .map(char::from)
+            .chain("é€😀\u{2028}".chars())
+            .collect();
+        let mut out = Vec::new();
+        string(&mut out, &all);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string(&all).unwrap()
+        );
+        for t in [
+            "2024-01-01T10:00:00Z",
+            "2024-01-01T10:00:00.5Z",
+            "2024-01-01T10:00:00.000000001Z",
+        ] {
+            let t: DateTime<Utc> = t.parse().unwrap();
+            let mut o = Vec::new();
+            Object::begin(&mut o, 0).time(t);
+            assert_eq!(o[1..], *serde_json::to_string(&t).unwrap().as_bytes());
+        }
+    }
+
+    #[test]
+    fn unknown_fields_keep_their_exact_text_and_order_at_every_level() {
+        // Numbers no f64 or u64 holds, `1.10`, `-0`, odd spacing and lone surrogates survive.
+        let text = r#"{"x_u128": 340282366920938463463374607431768211455, "capacity": 2,
+            "x_dec": 1.10, "holders": [{"id": "a", "x_neg0": -0, "acquired_at": "2024-01-01T10:00:00Z",
+            "owner": {"pid": 7, "x_big": 1e400, "host": "h"}, "witness": {"dev": 1, "x_s": "\ud800", "ino": 2},
+            "x_obj": {"b" :[1 ,2], "a": null}}], "x_neg0": -0, "\ud800": "lone key", "x_e": -1.5E-7}"#;
+        let doc = parse(text).unwrap();
+        assert_eq!(
+            doc.extra.values_of("x_u128"),
+            ["340282366920938463463374607431768211455"]
+        );
+        assert_eq!(doc.extra.values_of("x_dec"), ["1.10"]);
+        assert_eq!(
+            doc.holders[0].extra.values_of("x_obj"),
+            [r#"{"b" :[1 ,2], "a": null}"#]
+        );
+        assert_eq!(
+            doc.holders[0]
+                .owner
+                .as_ref()
+                .unwrap()
+                .extra
+                .values_of("x_big"),
+            ["1e400"]
+        );
+        assert_eq!(
+            doc.holders[0]
+                .witness
+                .as_ref()
+                .unwrap()
+                .extra
+                .values_of("x_s"),
+            [r#""\ud800""#]
+        );
+        let out = written(text);
+        for field in [
+            r#""x_u128": 340282366920938463463374607431768211455,"#,
+            r#""x_dec": 1.10,"#,
+            r#""x_neg0": -0,"#,
+            r#""\ud800": "lone key","#,
+            r#""x_e": -1.5E-7"#,
+            r#""x_neg0": -0"#,
+            r#""x_big": 1e400"#,
+            r#""x_s": "\ud800""#,
+            r#""x_obj": {"b" :[1 ,2], "a": null}"#,
+        ] {
+            assert!(out.contains(field), "{field} missing from\n{out}");
+        }
+        // Top level: known fields first, then the unknown ones in file order.
+        let order: Vec<usize> = [
+            "\"capacity\"",
+            "\"x_u128\"",
+            "\"x_dec\"",
+            "\"x_neg0\"",
+            "\"\\ud800\"",
+            "\"x_e\"",
+        ]
+        .iter()
+        .map(|k| out.rfind(k).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{out}");
+        assert_eq!(
+            parse(&out).unwrap(),
+            doc,
+            "a second round trip changes nothing"
+        );
+        assert_eq!(written(&out), out);
+    }
+
+    #[test]
+    fn a_repeated_unknown_key_is_kept_every_time_a_repeated_known_key_is_corrupt() {
+        // Unknown data is never dropped; an ambiguous known field is never guessed.
+        let doc = parse(r#"{"capacity": 1, "holders": [], "x": 1, "x": [2]}"#).unwrap();
+        assert_eq!(doc.extra.values_of("x"), ["1", "[2]"]);
+        let out = written(r#"{"capacity": 1, "holders": [], "x": 1, "x": [2]}"#);
+        assert!(out.ends_with("  \"x\": 1,\n  \"x\": [2]\n}\n"), "{out}");
+        for (text, field) in [
+            (
+                r#"{"capacity": 1, "capacity": 2, "holders": []}"#,
+                "capacity",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [], "holders": []}"#,
+                "holders",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [], "c\u0061pacity": 2}"#,
+                "capacity",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "id": "b", "acquired_at": "2024-01-01T10:00:00Z"}]}"#,
+                "id",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "owner": {"pid": 1, "pid": 2}}]}"#,
+                "pid",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.contains(&format!("duplicate field `{field}`")),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_known_key_written_with_escapes_is_still_known() {
+        // `"c\u0061pacity"` is `capacity` to every JSON reader, so it is to us.
+        let doc = parse(r#"{"c\u0061pacity": 4, "hold\u0065rs": []}"#).unwrap();
+        assert_eq!(doc.capacity(), 4);
+        assert_eq!(doc.extra, Unknown::default());
+    }
+
+    #[test]
+    fn unknown_values_of_any_nesting_depth_are_kept() {
+        // serde_json skips an unknown value without recursion: its depth is not limited (the
+        // known structure is; it is at most four levels deep).
+        for depth in [126, 127, 128, 129, 100_000] {
+            let value = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let text = format!(r#"{{"capacity": 1, "holders": [], "deep": {value}}}"#);
+            let doc = parse(&text).unwrap_or_else(|e| panic!("depth {depth}: {e}"));
+            assert_eq!(doc.extra.values_of("deep"), [value.as_str()]);
+            let in_entry = format!(
+                r#"{{"capacity": 1, "holders": [{{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "owner": {{"pid": 1, "deep": {value}}}}}]}}"#
+            );
+            let doc = parse(&in_entry).unwrap_or_else(|e| panic!("depth {depth} in owner: {e}"));
+            let owner = doc.holders[0].owner.as_ref().unwrap();
+            assert_eq!(owner.extra.values_of("deep"), [value.as_str()]);
+        }
+    }
+
+    #[test]
+    fn known_fields_with_wrong_types_or_missing_are_still_corrupt() {
+        // Hand-written parsing keeps the checks of the derived one.
+        for (text, needle) in [
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a"}]}"#,
+                "missing field `acquired_at`",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "owner": {"host": "h"}}]}"#,
+                "missing field `pid`",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "witness": {"dev": 1}}]}"#,
+                "missing field `ino`",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "token": "7"}]}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "metadata": {"k": 1}}]}"#,
+                "invalid type",
+            ),
+            (r#"{"capacity": 1, "holders": {}}"#, "invalid type"),
+            (
+                r#"{"capacity": 1, "holders": [], "x": 1e}"#,
+                "invalid number",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [], "x": 01}"#,
+                "invalid number",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [], "x": [1,]}"#,
+                "expected value",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [], "x": "a\qb"}"#,
+                "invalid escape",
+            ),
+            (r#"{"capacity": 1, "holders": []} x"#, "trailing characters"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        // null for an optional known field reads as absent.
+        let doc =
+            parse(r#"{"capacity": 1, "holders": null, "version": null, "waiters": null}"#).unwrap();
+        assert_eq!(
+            (doc.holders.len(), doc.version, doc.waiters.len()),
+            (0, None, 0)
+        );
+    }
+}
