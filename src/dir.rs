@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UntrustedKind};
 
 /// The `S_IFMT` bits of a mode.
 const TYPE_MASK: u32 = type_bits(SFlag::S_IFMT);
@@ -188,11 +188,11 @@ impl Files {
         Err(Error::Untrusted {
             path: self.path.clone(),
             object: object.to_path_buf(),
+            kind: UntrustedKind::Owner,
             problem: format!(
                 "it is owned by uid {owner}, who is not trusted in `{}`: in a world-writable \
                  or sticky directory only the caller, root and the directory's owner are \
-                 trusted (remove the file, or trust this owner with \
-                 `OpenOptions::trust_owner({owner})`)",
+                 trusted",
                 where_.display()
             ),
             owner: Some(owner),
@@ -204,6 +204,7 @@ impl Files {
         Error::Untrusted {
             path: self.path.clone(),
             object: object.to_path_buf(),
+            kind: UntrustedKind::WrongType,
             problem: format!("it is {}, not {}", kind_of(mode_bits(st)), want.name()),
             owner: Some(st.st_uid),
         }

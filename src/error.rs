@@ -247,13 +247,25 @@ pub enum Error {
     /// refused before anything was changed.
     ///
     /// A symbolic link at the state path itself is [`Symlink`](Error::Symlink).
-    #[error("refusing to use `{object}` of semaphore `{path}`: {problem}")]
+    ///
+    /// [`kind`](UntrustedKind) tells the two cases apart: an object of the wrong type can
+    /// only be removed (or another semaphore path used), while an object of an untrusted
+    /// owner is used once that owner is trusted with
+    /// [`OpenOptions::trust_owner`](crate::OpenOptions::trust_owner), which the message then
+    /// names.
+    #[error(
+        "refusing to use `{object}` of semaphore `{path}`: {problem}{}",
+        remedy(*.kind, *.owner)
+    )]
     Untrusted {
         /// The state file.
         path: PathBuf,
         /// The object refused: `PATH`, `PATH.lock`, a temp file, `PATH.witness` or a file in it.
         object: PathBuf,
-        /// What is wrong with it, e.g. "it is a symbolic link, not a directory".
+        /// Why: the wrong type, or an untrusted owner.
+        kind: UntrustedKind,
+        /// What is wrong with it, e.g. "it is a symbolic link, not a directory", or "it is
+        /// owned by uid 1001, who is not trusted in `/tmp`: ...".
         problem: String,
         /// The object's owner (uid), if it could be looked up.
         owner: Option<u32>,
@@ -273,8 +285,9 @@ pub enum Error {
     },
 
     /// An I/O operation on one of the semaphore's files failed. The message ends with the
-    /// OS error, which is also the [`source`](std::error::Error::source).
-    #[error("failed to {action} `{file}` of semaphore `{path}`: {source}")]
+    /// OS error, which is also the [`source`](std::error::Error::source); it names the
+    /// semaphore too unless `file` is the state file itself.
+    #[error("failed to {action} `{file}`{}: {source}", of_semaphore(file, path))]
     Io {
         /// The state file.
         path: PathBuf,
@@ -286,6 +299,42 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// Why an object was refused with [`Error::Untrusted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UntrustedKind {
+    /// It is not what filesem creates under that name: a symbolic link, FIFO, socket or
+    /// device where a file or directory belongs, a directory where a file belongs, or a file
+    /// where the witness directory belongs. Trusting its owner would not help; only removing
+    /// it (or using another semaphore path) does.
+    WrongType,
+    /// It is of the right type, but its owner is not trusted in its world-writable or sticky
+    /// directory (see "Trust model" in the crate docs). Trusting that owner with
+    /// [`OpenOptions::trust_owner`](crate::OpenOptions::trust_owner) lets filesem use it.
+    Owner,
+}
+
+/// What the message of an [`Error::Untrusted`] adds after the problem: the opt-in for an
+/// untrusted owner, nothing for the wrong type.
+fn remedy(kind: UntrustedKind, owner: Option<u32>) -> String {
+    match (kind, owner) {
+        (UntrustedKind::Owner, Some(uid)) => {
+            format!(" (remove it, or trust this owner with `OpenOptions::trust_owner({uid})`)")
+        }
+        _ => String::new(),
+    }
+}
+
+/// ` of semaphore `PATH`` after a file that is not the state file `path`; nothing after the
+/// state file, which names the semaphore already.
+fn of_semaphore(file: &std::path::Path, path: &std::path::Path) -> String {
+    if file == path {
+        String::new()
+    } else {
+        format!(" of semaphore `{}`", path.display())
+    }
 }
 
 /// A wait for messages: `302 ms` below a second, else `1.5 s`.
@@ -410,6 +459,37 @@ mod tests {
     }
 
     #[test]
+    fn only_an_untrusted_owner_is_told_about_trust_owner() {
+        // Trusting the owner is the way in only when the owner is the problem; for an object
+        // of the wrong type the message must not suggest it.
+        let owner = Error::Untrusted {
+            path: "/tmp/s.json".into(),
+            object: "/tmp/s.json.lock".into(),
+            kind: UntrustedKind::Owner,
+            problem: "it is owned by uid 1001, who is not trusted in `/tmp`".into(),
+            owner: Some(1001),
+        };
+        assert_eq!(
+            owner.to_string(),
+            "refusing to use `/tmp/s.json.lock` of semaphore `/tmp/s.json`: it is owned by \
+             uid 1001, who is not trusted in `/tmp` (remove it, or trust this owner with \
+             `OpenOptions::trust_owner(1001)`)"
+        );
+        let wrong_type = Error::Untrusted {
+            path: "/tmp/s.json".into(),
+            object: "/tmp/s.json.witness".into(),
+            kind: UntrustedKind::WrongType,
+            problem: "it is a symbolic link, not a directory".into(),
+            owner: Some(1001),
+        };
+        assert_eq!(
+            wrong_type.to_string(),
+            "refusing to use `/tmp/s.json.witness` of semaphore `/tmp/s.json`: it is a \
+             symbolic link, not a directory"
+        );
+    }
+
+    #[test]
     fn io_error_names_path_and_cause() {
         // The message names our layer, the file and the OS cause, which stays reachable as
         // the source too.
@@ -427,5 +507,16 @@ mod tests {
         let source = std::error::Error::source(&e).expect("source");
         assert!(source.to_string().contains("ermission denied"), "{source}");
         assert_eq!(e.path(), std::path::Path::new("/x/s.json"));
+        // The state file is the semaphore: named once.
+        let state = Error::io(
+            std::path::Path::new("/x/s.json"),
+            std::path::Path::new("/x/s.json"),
+            "read semaphore state at",
+            io::Error::from_raw_os_error(13),
+        );
+        assert_eq!(
+            state.to_string(),
+            "failed to read semaphore state at `/x/s.json`: Permission denied (os error 13)"
+        );
     }
 }

@@ -230,7 +230,7 @@ mod wait;
 mod witness;
 
 pub use cancel::CancelToken;
-pub use error::{Error, Result};
+pub use error::{Error, Result, UntrustedKind};
 pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use liveness::Liveness;
 pub use options::{

@@ -551,9 +551,13 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &files.witness_path).unwrap();
         match open_dir(&files, &st, Some(0o711)) {
             Err(Error::Untrusted {
-                object, problem, ..
+                object,
+                kind,
+                problem,
+                ..
             }) => {
                 assert_eq!(object, files.witness_path);
+                assert_eq!(kind, crate::UntrustedKind::WrongType);
                 assert!(problem.contains("symbolic link"), "{problem}");
             }
             other => panic!("expected Untrusted, got {:?}", other.map(|d| d.is_some())),
@@ -563,7 +567,8 @@ mod tests {
         fs::remove_file(&files.witness_path).unwrap();
         fs::write(&files.witness_path, b"").unwrap();
         match open_dir(&files, &st, Some(0o711)) {
-            Err(Error::Untrusted { problem, .. }) => {
+            Err(Error::Untrusted { kind, problem, .. }) => {
+                assert_eq!(kind, crate::UntrustedKind::WrongType);
                 assert!(
                     problem.contains("a regular file, not a directory"),
                     "{problem}"

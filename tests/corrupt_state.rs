@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{ChildSpec, Group, arg, say, snapshot};
-use filesem::{Error, OpenOptions, Semaphore};
+use filesem::{Error, OpenOptions, Semaphore, UntrustedKind};
 
 /// A semaphore of capacity 2 with one kept holder, so the file has tokens and slots.
 fn valid_semaphore(dir: &Path) -> (PathBuf, Semaphore) {
@@ -290,6 +290,7 @@ fn assert_untrusted<T: std::fmt::Debug>(
             let Error::Untrusted {
                 path: p,
                 object: o,
+                kind,
                 problem: why,
                 ..
             } = &e
@@ -297,6 +298,8 @@ fn assert_untrusted<T: std::fmt::Debug>(
                 unreachable!()
             };
             assert_eq!((p.as_path(), o.as_path()), (path, object), "{what}");
+            // Every object refused here is of the wrong type: trusting its owner cannot help.
+            assert_eq!(*kind, UntrustedKind::WrongType, "{what}");
             assert!(why.contains(problem), "{what}: {e}");
             assert!(e.to_string().contains(&object.display().to_string()), "{e}");
             e

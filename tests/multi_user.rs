@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ChildSpec, Group, arg, say, snapshot};
-use filesem::{Error, OpenOptions, Semaphore};
+use filesem::{Error, OpenOptions, Semaphore, UntrustedKind};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -386,6 +386,7 @@ fn objects_planted_by_another_user_in_a_sticky_directory_are_refused_and_never_f
             let Error::Untrusted {
                 path: p,
                 object: o,
+                kind,
                 problem: why,
                 owner,
             } = &e
@@ -395,6 +396,19 @@ fn objects_planted_by_another_user_in_a_sticky_directory_are_refused_and_never_f
             assert_eq!((p, o), (&path, &object.to_path_buf()), "{what}");
             assert!(why.contains(problem), "{what}: {e}");
             assert_eq!(*owner, Some(m), "{what}");
+            // Only a refused owner names the opt-in: trusting cannot fix a wrong type.
+            let by_owner = problem.starts_with("owned by");
+            let expected = if by_owner {
+                UntrustedKind::Owner
+            } else {
+                UntrustedKind::WrongType
+            };
+            assert_eq!(*kind, expected, "{what}");
+            assert_eq!(
+                e.to_string().contains("OpenOptions::trust_owner(61301)"),
+                by_owner,
+                "{what}: {e}"
+            );
         }
         other => panic!("{what}: expected Untrusted, got {other:?}"),
     };
@@ -447,14 +461,21 @@ fn objects_planted_by_another_user_in_a_sticky_directory_are_refused_and_never_f
     lchown(&planted, Some(m), Some(m)).unwrap();
     let r = Semaphore::open_existing(&planted).map(drop);
     match r {
-        Err(Error::Untrusted {
-            object,
-            owner,
-            problem,
-            ..
-        }) => {
-            assert_eq!((object, owner), (planted.clone(), Some(m)));
-            assert!(problem.contains("trust_owner(61301)"), "{problem}");
+        Err(e @ Error::Untrusted { .. }) => {
+            let Error::Untrusted {
+                object,
+                owner,
+                kind,
+                problem,
+                ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!((object, *owner), (&planted, Some(m)));
+            assert_eq!(*kind, UntrustedKind::Owner);
+            assert!(problem.contains("owned by uid 61301"), "{problem}");
+            assert!(e.to_string().contains("trust_owner(61301)"), "{e}");
         }
         other => panic!("planted state: expected Untrusted, got {other:?}"),
     }
