@@ -2,19 +2,18 @@
 
 use std::path::Path;
 
-use filesem::{OpenOptions, Semaphore};
-
 use crate::escape::{escape, escape_path, shell_quote};
 use crate::exit::{Exit, Fail};
 use crate::open;
+use crate::trust::TrustArgs;
 
 /// `filesem release SEMFILE ID`.
 ///
 /// # Errors
 ///
 /// [`Exit::NotHeld`] if `id` holds no slot; the library's errors.
-pub fn release(path: &Path, id: &str) -> Result<Exit, Fail> {
-    Semaphore::open_existing(path)?.release(id)?;
+pub fn release(path: &Path, id: &str, trust: &TrustArgs) -> Result<Exit, Fail> {
+    trust.options().open_existing(path)?.release(id)?;
     Ok(Exit::Success)
 }
 
@@ -23,8 +22,8 @@ pub fn release(path: &Path, id: &str) -> Result<Exit, Fail> {
 /// # Errors
 ///
 /// The library's errors.
-pub fn remove(path: &Path, ids: &[String]) -> Result<Exit, Fail> {
-    for id in Semaphore::open_existing(path)?.remove(ids)? {
+pub fn remove(path: &Path, ids: &[String], trust: &TrustArgs) -> Result<Exit, Fail> {
+    for id in trust.options().open_existing(path)?.remove(ids)? {
         out!("removed {}", escape(&id));
     }
     Ok(Exit::Success)
@@ -37,8 +36,8 @@ pub fn remove(path: &Path, ids: &[String]) -> Result<Exit, Fail> {
 /// # Errors
 ///
 /// The library's errors.
-pub fn reap(path: &Path, quiet: bool) -> Result<Exit, Fail> {
-    let all = Semaphore::open_existing(path)?.reap()?;
+pub fn reap(path: &Path, quiet: bool, trust: &TrustArgs) -> Result<Exit, Fail> {
+    let all = trust.options().open_existing(path)?.reap()?;
     if all.is_empty() && !quiet {
         err!(
             "filesem: nothing to reap in {}: no holder or waiter is provably dead or expired",
@@ -75,8 +74,11 @@ pub fn reap(path: &Path, quiet: bool) -> Result<Exit, Fail> {
 /// # Errors
 ///
 /// The library's errors.
-pub fn set_capacity(path: &Path, capacity: u32) -> Result<Exit, Fail> {
-    Semaphore::open_existing(path)?.set_capacity(capacity)?;
+pub fn set_capacity(path: &Path, capacity: u32, trust: &TrustArgs) -> Result<Exit, Fail> {
+    trust
+        .options()
+        .open_existing(path)?
+        .set_capacity(capacity)?;
     Ok(Exit::Success)
 }
 
@@ -87,9 +89,14 @@ pub fn set_capacity(path: &Path, capacity: u32) -> Result<Exit, Fail> {
 /// # Errors
 ///
 /// The library's errors.
-pub fn recover(path: &Path, capacity: u32, mode: Option<u32>) -> Result<Exit, Fail> {
+pub fn recover(
+    path: &Path,
+    capacity: u32,
+    mode: Option<u32>,
+    trust: &TrustArgs,
+) -> Result<Exit, Fail> {
     let existed = path.exists();
-    let mut options = OpenOptions::new();
+    let mut options = trust.options();
     if let Some(mode) = mode {
         options.mode(mode);
     }
@@ -99,7 +106,7 @@ pub fn recover(path: &Path, capacity: u32, mode: Option<u32>) -> Result<Exit, Fa
         open::note_other_mode(path, requested);
     }
     if existed && recovered.moved_to.is_none() {
-        let on_file = Semaphore::open_existing(path)?.capacity()?;
+        let on_file = options.open_existing(path)?.capacity()?;
         if on_file != capacity {
             err!(
                 "filesem: hint: its capacity stays {on_file}, not the {capacity} given with -c; \

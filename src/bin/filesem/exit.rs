@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | no slot could be had (`-n`, or `-w` ran out, or the ID already holds one; `-E` changes it), or `release` of an ID that holds none |
 //! | 2 | usage: bad arguments (clap's own errors), a capacity that does not match the file, an invalid ID |
-//! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout |
+//! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout, an untrusted file, a removed directory, an exhausted token counter |
 //! | 126 | `run`: the command was found but could not be run |
 //! | 127 | `run`: the command was not found |
 //! | other | `run`: the command's own exit code, or 128 + the signal that killed it |
@@ -17,8 +17,14 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use std::path::Path;
+
+use filesem::UntrustedKind;
+
 use crate::duration::human;
-use crate::escape::{escape, shell_quote, terminal_safe};
+use crate::escape::{escape, escape_path, shell_quote, terminal_safe};
+use crate::hint::{self, Invocation};
+use crate::trust;
 
 /// How `filesem` ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,18 +107,16 @@ impl Fail {
     /// characters escaped so that an ID or a path cannot play tricks on the terminal (once: a
     /// [`Escaped`] message is shown as it is). Backslashes in the hint are kept: its commands
     /// quote their arguments with [`shell_quote`] and must work when pasted.
+    ///
+    /// A cause whose text the message already holds is left out, so it is printed once: the
+    /// library's [`Io`](filesem::Error::Io) message ends with its OS error, which is also its
+    /// source.
     pub fn report(&self) -> String {
         let mut out = match self.error.downcast_ref::<Escaped>() {
             Some(escaped) => format!("filesem: {escaped}"),
             None => escape(&format!("filesem: {}", self.error)),
         };
-        let mut causes = String::new();
-        let mut source = self.error.source();
-        while let Some(cause) = source {
-            let _ = write!(causes, ": {cause}");
-            source = cause.source();
-        }
-        out.push_str(&escape(&causes));
+        out.push_str(&escape(&new_causes(&*self.error)));
         if let Some(hint) = &self.hint {
             out.push_str("\nfilesem: hint: ");
             out.push_str(&terminal_safe(hint));
@@ -164,9 +168,47 @@ fn wording(error: &filesem::Error) -> Option<Escaped> {
             human(*waited),
             path(lock_path)
         ),
+        // The library's message names `OpenOptions::trust_owner`, which a shell user reaches
+        // through `--trust-owner` (the hint's command). The owner is named here when the
+        // problem does not name it already.
+        E::Untrusted {
+            path: p,
+            object,
+            kind,
+            problem,
+            owner,
+        } => {
+            let mut text = format!(
+                "refusing to use `{}` of semaphore `{}`: {}",
+                escape_path(object),
+                escape_path(p),
+                escape(problem)
+            );
+            if let (UntrustedKind::WrongType, Some(uid)) = (kind, owner) {
+                text.push_str(&format!(" (owned by {})", escape(&trust::describe(*uid))));
+            }
+            text
+        }
         _ => return None,
     };
     Some(Escaped(text))
+}
+
+/// `: cause: cause` for each cause in the source chain of `error` whose text is not already
+/// in the message (the error's `Display`) or an earlier cause.
+fn new_causes(error: &(dyn StdError + 'static)) -> String {
+    let mut seen = error.to_string();
+    let mut causes = String::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !seen.contains(&text) {
+            let _ = write!(causes, ": {text}");
+            seen.push_str(&text);
+        }
+        source = cause.source();
+    }
+    causes
 }
 
 impl Fail {
@@ -180,17 +222,23 @@ impl Fail {
             };
         }
         let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            let _ = write!(message, ": {cause}");
-            source = cause.source();
-        }
+        message.push_str(&new_causes(error));
         Fail::new(Exit::Failure, message)
     }
 }
 
 impl From<filesem::Error> for Fail {
+    /// The failure for `error`, with hints made from this process's command line.
     fn from(error: filesem::Error) -> Fail {
+        Fail::from_error(error, &Invocation::current())
+    }
+}
+
+impl Fail {
+    /// The failure for `error`: its exit code, its wording and a hint whose command works
+    /// for that case, made from `invocation` where the way out is the user's own command
+    /// changed.
+    pub fn from_error(error: filesem::Error, invocation: &Invocation) -> Fail {
         use filesem::Error as E;
         let exit = match &error {
             E::NoCapacity { .. } | E::Timeout { .. } | E::AlreadyHeld { .. } => Exit::NoSlot,
@@ -202,8 +250,12 @@ impl From<filesem::Error> for Fail {
             | E::InvalidLease { .. } => Exit::Usage,
             _ => Exit::Failure,
         };
+        // Each hint's command is the first text between backquotes, and works for that case
+        // when pasted. `recover` is named only for a corrupt file, which it can set aside: a
+        // FIFO, socket or device at the path is `Untrusted` and stays where it is, and an
+        // exhausted token counter cannot be lowered by anything.
         let hint = match &error {
-            E::Corrupt { path, reason } if recover_can_fix(path, reason) => Some(format!(
+            E::Corrupt { path, .. } => Some(format!(
                 "stop every holder, then start afresh with `filesem recover {} -c CAPACITY` \
                  (the bad file is kept aside)",
                 shell_quote(path)
@@ -213,6 +265,20 @@ impl From<filesem::Error> for Fail {
                  `fuser` or `lsof` on the lock file"
                     .to_string(),
             ),
+            E::Untrusted {
+                object,
+                kind,
+                owner,
+                ..
+            } => Some(untrusted_hint(object, *kind, *owner, invocation)),
+            E::DirectoryGone { path } if invocation.creates() => invocation.again().map(|again| {
+                format!(
+                    "`{again}` opens {} anew and creates a semaphore there if there is \
+                         none; the holds of the removed directory went with it",
+                    shell_quote(path)
+                )
+            }),
+            E::TokensExhausted { path } => Some(exhausted_hint(path, invocation)),
             _ => None,
         };
         let error: Box<dyn StdError + Send + Sync> = match wording(&error) {
@@ -223,14 +289,54 @@ impl From<filesem::Error> for Fail {
     }
 }
 
-/// Whether `filesem recover` is the way out of a [`filesem::Error::Corrupt`] at `path`: not
-/// for a FIFO, socket or device at the path (recover moves aside only a regular file), nor for
-/// an exhausted fencing-token counter (tokens only grow, so only a new semaphore file helps,
-/// as the error says). Until the library reports those two with variants of their own, they
-/// are told apart here by the file's type and the error's reason.
-fn recover_can_fix(path: &std::path::Path, reason: &str) -> bool {
-    let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
-    regular && !reason.contains("fencing-token counter is exhausted")
+/// The way past an [`Untrusted`](filesem::Error::Untrusted) `object`: for an owner that is
+/// not trusted, the same command with `--trust-owner` (if that user shares the semaphore on
+/// purpose); for an object of the wrong type, which no option makes usable, a look at it
+/// (`ls -ld`) before removing it or choosing another path.
+fn untrusted_hint(
+    object: &Path,
+    kind: UntrustedKind,
+    owner: Option<u32>,
+    invocation: &Invocation,
+) -> String {
+    let trusting = match (kind, owner) {
+        (UntrustedKind::Owner, Some(uid)) => invocation.trusting(uid).map(|c| (uid, c)),
+        _ => None,
+    };
+    match trusting {
+        Some((uid, command)) => format!(
+            "if {} shares this semaphore with you on purpose, trust their files: \
+             `{command}`; if not, they may have planted it: remove it, or use a semaphore in \
+             a directory that is not world-writable",
+            trust::describe(uid)
+        ),
+        None => format!(
+            "`ls -ld -- {}` shows what is there; filesem uses only the regular files and the \
+             directory it creates, so remove it if nothing else uses it, or use another \
+             semaphore path",
+            shell_quote(object)
+        ),
+    }
+}
+
+/// The way past an exhausted token counter at `path`: the same command on a new semaphore
+/// beside it, with the capacity on file (read here; left out if it cannot be read).
+fn exhausted_hint(path: &Path, invocation: &Invocation) -> String {
+    let capacity = filesem::Semaphore::open_existing(path)
+        .and_then(|sem| sem.capacity())
+        .ok();
+    let elsewhere = hint::new_path(path).and_then(|new| invocation.at(path, &new, capacity));
+    let why = "tokens only grow, so recovering this file cannot help";
+    match elsewhere {
+        Some(command) => format!(
+            "move to a new semaphore path, e.g. `{command}`, and every other program that \
+             uses this one with it ({why})"
+        ),
+        None => format!(
+            "move this and every other program that uses this semaphore to a new semaphore \
+             path ({why})"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -312,16 +418,57 @@ mod tests {
     }
 
     #[test]
-    fn the_recover_hint_quotes_the_path_and_is_given_only_where_recover_helps() {
-        // A hint must name a command that works: pasted as shown, on a file recover can fix.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("my sem's.json");
-        std::fs::write(&path, "{").unwrap();
-        let corrupt = |reason: &str| filesem::Error::Corrupt {
-            path: path.clone(),
-            reason: reason.into(),
+    fn an_os_cause_already_in_the_message_is_printed_once() {
+        // The library's I/O message ends with its OS error, which is also its source: shown
+        // once. A cause the message does not hold is still shown.
+        let io = || filesem::Error::Io {
+            path: "/x/s.json".into(),
+            file: "/x/s.json.lock".into(),
+            action: "open lock file",
+            source: std::io::Error::from_raw_os_error(13),
         };
-        let fail = Fail::from(corrupt("expected value at line 1 column 2"));
+        let expected = "filesem: failed to open lock file `/x/s.json.lock` of semaphore \
+                        `/x/s.json`: Permission denied (os error 13)";
+        assert_eq!(Fail::from(io()).report(), expected);
+        assert_eq!(Fail::from_ref(&io()).report(), expected);
+
+        #[derive(Debug)]
+        struct Chain(&'static str, Option<std::io::Error>);
+        impl std::fmt::Display for Chain {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl StdError for Chain {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                self.1.as_ref().map(|e| e as &(dyn StdError + 'static))
+            }
+        }
+        let fail = |text| Fail {
+            exit: Exit::Failure,
+            error: Box::new(Chain(text, Some(std::io::Error::from_raw_os_error(2)))),
+            hint: None,
+        };
+        assert_eq!(
+            fail("failed to read `/x`").report(),
+            "filesem: failed to read `/x`: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            fail("failed to read `/x`: No such file or directory (os error 2)").report(),
+            "filesem: failed to read `/x`: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn the_recover_hint_quotes_the_path_and_is_given_for_every_corrupt_file() {
+        // A hint must name a command that works: pasted as shown. The library reports a
+        // corrupt file only for a regular file that recover can set aside; a FIFO or an
+        // exhausted counter have variants of their own, whose hints never name recover.
+        let path = std::path::PathBuf::from("/x/my sem's.json");
+        let fail = Fail::from(filesem::Error::Corrupt {
+            path: path.clone(),
+            reason: "expected value at line 1 column 2".into(),
+        });
         assert_eq!(fail.exit, Exit::Failure);
         let expected = format!(
             "stop every holder, then start afresh with `filesem recover {} -c CAPACITY` (the \
@@ -330,14 +477,142 @@ mod tests {
         );
         assert_eq!(fail.hint.as_deref(), Some(expected.as_str()));
         assert!(expected.contains("'\\''"), "quoted: {expected}");
-        let exhausted = Fail::from(corrupt(
-            "the fencing-token counter is exhausted (2^53 - 1 tokens were handed out); tokens \
-             only grow, so use a new semaphore file",
-        ));
-        assert_eq!(exhausted.hint, None);
-        std::fs::remove_file(&path).unwrap();
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let fifo = Fail::from(corrupt("it is a FIFO, not a regular file"));
-        assert_eq!(fifo.hint, None);
+        let invocation = Invocation::new(["run", "/x/s.json", "true"]);
+        let others = [
+            filesem::Error::TokensExhausted {
+                path: "/x/s.json".into(),
+            },
+            filesem::Error::Untrusted {
+                path: "/x/s.json".into(),
+                object: "/x/s.json".into(),
+                kind: UntrustedKind::WrongType,
+                problem: "it is a FIFO, not a regular file".into(),
+                owner: Some(0),
+            },
+        ];
+        for error in others {
+            let fail = Fail::from_error(error, &invocation);
+            let hint = fail.hint.expect("a hint");
+            assert!(!hint.contains("filesem recover"), "{hint}");
+        }
+    }
+
+    /// The text between the first two backquotes of `hint`: its command.
+    fn command_of(hint: &str) -> &str {
+        hint.split('`').nth(1).expect("a command in backquotes")
+    }
+
+    #[test]
+    fn an_untrusted_owner_is_named_with_the_command_that_trusts_it() {
+        // Exit 125; the message names the object and the problem; the hint is the user's
+        // own command with --trust-owner, the CLI's way to `OpenOptions::trust_owner`.
+        let error = filesem::Error::Untrusted {
+            path: "/tmp/s.json".into(),
+            object: "/tmp/s.json.lock".into(),
+            kind: UntrustedKind::Owner,
+            problem: "it is owned by uid 61399, who is not trusted in `/tmp`: in a \
+                      world-writable or sticky directory only the caller, root and the \
+                      directory's owner are trusted"
+                .into(),
+            owner: Some(61399),
+        };
+        let invocation = Invocation::new(["run", "-n", "/tmp/s.json", "make"]);
+        let fail = Fail::from_error(error, &invocation);
+        assert_eq!(fail.exit, Exit::Failure);
+        let report = fail.report();
+        let first = report.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "filesem: refusing to use `/tmp/s.json.lock` of semaphore `/tmp/s.json`: it is \
+             owned by uid 61399, who is not trusted in `/tmp`: in a world-writable or sticky \
+             directory only the caller, root and the directory's owner are trusted"
+        );
+        let hint = fail.hint.as_deref().unwrap();
+        assert_eq!(
+            command_of(hint),
+            "filesem run --trust-owner 61399 -n /tmp/s.json make"
+        );
+        assert!(
+            hint.starts_with("if uid 61399 shares this semaphore"),
+            "{hint}"
+        );
+    }
+
+    #[test]
+    fn an_object_of_the_wrong_type_is_shown_with_its_owner_and_never_trusted() {
+        // Trusting cannot make a symlink usable: the hint shows what is there instead.
+        let error = filesem::Error::Untrusted {
+            path: "/tmp/s.json".into(),
+            object: "/tmp/s.json.witness".into(),
+            kind: UntrustedKind::WrongType,
+            problem: "it is a symbolic link, not a directory".into(),
+            owner: Some(0),
+        };
+        let fail = Fail::from_error(error, &Invocation::new(["reap", "/tmp/s.json"]));
+        assert_eq!(fail.exit, Exit::Failure);
+        let report = fail.report();
+        assert_eq!(
+            report.lines().next().unwrap(),
+            "filesem: refusing to use `/tmp/s.json.witness` of semaphore `/tmp/s.json`: it is \
+             a symbolic link, not a directory (owned by uid 0 (root))"
+        );
+        let hint = fail.hint.as_deref().unwrap();
+        assert_eq!(command_of(hint), "ls -ld -- /tmp/s.json.witness");
+        assert!(!hint.contains("--trust-owner"), "{hint}");
+    }
+
+    #[test]
+    fn a_removed_directory_hints_at_running_again_only_where_that_creates_the_semaphore() {
+        // run and acquire open the path anew and create what is missing; release and the
+        // others would find nothing, so they get no command.
+        let gone = || filesem::Error::DirectoryGone {
+            path: "/d/s.json".into(),
+        };
+        let acquire = Invocation::new(["acquire", "/d/s.json", "--id", "b"]);
+        let fail = Fail::from_error(gone(), &acquire);
+        assert_eq!(fail.exit, Exit::Failure);
+        assert!(
+            fail.report()
+                .starts_with("filesem: the directory of semaphore `/d/s.json` was removed"),
+            "{}",
+            fail.report()
+        );
+        assert_eq!(
+            command_of(fail.hint.as_deref().unwrap()),
+            "filesem acquire /d/s.json --id b"
+        );
+        let release = Invocation::new(["release", "/d/s.json", "b"]);
+        assert_eq!(Fail::from_error(gone(), &release).hint, None);
+    }
+
+    #[test]
+    fn an_exhausted_counter_hints_at_the_same_command_on_a_new_path() {
+        // Tokens only grow: the way out is another semaphore (with the capacity of the old
+        // one, read from the file), never recover.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let doc = format!(
+            r#"{{"capacity": 3, "next_token": {}, "holders": []}}"#,
+            filesem::MAX_TOKEN + 1
+        );
+        std::fs::write(&path, doc).unwrap();
+        let invocation = Invocation::new([
+            std::ffi::OsStr::new("run"),
+            path.as_os_str(),
+            std::ffi::OsStr::new("true"),
+        ]);
+        let fail = Fail::from_error(
+            filesem::Error::TokensExhausted { path: path.clone() },
+            &invocation,
+        );
+        assert_eq!(fail.exit, Exit::Failure);
+        let hint = fail.hint.as_deref().unwrap();
+        let new = dir.path().join("s-2.json");
+        assert_eq!(
+            command_of(hint),
+            format!("filesem run -c 3 {} true", shell_quote(&new))
+        );
+        assert!(hint.contains("recovering this file cannot help"), "{hint}");
+        assert!(!hint.contains("filesem recover"), "{hint}");
     }
 }

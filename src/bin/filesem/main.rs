@@ -13,11 +13,13 @@ mod admin;
 mod duration;
 mod escape;
 mod exit;
+mod hint;
 mod mode;
 mod open;
 mod run;
 mod signals;
 mod status;
+mod trust;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::exit::NO_SLOT;
+use crate::trust::TrustArgs;
 
 /// A counting semaphore for shell scripts: at most N named holders at once, across
 /// processes, in a JSON state file that `filesem status` shows and `filesem reap` cleans up.
@@ -77,6 +80,8 @@ enum Command {
         /// The holder ID; it may start with a dash (`-job`).
         #[arg(allow_hyphen_values = true)]
         id: String,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Remove the entries of these IDs, whoever holds them (cleanup after a crash).
     ///
@@ -87,6 +92,8 @@ enum Command {
         /// The holder IDs (put `--` before them if one starts with a dash: `-- -job`).
         #[arg(required = true)]
         ids: Vec<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Remove the entries of holders that are provably dead or whose lease ran out.
     ///
@@ -99,6 +106,8 @@ enum Command {
         /// Print nothing when nothing was stale (instead of "nothing to reap" on stderr).
         #[arg(short, long)]
         quiet: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Change the number of slots.
     ///
@@ -109,6 +118,8 @@ enum Command {
         /// The new capacity, in holders.
         #[arg(value_parser = capacity_range())]
         capacity: u32,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Start afresh after the state file became corrupt (stop all holders first).
     ///
@@ -126,6 +137,8 @@ enum Command {
         /// corrupt file's replacement keeps the corrupt file's mode.
         #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
         mode: Option<u32>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Show the capacity, the holders (slot, age, owner, liveness) and the queue.
     Status {
@@ -134,6 +147,8 @@ enum Command {
         /// Print one JSON document (schema in the README) instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
 }
 
@@ -177,6 +192,8 @@ struct SlotArgs {
     /// include 600; execute, setuid, setgid and sticky bits are refused.
     #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
     mode: Option<u32>,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Queue priority while waiting: higher is served first, first come first served within
     /// a priority (default 0; negative values queue behind).
     #[arg(long, value_name = "P", allow_negative_numbers = true)]
@@ -296,16 +313,33 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Acquire(args) => acquire::detached(args),
-        Command::Release { semfile, id } => admin::release(&semfile, &id),
-        Command::Remove { semfile, ids } => admin::remove(&semfile, &ids),
-        Command::Reap { semfile, quiet } => admin::reap(&semfile, quiet),
-        Command::SetCapacity { semfile, capacity } => admin::set_capacity(&semfile, capacity),
+        Command::Release { semfile, id, trust } => admin::release(&semfile, &id, &trust),
+        Command::Remove {
+            semfile,
+            ids,
+            trust,
+        } => admin::remove(&semfile, &ids, &trust),
+        Command::Reap {
+            semfile,
+            quiet,
+            trust,
+        } => admin::reap(&semfile, quiet, &trust),
+        Command::SetCapacity {
+            semfile,
+            capacity,
+            trust,
+        } => admin::set_capacity(&semfile, capacity, &trust),
         Command::Recover {
             semfile,
             capacity,
             mode,
-        } => admin::recover(&semfile, capacity, mode),
-        Command::Status { semfile, json } => status::status(&semfile, json),
+            trust,
+        } => admin::recover(&semfile, capacity, mode, &trust),
+        Command::Status {
+            semfile,
+            json,
+            trust,
+        } => status::status(&semfile, json, &trust),
     };
     match result {
         Ok(exit) => exit.exit_code(conflict),

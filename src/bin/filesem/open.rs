@@ -1,12 +1,11 @@
 //! Opening the semaphore for `run` and `acquire`: `-c` and `--mode` only where needed, a note
-//! when a new semaphore is created, a capacity mismatch that says how to change the capacity,
-//! and the state file's resolved path.
+//! when a new semaphore is created, and a capacity mismatch that says how to change the
+//! capacity.
 
-use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use filesem::{Error, OpenOptions, Semaphore};
+use filesem::{Error, Semaphore};
 
 use crate::SlotArgs;
 use crate::escape::{escape_path, shell_quote};
@@ -27,11 +26,12 @@ pub const DEFAULT_CAPACITY: u32 = 1;
 /// A [`Fail`] with [`Exit::Usage`] for a capacity mismatch, or the library's error.
 pub fn open(args: &SlotArgs) -> Result<Semaphore, Fail> {
     let path = args.semfile.as_path();
-    match Semaphore::open_existing(path) {
+    let existing_options = args.trust.options();
+    match existing_options.open_existing(path) {
         Ok(sem) => existing(sem, args),
         Err(Error::NotFound { .. }) => {
             let requested = args.capacity.unwrap_or(DEFAULT_CAPACITY);
-            let mut options = OpenOptions::new();
+            let mut options = args.trust.options();
             options.create_new(true);
             if let Some(mode) = args.mode {
                 options.mode(mode);
@@ -47,7 +47,9 @@ pub fn open(args: &SlotArgs) -> Result<Semaphore, Fail> {
                     Ok(sem)
                 }
                 // Someone else created it since we looked.
-                Err(Error::AlreadyExists { .. }) => existing(Semaphore::open_existing(path)?, args),
+                Err(Error::AlreadyExists { .. }) => {
+                    existing(existing_options.open_existing(path)?, args)
+                }
                 Err(e) => Err(e.into()),
             }
         }
@@ -98,39 +100,4 @@ fn mismatch(path: &Path, requested: u32, on_file: u32) -> Fail {
          `filesem set-capacity {} {requested}`",
         shell_quote(path)
     ))
-}
-
-/// The state file's absolute path with its directory resolved (symbolic links, `.` and `..`
-/// followed, as `realpath`), as `run` exports it in `FILESEM_PATH`: computed once, right
-/// after the semaphore was opened, so that a command that changes directory, or a symlinked
-/// directory repointed later, cannot make it name another semaphore. The file name itself
-/// is kept (the library refuses a symbolic link there).
-///
-/// One function, so that the library's own record of the path it opened can replace it.
-///
-/// # Errors
-///
-/// [`Exit::Failure`] if the directory cannot be resolved (it was removed since the open).
-pub fn resolved_path(sem: &Semaphore) -> Result<PathBuf, Fail> {
-    let path = sem.path();
-    let failed = |e: io::Error| {
-        Fail::new(
-            Exit::Failure,
-            format!(
-                "failed to resolve the directory of semaphore `{}`: {e}",
-                path.display()
-            ),
-        )
-    };
-    let name = path.file_name().ok_or_else(|| {
-        failed(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path does not end in a file name",
-        ))
-    })?;
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    Ok(std::fs::canonicalize(directory).map_err(failed)?.join(name))
 }

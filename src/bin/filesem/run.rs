@@ -32,7 +32,9 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let signals = Arc::new(Signals::start().map_err(acquire::signal_failure)?);
     let slot = &args.slot;
     let sem = open::open(slot)?;
-    let resolved = open::resolved_path(&sem)?;
+    // As resolved when the semaphore was opened: a command that changes directory, or a
+    // symlinked directory repointed later, cannot make it name another semaphore.
+    let resolved = sem.resolved_path().to_path_buf();
     let nested = nested_id(&resolved);
     let id = match (&args.id, &nested) {
         (Some(id), _) => id.clone(),
@@ -85,6 +87,15 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
         Ok(()) => {}
         // Already reported while the command ran.
         Err(Error::Lost { .. }) if ended.lost => {}
+        // The directory was removed while the command ran, and the hold with it: there is
+        // nothing left to release, and running the command again is no fix for this run.
+        Err(error @ Error::DirectoryGone { .. }) => {
+            let fail = Fail {
+                hint: None,
+                ..Fail::from(error)
+            };
+            err!("{}", fail.report());
+        }
         Err(error) => err!("{}", Fail::from(error).report()),
     }
     Ok(Exit::Command(ended.code))
@@ -106,7 +117,7 @@ fn inherit_hold(permit: &Permit, close: bool) -> Result<Option<OwnedFd>, Fail> {
 }
 
 /// The ID of the hold whose command we run in, if it is on this same semaphore (`resolved`
-/// is ours, from [`open::resolved_path`]): a `run` nested in another `run` (FILESEM_PATH and
+/// is ours, from [`filesem::Semaphore::resolved_path`]): a `run` nested in another `run` (FILESEM_PATH and
 /// FILESEM_ID set by the outer one).
 fn nested_id(resolved: &Path) -> Option<String> {
     let outer_path = std::env::var_os("FILESEM_PATH")?;

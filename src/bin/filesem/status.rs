@@ -8,12 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use filesem::{HolderInfo, Liveness, Semaphore};
+use filesem::{HolderInfo, Liveness};
 use serde::Serialize;
 
 use crate::duration;
 use crate::escape::{escape, escape_path};
 use crate::exit::{Exit, Fail};
+use crate::trust::TrustArgs;
 
 /// The version of the `--json` document.
 const SCHEMA: u32 = 1;
@@ -60,8 +61,8 @@ struct Owner {
 ///
 /// The library's errors (no semaphore, corrupt state, I/O); nothing is printed to stdout
 /// then.
-pub fn status(path: &Path, json: bool) -> Result<Exit, Fail> {
-    let sem = Semaphore::open_existing(path)?;
+pub fn status(path: &Path, json: bool, trust: &TrustArgs) -> Result<Exit, Fail> {
+    let sem = trust.options().open_existing(path)?;
     let capacity = sem.capacity()?;
     let infos = sem.holders()?;
     let waiting = sem.waiters()?;
