@@ -3,13 +3,26 @@
 //!
 //! Temp files are named `.NAME.XXXXXXXX.filesem-tmp` and created with
 //! `O_CREAT|O_EXCL|O_NOFOLLOW`: an object planted at a temp name is never followed or
-//! written, only examined. A write first tries the fixed name `.NAME.00000000.filesem-tmp`:
-//! only the holder of the state lock writes one, so a file found there is a leftover of a
-//! writer killed between creating it and the rename, and every write removes it (if it is a
-//! regular file of a trusted owner) at no cost when there is none. Anything else found there
-//! is left alone, and the write uses a random name instead. Leftovers under random names
-//! (older versions, or that fallback) are removed by [`remove_leftovers`] when a semaphore is
-//! opened or reaped. A failed write removes its temp file.
+//! written, only examined. A failed write removes its temp file.
+//!
+//! # Why a fixed name comes first
+//!
+//! A write first tries the fixed name `.NAME.00000000.filesem-tmp`. Only the holder of the
+//! state lock writes a temp file, so a file found at that name is a leftover of a writer
+//! killed between creating it and the rename: every write removes it (if it is a regular file
+//! of a trusted owner) and takes the name, which costs nothing when there is none (the create
+//! succeeds at once). With random names only, finding leftovers means listing the directory,
+//! too slow for every write of a semaphore that may share its directory with thousands of
+//! files, so a killed writer's file would stay until the next `open` or `reap`.
+//!
+//! Only when something else sits at the fixed name (a symbolic link, a file of an untrusted
+//! owner, a FIFO: never ours, so left alone) does the write fall back to a random name, made
+//! by [`tempfile::Builder`] (its name generation and its retry on a name that exists) and
+//! created by us with `openat` on the bound directory. tempfile never gets a real path:
+//! [`NAME_ONLY`] stands in for the directory, only the file name it makes up is used, and
+//! its path-based cleanup is disabled and the path forgotten. Leftovers under random names
+//! (that fallback, or older versions) are removed by [`remove_leftovers`] when a semaphore is
+//! opened or reaped.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -33,8 +46,15 @@ const RAND_LEN: usize = 8;
 /// The middle part of the fixed first-choice temp name.
 const FIRST_CHOICE: &str = "00000000";
 
-/// Tries with random names after the first choice, before giving up.
+/// Tries with random names after the first choice, before giving up (tempfile itself would
+/// try 65536 names, each a system call, under the lock that every user waits for).
 const RANDOM_TRIES: usize = 16;
+
+/// The "directory" given to [`tempfile::Builder::make_in`], which only joins the name it
+/// makes up to it: the file is created relative to the bound directory, by name, and
+/// tempfile's path-based cleanup is disabled, so nothing ever acts on a path under it.
+/// Absolute, so that tempfile does not look up the working directory (which may be gone).
+const NAME_ONLY: &str = "/";
 
 /// The set-user-ID, set-group-ID and sticky bits: a state file never gets them.
 const SPECIAL_BITS: u32 = 0o7000;
@@ -104,43 +124,85 @@ pub(crate) fn write_atomic(
 }
 
 /// Creates the temp file: the fixed first choice (removing a leftover found there), else a
-/// random name.
+/// random name (see the [module docs](self)).
 fn create_temp(files: &Files, mode_bits: u32, dir: &FileStat) -> Result<(File, OsString)> {
     let prefix = temp_prefix(&files.state_name);
+    let first = temp_name(&prefix, FIRST_CHOICE);
+    let mut leftover_checked = false;
+    loop {
+        match open_temp(files, &first, mode_bits) {
+            Ok(file) => return Ok((file, first)),
+            Err(Errno::EEXIST) if !leftover_checked => {
+                leftover_checked = true;
+                if remove_if_leftover(files, &first, dir)? {
+                    continue;
+                }
+            }
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(create_failed(files, e)),
+        }
+        return create_random(files, &prefix, mode_bits);
+    }
+}
+
+/// Creates a temp file under a random name made by [`tempfile::Builder`], at most
+/// [`RANDOM_TRIES`] names.
+fn create_random(files: &Files, prefix: &OsStr, mode_bits: u32) -> Result<(File, OsString)> {
+    let mut tries = 0;
+    let mut failed = None;
+    let created = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(TEMP_SUFFIX)
+        .rand_bytes(RAND_LEN)
+        .disable_cleanup(true)
+        .make_in(NAME_ONLY, |made_up| {
+            let name = made_up.file_name().unwrap_or_default();
+            match open_temp(files, name, mode_bits) {
+                Ok(file) => Ok((file, name.to_os_string())),
+                Err(Errno::EEXIST) if tries + 1 < RANDOM_TRIES => {
+                    tries += 1;
+                    // tempfile tries the next name.
+                    Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    Err(std::io::Error::other("no temp file created"))
+                }
+            }
+        });
+    let created = match (created, failed) {
+        (Ok(created), _) => created,
+        (Err(_), Some(errno)) => return Err(create_failed(files, errno)),
+        (Err(e), None) => {
+            let dir_path = parent_dir(&files.path);
+            return Err(files.io(dir_path, "create a temp file in", e));
+        }
+    };
+    let ((file, name), made_up) = created.into_parts();
+    // Forget the path tempfile made up (its cleanup is off already): it names nothing of ours.
+    // `keep` only disarms the path (it cannot fail on Unix); if it did, dropping the path
+    // with cleanup off would still touch nothing.
+    if let Err(e) = made_up.keep() {
+        tracing::debug!(error = %e.error, "tempfile did not forget a made-up temp path");
+    }
+    Ok((file, name))
+}
+
+/// Creates `name` in the bound directory for writing, exclusively, without following a
+/// symlink or blocking on a FIFO, with `mode_bits` (before the umask; [`fill`] sets them
+/// exactly).
+fn open_temp(files: &Files, name: &OsStr, mode_bits: u32) -> nix::Result<File> {
     let flags = OFlag::O_WRONLY
         | OFlag::O_CREAT
         | OFlag::O_EXCL
         | OFlag::O_NOFOLLOW
         | OFlag::O_NONBLOCK
         | OFlag::O_CLOEXEC;
-    let first = temp_name(&prefix, FIRST_CHOICE);
-    let mut leftover_checked = false;
-    let mut tries = 0;
-    let mut name = first.clone();
-    loop {
-        match openat(files.dir(), name.as_os_str(), flags, mode(mode_bits)) {
-            Ok(fd) => return Ok((File::from(fd), name)),
-            Err(Errno::EEXIST) if name == first && !leftover_checked => {
-                leftover_checked = true;
-                if remove_if_leftover(files, &name, dir)? {
-                    continue;
-                }
-            }
-            Err(Errno::EEXIST) if tries < RANDOM_TRIES => {}
-            Err(e) => {
-                let dir_path = parent_dir(&files.path);
-                return Err(files.io(dir_path, "create a temp file in", e));
-            }
-        }
-        tries += 1;
-        name = temp_name(&prefix, &random_middle());
-    }
+    openat(files.dir(), name, flags, mode(mode_bits)).map(File::from)
 }
 
-fn random_middle() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(RAND_LEN)
-        .collect()
+fn create_failed(files: &Files, errno: Errno) -> crate::error::Error {
+    files.io(parent_dir(&files.path), "create a temp file in", errno)
 }
 
 /// Sets the owner and mode of the new temp file, writes `bytes` and (durable) flushes them.
@@ -356,6 +418,81 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(names(dir.path()).len(), 3, "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn anything_planted_at_the_first_choice_forces_a_random_name_and_stays_untouched() {
+        // A link, a FIFO or a file of an untrusted owner at the fixed name is not ours: the
+        // temp file gets a random name (tempfile's), the write succeeds, and the planted
+        // object, and whatever a link points to, are exactly as before. tempfile never acts
+        // on a path: its made-up path names nothing, and dropping everything deletes nothing.
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("tmp");
+        fs::create_dir(&dir).unwrap();
+        // Sticky and world-writable, as /tmp: a file of another owner is not trusted there.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        let files = files(&dir);
+        let first = dir.join(".s.json.00000000.filesem-tmp");
+        let victim = base.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let mut plants = vec!["symlink", "FIFO"];
+        if nix::unistd::geteuid().is_root() {
+            plants.push("another user's file");
+        } else {
+            println!("SKIPPED: another user's file at the fixed name needs root to plant");
+        }
+        let prefix = temp_prefix(OsStr::new("s.json"));
+        for what in plants {
+            match what {
+                "symlink" => std::os::unix::fs::symlink(&victim, &first).unwrap(),
+                "FIFO" => nix::unistd::mkfifo(&first, nix::sys::stat::Mode::S_IRWXU).unwrap(),
+                _ => {
+                    fs::write(&first, b"theirs").unwrap();
+                    std::os::unix::fs::lchown(&first, Some(61451), Some(61451)).unwrap();
+                }
+            }
+            let planted = fs::symlink_metadata(&first).unwrap();
+            let planted_bytes = planted.is_file().then(|| fs::read(&first).unwrap());
+            let st = files.dir_stat().unwrap();
+            let (file, name) = create_temp(&files, 0o644, &st).unwrap();
+            assert_ne!(dir.join(&name), first, "{what}");
+            assert!(
+                is_our_temp_name(name.as_bytes(), prefix.as_bytes()),
+                "{what}: {name:?}"
+            );
+            assert!(
+                !Path::new(NAME_ONLY).join(&name).exists(),
+                "{what}: nothing made at tempfile's path"
+            );
+            drop(file);
+            assert!(
+                dir.join(&name).is_file(),
+                "{what}: tempfile deleted nothing"
+            );
+            fs::remove_file(dir.join(&name)).unwrap();
+
+            let meta = FileMeta {
+                mode: 0o644,
+                owner: None,
+            };
+            write(&files, b"new", meta).unwrap();
+            assert_eq!(fs::read(dir.join("s.json")).unwrap(), b"new", "{what}");
+            let after = fs::symlink_metadata(&first).unwrap();
+            assert_eq!(
+                (after.ino(), after.mode(), after.uid()),
+                (planted.ino(), planted.mode(), planted.uid()),
+                "{what}: the planted object is as it was"
+            );
+            if let Some(bytes) = planted_bytes {
+                assert_eq!(fs::read(&first).unwrap(), bytes, "{what}");
+            }
+            assert_eq!(fs::read(&victim).unwrap(), b"precious", "{what}");
+            let mut expected = vec![OsString::from(".s.json.00000000.filesem-tmp")];
+            expected.push("s.json".into());
+            assert_eq!(names(&dir), expected, "{what}: no temp file left");
+            fs::remove_file(&first).unwrap();
+            fs::remove_file(dir.join("s.json")).unwrap();
+        }
     }
 
     #[test]
