@@ -219,8 +219,9 @@ impl OpenOptions {
     ///
     /// # Errors
     ///
-    /// As [`Semaphore::open`], and [`Error::AlreadyExists`](crate::Error::AlreadyExists) with
-    /// [`create_new`](OpenOptions::create_new).
+    /// As [`Semaphore::open`]; [`Error::AlreadyExists`](crate::Error::AlreadyExists) with
+    /// [`create_new`](OpenOptions::create_new); [`Error::InvalidLease`] for a
+    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`].
     pub fn open(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Semaphore> {
         Semaphore::open_with(path.as_ref(), Some(capacity), self)
     }
@@ -229,7 +230,8 @@ impl OpenOptions {
     ///
     /// # Errors
     ///
-    /// As [`Semaphore::open_existing`].
+    /// As [`Semaphore::open_existing`]; [`Error::InvalidLease`] for a
+    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`].
     pub fn open_existing(&self, path: impl AsRef<Path>) -> Result<Semaphore> {
         Semaphore::open_with(path.as_ref(), None, self)
     }

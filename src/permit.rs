@@ -177,7 +177,10 @@ impl Permit {
     /// # Errors
     ///
     /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the state cannot be read;
-    /// [`Error::LockTimeout`] when a stripped entry could not be restored.
+    /// [`Error::Untrusted`] when the state file (or, to restore a stripped entry, the lock
+    /// file) is of the wrong type or owner; [`Error::DirectoryGone`] when the semaphore's
+    /// directory was removed (the hold with it); [`Error::LockTimeout`] when a stripped entry
+    /// could not be restored.
     pub fn is_held(&self) -> Result<bool> {
         let now = Utc::now();
         Ok(self
@@ -199,8 +202,11 @@ impl Permit {
     ///
     /// # Errors
     ///
-    /// [`Error::Lost`] if the entry is no longer on file; [`Error::NotFound`],
-    /// [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    /// [`Error::Lost`] if the entry is no longer on file; [`Error::DirectoryGone`] if the
+    /// semaphore's directory was removed (the entry with it); [`Error::NotFound`],
+    /// [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and [`Error::Untrusted`]
+    /// for a state, lock or witness file of the wrong type or owner (see the crate docs'
+    /// "Trust model").
     ///
     /// # Examples
     ///
@@ -270,8 +276,10 @@ impl Permit {
     }
 
     /// [`keep_alive`](Permit::keep_alive), calling `on_lost` once (from the background
-    /// thread) with the [`Error::Lost`] when the hold is found lost. It is not called when the
-    /// permit is released, kept or dropped.
+    /// thread) with the [`Error::Lost`] when the hold is found lost, or with the
+    /// [`Error::DirectoryGone`] when the semaphore's directory was removed (and the entry with
+    /// it). It is not called when the permit is released, kept or dropped. Other failures of a
+    /// renewal ([`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`], ...) are retried.
     ///
     /// # Errors
     ///
@@ -308,7 +316,8 @@ impl Permit {
     }
 
     /// Whether the keep-alive thread found the hold lost (its entry vanished from the file:
-    /// reaped, removed, released by ID). Once `true`, the thread has stopped; stop using the
+    /// reaped, removed, released by ID; or the semaphore's directory was removed). Once
+    /// `true`, the thread has stopped; stop using the
     /// resource. Without a keep-alive this stays `false`; ask [`is_held`](Permit::is_held).
     pub fn is_lost(&self) -> bool {
         self.held().hold.shared.lost.load(Ordering::SeqCst)
@@ -344,9 +353,11 @@ impl Permit {
     ///
     /// [`Error::Lost`] if the entry is no longer on file (nothing is changed);
     /// [`Error::NotOwner`] in a forked child (the hold is the parent's; nothing is changed);
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`]: the
-    /// entry may then still be on file; [`Semaphore::release`] or [`Semaphore::remove`] can
-    /// remove it later.
+    /// [`Error::DirectoryGone`] if the semaphore's directory was removed (the entry went with
+    /// it; nothing is created anywhere); [`Error::NotFound`], [`Error::Corrupt`],
+    /// [`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`] (a state, lock or witness
+    /// file of the wrong type or owner, left as it is): the entry may then still be on file;
+    /// [`Semaphore::release`] or [`Semaphore::remove`] can remove it later.
     pub fn release(mut self) -> Result<()> {
         match self.held.take() {
             Some(held) => match held.not_owner() {
@@ -370,8 +381,10 @@ impl Permit {
     /// # Errors
     ///
     /// A [`KeepError`] holding the error and the permit, which is not lost: on
-    /// [`Error::LockTimeout`] or [`Error::Io`] it can be kept again later or released. On
-    /// [`Error::Lost`] the entry was already gone; [`Error::NotOwner`] in a forked child.
+    /// [`Error::LockTimeout`], [`Error::Io`] or [`Error::Untrusted`] (a state, lock or
+    /// witness file of the wrong type or owner) it can be kept again later or released. On
+    /// [`Error::Lost`] the entry was already gone, and on [`Error::DirectoryGone`] it went with
+    /// the removed directory; [`Error::NotOwner`] in a forked child.
     #[allow(clippy::result_large_err)] // the permit rides in the error on purpose, as in tempfile
     pub fn keep(mut self) -> std::result::Result<(), KeepError> {
         let Some(mut held) = self.held.take() else {
@@ -666,7 +679,8 @@ impl Renewer {
                     match target.keep_alive_once(lease) {
                         Ok(true) => wait = every,
                         Ok(false) => return,
-                        Err(e @ Error::Lost { .. }) => {
+                        // A removed directory never comes back, and the entry went with it.
+                        Err(e @ (Error::Lost { .. } | Error::DirectoryGone { .. })) => {
                             target.shared.lost.store(true, Ordering::SeqCst);
                             tracing::warn!(path = %target.sem.path().display(), id = %target.id, "hold lost");
                             on_lost(&e);

@@ -253,7 +253,8 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the file cannot be read:
-    /// never a guessed number.
+    /// never a guessed number; [`Error::Untrusted`] for a state file of the wrong type or
+    /// owner; [`Error::DirectoryGone`] once the directory was removed.
     pub fn capacity(&self) -> Result<u32> {
         Ok(self.inner.store.snapshot()?.capacity())
     }
@@ -266,7 +267,7 @@ impl Semaphore {
     ///
     /// [`Error::InvalidCapacity`] for 0 or more than [`MAX_CAPACITY`] (unlike `open`, 0 is not
     /// rounded up here); [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`],
-    /// [`Error::Io`].
+    /// [`Error::Io`], [`Error::Untrusted`], [`Error::DirectoryGone`].
     ///
     /// # Examples
     ///
@@ -532,7 +533,9 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// [`Error::Untrusted`] (a state, lock or witness file of the wrong type or owner, left
+    /// as it is), [`Error::DirectoryGone`].
     ///
     /// # Examples
     ///
@@ -591,7 +594,8 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`Error::NotHeld`] if `id` holds no slot; [`Error::NotFound`], [`Error::Corrupt`],
-    /// [`Error::LockTimeout`], [`Error::Io`].
+    /// [`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`],
+    /// [`Error::DirectoryGone`].
     ///
     /// # Examples
     ///
@@ -626,7 +630,9 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`].
+    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// [`Error::Untrusted`] (a state, lock or witness file of the wrong type or owner, left
+    /// as it is), [`Error::DirectoryGone`].
     ///
     /// # Examples
     ///
@@ -658,7 +664,8 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`]: never an empty list made up
-    /// from a file that could not be read.
+    /// from a file that could not be read; [`Error::Untrusted`] for a state file of the wrong
+    /// type or owner; [`Error::DirectoryGone`] once the directory was removed.
     ///
     /// # Examples
     ///
@@ -801,7 +808,8 @@ impl OpenOptions {
     ///
     /// # Errors
     ///
-    /// As [`Semaphore::recover`].
+    /// As [`Semaphore::recover`]; [`Error::InvalidLease`] for a
+    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`](crate::MIN_LEASE).
     pub fn recover(&self, path: impl AsRef<Path>, capacity: u32) -> Result<Recovered> {
         let path = path.as_ref();
         crate::options::check_lease(path, self.default_lease)?;

@@ -256,6 +256,39 @@ fn a_removed_directory_fails_every_operation_and_nothing_is_created_anywhere() {
 }
 
 #[test]
+fn a_keep_alive_reports_a_removed_directory_as_a_lost_hold() {
+    // The entry went with the directory, which never comes back: the keep-alive stops and
+    // reports the hold lost (so `filesem run --kill-on-lost` stops its command) instead of
+    // retrying for ever; the permit's release says why.
+    let root = common::tmpfs_dir();
+    let dir = root.path().join("d");
+    fs::create_dir(&dir).unwrap();
+    let path = dir.join("sem.json");
+    let sem = quick().open(&path, 1).unwrap();
+    let opts = AcquireOptions::new().lease(filesem::MIN_LEASE);
+    let mut permit = sem.try_acquire_with("held", &opts).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    permit
+        .keep_alive_with(move |e| {
+            let gone = matches!(e, Error::DirectoryGone { .. });
+            tx.send((gone, e.path().to_path_buf())).unwrap();
+        })
+        .unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    let (gone, reported) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the keep-alive reported the hold lost before the deadline");
+    assert!(gone, "reported as DirectoryGone");
+    assert_eq!(reported, path);
+    assert!(permit.is_lost());
+    match permit.release() {
+        Err(Error::DirectoryGone { path: p }) => assert_eq!(p, path),
+        other => panic!("expected DirectoryGone, got {other:?}"),
+    }
+    assert!(snapshot(root.path()).is_empty(), "nothing created anywhere");
+}
+
+#[test]
 #[ignore = "a child-process role, started by the other tests in this file"]
 fn child_process() {
     // Not a test of its own: the body of the processes the tests above start.
