@@ -141,14 +141,16 @@
 //!   following symlinks (`O_NOFOLLOW`, `O_DIRECTORY`), and their type is checked on the opened
 //!   descriptor. A symlink, FIFO, socket or device where a file belongs, or a file where the
 //!   witness directory belongs, is refused with [`Error::Untrusted`] before anything changes
-//!   (a symlink at `PATH` itself is [`Error::Symlink`]).
+//!   (a symlink at `PATH` itself is [`Error::Symlink`]); its
+//!   [`kind`](UntrustedKind::WrongType) says that no option makes such an object usable.
 //! - Owners: let `D` be the directory that holds an object (the semaphore's directory, or the
 //!   witness directory for witness files). If `D` is neither world-writable nor sticky, every
 //!   owner is trusted (whoever can write `D` can replace any file in it anyway). In a
 //!   world-writable or sticky `D` such as `/tmp`, the owner must be the caller (effective
 //!   uid), root, `D`'s owner, or a uid given to [`OpenOptions::trust_owner`]; anything else is
-//!   [`Error::Untrusted`]. So a root-run semaphore in `/tmp` never adopts a state file, lock
-//!   file or witness directory another user planted there.
+//!   [`Error::Untrusted`] of kind [`UntrustedKind::Owner`], naming the owner to trust if the
+//!   semaphore is shared on purpose. So a root-run semaphore in `/tmp` never adopts a state
+//!   file, lock file or witness directory another user planted there.
 //! - Cleanup (temp files of killed writers, orphan witness files, witness files of reaped
 //!   entries) removes only regular files with filesem's names whose owner is trusted.
 //! - A witness that cannot be examined is never evidence of death (see the table above).
