@@ -19,8 +19,8 @@
 //! take a slot (waiting in the semaphore's queue while all are taken: first come, first
 //! served, and the slot is handed over by the release that frees it), hold it, release it.
 //! The timeline shows when each worker queued, how many were ahead, and the order they were
-//! served in (a queued worker keeps the fencing token it got when it queued, so tokens are
-//! granted in increasing order).
+//! served in (each grant takes the next fencing token, so tokens increase in the order of
+//! service, also when a worker is served before one that queued earlier).
 //! Lines reach the parent through one pipe per worker, so they arrive slightly out of order;
 //! the parent keeps them in a small reorder buffer keyed by the time the worker stamped on
 //! them and prints a line once every live worker has reported something later, or once it is
@@ -158,7 +158,7 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
 // ---------------------------------------------------------------------------------------
 
 /// What a worker reports to the parent, one tab-separated line per event on stdout:
-/// `ready`, `queued token ahead holders capacity`, `entered slot token inside queued
+/// `ready`, `queued ahead holders capacity`, `entered slot token inside queued
 /// waited_ms`, `left slot inside held_ms`, `violation text`, `error text`, `done grants
 /// waits`; each after the kind and the time since the start of the run in microseconds.
 fn emit(epoch_us: u64, kind: &str, fields: &[&dyn std::fmt::Display]) {
@@ -220,7 +220,7 @@ fn worker(args: &[String]) -> ExitCode {
             emit(
                 epoch,
                 "queued",
-                &[&status.token, &status.ahead, &holders, &status.capacity],
+                &[&status.ahead, &holders, &status.capacity],
             );
         }
     });
@@ -723,13 +723,7 @@ fn show(name: &str, line: &str, capacity: u32, tally: &mut Tally) -> String {
     let f = |n: usize| fields.get(n).copied().unwrap_or("?");
     let (event, inside) = match kind {
         "queued" => (
-            format!(
-                "queued (token {}): {} ahead; {} slots held by {}",
-                f(2),
-                f(3),
-                f(5),
-                f(4)
-            ),
+            format!("queued: {} ahead; {} slots held by {}", f(2), f(4), f(3)),
             None,
         ),
         "entered" => {

@@ -89,7 +89,8 @@ pub struct HolderInfo {
     pub id: String,
     /// When the slot was granted (for a waiter: when it joined the queue).
     pub acquired_at: DateTime<Utc>,
-    /// The fencing token, if the entry has one (Go-written entries do not).
+    /// The fencing token of the grant, if the entry has one: `None` for a waiter (it gets its
+    /// token when it is granted a slot) and for entries written by the Go package.
     pub token: Option<u64>,
     /// The slot index in `0..capacity`, if the entry has one.
     pub slot: Option<u32>,

@@ -184,6 +184,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         let mut id = None;
         let mut acquired_at = None;
         let mut token: Option<Option<u64>> = None;
+        let mut ticket: Option<Option<u64>> = None;
         let mut slot: Option<Option<u32>> = None;
         let mut owner: Option<Option<Owner>> = None;
         let mut witness: Option<Option<Witness>> = None;
@@ -198,6 +199,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "id" => once(map, &mut id, "id")?,
                 "acquired_at" => once(map, &mut acquired_at, "acquired_at")?,
                 "token" => once(map, &mut token, "token")?,
+                "ticket" => once(map, &mut ticket, "ticket")?,
                 "slot" => once(map, &mut slot, "slot")?,
                 "owner" => once(map, &mut owner, "owner")?,
                 "witness" => once(map, &mut witness, "witness")?,
@@ -214,6 +216,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             id: id.ok_or_else(|| de::Error::missing_field("id"))?,
             acquired_at: acquired_at.ok_or_else(|| de::Error::missing_field("acquired_at"))?,
             token: token.flatten(),
+            ticket: ticket.flatten(),
             slot: slot.flatten(),
             owner: owner.flatten(),
             witness: witness.flatten(),
@@ -358,6 +361,9 @@ fn entry(out: &mut Vec<u8>, depth: usize, e: &Entry) {
     o.key("acquired_at").time(e.acquired_at);
     if let Some(t) = e.token {
         o.key("token").number(t);
+    }
+    if let Some(t) = e.ticket {
+        o.key("ticket").number(t);
     }
     if let Some(s) = e.slot {
         o.key("slot").number(s);
@@ -553,13 +559,13 @@ mod tests {
         // The file format of known fields does not change: same order, indentation, escapes and
         // times as serde_json's pretty printer wrote them (this text was produced by it).
         let text = r#"{"capacity": 3, "holders": [
-          {"id": "a\"b\u0001\t/é", "acquired_at": "2024-01-01T10:00:00.123456789+02:00", "token": 7, "slot": 2,
+          {"id": "a\"b\u0001\t/é", "acquired_at": "2024-01-01T10:00:00.123456789+02:00", "token": 7, "ticket": 6, "slot": 2,
            "owner": {"host": "h", "pid": 42, "start_time": 99, "machine_id": "m", "boot_id": "b", "pid_ns": 4026531836, "time_ns": 4026531834},
            "witness": {"dev": 64768, "ino": 1234}, "expires_at": "2024-01-01T09:00:30Z", "lease_ms": 30000, "detached": true,
            "metadata": {"job": "x", "a": ""}},
           {"id": "go", "acquired_at": "2024-01-01T10:00:00Z"}],
           "version": 1, "next_token": 9,
-          "waiters": [{"id": "w", "acquired_at": "2024-01-01T10:00:01Z", "token": 8, "priority": -3, "expires_at": "2024-01-01T10:00:07Z"}]}"#;
+          "waiters": [{"id": "w", "acquired_at": "2024-01-01T10:00:01Z", "ticket": 8, "priority": -3, "expires_at": "2024-01-01T10:00:07Z"}]}"#;
         let expected = r#"{
   "capacity": 3,
   "holders": [
@@ -567,6 +573,7 @@ mod tests {
       "id": "a\"b\u0001\t/é",
       "acquired_at": "2024-01-01T08:00:00.123456789Z",
       "token": 7,
+      "ticket": 6,
       "slot": 2,
       "owner": {
         "host": "h",
@@ -600,7 +607,7 @@ mod tests {
     {
       "id": "w",
       "acquired_at": "2024-01-01T10:00:01Z",
-      "token": 8,
+      "ticket": 8,
       "expires_at": "2024-01-01T10:00:07Z",
       "priority": -3
     }
@@ -791,6 +798,10 @@ mod tests {
             (
                 r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "token": "7"}]}"#,
                 "invalid type",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "ticket": -7}]}"#,
+                "invalid value",
             ),
             (
                 r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "metadata": {"k": 1}}]}"#,

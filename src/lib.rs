@@ -23,8 +23,9 @@
 //!   source of truth for the capacity ([`Semaphore::set_capacity`] changes it).
 //! - [`Semaphore::try_acquire`] takes a slot or fails at once with [`Error::NoCapacity`] or
 //!   [`Error::AlreadyHeld`]. The [`Permit`] it returns releases the slot when dropped, carries
-//!   a fencing [`token`](Permit::token) (strictly increasing per semaphore) and a
-//!   [`slot`](Permit::slot) index in `0..capacity`.
+//!   a fencing [`token`](Permit::token) (strictly increasing per semaphore in the order of
+//!   grants: a newer grant has a larger token) and a [`slot`](Permit::slot) index in
+//!   `0..capacity`.
 //! - [`Semaphore::release`] and [`Semaphore::remove`] end holds by ID (for holds kept with
 //!   [`Permit::keep`], or cleanup). Queries ([`holders`](Semaphore::holders),
 //!   [`count`](Semaphore::count), [`available`](Semaphore::available)) return errors instead
@@ -53,13 +54,15 @@
 //!   [`on_wait`](AcquireOptions::on_wait) callback.
 //! - **Fairness.** An acquire that finds no free slot joins a queue kept in the state file
 //!   (`waiters`, listed by [`Semaphore::waiters`]): higher priority first, first come first
-//!   served within a priority. It takes its fencing token when it joins. A newcomer never
+//!   served within a priority. A newcomer never
 //!   overtakes the queue: [`Semaphore::try_acquire`] fails with [`Error::NoCapacity`] while
 //!   anyone is queued, and [`Semaphore::available`] counts queued waiters as taken.
 //! - **Direct hand-off.** Whoever frees a slot (a release or dropped permit, reaping,
 //!   [`Semaphore::remove`], a higher [`capacity`](Semaphore::set_capacity)) grants it to the
-//!   head of the queue in the same write: the waiter's entry moves into `holders` with its
-//!   token and a slot. The waiter only has to notice; it holds no lock while it waits.
+//!   head of the queue in the same write: the waiter's entry moves into `holders` with a slot
+//!   and the next fencing token, so tokens increase in the order slots are granted, even when
+//!   a waiter of higher priority overtakes one that queued earlier. The waiter only has to
+//!   notice; it holds no lock while it waits.
 //! - **Timeouts and cancellation.** Deadlines are measured on the monotonic clock from the
 //!   call; signals (`EINTR`) neither fail a wait nor restart its deadline.
 //!   [`Duration::ZERO`](std::time::Duration::ZERO) makes one attempt and queues nothing; a
@@ -103,7 +106,7 @@
 //!
 //! | the entry | verdict |
 //! | --- | --- |
-//! | its witness file `PATH.witness/<token>` is flock'd by anyone (the holder, or a child that inherited it via [`Permit::inherit_witness`]) | alive |
+//! | its witness file `PATH.witness/<N>` (`N`: its token, or its ticket if it queued) is flock'd by anyone (the holder, or a child that inherited it via [`Permit::inherit_witness`]) | alive |
 //! | its witness file is there but this user may not open it: `/proc/locks` lists it as locked | alive |
 //! | same, not listed; the checker can trust the listing (initial pid namespace, `/proc` its own, and the state lock it holds while reaping is listed under the device `stat` reports) | as if the witness were free (the "witness free" row) |
 //! | same, any other case | unknown (the pid is never consulted: a child may hold the witness) |

@@ -202,22 +202,24 @@ impl Judge for SystemJudge {
         //    inherited it still runs). Free = dead, but only when the holder ran on this
         //    kernel and the filesystem is local: a lock taken over NFS by another machine may
         //    not show here at all.
+        //    The file is named by the number its hold was created under (a waiter's ticket
+        //    once it is granted too).
         let mut note = None;
-        if let (Some(w), Some(token)) = (&entry.witness, entry.token) {
+        if let (Some(w), Some(name)) = (&entry.witness, entry.witness_name()) {
             let probe = match witness::open_dir_for_probe(&self.files) {
-                Ok(Some(dir)) => witness::probe(&self.files, dir.as_fd(), token, w),
+                Ok(Some(dir)) => witness::probe(&self.files, dir.as_fd(), name, w),
                 Ok(None) => Probe::Missing,
                 Err(e) => Probe::Unreadable(format!("witness directory: {e}")),
             };
             match probe {
                 Probe::Held => {
                     return Liveness::Alive {
-                        evidence: format!("witness lock {token} is held"),
+                        evidence: format!("witness lock {name} is held"),
                     };
                 }
                 Probe::Free if same_kernel && self.local => {
                     return Liveness::Dead {
-                        evidence: format!("witness lock {token} was released"),
+                        evidence: format!("witness lock {name} was released"),
                     };
                 }
                 Probe::Free => note = Some("witness free but not trusted across machines"),
@@ -226,7 +228,7 @@ impl Judge for SystemJudge {
                 // that outlived the acquiring pid, so the pid proves nothing either.
                 Probe::Unreadable(why) => {
                     return Liveness::Unknown {
-                        evidence: format!("witness {token} cannot be examined: {why}"),
+                        evidence: format!("witness {name} cannot be examined: {why}"),
                     };
                 }
             }

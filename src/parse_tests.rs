@@ -186,6 +186,7 @@ fn entry(strict: bool) -> impl Strategy<Value = String> {
         .prop_map(|m| serde_json::to_string(&m).unwrap());
     let optional = vec![
         ("token", known(small_uint(), strict)),
+        ("ticket", known(small_uint(), strict)),
         ("slot", known((0u32..8).prop_map(|n| n.to_string()), strict)),
         ("owner", known(owner, strict)),
         ("witness", known(witness, strict)),
@@ -300,6 +301,7 @@ struct KnownEntry {
     id: String,
     acquired_at: DateTime<Utc>,
     token: Option<u64>,
+    ticket: Option<u64>,
     slot: Option<u32>,
     owner: Option<KnownOwner>,
     witness: Option<(u64, u64)>,
@@ -339,6 +341,7 @@ fn known_fields(doc: &Document) -> Known {
                 id: e.id.clone(),
                 acquired_at: e.acquired_at,
                 token: e.token,
+                ticket: e.ticket,
                 slot: e.slot,
                 owner: e.owner.as_ref().map(|o| KnownOwner {
                     host: o.host.clone(),
@@ -381,6 +384,11 @@ fn check_parse(bytes: &[u8]) -> Result<bool, TestCaseError> {
             e.token.is_none_or(|t| t <= MAX_TOKEN),
             "token {:?}",
             e.token
+        );
+        prop_assert!(
+            e.ticket.is_none_or(|t| t <= MAX_TOKEN),
+            "ticket {:?}",
+            e.ticket
         );
         prop_assert!(e.slot.is_none_or(|s| s < MAX_CAPACITY), "slot {:?}", e.slot);
     }
@@ -478,8 +486,8 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         w in ws(),
     ) {
-        // Recovery never hands out a token the corrupt file shows, nor a number above 2^53,
-        // nor one below the clock.
+        // Recovery never hands out a token or ticket the corrupt file shows, nor a number
+        // above 2^53, nor one below the clock.
         let mut text = r#"{"capacity":9,"holders":["#.to_string();
         // (number, the floor it requires, the end of its digits in `text`)
         let mut bounds = Vec::new();
@@ -487,7 +495,9 @@ proptest! {
             if i > 0 {
                 text.push(',');
             }
-            text.push_str(&format!(r#"{{"id":"h{i}","acquired_at":"2025-01-01T00:00:00Z","token"{w}:{w}{t}"#));
+            // Every other entry a granted waiter's, whose witness is named by its ticket.
+            let key = if i % 2 == 1 { "ticket" } else { "token" };
+            text.push_str(&format!(r#"{{"id":"h{i}","acquired_at":"2025-01-01T00:00:00Z","{key}"{w}:{w}{t}"#));
             bounds.push((t, t.saturating_add(1), text.len()));
             text.push_str(&format!(r#","slot":{i}}}"#));
         }

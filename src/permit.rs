@@ -133,8 +133,11 @@ impl Permit {
     }
 
     /// The fencing token of this grant: a number from a counter in the state file that only
-    /// ever increases, across releases and processes. Pass it to the guarded resource so it
-    /// can refuse a holder whose permit was lost (a newer grant has a larger token).
+    /// ever increases, across releases and processes, taken at the moment the slot is granted
+    /// (for an acquire that waited, by the write that handed it the slot). So tokens strictly
+    /// increase in the order of grants, also when a waiter of higher priority is served before
+    /// one that queued earlier: a newer grant always has a larger token. Pass it to the
+    /// guarded resource so it can refuse a holder whose permit was lost.
     pub fn token(&self) -> u64 {
         self.held().hold.token
     }

@@ -33,9 +33,6 @@ pub struct WaitStatus {
     pub holders: Vec<String>,
     /// How many waiters are served before this one.
     pub ahead: usize,
-    /// The fencing token this acquire got when it joined the queue; the permit keeps it
-    /// when the slot is handed over.
-    pub token: u64,
 }
 
 /// What an acquire asks for.
@@ -48,42 +45,49 @@ pub(crate) struct Request<'a> {
     pub may_wait: bool,
 }
 
-/// A queued acquire's identity on file (its ID and token: the only way it recognises its
-/// entry), and what its entry records (to restore the fields another writer dropped from its
-/// granted entry, if the token survived).
+/// A queued acquire's identity on file (its ID and ticket: the only way it recognises its
+/// entry, queued and after the hand-off), and what its entry records (to restore the fields
+/// another writer dropped from its granted entry, if the ticket survived).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Mine {
     pub id: String,
-    pub token: u64,
-    /// What the hold will record once granted: no slot yet, and the waiter's own expiry is
-    /// not part of it (a grant replaces it by the lease end, if any).
-    pub record: Record,
+    /// The number it took when it joined the queue; never its fencing token, which the
+    /// hand-off takes.
+    pub ticket: u64,
+    /// Its queue entry as it wrote it: what the hold will record once granted, together with
+    /// the token, slot and lease end of the grant ([`Mine::granted`]).
+    queued: Entry,
 }
 
 impl Mine {
-    fn of(entry: &Entry, token: u64) -> Mine {
-        let mut record = Record::of(entry, token);
-        record.slot = None;
-        record.expires_at = None;
+    fn of(entry: &Entry, ticket: u64) -> Mine {
         Mine {
             id: entry.id.clone(),
-            token,
-            record,
+            ticket,
+            queued: entry.clone(),
         }
     }
 
-    /// What the hold records once granted at `acquired_at` in `slot` (the lease end as
-    /// [`rules::hand_off`] wrote it).
-    fn granted(&self, slot: Option<u32>, acquired_at: DateTime<Utc>) -> Record {
+    /// What the hold records once granted at `acquired_at` with `token` in `slot` (the lease
+    /// end as [`rules::hand_off`] wrote it; the waiter's own expiry is not part of it).
+    fn granted(&self, token: u64, slot: Option<u32>, acquired_at: DateTime<Utc>) -> Record {
         Record {
             slot,
-            expires_at: rules::lease_end(self.record.lease_ms, acquired_at),
-            ..self.record.clone()
+            expires_at: rules::lease_end(self.queued.lease_ms, acquired_at),
+            ..Record::of(&self.queued, token)
         }
+    }
+
+    /// Whether `entry` is this acquire's: same ticket and ID (a Go write loses the counter,
+    /// so once our entry is gone, our old number may be handed out again: the ID tells it
+    /// apart).
+    fn is(&self, entry: &Entry) -> bool {
+        entry.ticket == Some(self.ticket) && entry.id == self.id
     }
 }
 
-/// Takes a fencing token for a new entry and, for a process-bound hold, creates its witness
+/// Takes the next number of the counter for a new entry (the fencing token of a direct grant,
+/// or a waiter's ticket) and, for a process-bound hold, creates its witness named by it
 /// (returning the record to put in the entry). Files are touched here only, so that
 /// [`settle`] stays testable without them.
 pub(crate) type NewToken<'a> = dyn FnMut(&mut Document) -> Result<(u64, Option<Witness>)> + 'a;
@@ -121,7 +125,7 @@ pub(crate) enum Left {
 
 /// Where an acquire's entry is.
 enum Found {
-    /// In `holders`, with its token: granted.
+    /// In `holders`, with its ticket: granted.
     Holder(usize),
     /// In the queue.
     Waiter(usize),
@@ -143,18 +147,18 @@ pub(crate) fn holder_entry(
     entry
 }
 
-/// The entry of a new waiter: a holder entry plus its token, witness, priority and expiry.
+/// The entry of a new waiter: a holder entry plus its ticket, witness, priority and expiry.
 /// Every waiter entry is built here, so that it is judged like a holder (owner, witness) and
-/// becomes one by [`rules::hand_off`] without changes (which replaces the waiter's expiry by
-/// the lease, if any).
+/// becomes one by [`rules::hand_off`] (which gives it a token, and replaces the waiter's
+/// expiry by the lease, if any).
 pub(crate) fn waiter_entry(
     req: &Request<'_>,
-    token: u64,
+    ticket: u64,
     witness: Option<Witness>,
     now: DateTime<Utc>,
 ) -> Entry {
     let mut entry = holder_entry(req.id, now, req.options, req.lease);
-    entry.token = Some(token);
+    entry.ticket = Some(ticket);
     entry.witness = witness;
     entry.priority = (req.options.priority != 0).then_some(req.options.priority);
     entry.expires_at = Some(expiry_from(now));
@@ -165,49 +169,64 @@ fn expiry_from(now: DateTime<Utc>) -> DateTime<Utc> {
     now + chrono::Duration::from_std(WAITER_EXPIRY).unwrap_or_default()
 }
 
-/// Finds our entry: by token and ID (a Go write loses the token counter, so once our entry
-/// is gone, our old token may be handed out again: the ID tells it apart).
+/// Finds our entry: by ticket and ID ([`Mine::is`]), among the holders (granted: the hand-off
+/// keeps the ticket) and the waiters.
 ///
 /// Never by ID alone. Once our queue entry is gone (removed, or dropped by a Go write), the ID
-/// may be granted to someone else, and a holder entry whose token a Go write dropped cannot be
-/// told from a slot handed to us and stripped before we saw it: claiming it could make two
+/// may be granted to someone else, and a holder entry whose ticket a Go write dropped cannot
+/// be told from a slot handed to us and stripped before we saw it: claiming it could make two
 /// processes hold one entry, and our release would end the other's hold. Such an entry is
 /// left alone; the acquire is then refused as already held (the hold can be released by ID).
 fn find(doc: &Document, mine: &Mine) -> Option<Found> {
-    let ours = |e: &Entry| e.token == Some(mine.token) && e.id == mine.id;
-    if let Some(i) = doc.holders.iter().position(ours) {
+    if let Some(i) = doc.holders.iter().position(|e| mine.is(e)) {
         return Some(Found::Holder(i));
     }
-    doc.waiters.iter().position(ours).map(Found::Waiter)
+    doc.waiters
+        .iter()
+        .position(|e| mine.is(e))
+        .map(Found::Waiter)
 }
 
-/// The grant of `mine`, if a snapshot shows it (no lock needed).
+/// The grant of `mine`, if a snapshot shows it (no lock needed): our entry among the holders,
+/// with the token and slot the hand-off gave it.
 pub(crate) fn granted(doc: &Document, mine: &Mine) -> Option<Grant> {
     match find(doc, mine)? {
         Found::Holder(i) => {
             let e = &doc.holders[i];
-            let slot = e.slot?;
+            let (token, slot) = (e.token?, e.slot?);
             Some(Grant {
-                token: mine.token,
+                token,
                 slot,
                 acquired_at: e.acquired_at,
-                record: mine.granted(Some(slot), e.acquired_at),
+                record: mine.granted(token, Some(slot), e.acquired_at),
             })
         }
         Found::Waiter(_) => None,
     }
 }
 
-/// Gives the holder entry at `i` (ours: found by token and ID) back every field another writer
-/// dropped after the hand-off while keeping the token ([`rules::restore`]: a slot, owner,
-/// witness, lease, metadata, detached). `None` when no slot index is free.
+/// Gives the holder entry at `i` (ours: found by ticket and ID) back every field another
+/// writer dropped after the hand-off while keeping the ticket ([`rules::restore`]: a slot,
+/// owner, witness, lease, metadata, detached), and learns its fencing token from it. An entry
+/// that lost its token (but not its ticket) gets a new one now: the grant is ours, and its
+/// old token is known to nobody. `None` when no slot index is free, or no token is left.
 fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option<Grant> {
     let acquired_at = doc.holders[i].acquired_at;
-    let mut record = mine.granted(None, acquired_at);
+    let token = match doc.holders[i].token {
+        Some(token) => token,
+        None if rules::tokens_exhausted(doc) => return None,
+        None => {
+            let token = rules::take_token(doc);
+            doc.holders[i].token = Some(token);
+            *changed = true;
+            token
+        }
+    };
+    let mut record = mine.granted(token, None, acquired_at);
     let slot = rules::restore(doc, i, &record, changed)?;
     record.slot = Some(slot);
     Some(Grant {
-        token: mine.token,
+        token,
         slot,
         acquired_at,
         record,
@@ -215,10 +234,12 @@ fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option
 }
 
 /// One locked step of an acquire. Without `mine` (the first step): grant as `try_acquire`
-/// does, else queue (if `may_wait`). With `mine`: reap stale entries and hand free slots to
-/// the queue, then report our grant, or stay queued (refreshing the expiry if `refresh`), or,
-/// if our entry vanished, start over as a first step (at the back of the queue, with a new
-/// token: the old one may have been lost with the counter).
+/// does, else queue (if `may_wait`) with a new ticket. With `mine`: reap stale entries and
+/// hand free slots to the queue, then report our grant, or stay queued (refreshing the expiry
+/// if `refresh`), or, if our entry vanished, start over as a first step (at the back of the
+/// queue, with a new ticket: the old one may have been lost with the counter). A queued
+/// acquire owed a free slot that no token is left for is refused
+/// ([`Refusal::TokensExhausted`]).
 #[allow(clippy::too_many_arguments)] // one step's inputs and its two reports
 pub(crate) fn settle(
     doc: &mut Document,
@@ -251,13 +272,19 @@ pub(crate) fn settle(
                 });
             }
             Some(Found::Waiter(i)) => {
+                let owed = i == 0
+                    && doc.holders.len() < doc.capacity() as usize
+                    && rules::lowest_free_slot(doc).is_some();
+                if owed && rules::tokens_exhausted(doc) {
+                    return Ok(Outcome::Refused(Refusal::TokensExhausted));
+                }
                 if refresh {
                     doc.waiters[i].expires_at = Some(expiry_from(ctx.now));
                     *changed = true;
                 }
                 return Ok(Outcome::Queued {
                     mine: mine.clone(),
-                    status: status(doc, i, mine.token),
+                    status: status(doc, i),
                 });
             }
             None => {}
@@ -278,18 +305,14 @@ pub(crate) fn settle(
             })
         }
         Err(Refusal::NoCapacity { .. }) if req.may_wait => {
-            let (token, witness) = new_token(doc)?;
-            let entry = waiter_entry(req, token, witness, ctx.now);
-            let mine = Mine::of(&entry, token);
+            let (ticket, witness) = new_token(doc)?;
+            let entry = waiter_entry(req, ticket, witness, ctx.now);
+            let mine = Mine::of(&entry, ticket);
             rules::enqueue(doc, entry);
             *changed = true;
-            let ahead = doc
-                .waiters
-                .iter()
-                .position(|e| e.token == Some(token))
-                .unwrap_or(0);
+            let ahead = doc.waiters.iter().position(|e| mine.is(e)).unwrap_or(0);
             Outcome::Queued {
-                status: status(doc, ahead, token),
+                status: status(doc, ahead),
                 mine,
             }
         }
@@ -298,13 +321,12 @@ pub(crate) fn settle(
 }
 
 /// The status for `on_wait`; the caller fills in `path`.
-fn status(doc: &Document, ahead: usize, token: u64) -> WaitStatus {
+fn status(doc: &Document, ahead: usize) -> WaitStatus {
     WaitStatus {
         path: PathBuf::new(),
         capacity: doc.capacity(),
         holders: doc.holders.iter().map(|e| e.id.clone()).collect(),
         ahead,
-        token,
     }
 }
 
@@ -338,11 +360,16 @@ pub(crate) fn leave(
 }
 
 /// Whether a snapshot shows something a locked step would change for a queued `mine`: its
-/// entry vanished or lost its token, a slot is free for the queue, or an entry is stale.
+/// entry vanished or lost its ticket, token or slot, a slot is free for the queue, or an
+/// entry is stale.
 pub(crate) fn needs_step(doc: &Document, mine: &Mine, ctx: &Ctx<'_>) -> bool {
     match find(doc, mine) {
         Some(Found::Waiter(_)) => {}
-        Some(Found::Holder(i)) if doc.holders[i].slot.is_some() => return false,
+        Some(Found::Holder(i))
+            if doc.holders[i].slot.is_some() && doc.holders[i].token.is_some() =>
+        {
+            return false;
+        }
         _ => return true,
     }
     let free =
@@ -360,7 +387,7 @@ pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Op
     doc.holders
         .iter()
         .chain(&doc.waiters)
-        .filter(|e| e.token != Some(mine.token))
+        .filter(|e| !mine.is(e))
         .filter_map(rules::expiry)
         .filter(|&at| at > now)
         .min()
@@ -371,6 +398,7 @@ pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Op
 mod tests {
     use super::*;
     use crate::liveness::NoEvidence;
+    use crate::state::MAX_TOKEN;
 
     fn t(secs: i64) -> DateTime<Utc> {
         "2025-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::seconds(secs)
@@ -436,8 +464,9 @@ mod tests {
     }
 
     #[test]
-    fn first_step_grants_when_free_and_queues_with_a_token_when_full() {
-        // The try path is tried first; a full semaphore queues the caller with its token.
+    fn first_step_grants_when_free_and_queues_with_a_ticket_when_full() {
+        // The try path is tried first; a full semaphore queues the caller with a ticket and
+        // no token (a token is taken when the slot is granted).
         let mut doc = Document::new(1);
         let (o, changed) = settle_at(&mut doc, "a", &AcquireOptions::new(), None, false, t(1));
         assert!(
@@ -451,9 +480,10 @@ mod tests {
         };
         assert_eq!(status.holders, ["a"]);
         assert_eq!((status.capacity, status.ahead), (1, 0));
-        assert_eq!(doc.waiters[0].token, Some(mine.token));
+        assert_eq!(doc.waiters[0].ticket, Some(mine.ticket));
+        assert_eq!(doc.waiters[0].token, None);
+        assert_eq!(mine.ticket, 2, "the number after the holder's token");
         assert_eq!(doc.waiters[0].expires_at, Some(expiry_from(t(1))));
-        assert_eq!(status.token, mine.token);
     }
 
     #[test]
@@ -484,20 +514,55 @@ mod tests {
     }
 
     #[test]
-    fn the_handed_over_slot_is_seen_in_a_snapshot_with_the_queue_token() {
-        // The releaser's write grants the head; the waiter only has to look.
+    fn the_handed_over_slot_is_seen_in_a_snapshot_with_the_token_of_the_grant() {
+        // The releaser's write grants the head a new token; the waiter only has to look, and
+        // finds its entry by the ticket it kept.
         let mut doc = full(1);
         let mine = queue(&mut doc, "w", 0, t(1));
         assert_eq!(granted(&doc, &mine), None);
         assert_eq!(rules::remove_ids(&mut doc, &["h0"], t(2)), ["h0"]);
         let grant = granted(&doc, &mine).expect("granted");
-        assert_eq!(grant.token, mine.token);
+        assert_eq!(doc.holders[0].ticket, Some(mine.ticket));
+        assert_eq!(
+            grant.token, 3,
+            "taken at the grant, after the ticket {}",
+            mine.ticket
+        );
         assert_eq!(grant.slot, 0);
         assert_eq!(grant.acquired_at, t(2));
+        assert_eq!(grant.record.ticket, Some(mine.ticket));
     }
 
     #[test]
-    fn a_vanished_entry_queues_again_with_a_new_token() {
+    fn waiters_served_out_of_arrival_order_get_tokens_in_grant_order() {
+        // A queues first, B with priority 10 later: B is granted first and A's token is the
+        // larger, so a fencing resource that saw B's token accepts A's.
+        let mut doc = full(1);
+        let a = queue(&mut doc, "a", 0, t(1));
+        let b = queue(&mut doc, "b", 10, t(2));
+        assert!(a.ticket < b.ticket);
+        rules::remove_ids(&mut doc, &["h0"], t(3));
+        let (o, _) = settle_at(&mut doc, "b", &AcquireOptions::new(), Some(&b), false, t(3));
+        let Outcome::Granted(first) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(granted(&doc, &a), None);
+        rules::remove_ids(&mut doc, &["b"], t(4));
+        let second = granted(&doc, &a).expect("a is granted after b");
+        assert!(
+            first.token < second.token,
+            "b's token {} then a's {}",
+            first.token,
+            second.token
+        );
+        assert!(
+            b.ticket < first.token,
+            "tokens come after every ticket taken before"
+        );
+    }
+
+    #[test]
+    fn a_vanished_entry_queues_again_with_a_new_ticket() {
         // A Go write drops the queue: the waiter joins again instead of waiting forever.
         let mut doc = full(1);
         let mine = queue(&mut doc, "w", 0, t(1));
@@ -517,8 +582,9 @@ mod tests {
         assert!(changed);
         assert_eq!(doc.waiters.len(), 1);
         assert_eq!(doc.waiters[0].acquired_at, t(2));
-        assert_eq!(doc.waiters[0].token, Some(again.token));
-        assert!(again.token > doc.holders[0].token.unwrap());
+        assert_eq!(doc.waiters[0].ticket, Some(again.ticket));
+        assert_eq!(doc.waiters[0].token, None);
+        assert!(again.ticket > doc.holders[0].token.unwrap());
     }
 
     /// What a Go write leaves of a document: holders with `id` and `acquired_at` only.
@@ -593,7 +659,8 @@ mod tests {
         };
         assert_eq!(rules::remove_ids(&mut doc, &["h0"], t(2)), ["h0"]);
         let granted = doc.holders[0].clone();
-        assert_eq!(granted.token, Some(mine.token));
+        assert_eq!(granted.ticket, Some(mine.ticket));
+        assert!(granted.token > Some(mine.ticket));
         assert_eq!(
             granted.expires_at,
             Some(t(32)),
@@ -603,13 +670,14 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_that_kept_its_token_gets_back_every_field_a_foreign_write_dropped() {
-        // Found by token and ID, the entry is ours: the waiter writes back everything the hold
-        // records (slot, owner, witness, lease and its end, metadata, detached), as a permit
-        // does, and its grant carries that record.
+    fn a_grant_that_kept_its_ticket_gets_back_every_field_a_foreign_write_dropped() {
+        // Found by ticket and ID, the entry is ours: the waiter writes back everything the
+        // hold records (slot, owner, witness, lease and its end, metadata, detached), as a
+        // permit does, and its grant carries that record and the token on file.
         let (mut doc, mine, granted) = handed_over_with_a_record();
         let mut stripped = Entry::new(granted.id.clone(), granted.acquired_at);
         stripped.token = granted.token;
+        stripped.ticket = granted.ticket;
         doc.holders[0] = stripped;
         let (o, changed) = settle_at(
             &mut doc,
@@ -624,11 +692,66 @@ mod tests {
             panic!("{o:?}")
         };
         assert_eq!(
-            (grant.token, grant.slot, grant.acquired_at),
-            (mine.token, 0, t(2))
+            (Some(grant.token), grant.slot, grant.acquired_at),
+            (granted.token, 0, t(2))
         );
         assert_eq!(doc.holders[0], granted, "every field is back");
-        assert_eq!(grant.record, Record::of(&granted, mine.token));
+        assert_eq!(grant.record, Record::of(&granted, grant.token));
+    }
+
+    #[test]
+    fn a_grant_that_lost_only_its_token_gets_a_new_one() {
+        // Its ticket proves the entry ours; the token a foreign writer dropped is known to
+        // nobody, so the waiter takes the next one, above everything handed out before.
+        let (mut doc, mine, granted) = handed_over_with_a_record();
+        doc.holders[0].token = None;
+        let before = rules::next_token(&doc);
+        let (o, changed) = settle_at(
+            &mut doc,
+            "w",
+            &AcquireOptions::new(),
+            Some(&mine),
+            false,
+            t(3),
+        );
+        assert!(changed);
+        let Outcome::Granted(grant) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(grant.token, before);
+        assert!(Some(grant.token) > granted.token);
+        assert_eq!(doc.holders[0].token, Some(grant.token));
+        assert_eq!(doc.holders[0].ticket, Some(mine.ticket));
+        assert_eq!(grant.record, Record::of(&doc.holders[0], grant.token));
+    }
+
+    #[test]
+    fn a_waiter_owed_a_slot_is_refused_when_no_token_is_left() {
+        // Granting it would need a token above 2^53 - 1, which the file cannot hold: the
+        // acquire ends with an error instead of waiting forever beside a free slot.
+        let mut doc = full(1);
+        let mine = queue(&mut doc, "w", 0, t(1));
+        doc.next_token = Some(MAX_TOKEN + 1);
+        rules::remove_ids(&mut doc, &["h0"], t(2));
+        assert_eq!(doc.waiters.len(), 1, "not granted");
+        let (o, _) = settle_at(
+            &mut doc,
+            "w",
+            &AcquireOptions::new(),
+            Some(&mine),
+            false,
+            t(2),
+        );
+        assert!(
+            matches!(o, Outcome::Refused(Refusal::TokensExhausted)),
+            "{o:?}"
+        );
+        let mut changed = false;
+        assert_eq!(
+            leave(&mut doc, &mine, false, t(3), &mut changed),
+            Left::Gone
+        );
+        assert!(changed && doc.waiters.is_empty());
     }
 
     #[test]
@@ -721,7 +844,8 @@ mod tests {
         let Left::Granted(g) = leave(&mut doc, &a, true, t(4), &mut changed) else {
             panic!("kept")
         };
-        assert_eq!(g.token, a.token);
+        assert_eq!(Some(g.token), doc.holders[0].token);
+        assert_eq!(g.record.ticket, Some(a.ticket));
         assert!(!changed);
         let c = queue(&mut doc, "c", 0, t(5));
         assert_eq!(
@@ -732,7 +856,7 @@ mod tests {
             doc.holders[0].id, "c",
             "the released slot went to the next waiter"
         );
-        assert_eq!(granted(&doc, &c).map(|g| g.token), Some(c.token));
+        assert_eq!(granted(&doc, &c).map(|g| g.token), doc.holders[0].token);
         let mut changed = false;
         assert_eq!(leave(&mut doc, &b, false, t(7), &mut changed), Left::Gone);
         assert!(!changed);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::liveness::Liveness;
-use crate::state::{Document, Entry, Owner, Witness};
+use crate::state::{Document, Entry, MAX_TOKEN, Owner, Witness};
 
 /// How long past `expires_at` an entry is still considered alive, for clock skew between
 /// machines sharing the file.
@@ -42,7 +42,12 @@ pub(crate) struct Removed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
     AlreadyHeld,
-    NoCapacity { capacity: u32, held: usize },
+    NoCapacity {
+        capacity: u32,
+        held: usize,
+    },
+    /// A queued waiter is owed a free slot, but the counter has no token left to grant it.
+    TokensExhausted,
 }
 
 /// The verdict on one entry: lease first (pure), then detached, then the oracle.
@@ -61,17 +66,26 @@ pub(crate) fn verdict(entry: &Entry, now: DateTime<Utc>, judge: &dyn Judge) -> L
     judge.judge(entry)
 }
 
-/// The next fencing token: above the stored counter and above every token in the file (a
-/// Go write drops the counter; tokens that survive still bound it from below).
+/// The next number of the counter (a fencing token, or a waiter's ticket): above the stored
+/// counter and above every token and ticket in the file (a Go write drops the counter;
+/// numbers that survive still bound it from below).
 pub(crate) fn next_token(doc: &Document) -> u64 {
     let seen = doc
         .holders
         .iter()
         .chain(&doc.waiters)
-        .filter_map(|e| e.token)
+        .flat_map(|e| [e.token, e.ticket])
+        .flatten()
         .max()
         .map_or(1, |t| t.saturating_add(1));
     doc.next_token.unwrap_or(1).max(seen).max(1)
+}
+
+/// Whether the counter has handed out every number up to [`MAX_TOKEN`]: nothing can be
+/// granted or queued any more (a number is never handed out twice, nor one a JSON reader
+/// could not represent).
+pub(crate) fn tokens_exhausted(doc: &Document) -> bool {
+    next_token(doc) > MAX_TOKEN
 }
 
 /// `Expired` when the entry's `expires_at` (plus [`LEASE_GRACE`]) has passed: the pure part
@@ -97,11 +111,12 @@ pub(crate) fn expiry(entry: &Entry) -> Option<DateTime<Utc>> {
 /// Gives a document without a token counter one that is above every token handed out before.
 ///
 /// Only the Go package writes a document without `next_token` (it drops every field it does
-/// not know, tokens included), so nothing on file bounds the tokens we handed out before that
-/// write. The counter resumes at `now` in microseconds since 1970, as
+/// not know, tokens and tickets included), so nothing on file bounds the numbers we handed
+/// out before that write. The counter resumes at `now` in microseconds since 1970, as
 /// [`Semaphore::recover`](crate::Semaphore::recover) does: our counters count up from 1 by one
-/// per grant, and no grant takes less than a microsecond, so this stays above every earlier
-/// token unless the clock went back. Applied to every document read under the lock.
+/// per grant or queued waiter, and each write that takes k numbers also writes the k entries
+/// that carry them, which takes more than k microseconds, so this stays above every earlier
+/// number unless the clock went back. Applied to every document read under the lock.
 pub(crate) fn resume_token_counter(doc: &mut Document, now: DateTime<Utc>) {
     if doc.next_token.is_none() {
         let micros = u64::try_from(now.timestamp_micros()).unwrap_or(0);
@@ -109,7 +124,8 @@ pub(crate) fn resume_token_counter(doc: &mut Document, now: DateTime<Utc>) {
     }
 }
 
-/// Takes the next fencing token and advances the counter.
+/// Takes the next number of the counter (a fencing token for a grant, a ticket for a waiter)
+/// and advances the counter. The caller checks [`tokens_exhausted`] first.
 pub(crate) fn take_token(doc: &mut Document) -> u64 {
     let token = next_token(doc);
     doc.next_token = Some(token.saturating_add(1));
@@ -182,6 +198,12 @@ pub(crate) fn reap(doc: &mut Document, ctx: &Ctx<'_>) -> Vec<Removed> {
 /// Grants free slots to the head of the queue, in queue order, each in the same write that
 /// freed it (direct hand-off). Returns how many waiters were granted.
 ///
+/// Each granted waiter gets its fencing token now, from the counter, so tokens increase in
+/// the order slots are granted, even when a waiter of higher priority overtook one that
+/// queued earlier. The entry keeps its ticket: the waiter recognises its entry by it, and its
+/// witness file stays named by it. With the counter exhausted ([`tokens_exhausted`]) nobody
+/// is granted.
+///
 /// A waiter whose expiry has passed (it stopped refreshing it: dead, or stopped for longer
 /// than its expiry) is dropped from the queue instead of granted, so that a dead waiter
 /// never becomes a holder nobody can judge.
@@ -191,10 +213,17 @@ pub(crate) fn hand_off(doc: &mut Document, now: DateTime<Utc>) -> usize {
         let Some(slot) = lowest_free_slot(doc) else {
             break;
         };
-        let mut entry = doc.waiters.remove(0);
-        if expired(&entry, now).is_some() {
+        if expired(&doc.waiters[0], now).is_some() {
+            doc.waiters.remove(0);
             continue;
         }
+        if tokens_exhausted(doc) {
+            break;
+        }
+        // Taken while the entry is still on file, so its ticket bounds the token too.
+        let token = take_token(doc);
+        let mut entry = doc.waiters.remove(0);
+        entry.token = Some(token);
         entry.slot = Some(slot);
         entry.acquired_at = now;
         entry.priority = None;
@@ -305,12 +334,14 @@ pub(crate) fn grant(
 /// Everything a hold records in its entry besides its ID and grant time, as the process that
 /// holds it knows it: what a [`Permit`](crate::Permit) writes back when a writer that knows
 /// only the basic format (the Go package keeps `id` and `acquired_at`) stripped its entry,
-/// and what a waiter that was handed a slot writes back into its entry found by token (a
-/// waiter never claims an entry without its token: see `queue::find`). One definition for
+/// and what a waiter that was handed a slot writes back into its entry found by ticket (a
+/// waiter never claims an entry without its ticket: see `queue::find`). One definition for
 /// both, used by [`restore`].
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Record {
     pub token: u64,
+    /// The ticket of a hold that queued first: its witness file's name.
+    pub ticket: Option<u64>,
     /// The slot index; `None` while a waiter does not know it yet.
     pub slot: Option<u32>,
     pub owner: Option<Owner>,
@@ -328,6 +359,7 @@ impl Record {
     pub fn of(entry: &Entry, token: u64) -> Record {
         Record {
             token,
+            ticket: entry.ticket,
             slot: entry.slot,
             owner: entry.owner.clone(),
             witness: entry.witness.clone(),
@@ -339,8 +371,8 @@ impl Record {
     }
 }
 
-/// Writes back into the holder entry at `i` (ours: found by token; a permit also by ID and
-/// grant time) every field of `record` that the entry lacks, and sets `changed` if it wrote
+/// Writes back into the holder entry at `i` (ours: found by token, or by ticket and ID by a
+/// waiter; a permit also by ID and grant time) every field of `record` that the entry lacks, and sets `changed` if it wrote
 /// any. Fields the entry has are left as they are.
 ///
 /// The slot: ours if no other holder has it meanwhile; if another one has it, the entry stays
@@ -366,6 +398,9 @@ pub(crate) fn restore(
     let e = &mut doc.holders[i];
     let before = e.clone();
     e.token.get_or_insert(record.token);
+    if e.ticket.is_none() {
+        e.ticket = record.ticket;
+    }
     if e.slot.is_none() {
         e.slot = slot;
     }
@@ -391,7 +426,8 @@ pub(crate) fn restore(
     e.slot
 }
 
-/// Adds a waiter behind everyone of equal or higher priority. The entry must carry a token.
+/// Adds a waiter behind everyone of equal or higher priority. The entry must carry a ticket
+/// and no token (it gets one when it is granted, by [`hand_off`]).
 pub(crate) fn enqueue(doc: &mut Document, entry: Entry) {
     let p = entry.priority.unwrap_or(0);
     let at = doc
@@ -512,6 +548,12 @@ mod tests {
         assert_eq!(take_token(&mut doc), 43);
         doc.next_token = Some(100);
         assert_eq!(take_token(&mut doc), 100);
+        // Tickets bound it too: they come from the same counter.
+        doc.next_token = None;
+        let mut w = Entry::test("w");
+        w.ticket = Some(500);
+        doc.waiters.push(w);
+        assert_eq!(take_token(&mut doc), 501);
     }
 
     #[test]
@@ -620,7 +662,7 @@ mod tests {
         acquire(&mut doc, "holder", &ctx(&judge)).unwrap();
         for (id, p) in [("w1", 0), ("w2", 0), ("vip", 5), ("w3", 0)] {
             let mut e = Entry::test(id);
-            e.token = Some(take_token(&mut doc));
+            e.ticket = Some(take_token(&mut doc));
             e.priority = Some(p);
             enqueue(&mut doc, e);
         }
@@ -640,17 +682,81 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_overtaken_by_a_higher_priority_gets_the_larger_token_granted_after() {
+        // Tokens are taken at the grant: A queues first, B (priority 10) after it, B is served
+        // first, and A's later grant has the larger token, as fencing needs. Each keeps the
+        // ticket it queued with; tickets and tokens come from one counter and never collide.
+        let judge = Table(HashMap::new());
+        let mut doc = Document::new(1);
+        let (first, _) = acquire(&mut doc, "holder", &ctx(&judge)).unwrap();
+        for (id, priority) in [("a", 0), ("b", 10)] {
+            let mut e = Entry::test(id);
+            e.ticket = Some(take_token(&mut doc));
+            e.priority = (priority != 0).then_some(priority);
+            enqueue(&mut doc, e);
+        }
+        let tickets: Vec<_> = doc
+            .waiters
+            .iter()
+            .map(|e| (e.id.as_str(), e.ticket))
+            .collect();
+        assert_eq!(tickets, [("b", Some(3)), ("a", Some(2))]);
+        assert!(doc.waiters.iter().all(|e| e.token.is_none()));
+
+        assert_eq!(remove_ids(&mut doc, &["holder"], now()), ["holder"]);
+        let b = doc.holders[0].clone();
+        assert_eq!((b.id.as_str(), b.token, b.ticket), ("b", Some(4), Some(3)));
+        assert_eq!(remove_ids(&mut doc, &["b"], now()), ["b"]);
+        let a = doc.holders[0].clone();
+        assert_eq!((a.id.as_str(), a.token, a.ticket), ("a", Some(5), Some(2)));
+        assert!(
+            first < b.token.unwrap() && b.token < a.token,
+            "tokens in grant order"
+        );
+        assert_eq!(
+            a.witness_name(),
+            Some(2),
+            "the witness keeps the ticket's name"
+        );
+        assert_eq!(next_token(&doc), 6);
+    }
+
+    #[test]
+    fn hand_off_grants_nobody_when_the_counter_is_exhausted() {
+        // A token above 2^53 - 1 would make the file corrupt: the waiter stays queued instead.
+        let mut doc = Document::new(1);
+        let mut e = Entry::test("w");
+        e.ticket = Some(MAX_TOKEN);
+        e.expires_at = Some(now() + chrono::Duration::seconds(10));
+        enqueue(&mut doc, e);
+        assert!(tokens_exhausted(&doc));
+        assert_eq!(hand_off(&mut doc, now()), 0);
+        assert_eq!((doc.holders.len(), doc.waiters.len()), (0, 1));
+        assert_eq!(Document::parse(&doc.to_bytes()).map(|d| d == doc), Ok(true));
+        doc.waiters[0].ticket = Some(MAX_TOKEN - 1);
+        assert!(!tokens_exhausted(&doc));
+        assert_eq!(hand_off(&mut doc, now()), 1);
+        assert_eq!(doc.holders[0].token, Some(MAX_TOKEN));
+    }
+
+    #[test]
     fn hand_off_skips_waiters_whose_expiry_passed() {
         // A waiter that stopped refreshing its expiry (dead) is dropped, never granted.
         let mut doc = Document::new(1);
-        for (id, token, secs) in [("gone", 1, -10), ("alive", 2, 10)] {
+        for (id, ticket, secs) in [("gone", 1, -10), ("alive", 2, 10)] {
             let mut e = Entry::test(id);
-            e.token = Some(token);
+            e.ticket = Some(ticket);
             e.expires_at = Some(now() + chrono::Duration::seconds(secs));
             enqueue(&mut doc, e);
         }
+        doc.next_token = Some(3);
         assert_eq!(hand_off(&mut doc, now()), 1);
         assert_eq!(doc.holders[0].id, "alive");
+        assert_eq!(
+            doc.holders[0].token,
+            Some(3),
+            "a token only for the one granted"
+        );
         assert_eq!(
             doc.holders[0].expires_at, None,
             "the waiter's expiry is not a lease"
@@ -694,6 +800,7 @@ mod tests {
         let mut doc = Document::new(3);
         let mut full = Entry::test("me");
         full.token = Some(7);
+        full.ticket = Some(6);
         full.slot = Some(1);
         full.owner = Some(crate::liveness::Identity::current().owner());
         full.witness = Some(Witness {

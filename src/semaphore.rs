@@ -43,7 +43,7 @@ pub(crate) struct Inner {
 pub struct Reaped {
     /// The holder ID.
     pub id: String,
-    /// Its fencing token, if it had one.
+    /// Its fencing token, if it had one (a waiter has none: it gets one when granted).
     pub token: Option<u64>,
     /// Its slot, if it had one.
     pub slot: Option<u32>,
@@ -57,8 +57,8 @@ pub struct Reaped {
 impl From<rules::Removed> for Reaped {
     fn from(r: rules::Removed) -> Reaped {
         Reaped {
+            token: if r.was_waiter { None } else { r.entry.token },
             id: r.entry.id,
-            token: r.entry.token,
             slot: r.entry.slot,
             liveness: r.verdict,
             waiter: r.was_waiter,
@@ -451,8 +451,10 @@ impl Semaphore {
     ///
     /// The first step is the same as [`try_acquire_with`](Semaphore::try_acquire_with); if it
     /// finds no free slot, the call joins the queue (behind every waiter of equal or higher
-    /// priority) with its fencing token, and waits without holding any lock until a release,
-    /// a reap or [`set_capacity`](Semaphore::set_capacity) hands it a slot. A waiter whose
+    /// priority) and waits without holding any lock until a release, a reap or
+    /// [`set_capacity`](Semaphore::set_capacity) hands it a slot, with the next fencing token:
+    /// tokens increase in the order slots are granted, also when a waiter of higher priority
+    /// is served before one that queued earlier. A waiter whose
     /// queue entry vanished (removed by [`remove`](Semaphore::remove), or dropped by a write of
     /// the Go package) joins the queue again, at the back.
     ///
@@ -488,8 +490,9 @@ impl Semaphore {
         crate::wait::acquire(self, id, options)
     }
 
-    /// Takes the next fencing token and, for a process-bound hold, creates and locks its
-    /// witness file (before the entry naming it is written). Skips tokens whose witness file
+    /// Takes the next number of the token counter (the fencing token of a direct grant, or the
+    /// ticket of a waiter) and, for a process-bound hold, creates and locks its witness file
+    /// named by it (before the entry naming it is written). Skips numbers whose witness file
     /// exists already (possible after a Go write dropped the counter).
     pub(crate) fn take_token_and_witness(
         &self,
@@ -498,7 +501,7 @@ impl Semaphore {
     ) -> Result<(u64, Option<WitnessLock>)> {
         let store = &self.inner.store;
         for _ in 0..64 {
-            if rules::next_token(doc) > state::MAX_TOKEN {
+            if rules::tokens_exhausted(doc) {
                 // Never hand out a token twice: fail closed.
                 return Err(Error::TokensExhausted {
                     path: store.path().to_path_buf(),
@@ -685,8 +688,9 @@ impl Semaphore {
     }
 
     /// The queued waiters, in the order they will be served (priority, then arrival), each
-    /// with its fencing token and a liveness verdict. `acquired_at` is when it joined the
-    /// queue. Reads without the lock and changes nothing.
+    /// with a liveness verdict. `acquired_at` is when it joined the queue; `token` is `None`
+    /// (a waiter gets its fencing token when it is granted a slot). Reads without the lock
+    /// and changes nothing.
     ///
     /// # Errors
     ///
@@ -703,7 +707,14 @@ impl Semaphore {
     pub fn waiters(&self) -> Result<Vec<HolderInfo>> {
         let doc = self.inner.store.snapshot()?;
         let now = Utc::now();
-        Ok(doc.waiters.iter().map(|e| self.info(e, now)).collect())
+        Ok(doc
+            .waiters
+            .iter()
+            .map(|e| HolderInfo {
+                token: None,
+                ..self.info(e, now)
+            })
+            .collect())
     }
 
     /// The number of holders on file (including stale ones not yet reaped).
@@ -736,9 +747,9 @@ impl Semaphore {
     /// valid, nothing changes (`moved_to` is `None`); if it is absent, a new semaphore is
     /// created.
     ///
-    /// The new token counter is the larger of (the highest `token` or `next_token` number
-    /// found in the corrupt bytes + 1) and the current time in microseconds since 1970, so it
-    /// stays above tokens that a truncated file lost.
+    /// The new token counter is the larger of (the highest `token`, `ticket` or `next_token`
+    /// number found in the corrupt bytes + 1) and the current time in microseconds since
+    /// 1970, so it stays above tokens that a truncated file lost.
     ///
     /// Only a regular file is moved aside: a FIFO, socket or device at `path` is refused with
     /// [`Error::Untrusted`] and left where it is, as is a file whose owner is not trusted in a
@@ -875,28 +886,30 @@ impl OpenOptions {
     }
 }
 
-/// A fencing-token counter above anything a corrupt file can have handed out.
+/// A fencing-token counter above anything a corrupt file can have handed out: every number
+/// after a `token"` key (`token`, `next_token`) or a `ticket"` key, and the clock.
 pub(crate) fn token_floor(bytes: &[u8]) -> u64 {
     let mut max = 0u64;
-    let key = b"token\"";
-    let mut i = 0;
-    while let Some(at) = bytes[i..].windows(key.len()).position(|w| w == key) {
-        let mut j = i + at + key.len();
-        while j < bytes.len() && (bytes[j].is_ascii_whitespace() || bytes[j] == b':') {
-            j += 1;
-        }
-        let digits: String = bytes[j..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .map(|&b| b as char)
-            .collect();
-        // Numbers above the token range are themselves corruption, not past tokens.
-        if let Ok(n) = digits.parse::<u64>() {
-            if n <= state::MAX_TOKEN + 1 {
-                max = max.max(n);
+    for key in [&b"token\""[..], &b"ticket\""[..]] {
+        let mut i = 0;
+        while let Some(at) = bytes[i..].windows(key.len()).position(|w| w == key) {
+            let mut j = i + at + key.len();
+            while j < bytes.len() && (bytes[j].is_ascii_whitespace() || bytes[j] == b':') {
+                j += 1;
             }
+            let digits: String = bytes[j..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|&b| b as char)
+                .collect();
+            // Numbers above the token range are themselves corruption, not past tokens.
+            if let Ok(n) = digits.parse::<u64>() {
+                if n <= state::MAX_TOKEN + 1 {
+                    max = max.max(n);
+                }
+            }
+            i = j.max(i + at + 1);
         }
-        i = j.max(i + at + 1);
     }
     let micros = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
     max.saturating_add(1).max(micros).min(state::MAX_TOKEN + 1)
@@ -946,14 +959,19 @@ pub(crate) fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
             capacity,
             held,
         },
+        Refusal::TokensExhausted => Error::TokensExhausted {
+            path: path.to_path_buf(),
+        },
     }
 }
 
+/// The names of the witness files that entries on file refer to (a ticket, or a token for a
+/// hold granted directly): what orphan cleanup must leave alone.
 fn live_tokens(doc: &Document) -> Vec<u64> {
     doc.holders
         .iter()
         .chain(&doc.waiters)
-        .filter_map(|e| e.token)
+        .filter_map(Entry::witness_name)
         .collect()
 }
 
@@ -970,6 +988,11 @@ mod tests {
             far + 5
         );
         assert_eq!(token_floor(bytes.as_bytes()), far + 6);
+        let tickets = format!(
+            r#"{{"waiters":[{{"ticket" : {}}}], "next_token":{far}"#,
+            far + 9
+        );
+        assert_eq!(token_floor(tickets.as_bytes()), far + 10);
         let t = token_floor(b"garbage");
         assert!(t > 1_700_000_000_000_000, "{t}");
     }

@@ -49,7 +49,14 @@ pub(crate) struct Entry {
     /// When the slot was granted (for a waiter: when it joined the queue). Any RFC 3339
     /// offset is read; UTC is written.
     pub acquired_at: DateTime<Utc>,
+    /// The fencing token of the grant: taken from the counter when the slot is granted, so
+    /// tokens increase in grant order. A waiter has none.
     pub token: Option<u64>,
+    /// A waiter's number, taken from the same counter as tokens when it joined the queue (so
+    /// ticket and token numbers never collide): how the waiting acquire recognises its entry,
+    /// and the name of its witness file. Kept after the hand-off, which adds a token. `None`
+    /// for a hold granted directly.
+    pub ticket: Option<u64>,
     pub slot: Option<u32>,
     pub owner: Option<Owner>,
     pub witness: Option<Witness>,
@@ -112,7 +119,7 @@ impl Document {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err("the file is empty".to_string());
         }
-        let doc: Document = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let mut doc: Document = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if doc.capacity < 1 || doc.capacity > i64::from(MAX_CAPACITY) {
             return Err(format!(
                 "capacity {} is outside 1..={MAX_CAPACITY}",
@@ -129,10 +136,23 @@ impl Document {
                     e.id, e.token
                 ));
             }
+            if e.ticket.is_some_and(|t| t > MAX_TOKEN) {
+                return Err(format!(
+                    "holder {:?} has ticket {:?}, above 2^53 - 1",
+                    e.id, e.ticket
+                ));
+            }
         }
         // One past the largest token: a counter that has handed out every token.
         if doc.next_token.is_some_and(|t| t > MAX_TOKEN + 1) {
             return Err(format!("next_token {:?} is above 2^53", doc.next_token));
+        }
+        // The previous format gave a waiter its fencing token when it joined: that number
+        // names its witness file and is its ticket; the hand-off gives it a token.
+        for e in &mut doc.waiters {
+            if e.ticket.is_none() {
+                e.ticket = e.token.take();
+            }
         }
         Ok(doc)
     }
@@ -170,6 +190,7 @@ impl Entry {
             id,
             acquired_at: at,
             token: None,
+            ticket: None,
             slot: None,
             owner: None,
             witness: None,
@@ -180,6 +201,13 @@ impl Entry {
             metadata: BTreeMap::new(),
             extra: Unknown::default(),
         }
+    }
+
+    /// The number the entry's witness file `PATH.witness/<number>` is named by: the one it
+    /// was created under and keeps for the hold's life. The ticket for an entry that queued,
+    /// else the token (a direct grant, or an entry of the previous format).
+    pub(crate) fn witness_name(&self) -> Option<u64> {
+        self.ticket.or(self.token)
     }
 }
 
@@ -258,10 +286,37 @@ mod tests {
                 "{\"capacity\": 1, \"holders\": [{\"id\": \"a\", \"acquired_at\": \"yesterday\"}]}",
                 "input",
             ),
+            (
+                "{\"capacity\": 1, \"holders\": [], \"waiters\": [{\"id\": \"w\", \"acquired_at\": \"2024-01-01T10:00:00Z\", \"ticket\": 9007199254740992}]}",
+                "ticket Some(9007199254740992), above 2^53 - 1",
+            ),
         ] {
             let err = Document::parse(text.as_bytes()).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_waiter_of_the_previous_format_reads_its_token_as_its_ticket() {
+        // The previous format gave a waiter its token when it joined: that number names its
+        // witness and becomes its ticket; only the hand-off gives it a token. Holders keep
+        // theirs, and a ticket on file stays as it is.
+        let text = r#"{"capacity": 1, "next_token": 9,
+            "holders": [{"id": "h", "acquired_at": "2024-01-01T10:00:00Z", "token": 5}],
+            "waiters": [{"id": "old", "acquired_at": "2024-01-01T10:00:01Z", "token": 7},
+                        {"id": "new", "acquired_at": "2024-01-01T10:00:02Z", "ticket": 8}]}"#;
+        let doc = Document::parse(text.as_bytes()).unwrap();
+        assert_eq!(
+            (doc.holders[0].token, doc.holders[0].ticket),
+            (Some(5), None)
+        );
+        assert_eq!(doc.holders[0].witness_name(), Some(5));
+        let waiters: Vec<_> = doc.waiters.iter().map(|e| (e.token, e.ticket)).collect();
+        assert_eq!(waiters, [(None, Some(7)), (None, Some(8))]);
+        assert_eq!(doc.waiters[0].witness_name(), Some(7));
+        let v: Value = serde_json::from_slice(&doc.to_bytes()).unwrap();
+        assert_eq!(v["waiters"][0]["ticket"], 7);
+        assert!(v["waiters"][0].get("token").is_none());
     }
 
     #[test]

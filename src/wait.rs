@@ -2,10 +2,11 @@
 //! and waits between them without it.
 //!
 //! An acquire that may wait takes one locked step: it is granted at once (exactly as
-//! `try_acquire`), or it joins the queue with a fencing token taken then. From there on it
-//! only *looks* at lock-free snapshots of the state file: the releaser's write moves the head
-//! of the queue into `holders` with a slot (direct hand-off, [`crate::rules::hand_off`]), so the
-//! waiter is done as soon as it sees its token among the holders. It takes the lock again only
+//! `try_acquire`), or it joins the queue with a ticket taken then (a number from the token
+//! counter, which also names its witness). From there on it only *looks* at lock-free
+//! snapshots of the state file: the releaser's write moves the head of the queue into
+//! `holders` with a slot and a fencing token (direct hand-off, [`crate::rules::hand_off`]), so
+//! the waiter is done as soon as it sees its ticket among the holders. It takes the lock again only
 //! to refresh its expiry, to reap a stale entry in the way, to join the queue again after its
 //! entry vanished (a Go write drops the queue), and to leave.
 //!
@@ -75,7 +76,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         witness,
         armed: true,
     };
-    tracing::debug!(path = %path.display(), id, token = queued.mine.token, ahead = status.ahead, "queued");
+    tracing::debug!(path = %path.display(), id, ticket = queued.mine.ticket, ahead = status.ahead, "queued");
     if let Some(on_wait) = &options.on_wait {
         status.path = path.to_path_buf();
         on_wait(&status);
@@ -98,14 +99,19 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
                     return Ok(queued.granted(&req, grant, witness, start));
                 }
                 Outcome::Queued { mine, .. } => {
-                    if mine.token != queued.mine.token {
-                        tracing::debug!(path = %path.display(), id, token = mine.token, "queue entry vanished; queued again");
+                    if mine.ticket != queued.mine.ticket {
+                        tracing::debug!(path = %path.display(), id, ticket = mine.ticket, "queue entry vanished; queued again");
                         queued.witness = witness;
                         refreshed = Instant::now();
                     } else if refresh {
                         refreshed = Instant::now();
                     }
                     queued.mine = mine;
+                }
+                Outcome::Refused(Refusal::TokensExhausted) => {
+                    // Still queued, owed a slot no token is left for: leave the queue.
+                    queued.leave(false)?;
+                    return Err(refusal_error(path, id, Refusal::TokensExhausted));
                 }
                 Outcome::Refused(refusal) => {
                     // Our entry vanished and the ID is now held by someone else.
@@ -210,8 +216,9 @@ struct Queued<'a> {
 }
 
 impl Queued<'_> {
-    /// The permit for a grant; `witness` is the lock of a token the last step took (when it
-    /// granted a new entry after ours vanished), else ours carries over.
+    /// The permit for a grant; `witness` is the lock of a number the last step took (when it
+    /// granted a new entry after ours vanished), else ours carries over to the grant of our
+    /// queue entry (found by its ticket, which names that witness).
     fn granted(
         &mut self,
         req: &Request<'_>,
@@ -222,7 +229,7 @@ impl Queued<'_> {
         self.armed = false;
         let witness = match witness {
             Some(w) => Some(w),
-            None if grant.token == self.mine.token => self.witness.take(),
+            None if grant.record.ticket == Some(self.mine.ticket) => self.witness.take(),
             None => None,
         };
         tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, token = grant.token, slot = grant.slot, waited = ?start.elapsed(), "acquired after waiting");

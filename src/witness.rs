@@ -1,6 +1,8 @@
 //! Kernel-held witness files: the strongest evidence that a holder is alive.
 //!
-//! Each process-bound hold creates `PATH.witness/<token>` (named by fencing token, never by
+//! Each process-bound hold creates `PATH.witness/<number>`, named by the number it was
+//! created under (the fencing token of a direct grant, the ticket of a waiter, which keeps that
+//! name once granted: see [`Entry::witness_name`](crate::state::Entry::witness_name); never by
 //! holder ID, which may be `../x`), locks it with flock *before* the entry naming it is
 //! written, and records its device and inode in the entry. The kernel drops the lock when the
 //! last descriptor of that open file closes, i.e. when the holder (and any child that inherited
@@ -286,7 +288,7 @@ pub(crate) fn open_dir_for_probe(files: &Files) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// Examines the witness of the entry with `token`, recorded as `record`, in the witness
+/// Examines the witness named `token` (the entry's [`Entry::witness_name`](crate::state::Entry::witness_name)), recorded as `record`, in the witness
 /// directory `dir`. Takes a shared lock for an instant if the file is free (and releases it
 /// at once). A witness this user may not open is looked up in `/proc/locks` by device and
 /// inode (see [`probe_unopenable`]).
@@ -427,19 +429,24 @@ pub(crate) fn forget_reaped(
             path = %files.path.display(),
             id = %r.entry.id,
             token = r.entry.token,
+            ticket = r.entry.ticket,
             evidence = r.verdict.evidence(),
             "reaped stale {}",
             if r.was_waiter { "waiter" } else { "holder" }
         );
-        if let (Some(dir), Some(token), Some(record)) = (dir, r.entry.token, &r.entry.witness) {
-            remove_if_free(files, dir, OsStr::new(&token.to_string()), Some(record));
+        if let (Some(dir), Some(name), Some(record)) =
+            (dir, r.entry.witness_name(), &r.entry.witness)
+        {
+            remove_if_free(files, dir, OsStr::new(&name.to_string()), Some(record));
         }
     }
 }
 
 /// Removes witness files no entry refers to and nobody holds (left by a process killed between
 /// creating its witness and writing its entry, or by reaped holders): only files named by a
-/// token, regular, of a trusted owner. Call under the state lock. Returns the paths removed.
+/// number, regular, of a trusted owner. `live_tokens` are the names entries on file refer to
+/// ([`Entry::witness_name`](crate::state::Entry::witness_name)). Call under the state lock.
+/// Returns the paths removed.
 pub(crate) fn remove_orphans(
     files: &Files,
     dir: &WitnessDir,

@@ -74,6 +74,10 @@ fn claim_marker(markers: &Path, slot: u32, me: u32) -> PathBuf {
 
 #[derive(Clone, Debug)]
 struct Seen {
+    /// What tells the entry apart for its whole life: a waiter's ticket (kept once it is
+    /// granted), else the token of a direct grant.
+    key: u64,
+    /// The fencing token; 0 for a waiter.
     token: u64,
     id: String,
     /// The priority the process asked for, from the metadata (it outlives the hand-off,
@@ -98,6 +102,7 @@ fn parse(bytes: &[u8]) -> Option<Snapshot> {
             .unwrap_or_default()
             .iter()
             .map(|e| Seen {
+                key: e["ticket"].as_u64().or(e["token"].as_u64()).unwrap_or(0),
                 token: e["token"].as_u64().unwrap_or(0),
                 id: e["id"].as_str().unwrap_or_default().to_string(),
                 priority: e["metadata"]["prio"]
@@ -140,7 +145,7 @@ fn check_alone(s: &Snapshot, out: &mut Vec<String>) {
     }
     for w in s.waiters.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        if a.priority < b.priority || (a.priority == b.priority && a.token > b.token) {
+        if a.priority < b.priority || (a.priority == b.priority && a.key > b.key) {
             out.push(format!("queue out of order: {a:?} before {b:?}"));
         }
     }
@@ -148,28 +153,35 @@ fn check_alone(s: &Snapshot, out: &mut Vec<String>) {
 
 /// What two snapshots in a row show that must never be: a new holder served while a waiter
 /// that was ahead of it (earlier in the queue, or an older waiter of at least its priority
-/// when the new holder was not queued yet) is still waiting with the same token.
-fn check_pair(before: &Snapshot, after: &Snapshot, out: &mut Vec<String>) {
+/// when the new holder was not queued yet) is still waiting in the same entry; a new holder
+/// whose fencing token is not above every token an earlier snapshot showed (`max_token`).
+fn check_pair(before: &Snapshot, after: &Snapshot, max_token: u64, out: &mut Vec<String>) {
     let still_waiting: Vec<&Seen> = after
         .waiters
         .iter()
-        .filter(|w| before.waiters.iter().any(|b| b.token == w.token))
+        .filter(|w| before.waiters.iter().any(|b| b.key == w.key))
         .collect();
     for h in &after.holders {
-        if before.holders.iter().any(|b| b.token == h.token) {
+        if before.holders.iter().any(|b| b.key == h.key) {
             continue;
         }
-        let position = before.waiters.iter().position(|w| w.token == h.token);
+        if h.token <= max_token {
+            out.push(format!(
+                "{} was granted token {} after a grant of token {max_token}",
+                h.id, h.token
+            ));
+        }
+        let position = before.waiters.iter().position(|w| w.key == h.key);
         for w in &still_waiting {
             let was_ahead = match position {
-                Some(i) => before.waiters[..i].iter().any(|b| b.token == w.token),
+                Some(i) => before.waiters[..i].iter().any(|b| b.key == w.key),
                 None => w.priority >= h.priority,
             };
             if was_ahead {
                 out.push(format!(
-                    "{} (token {}, priority {}) was served while {} (token {}, priority {}) \
+                    "{} (entry {}, priority {}) was served while {} (entry {}, priority {}) \
                      ahead of it still waits",
-                    h.id, h.token, h.priority, w.id, w.token, w.priority
+                    h.id, h.key, h.priority, w.id, w.key, w.priority
                 ));
             }
         }
@@ -181,6 +193,8 @@ fn observe(path: PathBuf, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
     let mut out = Vec::new();
     let mut last: Option<(Vec<u8>, Snapshot)> = None;
     let mut seen = 0;
+    // The largest fencing token of a holder in any snapshot before the current one.
+    let mut max_token = 0;
     while !stop.load(Ordering::Relaxed) {
         let Ok(bytes) = fs::read(&path) else { continue };
         if last.as_ref().is_some_and(|(b, _)| *b == bytes) {
@@ -191,7 +205,8 @@ fn observe(path: PathBuf, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
         seen += 1;
         check_alone(&snap, &mut out);
         if let Some((_, before)) = &last {
-            check_pair(before, &snap, &mut out);
+            max_token = max_token.max(before.holders.iter().map(|h| h.token).max().unwrap_or(0));
+            check_pair(before, &snap, max_token, &mut out);
         }
         last = Some((bytes, snap));
         if out.len() > 20 {
@@ -207,7 +222,8 @@ fn observe(path: PathBuf, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
 #[test]
 fn waiters_with_random_priorities_timeouts_cancels_panics_and_kills_are_served_in_order() {
     // Never more than capacity; the queue is ordered by (priority, arrival) and served in that
-    // order; try_acquire never jumps it; a timeout, cancel or panic in on_wait leaves no entry
+    // order; each new holder's fencing token is above every earlier one; try_acquire never
+    // jumps it; a timeout, cancel or panic in on_wait leaves no entry
     // and leaks no slot; a killed waiter never blocks the queue; nobody hangs.
     let seed = common::seed("waiters_with_random_priorities");
     let capacity = fastrand::u32(1..=3);
@@ -303,70 +319,80 @@ fn pid_of(group: &Group, idx: usize) -> Pid {
     Pid::from_raw(group.pid(idx) as i32)
 }
 
+/// Starts a waiter for `id`; returns its index and the ticket it queued with.
 fn spawn_waiter(group: &mut Group, path: &Path, id: &str) -> (usize, u64) {
     let idx = group.spawn(
         ChildSpec::new(id, "child_process", "wait")
             .arg("PATH", path.display())
             .arg("ID", id),
     );
-    let line = group.expect(idx, "queued", common::deadline(60));
-    (idx, line.split(' ').nth(1).unwrap().parse().unwrap())
+    group.expect(idx, "queued", common::deadline(60));
+    let ticket = common::entry_on_file(path, "waiters", id).ticket;
+    (idx, ticket.expect("a waiter has a ticket"))
 }
 
-fn acquired_token(group: &mut Group, idx: usize) -> u64 {
+/// Waits for waiter `idx` to say it acquired; checks that it was served from the entry it
+/// queued with (`ticket`, in the state file at `path`) and got the token on file, above its
+/// ticket; returns that token.
+fn acquired_token(group: &mut Group, idx: usize, path: &Path, id: &str, ticket: u64) -> u64 {
     let line = group.expect(idx, "acquired", common::deadline(60));
-    line.split(' ').nth(1).unwrap().parse().unwrap()
+    let token: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let held = common::entry_on_file(path, "holders", id);
+    assert_eq!((held.token, held.ticket), (Some(token), Some(ticket)));
+    assert!(
+        token > ticket,
+        "token {token} taken at the grant, after ticket {ticket}"
+    );
+    token
 }
 
-fn queue_of(sem: &Semaphore) -> Vec<(String, u64)> {
-    sem.waiters()
-        .unwrap()
+/// The queue on file: (ID, ticket) of each waiter, in service order.
+fn queue_of(path: &Path) -> Vec<(String, u64)> {
+    common::entries_on_file(path, "waiters")
         .into_iter()
-        .map(|w| (w.id.clone(), w.token.unwrap_or(0)))
+        .map(|w| (w.id, w.ticket.unwrap_or(0)))
         .collect()
 }
 
 #[test]
 fn a_waiter_stopped_past_its_expiry_queues_again_behind_and_never_takes_a_lost_slot() {
     // A waiter that stops refreshing is dropped so the queue moves; when it resumes it joins
-    // at the back with a new token instead of claiming the place (or slot) it no longer owns.
+    // at the back with a new ticket instead of claiming the place (or slot) it no longer owns.
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     let sem = quick().open(&path, 1).unwrap();
     let first = sem.try_acquire("first").unwrap();
     let mut group = Group::new();
-    let (stopped, old_token) = spawn_waiter(&mut group, &path, "stopped");
-    let (next, next_token) = spawn_waiter(&mut group, &path, "next");
+    let (stopped, old_ticket) = spawn_waiter(&mut group, &path, "stopped");
+    let (next, next_ticket) = spawn_waiter(&mut group, &path, "next");
     kill(pid_of(&group, stopped), Signal::SIGSTOP).unwrap();
     common::wait_until(
         common::deadline(40),
         "the stopped waiter's entry to expire",
-        || queue_of(&sem) == [("next".to_string(), next_token)],
+        || queue_of(&path) == [("next".to_string(), next_ticket)],
     );
     first.release().unwrap();
-    assert_eq!(acquired_token(&mut group, next), next_token);
+    let next_token = acquired_token(&mut group, next, &path, "next", next_ticket);
     kill(pid_of(&group, stopped), Signal::SIGCONT).unwrap();
     common::wait_until(
         common::deadline(40),
         "the resumed waiter to queue again",
-        || queue_of(&sem).iter().any(|(id, _)| id == "stopped"),
+        || queue_of(&path).iter().any(|(id, _)| id == "stopped"),
     );
-    let again = queue_of(&sem);
+    let again = queue_of(&path);
     assert_eq!(again.len(), 1, "{again:?}");
     assert!(
         again[0].1 > next_token,
-        "a new token, after the others: {again:?}"
+        "a new ticket, after the others: {again:?}"
     );
     let holders: Vec<_> = sem.holders().unwrap().into_iter().map(|h| h.id).collect();
     assert_eq!(holders, ["next"], "the resumed waiter took nothing");
-    group.send_all("release");
+    group.send(next, "release");
     group.expect(next, "released", common::deadline(60));
-    let token = acquired_token(&mut group, stopped);
-    assert_eq!(
-        token, again[0].1,
-        "served with the token it queued again with"
-    );
-    assert_ne!(token, old_token);
+    // Served from the entry it queued again with, never the one it lost.
+    let token = acquired_token(&mut group, stopped, &path, "stopped", again[0].1);
+    assert!(token > next_token);
+    assert_ne!(again[0].1, old_ticket);
     group.send_all("release");
     group.expect(stopped, "released", common::deadline(60));
     group.finish(common::deadline(60));
@@ -387,7 +413,7 @@ fn removing_the_witness_directory_under_a_waiter_neither_hangs_it_nor_frees_a_li
             .arg("ID", "holder"),
     );
     group.expect(holder, "acquired", common::deadline(60));
-    let (waiter, token) = spawn_waiter(&mut group, &path, "waiter");
+    let (waiter, ticket) = spawn_waiter(&mut group, &path, "waiter");
     let mut witness = path.as_os_str().to_os_string();
     witness.push(".witness");
     fs::remove_dir_all(&witness).unwrap();
@@ -395,10 +421,10 @@ fn removing_the_witness_directory_under_a_waiter_neither_hangs_it_nor_frees_a_li
     sem.reap().unwrap();
     let holders: Vec<_> = sem.holders().unwrap().into_iter().map(|h| h.id).collect();
     assert_eq!(holders, ["holder"]);
-    assert_eq!(queue_of(&sem), [("waiter".to_string(), token)]);
-    group.send_all("release");
+    assert_eq!(queue_of(&path), [("waiter".to_string(), ticket)]);
+    group.send(holder, "release");
     group.expect(holder, "released", common::deadline(60));
-    assert_eq!(acquired_token(&mut group, waiter), token);
+    acquired_token(&mut group, waiter, &path, "waiter", ticket);
     group.send_all("release");
     group.expect(waiter, "released", common::deadline(60));
     group.finish(common::deadline(60));
@@ -415,11 +441,17 @@ fn moving_the_semaphore_directory_away_moves_the_wait_with_it() {
     let sem = quick().open(&path, 1).unwrap();
     let first = sem.try_acquire("first").unwrap();
     let mut group = Group::new();
-    let (waiter, token) = spawn_waiter(&mut group, &path, "waiter");
+    let (waiter, ticket) = spawn_waiter(&mut group, &path, "waiter");
     let moved = root.path().join("moved");
     fs::rename(&dir, &moved).unwrap();
     first.release().unwrap();
-    assert_eq!(acquired_token(&mut group, waiter), token);
+    acquired_token(
+        &mut group,
+        waiter,
+        &moved.join("sem.json"),
+        "waiter",
+        ticket,
+    );
     let in_moved = quick().open_existing(moved.join("sem.json")).unwrap();
     let holders: Vec<_> = in_moved
         .holders()
@@ -524,7 +556,7 @@ fn child_process() {
         Some("wait") => {
             let sem = quick().open_existing(arg("PATH")).unwrap();
             let id = arg("ID");
-            let opts = AcquireOptions::new().on_wait(|s| say(format!("queued {}", s.token)));
+            let opts = AcquireOptions::new().on_wait(|s| say(format!("queued {}", s.ahead)));
             match sem.acquire_with(id.as_str(), &opts) {
                 Ok(permit) => {
                     say(format!("acquired {} {}", permit.token(), permit.slot()));

@@ -150,13 +150,15 @@ fn a_wait_through_a_repointed_symlink_is_granted_in_the_original_directory() {
             .arg("PATH", link.join("sem.json").display())
             .arg("ID", "waiter"),
     );
-    let queued = group.expect(waiter, "queued", common::deadline(60));
-    let token: u64 = queued.split(' ').nth(1).unwrap().parse().unwrap();
+    group.expect(waiter, "queued", common::deadline(60));
+    let ticket = common::entry_on_file(&a.join("sem.json"), "waiters", "waiter").ticket;
     let b_before = snapshot(&b);
     repoint(&link, &b);
     first.release().unwrap();
     let acquired = group.expect(waiter, "acquired", common::deadline(60));
-    assert_eq!(acquired, format!("acquired {token}"));
+    let held = common::entry_on_file(&a.join("sem.json"), "holders", "waiter");
+    assert_eq!(held.ticket, ticket, "served from its queue entry in a/");
+    assert_eq!(acquired, format!("acquired {}", held.token.unwrap()));
     assert_eq!(ids(&sem_a), ["waiter"]);
     group.send_all("release");
     group.expect(waiter, "released", common::deadline(60));
@@ -165,11 +167,11 @@ fn a_wait_through_a_repointed_symlink_is_granted_in_the_original_directory() {
     assert_eq!(snapshot(&b), b_before, "b/ untouched");
 }
 
-/// A waiter: queues for `ID` on `PATH`, says `queued TOKEN` and `acquired TOKEN`, releases
+/// A waiter: queues for `ID` on `PATH`, says `queued AHEAD` and `acquired TOKEN`, releases
 /// when told.
 fn wait() {
     let sem = quick().open_existing(arg("PATH")).unwrap();
-    let opts = AcquireOptions::new().on_wait(|s| say(format!("queued {}", s.token)));
+    let opts = AcquireOptions::new().on_wait(|s| say(format!("queued {}", s.ahead)));
     let permit = sem.acquire_with(arg("ID").as_str(), &opts).unwrap();
     say(format!("acquired {}", permit.token()));
     common::wait_for_parent();

@@ -6,6 +6,8 @@
 //! take orders on stdin. Every wait for a child has a deadline, and children are killed when
 //! their handle is dropped, so a failing test cannot hang or leave processes behind.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -63,7 +65,7 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// Not a test: the body of child processes. Without `FILESEM_WAITING_ROLE` it does nothing.
 ///
 /// Role `wait` (env `SEM`, `ID`, optional `PRIORITY`, `TIMEOUT_MS`, `SIGNALS`): acquires
-/// with the waiting API, printing `@@ queued TOKEN AHEAD` from `on_wait`, then
+/// with the waiting API, printing `@@ queued AHEAD` from `on_wait`, then
 /// `@@ acquired TOKEN SLOT` or `@@ error KIND WAITED_MS`; with `SIGNALS` it counts SIGUSR1
 /// and prints `@@ signals N`. After acquiring it waits for `release` on stdin, releases and
 /// prints `@@ released`.
@@ -80,7 +82,7 @@ fn child_process_entry() {
     }
     let sem = open(&path);
     let mut opts = AcquireOptions::new().on_wait(|s| {
-        println!("@@ queued {} {}", s.token, s.ahead);
+        println!("@@ queued {}", s.ahead);
         std::io::stdout().flush().unwrap();
     });
     if let Ok(p) = std::env::var("PRIORITY") {
@@ -263,42 +265,51 @@ impl Procs {
     }
 }
 
+/// The ticket of the waiter `id` on file: the number it queued with, which names its witness.
+fn ticket(path: &Path, id: &str) -> u64 {
+    common::entry_on_file(path, "waiters", id)
+        .ticket
+        .unwrap_or_else(|| panic!("waiter {id} has no ticket"))
+}
+
 /// Starts waiters one after the other, each on file before the next starts; returns their
-/// queue tokens.
+/// tickets.
 fn queue_in_order(
     procs: &mut Procs,
     sem: &Semaphore,
     path: &Path,
     waiters: &[(&str, i32)],
 ) -> Vec<u64> {
-    let mut tokens = Vec::new();
+    let mut tickets = Vec::new();
     for &(id, priority) in waiters {
         let i = procs.spawn_waiter(path, id, &[("PRIORITY", priority.to_string())]);
-        let fields = procs.expect(i, "queued");
-        tokens.push(fields[1].parse().unwrap());
+        procs.expect(i, "queued");
         assert!(ids(sem.waiters().unwrap()).contains(&id.to_string()));
+        tickets.push(ticket(path, id));
     }
-    tokens
+    tickets
 }
 
-/// Releases `first` and then lets each waiter go in turn; returns the order they acquired
-/// in, checking each kept its queue token and was the only holder.
+/// Releases `first` and then lets each of the `waiting` waiters go in turn; returns the order
+/// they acquired in, checking each was the only holder, was served from the entry it queued
+/// with (its `ticket`), and got a fencing token above every token granted before.
 fn serve_all(
     procs: &mut Procs,
     sem: &Semaphore,
     first: filesem::Permit,
-    tokens: &[u64],
+    tickets: &[u64],
 ) -> Vec<String> {
+    let mut last = first.token();
     first.release().unwrap();
     let mut order = Vec::new();
-    for _ in 0..tokens.len() {
+    for _ in 0..tickets.len() {
         let (i, fields) = procs.next("the next acquire");
         assert_eq!(fields[0], "acquired", "{fields:?}");
         let token: u64 = fields[1].parse().unwrap();
-        assert_eq!(
-            token, tokens[i],
-            "a waiter keeps its queue token when served"
-        );
+        assert!(token > last, "token {token} granted after token {last}");
+        last = token;
+        let held = common::entry_on_file(sem.path(), "holders", &procs.procs[i].name);
+        assert_eq!((held.token, held.ticket), (Some(token), Some(tickets[i])));
         assert_eq!(ids(sem.holders().unwrap()), [procs.procs[i].name.clone()]);
         order.push(procs.procs[i].name.clone());
         procs.procs[i].send("release");
@@ -320,23 +331,24 @@ fn five_waiting_processes_acquire_in_arrival_order() {
     let mut procs = Procs::new();
     let names = ["w0", "w1", "w2", "w3", "w4"];
     let waiters: Vec<_> = names.iter().map(|n| (*n, 0)).collect();
-    let tokens = queue_in_order(&mut procs, &sem, &path, &waiters);
+    let tickets = queue_in_order(&mut procs, &sem, &path, &waiters);
     assert_eq!(ids(sem.waiters().unwrap()), names);
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
-    assert_eq!(serve_all(&mut procs, &sem, first, &tokens), names);
+    assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
+    assert_eq!(serve_all(&mut procs, &sem, first, &tickets), names);
 }
 
 #[test]
 fn waiting_processes_are_served_by_priority_then_arrival() {
-    // Higher priority first; equal priorities keep their arrival order.
+    // Higher priority first; equal priorities keep their arrival order; fencing tokens rise
+    // in that order of service, not in the order of arrival.
     let (_dir, path, sem) = new_semaphore(1);
     let first = sem.try_acquire("first").unwrap();
     let mut procs = Procs::new();
     let waiters = [("p0", 0), ("p5a", 5), ("p0b", 0), ("p9", 9), ("p5b", 5)];
-    let tokens = queue_in_order(&mut procs, &sem, &path, &waiters);
+    let tickets = queue_in_order(&mut procs, &sem, &path, &waiters);
     let expected = ["p9", "p5a", "p5b", "p0", "p0b"];
     assert_eq!(ids(sem.waiters().unwrap()), expected);
-    assert_eq!(serve_all(&mut procs, &sem, first, &tokens), expected);
+    assert_eq!(serve_all(&mut procs, &sem, first, &tickets), expected);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -348,8 +360,9 @@ fn a_waiter_killed_while_queued_leaves_the_queue() {
     let (_dir, path, sem) = new_semaphore(1);
     let first = sem.try_acquire("first").unwrap();
     let mut procs = Procs::new();
-    let tokens = queue_in_order(&mut procs, &sem, &path, &[("doomed", 0), ("next", 0)]);
+    let tickets = queue_in_order(&mut procs, &sem, &path, &[("doomed", 0), ("next", 0)]);
     let doomed = &sem.waiters().unwrap()[0];
+    assert_eq!(doomed.token, None, "a waiter has no fencing token yet");
     assert_eq!(doomed.mode, HoldMode::ProcessBound);
     assert_eq!(
         doomed.owner.as_ref().unwrap().pid,
@@ -362,7 +375,7 @@ fn a_waiter_killed_while_queued_leaves_the_queue() {
     );
     let witness = path
         .with_extension("json.witness")
-        .join(tokens[0].to_string());
+        .join(tickets[0].to_string());
     assert!(witness.exists());
     procs.procs[0].kill();
     eventually("the dead waiter to leave the queue", || {
@@ -372,9 +385,12 @@ fn a_waiter_killed_while_queued_leaves_the_queue() {
     eventually("the dead waiter's witness file to be removed", || {
         (!witness.exists()).then_some(())
     });
+    let first_token = first.token();
     first.release().unwrap();
     let fields = procs.expect(1, "acquired");
-    assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[1]);
+    let token = fields[1].parse::<u64>().unwrap();
+    assert!(token > tickets[1] && token > first_token, "{token}");
+    assert_eq!(sem.holders().unwrap()[0].token, Some(token));
     assert_eq!(ids(sem.holders().unwrap()), ["next"]);
     procs.procs[1].send("release");
     procs.expect(1, "released");
@@ -386,11 +402,14 @@ fn a_waiter_killed_just_before_its_turn_does_not_block_the_next_one() {
     let (_dir, path, sem) = new_semaphore(1);
     let first = sem.try_acquire("first").unwrap();
     let mut procs = Procs::new();
-    let tokens = queue_in_order(&mut procs, &sem, &path, &[("doomed", 0), ("next", 0)]);
+    let tickets = queue_in_order(&mut procs, &sem, &path, &[("doomed", 0), ("next", 0)]);
     procs.procs[0].kill();
+    let first_token = first.token();
     first.release().unwrap();
     let fields = procs.expect(1, "acquired");
-    assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[1]);
+    let token = fields[1].parse::<u64>().unwrap();
+    assert!(token > tickets[1] && token > first_token, "{token}");
+    assert_eq!(sem.holders().unwrap()[0].token, Some(token));
     assert_eq!(ids(sem.holders().unwrap()), ["next"]);
     procs.procs[1].send("release");
     procs.expect(1, "released");
@@ -402,7 +421,7 @@ fn try_acquire_is_refused_while_a_slot_is_handed_to_a_queued_waiter() {
     let (_dir, path, sem) = new_semaphore(1);
     let first = sem.try_acquire("first").unwrap();
     let mut procs = Procs::new();
-    let tokens = queue_in_order(&mut procs, &sem, &path, &[("queued", 0)]);
+    let tickets = queue_in_order(&mut procs, &sem, &path, &[("queued", 0)]);
     assert!(matches!(
         sem.try_acquire("late"),
         Err(Error::NoCapacity { .. })
@@ -421,10 +440,12 @@ fn try_acquire_is_refused_while_a_slot_is_handed_to_a_queued_waiter() {
     kill(procs.procs[0].pid(), Signal::SIGSTOP).unwrap();
     drop(lock);
 
+    let first_token = first.token();
     first.release().unwrap();
     let holders = sem.holders().unwrap();
     assert_eq!(ids(holders.clone()), ["queued"]);
-    assert_eq!(holders[0].token, Some(tokens[0]));
+    let token = holders[0].token.expect("the hand-off gave a token");
+    assert!(token > tickets[0] && token > first_token, "{token}");
     assert!(sem.waiters().unwrap().is_empty());
     assert!(matches!(
         sem.try_acquire("late"),
@@ -434,7 +455,7 @@ fn try_acquire_is_refused_while_a_slot_is_handed_to_a_queued_waiter() {
 
     kill(procs.procs[0].pid(), Signal::SIGCONT).unwrap();
     let fields = procs.expect(0, "acquired");
-    assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[0]);
+    assert_eq!(fields[1].parse::<u64>().unwrap(), token);
     procs.procs[0].send("release");
     procs.expect(0, "released");
     assert_eq!(sem.available().unwrap(), 1);
@@ -446,12 +467,18 @@ fn raising_the_capacity_hands_the_new_slots_to_waiters() {
     let (_dir, path, sem) = new_semaphore(1);
     let _first = sem.try_acquire("first").unwrap();
     let mut procs = Procs::new();
-    let tokens = queue_in_order(&mut procs, &sem, &path, &[("a", 0), ("b", 0)]);
+    queue_in_order(&mut procs, &sem, &path, &[("a", 0), ("b", 0)]);
     sem.set_capacity(3).unwrap();
-    assert_eq!(ids(sem.holders().unwrap()), ["first", "a", "b"]);
-    for (i, &token) in tokens.iter().enumerate() {
+    let holders = sem.holders().unwrap();
+    assert_eq!(ids(holders.clone()), ["first", "a", "b"]);
+    let tokens: Vec<u64> = holders.iter().map(|h| h.token.unwrap()).collect();
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "in grant order: {tokens:?}"
+    );
+    for i in 0..2 {
         let fields = procs.expect(i, "acquired");
-        assert_eq!(fields[1].parse::<u64>().unwrap(), token);
+        assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[i + 1]);
         assert_eq!(fields[2], (i + 1).to_string(), "slots 1 and 2");
     }
     assert_eq!(sem.available().unwrap(), 0);
@@ -490,14 +517,20 @@ fn a_timed_out_process_leaves_the_queue_and_the_next_is_served() {
     let mut procs = Procs::new();
     let t = procs.spawn_waiter(&path, "impatient", &[("TIMEOUT_MS", "500".into())]);
     procs.expect(t, "queued");
-    let tokens = queue_in_order(&mut procs, &sem, &path, &[("patient", 0)]);
+    let tickets = queue_in_order(&mut procs, &sem, &path, &[("patient", 0)]);
     let fields = procs.expect(t, "error");
     assert_eq!(fields[1], "timeout");
     assert!(fields[2].parse::<u64>().unwrap() >= 500);
     assert_eq!(ids(sem.waiters().unwrap()), ["patient"]);
     first.release().unwrap();
     let fields = procs.expect(1, "acquired");
-    assert_eq!(fields[1].parse::<u64>().unwrap(), tokens[0]);
+    let held = common::entry_on_file(&path, "holders", "patient");
+    assert_eq!(
+        held.ticket,
+        Some(tickets[0]),
+        "served from the entry it queued with"
+    );
+    assert_eq!(Some(fields[1].parse::<u64>().unwrap()), held.token);
     procs.procs[1].send("release");
     procs.expect(1, "released");
 }
@@ -518,12 +551,14 @@ fn zero_duration_makes_one_attempt_and_max_duration_waits_without_limit() {
         let r = waiter.acquire_timeout("patient", Duration::MAX);
         tx.send(r.map(|p| (p.id().to_string(), p.token()))).unwrap();
     });
-    let queued_token = eventually("the waiter to queue", || {
-        sem.waiters().unwrap().first().and_then(|w| w.token)
+    eventually("the waiter to queue", || {
+        (ids(sem.waiters().unwrap()) == ["patient"]).then_some(())
     });
+    let free_token = free.token();
     free.release().unwrap();
     let (id, token) = rx.recv_timeout(DEADLINE).unwrap().unwrap();
-    assert_eq!((id.as_str(), token), ("patient", queued_token));
+    assert_eq!(id, "patient");
+    assert!(token > free_token, "{token} after {free_token}");
 }
 
 #[test]
@@ -622,11 +657,13 @@ fn a_waiter_whose_entry_vanished_queues_again() {
     let (tx, rx) = mpsc::channel();
     let waiter = sem.clone();
     std::thread::spawn(move || {
-        tx.send(waiter.acquire("w").map(|p| p.token())).unwrap();
+        tx.send(waiter.acquire("w")).unwrap();
     });
-    let old = eventually("the waiter to queue", || {
-        sem.waiters().unwrap().first().and_then(|w| w.token)
-    });
+    let queued_ticket = || {
+        let waiters = common::entries_on_file(&path, "waiters");
+        waiters.first().and_then(|w| w.ticket)
+    };
+    let old = eventually("the waiter to queue", queued_ticket);
     // What the Go package writes: only the fields it knows.
     let holder = &sem.holders().unwrap()[0];
     let go = format!(
@@ -636,25 +673,24 @@ fn a_waiter_whose_entry_vanished_queues_again() {
     std::fs::write(path.with_extension("go-tmp"), go).unwrap();
     std::fs::rename(path.with_extension("go-tmp"), &path).unwrap();
     let new = eventually("the waiter to queue again", || {
-        sem.waiters()
-            .unwrap()
-            .first()
-            .and_then(|w| w.token)
-            .filter(|&t| t != old)
+        queued_ticket().filter(|&t| t != old)
     });
     assert_eq!(ids(sem.waiters().unwrap()), ["w"]);
     sem.remove(["w"]).unwrap();
     let newer = eventually("the waiter to queue after remove", || {
-        sem.waiters()
-            .unwrap()
-            .first()
-            .and_then(|w| w.token)
-            .filter(|&t| t != new)
+        queued_ticket().filter(|&t| t != new)
     });
     drop(first);
     // `first` lost its token in the Go write; it is found by ID and time and released.
-    let token = rx.recv_timeout(DEADLINE).unwrap().unwrap();
-    assert_eq!(token, newer);
+    let permit = rx.recv_timeout(DEADLINE).unwrap().unwrap();
+    let held = common::entry_on_file(&path, "holders", "w");
+    assert_eq!(
+        held.ticket,
+        Some(newer),
+        "served from the entry it queued with last"
+    );
+    assert_eq!(held.token, Some(permit.token()));
+    assert!(permit.token() > newer);
 }
 
 #[test]

@@ -192,8 +192,8 @@ proptest! {
         capacity in 1u32..=3,
         ops in prop::collection::vec(op(), 1..=60),
     ) {
-        // Never over capacity, unique slots, rising tokens, no idle slot while someone waits,
-        // service by priority then arrival, nobody lost or duplicated.
+        // Never over capacity, unique slots, tokens rising in grant order, no idle slot while
+        // someone waits, service by priority then arrival, nobody lost or duplicated.
         run(capacity, &ops).map_err(TestCaseError::fail)?;
     }
 }
@@ -227,8 +227,15 @@ enum Owner {
 struct M {
     owner: Owner,
     hold: Hold,
-    /// `None` once a Go write dropped it (and for Go's own entries).
+    /// The fencing token: `None` while queued, once a Go write dropped it, and for Go's own
+    /// entries.
     token: Option<u64>,
+    /// Handed a slot from the queue by the current step: it has a new token, larger than
+    /// every number handed out before, which the check learns from the document.
+    fresh: bool,
+    /// The number it took when it queued (kept once granted); `None` for a direct grant and
+    /// once a Go write dropped it.
+    ticket: Option<u64>,
     slot: Option<u32>,
     /// `Some((priority, arrival))` while queued.
     queued: Option<(i32, u64)>,
@@ -241,15 +248,26 @@ struct M {
 
 impl M {
     /// Stale: its expiry plus the grace has passed, or its owner is dead and can be judged
-    /// (local, not detached, and the entry still names its token).
+    /// (local, not detached, and the entry still names its witness: by ticket or token).
     fn stale(&self, now: DateTime<Utc>) -> bool {
         let expired = self.expiry.is_some_and(|e| now > e + grace());
-        let judged = self.token.is_some() && !self.hold.remote && !self.on_file_detached();
+        let judged = self.ours_on_file() && !self.hold.remote && !self.on_file_detached();
         expired || (self.dead && judged)
     }
 
+    /// The entry still has the fields only filesem writes (no Go write stripped it since).
+    fn ours_on_file(&self) -> bool {
+        self.token.is_some() || self.ticket.is_some() || self.fresh
+    }
+
     fn on_file_detached(&self) -> bool {
-        self.hold.detached && self.owner != Owner::Go && self.token.is_some()
+        self.hold.detached && self.owner != Owner::Go && self.ours_on_file()
+    }
+
+    /// Whether `token` is this entry's: the one it has, or any if it is fresh (the check
+    /// then learns it from the document).
+    fn token_is(&self, token: u64) -> bool {
+        self.fresh || self.token == Some(token)
     }
 
     fn lease(&self) -> Option<TimeDelta> {
@@ -265,6 +283,7 @@ struct Model {
     entries: BTreeMap<Id, M>,
     arrivals: u64,
     /// Grants made by the current step, in order: (ID, token, priority if it was queued).
+    /// The token is `None` for a grant from the queue (a fresh one, learnt by the check).
     granted: Vec<(Id, Option<u64>, Option<i32>)>,
 }
 
@@ -294,11 +313,15 @@ impl Model {
         (0..self.capacity).find(|s| !used.contains(s))
     }
 
-    /// Makes `id` a holder now, in the lowest free slot, with its lease starting now.
+    /// Makes `id` a holder now, in the lowest free slot, with its lease starting now; from
+    /// the queue, with a fresh token.
     fn grant(&mut self, id: Id, now: DateTime<Utc>) {
         let slot = self.free_slot();
         let e = self.entries.get_mut(&id).expect("granted entry exists");
         let priority = e.queued.take().map(|(p, _)| p);
+        if priority.is_some() {
+            e.fresh = true;
+        }
         e.slot = slot;
         e.at = now;
         e.expiry = e.lease().map(|l| now + l);
@@ -356,13 +379,14 @@ impl Model {
         Ok(())
     }
 
-    /// Records a new holder or waiter of process `p`.
+    /// Records a new holder (`number` is its token) or waiter (with `priority`; `number` is
+    /// its ticket) of process `p`.
     fn insert(
         &mut self,
         id: Id,
         p: usize,
         hold: Hold,
-        token: u64,
+        number: u64,
         priority: Option<i32>,
         now: DateTime<Utc>,
     ) {
@@ -370,10 +394,16 @@ impl Model {
             self.arrivals += 1;
             (p, self.arrivals)
         });
+        let (token, ticket) = match queued {
+            None => (Some(number), None),
+            Some(_) => (None, Some(number)),
+        };
         let entry = M {
             owner: Owner::Proc(p),
             hold,
-            token: Some(token),
+            token,
+            fresh: false,
+            ticket,
             slot: None,
             queued,
             at: now,
@@ -393,10 +423,10 @@ impl Model {
             .map(|(&id, _)| id)
     }
 
-    /// The entry a waiting process `p` recognises as its own: only one with its token (an
+    /// The entry a waiting process `p` recognises as its own: only one with its ticket (an
     /// entry a Go write stripped could as well be someone else's hold of the same ID).
     fn recognised(&self, p: usize) -> Option<Id> {
-        self.of(p).filter(|id| self.entries[id].token.is_some())
+        self.of(p).filter(|id| self.entries[id].ticket.is_some())
     }
 }
 

@@ -55,8 +55,9 @@ struct Proc {
     state: State,
     /// Its witness lock is held.
     alive: bool,
-    /// Every token it took.
-    tokens: Vec<u64>,
+    /// The names of the witnesses it created: the token of a direct grant, the ticket of a
+    /// queue entry.
+    witnesses: Vec<u64>,
 }
 
 impl Proc {
@@ -71,8 +72,9 @@ impl Proc {
     }
 }
 
-/// The liveness oracle: a token's process is alive while it holds its witness lock, dead
-/// after; a remote process, or an entry without token, cannot be judged.
+/// The liveness oracle, as the witness files judge: the process whose witness the entry names
+/// ([`Entry::witness_name`]: its ticket, else its token) is alive while it holds its witness
+/// lock, dead after; a remote process, or an entry that names no witness, cannot be judged.
 struct Oracle<'a>(&'a [Proc]);
 
 impl Judge for Oracle<'_> {
@@ -80,10 +82,10 @@ impl Judge for Oracle<'_> {
         let unknown = |evidence: &str| Liveness::Unknown {
             evidence: evidence.to_string(),
         };
-        let Some(token) = entry.token else {
-            return unknown("no token");
+        let Some(name) = entry.witness_name() else {
+            return unknown("no witness named");
         };
-        match self.0.iter().find(|p| p.tokens.contains(&token)) {
+        match self.0.iter().find(|p| p.witnesses.contains(&name)) {
             None => unknown("no such process"),
             Some(p) if p.hold.remote => unknown("another machine"),
             Some(p) if p.alive => Liveness::Alive {
@@ -201,6 +203,7 @@ fn go_write(doc: &Document, add: Option<(Id, DateTime<Utc>)>, drop: Option<Id>) 
 /// A grant as it happened, for the token order check.
 #[derive(Clone, Copy, Debug)]
 struct Granted {
+    id: Id,
     token: u64,
     /// `Some(priority)` if it was handed over from the queue.
     queued: Option<i32>,
@@ -211,10 +214,10 @@ pub(super) struct World {
     now: DateTime<Utc>,
     procs: Vec<Proc>,
     model: Model,
-    /// Every token ever on file.
+    /// Every number (token or ticket) ever on file.
     issued: BTreeSet<u64>,
-    /// Every grant with a token, in order.
-    grants: Vec<Granted>,
+    /// The latest grant with a token.
+    last_grant: Option<Granted>,
 }
 
 impl World {
@@ -230,7 +233,7 @@ impl World {
                 granted: Vec::new(),
             },
             issued: BTreeSet::new(),
-            grants: Vec::new(),
+            last_grant: None,
         }
     }
 
@@ -258,7 +261,7 @@ impl World {
             priority,
             state: State::Ended,
             alive: true,
-            tokens: Vec::new(),
+            witnesses: Vec::new(),
         });
         self.procs.len() - 1
     }
@@ -273,9 +276,11 @@ impl World {
     }
 
     pub(super) fn apply(&mut self, op: &Op) -> Result<(), String> {
-        // Every step takes at least a microsecond: the token counter a Go write dropped
-        // resumes at the clock, which must stay above the tokens handed out since.
-        self.now += TimeDelta::microseconds(1);
+        // The token counter a Go write dropped resumes at the clock in microseconds, which
+        // must stay above the numbers handed out since: a step takes at most six (a hand-off
+        // to each of the at most four IDs on file, a new entry, a token for a grant that lost
+        // its own), and a real write of that many entries takes longer than 8 µs.
+        self.now += TimeDelta::microseconds(8);
         let now = self.now;
         let holders_before = self.doc.holders.len();
         self.model.granted.clear();
@@ -301,7 +306,7 @@ impl World {
                 };
                 let got = queue::granted(&self.doc, &mine);
                 let expected = self.model.of(p).map(|i| &self.model.entries[&i]);
-                let expected = expected.filter(|e| e.queued.is_none() && e.token.is_some());
+                let expected = expected.filter(|e| e.queued.is_none() && e.ticket.is_some());
                 match (got, expected) {
                     (None, None) => {}
                     (Some(grant), Some(e)) => {
@@ -477,7 +482,7 @@ impl World {
             (Ok(record), Ok(())) => {
                 let token = record.token;
                 recorded(&self.doc, &record)?;
-                self.procs[p].tokens.push(token);
+                self.procs[p].witnesses.push(token);
                 self.procs[p].state = State::holding(Grant {
                     token,
                     slot: record.slot.unwrap_or(0),
@@ -509,19 +514,23 @@ impl World {
         match (outcome, admitted) {
             (Outcome::Granted(grant), Ok(())) => {
                 ensure!(grant.acquired_at == now, "grant time {grant:?}");
+                ensure!(
+                    grant.record.ticket.is_none(),
+                    "a direct grant has no ticket"
+                );
                 recorded(&self.doc, &grant.record)?;
                 let token = grant.token;
-                self.procs[p].tokens.push(token);
+                self.procs[p].witnesses.push(token);
                 self.procs[p].state = State::holding(grant);
                 self.model.insert(id, p, hold, token, None, now);
             }
             (Outcome::Queued { mine, status }, Err(Refusal::NoCapacity { .. })) => {
-                self.procs[p].tokens.push(mine.token);
+                self.procs[p].witnesses.push(mine.ticket);
                 self.model
-                    .insert(id, p, hold, mine.token, Some(priority), now);
+                    .insert(id, p, hold, mine.ticket, Some(priority), now);
                 let ahead = self.model.queue().iter().position(|&q| q == id);
                 ensure!(
-                    Some(status.ahead) == ahead && status.token == mine.token,
+                    Some(status.ahead) == ahead,
                     "queued with {status:?}, the model puts it at {ahead:?}"
                 );
                 self.procs[p].state = State::Waiting(Box::new(mine));
@@ -568,8 +577,9 @@ impl World {
             }
             Outcome::Granted(grant) if e.queued.is_none() => {
                 ensure!(
-                    (Some(grant.token), Some(grant.slot), grant.acquired_at)
-                        == (e.token, e.slot, e.at),
+                    e.token_is(grant.token)
+                        && (Some(grant.slot), grant.acquired_at, grant.record.ticket)
+                            == (e.slot, e.at, e.ticket),
                     "granted {grant:?}, the model {e:?}"
                 );
                 recorded(&self.doc, &grant.record)?;
@@ -629,6 +639,9 @@ impl World {
             (self.model.entries.iter()).any(|(&j, e)| j != i && e.slot == Some(permit.slot));
         let e = self.model.entries.get_mut(&i).unwrap();
         e.token = Some(permit.token);
+        if e.ticket.is_none() {
+            e.ticket = permit.record.ticket;
+        }
         if e.slot.is_none() && !taken {
             e.slot = Some(permit.slot);
         }
@@ -690,7 +703,8 @@ impl World {
         self.doc = go_write(&self.doc, add, drop);
         model.entries.retain(|_, e| e.queued.is_none());
         for e in model.entries.values_mut() {
-            (e.token, e.slot, e.expiry) = (None, None, None);
+            (e.token, e.ticket, e.slot, e.expiry) = (None, None, None, None);
+            e.fresh = false;
         }
         if let Some(id) = drop {
             model.entries.remove(&id);
@@ -706,6 +720,8 @@ impl World {
                 owner: Owner::Go,
                 hold,
                 token: None,
+                fresh: false,
+                ticket: None,
                 slot: None,
                 queued: None,
                 at,
@@ -716,21 +732,46 @@ impl World {
         }
     }
 
+    /// The grants the step made that are still on file, in the order it made them, with the
+    /// tokens the document gave them (a dead waiter can be handed a slot and reaped again
+    /// within one step; that grant is never written). The model learns the fresh tokens of
+    /// grants from the queue here: the document must have given each one.
+    fn learn_grants(&mut self) -> Result<Vec<Granted>, String> {
+        let doc = &self.doc;
+        let model = &mut self.model;
+        for (id, e) in model.entries.iter_mut().filter(|(_, e)| e.fresh) {
+            let on_file = (doc.holders.iter()).find(|h| h.id == id.name());
+            let token = on_file.and_then(|h| h.token).ok_or_else(|| {
+                format!("{id:?} was handed a slot, on file without a token: {on_file:?}")
+            })?;
+            (e.token, e.fresh) = (Some(token), false);
+        }
+        let mut granted = Vec::new();
+        for (n, &(id, token, queued)) in model.granted.iter().enumerate() {
+            // An ID granted again later in the step: only its last grant is on file.
+            if model.granted[n + 1..].iter().any(|g| g.0 == id) {
+                continue;
+            }
+            let Some(e) = model.entries.get(&id).filter(|e| e.queued.is_none()) else {
+                continue;
+            };
+            // A direct grant whose entry is someone else's now is not on file either.
+            if token.is_some_and(|t| e.token != Some(t)) {
+                continue;
+            }
+            if let Some(token) = e.token {
+                granted.push(Granted { id, token, queued });
+            }
+        }
+        Ok(granted)
+    }
+
     /// The document agrees with the model, and keeps the invariants on its own.
     fn check(&mut self, holders_before: usize) -> Result<(), String> {
+        let granted = self.learn_grants()?;
         let doc = &self.doc;
         let model = &self.model;
         let capacity = doc.capacity();
-        // Grants the step made that are still on file (a dead waiter can be handed a slot and
-        // reaped again within one step; that grant is never written).
-        let granted: Vec<(Id, Option<u64>, Option<i32>)> = (model.granted.iter().copied())
-            .filter(|(id, token, _)| {
-                model
-                    .entries
-                    .get(id)
-                    .is_some_and(|e| e.token == *token && e.queued.is_none())
-            })
-            .collect();
         ensure!(capacity == model.capacity, "capacity {capacity}");
 
         // Nobody lost or duplicated: each ID once, where the model has it, nothing else.
@@ -762,16 +803,18 @@ impl World {
                 waiting == m.queued.is_some(),
                 "{id:?} waiting: {waiting}, {m:?}"
             );
-            // An entry with our token can be judged and reaped again: a restored one too.
+            // An entry that names its witness can be judged and reaped again: a restored one
+            // too.
             let lease_ms = m.hold.lease_s.map(|s| u64::from(s) * 1000);
             ensure!(
-                e.token.is_none() || (e.owner.is_some() && e.lease_ms == lease_ms),
-                "{id:?} on file has a token but not its owner or lease: {e:?}"
+                e.witness_name().is_none() || (e.owner.is_some() && e.lease_ms == lease_ms),
+                "{id:?} on file names a witness but not its owner or lease: {e:?}"
             );
             let priority = m.queued.and_then(|(p, _)| (p != 0).then_some(p));
             ensure!(
                 (
                     e.token,
+                    e.ticket,
                     e.slot,
                     e.acquired_at,
                     e.expires_at,
@@ -779,6 +822,7 @@ impl World {
                     e.detached
                 ) == (
                     m.token,
+                    m.ticket,
                     m.slot,
                     m.at,
                     m.expiry,
@@ -821,7 +865,7 @@ impl World {
             doc.waiters.iter().all(|e| e.slot.is_none()),
             "a waiter has a slot"
         );
-        for &(id, _, _) in &granted {
+        for &Granted { id, .. } in &granted {
             let slot = model.entries.get(&id).and_then(|e| e.slot);
             ensure!(
                 slot.is_some_and(|s| s < capacity),
@@ -829,42 +873,48 @@ impl World {
             );
         }
 
-        // Tokens: unique on file, below the counter, each new one above every one before.
-        let tokens: Vec<u64> = (doc.holders.iter().chain(&doc.waiters))
-            .filter_map(|e| e.token)
+        // Numbers (tokens and tickets, from one counter): unique on file, below the counter,
+        // each new one above every one before.
+        let numbers: Vec<u64> = (doc.holders.iter().chain(&doc.waiters))
+            .flat_map(|e| [e.token, e.ticket])
+            .flatten()
             .collect();
-        let unique: BTreeSet<u64> = tokens.iter().copied().collect();
-        ensure!(unique.len() == tokens.len(), "a token is on file twice");
+        let unique: BTreeSet<u64> = numbers.iter().copied().collect();
+        ensure!(
+            unique.len() == numbers.len(),
+            "a number is on file twice: {numbers:?}"
+        );
+        ensure!(
+            doc.waiters.iter().all(|e| e.token.is_none()),
+            "a waiter has a token"
+        );
         if let (Some(next), Some(&max)) = (doc.next_token, unique.last()) {
-            ensure!(next > max, "next_token {next} is not above token {max}");
+            ensure!(next > max, "next_token {next} is not above number {max}");
         }
         for &t in &unique {
             if !self.issued.contains(&t) {
                 let last = self.issued.last().copied().unwrap_or(0);
                 ensure!(
                     t > last,
-                    "new token {t} is not above {last}, handed out before"
+                    "new number {t} is not above {last}, handed out before"
                 );
                 self.issued.insert(t);
             }
         }
 
-        // Grants in token order, with one exception: a waiter keeps the token it took when it
-        // joined, so one overtaken by a waiter of higher priority that joined later is granted
-        // a smaller token than that waiter's earlier grant. (The docs promise a larger token
-        // for every later grant; with priorities that does not hold yet. Nothing else may
-        // break the order.)
-        for &(id, token, queued) in &granted {
-            let Some(token) = token else { continue };
-            for g in self.grants.iter().filter(|g| g.token > token) {
-                let overtook = matches!((g.queued, queued), (Some(a), Some(b)) if a > b);
+        // Fencing: tokens strictly increase in the order slots are granted, whatever the
+        // priorities, across steps and within one.
+        for &g in &granted {
+            if let Some(before) = self.last_grant {
                 ensure!(
-                    overtook,
-                    "{id:?} granted token {token} after token {} ({g:?})",
+                    g.token > before.token,
+                    "{:?} (queued with priority {:?}) granted token {} after {before:?}",
+                    g.id,
+                    g.queued,
                     g.token
                 );
             }
-            self.grants.push(Granted { token, queued });
+            self.last_grant = Some(g);
         }
         Ok(())
     }

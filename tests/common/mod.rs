@@ -358,6 +358,14 @@ impl Group {
         }
     }
 
+    /// Sends one line to child `idx`'s stdin.
+    pub fn send(&mut self, idx: usize, line: &str) {
+        if let Some(stdin) = self.children[idx].stdin.as_mut() {
+            let _ = writeln!(stdin, "{line}");
+            let _ = stdin.flush();
+        }
+    }
+
     /// Sends SIGKILL to child `idx` and reaps it (within `deadline`).
     pub fn kill(&mut self, idx: usize, deadline: Instant) -> ExitStatus {
         let _ = self.children[idx].child.kill();
@@ -434,4 +442,42 @@ pub fn wait_until(deadline: Instant, what: &str, mut done: impl FnMut() -> bool)
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// One entry of a state file as [`entries_on_file`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnFile {
+    pub id: String,
+    /// The fencing token (`None` for a waiter).
+    pub token: Option<u64>,
+    /// The number a waiter took when it queued, kept once it is granted (`None` for a hold
+    /// granted directly). Not in the public API: tests read it to find a waiter's entry and
+    /// its witness file `PATH.witness/<ticket>`.
+    pub ticket: Option<u64>,
+}
+
+/// The entries of `list` (`"holders"` or `"waiters"`) in the state file at `path`, read as
+/// plain JSON, in file order.
+pub fn entries_on_file(path: &Path, list: &str) -> Vec<OnFile> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).expect("state file is JSON");
+    doc[list]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| OnFile {
+            id: e["id"].as_str().expect("an entry has an ID").to_string(),
+            token: e["token"].as_u64(),
+            ticket: e["ticket"].as_u64(),
+        })
+        .collect()
+}
+
+/// The entry of `id` in `list` of the state file at `path`; panics if it is not there.
+pub fn entry_on_file(path: &Path, list: &str, id: &str) -> OnFile {
+    entries_on_file(path, list)
+        .into_iter()
+        .find(|e| e.id == id)
+        .unwrap_or_else(|| panic!("{id} is not among the {list} of {}", path.display()))
 }
