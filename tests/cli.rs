@@ -969,7 +969,9 @@ fn a_signal_while_waiting_ends_run_by_that_signal_and_leaves_the_queue() {
 
 #[test]
 fn waiting_runs_are_served_by_priority_then_arrival_and_status_shows_the_queue() {
-    // The queue is visible (`status`) and fair: higher priority first, then first come.
+    // The queue is visible (`status`) and fair: higher priority first, then first come; a
+    // waiter shows no fencing token (it gets one when served), and the tokens the commands
+    // get rise in the order they are served.
     let dir = tempfile::tempdir().unwrap();
     let path = sem_path(&dir);
     let log = dir.path().join("order");
@@ -980,7 +982,11 @@ fn waiting_runs_are_served_by_priority_then_arrival_and_status_shows_the_queue()
             filesem()
                 .args(["run", "--id", id, "--priority", priority])
                 .arg(&path)
-                .args(["sh", "-c", &format!("echo {id} >> {}", log.display())]),
+                .args([
+                    "sh",
+                    "-c",
+                    &format!("echo {id} $FILESEM_TOKEN >> {}", log.display()),
+                ]),
         ));
         wait_until(&format!("{id} is queued"), || {
             status_json(&path)["waiters"]
@@ -998,8 +1004,17 @@ fn waiting_runs_are_served_by_priority_then_arrival_and_status_shows_the_queue()
         .map(|w| (w["id"].as_str().unwrap(), w["priority"].as_i64().unwrap()))
         .collect();
     assert_eq!(queue, [("urgent", 5), ("first", 0), ("second", 0)]);
+    let waiters = status["waiters"].as_array().unwrap();
+    assert!(waiters.iter().all(|w| w["token"].is_null()), "{status}");
+    let blocker_token = status["holders"][0]["token"].as_u64().unwrap();
     let text = finish(filesem().arg("status").arg(&path)).stdout;
     assert!(text.contains("1 held, 0 available, 3 waiting"), "{text}");
+    let (held, waiting) = text.split_once("waiting, in the order").unwrap();
+    assert!(
+        held.contains(&format!("token {blocker_token}, held for")),
+        "{text}"
+    );
+    assert!(!waiting.contains("token"), "{text}");
     assert!(text.contains("\n1. urgent (priority 5)\n"), "{text}");
     assert!(text.contains("\n3. second\n"), "{text}");
     assert_eq!(
@@ -1009,7 +1024,20 @@ fn waiting_runs_are_served_by_priority_then_arrival_and_status_shows_the_queue()
     for run in runs {
         assert_eq!(run.finish().code(), 0);
     }
-    assert_eq!(lines(&log), ["urgent", "first", "second"]);
+    let served = lines(&log);
+    let order: Vec<&str> = served
+        .iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(order, ["urgent", "first", "second"]);
+    let tokens: Vec<u64> = served
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        blocker_token < tokens[0] && tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens in the order of service: {served:?}"
+    );
 }
 
 #[test]

@@ -59,6 +59,17 @@ fn hold_inherit() {
     let _ = grandchild.wait();
 }
 
+/// Waits for a slot as `ID` at `PATH` (capacity 1), says `QUEUED` when it has to wait and
+/// `READY <token>` once granted, waits for the parent and releases.
+fn wait_hold() {
+    let sem = quick().open(arg("PATH"), 1).unwrap();
+    let opts = AcquireOptions::new().on_wait(|_| say("QUEUED"));
+    let permit = sem.acquire_with(arg("ID").as_str(), &opts).unwrap();
+    say(format!("READY {}", permit.token()));
+    wait_for_parent();
+    permit.release().unwrap();
+}
+
 /// Takes a detached slot as `ID` at `PATH`, says `READY <token>` and exits holding it.
 fn detach() {
     let sem = quick().open(arg("PATH"), 1).unwrap();
@@ -82,6 +93,7 @@ fn child_process() {
     match common::role().as_deref() {
         Some("hold") => hold(),
         Some("hold-inherit") => hold_inherit(),
+        Some("wait-hold") => wait_hold(),
         Some("detach") => detach(),
         Some("release") => release(),
         Some("stress-worker") => stress_worker(
@@ -182,6 +194,54 @@ fn killed_holder_is_shown_dead_then_its_slot_comes_back() {
         .unwrap()
         .count();
     assert_eq!(witnesses, 1, "the dead holder's witness file is removed");
+}
+
+#[test]
+fn a_waiter_granted_a_slot_is_judged_by_the_witness_its_ticket_names() {
+    // A waiter's witness is named by the ticket it queued with and keeps that name once the
+    // hand-off gives it a token: held = alive, released = dead, by that witness (not by a
+    // guess from the pid); cleanup of orphan witnesses leaves it while the entry is on file,
+    // and reaping the entry deletes it.
+    let dir = common::tmpfs_dir();
+    let path = sem_path(&dir);
+    let sem = quick().open(&path, 1).unwrap();
+    let first = sem.try_acquire("first").unwrap();
+    let mut group = Group::new();
+    let waiter = group.spawn(child("wait-hold", &path, "waiter"));
+    group.expect(waiter, "QUEUED", common::deadline(30));
+    let ticket = common::entry_on_file(&path, "waiters", "waiter")
+        .ticket
+        .expect("a waiter has a ticket");
+    let witness = dir.path().join(format!("sem.json.witness/{ticket}"));
+    assert!(witness.exists(), "{}", witness.display());
+
+    first.release().unwrap();
+    let line = group.expect(waiter, "READY", common::deadline(30));
+    let token: u64 = line.strip_prefix("READY ").unwrap().parse().unwrap();
+    assert_ne!(token, ticket, "the hand-off takes a new token");
+    let held = common::entry_on_file(&path, "holders", "waiter");
+    assert_eq!((held.token, held.ticket), (Some(token), Some(ticket)));
+    let alive = verdict_of(&sem, "waiter");
+    assert_eq!(alive.name(), "alive", "{alive}");
+    assert_eq!(alive.evidence(), format!("witness lock {ticket} is held"));
+
+    kill9(&mut group, waiter);
+    // `open` removes witness files no entry refers to; this one is free but still named.
+    let sem = quick().open(&path, 1).unwrap();
+    assert!(witness.exists(), "orphan cleanup removed a witness on file");
+    let dead = verdict_of(&sem, "waiter");
+    assert_eq!(dead.name(), "dead", "{dead}");
+    assert_eq!(
+        dead.evidence(),
+        format!("witness lock {ticket} was released")
+    );
+
+    // The acquire reaps the dead entry in its way, then deletes the witness it names.
+    let next = sem.try_acquire("next").unwrap();
+    let ids: Vec<String> = sem.holders().unwrap().into_iter().map(|h| h.id).collect();
+    assert_eq!(ids, ["next"]);
+    assert!(next.token() > token);
+    assert!(!witness.exists(), "the reaped entry's witness is removed");
 }
 
 #[test]
