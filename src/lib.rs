@@ -108,8 +108,7 @@
 //! | --- | --- |
 //! | its witness file `PATH.witness/<N>` (`N`: its token, or its ticket if it queued) is flock'd by anyone (the holder, or a child that inherited it via [`Permit::inherit_witness`]) | alive |
 //! | its witness file is there but this user may not open it: `/proc/locks` lists it as locked | alive |
-//! | same, not listed; the checker can trust the listing (initial pid namespace, `/proc` its own, and the state lock it holds while reaping is listed under the device `stat` reports) | as if the witness were free (the "witness free" row) |
-//! | same, any other case | unknown (the pid is never consulted: a child may hold the witness) |
+//! | same, not listed (the listing can skip a held lock, so this proves nothing) | unknown (the pid is never consulted: a child may hold the witness) |
 //! | witness free, holder on this boot of this machine, local filesystem | dead |
 //! | witness missing or replaced, same boot and pid namespace: pid gone (`kill(pid, 0)` = `ESRCH`), zombie, or reused (other start time, compared only within one time namespace and when `/proc` shows the checker's own pid namespace) | dead |
 //! | same, pid running with the recorded start time | alive |

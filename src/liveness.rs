@@ -148,14 +148,6 @@ impl Identity {
         }
     }
 
-    /// Whether this process is in the initial pid namespace (whose `/proc/self/ns/pid` has
-    /// the fixed inode `PROC_PID_INIT_INO`, 0xEFFFFFFC): only there does `/proc/locks` list
-    /// every process's locks.
-    pub fn initial_pid_ns(&self) -> bool {
-        const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
-        self.pid_ns == Some(PROC_PID_INIT_INO)
-    }
-
     /// The owner record for an entry this process writes.
     pub fn owner(&self) -> Owner {
         Owner {
