@@ -312,6 +312,7 @@ fn a_queued_acquire_ends_at_its_deadline_while_a_stopped_process_holds_the_lock_
 
     let line = group.expect(waiter, "result", common::deadline(60));
     let (reported, elapsed) = parse_result(&line);
+    eprintln!("the waiter returned {reported:?} after {elapsed:?} (timeout {timeout:?})");
     match reported {
         Reported::Timeout => {}
         Reported::LockBusy { holder } => assert_holder(holder, group.pid(locker), dir.path()),
@@ -404,7 +405,8 @@ fn a_slot_handed_over_while_the_waiter_waits_for_a_busy_lock_is_its_permit_at_th
     fs::rename(&temp, &path).unwrap();
 
     let line = group.expect(waiter, "result", common::deadline(60));
-    let (reported, _) = parse_result(&line);
+    let (reported, elapsed) = parse_result(&line);
+    eprintln!("the waiter returned {reported:?} after {elapsed:?} (timeout {timeout:?})");
     assert_eq!(reported, Reported::Granted { slot: 0, token });
     drop(lock);
     // The permit is the waiter's to release; the old holder's entry is gone.
