@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Contention has variants of its own ([`NoCapacity`](Error::NoCapacity),
 /// [`AlreadyHeld`](Error::AlreadyHeld), [`Timeout`](Error::Timeout),
-/// [`LockTimeout`](Error::LockTimeout)), so callers match on them instead of guessing from an
+/// [`LockBusy`](Error::LockBusy), [`LockTimeout`](Error::LockTimeout)), so callers match on them instead of guessing from an
 /// [`io::ErrorKind`]. Every variant names the semaphore's state file (`path`); I/O variants
 /// also name the file they were working on and carry the OS error as their
 /// [`source`](std::error::Error::source).
@@ -193,21 +193,64 @@ pub enum Error {
 
     /// The lock file stayed locked by another process for longer than the lock timeout
     /// ([`OpenOptions::lock_timeout`](crate::OpenOptions::lock_timeout)). A process stopped
-    /// (or hung) inside its short critical section is the usual cause.
-    #[error("timed out after {} waiting for the lock file `{lock_path}`", seconds(*.waited))]
+    /// (or hung) inside its short critical section is the usual cause: an anomaly, not
+    /// ordinary contention.
+    ///
+    /// Only operations without a deadline of their own fail with this: an acquire given a
+    /// [`timeout`](crate::AcquireOptions::timeout) waits for the lock until its deadline and
+    /// then fails with [`LockBusy`](Error::LockBusy) instead.
+    #[error(
+        "timed out after {} waiting for the lock file `{lock_path}`{}",
+        seconds(*.waited),
+        held_by(*.holder)
+    )]
     LockTimeout {
         /// The state file.
         path: PathBuf,
         /// The lock file (`PATH.lock`).
         lock_path: PathBuf,
-        /// How long the call waited.
+        /// How long the call waited for the lock.
         waited: Duration,
+        /// The process holding the lock when the wait ended, where the kernel tells (Linux:
+        /// `/proc/locks`, which lists only processes in the pid namespace of `/proc`); its
+        /// pid as that `/proc` shows it. `None` when it cannot be told.
+        holder: Option<u32>,
+    },
+
+    /// The deadline of an acquire given a [`timeout`](crate::AcquireOptions::timeout)
+    /// passed while it was waiting for the lock file `PATH.lock`: another process held the
+    /// lock all that time. Nothing was changed and no slot is held.
+    ///
+    /// This is contention, like [`Timeout`](Error::Timeout): the caller said how long the
+    /// call may take, and the lock was busy until then. A lock held for long means a process
+    /// is stopped or hung inside its critical section (each operation holds the lock only for
+    /// one read-modify-write); `holder` names it where the kernel tells. Operations without a
+    /// deadline fail with [`LockTimeout`](Error::LockTimeout) after the lock timeout instead.
+    #[error(
+        "no slot of semaphore `{path}`: the state lock `{lock_path}` was busy for {}{}",
+        seconds(*.waited),
+        held_by(*.holder)
+    )]
+    LockBusy {
+        /// The state file.
+        path: PathBuf,
+        /// The lock file (`PATH.lock`).
+        lock_path: PathBuf,
+        /// How long the call waited for the lock before its deadline passed (the last wait:
+        /// an acquire that was queued waited for a slot before).
+        waited: Duration,
+        /// The process holding the lock when the wait ended, as for
+        /// [`LockTimeout`](Error::LockTimeout).
+        holder: Option<u32>,
     },
 
     /// No slot became free within the time given to an acquire that waits
     /// ([`Semaphore::acquire_timeout`](crate::Semaphore::acquire_timeout), or
-    /// [`AcquireOptions::timeout`](crate::AcquireOptions::timeout)); the call left the queue.
-    /// Distinct from [`LockTimeout`](Error::LockTimeout), which is about the lock file.
+    /// [`AcquireOptions::timeout`](crate::AcquireOptions::timeout)); the call left the queue
+    /// (or, if the lock file was busy at that moment, gave up its queue entry's witness, so
+    /// that the entry is judged dead and removed by the next process that looks). Distinct
+    /// from [`LockTimeout`](Error::LockTimeout) and [`LockBusy`](Error::LockBusy), which are
+    /// about the lock file.
     #[error("timed out after {} waiting for a slot of semaphore `{path}`", seconds(*.waited))]
     Timeout {
         /// The state file.
@@ -337,6 +380,11 @@ fn of_semaphore(file: &std::path::Path, path: &std::path::Path) -> String {
     }
 }
 
+/// ` (held by pid 4242)` when the lock's holder is known, else nothing.
+fn held_by(holder: Option<u32>) -> String {
+    holder.map_or_else(String::new, |pid| format!(" (held by pid {pid})"))
+}
+
 /// A wait for messages: `302 ms` below a second, else `1.5 s`.
 fn seconds(d: Duration) -> String {
     if d < Duration::from_secs(1) {
@@ -394,6 +442,7 @@ impl Error {
             | Error::Symlink { path }
             | Error::Cancelled { path }
             | Error::LockTimeout { path, .. }
+            | Error::LockBusy { path, .. }
             | Error::Timeout { path, .. }
             | Error::DirectoryGone { path }
             | Error::Untrusted { path, .. }
@@ -403,12 +452,16 @@ impl Error {
     }
 
     /// `true` for contention: [`NoCapacity`](Error::NoCapacity),
-    /// [`Timeout`](Error::Timeout) and [`LockTimeout`](Error::LockTimeout). Trying again
-    /// later may succeed; the other variants need a change first.
+    /// [`Timeout`](Error::Timeout), [`LockBusy`](Error::LockBusy) and
+    /// [`LockTimeout`](Error::LockTimeout). Trying again later may succeed; the other
+    /// variants need a change first.
     pub fn is_contention(&self) -> bool {
         matches!(
             self,
-            Error::NoCapacity { .. } | Error::Timeout { .. } | Error::LockTimeout { .. }
+            Error::NoCapacity { .. }
+                | Error::Timeout { .. }
+                | Error::LockBusy { .. }
+                | Error::LockTimeout { .. }
         )
     }
 }
@@ -437,6 +490,35 @@ mod tests {
             "timed out after 302 ms waiting for a slot of semaphore `/s.json`"
         );
         assert_eq!(seconds(Duration::from_millis(1_501)), "1.5 s");
+    }
+
+    #[test]
+    fn lock_errors_name_the_lock_file_and_the_holder_where_known() {
+        // A busy lock at a deadline reads as "no slot", a lock timeout as a timeout; both say
+        // which process held the lock when the kernel told, and nothing when it did not.
+        let busy = Error::LockBusy {
+            path: "/s.json".into(),
+            lock_path: "/s.json.lock".into(),
+            waited: Duration::from_millis(1_020),
+            holder: Some(4242),
+        };
+        assert_eq!(
+            busy.to_string(),
+            "no slot of semaphore `/s.json`: the state lock `/s.json.lock` was busy for 1.0 s \
+             (held by pid 4242)"
+        );
+        assert!(busy.is_contention());
+        assert_eq!(busy.path(), std::path::Path::new("/s.json"));
+        let timeout = Error::LockTimeout {
+            path: "/s.json".into(),
+            lock_path: "/s.json.lock".into(),
+            waited: Duration::from_secs(10),
+            holder: None,
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "timed out after 10.0 s waiting for the lock file `/s.json.lock`"
+        );
     }
 
     #[test]

@@ -23,7 +23,6 @@ use std::io;
 /// # Errors
 ///
 /// When `/proc/locks` cannot be read (no `/proc`, not Linux).
-#[allow(dead_code)] // Kept for telling who holds the state lock; the probe reads the text once.
 pub(crate) fn flock_holders(dev: u64, ino: u64) -> io::Result<Vec<i32>> {
     Ok(holders_in(&read()?, dev, ino))
 }

@@ -31,7 +31,8 @@
 //!   [`count`](Semaphore::count), [`available`](Semaphore::available)) return errors instead
 //!   of made-up numbers when the file cannot be read.
 //! - Every change is one critical section: lock `PATH.lock` (waiting at most the
-//!   [lock timeout](OpenOptions::lock_timeout)), read `PATH`, apply the rule, write a temp file,
+//!   [lock timeout](OpenOptions::lock_timeout), or until the deadline of an acquire given a
+//!   [timeout](AcquireOptions::timeout)), read `PATH`, apply the rule, write a temp file,
 //!   `fsync`, `rename` over `PATH`, `fsync` the directory, unlock. Nothing is written when the
 //!   rule changes nothing (a refused acquire writes nothing).
 //! - A [`Semaphore`] handle is `Send + Sync`. Threads sharing one handle are serialized in
@@ -64,12 +65,18 @@
 //!   a waiter of higher priority overtakes one that queued earlier. The waiter only has to
 //!   notice; it holds no lock while it waits.
 //! - **Timeouts and cancellation.** Deadlines are measured on the monotonic clock from the
-//!   call; signals (`EINTR`) neither fail a wait nor restart its deadline.
+//!   call; signals (`EINTR`) neither fail a wait nor restart its deadline. A timeout bounds
+//!   the whole call, its waits for `PATH.lock` included: the call returns by its deadline
+//!   plus a few milliseconds whoever holds the lock, with [`Error::LockBusy`] if another
+//!   process held it until then (a process stopped inside its critical section): its lock
+//!   waits end at its deadline, not at the [lock timeout](OpenOptions::lock_timeout).
 //!   [`Duration::ZERO`](std::time::Duration::ZERO) makes one attempt and queues nothing; a
 //!   duration too large for the clock waits without limit. A wait that times out or is
 //!   cancelled leaves the queue in one locked step. If the slot was handed over in the
 //!   meantime, a timed-out call returns the permit (it was granted) and a cancelled one
-//!   releases it to the next waiter: no slot is ever leaked.
+//!   releases it to the next waiter: no slot is ever leaked. If the lock is busy at the
+//!   deadline, the call unlocks its queue entry's witness instead of waiting: the next
+//!   process that looks judges the entry dead and reaps it, with any slot handed to it.
 //! - **Dead waiters.** A waiter's entry records its owner and a witness lock, like a holder's
 //!   (see [Crash behavior](#crash-behavior)), so a killed waiter is judged dead and removed by
 //!   the next waiter that looks. For waiters nobody can judge (on another machine), each waiter also
@@ -175,8 +182,8 @@
 //! `# Errors`), any operation on the files can fail with [`Error::Io`] (whose message ends
 //! with the OS error), [`Error::Untrusted`] (an object of the wrong type or owner) and
 //! [`Error::DirectoryGone`] (the directory was removed after the semaphore was opened);
-//! operations that change the state also with [`Error::LockTimeout`]. None of them changes
-//! anything on disk.
+//! operations that change the state also with [`Error::LockTimeout`] (or, for an acquire
+//! given a timeout, [`Error::LockBusy`]). None of them changes anything on disk.
 //!
 //! # Platform notes
 //!

@@ -29,7 +29,8 @@ pub(crate) struct LockGuard {
     pub stat: FileStat,
 }
 
-/// Opens and exclusively locks `PATH.lock`, waiting at most `timeout`.
+/// Opens and exclusively locks `PATH.lock`, waiting until `deadline` at most (`None`: as
+/// long as it takes; a deadline already past: one attempt).
 ///
 /// With `create = Some(mode)` an absent lock file is created with exactly `mode` (whatever
 /// the umask); with `None` nothing is created and an absent lock file is `Ok(None)`. The lock
@@ -40,12 +41,13 @@ pub(crate) struct LockGuard {
 /// # Errors
 ///
 /// [`Error::Untrusted`] for a lock file that is not a regular file or whose owner is not
-/// trusted, [`Error::LockTimeout`], [`Error::Io`].
+/// trusted, [`Error::LockTimeout`] (naming the holder where the kernel tells) when the
+/// deadline passed, [`Error::Io`].
 pub(crate) fn lock_exclusive(
     files: &Files,
     create: Option<u32>,
     dir: &FileStat,
-    timeout: Duration,
+    deadline: Option<Instant>,
 ) -> Result<Option<LockGuard>> {
     let Some(file) = open_lock_file(files, create)? else {
         return Ok(None);
@@ -58,11 +60,16 @@ pub(crate) fn lock_exclusive(
         || Ok(*dir),
         crate::dir::parent_dir(&files.path),
     )?;
-    lock_file(files, file, stat, timeout).map(Some)
+    lock_file(files, file, stat, deadline).map(Some)
 }
 
-/// Locks the open lock file `file`, polling with backoff for at most `timeout`.
-fn lock_file(files: &Files, file: File, stat: FileStat, timeout: Duration) -> Result<LockGuard> {
+/// Locks the open lock file `file`, polling with backoff until `deadline` at most.
+fn lock_file(
+    files: &Files,
+    file: File,
+    stat: FileStat,
+    deadline: Option<Instant>,
+) -> Result<LockGuard> {
     let start = Instant::now();
     let mut backoff = FIRST_BACKOFF;
     let mut file = file;
@@ -78,22 +85,43 @@ fn lock_file(files: &Files, file: File, stat: FileStat, timeout: Duration) -> Re
             Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
             Err((_, errno)) => return Err(files.io(&files.lock_path, "lock", errno)),
         }
-        let waited = start.elapsed();
-        if waited >= timeout {
-            return Err(Error::LockTimeout {
-                path: files.path.clone(),
-                lock_path: files.lock_path.clone(),
-                waited,
-            });
-        }
-        if !announced && waited >= Duration::from_secs(1) {
+        let now = Instant::now();
+        let left = match deadline {
+            Some(d) => match d.checked_duration_since(now).filter(|l| !l.is_zero()) {
+                Some(left) => left,
+                None => {
+                    return Err(Error::LockTimeout {
+                        path: files.path.clone(),
+                        lock_path: files.lock_path.clone(),
+                        waited: start.elapsed(),
+                        holder: holder_of(&stat),
+                    });
+                }
+            },
+            None => Duration::MAX,
+        };
+        if !announced && now - start >= Duration::from_secs(1) {
             // As cargo says "Blocking waiting for file lock": a long wait here is unusual.
             tracing::info!(lock = %files.lock_path.display(), "blocking waiting for file lock");
             announced = true;
         }
-        std::thread::sleep(jitter(backoff).min(timeout - waited));
+        std::thread::sleep(jitter(backoff).min(left));
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The process that holds a flock on the lock file with status `stat`, as `/proc/locks`
+/// lists it (Linux), for messages: `None` when it cannot be told. Only when `/proc` shows
+/// this process's own pid namespace (elsewhere its pids would name other processes); a lock
+/// held from outside that namespace is not listed, and on filesystems whose `st_dev` is not
+/// the device `/proc/locks` prints (btrfs subvolumes, overlayfs) nothing is found.
+pub(crate) fn holder_of(stat: &FileStat) -> Option<u32> {
+    if !crate::liveness::Identity::current().proc_is_ours {
+        return None;
+    }
+    let (dev, ino) = crate::dir::file_id(stat);
+    let holders = crate::flocks::flock_holders(dev, ino).ok()?;
+    holders.into_iter().find_map(|pid| u32::try_from(pid).ok())
 }
 
 /// Opens the lock file read-write (read-only if that is all this user may); creates it with
@@ -242,23 +270,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = files(dir.path());
         let st = files.dir_stat().unwrap();
-        let lock = |t| lock_exclusive(&files, Some(0o600), &st, t);
+        let lock = |t| lock_exclusive(&files, Some(0o600), &st, Some(Instant::now() + t));
         let held = lock(Duration::from_secs(1)).unwrap().unwrap();
         let t = Instant::now();
         let err = lock(Duration::from_millis(50)).err().unwrap();
         assert!(t.elapsed() >= Duration::from_millis(50));
         match err {
             Error::LockTimeout {
-                lock_path, waited, ..
+                lock_path,
+                waited,
+                holder,
+                ..
             } => {
                 assert_eq!(lock_path, dir.path().join("s.json.lock"));
                 assert!(waited >= Duration::from_millis(50));
+                // Only this process holds a lock there: whatever `/proc/locks` tells is us.
+                assert!(
+                    holder.is_none_or(|pid| pid == std::process::id()),
+                    "{holder:?}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
         held.unlock();
         assert!(lock(Duration::from_millis(50)).unwrap().is_some());
         assert!(files.lock_path.exists(), "the lock file is never deleted");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_lock_wait_that_ends_names_the_holding_pid() {
+        // Where the kernel tells (tmpfs: `/proc/locks` prints its `st_dev`), the error names
+        // the process holding the lock, here this one through another open file description.
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("SKIPPED: no /dev/shm");
+            return;
+        };
+        if !crate::liveness::Identity::current().proc_is_ours {
+            eprintln!("SKIPPED: /proc shows another pid namespace");
+            return;
+        }
+        let files = files(dir.path());
+        let st = files.dir_stat().unwrap();
+        let held = lock_exclusive(&files, Some(0o600), &st, None)
+            .unwrap()
+            .unwrap();
+        let err = lock_exclusive(&files, Some(0o600), &st, Some(Instant::now()));
+        match err.err().unwrap() {
+            Error::LockTimeout { holder, .. } => assert_eq!(holder, Some(std::process::id())),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(holder_of(&held.stat), Some(std::process::id()));
+        held.unlock();
+        let stat = fstat(std::fs::File::open(&files.lock_path).unwrap()).unwrap();
+        assert_eq!(holder_of(&stat), None, "nobody holds it now");
     }
 
     #[test]
@@ -268,11 +333,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = files(dir.path());
         let st = files.dir_stat().unwrap();
-        let none = lock_exclusive(&files, None, &st, Duration::from_secs(1)).unwrap();
+        let soon = || Some(Instant::now() + Duration::from_secs(1));
+        let none = lock_exclusive(&files, None, &st, soon()).unwrap();
         assert!(none.is_none());
         assert!(!files.lock_path.exists());
         // 0660 is not what open(2) makes under the usual umask 022.
-        let guard = lock_exclusive(&files, Some(0o660), &st, Duration::from_secs(1));
+        let guard = lock_exclusive(&files, Some(0o660), &st, soon());
         let guard = guard.unwrap().unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&files.lock_path)

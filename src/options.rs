@@ -204,11 +204,20 @@ impl OpenOptions {
         self
     }
 
-    /// The longest time an operation waits for the lock file `PATH.lock` (default 10 s).
-    /// Every operation holds that lock only for one read-modify-write, so a long wait means a
-    /// process is stopped or hung inside one; the operation then fails with
-    /// [`Error::LockTimeout`](crate::Error::LockTimeout). [`Duration::ZERO`] makes one attempt;
-    /// a duration too large for the clock (such as [`Duration::MAX`]) waits without limit.
+    /// The longest time one locked step waits for the lock file `PATH.lock` (default 10 s),
+    /// in operations that have no deadline of their own. Every operation holds that lock only
+    /// for one read-modify-write, so a long wait means a process is stopped or hung inside
+    /// one; the operation then fails with [`Error::LockTimeout`](crate::Error::LockTimeout)
+    /// (naming that process where the kernel tells). [`Duration::ZERO`] makes one attempt; a
+    /// duration too large for the clock (such as [`Duration::MAX`]) waits without limit.
+    ///
+    /// The wait counts from the start of each step, and includes waiting behind other threads
+    /// sharing the handle. It applies to every operation except an acquire given a
+    /// [`timeout`](AcquireOptions::timeout): such a call has told how long it may take, so its
+    /// lock waits end at its deadline instead (sooner or later than the lock timeout) with
+    /// [`Error::LockBusy`](crate::Error::LockBusy). Acquires without a timeout use the lock
+    /// timeout for each of their lock waits, and so do release, `remove`, `reap`,
+    /// `set_capacity`, `renew`, the keep-alive and the other operations.
     pub fn lock_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.lock_timeout = timeout;
         self
@@ -240,10 +249,10 @@ impl OpenOptions {
 /// Settings for one acquire: metadata for every acquire, and how to wait for
 /// [`Semaphore::acquire_with`].
 ///
-/// [`Semaphore::try_acquire_with`] never waits: it uses the metadata and ignores the
-/// waiting settings ([`timeout`](AcquireOptions::timeout),
-/// [`priority`](AcquireOptions::priority), [`cancel_token`](AcquireOptions::cancel_token),
-/// [`on_wait`](AcquireOptions::on_wait)).
+/// [`Semaphore::try_acquire_with`] never waits for a slot: it uses the metadata, and its
+/// [`timeout`](AcquireOptions::timeout) bounds its wait for the lock file; it ignores the
+/// other waiting settings ([`priority`](AcquireOptions::priority),
+/// [`cancel_token`](AcquireOptions::cancel_token), [`on_wait`](AcquireOptions::on_wait)).
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -326,14 +335,32 @@ impl AcquireOptions {
         self
     }
 
-    /// The longest time [`Semaphore::acquire_with`] waits for a slot, measured on the
-    /// monotonic clock from the call; after it the call leaves the queue and fails with
-    /// [`Error::Timeout`](crate::Error::Timeout). Default: no limit.
+    /// The longest time the whole acquire may take, measured on the monotonic clock from the
+    /// call: waiting for a slot and every wait for the lock file `PATH.lock` (and for other
+    /// threads sharing the handle). Default: no limit.
+    ///
+    /// The call returns by this deadline plus a few milliseconds, whoever holds the lock:
+    ///
+    /// - [`Error::Timeout`](crate::Error::Timeout) when no slot came in time. The call left
+    ///   the queue, or, if the lock was busy at that moment (a process stopped inside its
+    ///   critical section), it unlocked its queue entry's witness so that the entry is judged
+    ///   dead and removed by the next process that looks (a slot handed to it meanwhile is
+    ///   reaped and handed on, never leaked). A slot handed over just before the deadline is
+    ///   returned as the permit.
+    /// - [`Error::LockBusy`](crate::Error::LockBusy) when the deadline passed while another
+    ///   process held the lock file: each lock wait of the call ends at the deadline, not at
+    ///   the [lock timeout](crate::OpenOptions::lock_timeout), whether that comes sooner or
+    ///   later (with a 30 s timeout and the lock busy for 12 s, the call waits the 12 s).
+    ///
+    /// [`Semaphore::try_acquire_with`] never waits for a slot; there the timeout bounds only
+    /// its wait for the lock file.
     ///
     /// [`Duration::ZERO`] makes exactly one attempt and leaves no queue entry behind (like
-    /// [`Semaphore::try_acquire`], but failing with `Timeout`). A duration too large to add
-    /// to the current [`Instant`](std::time::Instant) (such as [`Duration::MAX`]) means no
-    /// limit. Signals arriving during the wait neither fail it nor restart the time.
+    /// [`Semaphore::try_acquire`], but failing with `Timeout`); a busy lock is tried for a few
+    /// milliseconds, then reported with `LockBusy`. A duration too large to add to the
+    /// current [`Instant`](std::time::Instant) (such as [`Duration::MAX`]) means no limit:
+    /// each lock wait then ends at the lock timeout, as without a timeout. Signals arriving
+    /// during the wait neither fail it nor restart the time.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

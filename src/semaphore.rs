@@ -4,7 +4,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -16,7 +16,7 @@ use crate::options::{AcquireOptions, OpenOptions};
 use crate::permit::Permit;
 use crate::rules::{self, Ctx, Judge, Refusal};
 use crate::state::{self, Document, Entry, MAX_CAPACITY};
-use crate::store::{Step, Store};
+use crate::store::{LockWait, Step, Store, busy_since};
 use crate::witness::{Created, WitnessLock};
 
 /// A cheap, cloneable handle on one semaphore file; every operation goes through it.
@@ -325,22 +325,51 @@ impl Semaphore {
         self.try_acquire_with(holder, &AcquireOptions::new())
     }
 
-    /// [`try_acquire`](Semaphore::try_acquire) with per-acquire settings. Only the
-    /// metadata applies: the waiting settings of [`AcquireOptions`] are ignored.
+    /// [`try_acquire`](Semaphore::try_acquire) with per-acquire settings: metadata, lease,
+    /// detached, and a [`timeout`](AcquireOptions::timeout) for the lock.
+    ///
+    /// It never waits for a slot. With a timeout, that bounds its wait for the lock file
+    /// instead of the [lock timeout](crate::OpenOptions::lock_timeout): if another process
+    /// holds the lock until then (one stopped inside its critical section), the call fails
+    /// with [`Error::LockBusy`] at that deadline (plus a few milliseconds at most), where
+    /// without a timeout it waits up to the lock timeout and fails with
+    /// [`Error::LockTimeout`]. A timeout of [`Duration::ZERO`] tries the lock for a few
+    /// milliseconds. The other waiting settings (priority, cancel token, `on_wait`) are
+    /// ignored.
     ///
     /// # Errors
     ///
-    /// As [`try_acquire`](Semaphore::try_acquire), and [`Error::InvalidMetadata`].
+    /// As [`try_acquire`](Semaphore::try_acquire); [`Error::LockBusy`] with a timeout (in
+    /// place of [`Error::LockTimeout`]); [`Error::InvalidMetadata`], [`Error::InvalidLease`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use filesem::{AcquireOptions, Error, Semaphore};
+    /// let sem = Semaphore::open(dir.path().join("backup.json"), 1)?;
+    /// // As `filesem run -n`: no wait for a slot, at most a second for the lock.
+    /// let opts = AcquireOptions::new().timeout(Duration::from_secs(1));
+    /// let _permit = sem.try_acquire_with("backup-1", &opts)?;
+    /// assert!(matches!(
+    ///     sem.try_acquire_with("backup-2", &opts),
+    ///     Err(Error::NoCapacity { .. })
+    /// ));
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
     pub fn try_acquire_with<H: Holder + ?Sized>(
         &self,
         holder: &H,
         options: &AcquireOptions,
     ) -> Result<Permit> {
+        let call = Instant::now();
+        let wait = LockWait::for_call(call, options.timeout);
         let id = holder.id();
         self.check_request(id, options)?;
         let path = self.path();
         let lease = options.lease.or(self.inner.default_lease);
-        let granted = self.inner.store.transact(None, |doc, _| {
+        let granted = self.inner.store.transact_with(wait, None, |doc, _| {
             let now = Utc::now();
             let ctx = self.ctx(now);
             let mut changed = false;
@@ -356,8 +385,8 @@ impl Semaphore {
             entry.witness = witness.as_ref().map(|w| w.record.clone());
             let record = rules::grant(doc, entry, token, now);
             Ok(Step::changed(Ok((record, now, witness))).reaped(removed))
-        })?;
-        let (record, acquired_at, witness) = granted?;
+        });
+        let (record, acquired_at, witness) = granted.map_err(|e| busy_since(e, call))??;
         let slot = record.slot.unwrap_or(0);
         tracing::debug!(path = %path.display(), id, token = record.token, slot, "acquired");
         Ok(Permit::new(
@@ -386,7 +415,8 @@ impl Semaphore {
     ///   [`try_acquire`](Semaphore::try_acquire);
     /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
     ///   [`Error::Untrusted`], [`Error::DirectoryGone`]; the queue entry is then removed if the
-    ///   file can still be written, and otherwise expires on its own within seconds.
+    ///   file can still be written, and otherwise its witness is unlocked, so that the next
+    ///   process that looks judges it dead (or it expires on its own within seconds).
     ///
     /// # Examples
     ///
@@ -409,20 +439,23 @@ impl Semaphore {
         self.acquire_with(holder, &AcquireOptions::new())
     }
 
-    /// Takes a slot for `holder`, waiting at most `timeout`; then fails with
+    /// Takes a slot for `holder`, taking at most `timeout` in all; then fails with
     /// [`Error::Timeout`] and leaves the queue.
     ///
-    /// [`Duration::ZERO`] makes one attempt and leaves nothing queued; a duration too large
-    /// for the clock ([`Duration::MAX`]) waits without limit. The time is measured on the
-    /// monotonic clock and is not restarted by signals. The lock steps around the wait use the
-    /// [lock timeout](crate::OpenOptions::lock_timeout), so a call can overrun `timeout` by
-    /// one wait for the lock file. If the slot is handed over while the call is timing out,
-    /// the permit is returned rather than thrown away.
+    /// `timeout` bounds the whole call, its waits for the lock file included: it returns by
+    /// the deadline plus a few milliseconds whoever holds the lock, with
+    /// [`Error::LockBusy`] if another process held the lock until then (see
+    /// [`AcquireOptions::timeout`] for the details). [`Duration::ZERO`] makes one attempt and
+    /// leaves nothing queued; a duration too large for the clock ([`Duration::MAX`]) waits
+    /// without limit (and each lock wait at most the
+    /// [lock timeout](crate::OpenOptions::lock_timeout)). The time is measured on the
+    /// monotonic clock and is not restarted by signals. If the slot is handed over while the
+    /// call is timing out, the permit is returned rather than thrown away.
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when no slot came in time; otherwise as
-    /// [`acquire`](Semaphore::acquire).
+    /// [`Error::Timeout`] when no slot came in time; [`Error::LockBusy`] when the lock file
+    /// was busy until the deadline; otherwise as [`acquire`](Semaphore::acquire).
     ///
     /// # Examples
     ///
@@ -458,11 +491,18 @@ impl Semaphore {
     /// queue entry vanished (removed by [`remove`](Semaphore::remove), or dropped by a write of
     /// the Go package) joins the queue again, at the back.
     ///
+    /// With a [`timeout`](AcquireOptions::timeout), the call takes at most that long in all,
+    /// its waits for the lock file included; without one, each wait for the lock file ends
+    /// after the [lock timeout](crate::OpenOptions::lock_timeout).
+    ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] after the timeout; [`Error::Cancelled`] after a cancel; otherwise as
-    /// [`acquire`](Semaphore::acquire), and [`Error::InvalidMetadata`]. On every error the
-    /// call has left the queue and holds no slot.
+    /// [`Error::Timeout`] after the timeout, [`Error::LockBusy`] when the lock file was busy
+    /// until then; [`Error::Cancelled`] after a cancel; otherwise as
+    /// [`acquire`](Semaphore::acquire), and [`Error::InvalidMetadata`],
+    /// [`Error::InvalidLease`]. On every error the call holds no slot and has left the queue
+    /// (or, when the lock file could not be had, left its entry to be judged dead and
+    /// reaped).
     ///
     /// # Examples
     ///

@@ -39,7 +39,7 @@ pub(crate) struct Store {
     pub lock_timeout: Duration,
     /// Serializes threads of this process sharing the handle, so they wait here (without
     /// polling) rather than on the lock file. Held only for one step; waiting for it counts
-    /// against the lock timeout.
+    /// against the step's lock wait ([`LockWait`]).
     gate: Gate,
     /// What the step in progress knows about its files (set while the gate is held).
     step: Mutex<Option<StepFiles>>,
@@ -60,6 +60,58 @@ struct StepFiles {
     /// Whether this step created the witness directory (removed again if the step fails).
     witness_dir_created: bool,
 }
+
+/// How long a locked step may wait for the lock: for the in-process gate and `PATH.lock`
+/// together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockWait {
+    /// At most the handle's lock timeout, then [`Error::LockTimeout`]: for operations without
+    /// a deadline of their own, where a long wait is an anomaly (a process stopped inside its
+    /// critical section) that must not hang anyone forever.
+    Timeout,
+    /// Until the deadline of the call (an acquire given a timeout), whether that is sooner
+    /// or later than the lock timeout, then [`Error::LockBusy`]. A step that starts at or
+    /// after the deadline still tries for [`LAST_LOCK_WAIT`].
+    Until(Instant),
+}
+
+impl LockWait {
+    /// The wait of a call that started at `start` with `timeout` (`None`, or a duration too
+    /// large for the clock: no deadline of its own, so the lock timeout).
+    pub fn for_call(start: Instant, timeout: Option<Duration>) -> LockWait {
+        match timeout.and_then(|t| start.checked_add(t)) {
+            Some(deadline) => LockWait::Until(deadline),
+            None => LockWait::Timeout,
+        }
+    }
+}
+
+/// `error`, with the wait of an [`Error::LockBusy`] counted from `start`: for the first step
+/// of a call, so that the error tells how long the call waited (a step starts a moment after
+/// its call, and `-n`'s 1 s should not read `999 ms`).
+pub(crate) fn busy_since(error: Error, start: Instant) -> Error {
+    match error {
+        Error::LockBusy {
+            path,
+            lock_path,
+            holder,
+            ..
+        } => Error::LockBusy {
+            path,
+            lock_path,
+            waited: start.elapsed(),
+            holder,
+        },
+        other => other,
+    }
+}
+
+/// How long a step with a deadline ([`LockWait::Until`]) tries for the lock at least, even
+/// when the deadline has passed: a zero timeout still gets its one attempt past an ordinary
+/// critical section of another process (a read, a write and two `fsync`s), and a call that
+/// ends at its deadline still tries to leave the queue. Short enough that such a call
+/// returns within a few milliseconds of its deadline whoever holds the lock.
+pub(crate) const LAST_LOCK_WAIT: Duration = Duration::from_millis(5);
 
 /// What a rule reports back to [`Store::transact`].
 pub(crate) struct Step<R> {
@@ -128,13 +180,24 @@ impl Store {
     /// One locked read-modify-write. With `create = Some(capacity)` a missing state file is
     /// created (an empty semaphore of that capacity) and written even if the rule changes
     /// nothing; with `None` a missing file is [`Error::NotFound`] and nothing is created.
-    /// `rule` gets the document and whether it was just created.
+    /// `rule` gets the document and whether it was just created. Waits for the lock at most
+    /// the lock timeout.
     pub fn transact<R>(
         &self,
         create: Option<u32>,
         rule: impl FnOnce(&mut Document, bool) -> Result<Step<R>>,
     ) -> Result<R> {
-        self.locked(create.is_some(), |guard, dir| {
+        self.transact_with(LockWait::Timeout, create, rule)
+    }
+
+    /// [`transact`](Store::transact), waiting for the lock as `wait` says.
+    pub fn transact_with<R>(
+        &self,
+        wait: LockWait,
+        create: Option<u32>,
+        rule: impl FnOnce(&mut Document, bool) -> Result<Step<R>>,
+    ) -> Result<R> {
+        self.locked(create.is_some(), wait, |guard, dir| {
             let (mut doc, meta, created) = match self.read()? {
                 Some((mut doc, meta)) => {
                     rules::resume_token_counter(&mut doc, chrono::Utc::now());
@@ -274,7 +337,7 @@ impl Store {
     /// Runs `f` under the lock without reading the state (used by recovery, which must not
     /// parse the file). `f` gets the directory's status.
     pub fn with_lock<R>(&self, f: impl FnOnce(&FileStat) -> Result<R>) -> Result<R> {
-        self.locked(true, |_, dir| f(dir))
+        self.locked(true, LockWait::Timeout, |_, dir| f(dir))
     }
 
     /// Runs `f` under the lock. The lock file is opened without `O_CREAT` first; only if it is
@@ -285,34 +348,60 @@ impl Store {
     /// its lock file exists is found missing by [`Store::read`].
     ///
     /// If `f` fails, a witness directory this step created is removed again (if empty).
+    ///
+    /// The lock is waited for as `wait` says: when that time runs out, the error is
+    /// [`Error::LockTimeout`] for [`LockWait::Timeout`] and [`Error::LockBusy`] for
+    /// [`LockWait::Until`], naming the lock's holder where the kernel tells.
     fn locked<R>(
         &self,
         may_create: bool,
+        wait: LockWait,
         f: impl FnOnce(&LockGuard, &FileStat) -> Result<R>,
     ) -> Result<R> {
         let start = Instant::now();
-        let timed_out = || Error::LockTimeout {
-            path: self.path().to_path_buf(),
-            lock_path: self.files.lock_path.clone(),
-            waited: start.elapsed(),
-        };
         // One deadline for the in-process queue and the lock file together: otherwise the
         // last of N threads could wait N lock timeouts.
-        let _serial = self
-            .gate
-            .enter(start.checked_add(self.lock_timeout))
-            .ok_or_else(timed_out)?;
+        let deadline = match wait {
+            LockWait::Timeout => start.checked_add(self.lock_timeout),
+            LockWait::Until(d) => Some(d.max(start + LAST_LOCK_WAIT)),
+        };
+        let timed_out = |holder: Option<u32>| {
+            let (path, lock_path) = (self.path().to_path_buf(), self.files.lock_path.clone());
+            let waited = start.elapsed();
+            match wait {
+                LockWait::Timeout => Error::LockTimeout {
+                    path,
+                    lock_path,
+                    waited,
+                    holder,
+                },
+                LockWait::Until(_) => Error::LockBusy {
+                    path,
+                    lock_path,
+                    waited,
+                    holder,
+                },
+            }
+        };
+        let Some(_serial) = self.gate.enter(deadline) else {
+            // Another thread of this process is inside a step: waiting for the lock file, or
+            // holding it. Whoever holds it is the one to name.
+            let lock = self
+                .files
+                .stat_at(self.files.dir(), self.files.lock_name.as_os_str());
+            let holder = lock.ok().flatten().and_then(|st| lock::holder_of(&st));
+            return Err(timed_out(holder));
+        };
         // One fstat per step: a removed directory is never written in, and its status says
         // whose files are trusted.
         let dir = self.files.dir_stat()?;
-        let left = || self.lock_timeout.saturating_sub(start.elapsed());
-        let guard = match lock::lock_exclusive(&self.files, None, &dir, left()) {
+        let guard = match lock::lock_exclusive(&self.files, None, &dir, deadline) {
             Ok(Some(guard)) => Ok(guard),
-            Ok(None) => self.create_lock(may_create, &dir, left()),
+            Ok(None) => self.create_lock(may_create, &dir, deadline),
             Err(e) => Err(e),
         };
         let guard = guard.map_err(|e| match e {
-            Error::LockTimeout { .. } => timed_out(),
+            Error::LockTimeout { holder, .. } => timed_out(holder),
             other => other,
         })?;
         *self.step_files() = Some(StepFiles {
@@ -337,7 +426,7 @@ impl Store {
         &self,
         may_create: bool,
         dir: &FileStat,
-        timeout: Duration,
+        deadline: Option<Instant>,
     ) -> Result<LockGuard> {
         let files = &self.files;
         let state = files
@@ -352,7 +441,7 @@ impl Store {
                 crate::dir::perm_bits(&st)
             }
         };
-        let created = lock::lock_exclusive(files, Some(access_mode(state_mode)), dir, timeout)?;
+        let created = lock::lock_exclusive(files, Some(access_mode(state_mode)), dir, deadline)?;
         created.ok_or_else(|| {
             self.io_error(
                 "create the lock file of",

@@ -13,6 +13,13 @@
 //! Between looks it sleeps ([`crate::sleeper`]) in `poll(2)` on an inotify descriptor (Linux)
 //! and on its cancel token's socket, with a timer as the safety net: bounded exponential
 //! backoff with jitter, shorter when there is no prompt notification.
+//!
+//! A call with a timeout has one deadline for everything: each locked step waits for the
+//! lock until then ([`LockWait::Until`]), not for the lock timeout, and a step still waiting
+//! for it then fails with [`Error::LockBusy`]. At the deadline the call ends within a few
+//! milliseconds whoever holds the lock ([`Queued::time_out`]): a grant seen in a lock-free
+//! snapshot is returned; otherwise it leaves the queue with a brief lock wait, or, if the
+//! lock is busy, unlocks its witness and leaves the entry to be judged dead.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +36,7 @@ use crate::rules::Refusal;
 use crate::semaphore::{Semaphore, refusal_error};
 use crate::sleeper::Sleeper;
 use crate::state::Document;
-use crate::store::Step;
+use crate::store::{LockWait, Step, busy_since};
 use crate::witness::WitnessLock;
 
 /// How often a waiter refreshes its expiry.
@@ -40,6 +47,8 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     let start = Instant::now();
     // `None` when there is no limit, including a duration too large for the clock.
     let deadline = options.timeout.and_then(|d| start.checked_add(d));
+    // Every lock wait of the call ends at its deadline; without one, at the lock timeout.
+    let wait = LockWait::for_call(start, options.timeout);
     let req = Request {
         id,
         options,
@@ -58,7 +67,8 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             path: path.to_path_buf(),
         });
     }
-    let (outcome, witness) = step(sem, &req, None, false)?;
+    let (outcome, witness) =
+        step(sem, &req, None, false, wait).map_err(|e| busy_since(e, start))?;
     let (mine, mut status) = match outcome {
         Outcome::Granted(grant) => return Ok(permit(sem, &req, grant, witness)),
         Outcome::Queued { mine, status } => (mine, status),
@@ -75,6 +85,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         mine,
         witness,
         armed: true,
+        wait,
     };
     tracing::debug!(path = %path.display(), id, ticket = queued.mine.ticket, ahead = status.ahead, "queued");
     if let Some(on_wait) = &options.on_wait {
@@ -93,7 +104,11 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         }
         let refresh = refreshed.elapsed() >= REFRESH_EVERY;
         if refresh || needs_step(&doc, &queued.mine, &sem.ctx(now)) {
-            let (outcome, witness) = step(sem, &req, Some(&queued.mine), refresh)?;
+            let (outcome, witness) = match step(sem, &req, Some(&queued.mine), refresh, wait) {
+                // The deadline passed while another process held the lock.
+                Err(busy @ Error::LockBusy { .. }) => return queued.time_out(&req, start, busy),
+                stepped => stepped?,
+            };
             match outcome {
                 Outcome::Granted(grant) => {
                     return Ok(queued.granted(&req, grant, witness, start));
@@ -127,14 +142,11 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             });
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return match queued.leave(true)? {
-                // Handed over while we were timing out: the slot is ours, return it.
-                Left::Granted(grant) => Ok(queued.granted(&req, grant, None, start)),
-                Left::Gone | Left::Released => Err(Error::Timeout {
-                    path: path.to_path_buf(),
-                    waited: start.elapsed(),
-                }),
+            let timeout = Error::Timeout {
+                path: path.to_path_buf(),
+                waited: start.elapsed(),
             };
+            return queued.time_out(&req, start, timeout);
         }
         if last.as_ref() != Some(&doc) {
             sleeper.reset();
@@ -172,14 +184,16 @@ fn permit(
     )
 }
 
-/// One locked [`settle`] step; also returns the witness lock of a token it took.
+/// One locked [`settle`] step, waiting for the lock as `wait` says; also returns the witness
+/// lock of a token it took.
 fn step(
     sem: &Semaphore,
     req: &Request<'_>,
     mine: Option<&Mine>,
     refresh: bool,
+    wait: LockWait,
 ) -> Result<(Outcome, Option<WitnessLock>)> {
-    sem.inner.store.transact(None, |doc, _| {
+    sem.inner.store.transact_with(wait, None, |doc, _| {
         let ctx = sem.ctx(Utc::now());
         let mut changed = false;
         let mut removed = Vec::new();
@@ -213,6 +227,8 @@ struct Queued<'a> {
     mine: Mine,
     witness: Option<WitnessLock>,
     armed: bool,
+    /// How the call waits for the lock: leaving too ends by the call's deadline.
+    wait: LockWait,
 }
 
 impl Queued<'_> {
@@ -236,21 +252,68 @@ impl Queued<'_> {
         permit(self.sem, req, grant, witness)
     }
 
-    /// Leaves the queue in one locked step (see [`leave`]); the witness goes once the entry
-    /// naming it is gone.
+    /// Leaves the queue in one locked step (see [`leave`]), waiting for the lock until the
+    /// call's deadline (or the lock timeout).
     fn leave(&mut self, keep_grant: bool) -> Result<Left> {
+        self.leave_with(keep_grant, self.wait)
+    }
+
+    /// [`leave`](Queued::leave), waiting for the lock as `wait` says. The witness goes once
+    /// the entry naming it is gone. If the step fails (the lock stayed busy, or the write
+    /// failed), the entry may still be on file, as a waiter or as a holder handed a slot
+    /// meanwhile: the witness is then unlocked but its file kept, so that the next process
+    /// that looks judges the entry dead and reaps it (handing any slot on) instead of
+    /// waiting for its expiry, or for ever for a granted entry without a lease.
+    fn leave_with(&mut self, keep_grant: bool, wait: LockWait) -> Result<Left> {
         self.armed = false;
-        let left = self.sem.inner.store.transact(None, |doc, _| {
+        let left = self.sem.inner.store.transact_with(wait, None, |doc, _| {
             let mut changed = false;
             let left = leave(doc, &self.mine, keep_grant, Utc::now(), &mut changed);
             Ok(Step::new(left, changed))
         });
-        if !matches!(left, Ok(Left::Granted(_))) {
-            // Gone from the file, or the write failed: then a free witness lets the entry be
-            // reaped as dead instead of waiting for its expiry.
-            drop(self.witness.take());
+        match &left {
+            Ok(Left::Granted(_)) => {}
+            Ok(Left::Gone | Left::Released) => drop(self.witness.take()),
+            Err(_) => {
+                if let Some(witness) = self.witness.take() {
+                    witness.unlock_keeping_file();
+                }
+            }
         }
         left
+    }
+
+    /// Ends a call whose deadline passed, with `error` unless a slot turns out to be ours,
+    /// within a few milliseconds whoever holds the lock (even a stopped process).
+    ///
+    /// First a lock-free snapshot: a slot handed over meanwhile is returned as the permit.
+    /// Otherwise the queue is left in a step that tries the lock only for
+    /// [`LAST_LOCK_WAIT`](crate::store::LAST_LOCK_WAIT) (a slot handed over by then is kept
+    /// and returned). If the lock is busy, the witness is unlocked and left in place
+    /// ([`leave_with`](Queued::leave_with)): the entry is judged dead and removed by the next
+    /// process that looks, or expires, and a slot handed to it is reaped, never leaked.
+    fn time_out(&mut self, req: &Request<'_>, start: Instant, error: Error) -> Result<Permit> {
+        match self.sem.inner.store.snapshot() {
+            Ok(doc) => {
+                if let Some(grant) = granted(&doc, &self.mine) {
+                    return Ok(self.granted(req, grant, None, start));
+                }
+            }
+            // The locked step below reads the file again, and reports what it finds.
+            Err(e) => {
+                tracing::debug!(path = %self.sem.path().display(), error = %e, "no snapshot at the deadline")
+            }
+        }
+        match self.leave_with(true, LockWait::Until(Instant::now())) {
+            // Handed over while we were timing out: the slot is ours, return it.
+            Ok(Left::Granted(grant)) => Ok(self.granted(req, grant, None, start)),
+            Ok(Left::Gone | Left::Released) => Err(error),
+            Err(Error::LockBusy { .. }) => {
+                tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, token = self.mine.token, "lock busy at the deadline; left the queue entry to be reaped");
+                Err(error)
+            }
+            Err(other) => Err(other),
+        }
     }
 }
 

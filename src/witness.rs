@@ -244,6 +244,16 @@ impl WitnessLock {
         unlock(flock, "witness");
     }
 
+    /// Unlocks the witness but leaves its file in place, for an entry that may still be on
+    /// file (a step that would remove it could not be made): a free witness proves the entry
+    /// dead to whoever looks next, who reaps it and then removes the file. Dropping the
+    /// witness instead removes the file first, and a missing witness proves nothing.
+    pub fn unlock_keeping_file(mut self) {
+        if let Some(flock) = self.flock.take() {
+            unlock(flock, "witness");
+        }
+    }
+
     /// Leaves the lock and the file alone (in a forked child, whose parent owns the hold):
     /// unlocking here would unlock the parent's witness too, as both share one open file.
     pub fn abandon(mut self) {

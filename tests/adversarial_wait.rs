@@ -503,29 +503,45 @@ fn churn_round(sem: &Semaphore, id: &str, markers: &Path, counts: &mut HashMap<&
             permit.release().unwrap();
             "granted"
         }
-        Ok(Err(Error::Timeout { .. })) => {
+        // Out of time waiting for a slot, or for the lock (busy until the deadline).
+        Ok(Err(e @ (Error::Timeout { .. } | Error::LockBusy { .. }))) => {
             if start.elapsed() < limit {
                 say(format!(
-                    "VIOLATION timeout after {:?}, before its {limit:?}",
+                    "VIOLATION {e} after {:?}, before its {limit:?}",
                     start.elapsed()
                 ));
             }
-            "timeout"
+            if matches!(e, Error::Timeout { .. }) {
+                "timeout"
+            } else {
+                "busy"
+            }
         }
         Ok(Err(Error::Cancelled { .. })) => "cancelled",
         Ok(Err(e)) => panic!("{id}: {e}"),
         Err(_) => "panicked",
     };
     if outcome != "granted" {
-        let left: Vec<_> = sem
-            .waiters()
-            .unwrap()
-            .into_iter()
-            .chain(sem.holders().unwrap())
-            .filter(|h| h.id == id)
-            .collect();
+        // A call that gave up holds nothing: its entry is gone, or (the lock busy when its
+        // deadline came) left with its witness unlocked, provably dead, for others to reap.
+        let live = |only: Option<&[Option<u64>]>| -> Vec<_> {
+            sem.waiters()
+                .unwrap()
+                .into_iter()
+                .chain(sem.holders().unwrap())
+                .filter(|h| h.id == id && !h.liveness.is_stale())
+                .filter(|h| only.is_none_or(|tokens| tokens.contains(&h.token)))
+                .collect()
+        };
+        let left = live(None);
         if !left.is_empty() {
-            say(format!("VIOLATION {outcome} left an entry: {left:?}"));
+            // An entry being reaped meanwhile may be read before its removal and probed after
+            // its witness file went (no evidence then): read again, and it is gone.
+            let tokens: Vec<_> = left.iter().map(|h| h.token).collect();
+            let still = live(Some(&tokens));
+            if !still.is_empty() {
+                say(format!("VIOLATION {outcome} left a live entry: {still:?}"));
+            }
         }
     }
     *counts.entry(outcome).or_default() += 1;

@@ -15,12 +15,17 @@ use crate::exit::{Exit, Fail};
 use crate::signals::{self, Signals};
 use crate::{AcquireArgs, SlotArgs, open};
 
+/// How long `-n` waits for the state lock (never for a slot): long enough for any ordinary
+/// critical section of another process, short enough that a process stopped inside one
+/// cannot hold up a cron job for the lock timeout.
+pub const NONBLOCK_LOCK_WAIT: Duration = Duration::from_secs(1);
+
 /// How long to wait for a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
-    /// `-n`: one attempt.
+    /// `-n`: one attempt, waiting at most [`NONBLOCK_LOCK_WAIT`] for the state lock.
     Nonblock,
-    /// `-w DURATION`.
+    /// `-w DURATION`: the whole acquire, state-lock waits included.
     AtMost(Duration),
     /// The default: until a slot is free.
     Forever,
@@ -71,12 +76,13 @@ impl<'a> Request<'a> {
 /// Takes a slot of `sem` as `request` says, waiting in the semaphore's queue (first come,
 /// first served within a priority) unless `-n`. A signal that arrives while waiting makes
 /// the acquire leave the queue and then ends the process by that signal
-/// ([`signals::die_by`]).
+/// ([`signals::die_by`]). With `-n` or `-w` the call ends by its deadline whoever holds the
+/// state lock (`-n`: [`NONBLOCK_LOCK_WAIT`]).
 ///
 /// # Errors
 ///
-/// [`Exit::NoSlot`] when no slot could be had in time (or the ID already holds one), and the
-/// library's other errors.
+/// [`Exit::NoSlot`] when no slot could be had in time (or the ID already holds one, or the
+/// state lock stayed busy until the deadline), and the library's other errors.
 pub fn acquire(
     sem: &Semaphore,
     request: &Request<'_>,
@@ -84,7 +90,10 @@ pub fn acquire(
 ) -> Result<Permit, Fail> {
     let start = Instant::now();
     let permit = match request.wait {
-        Wait::Nonblock => sem.try_acquire_with(request.id, &request.options)?,
+        Wait::Nonblock => {
+            let options = request.options.clone().timeout(NONBLOCK_LOCK_WAIT);
+            sem.try_acquire_with(request.id, &options)?
+        }
         Wait::AtMost(_) | Wait::Forever => wait(sem, request, signals)?,
     };
     if request.verbose {

@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | success |
-//! | 1 | no slot could be had (`-n`, or `-w` ran out, or the ID already holds one; `-E` changes it), or `release` of an ID that holds none |
+//! | 1 | no slot could be had (`-n`, or `-w` ran out, or the state lock stayed busy until then, or the ID already holds one; `-E` changes it), or `release` of an ID that holds none |
 //! | 2 | usage: bad arguments (clap's own errors), a capacity that does not match the file, an invalid ID |
 //! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout, an untrusted file, a removed directory, an exhausted token counter |
 //! | 126 | `run`: the command was found but could not be run |
@@ -162,11 +162,26 @@ fn wording(error: &filesem::Error) -> Option<Escaped> {
             path(p)
         ),
         E::LockTimeout {
-            lock_path, waited, ..
+            lock_path,
+            waited,
+            holder,
+            ..
         } => format!(
-            "timed out after {} waiting for the lock file `{}`",
+            "timed out after {} waiting for the lock file `{}`{}",
             human(*waited),
-            path(lock_path)
+            path(lock_path),
+            held_by(*holder)
+        ),
+        E::LockBusy {
+            lock_path,
+            waited,
+            holder,
+            ..
+        } => format!(
+            "no slot: the state lock `{}` was busy for {}{}",
+            path(lock_path),
+            human(*waited),
+            held_by(*holder)
         ),
         // The library's message names `OpenOptions::trust_owner`, which a shell user reaches
         // through `--trust-owner` (the hint's command). The owner is named here when the
@@ -192,6 +207,26 @@ fn wording(error: &filesem::Error) -> Option<Escaped> {
         _ => return None,
     };
     Some(Escaped(text))
+}
+
+/// ` (held by pid 4242)` when the lock's holder is known.
+fn held_by(holder: Option<u32>) -> String {
+    holder.map_or_else(String::new, |pid| format!(" (held by pid {pid})"))
+}
+
+/// The way to the process that kept the state lock (a working process holds it only for an
+/// instant): `ps` on its pid when the kernel named it, else `fuser` or `lsof` on the lock
+/// file.
+fn lock_holder_hint(holder: Option<u32>) -> String {
+    match holder {
+        Some(pid) => format!(
+            "pid {pid} is stopped or hung inside its critical section; see what it is doing \
+             with `ps -o pid,stat,etime,args -p {pid}`"
+        ),
+        None => "a process is stopped or hung inside its critical section; find it with \
+                 `fuser` or `lsof` on the lock file"
+            .to_string(),
+    }
 }
 
 /// `: cause: cause` for each cause in the source chain of `error` whose text is not already
@@ -241,7 +276,10 @@ impl Fail {
     pub fn from_error(error: filesem::Error, invocation: &Invocation) -> Fail {
         use filesem::Error as E;
         let exit = match &error {
-            E::NoCapacity { .. } | E::Timeout { .. } | E::AlreadyHeld { .. } => Exit::NoSlot,
+            E::NoCapacity { .. }
+            | E::Timeout { .. }
+            | E::LockBusy { .. }
+            | E::AlreadyHeld { .. } => Exit::NoSlot,
             E::NotHeld { .. } => Exit::NotHeld,
             E::CapacityMismatch { .. }
             | E::InvalidCapacity { .. }
@@ -260,11 +298,9 @@ impl Fail {
                  (the bad file is kept aside)",
                 shell_quote(path)
             )),
-            E::LockTimeout { .. } => Some(
-                "a process is stopped or hung inside its critical section; find it with \
-                 `fuser` or `lsof` on the lock file"
-                    .to_string(),
-            ),
+            E::LockTimeout { holder, .. } | E::LockBusy { holder, .. } => {
+                Some(lock_holder_hint(*holder))
+            }
             E::Untrusted {
                 object,
                 kind,
@@ -380,6 +416,54 @@ mod tests {
         assert_eq!(
             fail.report(),
             "filesem: timed out after 302 ms waiting for a slot of semaphore `/x/s.json`"
+        );
+    }
+
+    #[test]
+    fn a_busy_state_lock_is_no_slot_and_a_lock_timeout_a_failure_both_naming_the_holder() {
+        // A deadline that ran out on a busy lock is contention (exit 1 or -E, silenced by -q);
+        // the lock timeout stays filesem's failure. Both name the pid where the kernel told,
+        // and the hint looks at that process.
+        let lock_path = std::path::PathBuf::from("/x/s.json.lock");
+        let busy = |holder| filesem::Error::LockBusy {
+            path: "/x/s.json".into(),
+            lock_path: lock_path.clone(),
+            waited: std::time::Duration::from_millis(1_004),
+            holder,
+        };
+        let fail = Fail::from(busy(Some(4242)));
+        assert_eq!(fail.exit, Exit::NoSlot);
+        assert!(fail.is_no_slot());
+        assert_eq!(
+            fail.report(),
+            "filesem: no slot: the state lock `/x/s.json.lock` was busy for 1.0 s (held by pid \
+             4242)\nfilesem: hint: pid 4242 is stopped or hung inside its critical section; see \
+             what it is doing with `ps -o pid,stat,etime,args -p 4242`"
+        );
+        let fail = Fail::from(busy(None));
+        assert_eq!(
+            fail.report(),
+            "filesem: no slot: the state lock `/x/s.json.lock` was busy for 1.0 s\nfilesem: \
+             hint: a process is stopped or hung inside its critical section; find it with \
+             `fuser` or `lsof` on the lock file"
+        );
+        let fail = Fail::from(filesem::Error::LockTimeout {
+            path: "/x/s.json".into(),
+            lock_path,
+            waited: std::time::Duration::from_secs(10),
+            holder: Some(4242),
+        });
+        assert_eq!(fail.exit, Exit::Failure);
+        assert!(!fail.is_no_slot());
+        let report = fail.report();
+        assert_eq!(
+            report.lines().next().unwrap(),
+            "filesem: timed out after 10 s waiting for the lock file `/x/s.json.lock` (held by \
+             pid 4242)"
+        );
+        assert!(
+            report.ends_with("`ps -o pid,stat,etime,args -p 4242`"),
+            "{report}"
         );
     }
 

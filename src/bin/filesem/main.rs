@@ -34,8 +34,8 @@ use crate::trust::TrustArgs;
 /// A counting semaphore for shell scripts: at most N named holders at once, across
 /// processes, in a JSON state file that `filesem status` shows and `filesem reap` cleans up.
 ///
-/// Exit codes: 0 success; 1 no slot could be had (-n, or -w ran out; -E changes it) or
-/// `release` of an ID that holds none; 2 usage; 125 filesem's own failure (I/O, corrupt
+/// Exit codes: 0 success; 1 no slot could be had (-n, or -w ran out, also when the state
+/// lock stayed busy until then; -E changes it) or `release` of an ID that holds none; 2 usage; 125 filesem's own failure (I/O, corrupt
 /// state); 126 the command cannot be run; 127 the command was not found; otherwise `run`
 /// exits with the command's code, or 128 + the signal that killed it.
 #[derive(Debug, Parser)]
@@ -162,7 +162,9 @@ struct SlotArgs {
     #[arg(short, long, value_parser = capacity_range())]
     capacity: Option<u32>,
     /// Wait at most this long for a slot: seconds (10, 0.5, 1e3) or 250ms, 30s, 5m, 1h30m;
-    /// a value past what the clock can count means no limit.
+    /// a value past what the clock can count means no limit. This bounds the whole acquire,
+    /// waits for the state lock SEMFILE.lock included: if a process stopped inside its
+    /// critical section holds that lock until then, exit 1 (-E) saying so.
     #[arg(
         short = 'w',
         long = "timeout",
@@ -171,7 +173,9 @@ struct SlotArgs {
         allow_hyphen_values = true
     )]
     timeout: Option<Duration>,
-    /// Do not wait: fail at once if no slot is free.
+    /// Do not wait: fail at once if no slot is free (exit 1, or -E). Waits at most 1 s for
+    /// the state lock SEMFILE.lock, which a working process holds only for an instant; if a
+    /// process stopped inside its critical section holds it longer, exit 1 (-E) saying so.
     #[arg(short = 'n', long = "nonblock", conflicts_with = "timeout")]
     nonblock: bool,
     /// The exit code when no slot could be had.
