@@ -444,10 +444,16 @@ impl Held {
         self.stop_keep_alive();
         let witness = self.witness.take();
         let result = self.hold.remove_entry();
-        // The entry is gone (or the write failed: then a free witness lets the entry be
-        // reaped, which is what a best-effort release wants).
         if let Some(w) = witness {
-            w.release();
+            match &result {
+                // The entry is gone: so goes its witness.
+                Ok(()) | Err(Error::Lost { .. }) => w.release(),
+                // The write failed and the entry may still be on file: a witness that is
+                // there but free proves it dead to whoever looks next, who reaps it (a
+                // missing witness would prove nothing, and the entry would keep its slot
+                // while this process lives).
+                Err(_) => w.unlock_keeping_file(),
+            }
         }
         result
     }

@@ -309,7 +309,7 @@ impl Queued<'_> {
             Ok(Left::Granted(grant)) => Ok(self.granted(req, grant, None, start)),
             Ok(Left::Gone | Left::Released) => Err(error),
             Err(Error::LockBusy { .. }) => {
-                tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, token = self.mine.token, "lock busy at the deadline; left the queue entry to be reaped");
+                tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, ticket = self.mine.ticket, "lock busy at the deadline; left the queue entry to be reaped");
                 Err(error)
             }
             Err(other) => Err(other),

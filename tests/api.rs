@@ -669,3 +669,45 @@ fn permit_dropped_in_a_forked_child_does_not_release_the_parent_hold() {
         }
     }
 }
+
+#[test]
+fn a_release_that_cannot_write_leaves_a_free_witness_so_the_entry_is_reaped() {
+    // A release whose write fails (here: the state lock is busy past the lock timeout) must
+    // not leave the entry looking alive: its witness stays on disk, unlocked, so the next
+    // look judges the entry dead and reaps its slot while this process still runs.
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.json");
+    let sem = filesem::OpenOptions::new()
+        .lock_timeout(Duration::from_millis(100))
+        .open(&path, 1)
+        .unwrap();
+    let permit = sem.try_acquire("job").unwrap();
+    let witness = dir
+        .path()
+        .join(format!("s.json.witness/{}", permit.token()));
+    // flock is per open file description: a second open of the lock file excludes us.
+    let lock_file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(dir.path().join("s.json.lock"))
+        .unwrap();
+    let busy = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let err = permit.release().unwrap_err();
+    assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
+    drop(busy);
+    assert!(witness.exists(), "the witness file stays as evidence");
+    let holders = sem.holders().unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(
+        holders[0].liveness.name(),
+        "dead",
+        "{}",
+        holders[0].liveness
+    );
+    let reaped = sem.reap().unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].id, "job");
+    assert_eq!(sem.available().unwrap(), 1);
+    assert!(!witness.exists(), "the reaper removed the witness file");
+}

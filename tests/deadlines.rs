@@ -306,7 +306,10 @@ fn a_queued_acquire_ends_at_its_deadline_while_a_stopped_process_holds_the_lock_
     let timeout = Duration::from_secs(3);
     let waiter = timed_acquire(&mut group, &path, "waiter", timeout);
     group.expect(waiter, "queued", common::deadline(30));
-    let token = sem.waiters().unwrap()[0].token.unwrap();
+    // Its witness file is named by the ticket it took when it queued.
+    let ticket = common::entry_on_file(&path, "waiters", "waiter")
+        .ticket
+        .unwrap();
     let locker = hold_lock(&mut group, &path);
     stop(&group, locker);
 
@@ -327,7 +330,11 @@ fn a_queued_acquire_ends_at_its_deadline_while_a_stopped_process_holds_the_lock_
     // Still on file (the lock was busy), but dead by its witness while its process lives.
     let waiters = sem.waiters().unwrap();
     assert_eq!(waiters.len(), 1, "{waiters:?}");
-    assert_eq!(waiters[0].token, Some(token));
+    assert_eq!(waiters[0].token, None, "a waiter has no fencing token yet");
+    assert_eq!(
+        common::entry_on_file(&path, "waiters", "waiter").ticket,
+        Some(ticket)
+    );
     assert_eq!(
         waiters[0].liveness.name(),
         "dead",
@@ -338,7 +345,7 @@ fn a_queued_acquire_ends_at_its_deadline_while_a_stopped_process_holds_the_lock_
         waiters[0]
             .liveness
             .evidence()
-            .contains(&format!("witness lock {token} was released")),
+            .contains(&format!("witness lock {ticket} was released")),
         "{}",
         waiters[0].liveness
     );
@@ -349,17 +356,21 @@ fn a_queued_acquire_ends_at_its_deadline_while_a_stopped_process_holds_the_lock_
     // not be lost with it.
     holder.release().unwrap();
     let holders = sem.holders().unwrap();
-    let handed = holders.iter().any(|h| h.token == Some(token));
+    let handed = holders.iter().any(|h| h.id == "waiter");
     eprintln!("slot handed to the abandoned entry before the reap: {handed}");
     let reaped = sem.reap().unwrap();
     assert_eq!(reaped.len(), 1, "{reaped:?}");
     assert_eq!(reaped[0].id, "waiter");
-    assert_eq!(reaped[0].token, Some(token));
+    assert_eq!(
+        reaped[0].token.is_some(),
+        handed,
+        "a token only once granted"
+    );
     assert_eq!(reaped[0].waiter, !handed);
     assert!(sem.holders().unwrap().is_empty());
     assert!(sem.waiters().unwrap().is_empty());
     assert_eq!(sem.available().unwrap(), 1, "the slot is free again");
-    let witness = dir.path().join("s.json.witness").join(token.to_string());
+    let witness = dir.path().join("s.json.witness").join(ticket.to_string());
     assert!(!witness.exists(), "the reap removed the witness file");
     // The waiter's process lived through all of this: the witness, not its pid, proved it gone.
     let finished = group.finish(common::deadline(30));
@@ -396,7 +407,11 @@ fn a_slot_handed_over_while_the_waiter_waits_for_a_busy_lock_is_its_permit_at_th
     let mut doc = state(&path);
     let entry = doc["waiters"].as_array_mut().unwrap().remove(0);
     let mut entry = entry.as_object().unwrap().clone();
-    let token = entry["token"].as_u64().unwrap();
+    // The releaser takes the grant's fencing token from the counter (the waiter's entry
+    // carries only its ticket until then).
+    let token = doc["next_token"].as_u64().unwrap();
+    doc["next_token"] = (token + 1).into();
+    entry.insert("token".into(), token.into());
     entry.insert("slot".into(), 0.into());
     entry.remove("expires_at");
     doc["holders"] = Value::Array(vec![Value::Object(entry)]);
