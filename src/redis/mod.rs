@@ -19,4 +19,6 @@
 // used only by its tests.
 #![allow(dead_code)]
 
+pub(crate) mod engine;
+pub(crate) mod failure;
 pub(crate) mod location;
