@@ -22,3 +22,4 @@
 pub(crate) mod engine;
 pub(crate) mod failure;
 pub(crate) mod location;
+pub(crate) mod subscriber;
