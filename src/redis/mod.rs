@@ -23,3 +23,6 @@ pub(crate) mod engine;
 pub(crate) mod failure;
 pub(crate) mod location;
 pub(crate) mod subscriber;
+
+#[cfg(test)]
+mod tests;
