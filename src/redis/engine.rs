@@ -139,20 +139,6 @@ pub(crate) struct Snapshot {
     pub server_now: DateTime<Utc>,
 }
 
-/// What a key holds, of any type, for recovery ([`Engine::inspect`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Inspection {
-    /// The Redis type: `none` (missing), `string`, `list`, `hash`, ...
-    pub kind: String,
-    /// The SHA-1 (hex) of the serialized value (`DUMP`), empty if missing: what
-    /// [`Engine::rename_aside`] and [`Engine::delete`] compare.
-    pub fingerprint: String,
-    /// The first bytes of a string value (up to the limit asked for), empty otherwise.
-    pub prefix: Vec<u8>,
-    /// The server's clock.
-    pub server_now: DateTime<Utc>,
-}
-
 /// Counters since the engine was made, for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Stats {
@@ -167,19 +153,19 @@ pub(crate) struct Stats {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(super) struct Counters {
     steps: AtomicU64,
     retries: AtomicU64,
-    commits: AtomicU64,
+    pub(super) commits: AtomicU64,
     connects: AtomicU64,
 }
 
 /// The Lua scripts, with their SHA-1 for `EVALSHA`.
-struct Scripts {
-    cas: Script,
-    inspect: Script,
-    aside: Script,
-    delete: Script,
+pub(super) struct Scripts {
+    pub(super) cas: Script,
+    pub(super) inspect: Script,
+    pub(super) aside: Script,
+    pub(super) delete: Script,
 }
 
 impl Scripts {
@@ -204,8 +190,8 @@ pub(crate) struct Engine {
     client: Client,
     options: EngineOptions,
     idle: Mutex<Vec<Connection>>,
-    counters: Counters,
-    scripts: Scripts,
+    pub(super) counters: Counters,
+    pub(super) scripts: Scripts,
 }
 
 impl std::fmt::Debug for Engine {
@@ -219,7 +205,7 @@ impl std::fmt::Debug for Engine {
 
 /// A connection taken from the engine for one operation; returned to the idle list on drop
 /// unless it failed.
-struct Lease<'e> {
+pub(super) struct Lease<'e> {
     engine: &'e Engine,
     con: Option<Connection>,
     /// Opened for this operation (not taken from the idle list).
@@ -240,7 +226,7 @@ impl Drop for Lease<'_> {
 impl Lease<'_> {
     /// Runs one command (or pipeline) on the connection, opening one if there is none. A
     /// failure that leaves the connection unusable drops it.
-    fn run<R>(
+    pub(super) fn run<R>(
         &mut self,
         during: Phase,
         op: impl FnOnce(&mut Connection) -> ::redis::RedisResult<R>,
@@ -267,7 +253,7 @@ impl Lease<'_> {
 
     /// Like [`run`](Lease::run) for an operation that may be repeated (it writes nothing):
     /// if an idle connection turns out to be closed, retries once on a new one.
-    fn run_idempotent<R>(
+    pub(super) fn run_idempotent<R>(
         &mut self,
         during: Phase,
         mut op: impl FnMut(&mut Connection) -> ::redis::RedisResult<R>,
@@ -442,112 +428,8 @@ impl Engine {
         self.read(&mut lease)
     }
 
-    /// What the key holds, of any type, with a fingerprint for [`rename_aside`] and
-    /// [`delete`], the server's clock and up to `prefix_limit` bytes of a string value (at
-    /// least 1 byte is asked for). Writes nothing.
-    ///
-    /// [`rename_aside`]: Self::rename_aside
-    /// [`delete`]: Self::delete
-    ///
-    /// # Errors
-    ///
-    /// [`FailureKind::Unreachable`], [`FailureKind::Timeout`], [`FailureKind::Disconnected`],
-    /// [`FailureKind::Auth`], [`FailureKind::Server`], [`FailureKind::Protocol`].
-    pub(crate) fn inspect(&self, prefix_limit: usize) -> Result<Inspection, RedisFailure> {
-        let mut lease = self.lease();
-        let mut invocation = self.scripts.inspect.key(&self.location.key);
-        invocation.arg(prefix_limit.max(1));
-        let reply: Value = lease.run_idempotent(Phase::Recover, |c| invocation.invoke(c))?;
-        let protocol = |detail: &str| {
-            self.failure_of(FailureKind::Protocol {
-                during: Phase::Recover,
-                detail: format!("{detail}: {reply:?}"),
-            })
-        };
-        let Value::Array(items) = &reply else {
-            return Err(protocol("not an array"));
-        };
-        let [kind, fingerprint, seconds, micros, prefix] = items.as_slice() else {
-            return Err(protocol("not 5 items"));
-        };
-        let (Some(kind), Some(fingerprint), Some(prefix)) =
-            (bytes(kind), bytes(fingerprint), bytes(prefix))
-        else {
-            return Err(protocol("not strings"));
-        };
-        let server_now = parse_time(seconds, micros).ok_or_else(|| protocol("bad time"))?;
-        Ok(Inspection {
-            kind: String::from_utf8_lossy(kind).into_owned(),
-            fingerprint: String::from_utf8_lossy(fingerprint).into_owned(),
-            prefix: prefix.to_vec(),
-            server_now,
-        })
-    }
-
-    /// Moves the key aside to `KEY.corrupt-<server time>` (UTC, to the microsecond), only if
-    /// it still holds what `seen` fingerprinted, and puts `replacement` (if any) in its place,
-    /// in one atomic script that also publishes a change notice. Returns the key it was moved
-    /// to, or `None` if the key changed since `seen` (nothing was done; inspect again).
-    ///
-    /// # Errors
-    ///
-    /// [`FailureKind::AsideTaken`] if the name is in use (nothing done),
-    /// [`FailureKind::NotReplicated`] (done, not on enough replicas), and the connection
-    /// failures of [`inspect`](Self::inspect) (during which the outcome may be unknown).
-    pub(crate) fn rename_aside(
-        &self,
-        seen: &Inspection,
-        replacement: Option<&[u8]>,
-    ) -> Result<Option<String>, RedisFailure> {
-        let aside = format!(
-            "{}.corrupt-{}",
-            self.location.key,
-            seen.server_now.format("%Y%m%dT%H%M%S%.6fZ")
-        );
-        let mut lease = self.lease();
-        let mut invocation = self.scripts.aside.key(&self.location.key);
-        invocation
-            .key(&aside)
-            .arg(&seen.kind)
-            .arg(&seen.fingerprint)
-            .arg(&self.channel)
-            .arg(if replacement.is_some() { "1" } else { "0" })
-            .arg(replacement.unwrap_or_default());
-        let done: i64 = lease.run(Phase::Recover, |c| invocation.invoke(c))?;
-        match done {
-            1 => {
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                self.replicate(&mut lease)?;
-                Ok(Some(aside))
-            }
-            0 => Ok(None),
-            _ => Err(self.failure_of(FailureKind::AsideTaken { aside })),
-        }
-    }
-
-    /// Deletes the key, only if it still holds what `seen` fingerprinted, publishing a change
-    /// notice. Returns `false` if the key changed since `seen` (nothing was done).
-    ///
-    /// # Errors
-    ///
-    /// As [`rename_aside`](Self::rename_aside), without [`FailureKind::AsideTaken`].
-    pub(crate) fn delete(&self, seen: &Inspection) -> Result<bool, RedisFailure> {
-        let mut lease = self.lease();
-        let mut invocation = self.scripts.delete.key(&self.location.key);
-        invocation
-            .arg(&seen.kind)
-            .arg(&seen.fingerprint)
-            .arg(&self.channel);
-        let done: i64 = lease.run(Phase::Recover, |c| invocation.invoke(c))?;
-        if done == 1 && seen.kind != "none" {
-            self.counters.commits.fetch_add(1, Ordering::Relaxed);
-            self.replicate(&mut lease)?;
-        }
-        Ok(done == 1)
-    }
-
     /// A connection for one operation: an idle one, or none yet (opened on first use).
-    fn lease(&self) -> Lease<'_> {
+    pub(super) fn lease(&self) -> Lease<'_> {
         let con = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         Lease {
             engine: self,
@@ -633,7 +515,7 @@ impl Engine {
 
     /// With [`EngineOptions::replicas`]: `WAIT` until that many replicas acknowledged the
     /// connection's writes, or its timeout.
-    fn replicate(&self, lease: &mut Lease<'_>) -> Result<(), RedisFailure> {
+    pub(super) fn replicate(&self, lease: &mut Lease<'_>) -> Result<(), RedisFailure> {
         let Some(ReplicaAck { replicas, timeout }) = self.options.replicas else {
             return Ok(());
         };
@@ -665,7 +547,7 @@ impl Engine {
         RedisFailure::from_redis(&self.shown, during, timeout, e)
     }
 
-    fn failure_of(&self, kind: FailureKind) -> RedisFailure {
+    pub(super) fn failure_of(&self, kind: FailureKind) -> RedisFailure {
         RedisFailure::new(&self.shown, kind)
     }
 }
@@ -686,7 +568,7 @@ pub(crate) fn sha1_hex(bytes: &[u8]) -> String {
 }
 
 /// A bulk or simple string's bytes.
-fn bytes(value: &Value) -> Option<&[u8]> {
+pub(super) fn bytes(value: &Value) -> Option<&[u8]> {
     match value {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.as_bytes()),
@@ -695,7 +577,7 @@ fn bytes(value: &Value) -> Option<&[u8]> {
 }
 
 /// `TIME`'s seconds and microseconds (strings or integers) as a UTC time.
-fn parse_time(seconds: &Value, micros: &Value) -> Option<DateTime<Utc>> {
+pub(super) fn parse_time(seconds: &Value, micros: &Value) -> Option<DateTime<Utc>> {
     let number = |v: &Value| -> Option<i64> {
         match v {
             Value::Int(n) => Some(*n),

@@ -7,8 +7,8 @@
 //! - [`engine`]: [`Engine::step`](engine::Engine::step), one read-modify-write on the
 //!   server's clock (`GET` + `TIME`, then `EVALSHA` of `lua/cas.lua`, which sets the value and
 //!   publishes a notice only if the key is unchanged), retried with jittered backoff after a
-//!   lost race; a read-only snapshot; recovery (inspect, move aside, delete, compared by a
-//!   fingerprint of any Redis type); `WAIT` for replicas; connection handling and timeouts.
+//!   lost race; a read-only snapshot; `WAIT` for replicas; connection handling and timeouts.
+//! - [`recovery`]: inspect, move aside, delete a key of any Redis type, only if unchanged.
 //! - [`subscriber`]: the waiters' waker, a pub/sub connection on the semaphore's channel.
 //! - [`failure`]: the error kinds, each naming the redacted location.
 //!
@@ -22,6 +22,7 @@
 pub(crate) mod engine;
 pub(crate) mod failure;
 pub(crate) mod location;
+pub(crate) mod recovery;
 pub(crate) mod subscriber;
 
 #[cfg(test)]
