@@ -232,6 +232,8 @@ mod options;
 mod parse_tests;
 mod permit;
 mod queue;
+#[cfg(feature = "redis")]
+mod redis;
 mod rules;
 mod semaphore;
 mod sleeper;

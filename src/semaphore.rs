@@ -943,10 +943,10 @@ pub(crate) fn token_floor(bytes: &[u8]) -> u64 {
                 .map(|&b| b as char)
                 .collect();
             // Numbers above the token range are themselves corruption, not past tokens.
-            if let Ok(n) = digits.parse::<u64>() {
-                if n <= state::MAX_TOKEN + 1 {
-                    max = max.max(n);
-                }
+            if let Ok(n) = digits.parse::<u64>()
+                && n <= state::MAX_TOKEN + 1
+            {
+                max = max.max(n);
             }
             i = j.max(i + at + 1);
         }

@@ -214,10 +214,10 @@ impl Procs {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("@@ ") {
-                    if tx.send((index, rest.to_string())).is_err() {
-                        break;
-                    }
+                if let Some(rest) = line.strip_prefix("@@ ")
+                    && tx.send((index, rest.to_string())).is_err()
+                {
+                    break;
                 }
             }
         });

@@ -63,10 +63,10 @@ pub fn shell_quote(text: impl AsRef<OsStr>) -> String {
     if plain {
         return String::from_utf8_lossy(bytes).into_owned();
     }
-    if let Ok(text) = std::str::from_utf8(bytes) {
-        if !text.chars().any(|c| c != '\\' && needs_escape(c)) {
-            return format!("'{}'", text.replace('\'', r"'\''"));
-        }
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && !text.chars().any(|c| c != '\\' && needs_escape(c))
+    {
+        return format!("'{}'", text.replace('\'', r"'\''"));
     }
     let mut out = String::from("$'");
     for chunk in bytes.utf8_chunks() {

@@ -241,10 +241,11 @@ fn supervise(
             }
         }
         let timeout = (watch.is_some() && !lost).then_some(WATCH_EVERY);
-        if let Some(received) = signals.next(timeout).map_err(acquire::signal_failure)? {
-            if received.signal != Signal::SIGCHLD && !received.from_terminal {
-                let _ = kill(child, received.signal);
-            }
+        if let Some(received) = signals.next(timeout).map_err(acquire::signal_failure)?
+            && received.signal != Signal::SIGCHLD
+            && !received.from_terminal
+        {
+            let _ = kill(child, received.signal);
         }
         if let Some(report) = watch.and_then(|w| w.lock().ok()?.take()) {
             lost = true;
