@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::liveness::Liveness;
+use crate::core::verdict::Liveness;
 
 /// Anything with a holder ID (the Go package's `Holder` interface).
 ///

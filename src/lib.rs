@@ -216,41 +216,33 @@ pub struct ReadmeDoctests;
 
 mod atomic;
 mod cancel;
+mod core;
 mod dir;
 mod error;
 mod flocks;
 mod holder;
-mod json;
 mod liveness;
 mod lock;
-#[cfg(test)]
-mod model_tests;
 #[cfg(target_os = "linux")]
 mod notify;
 mod options;
-#[cfg(test)]
-mod parse_tests;
 mod permit;
-mod queue;
 #[cfg(feature = "redis")]
 mod redis;
-mod rules;
 mod semaphore;
 mod sleeper;
-mod state;
 mod store;
 mod wait;
 mod witness;
 
-pub use cancel::CancelToken;
-pub use error::{Error, Result, UntrustedKind};
-pub use holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
-pub use liveness::Liveness;
-pub use options::{
+pub use crate::cancel::CancelToken;
+pub use crate::core::doc::{MAX_CAPACITY, MAX_ID_LEN, MAX_TOKEN};
+pub use crate::core::queue::WaitStatus;
+pub use crate::core::verdict::{LEASE_GRACE, Liveness};
+pub use crate::error::{Error, Result, UntrustedKind};
+pub use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
+pub use crate::options::{
     AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, MIN_LEASE, OpenOptions,
 };
-pub use permit::{KeepError, Permit};
-pub use queue::WaitStatus;
-pub use rules::LEASE_GRACE;
-pub use semaphore::{Reaped, Recovered, Semaphore};
-pub use state::{MAX_CAPACITY, MAX_ID_LEN, MAX_TOKEN};
+pub use crate::permit::{KeepError, Permit};
+pub use crate::semaphore::{Reaped, Recovered, Semaphore};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::CancelToken;
+use crate::core::queue::{Request, WaitStatus};
 use crate::error::{Error, Result};
-use crate::queue::WaitStatus;
 use crate::semaphore::Semaphore;
 
 /// The default for [`OpenOptions::lock_timeout`]: 10 seconds.
@@ -409,6 +409,24 @@ impl AcquireOptions {
     pub fn on_wait(mut self, callback: impl Fn(&WaitStatus) + Send + Sync + 'static) -> Self {
         self.on_wait = Some(Arc::new(callback));
         self
+    }
+
+    /// What an acquire of `id` with these options asks of the queue steps, with the hold's
+    /// `lease` (its own or the handle's default) and whether it `may_wait`.
+    pub(crate) fn request<'a>(
+        &'a self,
+        id: &'a str,
+        lease: Option<Duration>,
+        may_wait: bool,
+    ) -> Request<'a> {
+        Request {
+            id,
+            metadata: &self.metadata,
+            detached: self.detached,
+            priority: self.priority,
+            lease,
+            may_wait,
+        }
     }
 
     pub(crate) fn check_metadata(&self) -> std::result::Result<(), &'static str> {

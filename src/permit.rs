@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::core::doc::{Document, Entry};
+use crate::core::rules::{self, Record};
+use crate::core::verdict::expired;
 use crate::error::{Error, Result};
 use crate::options::MIN_LEASE;
-use crate::rules::{self, Record};
 use crate::semaphore::Semaphore;
-use crate::state::{Document, Entry};
 use crate::store::Step;
 use crate::witness::{self, WitnessLock};
 
@@ -190,7 +191,7 @@ impl Permit {
             .held()
             .hold
             .look()?
-            .is_some_and(|e| rules::expired(&e, now).is_none()))
+            .is_some_and(|e| expired(&e, now).is_none()))
     }
 
     /// Extends the lease to `now + lease` and returns the new end (capped at

@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::core::doc::{self as state, Document, Entry, MAX_CAPACITY};
+use crate::core::queue::{Stamp, holder_entry};
+use crate::core::rules::{self, Ctx, Refusal};
+use crate::core::tokens::{take_token, token_floor, tokens_exhausted};
+use crate::core::verdict::{Judge, Liveness, verdict};
 use crate::dir::{Files, Trust};
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
-use crate::liveness::{Liveness, SystemJudge};
+use crate::liveness::{Identity, SystemJudge};
 use crate::options::{AcquireOptions, OpenOptions};
 use crate::permit::Permit;
-use crate::rules::{self, Ctx, Judge, Refusal};
-use crate::state::{self, Document, Entry, MAX_CAPACITY};
 use crate::store::{LockWait, Step, Store, busy_since};
 use crate::witness::{Created, WitnessLock};
 
@@ -380,9 +383,14 @@ impl Semaphore {
                     Step::new(Err(refusal_error(path, id, refusal)), changed).reaped(removed)
                 );
             }
-            let mut entry = crate::queue::holder_entry(id, now, options, lease);
             let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
-            entry.witness = witness.as_ref().map(|w| w.record.clone());
+            let stamp = Stamp {
+                number: token,
+                owner: Identity::current().owner(),
+                witness: witness.as_ref().map(|w| w.record.clone()),
+            };
+            let req = options.request(id, lease, false);
+            let entry = holder_entry(&req, now, stamp);
             let record = rules::grant(doc, entry, token, now);
             Ok(Step::changed(Ok((record, now, witness))).reaped(removed))
         });
@@ -541,13 +549,13 @@ impl Semaphore {
     ) -> Result<(u64, Option<WitnessLock>)> {
         let store = &self.inner.store;
         for _ in 0..64 {
-            if rules::tokens_exhausted(doc) {
+            if tokens_exhausted(doc) {
                 // Never hand out a token twice: fail closed.
                 return Err(Error::TokensExhausted {
                     path: store.path().to_path_buf(),
                 });
             }
-            let token = rules::take_token(doc);
+            let token = take_token(doc);
             if detached {
                 return Ok((token, None));
             }
@@ -849,7 +857,7 @@ impl Semaphore {
             expires_at: e.expires_at,
             metadata: e.metadata.clone(),
             priority: e.priority.unwrap_or(0),
-            liveness: rules::verdict(e, now, self.inner.judge.as_ref()),
+            liveness: verdict(e, now, self.inner.judge.as_ref()),
         }
     }
 }
@@ -912,7 +920,7 @@ impl OpenOptions {
             nix::fcntl::renameat(files.dir(), name, files.dir(), aside_name.as_os_str())
                 .map_err(|e| Error::io(path, &aside, "move the corrupt state file to", e.into()))?;
             let mut doc = Document::new(capacity);
-            doc.next_token = Some(token_floor(&bytes));
+            doc.next_token = Some(token_floor(&bytes, Utc::now()));
             let meta = crate::atomic::FileMeta { mode, owner: None };
             crate::atomic::write_atomic(files, &doc.to_bytes(), meta, self.durable, dir)?;
             tracing::warn!(path = %path.display(), aside = %aside.display(), "recovered corrupt semaphore state");
@@ -924,35 +932,6 @@ impl OpenOptions {
             moved_to,
         })
     }
-}
-
-/// A fencing-token counter above anything a corrupt file can have handed out: every number
-/// after a `token"` key (`token`, `next_token`) or a `ticket"` key, and the clock.
-pub(crate) fn token_floor(bytes: &[u8]) -> u64 {
-    let mut max = 0u64;
-    for key in [&b"token\""[..], &b"ticket\""[..]] {
-        let mut i = 0;
-        while let Some(at) = bytes[i..].windows(key.len()).position(|w| w == key) {
-            let mut j = i + at + key.len();
-            while j < bytes.len() && (bytes[j].is_ascii_whitespace() || bytes[j] == b':') {
-                j += 1;
-            }
-            let digits: String = bytes[j..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .map(|&b| b as char)
-                .collect();
-            // Numbers above the token range are themselves corruption, not past tokens.
-            if let Ok(n) = digits.parse::<u64>()
-                && n <= state::MAX_TOKEN + 1
-            {
-                max = max.max(n);
-            }
-            i = j.max(i + at + 1);
-        }
-    }
-    let micros = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
-    max.saturating_add(1).max(micros).min(state::MAX_TOKEN + 1)
 }
 
 /// Refuses `X.lock` when a semaphore state file `X` exists: that is X's lock file, and using it
@@ -1018,24 +997,6 @@ fn live_tokens(doc: &Document) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_floor_is_above_tokens_in_corrupt_bytes_and_the_clock() {
-        // Recovery must never hand out a fencing token that the corrupt file already used.
-        let far = 9_000_000_000_000_000u64;
-        let bytes = format!(
-            r#"{{"holders":[{{"token": {far}}}], "next_token":{}"#,
-            far + 5
-        );
-        assert_eq!(token_floor(bytes.as_bytes()), far + 6);
-        let tickets = format!(
-            r#"{{"waiters":[{{"ticket" : {}}}], "next_token":{far}"#,
-            far + 9
-        );
-        assert_eq!(token_floor(tickets.as_bytes()), far + 10);
-        let t = token_floor(b"garbage");
-        assert!(t > 1_700_000_000_000_000, "{t}");
-    }
 
     fn assert_send_sync<T: Send + Sync>() {}
 

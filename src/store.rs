@@ -17,12 +17,12 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, fstat};
 
 use crate::atomic::{self, FileMeta};
+use crate::core::doc::Document;
+use crate::core::rules::Removed;
+use crate::core::tokens::resume_token_counter;
 use crate::dir::{Files, Want, access_mode, mode, witness_dir_mode};
 use crate::error::{Error, Result};
 use crate::lock::{self, LockGuard};
-use crate::rules;
-use crate::rules::Removed;
-use crate::state::Document;
 use crate::witness::{self, Created, WitnessDir};
 
 /// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
@@ -200,7 +200,7 @@ impl Store {
         self.locked(create.is_some(), wait, |guard, dir| {
             let (mut doc, meta, created) = match self.read()? {
                 Some((mut doc, meta)) => {
-                    rules::resume_token_counter(&mut doc, chrono::Utc::now());
+                    resume_token_counter(&mut doc, chrono::Utc::now());
                     (doc, meta, false)
                 }
                 None => match create {
@@ -218,7 +218,7 @@ impl Store {
             let step = rule(&mut doc, created)?;
             if step.changed || created {
                 if doc.version.is_none() {
-                    doc.version = Some(crate::state::FORMAT_VERSION);
+                    doc.version = Some(crate::core::doc::FORMAT_VERSION);
                 }
                 atomic::write_atomic(&self.files, &doc.to_bytes(), meta, self.durable, dir)?;
             }

@@ -1,11 +1,11 @@
-//! Waiting for a slot: the loop that runs the queue steps ([`crate::queue`]) under the lock
+//! Waiting for a slot: the loop that runs the queue steps ([`crate::core::queue`]) under the lock
 //! and waits between them without it.
 //!
 //! An acquire that may wait takes one locked step: it is granted at once (exactly as
 //! `try_acquire`), or it joins the queue with a ticket taken then (a number from the token
 //! counter, which also names its witness). From there on it only *looks* at lock-free
 //! snapshots of the state file: the releaser's write moves the head of the queue into
-//! `holders` with a slot and a fencing token (direct hand-off, [`crate::rules::hand_off`]), so
+//! `holders` with a slot and a fencing token (direct hand-off, [`crate::core::rules::hand_off`]), so
 //! the waiter is done as soon as it sees its ticket among the holders. It takes the lock again only
 //! to refresh its expiry, to reap a stale entry in the way, to join the queue again after its
 //! entry vanished (a Go write drops the queue), and to leave.
@@ -26,16 +26,17 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::cancel::CancelToken;
+use crate::core::doc::Document;
+use crate::core::queue::{
+    Grant, Left, Mine, Outcome, Request, Stamp, granted, leave, needs_step, next_expiry, settle,
+};
+use crate::core::rules::Refusal;
 use crate::error::{Error, Result};
+use crate::liveness::Identity;
 use crate::options::AcquireOptions;
 use crate::permit::Permit;
-use crate::queue::{
-    Grant, Left, Mine, Outcome, Request, granted, leave, needs_step, next_expiry, settle,
-};
-use crate::rules::Refusal;
 use crate::semaphore::{Semaphore, refusal_error};
 use crate::sleeper::Sleeper;
-use crate::state::Document;
 use crate::store::{LockWait, Step, busy_since};
 use crate::witness::WitnessLock;
 
@@ -49,12 +50,11 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     let deadline = options.timeout.and_then(|d| start.checked_add(d));
     // Every lock wait of the call ends at its deadline; without one, at the lock timeout.
     let wait = LockWait::for_call(start, options.timeout);
-    let req = Request {
+    let req = options.request(
         id,
-        options,
-        lease: options.lease.or(sem.inner.default_lease),
-        may_wait: options.timeout != Some(Duration::ZERO),
-    };
+        options.lease.or(sem.inner.default_lease),
+        options.timeout != Some(Duration::ZERO),
+    );
     let path = sem.path();
     let cancelled = || {
         options
@@ -198,11 +198,15 @@ fn step(
         let mut changed = false;
         let mut removed = Vec::new();
         let mut lock = None;
-        let mut new_token = |doc: &mut Document| {
-            let (token, witness) = sem.take_token_and_witness(doc, req.options.detached)?;
+        let mut new_stamp = |doc: &mut Document| {
+            let (token, witness) = sem.take_token_and_witness(doc, req.detached)?;
             let record = witness.as_ref().map(|w| w.record.clone());
             lock = witness;
-            Ok((token, record))
+            Ok(Stamp {
+                number: token,
+                owner: Identity::current().owner(),
+                witness: record,
+            })
         };
         let outcome = settle(
             doc,
@@ -210,7 +214,7 @@ fn step(
             mine,
             refresh,
             &ctx,
-            &mut new_token,
+            &mut new_stamp,
             &mut changed,
             &mut removed,
         );

@@ -2,7 +2,7 @@
 //!
 //! Each process-bound hold creates `PATH.witness/<number>`, named by the number it was
 //! created under (the fencing token of a direct grant, the ticket of a waiter, which keeps that
-//! name once granted: see [`Entry::witness_name`](crate::state::Entry::witness_name); never by
+//! name once granted: see [`Entry::witness_name`](crate::core::doc::Entry::witness_name); never by
 //! holder ID, which may be `../x`), locks it with flock *before* the entry naming it is
 //! written, and records its device and inode in the entry. The kernel drops the lock when the
 //! last descriptor of that open file closes, i.e. when the holder (and any child that inherited
@@ -26,10 +26,10 @@ use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::{FileStat, fchmod, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use crate::core::doc::Witness;
 use crate::dir::{Files, Want, file_id, is_regular, mode, perm_bits};
 use crate::error::{Error, Result};
 use crate::lock::unlock;
-use crate::state::Witness;
 
 /// The witness directory of the semaphore at `path`: `PATH.witness`.
 pub(crate) fn dir_of(path: &Path) -> PathBuf {
@@ -298,7 +298,7 @@ pub(crate) fn open_dir_for_probe(files: &Files) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// Examines the witness named `token` (the entry's [`Entry::witness_name`](crate::state::Entry::witness_name)), recorded as `record`, in the witness
+/// Examines the witness named `token` (the entry's [`Entry::witness_name`](crate::core::doc::Entry::witness_name)), recorded as `record`, in the witness
 /// directory `dir`. Takes a shared lock for an instant if the file is free (and releases it
 /// at once). A witness this user may not open is looked up in `/proc/locks` by device and
 /// inode (see [`probe_unopenable`]).
@@ -416,7 +416,7 @@ fn remove_if_free(files: &Files, dir: &WitnessDir, name: &OsStr, expect: Option<
 pub(crate) fn forget_reaped(
     files: &Files,
     dir: Option<&WitnessDir>,
-    reaped: &[crate::rules::Removed],
+    reaped: &[crate::core::rules::Removed],
 ) {
     for r in reaped {
         tracing::info!(
@@ -439,7 +439,7 @@ pub(crate) fn forget_reaped(
 /// Removes witness files no entry refers to and nobody holds (left by a process killed between
 /// creating its witness and writing its entry, or by reaped holders): only files named by a
 /// number, regular, of a trusted owner. `live_tokens` are the names entries on file refer to
-/// ([`Entry::witness_name`](crate::state::Entry::witness_name)). Call under the state lock.
+/// ([`Entry::witness_name`](crate::core::doc::Entry::witness_name)). Call under the state lock.
 /// Returns the paths removed.
 pub(crate) fn remove_orphans(
     files: &Files,

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 
-use crate::semaphore::token_floor;
-use crate::state::{Document, MAX_CAPACITY, MAX_TOKEN};
+use crate::core::doc::{Document, MAX_CAPACITY, MAX_TOKEN};
+use crate::core::tokens::token_floor;
 
 // ---------------------------------------------------------------------------------------------
 // JSON text strategies. Values are generated as text, so that numbers no f64 or u64 holds
@@ -335,7 +335,7 @@ struct Known {
 }
 
 fn known_fields(doc: &Document) -> Known {
-    let entries = |list: &[crate::state::Entry]| {
+    let entries = |list: &[crate::core::doc::Entry]| {
         list.iter()
             .map(|e| KnownEntry {
                 id: e.id.clone(),
@@ -475,7 +475,7 @@ proptest! {
     #[test]
     fn token_floor_is_in_range_for_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         // A counter from any corrupt file is a usable token: at least 1, at most 2^53.
-        let floor = token_floor(&bytes);
+        let floor = token_floor(&bytes, clock());
         prop_assert!((1..=MAX_TOKEN + 1).contains(&floor), "{}", floor);
     }
 
@@ -505,8 +505,9 @@ proptest! {
         bounds.push((next, next, text.len()));
         text.push('}');
         let end = cut.index(text.len() + 1);
-        let clock = u64::try_from(Utc::now().timestamp_micros()).unwrap();
-        let floor = token_floor(&text.as_bytes()[..end]);
+        let now = clock();
+        let clock = u64::try_from(now.timestamp_micros()).unwrap();
+        let floor = token_floor(&text.as_bytes()[..end], now);
         prop_assert!(floor <= MAX_TOKEN + 1);
         prop_assert!(floor >= clock.min(MAX_TOKEN + 1), "{} below the clock {}", floor, clock);
         // Every number in range whose digits the cut left whole bounds it (a number cut
@@ -520,6 +521,11 @@ proptest! {
             }
         }
     }
+}
+
+/// The time recovery runs at: a fixed instant, since the core takes the clock as an input.
+fn clock() -> DateTime<Utc> {
+    "2026-06-01T12:00:00.123456Z".parse().unwrap()
 }
 
 /// Token numbers: small ones, ones above the clock, at the 2^53 edge, and out of range.

@@ -1,22 +1,24 @@
 //! The queue of waiting acquires, as pure steps on a [`Document`]: join, look for our grant,
-//! refresh, leave. They take the time and a liveness oracle as inputs (through [`Ctx`]), so
-//! they are tested without files, processes or clocks; [`crate::wait`] runs them under the
-//! lock and waits between them.
+//! refresh, leave. They take the time and a liveness judge as inputs (through [`Ctx`]), and
+//! the records a new entry carries from its store ([`Stamp`]), so they are tested without
+//! files, processes or clocks; the blocking API (`crate::wait`) runs them in store steps and
+//! waits between them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::core::doc::{Document, Entry, Owner, Witness};
+use crate::core::rules::{self, Ctx, Record, Refusal, Removed};
+use crate::core::tokens::{take_token, tokens_exhausted};
+use crate::core::verdict::{expiry, verdict};
 use crate::error::Result;
-use crate::liveness::Identity;
-use crate::options::AcquireOptions;
-use crate::rules::{self, Ctx, Record, Refusal, Removed};
-use crate::state::{Document, Entry, Witness};
 
 /// How far ahead a waiter's `expires_at` is set. A waiter refreshes it every third of this
 /// while it waits; one that stops (it died, or was stopped for longer) is dropped from the
-/// queue once it has passed, plus [`rules::LEASE_GRACE`]. This is what lets a queue move past
+/// queue once it has passed, plus [`LEASE_GRACE`](crate::LEASE_GRACE). This is what lets a queue move past
 /// a dead waiter that nobody can judge (another machine, or no liveness evidence at all).
 pub(crate) const WAITER_EXPIRY: Duration = Duration::from_secs(6);
 
@@ -35,14 +37,31 @@ pub struct WaitStatus {
     pub ahead: usize,
 }
 
-/// What an acquire asks for.
+/// What an acquire asks for: the settings of its
+/// [`AcquireOptions`](crate::AcquireOptions) that go on file.
 pub(crate) struct Request<'a> {
     pub id: &'a str,
-    pub options: &'a AcquireOptions,
+    pub metadata: &'a BTreeMap<String, String>,
+    /// A detached hold outlives its process (it has no witness).
+    pub detached: bool,
+    /// The queue priority; 0 is not written.
+    pub priority: i32,
     /// The lease of the hold: the acquire's own, or the handle's default.
     pub lease: Option<Duration>,
     /// `false` for one attempt only (a zero timeout): refused instead of queued.
     pub may_wait: bool,
+}
+
+/// What a new hold or waiter records, as its store issues it in the step that writes the
+/// entry: the number it is created under (from the token counter: the fencing token of a
+/// direct grant, a waiter's ticket), its owner, and the record of its witness if it has one.
+/// The store decides what the owner record holds (the file store: pid, start time, boot id,
+/// namespaces, host; a network store: enough to display) and whether there is a witness.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stamp {
+    pub number: u64,
+    pub owner: Owner,
+    pub witness: Option<Witness>,
 }
 
 /// A queued acquire's identity on file (its ID and ticket: the only way it recognises its
@@ -86,11 +105,11 @@ impl Mine {
     }
 }
 
-/// Takes the next number of the counter for a new entry (the fencing token of a direct grant,
-/// or a waiter's ticket) and, for a process-bound hold, creates its witness named by it
-/// (returning the record to put in the entry). Files are touched here only, so that
-/// [`settle`] stays testable without them.
-pub(crate) type NewToken<'a> = dyn FnMut(&mut Document) -> Result<(u64, Option<Witness>)> + 'a;
+/// Issues the [`Stamp`] of a new entry: takes the next number of the counter (the fencing
+/// token of a direct grant, or a waiter's ticket) and records what the store judges the entry
+/// by (for the file store, a process-bound hold's witness file, created and named by that
+/// number). The store acts here only, so that [`settle`] stays testable without one.
+pub(crate) type NewStamp<'a> = dyn FnMut(&mut Document) -> Result<Stamp> + 'a;
 
 /// A slot granted to an acquire.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,36 +150,30 @@ enum Found {
     Waiter(usize),
 }
 
-/// The entry of a new hold before its token and witness, as both `try_acquire` and an
-/// acquire granted at once record it: owner, metadata, detached, lease length.
-pub(crate) fn holder_entry(
-    id: &str,
-    now: DateTime<Utc>,
-    options: &AcquireOptions,
-    lease: Option<Duration>,
-) -> Entry {
-    let mut entry = Entry::new(id.to_string(), now);
-    entry.metadata = options.metadata.clone();
-    entry.detached = options.detached;
-    entry.lease_ms = lease.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    entry.owner = Some(Identity::current().owner());
+/// The entry of a new hold before its token, as both `try_acquire` and an acquire granted at
+/// once record it: metadata, detached, lease length, and the owner and witness of `stamp`
+/// (whose number becomes its token: see [`rules::grant`]).
+pub(crate) fn holder_entry(req: &Request<'_>, now: DateTime<Utc>, stamp: Stamp) -> Entry {
+    let mut entry = Entry::new(req.id.to_string(), now);
+    entry.metadata = req.metadata.clone();
+    entry.detached = req.detached;
+    entry.lease_ms = req
+        .lease
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    entry.owner = Some(stamp.owner);
+    entry.witness = stamp.witness;
     entry
 }
 
-/// The entry of a new waiter: a holder entry plus its ticket, witness, priority and expiry.
-/// Every waiter entry is built here, so that it is judged like a holder (owner, witness) and
-/// becomes one by [`rules::hand_off`] (which gives it a token, and replaces the waiter's
-/// expiry by the lease, if any).
-pub(crate) fn waiter_entry(
-    req: &Request<'_>,
-    ticket: u64,
-    witness: Option<Witness>,
-    now: DateTime<Utc>,
-) -> Entry {
-    let mut entry = holder_entry(req.id, now, req.options, req.lease);
+/// The entry of a new waiter: a holder entry plus its ticket (the number of `stamp`),
+/// priority and expiry. Every waiter entry is built here, so that it is judged like a holder
+/// (owner, witness) and becomes one by [`rules::hand_off`] (which gives it a token, and
+/// replaces the waiter's expiry by the lease, if any).
+pub(crate) fn waiter_entry(req: &Request<'_>, stamp: Stamp, now: DateTime<Utc>) -> Entry {
+    let ticket = stamp.number;
+    let mut entry = holder_entry(req, now, stamp);
     entry.ticket = Some(ticket);
-    entry.witness = witness;
-    entry.priority = (req.options.priority != 0).then_some(req.options.priority);
+    entry.priority = (req.priority != 0).then_some(req.priority);
     entry.expires_at = Some(expiry_from(now));
     entry
 }
@@ -214,9 +227,9 @@ fn mark(doc: &mut Document, i: usize, mine: &Mine, changed: &mut bool) -> Option
     let acquired_at = doc.holders[i].acquired_at;
     let token = match doc.holders[i].token {
         Some(token) => token,
-        None if rules::tokens_exhausted(doc) => return None,
+        None if tokens_exhausted(doc) => return None,
         None => {
-            let token = rules::take_token(doc);
+            let token = take_token(doc);
             doc.holders[i].token = Some(token);
             *changed = true;
             token
@@ -247,7 +260,7 @@ pub(crate) fn settle(
     mine: Option<&Mine>,
     refresh: bool,
     ctx: &Ctx<'_>,
-    new_token: &mut NewToken<'_>,
+    new_stamp: &mut NewStamp<'_>,
     changed: &mut bool,
     removed: &mut Vec<Removed>,
 ) -> Result<Outcome> {
@@ -275,7 +288,7 @@ pub(crate) fn settle(
                 let owed = i == 0
                     && doc.holders.len() < doc.capacity() as usize
                     && rules::lowest_free_slot(doc).is_some();
-                if owed && rules::tokens_exhausted(doc) {
+                if owed && tokens_exhausted(doc) {
                     return Ok(Outcome::Refused(Refusal::TokensExhausted));
                 }
                 if refresh {
@@ -292,9 +305,9 @@ pub(crate) fn settle(
     }
     Ok(match rules::admit(doc, req.id, ctx, changed, removed) {
         Ok(()) => {
-            let mut entry = holder_entry(req.id, ctx.now, req.options, req.lease);
-            let (token, witness) = new_token(doc)?;
-            entry.witness = witness;
+            let stamp = new_stamp(doc)?;
+            let token = stamp.number;
+            let entry = holder_entry(req, ctx.now, stamp);
             let record = rules::grant(doc, entry, token, ctx.now);
             *changed = true;
             Outcome::Granted(Grant {
@@ -305,8 +318,9 @@ pub(crate) fn settle(
             })
         }
         Err(Refusal::NoCapacity { .. }) if req.may_wait => {
-            let (ticket, witness) = new_token(doc)?;
-            let entry = waiter_entry(req, ticket, witness, ctx.now);
+            let stamp = new_stamp(doc)?;
+            let ticket = stamp.number;
+            let entry = waiter_entry(req, stamp, ctx.now);
             let mine = Mine::of(&entry, ticket);
             rules::enqueue(doc, entry);
             *changed = true;
@@ -379,7 +393,7 @@ pub(crate) fn needs_step(doc: &Document, mine: &Mine, ctx: &Ctx<'_>) -> bool {
             .holders
             .iter()
             .chain(&doc.waiters)
-            .any(|e| rules::verdict(e, ctx.now, ctx.judge).is_stale()))
+            .any(|e| verdict(e, ctx.now, ctx.judge).is_stale()))
 }
 
 /// How long until the next entry other than ours becomes stale by its expiry.
@@ -388,7 +402,7 @@ pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Op
         .iter()
         .chain(&doc.waiters)
         .filter(|e| !mine.is(e))
-        .filter_map(rules::expiry)
+        .filter_map(expiry)
         .filter(|&at| at > now)
         .min()
         .and_then(|at| (at - now).to_std().ok())
@@ -397,8 +411,10 @@ pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::liveness::NoEvidence;
-    use crate::state::MAX_TOKEN;
+    use crate::core::doc::MAX_TOKEN;
+    use crate::core::tokens::{next_token, resume_token_counter};
+    use crate::core::verdict::{LEASE_GRACE, NoEvidence};
+    use crate::options::AcquireOptions;
 
     fn t(secs: i64) -> DateTime<Utc> {
         "2025-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::seconds(secs)
@@ -413,14 +429,18 @@ mod tests {
     }
 
     /// Tokens without witness files.
-    fn tokens_only(doc: &mut Document) -> Result<(u64, Option<Witness>)> {
-        Ok((rules::take_token(doc), None))
+    fn tokens_only(doc: &mut Document) -> Result<Stamp> {
+        Ok(Stamp {
+            number: take_token(doc),
+            owner: Owner::test(),
+            witness: None,
+        })
     }
 
     fn full(capacity: u32) -> Document {
         let mut doc = Document::new(capacity);
         for i in 0..capacity {
-            let token = rules::take_token(&mut doc);
+            let token = take_token(&mut doc);
             rules::grant(&mut doc, Entry::test(&format!("h{i}")), token, t(0));
         }
         doc
@@ -434,12 +454,7 @@ mod tests {
         refresh: bool,
         now: DateTime<Utc>,
     ) -> (Outcome, bool) {
-        let req = Request {
-            id,
-            options,
-            lease: None,
-            may_wait: true,
-        };
+        let req = options.request(id, None, true);
         let mut changed = false;
         let mut removed = Vec::new();
         let o = settle(
@@ -490,12 +505,8 @@ mod tests {
     fn a_zero_timeout_is_refused_without_leaving_an_entry() {
         // One attempt only: nothing is queued.
         let mut doc = full(1);
-        let req = Request {
-            id: "b",
-            options: &AcquireOptions::new(),
-            lease: None,
-            may_wait: false,
-        };
+        let options = AcquireOptions::new();
+        let req = options.request("b", None, false);
         let (mut changed, mut removed) = (false, Vec::new());
         let o = settle(
             &mut doc,
@@ -607,7 +618,7 @@ mod tests {
         go_rewrite(&mut doc);
         doc.capacity = 2;
         doc.holders.push(Entry::new("w".to_string(), t(2)));
-        rules::resume_token_counter(&mut doc, t(3));
+        resume_token_counter(&mut doc, t(3));
         let before = doc.clone();
         let (o, changed) = settle_at(
             &mut doc,
@@ -636,12 +647,7 @@ mod tests {
     fn handed_over_with_a_record() -> (Document, Mine, Entry) {
         let mut doc = full(1);
         let opts = AcquireOptions::new().metadata("job", "7").detached(true);
-        let req = Request {
-            id: "w",
-            options: &opts,
-            lease: Some(Duration::from_secs(30)),
-            may_wait: true,
-        };
+        let req = opts.request("w", Some(Duration::from_secs(30)), true);
         let (mut changed, mut removed) = (false, Vec::new());
         let o = settle(
             &mut doc,
@@ -705,7 +711,7 @@ mod tests {
         // nobody, so the waiter takes the next one, above everything handed out before.
         let (mut doc, mine, granted) = handed_over_with_a_record();
         doc.holders[0].token = None;
-        let before = rules::next_token(&doc);
+        let before = next_token(&doc);
         let (o, changed) = settle_at(
             &mut doc,
             "w",
@@ -763,7 +769,7 @@ mod tests {
         // release it, even when keeping a grant; the entry stays, to be released by ID.
         let (mut doc, mine, handed) = handed_over_with_a_record();
         go_rewrite(&mut doc);
-        rules::resume_token_counter(&mut doc, t(3));
+        resume_token_counter(&mut doc, t(3));
         assert_eq!(
             doc.holders,
             [Entry::new("w".to_string(), handed.acquired_at)]
@@ -890,7 +896,7 @@ mod tests {
         let mut doc = full(1);
         let a = queue(&mut doc, "a", 0, t(0));
         let b = queue(&mut doc, "b", 0, t(1));
-        let grace = rules::LEASE_GRACE;
+        let grace = LEASE_GRACE;
         assert_eq!(next_expiry(&doc, &b, t(0)), Some(WAITER_EXPIRY + grace));
         assert_eq!(
             next_expiry(&doc, &a, t(0)),

@@ -1,26 +1,15 @@
 //! The pure rules of the semaphore: who gets a slot, which slot and token, who is stale, who is
-//! served next. They change a [`Document`] in memory and take the time and a liveness oracle
-//! as inputs, so they are tested without files, processes or clocks. The file store applies
-//! them under the lock; another store (compare-and-swap on a server) could reuse them.
+//! served next. They change a [`Document`] in memory and take the time and a liveness judge
+//! as inputs, so they are tested without files, processes or clocks. Every store applies them
+//! in its atomic step (the file store under its lock; a network store by compare-and-swap).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
-use crate::liveness::Liveness;
-use crate::state::{Document, Entry, MAX_TOKEN, Owner, Witness};
-
-/// How long past `expires_at` an entry is still considered alive, for clock skew between
-/// machines sharing the file.
-pub const LEASE_GRACE: Duration = Duration::from_secs(2);
-
-/// Judges whether the process behind an entry is alive. Implemented by
-/// [`crate::liveness`] with pids, boot ids and witness locks; by fakes in tests.
-pub(crate) trait Judge {
-    /// The verdict on a non-detached entry whose lease (if any) has not expired.
-    fn judge(&self, entry: &Entry) -> Liveness;
-}
+use crate::core::doc::{Document, Entry, Owner, Witness};
+use crate::core::tokens::{take_token, tokens_exhausted};
+use crate::core::verdict::{Judge, Liveness, expired, verdict};
 
 /// The inputs every rule that may reap needs.
 pub(crate) struct Ctx<'a> {
@@ -48,88 +37,6 @@ pub(crate) enum Refusal {
     },
     /// A queued waiter is owed a free slot, but the counter has no token left to grant it.
     TokensExhausted,
-}
-
-/// The verdict on one entry: lease first (pure), then detached, then the oracle.
-pub(crate) fn verdict(entry: &Entry, now: DateTime<Utc>, judge: &dyn Judge) -> Liveness {
-    if let Some(expired) = expired(entry, now) {
-        return expired;
-    }
-    if entry.detached {
-        return Liveness::Unknown {
-            evidence: match entry.expires_at {
-                Some(_) => "detached hold: ends by release, remove or its lease".to_string(),
-                None => "detached hold: ends by release or remove".to_string(),
-            },
-        };
-    }
-    judge.judge(entry)
-}
-
-/// The next number of the counter (a fencing token, or a waiter's ticket): above the stored
-/// counter and above every token and ticket in the file (a Go write drops the counter;
-/// numbers that survive still bound it from below).
-pub(crate) fn next_token(doc: &Document) -> u64 {
-    let seen = doc
-        .holders
-        .iter()
-        .chain(&doc.waiters)
-        .flat_map(|e| [e.token, e.ticket])
-        .flatten()
-        .max()
-        .map_or(1, |t| t.saturating_add(1));
-    doc.next_token.unwrap_or(1).max(seen).max(1)
-}
-
-/// Whether the counter has handed out every number up to [`MAX_TOKEN`]: nothing can be
-/// granted or queued any more (a number is never handed out twice, nor one a JSON reader
-/// could not represent).
-pub(crate) fn tokens_exhausted(doc: &Document) -> bool {
-    next_token(doc) > MAX_TOKEN
-}
-
-/// `Expired` when the entry's `expires_at` (plus [`LEASE_GRACE`]) has passed: the pure part
-/// of [`verdict`], which needs no judge.
-pub(crate) fn expired(entry: &Entry, now: DateTime<Utc>) -> Option<Liveness> {
-    let expires_at = entry.expires_at?;
-    (now > expiry(entry)?).then(|| Liveness::Expired {
-        evidence: format!(
-            "lease expired at {}",
-            expires_at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-        ),
-    })
-}
-
-/// The instant after which [`expired`] calls the entry expired, if it has an expiry.
-/// `None` also when adding the grace would overflow chrono's range (an `expires_at` at its
-/// end, read from the file): such an entry never expires, and nothing panics.
-pub(crate) fn expiry(entry: &Entry) -> Option<DateTime<Utc>> {
-    let grace = chrono::Duration::from_std(LEASE_GRACE).unwrap_or_default();
-    entry.expires_at?.checked_add_signed(grace)
-}
-
-/// Gives a document without a token counter one that is above every token handed out before.
-///
-/// Only the Go package writes a document without `next_token` (it drops every field it does
-/// not know, tokens and tickets included), so nothing on file bounds the numbers we handed
-/// out before that write. The counter resumes at `now` in microseconds since 1970, as
-/// [`Semaphore::recover`](crate::Semaphore::recover) does: our counters count up from 1 by one
-/// per grant or queued waiter, and each write that takes k numbers also writes the k entries
-/// that carry them, which takes more than k microseconds, so this stays above every earlier
-/// number unless the clock went back. Applied to every document read under the lock.
-pub(crate) fn resume_token_counter(doc: &mut Document, now: DateTime<Utc>) {
-    if doc.next_token.is_none() {
-        let micros = u64::try_from(now.timestamp_micros()).unwrap_or(0);
-        doc.next_token = Some(micros.max(1));
-    }
-}
-
-/// Takes the next number of the counter (a fencing token for a grant, a ticket for a waiter)
-/// and advances the counter. The caller checks [`tokens_exhausted`] first.
-pub(crate) fn take_token(doc: &mut Document) -> u64 {
-    let token = next_token(doc);
-    doc.next_token = Some(token.saturating_add(1));
-    token
 }
 
 /// The lowest slot index in `0..capacity` not used by a holder; `None` when every index is
@@ -470,7 +377,8 @@ pub(crate) fn remove_ids(doc: &mut Document, ids: &[&str], now: DateTime<Utc>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Witness;
+    use crate::core::doc::MAX_TOKEN;
+    use crate::core::tokens::next_token;
     use std::collections::HashMap;
 
     /// A judge that answers from a table keyed by ID; unknown IDs are `Unknown`.
@@ -534,44 +442,6 @@ mod tests {
         );
         doc.holders.retain(|e| e.id != "b");
         assert_eq!(acquire(&mut doc, "d", &ctx(&judge)), Ok((4, 1)));
-    }
-
-    #[test]
-    fn token_counter_resumes_above_every_visible_token() {
-        // A Go write drops next_token; tokens must still never repeat what is visible.
-        let mut doc = Document::new(5);
-        doc.next_token = None;
-        let mut e = Entry::test("x");
-        e.token = Some(41);
-        doc.holders.push(e);
-        assert_eq!(take_token(&mut doc), 42);
-        assert_eq!(take_token(&mut doc), 43);
-        doc.next_token = Some(100);
-        assert_eq!(take_token(&mut doc), 100);
-        // Tickets bound it too: they come from the same counter.
-        doc.next_token = None;
-        let mut w = Entry::test("w");
-        w.ticket = Some(500);
-        doc.waiters.push(w);
-        assert_eq!(take_token(&mut doc), 501);
-    }
-
-    #[test]
-    fn token_counter_lost_to_a_go_write_resumes_at_the_clock() {
-        // After a Go write drops every token, new tokens must exceed those handed out before.
-        let mut doc = Document::new(2);
-        for _ in 0..5 {
-            take_token(&mut doc);
-        }
-        doc.next_token = None;
-        resume_token_counter(&mut doc, now());
-        let micros = u64::try_from(now().timestamp_micros()).unwrap();
-        assert_eq!(take_token(&mut doc), micros);
-        assert_eq!(take_token(&mut doc), micros + 1);
-        // A counter on file is never touched.
-        let later = now() + chrono::Duration::days(1);
-        resume_token_counter(&mut doc, later);
-        assert_eq!(take_token(&mut doc), micros + 2);
     }
 
     #[test]
@@ -802,7 +672,7 @@ mod tests {
         full.token = Some(7);
         full.ticket = Some(6);
         full.slot = Some(1);
-        full.owner = Some(crate::liveness::Identity::current().owner());
+        full.owner = Some(Owner::test());
         full.witness = Some(Witness {
             dev: 1,
             ino: 2,

@@ -1,5 +1,6 @@
-//! A model-based test of the pure rules ([`crate::rules`], [`crate::queue`]): random sequences
-//! of what processes do to a semaphore, applied to a [`Document`](crate::state::Document)
+//! A model-based test of the pure rules ([`crate::core::rules`], [`crate::core::queue`]):
+//! random sequences of what processes do to a semaphore, applied to a
+//! [`Document`](crate::core::doc::Document)
 //! exactly as the library's operations apply the rules, and to a small reference [`Model`]
 //! that says in its own terms who holds, who waits in which order and what each call returns.
 //! After every step the two must agree entry by entry, and the document must keep the
@@ -17,8 +18,9 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use proptest::prelude::*;
 
-use crate::queue;
-use crate::rules::{self, Refusal};
+use crate::core::queue;
+use crate::core::rules::Refusal;
+use crate::core::verdict::LEASE_GRACE;
 
 /// Returns the error `format!(..)` unless the condition holds.
 macro_rules! ensure {
@@ -431,7 +433,7 @@ impl Model {
 }
 
 fn grace() -> TimeDelta {
-    TimeDelta::from_std(rules::LEASE_GRACE).unwrap()
+    TimeDelta::from_std(LEASE_GRACE).unwrap()
 }
 
 fn waiter_expiry() -> TimeDelta {

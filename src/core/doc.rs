@@ -1,16 +1,16 @@
 //! The state document: its JSON shape (compatible with the Go package) and its validation.
 //!
-//! The rules that change a document live in [`crate::rules`]; this module only knows the
-//! format. Fields the Go package writes are `capacity`, `holders`, `id` and `acquired_at`;
+//! The rules that change a document live in [`crate::core::rules`]; this module only knows
+//! the format. Fields the Go package writes are `capacity`, `holders`, `id` and `acquired_at`;
 //! every other field is ours and optional, and fields neither of us knows are kept
 //! (`extra`) byte for byte so that a newer writer's data survives an older one; the JSON is
-//! read and written by hand for that, in [`crate::json`].
+//! read and written by hand for that, in [`crate::core::json`].
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::json::Unknown;
+use crate::core::json::Unknown;
 
 /// The largest capacity a semaphore may have, in holders. Larger numbers in a state file are
 /// treated as corruption, not as a request for that many slots.
@@ -165,7 +165,7 @@ impl Document {
     /// Serializes the document for writing: two-space indentation like Go's
     /// `json.MarshalIndent`, unknown fields as they were read, a trailing newline.
     pub fn to_bytes(&self) -> Vec<u8> {
-        crate::json::write(self)
+        crate::core::json::write(self)
     }
 }
 
@@ -216,8 +216,8 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    const GO_TWO_HOLDERS: &str = include_str!("../tests/fixtures/go-written-two-holders.json");
-    const GO_RELEASED: &str = include_str!("../tests/fixtures/go-written-released.json");
+    const GO_TWO_HOLDERS: &str = include_str!("../../tests/fixtures/go-written-two-holders.json");
+    const GO_RELEASED: &str = include_str!("../../tests/fixtures/go-written-released.json");
 
     #[test]
     fn reads_go_fixture_with_offsets_and_nanoseconds() {
@@ -348,6 +348,22 @@ mod tests {
     impl Entry {
         pub(crate) fn test(id: &str) -> Entry {
             Entry::new(id.to_string(), "2024-01-01T10:00:00Z".parse().unwrap())
+        }
+    }
+
+    impl Owner {
+        /// An owner record as the file store writes it, of a made-up process.
+        pub(crate) fn test() -> Owner {
+            Owner {
+                host: "test-host".to_string(),
+                pid: 4242,
+                start_time: Some(123_456),
+                machine_id: Some("0123456789abcdef0123456789abcdef".to_string()),
+                boot_id: Some("5b1e1a3e-0000-4000-8000-000000000000".to_string()),
+                pid_ns: Some(4_026_531_836),
+                time_ns: Some(4_026_531_834),
+                extra: Default::default(),
+            }
         }
     }
 }

@@ -17,7 +17,8 @@
 //!
 //! Unknown values are skipped by serde_json without recursion, so their nesting depth is not
 //! limited; the known structure is at most four levels deep (document, list, entry, owner).
-//! The one limit left is the size of the state file ([`MAX_STATE_BYTES`](crate::store::MAX_STATE_BYTES)).
+//! The one limit left is the size of the document, which each store bounds when it reads one
+//! (the file store: 64 MiB).
 //!
 //! Keys are borrowed from the input while parsing, so documents are read with
 //! `serde_json::from_slice` (as [`Document::parse`] does), not from a reader.
@@ -34,7 +35,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::state::{Document, Entry, Owner, Witness};
+use crate::core::doc::{Document, Entry, Owner, Witness};
 
 /// The fields of one object that this crate does not know: exact key and value text, in
 /// file order.

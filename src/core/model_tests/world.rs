@@ -7,11 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{GoOp, Hold, Id, M, Model, Op, Owner, waiter_expiry};
-use crate::liveness::Liveness;
+use crate::core::doc::{self, Document, Entry};
+use crate::core::queue::{self, Grant, Left, Mine, Outcome, Stamp};
+use crate::core::rules::{self, Ctx, Record, Refusal};
+use crate::core::tokens::{resume_token_counter, take_token};
+use crate::core::verdict::{Judge, Liveness};
 use crate::options::AcquireOptions;
-use crate::queue::{self, Grant, Left, Mine, Outcome, Request};
-use crate::rules::{self, Ctx, Judge, Record, Refusal};
-use crate::state::{Document, Entry};
 
 #[derive(Clone, Debug)]
 enum State {
@@ -109,7 +110,7 @@ fn locked<R>(
     rule: impl FnOnce(&mut Document, &Ctx<'_>) -> (R, bool),
 ) -> Result<R, String> {
     let mut next = doc.clone();
-    rules::resume_token_counter(&mut next, now);
+    resume_token_counter(&mut next, now);
     let read = next.clone();
     let oracle = Oracle(procs);
     let ctx = Ctx {
@@ -154,21 +155,16 @@ fn settle(
     let options = proc.options();
     let lease = options.lease;
     locked(doc, procs, now, proc.hold.reap, |doc, ctx| {
-        let req = Request {
-            id: &name,
-            options: &options,
-            lease,
-            may_wait: true,
-        };
+        let req = options.request(&name, lease, true);
         let (mut changed, mut removed) = (false, Vec::new());
-        let mut new_token = |doc: &mut Document| Ok((rules::take_token(doc), None));
+        let mut new_stamp = |doc: &mut Document| Ok(stamp(take_token(doc)));
         let outcome = queue::settle(
             doc,
             &req,
             mine,
             refresh,
             ctx,
-            &mut new_token,
+            &mut new_stamp,
             &mut changed,
             &mut removed,
         )
@@ -180,6 +176,16 @@ fn settle(
         changed |= !removed.is_empty();
         ((outcome, reaped), changed)
     })
+}
+
+/// What a store records for a new entry of a process here: its number and an owner; the
+/// oracle judges by the number (the witness name), so no witness record is needed.
+fn stamp(number: u64) -> Stamp {
+    Stamp {
+        number,
+        owner: doc::Owner::test(),
+        witness: None,
+    }
 }
 
 /// What the Go package writes: capacity and each holder's `id` and `acquired_at` (written
@@ -470,8 +476,9 @@ impl World {
             match rules::admit(doc, &name, ctx, &mut changed, &mut removed) {
                 Err(refusal) => (Err(refusal), changed || !removed.is_empty()),
                 Ok(()) => {
-                    let entry = queue::holder_entry(&name, now, &options, options.lease);
-                    let token = rules::take_token(doc);
+                    let req = options.request(&name, options.lease, false);
+                    let token = take_token(doc);
+                    let entry = queue::holder_entry(&req, now, stamp(token));
                     let record = rules::grant(doc, entry, token, now);
                     (Ok(record), true)
                 }
