@@ -214,17 +214,10 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-mod atomic;
 mod cancel;
 mod core;
-mod dir;
 mod error;
-mod flocks;
 mod holder;
-mod liveness;
-mod lock;
-#[cfg(target_os = "linux")]
-mod notify;
 mod options;
 mod permit;
 #[cfg(feature = "redis")]
@@ -233,7 +226,6 @@ mod semaphore;
 mod sleeper;
 mod store;
 mod wait;
-mod witness;
 
 pub use crate::cancel::CancelToken;
 pub use crate::core::doc::{MAX_CAPACITY, MAX_ID_LEN, MAX_TOKEN};

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::options::MIN_LEASE;
 use crate::semaphore::Semaphore;
 use crate::store::Step;
-use crate::witness::{self, WitnessLock};
+use crate::store::file::witness::{self, WitnessLock};
 
 /// One held slot of a [`Semaphore`]. Dropping it releases the slot.
 ///

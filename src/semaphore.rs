@@ -13,14 +13,15 @@ use crate::core::queue::{Stamp, holder_entry};
 use crate::core::rules::{self, Ctx, Refusal};
 use crate::core::tokens::{take_token, token_floor, tokens_exhausted};
 use crate::core::verdict::{Judge, Liveness, verdict};
-use crate::dir::{Files, Trust};
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
-use crate::liveness::{Identity, SystemJudge};
 use crate::options::{AcquireOptions, OpenOptions};
 use crate::permit::Permit;
+use crate::store::file::dir::{Files, Trust};
+use crate::store::file::identity::Identity;
+use crate::store::file::judge::SystemJudge;
+use crate::store::file::witness::{Created, WitnessLock};
 use crate::store::{LockWait, Step, Store, busy_since};
-use crate::witness::{Created, WitnessLock};
 
 /// A cheap, cloneable handle on one semaphore file; every operation goes through it.
 ///
@@ -160,7 +161,7 @@ impl Semaphore {
         crate::options::check_lease(path, options.default_lease)?;
         if let Some(capacity) = capacity {
             check_capacity(path, u64::from(capacity.max(1)))?;
-            let dir = crate::dir::parent_dir(path);
+            let dir = crate::store::file::dir::parent_dir(path);
             fs::create_dir_all(dir).map_err(|e| Error::io(path, dir, "create the directory", e))?;
         }
         let sem = Semaphore::bind(path, options)?;
@@ -907,7 +908,7 @@ impl OpenOptions {
             let old_mode = files
                 .stat_at(files.dir(), name)
                 .map_err(|e| store.io_error("look up semaphore state at", e))?
-                .map_or(self.mode, |st| crate::dir::perm_bits(&st));
+                .map_or(self.mode, |st| crate::store::file::dir::perm_bits(&st));
             // Never pass on set-id, sticky or world-write bits of a file someone planted.
             let mode = old_mode & 0o775;
             let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
@@ -916,13 +917,13 @@ impl OpenOptions {
                 n.push(format!(".corrupt-{stamp}"));
                 n
             };
-            let aside = crate::dir::parent_dir(path).join(&aside_name);
+            let aside = crate::store::file::dir::parent_dir(path).join(&aside_name);
             nix::fcntl::renameat(files.dir(), name, files.dir(), aside_name.as_os_str())
                 .map_err(|e| Error::io(path, &aside, "move the corrupt state file to", e.into()))?;
             let mut doc = Document::new(capacity);
             doc.next_token = Some(token_floor(&bytes, Utc::now()));
-            let meta = crate::atomic::FileMeta { mode, owner: None };
-            crate::atomic::write_atomic(files, &doc.to_bytes(), meta, self.durable, dir)?;
+            let meta = crate::store::file::atomic::FileMeta { mode, owner: None };
+            crate::store::file::atomic::write_atomic(files, &doc.to_bytes(), meta, self.durable, dir)?;
             tracing::warn!(path = %path.display(), aside = %aside.display(), "recovered corrupt semaphore state");
             Ok(Some(aside))
         })?;
@@ -946,7 +947,7 @@ fn check_not_a_lock_file(files: &Files) -> Result<()> {
         return Ok(());
     };
     let is_file = nix::sys::stat::fstatat(files.dir(), stem, nix::fcntl::AtFlags::empty())
-        .is_ok_and(|st| crate::dir::is_regular(&st));
+        .is_ok_and(|st| crate::store::file::dir::is_regular(&st));
     if is_file {
         return Err(Error::IsLockFile {
             path: files.path.clone(),

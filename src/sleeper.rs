@@ -1,5 +1,5 @@
 //! How a waiter sleeps between looks at the state file: in `poll(2)` on an inotify descriptor
-//! (Linux, [`crate::notify`]) and on its cancel token's socket, with a backoff timer as the
+//! (Linux, [`crate::store::file::notify`]) and on its cancel token's socket, with a backoff timer as the
 //! safety net; polling with bounded backoff and jitter where no notification is available.
 
 use std::io::Read;
@@ -47,7 +47,7 @@ fn polling_forced() -> bool {
 /// backoff timer as the safety net.
 pub(crate) struct Sleeper {
     #[cfg(target_os = "linux")]
-    notifier: Option<crate::notify::Notifier>,
+    notifier: Option<crate::store::file::notify::Notifier>,
     cancel: Option<Registration>,
     backoff: Duration,
 }
@@ -59,7 +59,7 @@ impl Sleeper {
             notifier: if polling_forced() {
                 None
             } else {
-                crate::notify::Notifier::new(&sem.inner.store.files)
+                crate::store::file::notify::Notifier::new(&sem.inner.store.files)
             },
             cancel: cancel.and_then(CancelToken::register),
             backoff: Duration::ZERO,
@@ -97,7 +97,7 @@ impl Sleeper {
     /// The next safety-net interval (jittered by a quarter either way); doubles the backoff.
     pub(crate) fn next_interval(&mut self) -> Duration {
         let (_, max) = self.bounds();
-        let interval = crate::lock::jitter(self.backoff);
+        let interval = crate::store::file::lock::jitter(self.backoff);
         self.backoff = (self.backoff * 2).min(max);
         interval
     }
@@ -166,7 +166,7 @@ impl Sleeper {
     fn drain(&mut self) -> bool {
         #[cfg(target_os = "linux")]
         {
-            use crate::notify::Events;
+            use crate::store::file::notify::Events;
             let Some(n) = &self.notifier else {
                 return false;
             };

@@ -32,13 +32,13 @@ use crate::core::queue::{
 };
 use crate::core::rules::Refusal;
 use crate::error::{Error, Result};
-use crate::liveness::Identity;
 use crate::options::AcquireOptions;
 use crate::permit::Permit;
 use crate::semaphore::{Semaphore, refusal_error};
 use crate::sleeper::Sleeper;
+use crate::store::file::identity::Identity;
+use crate::store::file::witness::WitnessLock;
 use crate::store::{LockWait, Step, busy_since};
-use crate::witness::WitnessLock;
 
 /// How often a waiter refreshes its expiry.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);

@@ -26,10 +26,10 @@ use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::{FileStat, fchmod, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use super::dir::{Files, Want, file_id, is_regular, mode, perm_bits};
+use super::lock::unlock;
 use crate::core::doc::Witness;
-use crate::dir::{Files, Want, file_id, is_regular, mode, perm_bits};
 use crate::error::{Error, Result};
-use crate::lock::unlock;
 
 /// The witness directory of the semaphore at `path`: `PATH.witness`.
 pub(crate) fn dir_of(path: &Path) -> PathBuf {
@@ -97,7 +97,7 @@ pub(crate) fn open_dir(
         &stat,
         Want::Dir,
         || Ok(*state_dir),
-        crate::dir::parent_dir(&files.path),
+        super::dir::parent_dir(&files.path),
     )?;
     let mut dir = WitnessDir {
         fd: Arc::new(fd),
@@ -168,7 +168,7 @@ pub(crate) enum Created {
 }
 
 /// Creates and locks the witness file for `token` in `dir`, with exactly `file_mode` (read
-/// and write for whoever may write the state, see [`crate::dir::access_mode`]).
+/// and write for whoever may write the state, see [`super::dir::access_mode`]).
 pub(crate) fn create(
     files: &Files,
     dir: &WitnessDir,
@@ -333,7 +333,7 @@ fn same_file(st: &FileStat, record: &Witness) -> bool {
 /// 38 of 11,212 reads), besides hiding the locks of processes outside this pid namespace.
 /// So an unlisted witness gives no verdict, and the entry is judged by its lease, or by a
 /// user who may open the witness (any user who may write the state can, see
-/// [`crate::dir`]'s derived modes).
+/// [`super::dir`]'s derived modes).
 fn probe_unopenable(files: &Files, dir: BorrowedFd<'_>, name: &OsStr, record: &Witness) -> Probe {
     let st = match files.stat_at(dir, name) {
         Ok(Some(st)) => st,
@@ -343,11 +343,11 @@ fn probe_unopenable(files: &Files, dir: BorrowedFd<'_>, name: &OsStr, record: &W
     if !is_regular(&st) || !same_file(&st, record) {
         return Probe::Missing;
     }
-    let text = match crate::flocks::read() {
+    let text = match super::flocks::read() {
         Ok(t) => t,
         Err(e) => return Probe::Unreadable(format!("cannot open it, nor read /proc/locks: {e}")),
     };
-    if crate::flocks::holders_in(&text, record.dev, record.ino).is_empty() {
+    if super::flocks::holders_in(&text, record.dev, record.ino).is_empty() {
         Probe::Unreadable(
             "cannot open it, and /proc/locks does not list it (which proves nothing)".into(),
         )
@@ -446,7 +446,7 @@ pub(crate) fn remove_orphans(
     dir: &WitnessDir,
     live_tokens: &[u64],
 ) -> Result<Vec<PathBuf>> {
-    let names = crate::dir::names_in(dir.fd())
+    let names = super::dir::names_in(dir.fd())
         .map_err(|e| files.io(&files.witness_path, "list the witness directory", e))?;
     let mut removed = Vec::new();
     for name in names {
@@ -469,7 +469,11 @@ mod tests {
     use std::fs;
 
     fn files(dir: &Path) -> Files {
-        Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap()
+        Files::open(
+            &dir.join("s.json"),
+            crate::store::file::dir::Trust::new(&[]),
+        )
+        .unwrap()
     }
 
     fn probe_now(files: &Files, token: u64, record: &Witness) -> Probe {

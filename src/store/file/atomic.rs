@@ -35,7 +35,7 @@ use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{FileStat, fchmod, fstat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use crate::dir::{Files, mode, parent_dir};
+use super::dir::{Files, mode, parent_dir};
 use crate::error::Result;
 
 const TEMP_SUFFIX: &str = ".filesem-tmp";
@@ -230,7 +230,7 @@ fn fill(
     }
     // Not subject to the umask: the new file gets exactly this mode (set after the chown,
     // which may clear set-id bits).
-    if chowned || crate::dir::perm_bits(&created) != mode_bits {
+    if chowned || super::dir::perm_bits(&created) != mode_bits {
         fchmod(&file, mode(mode_bits)).map_err(|e| io("set the mode of", e.into()))?;
     }
     file.write_all(bytes).map_err(|e| io("write", e))?;
@@ -261,12 +261,12 @@ fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<boo
     let Some(st) = st else {
         return Ok(false);
     };
-    if !crate::dir::is_regular(&st) || !files.trust.trusts(st.st_uid, dir) {
+    if !super::dir::is_regular(&st) || !files.trust.trusts(st.st_uid, dir) {
         tracing::warn!(
             path = %files.path.display(),
             file = %path.display(),
             owner = st.st_uid,
-            kind = crate::dir::kind_of(crate::dir::mode_bits(&st)),
+            kind = super::dir::kind_of(super::dir::mode_bits(&st)),
             "left alone a temp-file name that filesem did not create"
         );
         return Ok(false);
@@ -289,7 +289,7 @@ pub(crate) fn remove_leftovers(files: &Files, dir: &FileStat) -> Result<Vec<Path
     let prefix = temp_prefix(&files.state_name);
     let dir_path = parent_dir(&files.path);
     let names =
-        crate::dir::names_in(files.dir()).map_err(|e| files.io(dir_path, "list directory", e))?;
+        super::dir::names_in(files.dir()).map_err(|e| files.io(dir_path, "list directory", e))?;
     let mut removed = Vec::new();
     for name in names {
         if is_our_temp_name(name.as_bytes(), prefix.as_bytes())
@@ -322,7 +322,11 @@ mod tests {
     use std::path::Path;
 
     fn files(dir: &Path) -> Files {
-        Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap()
+        Files::open(
+            &dir.join("s.json"),
+            crate::store::file::dir::Trust::new(&[]),
+        )
+        .unwrap()
     }
 
     fn write(files: &Files, bytes: &[u8], meta: FileMeta) -> Result<()> {

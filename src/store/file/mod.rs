@@ -9,21 +9,33 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, fstat};
 
-use crate::atomic::{self, FileMeta};
 use crate::core::doc::Document;
 use crate::core::rules::Removed;
 use crate::core::tokens::resume_token_counter;
-use crate::dir::{Files, Want, access_mode, mode, witness_dir_mode};
 use crate::error::{Error, Result};
-use crate::lock::{self, LockGuard};
-use crate::witness::{self, Created, WitnessDir};
+use atomic::FileMeta;
+use dir::{Files, Want, access_mode, mode, witness_dir_mode};
+use gate::Gate;
+use lock::LockGuard;
+use witness::{Created, WitnessDir};
+
+pub(crate) mod atomic;
+pub(crate) mod dir;
+pub(crate) mod flocks;
+mod gate;
+pub(crate) mod identity;
+pub(crate) mod judge;
+pub(crate) mod lock;
+#[cfg(target_os = "linux")]
+pub(crate) mod notify;
+pub(crate) mod witness;
 
 /// The mode of a newly created state file when [`crate::OpenOptions::mode`] is not set: the
 /// Go package's 0644.
@@ -306,7 +318,7 @@ impl Store {
             st,
             Want::File,
             || files.dir_stat(),
-            crate::dir::parent_dir(&files.path),
+            dir::parent_dir(&files.path),
         )
     }
 
@@ -315,7 +327,7 @@ impl Store {
     pub fn check_not_symlink(&self) -> Result<bool> {
         let files = &self.files;
         match files.stat_at(files.dir(), files.state_name.as_os_str()) {
-            Ok(Some(st)) if crate::dir::is_symlink(&st) => Err(self.symlink()),
+            Ok(Some(st)) if dir::is_symlink(&st) => Err(self.symlink()),
             Ok(Some(_)) => Ok(true),
             Ok(None) => Ok(false),
             Err(e) => Err(self.io_error("look up semaphore state at", e)),
@@ -435,10 +447,10 @@ impl Store {
         let state_mode = match state {
             None if !may_create => return Err(self.not_found()),
             None => self.create_mode,
-            Some(st) if crate::dir::is_symlink(&st) => return Err(self.symlink()),
+            Some(st) if dir::is_symlink(&st) => return Err(self.symlink()),
             Some(st) => {
                 self.check_state(&st)?;
-                crate::dir::perm_bits(&st)
+                dir::perm_bits(&st)
             }
         };
         let created = lock::lock_exclusive(files, Some(access_mode(state_mode)), dir, deadline)?;
@@ -497,9 +509,9 @@ impl Store {
             .clone();
         if let Some((fd, opened)) = cached
             && let Ok(Some(now)) = files.stat_at(files.dir(), files.witness_name.as_os_str())
-            && crate::dir::file_id(&now) == crate::dir::file_id(&opened)
+            && dir::file_id(&now) == dir::file_id(&opened)
         {
-            let parent = crate::dir::parent_dir(&files.path);
+            let parent = dir::parent_dir(&files.path);
             files.check(
                 &files.witness_path,
                 &now,
@@ -513,7 +525,7 @@ impl Store {
                 created: false,
             });
         }
-        let dir_mode = witness_dir_mode(step.state_mode, crate::dir::mode_bits(&step.dir));
+        let dir_mode = witness_dir_mode(step.state_mode, dir::mode_bits(&step.dir));
         let wdir = witness::open_dir(files, &step.dir, Some(dir_mode))?.ok_or_else(|| {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             files.io(&files.witness_path, "create the witness directory", missing)
@@ -576,68 +588,6 @@ pub(crate) enum Raw {
     },
 }
 
-/// A mutex whose wait has a deadline (std's has none). Besides bounding the wait behind other
-/// threads, it keeps a child forked while another thread was inside from hanging: the child
-/// sees the gate busy forever and times out, where a std mutex would block it for good.
-#[derive(Debug, Default)]
-struct Gate {
-    state: Mutex<GateState>,
-    freed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    /// A thread is inside.
-    busy: bool,
-    /// Threads waiting to enter: leaving wakes one only if there is one, so that a handle
-    /// used by one thread makes no `futex` call per operation.
-    waiting: usize,
-}
-
-/// Holding this is being inside the [`Gate`]; dropping it lets the next thread in.
-struct GateGuard<'a>(&'a Gate);
-
-impl Gate {
-    /// Enters, waiting until `deadline` at most (no deadline: without limit); `None` when the
-    /// deadline passed first.
-    fn enter(&self, deadline: Option<Instant>) -> Option<GateGuard<'_>> {
-        let mut state = self.lock();
-        while state.busy {
-            let left = match deadline {
-                Some(d) => d.checked_duration_since(Instant::now())?,
-                None => Duration::MAX,
-            };
-            state.waiting += 1;
-            state = self
-                .freed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-            state.waiting -= 1;
-        }
-        state.busy = true;
-        Some(GateGuard(self))
-    }
-
-    /// The state's mutex is held only to read or change it, never across I/O.
-    fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Drop for GateGuard<'_> {
-    fn drop(&mut self) {
-        let waiting = {
-            let mut state = self.0.lock();
-            state.busy = false;
-            state.waiting > 0
-        };
-        if waiting {
-            self.0.freed.notify_one();
-        }
-    }
-}
-
 fn read_all(file: File, st: &FileStat) -> io::Result<Raw> {
     let len = u64::try_from(st.st_size).unwrap_or(0);
     if len > MAX_STATE_BYTES {
@@ -652,7 +602,7 @@ fn read_all(file: File, st: &FileStat) -> io::Result<Raw> {
         });
     }
     let meta = FileMeta {
-        mode: crate::dir::perm_bits(st),
+        mode: dir::perm_bits(st),
         owner: Some((st.st_uid, st.st_gid)),
     };
     Ok(Raw::Regular { bytes, meta })
@@ -663,7 +613,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> Store {
-        let files = Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap();
+        let files = Files::open(&dir.join("s.json"), dir::Trust::new(&[])).unwrap();
         Store::new(Arc::new(files), false, DEFAULT_MODE, Duration::from_secs(1))
     }
 
@@ -674,47 +624,6 @@ mod tests {
             .collect();
         names.sort();
         names
-    }
-
-    #[test]
-    fn gate_lets_every_waiting_thread_in_one_at_a_time() {
-        // Leaving wakes a waiter whenever there is one (no lost wake-up), and never two inside.
-        let gate = std::sync::Arc::new(Gate::default());
-        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let (gate, inside) = (gate.clone(), inside.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..500 {
-                        let deadline = Instant::now() + Duration::from_secs(10);
-                        let guard = gate
-                            .enter(Some(deadline))
-                            .expect("entered before the deadline");
-                        assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
-                        inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                        drop(guard);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(gate.lock().waiting, 0);
-    }
-
-    #[test]
-    fn gate_wait_ends_at_the_deadline() {
-        // A thread behind a holder that never leaves gives up at its deadline.
-        let gate = Gate::default();
-        let _held = gate.enter(Some(Instant::now())).unwrap();
-        let start = Instant::now();
-        assert!(
-            gate.enter(Some(start + Duration::from_millis(30)))
-                .is_none()
-        );
-        assert!(start.elapsed() >= Duration::from_millis(30));
-        assert_eq!(gate.lock().waiting, 0);
     }
 
     #[test]

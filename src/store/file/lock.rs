@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::{FileStat, fchmod, fstat};
 
-use crate::dir::{Files, Want, mode};
+use super::dir::{Files, Want, mode};
 use crate::error::{Error, Result};
 
 /// The first pause after a failed attempt; doubles up to [`MAX_BACKOFF`].
@@ -58,7 +58,7 @@ pub(crate) fn lock_exclusive(
         &stat,
         Want::File,
         || Ok(*dir),
-        crate::dir::parent_dir(&files.path),
+        super::dir::parent_dir(&files.path),
     )?;
     lock_file(files, file, stat, deadline).map(Some)
 }
@@ -116,11 +116,11 @@ fn lock_file(
 /// held from outside that namespace is not listed, and on filesystems whose `st_dev` is not
 /// the device `/proc/locks` prints (btrfs subvolumes, overlayfs) nothing is found.
 pub(crate) fn holder_of(stat: &FileStat) -> Option<u32> {
-    if !crate::liveness::Identity::current().proc_is_ours {
+    if !super::identity::Identity::current().proc_is_ours {
         return None;
     }
-    let (dev, ino) = crate::dir::file_id(stat);
-    let holders = crate::flocks::flock_holders(dev, ino).ok()?;
+    let (dev, ino) = super::dir::file_id(stat);
+    let holders = super::flocks::flock_holders(dev, ino).ok()?;
     holders.into_iter().find_map(|pid| u32::try_from(pid).ok())
 }
 
@@ -176,7 +176,7 @@ fn open_lock_file(files: &Files, create: Option<u32>) -> Result<Option<File>> {
 /// Gives a file we just created exactly `wanted` as its mode (the umask cleared some bits).
 fn set_exact_mode(files: &Files, file: &File, wanted: u32) -> Result<()> {
     let st = fstat(file).map_err(|e| files.io(&files.lock_path, "look up lock file", e))?;
-    if crate::dir::perm_bits(&st) != wanted {
+    if super::dir::perm_bits(&st) != wanted {
         fchmod(file, mode(wanted)).map_err(|e| files.io(&files.lock_path, "set the mode of", e))?;
     }
     Ok(())
@@ -197,7 +197,7 @@ impl LockGuard {
     /// package are 0644, which lets users who may only read the state flock it. Never adds
     /// a permission. A failure is logged: the lock works as before.
     pub(crate) fn tighten(&self, files: &Files, wanted: u32) {
-        let current = crate::dir::perm_bits(&self.stat);
+        let current = super::dir::perm_bits(&self.stat);
         if current & !wanted == 0 || self.stat.st_uid != nix::unistd::geteuid().as_raw() {
             return;
         }
@@ -261,7 +261,11 @@ mod tests {
     use super::*;
 
     fn files(dir: &std::path::Path) -> Files {
-        Files::open(&dir.join("s.json"), crate::dir::Trust::new(&[])).unwrap()
+        Files::open(
+            &dir.join("s.json"),
+            crate::store::file::dir::Trust::new(&[]),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -306,7 +310,7 @@ mod tests {
             eprintln!("SKIPPED: no /dev/shm");
             return;
         };
-        if !crate::liveness::Identity::current().proc_is_ours {
+        if !crate::store::file::identity::Identity::current().proc_is_ours {
             eprintln!("SKIPPED: /proc shows another pid namespace");
             return;
         }

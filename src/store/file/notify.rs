@@ -13,7 +13,7 @@
 //! there either.
 //!
 //! Both watches are added through `/proc/self/fd/N` of a descriptor of the directory, so they
-//! are on the directory the handle is bound to (see [`crate::dir`]), whatever the path names
+//! are on the directory the handle is bound to (see [`super::dir`]), whatever the path names
 //! now: a renamed directory keeps its watch, a repointed symlink does not move it.
 //!
 //! Everything here is an optimisation: the waiter also polls on a timer, and falls back to
@@ -28,7 +28,7 @@ use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::statfs;
 
-use crate::dir::Files;
+use super::dir::Files;
 
 /// An inotify instance watching one semaphore's directory.
 pub(crate) struct Notifier {
@@ -73,7 +73,7 @@ impl Notifier {
         let remote = statfs::fstatfs(files.dir())
             .map(|s| is_remote(s.filesystem_type()))
             .unwrap_or(true);
-        let witness_wd = crate::witness::open_dir_for_probe(files)
+        let witness_wd = super::witness::open_dir_for_probe(files)
             .ok()
             .flatten()
             .and_then(|dir| {
@@ -222,7 +222,7 @@ mod tests {
     }
 
     fn files(state: &std::path::Path) -> Files {
-        Files::open(state, crate::dir::Trust::new(&[])).unwrap()
+        Files::open(state, crate::store::file::dir::Trust::new(&[])).unwrap()
     }
 
     #[test]
@@ -252,7 +252,7 @@ mod tests {
         // A holder's death closes its witness for writing; a judge's read-only probe is silent.
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("s.json");
-        let witness_dir = crate::witness::dir_of(&state);
+        let witness_dir = crate::store::file::witness::dir_of(&state);
         std::fs::create_dir(&witness_dir).unwrap();
         let n = Notifier::new(&files(&state)).expect("inotify on tmp");
         let file = witness_dir.join("7");
