@@ -12,6 +12,10 @@ use crate::core::queue::{Request, WaitStatus};
 use crate::error::{Error, Result};
 use crate::semaphore::Semaphore;
 
+/// The mode of a newly created state file when [`OpenOptions::mode`] is not set: the Go
+/// package's 0644.
+pub(crate) const DEFAULT_MODE: u32 = 0o644;
+
 /// The default for [`OpenOptions::lock_timeout`]: 10 seconds.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,7 +85,7 @@ impl OpenOptions {
     pub fn new() -> OpenOptions {
         OpenOptions {
             durable: true,
-            mode: crate::store::DEFAULT_MODE,
+            mode: DEFAULT_MODE,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             auto_reap: true,
             default_lease: None,

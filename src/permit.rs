@@ -16,8 +16,7 @@ use crate::core::verdict::expired;
 use crate::error::{Error, Result};
 use crate::options::MIN_LEASE;
 use crate::semaphore::Semaphore;
-use crate::store::Step;
-use crate::store::file::witness::{self, WitnessLock};
+use crate::store::{Snapshot, Step, WitnessLock};
 
 /// One held slot of a [`Semaphore`]. Dropping it releases the slot.
 ///
@@ -94,6 +93,7 @@ impl Permit {
         record: Record,
         witness: Option<WitnessLock>,
     ) -> Permit {
+        let detached = record.detached;
         Permit {
             held: Some(Held {
                 hold: Target {
@@ -111,7 +111,7 @@ impl Permit {
                     }),
                 },
                 lease,
-                detached: witness.is_none(),
+                detached,
                 witness,
                 pid: std::process::id(),
                 renewer: None,
@@ -186,12 +186,8 @@ impl Permit {
     /// directory was removed (the hold with it); [`Error::LockTimeout`] when a stripped entry
     /// could not be restored.
     pub fn is_held(&self) -> Result<bool> {
-        let now = Utc::now();
-        Ok(self
-            .held()
-            .hold
-            .look()?
-            .is_some_and(|e| expired(&e, now).is_none()))
+        let (entry, now) = self.held().hold.look()?;
+        Ok(entry.is_some_and(|e| expired(&e, now).is_none()))
     }
 
     /// Extends the lease to `now + lease` and returns the new end (capped at
@@ -345,7 +341,7 @@ impl Permit {
             None => Ok(None),
             Some(w) => w.inheritable().map(Some).map_err(|e| {
                 let path = h.hold.sem.path();
-                Error::io(path, &witness::dir_of(path), "duplicate the witness in", e)
+                Error::io(path, w.dir_path(), "duplicate the witness in", e)
             }),
         }
     }
@@ -548,10 +544,10 @@ impl Target {
         self.sem
             .inner
             .store
-            .transact(None, |doc, _| match self.find(doc) {
+            .step(None, |doc, cx| match self.find(doc) {
                 Some(i) => {
                     doc.holders.remove(i);
-                    rules::hand_off(doc, Utc::now());
+                    rules::hand_off(doc, cx.now);
                     Ok(Step::changed(Ok(())))
                 }
                 None => Ok(Step::unchanged(Err(self.lost()))),
@@ -567,13 +563,13 @@ impl Target {
     /// [`renew`](Target::renew) with the shared state already locked.
     fn renew_locked(&self, state: &mut HoldState) -> Result<Option<DateTime<Utc>>> {
         let record = &state.record;
-        let until = self.sem.inner.store.transact(None, |doc, _| {
+        let until = self.sem.inner.store.step(None, |doc, cx| {
             let Some(i) = self.find(doc) else {
                 return Ok(Step::unchanged(Err(self.lost())));
             };
             let restored = self.restore(doc, i, record);
             let entry = &mut doc.holders[i];
-            match rules::lease_end(record.lease_ms, Utc::now()) {
+            match rules::lease_end(record.lease_ms, cx.now) {
                 Some(until) => {
                     entry.expires_at = Some(until);
                     Ok(Step::changed(Ok(Some(until))))
@@ -588,28 +584,28 @@ impl Target {
     }
 
     /// Our entry as on file, restored first (in a locked step) if a foreign write stripped
-    /// it; `None` when it is gone.
-    fn look(&self) -> Result<Option<Entry>> {
+    /// it; `None` when it is gone. With the store's clock when it was read.
+    fn look(&self) -> Result<(Option<Entry>, DateTime<Utc>)> {
         self.look_locked(&self.state())
     }
 
     /// [`look`](Target::look) with the shared state already locked.
-    fn look_locked(&self, state: &HoldState) -> Result<Option<Entry>> {
-        let mut doc = self.sem.inner.store.snapshot()?;
+    fn look_locked(&self, state: &HoldState) -> Result<(Option<Entry>, DateTime<Utc>)> {
+        let Snapshot { mut doc, now } = self.sem.inner.store.snapshot()?;
         let Some(i) = self.find(&doc) else {
-            return Ok(None);
+            return Ok((None, now));
         };
         let mut changed = false;
         rules::restore(&mut doc, i, &state.record, &mut changed);
         if !changed {
-            return Ok(Some(doc.holders.swap_remove(i)));
+            return Ok((Some(doc.holders.swap_remove(i)), now));
         }
-        self.sem.inner.store.transact(None, |doc, _| {
+        self.sem.inner.store.step(None, |doc, cx| {
             let Some(i) = self.find(doc) else {
-                return Ok(Step::unchanged(None));
+                return Ok(Step::unchanged((None, cx.now)));
             };
             let changed = self.restore(doc, i, &state.record);
-            Ok(Step::new(Some(doc.holders[i].clone()), changed))
+            Ok(Step::new((Some(doc.holders[i].clone()), cx.now), changed))
         })
     }
 
@@ -621,7 +617,7 @@ impl Target {
         self.sem
             .inner
             .store
-            .transact(None, |doc, _| match self.find(doc) {
+            .step(None, |doc, _| match self.find(doc) {
                 Some(i) => {
                     self.restore(doc, i, record);
                     let entry = &mut doc.holders[i];
@@ -646,8 +642,8 @@ impl Target {
         match lease {
             Some(_) => self.renew_locked(&mut state).map(|_| true),
             None => match self.look_locked(&state)? {
-                Some(_) => Ok(true),
-                None => Err(self.lost()),
+                (Some(_), _) => Ok(true),
+                (None, _) => Err(self.lost()),
             },
         }
     }

@@ -1,27 +1,22 @@
 //! The [`Semaphore`] handle and its operations.
 
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
-use crate::core::doc::{self as state, Document, Entry, MAX_CAPACITY};
-use crate::core::queue::{Stamp, holder_entry};
+use crate::core::doc::{self as state, Entry, MAX_CAPACITY};
+use crate::core::queue::holder_entry;
 use crate::core::rules::{self, Ctx, Refusal};
-use crate::core::tokens::{take_token, token_floor, tokens_exhausted};
 use crate::core::verdict::{Judge, Liveness, verdict};
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 use crate::options::{AcquireOptions, OpenOptions};
 use crate::permit::Permit;
-use crate::store::file::dir::{Files, Trust};
-use crate::store::file::identity::Identity;
-use crate::store::file::judge::SystemJudge;
-use crate::store::file::witness::{Created, WitnessLock};
-use crate::store::{LockWait, Step, Store, busy_since};
+use crate::store::file::{FileStore, Settings};
+use crate::store::{LockWait, NewHold, Step, Store, busy_since};
 
 /// A cheap, cloneable handle on one semaphore file; every operation goes through it.
 ///
@@ -35,7 +30,6 @@ pub struct Semaphore {
 
 pub(crate) struct Inner {
     pub store: Store,
-    pub judge: Box<dyn Judge + Send + Sync>,
     pub reap: bool,
     pub default_lease: Option<Duration>,
 }
@@ -72,11 +66,10 @@ impl From<rules::Removed> for Reaped {
 
 impl fmt::Debug for Semaphore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Semaphore")
-            .field("path", &self.path())
-            .field("durable", &self.inner.store.durable)
-            .field("lock_timeout", &self.inner.store.lock_timeout)
-            .finish()
+        let mut out = f.debug_struct("Semaphore");
+        out.field("path", &self.path());
+        self.inner.store.describe(&mut out);
+        out.finish()
     }
 }
 
@@ -161,31 +154,21 @@ impl Semaphore {
         crate::options::check_lease(path, options.default_lease)?;
         if let Some(capacity) = capacity {
             check_capacity(path, u64::from(capacity.max(1)))?;
-            let dir = crate::store::file::dir::parent_dir(path);
-            fs::create_dir_all(dir).map_err(|e| Error::io(path, dir, "create the directory", e))?;
         }
-        let sem = Semaphore::bind(path, options)?;
+        let store = FileStore::open(path, &file_settings(options), capacity.is_some())?;
+        let sem = Semaphore::with_store(Store::File(store), options);
         let store = &sem.inner.store;
-        check_not_a_lock_file(&store.files)?;
         match capacity {
             None => {
                 store.snapshot()?;
             }
             Some(capacity) => {
-                // Refused before the lock file is created.
-                store.check_not_symlink()?;
                 let requested = capacity.max(1);
-                store.transact(Some(requested), |doc, created| {
-                    if options.create_new && !created {
+                store.step(Some(requested), |doc, cx| {
+                    if options.create_new && !cx.created {
                         return Err(Error::AlreadyExists {
                             path: path.to_path_buf(),
                         });
-                    }
-                    let tokens = live_tokens(doc);
-                    let mut leftovers = store.remove_leftovers()?;
-                    leftovers.extend(store.remove_orphans(&tokens)?);
-                    for file in leftovers {
-                        tracing::info!(path = %path.display(), file = %file.display(), "removed leftover file");
                     }
                     if doc.capacity() != requested {
                         return Err(Error::CapacityMismatch {
@@ -194,31 +177,23 @@ impl Semaphore {
                             on_file: doc.capacity(),
                         });
                     }
-                    Ok(Step::unchanged(()))
+                    // Opening cleans up after killed processes.
+                    Ok(Step::unchanged(()).tidy())
                 })?;
             }
         }
         Ok(sem)
     }
 
-    /// A handle bound to the directory of `path` (see [`resolved_path`](Semaphore::resolved_path));
-    /// reads nothing else.
-    fn bind(path: &Path, options: &OpenOptions) -> Result<Semaphore> {
-        let files = Arc::new(Files::open(path, Trust::new(&options.trusted_owners))?);
-        let store = Store::new(
-            Arc::clone(&files),
-            options.durable,
-            options.mode,
-            options.lock_timeout,
-        );
-        Ok(Semaphore {
+    /// A handle on the semaphore in `store`, with the handle's settings of `options`.
+    fn with_store(store: Store, options: &OpenOptions) -> Semaphore {
+        Semaphore {
             inner: Arc::new(Inner {
                 store,
-                judge: Box::new(SystemJudge::new(files)),
                 reap: options.auto_reap,
                 default_lease: options.default_lease,
             }),
-        })
+        }
     }
 
     /// The state file's path, as given to `open` (used in messages).
@@ -249,7 +224,7 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn resolved_path(&self) -> &Path {
-        &self.inner.store.files.resolved
+        self.inner.store.resolved_path()
     }
 
     /// The capacity recorded in the state file now, in holders.
@@ -260,7 +235,7 @@ impl Semaphore {
     /// never a guessed number; [`Error::Untrusted`] for a state file of the wrong type or
     /// owner; [`Error::DirectoryGone`] once the directory was removed.
     pub fn capacity(&self) -> Result<u32> {
-        Ok(self.inner.store.snapshot()?.capacity())
+        Ok(self.inner.store.snapshot()?.doc.capacity())
     }
 
     /// Changes the capacity to `capacity` holders. Lowering it below the number of holders
@@ -285,12 +260,12 @@ impl Semaphore {
     /// ```
     pub fn set_capacity(&self, capacity: u32) -> Result<()> {
         check_capacity(self.path(), u64::from(capacity))?;
-        self.inner.store.transact(None, |doc, _| {
+        self.inner.store.step(None, |doc, cx| {
             if doc.capacity() == capacity {
                 return Ok(Step::unchanged(()));
             }
             doc.capacity = i64::from(capacity);
-            rules::hand_off(doc, Utc::now());
+            rules::hand_off(doc, cx.now);
             Ok(Step::changed(()))
         })
     }
@@ -372,10 +347,11 @@ impl Semaphore {
         let id = holder.id();
         self.check_request(id, options)?;
         let path = self.path();
-        let lease = options.lease.or(self.inner.default_lease);
-        let granted = self.inner.store.transact_with(wait, None, |doc, _| {
-            let now = Utc::now();
-            let ctx = self.ctx(now);
+        let lease = self.lease_for(options);
+        let req = options.request(id, lease, false);
+        let granted = self.inner.store.step_with(wait, None, |doc, cx| {
+            let now = cx.now;
+            let ctx = self.ctx(now, cx.judge());
             let mut changed = false;
             let mut removed = Vec::new();
             let admitted = rules::admit(doc, id, &ctx, &mut changed, &mut removed);
@@ -384,13 +360,8 @@ impl Semaphore {
                     Step::new(Err(refusal_error(path, id, refusal)), changed).reaped(removed)
                 );
             }
-            let (token, witness) = self.take_token_and_witness(doc, options.detached)?;
-            let stamp = Stamp {
-                number: token,
-                owner: Identity::current().owner(),
-                witness: witness.as_ref().map(|w| w.record.clone()),
-            };
-            let req = options.request(id, lease, false);
+            let NewHold { stamp, witness } = cx.new_hold(doc, req.detached)?;
+            let token = stamp.number;
             let entry = holder_entry(&req, now, stamp);
             let record = rules::grant(doc, entry, token, now);
             Ok(Step::changed(Ok((record, now, witness))).reaped(removed))
@@ -539,40 +510,6 @@ impl Semaphore {
         crate::wait::acquire(self, id, options)
     }
 
-    /// Takes the next number of the token counter (the fencing token of a direct grant, or the
-    /// ticket of a waiter) and, for a process-bound hold, creates and locks its witness file
-    /// named by it (before the entry naming it is written). Skips numbers whose witness file
-    /// exists already (possible after a Go write dropped the counter).
-    pub(crate) fn take_token_and_witness(
-        &self,
-        doc: &mut Document,
-        detached: bool,
-    ) -> Result<(u64, Option<WitnessLock>)> {
-        let store = &self.inner.store;
-        for _ in 0..64 {
-            if tokens_exhausted(doc) {
-                // Never hand out a token twice: fail closed.
-                return Err(Error::TokensExhausted {
-                    path: store.path().to_path_buf(),
-                });
-            }
-            let token = take_token(doc);
-            if detached {
-                return Ok((token, None));
-            }
-            match store.create_witness(token)? {
-                Created::Locked(lock) => return Ok((token, Some(lock))),
-                Created::Taken => continue,
-            }
-        }
-        Err(Error::io(
-            store.path(),
-            &store.files.witness_path,
-            "find a free witness name in",
-            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        ))
-    }
-
     /// Removes every provably stale holder and waiter now (dead owner, expired lease), hands
     /// their slots to queued waiters, and returns what it removed with the evidence. Entries
     /// that cannot be judged (see [`Liveness::Unknown`]) stay. Also removes witness files that
@@ -605,22 +542,16 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn reap(&self) -> Result<Vec<Reaped>> {
-        let path = self.path();
-        self.inner.store.transact(None, |doc, _| {
+        self.inner.store.step(None, |doc, cx| {
             let ctx = Ctx {
                 reap: true,
-                ..self.ctx(Utc::now())
+                ..self.ctx(cx.now, cx.judge())
             };
             let removed = rules::reap(doc, &ctx);
             let granted = rules::hand_off(doc, ctx.now);
-            let store = &self.inner.store;
-            let mut leftovers = store.remove_leftovers()?;
-            leftovers.extend(store.remove_orphans(&live_tokens(doc))?);
-            for file in leftovers {
-                tracing::info!(path = %path.display(), file = %file.display(), "removed leftover file");
-            }
             let reaped = removed.iter().cloned().map(Reaped::from).collect();
-            Ok(Step::new(reaped, granted > 0).reaped(removed))
+            // Reaping cleans up after killed processes too.
+            Ok(Step::new(reaped, granted > 0).reaped(removed).tidy())
         })
     }
 
@@ -630,7 +561,7 @@ impl Semaphore {
             id: id.to_string(),
             reason,
         })?;
-        crate::options::check_lease(self.path(), options.lease.or(self.inner.default_lease))?;
+        crate::options::check_lease(self.path(), self.lease_for(options))?;
         options
             .check_metadata()
             .map_err(|reason| Error::InvalidMetadata {
@@ -661,11 +592,11 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn release(&self, id: &str) -> Result<()> {
-        self.inner.store.transact(None, |doc, _| {
+        self.inner.store.step(None, |doc, cx| {
             match doc.holders.iter().position(|e| e.id == id) {
                 Some(i) => {
                     doc.holders.remove(i);
-                    rules::hand_off(doc, Utc::now());
+                    rules::hand_off(doc, cx.now);
                     Ok(Step::changed(Ok(())))
                 }
                 None => Ok(Step::unchanged(Err(Error::NotHeld {
@@ -703,8 +634,8 @@ impl Semaphore {
     {
         let ids: Vec<S> = ids.into_iter().collect();
         let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
-        self.inner.store.transact(None, |doc, _| {
-            let removed = rules::remove_ids(doc, &ids, Utc::now());
+        self.inner.store.step(None, |doc, cx| {
+            let removed = rules::remove_ids(doc, &ids, cx.now);
             let changed = !removed.is_empty();
             Ok(Step::new(removed, changed))
         })
@@ -731,9 +662,14 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn holders(&self) -> Result<Vec<HolderInfo>> {
-        let doc = self.inner.store.snapshot()?;
-        let now = Utc::now();
-        Ok(doc.holders.iter().map(|e| self.info(e, now)).collect())
+        let snapshot = self.inner.store.snapshot()?;
+        let now = snapshot.now;
+        Ok(snapshot
+            .doc
+            .holders
+            .iter()
+            .map(|e| self.info(e, now))
+            .collect())
     }
 
     /// The queued waiters, in the order they will be served (priority, then arrival), each
@@ -754,9 +690,10 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn waiters(&self) -> Result<Vec<HolderInfo>> {
-        let doc = self.inner.store.snapshot()?;
-        let now = Utc::now();
-        Ok(doc
+        let snapshot = self.inner.store.snapshot()?;
+        let now = snapshot.now;
+        Ok(snapshot
+            .doc
             .waiters
             .iter()
             .map(|e| HolderInfo {
@@ -772,7 +709,7 @@ impl Semaphore {
     ///
     /// As [`holders`](Semaphore::holders).
     pub fn count(&self) -> Result<usize> {
-        Ok(self.inner.store.snapshot()?.holders.len())
+        Ok(self.inner.store.snapshot()?.doc.holders.len())
     }
 
     /// How many slots a [`try_acquire`](Semaphore::try_acquire) could get now: free slots
@@ -783,8 +720,9 @@ impl Semaphore {
     ///
     /// As [`holders`](Semaphore::holders).
     pub fn available(&self) -> Result<usize> {
-        let doc = self.inner.store.snapshot()?;
-        Ok(rules::available(&doc, &self.ctx(Utc::now())))
+        let snapshot = self.inner.store.snapshot()?;
+        let ctx = self.ctx(snapshot.now, self.inner.store.judge());
+        Ok(rules::available(&snapshot.doc, &ctx))
     }
 
     /// Recovers from a corrupt state file: moves it aside to `PATH.corrupt-<UTC time>` and
@@ -829,15 +767,26 @@ impl Semaphore {
         OpenOptions::new().recover(path, capacity)
     }
 
-    pub(crate) fn ctx(&self, now: chrono::DateTime<Utc>) -> Ctx<'_> {
+    /// What the rules need to judge and reap at `now` (the store's clock) with `judge` (the
+    /// store's), as this handle reaps.
+    pub(crate) fn ctx<'a>(&self, now: DateTime<Utc>, judge: &'a dyn Judge) -> Ctx<'a> {
         Ctx {
             now,
-            judge: self.inner.judge.as_ref(),
+            judge,
             reap: self.inner.reap,
         }
     }
 
-    pub(crate) fn info(&self, e: &Entry, now: chrono::DateTime<Utc>) -> HolderInfo {
+    /// The lease of an acquire with `options`: its own, else the handle's default, else the
+    /// one its store imposes.
+    pub(crate) fn lease_for(&self, options: &AcquireOptions) -> Option<Duration> {
+        options
+            .lease
+            .or(self.inner.default_lease)
+            .or_else(|| self.inner.store.imposed_lease())
+    }
+
+    pub(crate) fn info(&self, e: &Entry, now: DateTime<Utc>) -> HolderInfo {
         let mode = if e.detached {
             HoldMode::Detached
         } else if e.owner.is_some() {
@@ -858,7 +807,7 @@ impl Semaphore {
             expires_at: e.expires_at,
             metadata: e.metadata.clone(),
             priority: e.priority.unwrap_or(0),
-            liveness: verdict(e, now, self.inner.judge.as_ref()),
+            liveness: verdict(e, now, self.inner.store.judge()),
         }
     }
 }
@@ -874,87 +823,31 @@ impl OpenOptions {
         let path = path.as_ref();
         crate::options::check_lease(path, self.default_lease)?;
         check_capacity(path, u64::from(capacity))?;
-        let sem = match Semaphore::bind(path, self) {
-            Err(Error::NotFound { .. }) => None,
-            other => Some(other?),
-        };
-        let exists = match &sem {
-            Some(sem) => {
-                check_not_a_lock_file(&sem.inner.store.files)?;
-                sem.inner.store.check_not_symlink()?
-            }
-            None => false,
-        };
-        let Some(sem) = sem.filter(|_| exists) else {
+        let Some(store) = FileStore::open_for_recovery(path, &file_settings(self))? else {
             let semaphore = self.open(path, capacity)?;
             return Ok(Recovered {
                 semaphore,
                 moved_to: None,
             });
         };
-        let store = &sem.inner.store;
-        let files = &store.files;
-        let moved_to = store.with_lock(|dir| {
-            // Only a regular file of a trusted owner is moved aside: `read` refuses anything
-            // else (a FIFO, socket or device; a file planted by another user) untouched.
-            let bytes = match store.read() {
-                Ok(_) => return Ok(None),
-                // Tokens are looked for in what can be read safely: the first bytes of a
-                // file over the size limit.
-                Err(Error::Corrupt { .. }) => store.read_prefix(crate::store::MAX_STATE_BYTES)?,
-                Err(e) => return Err(e),
-            };
-            let name = files.state_name.as_os_str();
-            let old_mode = files
-                .stat_at(files.dir(), name)
-                .map_err(|e| store.io_error("look up semaphore state at", e))?
-                .map_or(self.mode, |st| crate::store::file::dir::perm_bits(&st));
-            // Never pass on set-id, sticky or world-write bits of a file someone planted.
-            let mode = old_mode & 0o775;
-            let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-            let aside_name = {
-                let mut n = name.to_os_string();
-                n.push(format!(".corrupt-{stamp}"));
-                n
-            };
-            let aside = crate::store::file::dir::parent_dir(path).join(&aside_name);
-            nix::fcntl::renameat(files.dir(), name, files.dir(), aside_name.as_os_str())
-                .map_err(|e| Error::io(path, &aside, "move the corrupt state file to", e.into()))?;
-            let mut doc = Document::new(capacity);
-            doc.next_token = Some(token_floor(&bytes, Utc::now()));
-            let meta = crate::store::file::atomic::FileMeta { mode, owner: None };
-            crate::store::file::atomic::write_atomic(files, &doc.to_bytes(), meta, self.durable, dir)?;
-            tracing::warn!(path = %path.display(), aside = %aside.display(), "recovered corrupt semaphore state");
-            Ok(Some(aside))
-        })?;
-        store.snapshot()?;
+        let moved_to = store.recover(capacity)?;
+        let semaphore = Semaphore::with_store(Store::File(store), self);
+        semaphore.inner.store.snapshot()?;
         Ok(Recovered {
-            semaphore: sem,
+            semaphore,
             moved_to,
         })
     }
 }
 
-/// Refuses `X.lock` when a semaphore state file `X` exists: that is X's lock file, and using it
-/// as a state file (above all `recover`, which moves it aside) would break X's exclusion.
-fn check_not_a_lock_file(files: &Files) -> Result<()> {
-    let Some(stem) = files
-        .state_name
-        .to_str()
-        .and_then(|n| n.strip_suffix(".lock"))
-        .filter(|s| !s.is_empty())
-    else {
-        return Ok(());
-    };
-    let is_file = nix::sys::stat::fstatat(files.dir(), stem, nix::fcntl::AtFlags::empty())
-        .is_ok_and(|st| crate::store::file::dir::is_regular(&st));
-    if is_file {
-        return Err(Error::IsLockFile {
-            path: files.path.clone(),
-            semaphore: files.path.with_file_name(stem),
-        });
+/// The file store's settings among `options`.
+fn file_settings(options: &OpenOptions) -> Settings<'_> {
+    Settings {
+        durable: options.durable,
+        mode: options.mode,
+        lock_timeout: options.lock_timeout,
+        trusted_owners: &options.trusted_owners,
     }
-    Ok(())
 }
 
 fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
@@ -983,16 +876,6 @@ pub(crate) fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
             path: path.to_path_buf(),
         },
     }
-}
-
-/// The names of the witness files that entries on file refer to (a ticket, or a token for a
-/// hold granted directly): what orphan cleanup must leave alone.
-fn live_tokens(doc: &Document) -> Vec<u64> {
-    doc.holders
-        .iter()
-        .chain(&doc.waiters)
-        .filter_map(Entry::witness_name)
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,16 +1,15 @@
-//! How a waiter sleeps between looks at the state file: in `poll(2)` on an inotify descriptor
-//! (Linux, [`crate::store::file::notify`]) and on its cancel token's socket, with a backoff timer as the
-//! safety net; polling with bounded backoff and jitter where no notification is available.
+//! How a waiter sleeps between looks at the document: until its store's [`Waker`] says
+//! the document may have changed (the file store: inotify), its cancel token's socket wakes
+//! it, or a backoff timer, the safety net for what no notice announces, runs out. The
+//! backoff is the same for every store: slow when notices are prompt, fast (polling) when
+//! there are none.
 
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use crate::cancel::{CancelToken, Registration};
-use crate::semaphore::Semaphore;
+use crate::store::Waker;
 
 /// Safety-net timer with prompt notification (inotify on a local filesystem): events cover
 /// every write, so the timer only matters for what no write announces (an entry's expiry, a
@@ -28,58 +27,28 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 /// How often the cancel flag is checked when no wake-up socket could be made.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
 
-/// Unit tests switch inotify off to exercise the polling fallback.
-#[cfg(test)]
-static FORCE_POLLING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn polling_forced() -> bool {
-    #[cfg(test)]
-    {
-        FORCE_POLLING.load(std::sync::atomic::Ordering::SeqCst)
-    }
-    #[cfg(not(test))]
-    {
-        false
-    }
-}
-
-/// Sleeps between looks: in `poll(2)` on the change notifier and the cancel socket, with a
-/// backoff timer as the safety net.
+/// Sleeps between looks: until a notice of its waker, the cancel socket, or a backoff timer,
+/// the safety net.
 pub(crate) struct Sleeper {
-    #[cfg(target_os = "linux")]
-    notifier: Option<crate::store::file::notify::Notifier>,
+    waker: Waker,
     cancel: Option<Registration>,
     backoff: Duration,
 }
 
 impl Sleeper {
-    pub(crate) fn new(sem: &Semaphore, cancel: Option<&CancelToken>) -> Sleeper {
+    pub(crate) fn new(waker: Waker, cancel: Option<&CancelToken>) -> Sleeper {
         let mut sleeper = Sleeper {
-            #[cfg(target_os = "linux")]
-            notifier: if polling_forced() {
-                None
-            } else {
-                crate::store::file::notify::Notifier::new(&sem.inner.store.files)
-            },
+            waker,
             cancel: cancel.and_then(CancelToken::register),
             backoff: Duration::ZERO,
         };
-        #[cfg(not(target_os = "linux"))]
-        let _ = sem;
         sleeper.reset();
         sleeper
     }
 
-    /// Whether every local write raises an event.
+    /// Whether every write raises a notice.
     fn prompt(&self) -> bool {
-        #[cfg(target_os = "linux")]
-        {
-            self.notifier.as_ref().is_some_and(|n| !n.remote())
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            false
-        }
+        self.waker.prompt()
     }
 
     fn bounds(&self) -> (Duration, Duration) {
@@ -97,14 +66,13 @@ impl Sleeper {
     /// The next safety-net interval (jittered by a quarter either way); doubles the backoff.
     pub(crate) fn next_interval(&mut self) -> Duration {
         let (_, max) = self.bounds();
-        let interval = crate::store::file::lock::jitter(self.backoff);
+        let interval = crate::store::jitter(self.backoff);
         self.backoff = (self.backoff * 2).min(max);
         interval
     }
 
-    /// Sleeps until `until`, a change of the state file, or cancellation, whichever is
-    /// first. Signals (`EINTR`) only resume the sleep; `until` is absolute, so they never
-    /// extend it.
+    /// Sleeps until `until`, a change of the document, or cancellation, whichever is first.
+    /// Signals only resume the sleep; `until` is absolute, so they never extend it.
     pub(crate) fn sleep_until(&mut self, until: Instant, cancel: Option<&CancelToken>) {
         loop {
             if cancel.is_some_and(CancelToken::is_cancelled) {
@@ -118,71 +86,21 @@ impl Sleeper {
             if cancel.is_some() && self.cancel.is_none() {
                 wait = wait.min(CANCEL_CHECK);
             }
-            let (notified, woken) = match self.poll_once(wait) {
-                Ok(r) => r,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::debug!(%e, "poll failed; sleeping instead");
-                    std::thread::sleep(wait.min(POLL_FIRST));
-                    continue;
-                }
-            };
-            if woken && let Some(r) = &self.cancel {
+            let socket = self.cancel.as_ref().map(|r| r.reader.as_fd());
+            let woke = self.waker.wait(wait, socket);
+            if woke.cancelled
+                && let Some(r) = &self.cancel
+            {
                 let mut buf = [0u8; 16];
                 while matches!((&r.reader).read(&mut buf), Ok(n) if n > 0) {}
             }
-            if notified && self.drain() {
+            if woke.lost {
+                // No notices from now on: poll.
+                self.reset();
+            }
+            if woke.changed {
                 return;
             }
-        }
-    }
-
-    /// One `poll(2)`: returns (notifier readable, cancel socket readable).
-    fn poll_once(&self, wait: Duration) -> std::result::Result<(bool, bool), Errno> {
-        // Round up: waking before `until` would only cost another poll.
-        let ms = wait
-            .as_nanos()
-            .div_ceil(1_000_000)
-            .clamp(1, i32::MAX as u128);
-        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-        let mut fds = Vec::with_capacity(2);
-        #[cfg(target_os = "linux")]
-        if let Some(fd) = self.notifier.as_ref().and_then(|n| n.fd()) {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        let notifier_fds = fds.len();
-        if let Some(r) = &self.cancel {
-            fds.push(PollFd::new(r.reader.as_fd(), PollFlags::POLLIN));
-        }
-        poll(&mut fds, timeout)?;
-        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        let notified = fds[..notifier_fds].iter().any(ready);
-        let woken = fds[notifier_fds..].iter().any(ready);
-        Ok((notified, woken))
-    }
-
-    /// Reads the notifier's events; `true` if the state file changed (or the notifier broke,
-    /// and the caller should look now and poll from then on).
-    fn drain(&mut self) -> bool {
-        #[cfg(target_os = "linux")]
-        {
-            use crate::store::file::notify::Events;
-            let Some(n) = &self.notifier else {
-                return false;
-            };
-            match n.drain() {
-                Events::Unrelated => false,
-                Events::Changed => true,
-                Events::Broken => {
-                    self.notifier = None;
-                    self.reset();
-                    true
-                }
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            false
         }
     }
 }
@@ -190,6 +108,7 @@ impl Sleeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::file::waker::FORCE_POLLING;
     use crate::{AcquireOptions, Error};
 
     #[test]
@@ -216,7 +135,7 @@ mod tests {
         let waiter = sem.clone();
         std::thread::spawn(move || tx.send(waiter.acquire("b")).unwrap());
         queued(1);
-        assert!(!Sleeper::new(&sem, None).prompt());
+        assert!(!Sleeper::new(sem.inner.store.waker(), None).prompt());
         first.release().unwrap();
         let second = rx.recv_timeout(deadline).unwrap().unwrap();
         assert_eq!(second.id(), "b");

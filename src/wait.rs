@@ -23,12 +23,10 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-
 use crate::cancel::CancelToken;
 use crate::core::doc::Document;
 use crate::core::queue::{
-    Grant, Left, Mine, Outcome, Request, Stamp, granted, leave, needs_step, next_expiry, settle,
+    Grant, Left, Mine, Outcome, Request, granted, leave, needs_step, next_expiry, settle,
 };
 use crate::core::rules::Refusal;
 use crate::error::{Error, Result};
@@ -36,9 +34,7 @@ use crate::options::AcquireOptions;
 use crate::permit::Permit;
 use crate::semaphore::{Semaphore, refusal_error};
 use crate::sleeper::Sleeper;
-use crate::store::file::identity::Identity;
-use crate::store::file::witness::WitnessLock;
-use crate::store::{LockWait, Step, busy_since};
+use crate::store::{LockWait, Step, WitnessLock, busy_since};
 
 /// How often a waiter refreshes its expiry.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -52,7 +48,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     let wait = LockWait::for_call(start, options.timeout);
     let req = options.request(
         id,
-        options.lease.or(sem.inner.default_lease),
+        sem.lease_for(options),
         options.timeout != Some(Duration::ZERO),
     );
     let path = sem.path();
@@ -93,17 +89,17 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         on_wait(&status);
     }
 
-    let mut sleeper = Sleeper::new(sem, options.cancel.as_ref());
+    let mut sleeper = Sleeper::new(sem.inner.store.waker(), options.cancel.as_ref());
     let mut refreshed = Instant::now();
     let mut last: Option<Document> = None;
     loop {
-        let doc = sem.inner.store.snapshot()?;
-        let now = Utc::now();
+        let snapshot = sem.inner.store.snapshot()?;
+        let (doc, now) = (snapshot.doc, snapshot.now);
         if let Some(grant) = granted(&doc, &queued.mine) {
             return Ok(queued.granted(&req, grant, None, start));
         }
         let refresh = refreshed.elapsed() >= REFRESH_EVERY;
-        if refresh || needs_step(&doc, &queued.mine, &sem.ctx(now)) {
+        if refresh || needs_step(&doc, &queued.mine, &sem.ctx(now, sem.inner.store.judge())) {
             let (outcome, witness) = match step(sem, &req, Some(&queued.mine), refresh, wait) {
                 // The deadline passed while another process held the lock.
                 Err(busy @ Error::LockBusy { .. }) => return queued.time_out(&req, start, busy),
@@ -193,20 +189,15 @@ fn step(
     refresh: bool,
     wait: LockWait,
 ) -> Result<(Outcome, Option<WitnessLock>)> {
-    sem.inner.store.transact_with(wait, None, |doc, _| {
-        let ctx = sem.ctx(Utc::now());
+    sem.inner.store.step_with(wait, None, |doc, cx| {
+        let ctx = sem.ctx(cx.now, cx.judge());
         let mut changed = false;
         let mut removed = Vec::new();
         let mut lock = None;
         let mut new_stamp = |doc: &mut Document| {
-            let (token, witness) = sem.take_token_and_witness(doc, req.detached)?;
-            let record = witness.as_ref().map(|w| w.record.clone());
-            lock = witness;
-            Ok(Stamp {
-                number: token,
-                owner: Identity::current().owner(),
-                witness: record,
-            })
+            let hold = cx.new_hold(doc, req.detached)?;
+            lock = hold.witness;
+            Ok(hold.stamp)
         };
         let outcome = settle(
             doc,
@@ -270,9 +261,9 @@ impl Queued<'_> {
     /// waiting for its expiry, or for ever for a granted entry without a lease.
     fn leave_with(&mut self, keep_grant: bool, wait: LockWait) -> Result<Left> {
         self.armed = false;
-        let left = self.sem.inner.store.transact_with(wait, None, |doc, _| {
+        let left = self.sem.inner.store.step_with(wait, None, |doc, cx| {
             let mut changed = false;
-            let left = leave(doc, &self.mine, keep_grant, Utc::now(), &mut changed);
+            let left = leave(doc, &self.mine, keep_grant, cx.now, &mut changed);
             Ok(Step::new(left, changed))
         });
         match &left {
@@ -298,8 +289,8 @@ impl Queued<'_> {
     /// process that looks, or expires, and a slot handed to it is reaped, never leaked.
     fn time_out(&mut self, req: &Request<'_>, start: Instant, error: Error) -> Result<Permit> {
         match self.sem.inner.store.snapshot() {
-            Ok(doc) => {
-                if let Some(grant) = granted(&doc, &self.mine) {
+            Ok(snapshot) => {
+                if let Some(grant) = granted(&snapshot.doc, &self.mine) {
                     return Ok(self.granted(req, grant, None, start));
                 }
             }

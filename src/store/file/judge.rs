@@ -17,6 +17,7 @@ use crate::core::verdict::{Judge, Liveness};
 
 /// The judge for real files: witness locks, then pids, then reboots. See the table in the
 /// crate docs (`# Crash behavior`).
+#[derive(Debug)]
 pub(crate) struct SystemJudge {
     /// The semaphore's bound directory, where its witness directory is.
     pub files: Arc<Files>,

@@ -105,7 +105,7 @@ fn lock_file(
             tracing::info!(lock = %files.lock_path.display(), "blocking waiting for file lock");
             announced = true;
         }
-        std::thread::sleep(jitter(backoff).min(left));
+        std::thread::sleep(crate::store::jitter(backoff).min(left));
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
@@ -180,15 +180,6 @@ fn set_exact_mode(files: &Files, file: &File, wanted: u32) -> Result<()> {
         fchmod(file, mode(wanted)).map_err(|e| files.io(&files.lock_path, "set the mode of", e))?;
     }
     Ok(())
-}
-
-/// A pause of 75% to 125% of `d`, so that processes that collided do not collide again.
-pub(crate) fn jitter(d: Duration) -> Duration {
-    let quarter = d / 4;
-    let span = u64::try_from(quarter.as_nanos() * 2)
-        .unwrap_or(u64::MAX)
-        .max(1);
-    d - quarter + Duration::from_nanos(fastrand::u64(..span))
 }
 
 impl LockGuard {
@@ -351,17 +342,5 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o7777, 0o660);
         drop(guard);
-    }
-
-    #[test]
-    fn jitter_stays_within_a_quarter() {
-        // Backoff pauses vary but stay near the nominal value.
-        for _ in 0..100 {
-            let j = jitter(Duration::from_micros(100));
-            assert!(
-                j >= Duration::from_micros(75) && j <= Duration::from_micros(125),
-                "{j:?}"
-            );
-        }
     }
 }

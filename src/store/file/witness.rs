@@ -31,7 +31,9 @@ use super::lock::unlock;
 use crate::core::doc::Witness;
 use crate::error::{Error, Result};
 
-/// The witness directory of the semaphore at `path`: `PATH.witness`.
+/// The witness directory of the semaphore at `path`: `PATH.witness` (for tests; the store
+/// knows it as [`Files::witness_path`]).
+#[cfg(test)]
 pub(crate) fn dir_of(path: &Path) -> PathBuf {
     let mut d = path.as_os_str().to_os_string();
     d.push(".witness");
@@ -222,6 +224,11 @@ impl WitnessLock {
             .as_ref()
             .ok_or_else(|| io::Error::other("witness already released"))?;
         nix::unistd::dup(flock.as_fd()).map_err(io::Error::from)
+    }
+
+    /// The witness directory it is in, as named by the semaphore's path, for messages.
+    pub fn dir_path(&self) -> &Path {
+        self.path.parent().unwrap_or(&self.path)
     }
 
     /// Removes the file and unlocks it (the entry naming it must already be gone or detached).
