@@ -2,7 +2,7 @@
 //!
 //! One step of the Redis design is two round trips: a pipelined `GET KEY` + `TIME` (the
 //! document and the server's clock), then `EVALSHA` of the compare-and-swap script
-//! (`src/redis/lua/cas.lua`, which also publishes the change notice). This benchmark issues
+//! (`src/store/redis/lua/cas.lua`, which also publishes the change notice). This benchmark issues
 //! exactly those, with the `redis` crate on one connection to a private `redis-server` on
 //! loopback (started as the tests start it, `tests/common/redis_server.rs`), with a fixed
 //! small document (two versions written in turn, so every compare-and-swap wins), and prints
@@ -104,7 +104,7 @@ fn main() {
         .expect("connect");
     con.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("read timeout");
-    let cas = Script::new(include_str!("../src/redis/lua/cas.lua"));
+    let cas = Script::new(include_str!("../src/store/redis/lua/cas.lua"));
     let docs = [document(7), document(8)];
     // Load the script and warm up.
     round(&mut con, &cas, &docs, length / 5);

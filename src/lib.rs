@@ -220,8 +220,6 @@ mod error;
 mod holder;
 mod options;
 mod permit;
-#[cfg(feature = "redis")]
-mod redis;
 mod semaphore;
 mod sleeper;
 mod store;

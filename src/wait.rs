@@ -283,7 +283,7 @@ impl Queued<'_> {
     ///
     /// First a lock-free snapshot: a slot handed over meanwhile is returned as the permit.
     /// Otherwise the queue is left in a step that tries the lock only for
-    /// [`LAST_LOCK_WAIT`](crate::store::LAST_LOCK_WAIT) (a slot handed over by then is kept
+    /// [`LAST_LOCK_WAIT`](crate::store::file::LAST_LOCK_WAIT) (a slot handed over by then is kept
     /// and returned). If the lock is busy, the witness is unlocked and left in place
     /// ([`leave_with`](Queued::leave_with)): the entry is judged dead and removed by the next
     /// process that looks, or expires, and a slot handed to it is reaped, never leaked.

@@ -24,10 +24,10 @@
 //! - **One atomic read-modify-write step** ([`Store::step_with`]): load the document (or
 //!   create it, given a capacity), run a rule on it, and commit the result only if nobody
 //!   changed the document in between: the file store holds `PATH.lock` throughout; a network
-//!   store would compare-and-swap and run the rule again after a lost race, so a rule must
-//!   not act outside its document except through its [`StepContext`]. The step waits (for a
-//!   lock, or retrying) as its [`LockWait`] says. The shared part of every step (the token
-//!   counter policy, the format version) is applied here, for every store alike.
+//!   store compares and swaps, and runs the rule again after a lost race (rules are `FnMut`
+//!   and act outside their document only through their [`StepContext`]). The step waits
+//!   (for a lock, or retrying) as its [`LockWait`] says. The shared part of every step (the
+//!   token counter policy, the format version) is applied here, for every store alike.
 //! - **The store's clock**: every step and every snapshot comes with `now` from the store
 //!   (the file store: this machine's clock; a Redis store: the server's `TIME`), so that all
 //!   users of one semaphore judge leases by one clock.
@@ -60,6 +60,8 @@ use crate::core::verdict::Judge;
 use crate::error::{Error, Result};
 
 pub(crate) mod file;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 pub(crate) use file::FileStore;
 pub(crate) use file::witness::WitnessLock;
@@ -224,7 +226,7 @@ pub(crate) struct Snapshot {
 fn run_rule<R>(
     doc: &mut Document,
     cx: &mut StepContext<'_>,
-    rule: impl FnOnce(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
+    rule: &mut impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
 ) -> Result<Step<R>> {
     if !cx.created {
         resume_token_counter(doc, cx.now);
@@ -258,7 +260,7 @@ impl Store {
     pub fn step<R>(
         &self,
         create: Option<u32>,
-        rule: impl FnOnce(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
+        rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
         self.step_with(LockWait::Timeout, create, rule)
     }
@@ -273,6 +275,11 @@ impl Store {
     /// whether to tidy. Nothing is written unless it changed something, and nothing at all
     /// when it fails. The step waits for its turn as `wait` says.
     ///
+    /// `rule` may run more than once: a store that compares and swaps runs it again on the
+    /// newer document after a lost race, and drops what the losing run returned. So it acts
+    /// on nothing but its document and its context (the file store runs it exactly once,
+    /// under the lock).
+    ///
     /// # Errors
     ///
     /// What `rule` returns; [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`]
@@ -282,9 +289,9 @@ impl Store {
         &self,
         wait: LockWait,
         create: Option<u32>,
-        rule: impl FnOnce(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
+        mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
-        let rule = |doc: &mut Document, cx: &mut StepContext<'_>| run_rule(doc, cx, rule);
+        let rule = |doc: &mut Document, cx: &mut StepContext<'_>| run_rule(doc, cx, &mut rule);
         match self {
             Store::File(store) => store.step(wait, create, rule),
         }

@@ -11,7 +11,7 @@
 //! `SKIPPED: redis-server not installed` and returns `None`, except under `CI=true`, where
 //! it panics (`.ci/run` installs the Debian package `redis-server`).
 //!
-//! Used by `src/redis/tests.rs` and `benches/redis_floor.rs` through `#[path]`; it needs
+//! Used by `src/store/redis/tests.rs` and `benches/redis_floor.rs` through `#[path]`; it needs
 //! only std, `nix` and `tempfile`.
 
 #![allow(dead_code)] // Each user needs a different part.

@@ -135,7 +135,7 @@ impl FileStore {
         &self,
         wait: LockWait,
         create: Option<u32>,
-        rule: impl FnOnce(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
+        mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
         self.locked(create.is_some(), wait, |guard, dir| {
             let (mut doc, meta, created) = match self.read()? {
@@ -382,7 +382,7 @@ mod tests {
     fn step<R>(
         store: &FileStore,
         create: Option<u32>,
-        rule: impl FnOnce(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
+        rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
         store.step(LockWait::Timeout, create, rule)
     }

@@ -16,7 +16,7 @@ use super::failure::{FailureKind, Phase, RedisFailure};
 use super::location::Location;
 use super::subscriber::Wake;
 
-#[path = "../../tests/common/redis_server.rs"]
+#[path = "../../../tests/common/redis_server.rs"]
 mod redis_server;
 use redis_server::RedisServer;
 
@@ -175,7 +175,7 @@ fn steps_from_four_processes_lose_no_update() {
     let mut children = Children(Vec::new());
     for n in 0..4 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["redis::tests::child_process", "--exact", "--ignored"])
+            .args(["store::redis::tests::child_process", "--exact", "--ignored"])
             .args(["--nocapture", "--test-threads=1", "-q"])
             .env(CHILD_URL, server.url(KEY))
             .stdin(Stdio::piped())
