@@ -1,6 +1,8 @@
 //! The [`Semaphore`] handle and its operations.
 
+use std::any::Any;
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +34,11 @@ pub(crate) struct Inner {
     pub store: Store,
     pub reap: bool,
     pub default_lease: Option<Duration>,
+    /// Keeps the handle's auto traits as they have always been: `Send + Sync`, but not
+    /// `UnwindSafe`/`RefUnwindSafe` (the handle once held its judge as a trait object). A
+    /// store may come to hold state that is not unwind-safe, and promising it now would make
+    /// that a breaking change.
+    pub not_unwind_safe: PhantomData<dyn Any + Send + Sync>,
 }
 
 /// An entry removed by reaping, with the evidence that it was stale. Returned by
@@ -192,6 +199,7 @@ impl Semaphore {
                 store,
                 reap: options.auto_reap,
                 default_lease: options.default_lease,
+                not_unwind_safe: PhantomData,
             }),
         }
     }

@@ -362,7 +362,7 @@ mod tests {
     fn store(dir: &Path) -> FileStore {
         let settings = Settings {
             durable: false,
-            mode: crate::options::DEFAULT_MODE,
+            mode: 0o644,
             lock_timeout: Duration::from_secs(1),
             trusted_owners: &[],
         };
