@@ -1,5 +1,5 @@
-//! Waiting for a slot: the loop that runs the queue steps ([`crate::core::queue`]) under the lock
-//! and waits between them without it.
+//! Waiting for a slot: the loop that runs the queue steps ([`crate::core::queue`]) in store
+//! steps (under the lock, for the file store) and waits between them without it.
 //!
 //! An acquire that may wait takes one locked step: it is granted at once (exactly as
 //! `try_acquire`), or it joins the queue with a ticket taken then (a number from the token
@@ -10,9 +10,10 @@
 //! to refresh its expiry, to reap a stale entry in the way, to join the queue again after its
 //! entry vanished (a Go write drops the queue), and to leave.
 //!
-//! Between looks it sleeps ([`crate::sleeper`]) in `poll(2)` on an inotify descriptor (Linux)
-//! and on its cancel token's socket, with a timer as the safety net: bounded exponential
-//! backoff with jitter, shorter when there is no prompt notification.
+//! Between looks it sleeps ([`crate::sleeper`]) until its store's waker announces a change
+//! (the file store: `poll(2)` on an inotify descriptor, Linux) or its cancel token's socket
+//! wakes it, with a timer as the safety net: bounded exponential backoff with jitter, shorter
+//! when there is no prompt notification.
 //!
 //! A call with a timeout has one deadline for everything: each locked step waits for the
 //! lock until then ([`LockWait::Until`]), not for the lock timeout, and a step still waiting

@@ -63,7 +63,7 @@ pub(crate) mod file;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
-pub(crate) use file::FileStore;
+use file::FileStore;
 pub(crate) use file::witness::WitnessLock;
 
 /// One semaphore's store. Each variant is one kind of store; every operation dispatches by
@@ -157,7 +157,7 @@ impl<R> Step<R> {
         self.reaped = reaped;
         self
     }
-    /// Asks the store to clean up after killed processes (see [`Step::tidy`]).
+    /// Asks the store to clean up after killed processes (see the field `tidy`).
     pub fn tidy(mut self) -> Step<R> {
         self.tidy = true;
         self
