@@ -2,8 +2,8 @@
 //!
 //! One step of the Redis design is two round trips: a pipelined `GET KEY` + `TIME` (the
 //! document and the server's clock), then `EVALSHA` of the compare-and-swap script
-//! (`src/store/redis/lua/cas.lua`, which also publishes the change notice). This benchmark issues
-//! exactly those, with the `redis` crate on one connection to a private `redis-server` on
+//! (`src/store/redis/lua/cas.lua`, which also publishes the change notice). This benchmark
+//! issues exactly those, with the `redis` crate on one connection to a private `redis-server` on
 //! loopback (started as the tests start it, `tests/common/redis_server.rs`), with a fixed
 //! small document (two versions written in turn, so every compare-and-swap wins), and prints
 //! steps per second. It is the floor that the store's acquire + release cycle is measured
