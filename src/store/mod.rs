@@ -9,15 +9,16 @@
 //!    slot and fencing token, who is stale, who is served next). Pure: time, this process's
 //!    identity and the liveness evidence come in as arguments. No I/O, no clock.
 //! 2. **The stores** (this module): [`Store`], an enum with one variant per store. The file
-//!    store ([`file`]) keeps the document in `PATH` under the flock of `PATH.lock`; a Redis
-//!    store will be a second variant (behind the `redis` feature), keeping the same document
-//!    in one key. A store uses the core, never the API above it.
+//!    store ([`file`](mod@file)) keeps the document in `PATH` under the flock of `PATH.lock`;
+//!    a Redis store will be a second variant (behind the `redis` feature: `store::redis`),
+//!    keeping the same document in one key. A store uses the core, never the API above it.
 //! 3. **The blocking API** (`Semaphore`, `Permit`, the wait loop and its sleeper): composes
 //!    the core's rules into operations and runs each in store steps. It uses the core and the
 //!    stores.
 //!
-//! Settings and value types shared by all layers (`error`, `options`, `holder`, `cancel`)
-//! sit beside them.
+//! Beside them sit the values they share: `error` (every layer), `options` (the API's
+//! settings; the core's queue requests are built from them), `holder` and `cancel` (the API).
+//! `src/layers.rs` checks these rules on the sources.
 //!
 //! # What a store provides
 //!
@@ -37,9 +38,10 @@
 //! - **New-hold evidence** ([`StepContext::new_hold`]): what a new hold or waiter records so
 //!   that it can be judged later, and what this process keeps for it meanwhile (the file
 //!   store: a locked witness file, [`WitnessLock`]).
-//! - **Work after the commit**, triggered by what the rule reported ([`Step::reaped`],
-//!   [`Step::tidy`]): the file store removes the witness files of reaped entries and cleans up
-//!   after killed processes; it is nobody else's business.
+//! - **Work around the commit**, triggered by what the rule reported: cleanup after killed
+//!   processes before it when asked ([`Step::tidy`]; the file store: temp files, orphan
+//!   witness files), the end of reaped entries after it ([`Step::reaped`]; the file store:
+//!   their witness files). It is the store's business alone.
 //! - **A lock-free snapshot** for queries ([`Store::snapshot`]).
 //! - **A waker** ([`Waker`]) that tells a waiter the document may have changed (the file
 //!   store: inotify, or nothing and the sleeper polls; a Redis store: pub/sub). The backoff of

@@ -32,20 +32,20 @@ use judge::SystemJudge;
 use lock::LockGuard;
 use witness::WitnessDir;
 
-pub(crate) mod atomic;
-pub(crate) mod dir;
-pub(crate) mod flocks;
+mod atomic;
+mod dir;
+mod flocks;
 mod gate;
-pub(crate) mod identity;
-pub(crate) mod judge;
-pub(crate) mod lock;
+mod identity;
+mod judge;
+mod lock;
 #[cfg(target_os = "linux")]
-pub(crate) mod notify;
+mod notify;
 mod read;
 mod recover;
 mod step;
 pub(crate) mod waker;
-pub(crate) mod witness;
+pub(super) mod witness;
 
 pub(crate) use step::FileStep;
 
