@@ -283,6 +283,60 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The semaphore's state file was removed after this handle had found it there: its
+    /// holds and its queue went with it. A waiting acquire that finds its semaphore removed
+    /// ends with this (and holds no slot); a [`Permit`](crate::Permit) reports its hold lost.
+    ///
+    /// Nothing is created: operations on a handle never create a semaphore, so none appears
+    /// in place of a removed one behind the back of the processes that used it. Open the
+    /// semaphore again ([`Semaphore::open`](crate::Semaphore::open)) to start a new one. If
+    /// the directory was removed too, the error is [`DirectoryGone`](Error::DirectoryGone).
+    #[error("semaphore `{path}` was removed while in use: its state file is gone")]
+    Removed {
+        /// The state file, as given to `open`.
+        path: PathBuf,
+    },
+
+    /// A [durable](crate::OpenOptions::durable) change needs an `fsync` of the semaphore's
+    /// directory, and this user may search that directory but not read it, so it cannot be
+    /// opened for that (Linux opens such a directory with `O_PATH`, through which queries
+    /// work but `fsync` does not). The change was refused before anything was changed.
+    ///
+    /// Give the user read permission on the directory, or open the semaphore with
+    /// [`OpenOptions::durable(false)`](crate::OpenOptions::durable) if it need not survive
+    /// a power loss.
+    #[error(
+        "cannot make a durable change to semaphore `{path}`: this user may search its \
+         directory `{directory}` but not read it, and a durable change needs an fsync of the \
+         directory; give read permission on the directory, or open the semaphore with \
+         `OpenOptions::durable(false)` (nothing was changed)"
+    )]
+    CannotSyncDirectory {
+        /// The state file.
+        path: PathBuf,
+        /// The semaphore's directory.
+        directory: PathBuf,
+    },
+
+    /// The state file is in a newer format (its `version` field) than this crate writes. A
+    /// newer format may give fields meanings this version does not know, so this crate
+    /// refuses to change such a file: every operation that may write (acquires, releases,
+    /// `remove`, `reap`, `set_capacity`, opening with a capacity, a permit's renewal) fails
+    /// with this before anything is changed. Queries still read it (they change nothing),
+    /// showing the fields this version knows. A newer filesem can change it.
+    #[error(
+        "semaphore `{path}` is in format version {version}, newer than version {supported} \
+         that this filesem writes: it can be queried, but only a newer filesem may change it"
+    )]
+    UnsupportedVersion {
+        /// The state file.
+        path: PathBuf,
+        /// The `version` on file.
+        version: u32,
+        /// The newest format version this crate reads and writes.
+        supported: u32,
+    },
+
     /// One of the semaphore's files or directories (`object`) is not what filesem creates:
     /// a symbolic link, FIFO, socket or device where a file or directory belongs, a file
     /// where the witness directory belongs, or an object whose owner is not trusted in a
@@ -445,6 +499,9 @@ impl Error {
             | Error::LockBusy { path, .. }
             | Error::Timeout { path, .. }
             | Error::DirectoryGone { path }
+            | Error::Removed { path }
+            | Error::CannotSyncDirectory { path, .. }
+            | Error::UnsupportedVersion { path, .. }
             | Error::Untrusted { path, .. }
             | Error::TokensExhausted { path }
             | Error::Io { path, .. } => path,

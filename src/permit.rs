@@ -180,10 +180,10 @@ impl Permit {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the state cannot be read;
+    /// [`Error::Corrupt`], [`Error::Io`] when the state cannot be read;
     /// [`Error::Untrusted`] when the state file (or, to restore a stripped entry, the lock
-    /// file) is of the wrong type or owner; [`Error::DirectoryGone`] when the semaphore's
-    /// directory was removed (the hold with it); [`Error::LockTimeout`] when a stripped entry
+    /// file) is of the wrong type or owner; [`Error::Removed`] or [`Error::DirectoryGone`]
+    /// when the semaphore's state file or directory was removed (the hold with it); [`Error::LockTimeout`] when a stripped entry
     /// could not be restored.
     pub fn is_held(&self) -> Result<bool> {
         let (entry, now) = self.held().hold.look()?;
@@ -202,11 +202,11 @@ impl Permit {
     ///
     /// # Errors
     ///
-    /// [`Error::Lost`] if the entry is no longer on file; [`Error::DirectoryGone`] if the
-    /// semaphore's directory was removed (the entry with it); [`Error::NotFound`],
-    /// [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and [`Error::Untrusted`]
-    /// for a state, lock or witness file of the wrong type or owner (see the crate docs'
-    /// "Trust model").
+    /// [`Error::Lost`] if the entry is no longer on file; [`Error::Removed`] or
+    /// [`Error::DirectoryGone`] if the semaphore's state file or directory was removed (the
+    /// entry with it); [`Error::Corrupt`], [`Error::UnsupportedVersion`],
+    /// [`Error::LockTimeout`], [`Error::Io`], and [`Error::Untrusted`] for a state, lock or
+    /// witness file of the wrong type or owner (see the crate docs' "Trust model").
     ///
     /// # Examples
     ///
@@ -276,9 +276,10 @@ impl Permit {
     }
 
     /// [`keep_alive`](Permit::keep_alive), calling `on_lost` once (from the background
-    /// thread) with the [`Error::Lost`] when the hold is found lost, or with the
-    /// [`Error::DirectoryGone`] when the semaphore's directory was removed (and the entry with
-    /// it). It is not called when the permit is released, kept or dropped. Other failures of a
+    /// thread) with the [`Error::Lost`] when the hold is found lost, with the
+    /// [`Error::Removed`] when the state file was removed (and the entry with it), or with the
+    /// [`Error::DirectoryGone`] when the semaphore's directory was removed. It is not called
+    /// when the permit is released, kept or dropped. Other failures of a
     /// renewal ([`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`], ...) are retried.
     ///
     /// # Errors
@@ -316,7 +317,8 @@ impl Permit {
     }
 
     /// Whether the keep-alive thread found the hold lost (its entry vanished from the file:
-    /// reaped, removed, released by ID; or the semaphore's directory was removed). Once
+    /// reaped, removed, released by ID; or the semaphore's state file or directory was
+    /// removed). Once
     /// `true`, the thread has stopped; stop using the
     /// resource. Without a keep-alive this stays `false`; ask [`is_held`](Permit::is_held).
     pub fn is_lost(&self) -> bool {
@@ -353,9 +355,10 @@ impl Permit {
     ///
     /// [`Error::Lost`] if the entry is no longer on file (nothing is changed);
     /// [`Error::NotOwner`] in a forked child (the hold is the parent's; nothing is changed);
-    /// [`Error::DirectoryGone`] if the semaphore's directory was removed (the entry went with
-    /// it; nothing is created anywhere); [`Error::NotFound`], [`Error::Corrupt`],
-    /// [`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`] (a state, lock or witness
+    /// [`Error::Removed`] or [`Error::DirectoryGone`] if the semaphore's state file or
+    /// directory was removed (the entry went with it; nothing is created anywhere);
+    /// [`Error::Corrupt`], [`Error::UnsupportedVersion`], [`Error::LockTimeout`],
+    /// [`Error::Io`], [`Error::Untrusted`] (a state, lock or witness
     /// file of the wrong type or owner, left as it is): the entry may then still be on file;
     /// [`Semaphore::release`] or [`Semaphore::remove`] can remove it later.
     pub fn release(mut self) -> Result<()> {
@@ -383,8 +386,9 @@ impl Permit {
     /// A [`KeepError`] holding the error and the permit, which is not lost: on
     /// [`Error::LockTimeout`], [`Error::Io`] or [`Error::Untrusted`] (a state, lock or
     /// witness file of the wrong type or owner) it can be kept again later or released. On
-    /// [`Error::Lost`] the entry was already gone, and on [`Error::DirectoryGone`] it went with
-    /// the removed directory; [`Error::NotOwner`] in a forked child.
+    /// [`Error::Lost`] the entry was already gone, and on [`Error::Removed`] or
+    /// [`Error::DirectoryGone`] it went with the removed state file or directory;
+    /// [`Error::NotOwner`] in a forked child.
     #[allow(clippy::result_large_err)] // the permit rides in the error on purpose, as in tempfile
     pub fn keep(mut self) -> std::result::Result<(), KeepError> {
         let Some(mut held) = self.held.take() else {
@@ -443,8 +447,12 @@ impl Held {
         let result = self.hold.remove_entry();
         if let Some(w) = witness {
             match &result {
-                // The entry is gone: so goes its witness.
-                Ok(()) | Err(Error::Lost { .. }) => w.release(),
+                // The entry is gone (with the state file or directory, for the last two): so
+                // goes its witness.
+                Ok(())
+                | Err(Error::Lost { .. } | Error::Removed { .. } | Error::DirectoryGone { .. }) => {
+                    w.release()
+                }
                 // The write failed and the entry may still be on file: a witness that is
                 // there but free proves it dead to whoever looks next, who reaps it (a
                 // missing witness would prove nothing, and the entry would keep its slot
@@ -685,8 +693,13 @@ impl Renewer {
                     match target.keep_alive_once(lease) {
                         Ok(true) => wait = every,
                         Ok(false) => return,
-                        // A removed directory never comes back, and the entry went with it.
-                        Err(e @ (Error::Lost { .. } | Error::DirectoryGone { .. })) => {
+                        // A removed directory never comes back, and the entry went with it;
+                        // a removed state file took the entry with it too.
+                        Err(
+                            e @ (Error::Lost { .. }
+                            | Error::DirectoryGone { .. }
+                            | Error::Removed { .. }),
+                        ) => {
                             target.shared.lost.store(true, Ordering::SeqCst);
                             tracing::warn!(path = %target.sem.path().display(), id = %target.id, "hold lost");
                             on_lost(&e);

@@ -239,7 +239,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the file cannot be read:
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::Io`] when the file cannot be read:
     /// never a guessed number; [`Error::Untrusted`] for a state file of the wrong type or
     /// owner; [`Error::DirectoryGone`] once the directory was removed.
     pub fn capacity(&self) -> Result<u32> {
@@ -253,7 +253,7 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`Error::InvalidCapacity`] for 0 or more than [`MAX_CAPACITY`] (unlike `open`, 0 is not
-    /// rounded up here); [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`],
+    /// rounded up here); [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`],
     /// [`Error::Io`], [`Error::Untrusted`], [`Error::DirectoryGone`].
     ///
     /// # Examples
@@ -292,7 +292,7 @@ impl Semaphore {
     /// - [`Error::InvalidId`] for an empty ID, one over [`MAX_ID_LEN`](crate::MAX_ID_LEN)
     ///   bytes, or one with control characters;
     /// - [`Error::TokensExhausted`] when every fencing token was handed out;
-    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and
+    /// - [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and
     ///   [`Error::Untrusted`], [`Error::DirectoryGone`] as for every operation (see the crate
     ///   docs).
     ///
@@ -401,7 +401,7 @@ impl Semaphore {
     /// - [`Error::AlreadyHeld`] when `holder`'s ID holds a slot or is queued;
     /// - [`Error::InvalidId`], [`Error::TokensExhausted`] as for
     ///   [`try_acquire`](Semaphore::try_acquire);
-    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// - [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
     ///   [`Error::Untrusted`], [`Error::DirectoryGone`]; the queue entry is then removed if the
     ///   file can still be written, and otherwise its witness is unlocked, so that the next
     ///   process that looks judges it dead (or it expires on its own within seconds).
@@ -530,7 +530,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
     /// [`Error::Untrusted`] (a state, lock or witness file of the wrong type or owner, left
     /// as it is), [`Error::DirectoryGone`].
     ///
@@ -584,7 +584,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotHeld`] if `id` holds no slot; [`Error::NotFound`], [`Error::Corrupt`],
+    /// [`Error::NotHeld`] if `id` holds no slot; [`Error::Removed`], [`Error::Corrupt`],
     /// [`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`],
     /// [`Error::DirectoryGone`].
     ///
@@ -621,7 +621,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
     /// [`Error::Untrusted`] (a state, lock or witness file of the wrong type or owner, left
     /// as it is), [`Error::DirectoryGone`].
     ///
@@ -654,7 +654,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`]: never an empty list made up
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::Io`]: never an empty list made up
     /// from a file that could not be read; [`Error::Untrusted`] for a state file of the wrong
     /// type or owner; [`Error::DirectoryGone`] once the directory was removed.
     ///

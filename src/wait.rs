@@ -269,7 +269,9 @@ impl Queued<'_> {
         });
         match &left {
             Ok(Left::Granted(_)) => {}
-            Ok(Left::Gone | Left::Released) => drop(self.witness.take()),
+            // The entry is gone, or went with the removed state file or directory.
+            Ok(Left::Gone | Left::Released)
+            | Err(Error::Removed { .. } | Error::DirectoryGone { .. }) => drop(self.witness.take()),
             Err(_) => {
                 if let Some(witness) = self.witness.take() {
                     witness.unlock_keeping_file();

@@ -540,7 +540,8 @@ fn recover_refuses_another_users_file_in_a_sticky_directory_and_never_passes_on_
     let recovered = OpenOptions::new().trust_owner(m).recover(&path, 2).unwrap();
     let aside = recovered.moved_to.expect("moved aside");
     assert_eq!(fs::read(&aside).unwrap(), b"garbage");
-    assert_eq!(mode_of(&path), 0o775);
+    assert_eq!(mode_of(&path), 0o664);
+    assert_eq!(mode_of(&tmp.join("r.json.lock")), 0o660);
     assert_eq!(fs::metadata(&path).unwrap().uid(), 0);
     assert_eq!(recovered.semaphore.capacity().unwrap(), 2);
 }

@@ -223,14 +223,25 @@ pub(crate) struct Snapshot {
 }
 
 /// The part of every step that is the same for every store, around the rule: a loaded
-/// document gets a token counter if a foreign write dropped it (at the store's `now`), and a
-/// document that will be written gets the format version.
+/// document in a newer format than this crate writes is refused before the rule runs
+/// ([`Error::UnsupportedVersion`]: a step may write, and this crate must not rewrite a
+/// format it does not know), a loaded document gets a token counter if a foreign write
+/// dropped it (at the store's `now`), and a document that will be written gets the format
+/// version.
 fn run_rule<R>(
+    path: &Path,
     doc: &mut Document,
     cx: &mut StepContext<'_>,
     rule: &mut impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
 ) -> Result<Step<R>> {
     if !cx.created {
+        if let Some(version) = doc.version.filter(|&v| v > FORMAT_VERSION) {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                version,
+                supported: FORMAT_VERSION,
+            });
+        }
         resume_token_counter(doc, cx.now);
     }
     let step = rule(doc, cx)?;
@@ -284,16 +295,20 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// What `rule` returns; [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`]
-    /// or [`Error::LockBusy`] (as `wait` says), and the store's errors (the file store:
-    /// [`Error::Io`], [`Error::Untrusted`], [`Error::Symlink`], [`Error::DirectoryGone`]).
+    /// What `rule` returns; [`Error::NotFound`], [`Error::Removed`], [`Error::Corrupt`],
+    /// [`Error::UnsupportedVersion`], [`Error::LockTimeout`] or [`Error::LockBusy`] (as
+    /// `wait` says), and the store's errors (the file store: [`Error::Io`],
+    /// [`Error::Untrusted`], [`Error::Symlink`], [`Error::DirectoryGone`],
+    /// [`Error::CannotSyncDirectory`]).
     pub fn step_with<R>(
         &self,
         wait: LockWait,
         create: Option<u32>,
         mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
-        let rule = |doc: &mut Document, cx: &mut StepContext<'_>| run_rule(doc, cx, &mut rule);
+        let path = self.path();
+        let rule =
+            |doc: &mut Document, cx: &mut StepContext<'_>| run_rule(path, doc, cx, &mut rule);
         match self {
             Store::File(store) => store.step(wait, create, rule),
         }
@@ -303,8 +318,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], and the store's errors (the file store:
-    /// [`Error::Io`], [`Error::Untrusted`], [`Error::Symlink`], [`Error::DirectoryGone`]).
+    /// [`Error::NotFound`], [`Error::Removed`], [`Error::Corrupt`], and the store's errors
+    /// (the file store: [`Error::Io`], [`Error::Untrusted`], [`Error::Symlink`],
+    /// [`Error::DirectoryGone`]).
     pub fn snapshot(&self) -> Result<Snapshot> {
         match self {
             Store::File(store) => store.snapshot(),

@@ -16,6 +16,7 @@ use std::cell::Cell;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,9 @@ pub(crate) struct FileStore {
     witness_dir: Mutex<Option<(Arc<std::os::fd::OwnedFd>, FileStat)>>,
     /// Judges entries by witness locks, pids and boot ids.
     pub(super) judge: SystemJudge,
+    /// Whether this handle has found (or written) the state file: a missing one is then
+    /// [`Error::Removed`], not [`Error::NotFound`].
+    seen: AtomicBool,
 }
 
 impl FileStore {
@@ -119,6 +123,7 @@ impl FileStore {
             lock_timeout: settings.lock_timeout,
             gate: Gate::default(),
             witness_dir: Mutex::new(None),
+            seen: AtomicBool::new(false),
         })
     }
 
@@ -137,7 +142,8 @@ impl FileStore {
         create: Option<u32>,
         mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
-        self.locked(create.is_some(), wait, |guard, dir| {
+        self.locked(create.is_some(), wait, as_on_file, |guard, dir| {
+            let now = Utc::now();
             let (mut doc, meta, created) = match self.read()? {
                 Some((doc, meta)) => (doc, meta, false),
                 None => match create {
@@ -146,33 +152,47 @@ impl FileStore {
                             mode: self.create_mode,
                             owner: None,
                         };
-                        (Document::new(capacity), meta, true)
+                        let mut doc = Document::new(capacity);
+                        // Above every token a semaphore used here before can have handed out.
+                        if let Some(floor) = self.counter_floor_here(guard, dir, now)? {
+                            doc.next_token = Some(floor);
+                        }
+                        (doc, meta, true)
                     }
                     None => return Err(self.not_found()),
                 },
             };
             let witness_dir_created = Cell::new(false);
             let mut cx = StepContext {
-                now: Utc::now(),
+                now,
                 created,
                 at: InStep::File(FileStep::new(self, *dir, meta.mode, &witness_dir_created)),
             };
             let stepped = rule(&mut doc, &mut cx).and_then(|mut step| {
                 // A new document is written even if the rule changed nothing.
                 step.changed |= created;
-                self.commit(step, &doc, meta, dir, guard, create.is_some())
+                self.commit(step, &doc, meta, dir, guard)
             });
-            if stepped.is_err() {
+            match &stepped {
+                Ok(_) if created => self.saw_state(),
+                Ok(_) => {}
                 // A failed operation leaves no new witness directory behind.
-                WitnessDir::remove_if_created(&self.files, witness_dir_created.get());
+                Err(_) => WitnessDir::remove_if_created(&self.files, witness_dir_created.get()),
             }
             stepped
         })
     }
 
     /// The end of a step whose rule succeeded: cleanup if asked, the write if anything
-    /// changed, the lock file's mode when opening, and the witness files of reaped entries
-    /// once their removal is on disk.
+    /// changed, the lock file's mode, and the witness files of reaped entries once their
+    /// removal is on disk.
+    ///
+    /// A durable change in a directory that cannot be `fsync`ed is refused first, before the
+    /// cleanup changes anything ([`Error::CannotSyncDirectory`]). The lock file is tightened
+    /// ([`LockGuard::tighten`]) by every step that succeeds, whatever the operation: a lock
+    /// file of an older version or of the Go package (0644) lets users who may only read the
+    /// state flock it, and the first step of its owner takes that away (one `fchmod`, only
+    /// when the mode grants more than it should; its status was taken when it was locked).
     fn commit<R>(
         &self,
         step: Step<R>,
@@ -180,18 +200,17 @@ impl FileStore {
         meta: FileMeta,
         dir: &FileStat,
         guard: &LockGuard,
-        opening: bool,
     ) -> Result<R> {
+        if step.changed && self.durable {
+            self.files.check_syncable()?;
+        }
         if step.tidy {
             self.tidy(doc, dir)?;
         }
         if step.changed {
             atomic::write_atomic(&self.files, &doc.to_bytes(), meta, self.durable, dir)?;
         }
-        if opening {
-            // Only when the open succeeds: a failed operation changes nothing.
-            guard.tighten(&self.files, access_mode(meta.mode));
-        }
+        guard.tighten(&self.files, access_mode(meta.mode));
         if !step.reaped.is_empty() {
             self.forget_reaped(dir, &step.reaped);
         }
@@ -226,10 +245,14 @@ impl FileStore {
     /// The lock is waited for as `wait` says: when that time runs out, the error is
     /// [`Error::LockTimeout`] for [`LockWait::Timeout`] and [`Error::LockBusy`] for
     /// [`LockWait::Until`], naming the lock's holder where the kernel tells.
+    ///
+    /// `state_mode` gives the mode the lock file's mode is derived from when it is created,
+    /// from the state file's ([`as_on_file`]; recovery passes its sanitized mode).
     fn locked<R>(
         &self,
         may_create: bool,
         wait: LockWait,
+        state_mode: fn(u32) -> u32,
         f: impl FnOnce(&LockGuard, &FileStat) -> Result<R>,
     ) -> Result<R> {
         let start = Instant::now();
@@ -271,7 +294,7 @@ impl FileStore {
         let dir = self.files.dir_stat()?;
         let guard = match lock::lock_exclusive(&self.files, None, &dir, deadline) {
             Ok(Some(guard)) => Ok(guard),
-            Ok(None) => self.create_lock(may_create, &dir, deadline),
+            Ok(None) => self.create_lock(may_create, &dir, deadline, state_mode),
             Err(e) => Err(e),
         };
         let guard = guard.map_err(|e| match e {
@@ -291,6 +314,7 @@ impl FileStore {
         may_create: bool,
         dir: &FileStat,
         deadline: Option<Instant>,
+        state_mode: fn(u32) -> u32,
     ) -> Result<LockGuard> {
         let files = &self.files;
         let state = files
@@ -302,7 +326,7 @@ impl FileStore {
             Some(st) if dir::is_symlink(&st) => return Err(self.symlink()),
             Some(st) => {
                 self.check_state(&st)?;
-                dir::perm_bits(&st)
+                state_mode(dir::perm_bits(&st))
             }
         };
         let created = lock::lock_exclusive(files, Some(access_mode(state_mode)), dir, deadline)?;
@@ -338,10 +362,25 @@ impl FileStore {
         Ok(())
     }
 
+    /// The error for a missing state file: [`Error::DirectoryGone`] if the directory went
+    /// with it; [`Error::Removed`] if this handle has seen the state file before (it was
+    /// removed while in use); else [`Error::NotFound`].
     fn not_found(&self) -> Error {
-        self.files.missing(Error::NotFound {
-            path: self.path().to_path_buf(),
+        let path = self.path().to_path_buf();
+        self.files.missing(if self.seen.load(Ordering::Relaxed) {
+            Error::Removed { path }
+        } else {
+            Error::NotFound { path }
         })
+    }
+
+    /// Records that this handle found (or wrote) the state file: from now on a missing one
+    /// was removed ([`Error::Removed`]). Written only once, so that threads sharing the handle
+    /// do not contend on it.
+    pub(super) fn saw_state(&self) {
+        if !self.seen.load(Ordering::Relaxed) {
+            self.seen.store(true, Ordering::Relaxed);
+        }
     }
 
     fn symlink(&self) -> Error {
@@ -353,6 +392,12 @@ impl FileStore {
     fn io_error(&self, action: &'static str, e: io::Error) -> Error {
         Error::io(self.path(), self.path(), action, e)
     }
+}
+
+/// The mode of a state file as it is on file: what the lock file's mode derives from in
+/// every step but recovery's.
+fn as_on_file(mode: u32) -> u32 {
+    mode
 }
 
 #[cfg(test)]
