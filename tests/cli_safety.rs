@@ -11,7 +11,7 @@
 //! a deadline and is killed when it runs out.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -447,6 +447,51 @@ fn recover_derives_every_mode_from_the_sanitized_one() {
     ok(base.path(), &["recover", "g/s.json", "-c", "2"]);
     assert_eq!(mode_of(&g.join("s.json")), 0o664);
     assert_eq!(mode_of(&g.join("s.json.lock")), 0o660);
+}
+
+#[test]
+fn a_recover_that_may_not_link_the_corrupt_file_keeps_a_copy() {
+    // With fs.protected_hardlinks, a group member may not link another member's 0644 file,
+    // though the directory lets them replace it: recover then copies the corrupt bytes to the
+    // aside name (its own file), and still never leaves the path without a state file.
+    if !can_switch_users("a_recover_that_may_not_link_the_corrupt_file_keeps_a_copy") {
+        return;
+    }
+    let protected =
+        fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|v| v.trim() == "1");
+    if !protected {
+        println!("SKIPPED: fs.protected_hardlinks is off, so every link succeeds");
+        return;
+    }
+    let (writer, recoverer, group) = (61831, 61832, 61830);
+    let base = shared_base();
+    let g = base.path().join("g");
+    fs::create_dir(&g).unwrap();
+    std::os::unix::fs::chown(&g, Some(0), Some(group)).unwrap();
+    chmod(&g, 0o2775);
+    let planted = finish(
+        as_user(writer, &[group], "sh")
+            .current_dir(base.path())
+            .args(["-c", "printf garbage > g/s.json && chmod 644 g/s.json"]),
+    );
+    assert_eq!(planted.code(), 0, "{planted:?}");
+    let out = finish(
+        as_user(recoverer, &[group], env!("CARGO_BIN_EXE_filesem"))
+            .current_dir(base.path())
+            .args(["recover", "g/s.json", "-c", "2"]),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let aside: Vec<PathBuf> = fs::read_dir(&g)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(fs::read(&aside[0]).unwrap(), b"garbage");
+    let copy = fs::metadata(&aside[0]).unwrap();
+    assert_eq!(copy.uid(), recoverer, "a copy of the recovering user");
+    assert_eq!(copy.permissions().mode() & 0o7777, 0o644);
+    ok(base.path(), &["status", "g/s.json"]);
 }
 
 // ----------------------------------------------------------------------- lock modes
