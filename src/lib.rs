@@ -43,7 +43,10 @@
 //!   working directory nor a renamed directory or a repointed symlink in the path changes
 //!   what it acts on, just as an open file stays bound to its inode
 //!   ([`resolved_path`](Semaphore::resolved_path) is where it was opened). If the directory is
-//!   removed, every operation fails with [`Error::DirectoryGone`] and nothing is created.
+//!   removed, every operation fails with [`Error::DirectoryGone`] and nothing is created; if
+//!   only the state file is removed, operations on a handle that found it fail with
+//!   [`Error::Removed`] (a waiting acquire ends with it; a permit's keep-alive reports the
+//!   hold lost).
 //!
 //! ## Waiting: fairness, hand-off, timeouts, wake-up
 //!
@@ -138,7 +141,16 @@
 //!   too large for the clock means no limit (a lock wait or an acquire without deadline), too
 //!   large for the calendar means a lease ending 9999-12-31T23:59:59Z. Nothing overflows.
 //! - A corrupt state file is reported as [`Error::Corrupt`] by every operation and is never
-//!   overwritten; [`Semaphore::recover`] moves it aside explicitly.
+//!   overwritten; [`Semaphore::recover`] sets it aside explicitly, and `PATH` is never
+//!   missing meanwhile: a recovery that fails or is killed leaves it corrupt (or recovered).
+//! - **Fencing tokens never go backwards** at one path: a semaphore created where an earlier
+//!   one left its lock file (never deleted) or witness directory starts its counter at the
+//!   clock in microseconds and above every witness file's number, not at 1.
+//! - **Durability**: after the rename that commits a change, a failed `fsync` of the
+//!   directory does not fail the operation (the change is made and seen by every process);
+//!   a `tracing` warning says it may not survive a power loss. A directory that cannot be
+//!   `fsync`ed at all (searchable, not readable) fails durable changes before they start
+//!   ([`Error::CannotSyncDirectory`]).
 //!
 //! # Trust model
 //!
@@ -165,12 +177,14 @@
 //! - A witness that cannot be examined is never evidence of death (see the table above).
 //! - A failed operation removes the witness directory, witness file or temp file it created;
 //!   only a lock file may stay (it is never deleted).
-//! - [`Semaphore::recover`] moves aside only a regular file of a trusted owner, and the new
-//!   state file never gets set-id, sticky or world-write bits from the old one.
+//! - [`Semaphore::recover`] sets aside only a regular file of a trusted owner, and every mode
+//!   it sets (the new state file's, the lock file's) derives from the old file's read and
+//!   write bits without world-write: never set-id, sticky, world-write or execute bits.
 //! - Modes: the lock file and witness files are readable and writable only by the classes of
 //!   users who may write the state, whatever the umask (see [`OpenOptions::mode`]), so users
 //!   who may only read the state can query it but cannot stall writers or keep a dead holder
-//!   "alive".
+//!   "alive". Every operation of the lock file's owner that takes the lock tightens a lock
+//!   file that grants more (older versions and the Go package made them 0644).
 //!
 //! To keep others out, put a semaphore in a directory only you (or your group) can write; to
 //! share it with a group, use a group directory with mode 2775 and
@@ -180,10 +194,12 @@
 //!
 //! Every operation returns [`Result`]. Besides the errors of its own (listed in its
 //! `# Errors`), any operation on the files can fail with [`Error::Io`] (whose message ends
-//! with the OS error), [`Error::Untrusted`] (an object of the wrong type or owner) and
-//! [`Error::DirectoryGone`] (the directory was removed after the semaphore was opened);
-//! operations that change the state also with [`Error::LockTimeout`] (or, for an acquire
-//! given a timeout, [`Error::LockBusy`]). None of them changes anything on disk.
+//! with the OS error), [`Error::Untrusted`] (an object of the wrong type or owner),
+//! [`Error::DirectoryGone`] (the directory was removed after the semaphore was opened) and
+//! [`Error::Removed`] (the state file was); operations that may change the state also with
+//! [`Error::LockTimeout`] (or, for an acquire given a timeout, [`Error::LockBusy`]),
+//! [`Error::UnsupportedVersion`] (a state file of a newer format, never rewritten) and, for
+//! durable changes, [`Error::CannotSyncDirectory`]. None of them changes anything on disk.
 //!
 //! # Platform notes
 //!

@@ -153,6 +153,13 @@ impl OpenOptions {
     /// `fsync` of the new state file before the `rename` and of the directory after it. Turn
     /// it off only for throwaway semaphores (tmpfs, tests): without it, a power loss may lose
     /// the last writes (never truncate the file: the rename stays atomic).
+    ///
+    /// The directory's `fsync` needs read permission on it: in a directory this user may
+    /// search but not read, durable changes fail before they change anything
+    /// ([`Error::CannotSyncDirectory`]), and `durable(false)` is the way to use it. The
+    /// rename commits the change: if the directory's `fsync` fails after it, the operation
+    /// still succeeds (every process already sees the change, so an error would contradict
+    /// the file), with a `tracing` warning that the change may not survive a power loss.
     pub fn durable(&mut self, durable: bool) -> &mut Self {
         self.durable = durable;
         self
@@ -176,8 +183,9 @@ impl OpenOptions {
     /// we run as root, its owner and group across rewrites; the lock file and witness files
     /// created later derive from that mode. A lock file that grants more than its derived
     /// mode and that this user owns (those of older versions and of the Go package are
-    /// 0644) is tightened to it when [`open`](OpenOptions::open) finds it; permissions are
-    /// never added to an existing file, and files of other users are never changed.
+    /// 0644) is tightened to it by every operation that takes the lock (queries take none);
+    /// permissions are never added to an existing file, and files of other users are never
+    /// changed.
     ///
     /// To share a semaphore between the users of a group, use `0o664` in a directory owned
     /// by that group with mode 2775 (group-writable, set-group-ID, not sticky); see "Trust

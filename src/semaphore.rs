@@ -100,6 +100,11 @@ impl Semaphore {
     /// operation uses the capacity it reads then. Opening also removes temp files left by a
     /// writer that was killed mid-write.
     ///
+    /// A new semaphore counts its fencing tokens from 1, unless an earlier semaphore at this
+    /// path left its lock file (which is never deleted) or witness directory: then its
+    /// counter starts at the clock in microseconds since 1970 and above every witness file's
+    /// number, so that its tokens stay above those the earlier one handed out.
+    ///
     /// # Errors
     ///
     /// - [`Error::CapacityMismatch`] if the file records another capacity (use
@@ -733,9 +738,9 @@ impl Semaphore {
         Ok(rules::available(&snapshot.doc, &ctx))
     }
 
-    /// Recovers from a corrupt state file: moves it aside to `PATH.corrupt-<UTC time>` and
-    /// starts an empty semaphore with `capacity` slots and a fencing-token counter above any
-    /// token the old file can have handed out.
+    /// Recovers from a corrupt state file: keeps its bytes as `PATH.corrupt-<UTC time>` and
+    /// replaces it by an empty semaphore with `capacity` slots and a fencing-token counter
+    /// above any token the old file can have handed out.
     ///
     /// **Stop all holders first**: their holds are forgotten, so a process that still holds
     /// a slot is no longer counted. This is never done automatically. If the state file is
@@ -746,18 +751,28 @@ impl Semaphore {
     /// number found in the corrupt bytes + 1) and the current time in microseconds since
     /// 1970, so it stays above tokens that a truncated file lost.
     ///
-    /// Only a regular file is moved aside: a FIFO, socket or device at `path` is refused with
+    /// `path` is never missing, so the next `open` can never create a new semaphore in its
+    /// place whose tokens start again at 1: the corrupt file is first linked to its aside
+    /// name (copied where the file system refuses a hard link), then the new state replaces
+    /// it by the same atomic write as every change (temp file, `fsync`, `rename`). A recovery
+    /// that fails (a full disk) leaves every file as it was; one that is killed leaves `path`
+    /// corrupt or recovered, and the corrupt bytes at `path` or the aside name.
+    ///
+    /// Only a regular file is set aside: a FIFO, socket or device at `path` is refused with
     /// [`Error::Untrusted`] and left where it is, as is a file whose owner is not trusted in a
-    /// world-writable or sticky directory (see [`OpenOptions::trust_owner`]). The new state
-    /// file keeps the old file's mode without set-user-ID, set-group-ID, sticky and
-    /// world-write bits. A valid file whose fencing tokens are exhausted
+    /// world-writable or sticky directory (see [`OpenOptions::trust_owner`]). Every mode
+    /// recovery sets derives from the old file's read and write bits without world-write,
+    /// plus read and write for the owner (0666 and 6777 give 0664, 0775 gives 0664): the new
+    /// state file's, the lock file's if recovery creates it, and the tightening of a lock
+    /// file of this user that grants more. A valid file whose fencing tokens are exhausted
     /// ([`Error::TokensExhausted`]) is left as it is: tokens must only grow, so only a new
     /// semaphore path helps.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidCapacity`], [`Error::Symlink`], [`Error::Untrusted`],
-    /// [`Error::IsLockFile`], [`Error::LockTimeout`], [`Error::Io`].
+    /// [`Error::IsLockFile`], [`Error::LockTimeout`], [`Error::CannotSyncDirectory`],
+    /// [`Error::Io`] (a full disk, for one): nothing is changed then.
     ///
     /// # Examples
     ///

@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | no slot could be had (`-n`, or `-w` ran out, or the state lock stayed busy until then, or the ID already holds one; `-E` changes it), or `release` of an ID that holds none |
 //! | 2 | usage: bad arguments (clap's own errors), a capacity that does not match the file, an invalid ID |
-//! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout, an untrusted file, a removed directory, an exhausted token counter |
+//! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout, an untrusted file, a semaphore or directory removed while in use, a durable change in a directory that cannot be fsynced, a state file of a newer format, an exhausted token counter |
 //! | 126 | `run`: the command was found but could not be run |
 //! | 127 | `run`: the command was not found |
 //! | other | `run`: the command's own exit code, or 128 + the signal that killed it |
