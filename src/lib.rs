@@ -227,6 +227,8 @@ mod holder;
 mod layers;
 mod options;
 mod permit;
+#[cfg(feature = "redis")]
+mod redis_api;
 mod semaphore;
 mod sleeper;
 mod store;
@@ -241,5 +243,9 @@ pub use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use crate::options::{
     AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, MIN_LEASE, OpenOptions,
 };
+#[cfg(feature = "redis")]
+pub use crate::options::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REDIS_LEASE, DEFAULT_RESPONSE_TIMEOUT};
 pub use crate::permit::{KeepError, Permit};
+#[cfg(feature = "redis")]
+pub use crate::redis_api::RedisStats;
 pub use crate::semaphore::{Reaped, Recovered, Semaphore};

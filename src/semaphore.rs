@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::core::doc::{self as state, Entry, MAX_CAPACITY};
+use crate::core::doc::{self as state, Document, Entry, MAX_CAPACITY, Owner};
 use crate::core::queue::holder_entry;
-use crate::core::rules::{self, Ctx, Refusal};
+use crate::core::rules::{self, Ctx, Record, Refusal};
 use crate::core::verdict::{Judge, Liveness, verdict};
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 use crate::options::{AcquireOptions, OpenOptions};
-use crate::permit::Permit;
+use crate::permit::{Permit, Seen};
 use crate::store::file::{FileStore, Settings};
-use crate::store::{LockWait, NewHold, Step, Store, busy_since};
+use crate::store::{Committed, LockWait, NewHold, Step, Store, busy_since};
 
 /// A cheap, cloneable handle on one semaphore file; every operation goes through it.
 ///
@@ -163,8 +163,20 @@ impl Semaphore {
             check_capacity(path, u64::from(capacity.max(1)))?;
         }
         let store = FileStore::open(path, &file_settings(options), capacity.is_some())?;
-        let sem = Semaphore::with_store(Store::File(store), options);
+        Semaphore::opened(Store::File(store), capacity, options)
+    }
+
+    /// A handle on the semaphore in `store`, created with `capacity` slots if absent, or
+    /// (without a capacity) checked to exist: the part of opening that is the same for
+    /// every store.
+    pub(crate) fn opened(
+        store: Store,
+        capacity: Option<u32>,
+        options: &OpenOptions,
+    ) -> Result<Semaphore> {
+        let sem = Semaphore::with_store(store, options);
         let store = &sem.inner.store;
+        let path = store.path();
         match capacity {
             None => {
                 store.snapshot()?;
@@ -193,7 +205,7 @@ impl Semaphore {
     }
 
     /// A handle on the semaphore in `store`, with the handle's settings of `options`.
-    fn with_store(store: Store, options: &OpenOptions) -> Semaphore {
+    pub(crate) fn with_store(store: Store, options: &OpenOptions) -> Semaphore {
         Semaphore {
             inner: Arc::new(Inner {
                 store,
@@ -357,8 +369,17 @@ impl Semaphore {
         let path = self.path();
         let lease = self.lease_for(options);
         let req = options.request(id, lease, false);
-        let granted = self.inner.store.step_with(wait, None, |doc, cx| {
+        // The grant an earlier run of the step wrote, if one did.
+        let mut tried: Option<Attempt> = None;
+        let granted = self.inner.store.step_committed(wait, None, |doc, cx| {
             let now = cx.now;
+            if cx.settling()
+                && let Some(entry) = tried.as_ref().and_then(|t| t.find(doc))
+            {
+                // Its commit got no answer, and it landed: that grant is ours.
+                let record = Record::of(entry, entry.token.unwrap_or_default());
+                return Ok(Step::unchanged(Ok((record, entry.acquired_at, None))));
+            }
             let ctx = self.ctx(now, cx.judge());
             let mut changed = false;
             let mut removed = Vec::new();
@@ -371,13 +392,22 @@ impl Semaphore {
             let NewHold { stamp, witness } = cx.new_hold(doc, req.detached)?;
             let token = stamp.number;
             let entry = holder_entry(&req, now, stamp);
+            tried = Some(Attempt::of(&entry, token));
             let record = rules::grant(doc, entry, token, now);
             Ok(Step::changed(Ok((record, now, witness))).reaped(removed))
         });
-        let (record, acquired_at, witness) = granted.map_err(|e| busy_since(e, call))??;
+        let Committed {
+            value: granted,
+            unreplicated,
+        } = granted.map_err(|e| busy_since(e, call))?;
+        let (record, acquired_at, witness) = granted?;
         let slot = record.slot.unwrap_or(0);
         tracing::debug!(path = %path.display(), id, token = record.token, slot, "acquired");
-        Ok(Permit::new(
+        let seen = Seen {
+            sent: call,
+            now: acquired_at,
+        };
+        let permit = Permit::new(
             self.clone(),
             id.to_string(),
             slot,
@@ -385,7 +415,12 @@ impl Semaphore {
             lease,
             record,
             witness,
-        ))
+            seen,
+        );
+        match unreplicated {
+            Some(error) => Err(undo_unreplicated(permit, error)),
+            None => permit.started(),
+        }
     }
 
     /// Takes a slot for `holder`, waiting as long as it takes.
@@ -858,7 +893,7 @@ fn file_settings(options: &OpenOptions) -> Settings<'_> {
     }
 }
 
-fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
+pub(crate) fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
     if capacity == 0 || capacity > u64::from(MAX_CAPACITY) {
         return Err(Error::InvalidCapacity {
             path: path.to_path_buf(),
@@ -867,6 +902,49 @@ fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A grant an earlier run of a step wrote, to recognise it when that run's commit got no
+/// answer ([`StepContext::settling`](crate::store::StepContext::settling)): by its token, ID,
+/// owner and grant time (the store's clock at that run's read). Another process's entry
+/// never matches (its owner differs), nor one of this process written in another run.
+pub(crate) struct Attempt {
+    token: u64,
+    id: String,
+    owner: Option<Owner>,
+    acquired_at: DateTime<Utc>,
+}
+
+impl Attempt {
+    /// The attempt that writes `entry` with `token` (before [`rules::grant`] takes it).
+    pub(crate) fn of(entry: &Entry, token: u64) -> Attempt {
+        Attempt {
+            token,
+            id: entry.id.clone(),
+            owner: entry.owner.clone(),
+            acquired_at: entry.acquired_at,
+        }
+    }
+
+    /// Its holder entry in `doc`, if it is there.
+    pub(crate) fn find<'d>(&self, doc: &'d Document) -> Option<&'d Entry> {
+        doc.holders.iter().find(|e| {
+            e.token == Some(self.token)
+                && e.id == self.id
+                && e.owner == self.owner
+                && e.acquired_at == self.acquired_at
+        })
+    }
+}
+
+/// Ends a grant whose write fewer replicas acknowledged than asked for (it may be lost in a
+/// failover, and its token granted again): releases it, best effort, and returns `error`.
+pub(crate) fn undo_unreplicated(permit: Permit, error: Error) -> Error {
+    let (id, token) = (permit.id().to_string(), permit.token());
+    if let Err(e) = permit.release() {
+        tracing::warn!(path = %error.path().display(), id, token, error = %e, "failed to release a grant the replicas did not confirm");
+    }
+    error
 }
 
 pub(crate) fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {
