@@ -207,3 +207,6 @@ impl OpenOptions {
         RedisStore::open(location, &settings)
     }
 }
+
+#[cfg(test)]
+mod tests;

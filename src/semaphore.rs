@@ -369,12 +369,12 @@ impl Semaphore {
         let path = self.path();
         let lease = self.lease_for(options);
         let req = options.request(id, lease, false);
-        // The grant an earlier run of the step wrote, if one did.
-        let mut tried: Option<Attempt> = None;
+        // The grants earlier runs of the step wrote (see `Attempt`).
+        let mut tried: Vec<Attempt> = Vec::new();
         let granted = self.inner.store.step_committed(wait, None, |doc, cx| {
             let now = cx.now;
             if cx.settling()
-                && let Some(entry) = tried.as_ref().and_then(|t| t.find(doc))
+                && let Some(entry) = tried.iter().find_map(|t| t.find(doc))
             {
                 // Its commit got no answer, and it landed: that grant is ours.
                 let record = Record::of(entry, entry.token.unwrap_or_default());
@@ -392,7 +392,7 @@ impl Semaphore {
             let NewHold { stamp, witness } = cx.new_hold(doc, req.detached)?;
             let token = stamp.number;
             let entry = holder_entry(&req, now, stamp);
-            tried = Some(Attempt::of(&entry, token));
+            tried.push(Attempt::of(&entry, token));
             let record = rules::grant(doc, entry, token, now);
             Ok(Step::changed(Ok((record, now, witness))).reaped(removed))
         });
@@ -908,6 +908,12 @@ pub(crate) fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
 /// answer ([`StepContext::settling`](crate::store::StepContext::settling)): by its token, ID,
 /// owner and grant time (the store's clock at that run's read). Another process's entry
 /// never matches (its owner differs), nor one of this process written in another run.
+///
+/// A step keeps the attempts of all its runs, and a settling run looks for each: the
+/// unanswered commit may still land after a later run read the key unchanged (it was
+/// buffered on a stopped server), and only a later commit of the step fences it off. Runs
+/// whose commit definitely failed (a lost race) are never found, so looking for them is
+/// harmless.
 pub(crate) struct Attempt {
     token: u64,
     id: String,

@@ -259,13 +259,14 @@ fn step(
     refresh: bool,
     wait: LockWait,
 ) -> Result<Stepped> {
-    // What the latest run that took a number wrote: a direct grant, or a new queue entry.
-    let mut tried_grant: Option<Attempt> = None;
-    let mut tried_mine: Option<Mine> = None;
+    // What the runs that took a number wrote: direct grants, and new queue entries (with
+    // their owner). All of them: see `Attempt`.
+    let mut tried_grants: Vec<Attempt> = Vec::new();
+    let mut tried_mines: Vec<(Mine, Stamp)> = Vec::new();
     let committed = sem.inner.store.step_committed(wait, None, |doc, cx| {
         let now = cx.now;
         if cx.settling()
-            && let Some(entry) = tried_grant.as_ref().and_then(|t| t.find(doc))
+            && let Some(entry) = tried_grants.iter().find_map(|t| t.find(doc))
         {
             let token = entry.token.unwrap_or_default();
             let grant = Grant {
@@ -276,10 +277,17 @@ fn step(
             };
             return Ok(Step::unchanged((Outcome::Granted(grant), None, now)));
         }
-        let mine = match &tried_mine {
-            Some(tried) if cx.settling() => Some(tried),
-            _ => mine,
+        // A queue entry an earlier run wrote, if it is on file (queued, or handed a slot).
+        let on_file = |(m, stamp): &&(Mine, Stamp)| {
+            doc.waiters.iter().chain(&doc.holders).any(|e| {
+                e.ticket == Some(m.ticket) && e.id == m.id && e.owner.as_ref() == Some(&stamp.owner)
+            })
         };
+        let tried = match cx.settling() {
+            true => tried_mines.iter().find(on_file).map(|(m, _)| m),
+            false => None,
+        };
+        let mine = tried.or(mine);
         let ctx = sem.ctx(now, cx.judge());
         let mut changed = false;
         let mut removed = Vec::new();
@@ -302,18 +310,13 @@ fn step(
             &mut removed,
         )?;
         if let Some(stamp) = stamped {
-            tried_grant = None;
-            tried_mine = None;
             match &outcome {
                 Outcome::Granted(grant) if grant.token == stamp.number => {
-                    tried_grant = doc
-                        .holders
-                        .iter()
-                        .find(|e| e.token == Some(stamp.number))
-                        .map(|e| Attempt::of(e, stamp.number));
+                    let entry = doc.holders.iter().find(|e| e.token == Some(stamp.number));
+                    tried_grants.extend(entry.map(|e| Attempt::of(e, stamp.number)));
                 }
                 Outcome::Queued { mine, .. } if mine.ticket == stamp.number => {
-                    tried_mine = Some(mine.clone());
+                    tried_mines.push((mine.clone(), stamp));
                 }
                 _ => {}
             }
