@@ -12,9 +12,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Contention has variants of its own ([`NoCapacity`](Error::NoCapacity),
 /// [`AlreadyHeld`](Error::AlreadyHeld), [`Timeout`](Error::Timeout),
 /// [`LockBusy`](Error::LockBusy), [`LockTimeout`](Error::LockTimeout)), so callers match on them instead of guessing from an
-/// [`io::ErrorKind`]. Every variant names the semaphore's state file (`path`); I/O variants
-/// also name the file they were working on and carry the OS error as their
-/// [`source`](std::error::Error::source).
+/// [`io::ErrorKind`]. Every variant names the semaphore's state file (`path`), or for a
+/// Redis semaphore its URL without the password; I/O variants also name the file they were
+/// working on and carry the OS error as their [`source`](std::error::Error::source). The
+/// variants about Redis exist with the `redis` feature.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -101,7 +101,7 @@ impl Default for OpenOptions {
 
 impl OpenOptions {
     /// The defaults: durable writes, mode 0644 for new files, a 10 s lock timeout, automatic
-    /// reaping on, no lease (a Redis semaphore imposes [`DEFAULT_REDIS_LEASE`], 30 s); for
+    /// reaping on, no lease (a Redis semaphore imposes `DEFAULT_REDIS_LEASE`, 30 s); for
     /// Redis, 2 s connect and response timeouts and no replica acknowledgement.
     ///
     /// Every [`Duration`] these options take may be as large as [`Duration::MAX`]: a duration
@@ -267,8 +267,8 @@ impl OpenOptions {
     /// again when another writer changed the key first. This is how long such a change keeps
     /// trying, in operations without a deadline of their own, before it fails with
     /// `Error::Contended` (an acquire given a timeout tries until its deadline). Each attempt
-    /// is bounded by the [connect](OpenOptions::connect_timeout) and
-    /// [response](OpenOptions::response_timeout) timeouts, so a call may end up to those
+    /// is bounded by the Redis connect and response timeouts
+    /// (`OpenOptions::connect_timeout`, `response_timeout`), so a call may end up to those
     /// later.
     pub fn lock_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.lock_timeout = timeout;

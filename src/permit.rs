@@ -40,7 +40,7 @@ use crate::store::{LockWait, Snapshot, Step, WitnessLock};
 /// `let _ = sem.try_acquire("x")?;` releases at once; bind the permit to a name
 /// (`let _permit = ...`) to keep it for the scope.
 ///
-/// A permit of a Redis semaphore ([`Semaphore::open_redis`](crate::Semaphore::open_redis))
+/// A permit of a Redis semaphore (`Semaphore::open_redis`, see the crate docs, "Redis")
 /// always has a lease and renews it in the background from the start (its
 /// [keep-alive](Permit::keep_alive) runs already; a detached hold's does not). It also
 /// keeps the lease's end on this machine's monotonic clock, counted from when the last

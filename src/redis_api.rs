@@ -142,7 +142,7 @@ impl OpenOptions {
     ///
     /// As [`Semaphore::open_redis`]; [`Error::AlreadyExists`] with
     /// [`create_new`](OpenOptions::create_new); [`Error::InvalidLease`] for a
-    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`].
+    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`](crate::MIN_LEASE).
     pub fn open_redis(&self, url: &str, capacity: u32) -> Result<Semaphore> {
         let store = self.redis_store(url, Some(capacity))?;
         Semaphore::opened(Store::Redis(store), Some(capacity), self)
@@ -153,7 +153,7 @@ impl OpenOptions {
     /// # Errors
     ///
     /// As [`Semaphore::open_redis_existing`]; [`Error::InvalidLease`] for a
-    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`].
+    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`](crate::MIN_LEASE).
     pub fn open_redis_existing(&self, url: &str) -> Result<Semaphore> {
         let store = self.redis_store(url, None)?;
         Semaphore::opened(Store::Redis(store), None, self)
@@ -164,7 +164,7 @@ impl OpenOptions {
     /// # Errors
     ///
     /// As [`Semaphore::recover_redis`]; [`Error::InvalidLease`] for a
-    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`].
+    /// [`default_lease`](OpenOptions::default_lease) under [`MIN_LEASE`](crate::MIN_LEASE).
     pub fn recover_redis(&self, url: &str, capacity: u32) -> Result<Recovered> {
         let store = self.redis_store(url, Some(capacity))?;
         check_capacity(store.path(), u64::from(capacity))?;

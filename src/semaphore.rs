@@ -20,11 +20,12 @@ use crate::permit::{Permit, Seen};
 use crate::store::file::{FileStore, Settings};
 use crate::store::{Committed, LockWait, NewHold, Step, Store, busy_since};
 
-/// A cheap, cloneable handle on one semaphore file; every operation goes through it.
+/// A cheap, cloneable handle on one semaphore file (or, with the `redis` feature, one key of a
+/// Redis server: see the crate docs, "Redis"); every operation goes through it.
 ///
 /// `Semaphore` is `Send + Sync`: threads may share one handle (or clone it). Each operation is
-/// one short critical section under `PATH.lock`; no lock is held between operations, and none
-/// while waiting for a slot.
+/// one short critical section under `PATH.lock` (on Redis, one compare-and-swap); no lock is
+/// held between operations, and none while waiting for a slot.
 #[derive(Clone)]
 pub struct Semaphore {
     pub(crate) inner: Arc<Inner>,
@@ -184,7 +185,13 @@ impl Semaphore {
             Some(capacity) => {
                 let requested = capacity.max(1);
                 store.step(Some(requested), |doc, cx| {
-                    if options.create_new && !cx.created {
+                    // After an unanswered commit, an empty semaphore of the capacity asked for
+                    // may be the one this call created.
+                    let ours = cx.settling()
+                        && doc.capacity() == requested
+                        && doc.holders.is_empty()
+                        && doc.waiters.is_empty();
+                    if options.create_new && !cx.created && !ours {
                         return Err(Error::AlreadyExists {
                             path: path.to_path_buf(),
                         });
@@ -219,7 +226,9 @@ impl Semaphore {
     /// The state file's path, as given to `open` (used in messages).
     ///
     /// The handle is bound to the directory this path named when it was opened: see
-    /// [`resolved_path`](Semaphore::resolved_path).
+    /// [`resolved_path`](Semaphore::resolved_path). For a Redis semaphore: its URL with the
+    /// password replaced by `***` and port and database written out
+    /// (`redis://:***@host:6379/0/gpus`).
     pub fn path(&self) -> &Path {
         self.inner.store.path()
     }
@@ -232,7 +241,8 @@ impl Semaphore {
     /// directory or a repointed symlink in the path does not move them (if the directory is
     /// renamed, this path is out of date; the handle follows the directory). Give this path to
     /// another process (the `filesem` tool exports it as `FILESEM_PATH`) to name the same
-    /// semaphore.
+    /// semaphore. For a Redis semaphore it is the same as [`path`](Semaphore::path) (a
+    /// process that opens it needs the password besides).
     ///
     /// # Examples
     ///
@@ -585,6 +595,9 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn reap(&self) -> Result<Vec<Reaped>> {
+        // What the previous run reaped: after an unanswered commit, what it removed and is
+        // gone now counts as reaped by this call.
+        let mut earlier: Vec<Reaped> = Vec::new();
         self.inner.store.step(None, |doc, cx| {
             let ctx = Ctx {
                 reap: true,
@@ -592,7 +605,22 @@ impl Semaphore {
             };
             let removed = rules::reap(doc, &ctx);
             let granted = rules::hand_off(doc, ctx.now);
-            let reaped = removed.iter().cloned().map(Reaped::from).collect();
+            let mut reaped: Vec<Reaped> = removed.iter().cloned().map(Reaped::from).collect();
+            if cx.settling() {
+                let gone = |r: &Reaped| {
+                    !doc.holders
+                        .iter()
+                        .chain(&doc.waiters)
+                        .any(|e| e.id == r.id && (r.waiter || e.token == r.token))
+                };
+                let before: Vec<Reaped> = earlier.iter().filter(|r| gone(r)).cloned().collect();
+                for r in before.into_iter().rev() {
+                    if !reaped.contains(&r) {
+                        reaped.insert(0, r);
+                    }
+                }
+            }
+            earlier.clone_from(&reaped);
             // Reaping cleans up after killed processes too.
             Ok(Step::new(reaped, granted > 0).reaped(removed).tidy())
         })
@@ -635,13 +663,17 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn release(&self, id: &str) -> Result<()> {
+        let mut released = false;
         self.inner.store.step(None, |doc, cx| {
             match doc.holders.iter().position(|e| e.id == id) {
                 Some(i) => {
                     doc.holders.remove(i);
                     rules::hand_off(doc, cx.now);
+                    released = true;
                     Ok(Step::changed(Ok(())))
                 }
+                // An earlier run released it, and its commit got no answer: it landed.
+                None if released && cx.settling() => Ok(Step::unchanged(Ok(()))),
                 None => Ok(Step::unchanged(Err(Error::NotHeld {
                     path: self.path().to_path_buf(),
                     id: id.to_string(),
@@ -677,9 +709,22 @@ impl Semaphore {
     {
         let ids: Vec<S> = ids.into_iter().collect();
         let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+        // What the previous run removed: after an unanswered commit, an ID it removed that
+        // is gone now counts as removed by this call.
+        let mut earlier: Vec<String> = Vec::new();
         self.inner.store.step(None, |doc, cx| {
-            let removed = rules::remove_ids(doc, &ids, cx.now);
+            let mut removed = rules::remove_ids(doc, &ids, cx.now);
             let changed = !removed.is_empty();
+            if cx.settling() {
+                let more: Vec<String> = earlier
+                    .iter()
+                    .filter(|id| !removed.contains(id))
+                    .cloned()
+                    .collect();
+                removed.extend(more);
+                removed.sort_by_key(|r| ids.iter().position(|id| id == r));
+            }
+            earlier.clone_from(&removed);
             Ok(Step::new(removed, changed))
         })
     }

@@ -73,39 +73,41 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             path: path.to_path_buf(),
         });
     }
-    let first = step(sem, &req, None, false, wait).map_err(|e| busy_since(e, start))?;
-    let seen = Seen {
-        sent: start,
-        now: first.now,
-    };
-    let (mine, mut status) = match first.outcome {
+    let Stepped {
+        outcome,
+        witness,
+        now,
+        unreplicated,
+    } = step(sem, &req, None, false, wait).map_err(|e| busy_since(e, start))?;
+    let seen = Seen { sent: start, now };
+    let (mine, mut status) = match outcome {
         Outcome::Granted(grant) => {
-            let permit = permit(sem, &req, grant, first.witness, seen);
-            return match first.unreplicated {
+            let permit = permit(sem, &req, grant, witness, seen);
+            return match unreplicated {
                 Some(error) => Err(undo_unreplicated(permit, error)),
                 None => permit.started(),
             };
         }
         Outcome::Queued { mine, status } => (mine, status),
-        _ if first.unreplicated.is_some() => {
-            return Err(first.unreplicated.unwrap_or_else(|| unreachable!()));
-        }
-        Outcome::Refused(Refusal::NoCapacity { .. }) => {
-            return Err(Error::Timeout {
-                path: path.to_path_buf(),
-                waited: start.elapsed(),
+        Outcome::Refused(refusal) => {
+            return Err(match (unreplicated, refusal) {
+                (Some(error), _) => error,
+                (None, Refusal::NoCapacity { .. }) => Error::Timeout {
+                    path: path.to_path_buf(),
+                    waited: start.elapsed(),
+                },
+                (None, refusal) => refusal_error(path, id, refusal),
             });
         }
-        Outcome::Refused(refusal) => return Err(refusal_error(path, id, refusal)),
     };
     let mut queued = Queued {
         sem,
         mine,
-        witness: first.witness,
+        witness,
         armed: true,
         wait,
     };
-    if let Some(error) = first.unreplicated {
+    if let Some(error) = unreplicated {
         // Dropping `queued` leaves the queue.
         return Err(error);
     }

@@ -633,3 +633,26 @@ fn a_waiter_wakes_on_a_notice_and_a_cancel_ends_its_wait() {
     let permit = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
     assert_eq!(permit.id(), "w2");
 }
+
+#[test]
+fn the_readme_example_works_against_a_server() {
+    // The README's Redis example, with a private server's URL (the README compiles it but
+    // has no server to run it against).
+    let Some(server) = RedisServer::start_with_password("s3cret") else {
+        return;
+    };
+    let url = server.url("gpus");
+    assert!(url.starts_with("redis://:s3cret@127.0.0.1:") && url.ends_with("/0/gpus"));
+    let sem = Semaphore::open_redis(&url, 4).unwrap();
+    let opts = AcquireOptions::new().timeout(Duration::from_secs(60));
+    let permit = sem.acquire_with("trainer-7", &opts).unwrap();
+    println!(
+        "GPU {} with fencing token {}",
+        permit.slot(),
+        permit.token()
+    );
+    assert_eq!((permit.slot(), permit.token()), (0, 1));
+    assert!(!permit.is_lost());
+    permit.release().unwrap();
+    assert_eq!(sem.count().unwrap(), 0);
+}

@@ -11,9 +11,7 @@ use ::redis::Commands;
 use crate::store::Store;
 use crate::{AcquireOptions, OpenOptions, Semaphore};
 
-#[path = "../../tests/common/redis_server.rs"]
-mod redis_server;
-use redis_server::RedisServer;
+use crate::store::redis::tests::redis_server::RedisServer;
 
 /// Short network timeouts, and a lock timeout long enough to outlast the pause.
 fn options() -> OpenOptions {
@@ -101,17 +99,25 @@ fn an_acquire_whose_commit_got_no_answer_holds_exactly_the_entry_on_file() {
 }
 
 #[test]
-fn a_release_whose_commit_got_no_answer_is_done() {
-    // The entry is gone afterwards, and the release says so (not Lost).
+fn releases_and_removals_whose_commit_got_no_answer_are_done() {
+    // The entry is gone afterwards, and the call says it did it: not Lost, not NotHeld,
+    // the removed ID listed.
     let Some(server) = RedisServer::start() else {
         return;
     };
     let url = server.url("s");
     let server = Arc::new(Mutex::new(server));
-    let sem = options().open_redis(&url, 1).unwrap();
+    let sem = options().open_redis(&url, 3).unwrap();
     let permit = sem.try_acquire("a").unwrap();
-    stop_at_next_commit(&sem, &server, Duration::from_millis(1500));
+    sem.try_acquire("b").unwrap().keep().unwrap();
+    sem.try_acquire("c").unwrap().keep().unwrap();
+    let pause = Duration::from_millis(1500);
+    stop_at_next_commit(&sem, &server, pause);
     permit.release().unwrap();
+    stop_at_next_commit(&sem, &server, pause);
+    sem.release("b").unwrap();
+    stop_at_next_commit(&sem, &server, pause);
+    assert_eq!(sem.remove(["zz", "c"]).unwrap(), ["c"]);
     assert!(holders_on_server(&server, "s").is_empty());
     assert_eq!(sem.count().unwrap(), 0);
 }

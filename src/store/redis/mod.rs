@@ -53,5 +53,6 @@ pub(crate) mod store;
 pub(crate) mod subscriber;
 pub(crate) mod waker;
 
+// Its private `redis-server` helper serves the crate's other Redis tests too.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -17,7 +17,7 @@ use super::location::Location;
 use super::subscriber::{Doorbell, Subscriber};
 
 #[path = "../../../tests/common/redis_server.rs"]
-mod redis_server;
+pub(crate) mod redis_server;
 use redis_server::RedisServer;
 
 /// The key every test uses (each test has its own server).
