@@ -56,8 +56,8 @@ fn child(role: &str, name: &str, url: &str) -> ChildSpec {
 
 /// Loops until stdin closes: acquire (waiting in the queue), claim a marker, log the grant,
 /// hold a few milliseconds, drop the marker, release. Errors (a restarted server) are
-/// counted and retried. Says `DONE grants errors lost` at the end, `VIOLATION ...` when
-/// every marker is taken.
+/// counted and retried. Says `DONE grants errors lost steps retries` at the end (the last
+/// two from its client's counters), `VIOLATION ...` when every marker is taken.
 fn worker(url: &str) {
     common::seed("worker");
     let capacity: usize = arg("CAPACITY").parse().unwrap();
@@ -118,7 +118,11 @@ fn worker(url: &str) {
             eprintln!("worker {me}: release: {e}");
         }
     }
-    say(format!("DONE {grants} {errors} {lost}"));
+    let stats = sem.redis_stats().unwrap();
+    say(format!(
+        "DONE {grants} {errors} {lost} {} {}",
+        stats.steps, stats.retries
+    ));
 }
 
 /// Claims a free marker among `capacity`; `None` (after saying `VIOLATION`) if every one is
@@ -172,6 +176,8 @@ struct Run {
     errors: u64,
     lost: u64,
     elapsed: Duration,
+    /// The surviving workers' grants, steps and lost races.
+    contention: String,
 }
 
 /// Runs 8 workers on the capacity-2 semaphore at `url` until `target` grants are logged,
@@ -241,6 +247,7 @@ fn run_workers(
         .map(str::to_string)
         .collect();
     let (mut errors, mut lost) = (0, 0);
+    let (mut survivors, mut steps, mut retries) = (0, 0, 0);
     for &idx in &workers {
         let f = &finished[idx];
         assert!(f.status.success(), "{} failed: {}", f.name, f.status);
@@ -249,6 +256,9 @@ fn run_workers(
         let n: Vec<u64> = done[0].split(' ').map(|n| n.parse().unwrap()).collect();
         errors += n[1];
         lost += n[2];
+        survivors += n[0];
+        steps += n[3];
+        retries += n[4];
     }
     Run {
         violations,
@@ -257,6 +267,11 @@ fn run_workers(
         errors,
         lost,
         elapsed,
+        contention: format!(
+            "survivors: {survivors} grants, {steps} steps, {retries} lost races \
+             ({:.2} per grant)",
+            retries as f64 / survivors.max(1) as f64
+        ),
     }
 }
 
@@ -309,7 +324,7 @@ fn workers_killed_at_random_never_exceed_the_capacity_and_their_slots_come_back(
         run.lost,
         run.violations.len()
     );
-    println!("redis stress: {stats}");
+    println!("redis stress: {stats}; {}", run.contention);
     assert!(run.violations.is_empty(), "{stats}: {:?}", run.violations);
     assert!(run.kills >= 10, "{stats}");
     check_tokens(&run.grants);
@@ -349,7 +364,7 @@ fn a_server_restarted_mid_run_loses_no_grant_and_reuses_no_token() {
         run.lost,
         run.violations.len()
     );
-    println!("redis restart: {stats}");
+    println!("redis restart: {stats}; {}", run.contention);
     assert!(restarted);
     assert!(run.violations.is_empty(), "{stats}: {:?}", run.violations);
     let mut tokens: Vec<u64> = run.grants.iter().map(|g| g.0).collect();
