@@ -315,10 +315,11 @@
 pub struct ReadmeDoctests;
 
 // The layers, each using only those below it (see the `store` module's "Architecture"):
-// `core` (the document and the pure rules), `store` (where the document lives: the file
-// store now), and the blocking API (`semaphore`, `permit`, `wait`, `sleeper`). Beside them
-// the values they share: `error` (all), `options` (the core's requests, the API), `holder` and
-// `cancel` (the API). `layers` checks the rules on the sources.
+// `core` (the document and the pure rules), `store` (where the document lives: a file, or
+// with the `redis` feature a Redis key), and the blocking API (`semaphore`, `permit`, `wait`,
+// `sleeper`, and `redis_api` for opening Redis semaphores). Beside them the values they
+// share: `error` (all), `options` (the core's requests, the API), `holder` and `cancel` (the
+// API). `layers` checks the rules on the sources.
 mod cancel;
 mod core;
 mod error;

@@ -31,8 +31,9 @@ use crate::store::{LockWait, Snapshot, Step, WitnessLock};
 /// or its witness when its process dies.
 ///
 /// Drop is best effort: it never panics and waits for the lock file at most the
-/// [lock timeout](crate::OpenOptions::lock_timeout); a failure is reported as a `tracing`
-/// warning naming the path and ID. Use [`release`](Permit::release) to see errors. A permit
+/// [lock timeout](crate::OpenOptions::lock_timeout) (on Redis: each command at most the
+/// response timeout, and retries at most the lock timeout); a failure is reported as a
+/// `tracing` warning naming the path and ID. Use [`release`](Permit::release) to see errors. A permit
 /// dropped in a forked child process does nothing: the hold belongs to the parent. A permit
 /// of a detached hold ([`AcquireOptions::detached`](crate::AcquireOptions::detached)) is not
 /// released on drop either.
@@ -254,8 +255,9 @@ impl Permit {
     ///
     /// [`Error::Lost`] if the entry is no longer on file; for a Redis semaphore
     /// `Error::LeaseExpired` once the lease ran out without a renewal, and its connection
-    /// errors (`NotReplicated`: renewed on the primary only, not counted as a renewal); [`Error::DirectoryGone`] if the
-    /// semaphore's directory was removed (the entry with it); [`Error::NotFound`],
+    /// errors (`NotReplicated`: renewed on the primary only, not counted as a renewal);
+    /// [`Error::DirectoryGone`] if the semaphore's directory was removed (the entry with
+    /// it); [`Error::NotFound`],
     /// [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and [`Error::Untrusted`]
     /// for a state, lock or witness file of the wrong type or owner (see the crate docs'
     /// "Trust model").
@@ -287,8 +289,9 @@ impl Permit {
     /// and dropping the permit stop it before they act, so it never renews a released hold
     /// and never outlives the permit; [`stop_keep_alive`](Permit::stop_keep_alive) stops it
     /// earlier. Stopping waits for a renewal in progress (at most one
-    /// [lock timeout](crate::OpenOptions::lock_timeout)). Calling this again replaces the
-    /// running thread.
+    /// [lock timeout](crate::OpenOptions::lock_timeout); for a Redis semaphore at most until
+    /// the lease's end, plus the Redis timeouts, which only a renewal whose commit got no
+    /// answer takes). Calling this again replaces the running thread.
     ///
     /// # Errors
     ///
@@ -564,10 +567,11 @@ struct Shared {
     /// Set when the hold is found lost: by the keep-alive thread, or (in a store judged by
     /// leases only) by anyone who finds `lease_end` passed. Never cleared.
     lost: AtomicBool,
-    /// In a store judged by leases only ([`Store::leases_only`](crate::store::Store::leases_only)):
-    /// the instant on this machine's monotonic clock by which the lease has certainly ended
-    /// on the server unless renewed (see [`local_end`]). `None` elsewhere. Apart from `state`,
-    /// so that asking never waits for a renewal in progress.
+    /// In a store judged by leases only
+    /// ([`Store::leases_only`](crate::store::Store::leases_only)): the instant on this
+    /// machine's monotonic clock by which the lease has certainly ended on the server unless
+    /// renewed (see [`local_end`]). `None` elsewhere. Apart from `state`, so that asking
+    /// never waits for a renewal in progress.
     lease_end: Mutex<Option<Instant>>,
 }
 

@@ -81,14 +81,15 @@ impl fmt::Debug for Semaphore {
     }
 }
 
-/// What [`Semaphore::recover`] did.
+/// What [`Semaphore::recover`] (or `recover_redis`) did.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Recovered {
     /// The semaphore, now with a valid state file.
     pub semaphore: Semaphore,
-    /// Where the corrupt state file was moved (`PATH.corrupt-<UTC time>`); `None` when the
-    /// file was valid (nothing was changed) or absent (a new semaphore was created).
+    /// Where the corrupt state file was moved (`PATH.corrupt-<UTC time>`; for a Redis
+    /// semaphore the location of `KEY.corrupt-<server time>`, shown like its path); `None`
+    /// when the file was valid (nothing was changed) or absent (a new semaphore was created).
     pub moved_to: Option<PathBuf>,
 }
 
