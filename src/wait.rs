@@ -47,20 +47,14 @@ use crate::sleeper::Sleeper;
 use crate::store::{Committed, LockWait, Step, WitnessLock, busy_since};
 
 /// How often a waiter refreshes its expiry.
-const REFRESH_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 /// Acquires a slot for `id`, waiting as `options` say. The caller has validated the request.
 pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Result<Permit> {
     let start = Instant::now();
     // `None` when there is no limit, including a duration too large for the clock.
     let deadline = options.timeout.and_then(|d| start.checked_add(d));
-    // Every lock wait of the call ends at its deadline; without one, at the lock timeout.
-    let wait = LockWait::for_call(start, options.timeout);
-    let req = options.request(
-        id,
-        sem.lease_for(options),
-        options.timeout != Some(Duration::ZERO),
-    );
+    let req = request(sem, id, options);
     let path = sem.path();
     let cancelled = || {
         options
@@ -68,54 +62,10 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             .as_ref()
             .is_some_and(CancelToken::is_cancelled)
     };
-    if cancelled() {
-        return Err(Error::Cancelled {
-            path: path.to_path_buf(),
-        });
-    }
-    let Stepped {
-        outcome,
-        witness,
-        now,
-        unreplicated,
-    } = step(sem, &req, None, false, wait).map_err(|e| busy_since(e, start))?;
-    let seen = Seen { sent: start, now };
-    let (mine, mut status) = match outcome {
-        Outcome::Granted(grant) => {
-            let permit = permit(sem, &req, grant, witness, seen);
-            return match unreplicated {
-                Some(error) => Err(undo_unreplicated(permit, error)),
-                None => permit.started(),
-            };
-        }
-        Outcome::Queued { mine, status } => (mine, status),
-        Outcome::Refused(refusal) => {
-            return Err(match (unreplicated, refusal) {
-                (Some(error), _) => error,
-                (None, Refusal::NoCapacity { .. }) => Error::Timeout {
-                    path: path.to_path_buf(),
-                    waited: start.elapsed(),
-                },
-                (None, refusal) => refusal_error(path, id, refusal),
-            });
-        }
+    let mut queued = match join(sem, id, options, start)? {
+        Joined::Granted(permit) => return Ok(permit),
+        Joined::Queued(queued) => queued,
     };
-    let mut queued = Queued {
-        sem,
-        mine,
-        witness,
-        armed: true,
-        wait,
-    };
-    if let Some(error) = unreplicated {
-        // Dropping `queued` leaves the queue.
-        return Err(error);
-    }
-    tracing::debug!(path = %path.display(), id, ticket = queued.mine.ticket, ahead = status.ahead, "queued");
-    if let Some(on_wait) = &options.on_wait {
-        status.path = path.to_path_buf();
-        on_wait(&status);
-    }
 
     let mut sleeper = Sleeper::new(sem.inner.store.waker(), options.cancel.as_ref());
     let mut refreshed = Instant::now();
@@ -129,51 +79,10 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         }
         let refresh = refreshed.elapsed() >= REFRESH_EVERY;
         if refresh || needs_step(&doc, &queued.mine, &sem.ctx(now, sem.inner.store.judge())) {
-            let sent = Instant::now();
-            let stepped = match step(sem, &req, Some(&queued.mine), refresh, wait) {
-                // The deadline passed while another process held the lock (or kept winning
-                // the races for the Redis key).
-                Err(busy) if is_busy(&busy) => return queued.time_out(&req, start, busy),
-                stepped => stepped?,
-            };
-            let seen = Seen {
-                sent,
-                now: stepped.now,
-            };
-            if let Some(error) = stepped.unreplicated {
-                return Err(queued.unreplicated(
-                    &req,
-                    stepped.outcome,
-                    stepped.witness,
-                    seen,
-                    error,
-                ));
-            }
-            let witness = stepped.witness;
-            match stepped.outcome {
-                Outcome::Granted(grant) => {
-                    return queued.granted(&req, grant, witness, start, seen);
-                }
-                Outcome::Queued { mine, .. } => {
-                    if mine.ticket != queued.mine.ticket {
-                        tracing::debug!(path = %path.display(), id, ticket = mine.ticket, "queue entry vanished; queued again");
-                        queued.witness = witness;
-                        refreshed = Instant::now();
-                    } else if refresh {
-                        refreshed = Instant::now();
-                    }
-                    queued.mine = mine;
-                }
-                Outcome::Refused(Refusal::TokensExhausted) => {
-                    // Still queued, owed a slot no token is left for: leave the queue.
-                    queued.leave(false)?;
-                    return Err(refusal_error(path, id, Refusal::TokensExhausted));
-                }
-                Outcome::Refused(refusal) => {
-                    // Our entry vanished and the ID is now held by someone else.
-                    queued.armed = false;
-                    return Err(refusal_error(path, id, refusal));
-                }
+            match queued.step_once(&req, refresh, start)? {
+                Waiting::Granted(permit) => return Ok(permit),
+                Waiting::Still { refreshed: true } => refreshed = Instant::now(),
+                Waiting::Still { refreshed: false } => {}
             }
         }
         if cancelled() {
@@ -198,14 +107,126 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             until = until.min(d);
         }
         // An expiry read from the file may be centuries away: no wake-up for it then.
-        let expiry = next_expiry(&doc, &queued.mine, now)
-            .and_then(|e| Instant::now().checked_add(e.saturating_add(Duration::from_millis(5))));
-        if let Some(at) = expiry {
+        if let Some(at) = expiry_wake(&doc, &queued.mine, now) {
             until = until.min(at);
         }
         last = Some(doc);
         sleeper.sleep_until(until, options.cancel.as_ref());
     }
+}
+
+/// The queue request of an acquire of `id` with `options` on `sem`.
+pub(crate) fn request<'a>(
+    sem: &Semaphore,
+    id: &'a str,
+    options: &'a AcquireOptions,
+) -> Request<'a> {
+    options.request(
+        id,
+        sem.lease_for(options),
+        options.timeout != Some(Duration::ZERO),
+    )
+}
+
+/// When a waiter wakes to look again for an entry ahead of it whose expiry passes (5 ms
+/// after it); `None` when there is none, or it is too far away for the clock.
+pub(crate) fn expiry_wake(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Option<Instant> {
+    next_expiry(doc, mine, now)
+        .and_then(|e| Instant::now().checked_add(e.saturating_add(Duration::from_millis(5))))
+}
+
+/// How the first step of a waiting acquire ended.
+// Made once per call and moved straight out: the size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Joined {
+    /// Granted at once.
+    Granted(Permit),
+    /// Queued: wait for the hand-off.
+    Queued(Queued),
+}
+
+/// The first step of an acquire that may wait (started at `start`): a grant at once, or a
+/// queue entry (after which `options`' `on_wait` has been called). The caller has validated
+/// the request.
+///
+/// # Errors
+///
+/// [`Error::Cancelled`] when `options`' cancel token is already cancelled; [`Error::Timeout`]
+/// when no slot is free and the call may not wait; the refusals and the store's errors.
+pub(crate) fn join(
+    sem: &Semaphore,
+    id: &str,
+    options: &AcquireOptions,
+    start: Instant,
+) -> Result<Joined> {
+    // Every lock wait of the call ends at its deadline; without one, at the lock timeout.
+    let wait = LockWait::for_call(start, options.timeout);
+    let req = request(sem, id, options);
+    let path = sem.path();
+    if options
+        .cancel
+        .as_ref()
+        .is_some_and(CancelToken::is_cancelled)
+    {
+        return Err(Error::Cancelled {
+            path: path.to_path_buf(),
+        });
+    }
+    let Stepped {
+        outcome,
+        witness,
+        now,
+        unreplicated,
+    } = step(sem, &req, None, false, wait).map_err(|e| busy_since(e, start))?;
+    let seen = Seen { sent: start, now };
+    let (mine, mut status) = match outcome {
+        Outcome::Granted(grant) => {
+            let permit = permit(sem, &req, grant, witness, seen);
+            return match unreplicated {
+                Some(error) => Err(undo_unreplicated(permit, error)),
+                None => permit.started().map(Joined::Granted),
+            };
+        }
+        Outcome::Queued { mine, status } => (mine, status),
+        Outcome::Refused(refusal) => {
+            return Err(match (unreplicated, refusal) {
+                (Some(error), _) => error,
+                (None, Refusal::NoCapacity { .. }) => Error::Timeout {
+                    path: path.to_path_buf(),
+                    waited: start.elapsed(),
+                },
+                (None, refusal) => refusal_error(path, id, refusal),
+            });
+        }
+    };
+    let queued = Queued {
+        sem: sem.clone(),
+        mine,
+        witness,
+        armed: true,
+        wait,
+    };
+    if let Some(error) = unreplicated {
+        // Dropping `queued` leaves the queue.
+        return Err(error);
+    }
+    tracing::debug!(path = %path.display(), id, ticket = queued.mine.ticket, ahead = status.ahead, "queued");
+    if let Some(on_wait) = &options.on_wait {
+        status.path = path.to_path_buf();
+        on_wait(&status);
+    }
+    Ok(Joined::Queued(queued))
+}
+
+/// What a locked step of a queued acquire ([`Queued::step_once`]) decided.
+// Made once per step and moved straight out: the size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Waiting {
+    /// The slot is ours.
+    Granted(Permit),
+    /// Still queued; `refreshed` when the step refreshed the entry's expiry (or queued it
+    /// again after it vanished), so the next refresh is due [`REFRESH_EVERY`] from now.
+    Still { refreshed: bool },
 }
 
 /// Whether `error` says that a step's deadline passed while others kept the state busy: the
@@ -341,21 +362,81 @@ fn step(
 /// is handed over). If the call ends any other way than by returning a permit or leaving
 /// explicitly (an error, a panic in the `on_wait` callback), dropping this leaves the queue,
 /// releasing a slot handed over meanwhile: a waiter never leaks a slot.
-struct Queued<'a> {
-    sem: &'a Semaphore,
-    mine: Mine,
+pub(crate) struct Queued {
+    sem: Semaphore,
+    pub(crate) mine: Mine,
     witness: Option<WitnessLock>,
     armed: bool,
     /// How the call waits for the lock: leaving too ends by the call's deadline.
     wait: LockWait,
 }
 
-impl Queued<'_> {
+impl Queued {
+    /// One locked step of a queued acquire (started at `start`), taken when a look showed
+    /// something to change or the entry's expiry is due a `refresh`: the slot may be
+    /// granted, or the entry refreshed or queued again (after it vanished).
+    ///
+    /// # Errors
+    ///
+    /// The call's errors: a deadline passed while the lock stayed busy ends it as
+    /// [`time_out`](Queued::time_out) does; the refusals (the entry vanished and the ID is
+    /// held by someone else, or no token is left) and the store's errors.
+    pub(crate) fn step_once(
+        &mut self,
+        req: &Request<'_>,
+        refresh: bool,
+        start: Instant,
+    ) -> Result<Waiting> {
+        let path = self.sem.path().to_path_buf();
+        let sent = Instant::now();
+        let stepped = match step(&self.sem, req, Some(&self.mine), refresh, self.wait) {
+            // The deadline passed while another process held the lock (or kept winning
+            // the races for the Redis key).
+            Err(busy) if is_busy(&busy) => {
+                return self.time_out(req, start, busy).map(Waiting::Granted);
+            }
+            stepped => stepped?,
+        };
+        let seen = Seen {
+            sent,
+            now: stepped.now,
+        };
+        if let Some(error) = stepped.unreplicated {
+            return Err(self.unreplicated(req, stepped.outcome, stepped.witness, seen, error));
+        }
+        let witness = stepped.witness;
+        match stepped.outcome {
+            Outcome::Granted(grant) => self
+                .granted(req, grant, witness, start, seen)
+                .map(Waiting::Granted),
+            Outcome::Queued { mine, .. } => {
+                let mut refreshed = refresh;
+                if mine.ticket != self.mine.ticket {
+                    tracing::debug!(path = %path.display(), id = req.id, ticket = mine.ticket, "queue entry vanished; queued again");
+                    self.witness = witness;
+                    refreshed = true;
+                }
+                self.mine = mine;
+                Ok(Waiting::Still { refreshed })
+            }
+            Outcome::Refused(Refusal::TokensExhausted) => {
+                // Still queued, owed a slot no token is left for: leave the queue.
+                self.leave(false)?;
+                Err(refusal_error(&path, req.id, Refusal::TokensExhausted))
+            }
+            Outcome::Refused(refusal) => {
+                // Our entry vanished and the ID is now held by someone else.
+                self.armed = false;
+                Err(refusal_error(&path, req.id, refusal))
+            }
+        }
+    }
+
     /// The permit for a grant seen at `seen`; `witness` is the lock of a number the last
     /// step took (when it granted a new entry after ours vanished), else ours carries over to
     /// the grant of our queue entry (found by its ticket, which names that witness). Started
     /// as its store needs ([`Permit::started`]).
-    fn granted(
+    pub(crate) fn granted(
         &mut self,
         req: &Request<'_>,
         grant: Grant,
@@ -366,7 +447,7 @@ impl Queued<'_> {
         self.armed = false;
         let witness = self.witness_for(&grant, witness);
         tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, token = grant.token, slot = grant.slot, waited = ?start.elapsed(), "acquired after waiting");
-        permit(self.sem, req, grant, witness, seen).started()
+        permit(&self.sem, req, grant, witness, seen).started()
     }
 
     /// The witness of a grant: `witness` if the step took one, else ours if the grant is
@@ -393,7 +474,7 @@ impl Queued<'_> {
             Outcome::Granted(grant) => {
                 self.armed = false;
                 let witness = self.witness_for(&grant, witness);
-                undo_unreplicated(permit(self.sem, req, grant, witness, seen), error)
+                undo_unreplicated(permit(&self.sem, req, grant, witness, seen), error)
             }
             Outcome::Queued { mine, .. } => {
                 self.mine = mine;
@@ -412,7 +493,7 @@ impl Queued<'_> {
 
     /// Leaves the queue in one locked step (see [`leave`]), waiting for the lock until the
     /// call's deadline (or the lock timeout).
-    fn leave(&mut self, keep_grant: bool) -> Result<Left> {
+    pub(crate) fn leave(&mut self, keep_grant: bool) -> Result<Left> {
         self.leave_with(keep_grant, self.wait).map(|(left, _)| left)
     }
 
@@ -454,7 +535,12 @@ impl Queued<'_> {
     /// and returned). If the lock is busy, the witness is unlocked and left in place
     /// ([`leave_with`](Queued::leave_with)): the entry is judged dead and removed by the next
     /// process that looks, or expires, and a slot handed to it is reaped, never leaked.
-    fn time_out(&mut self, req: &Request<'_>, start: Instant, error: Error) -> Result<Permit> {
+    pub(crate) fn time_out(
+        &mut self,
+        req: &Request<'_>,
+        start: Instant,
+        error: Error,
+    ) -> Result<Permit> {
         let sent = Instant::now();
         match self.sem.inner.store.snapshot() {
             Ok(snapshot) => {
@@ -487,7 +573,7 @@ impl Queued<'_> {
     }
 }
 
-impl Drop for Queued<'_> {
+impl Drop for Queued {
     fn drop(&mut self) {
         if !self.armed {
             return;
