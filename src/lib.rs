@@ -336,6 +336,8 @@ pub struct ReadmeDoctests;
 // `sleeper`, and `redis_api` for opening Redis semaphores). Beside them the values they
 // share: `error` (all), `options` (the core's requests, the API), `holder` and `cancel` (the
 // API). `layers` checks the rules on the sources.
+#[cfg(feature = "tokio")]
+mod asynch;
 mod cancel;
 mod core;
 mod error;
@@ -351,6 +353,8 @@ mod sleeper;
 mod store;
 mod wait;
 
+#[cfg(feature = "tokio")]
+pub use crate::asynch::{AsyncKeepError, AsyncPermit, AsyncRecovered, AsyncSemaphore};
 pub use crate::cancel::CancelToken;
 pub use crate::core::doc::{MAX_CAPACITY, MAX_ID_LEN, MAX_TOKEN};
 pub use crate::core::queue::WaitStatus;

@@ -389,6 +389,15 @@ impl Permit {
         hold.shared.lost.load(Ordering::SeqCst) || hold.ran_out()
     }
 
+    /// What answers [`is_lost`](Permit::is_lost) without the permit: for the async API,
+    /// whose permit lives on its handle's step thread.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn probe(&self) -> Probe {
+        Probe {
+            hold: self.held().hold.clone(),
+        }
+    }
+
     /// A duplicate of the hold's witness lock descriptor *without* `O_CLOEXEC`, so that a
     /// command spawned while it is open inherits it: the hold then counts as alive for as long
     /// as that command runs, even if this process is killed (as `flock(1)` does). Close it in
@@ -549,6 +558,22 @@ impl Drop for Permit {
         if let Err(error) = held.release() {
             tracing::warn!(path = %path.display(), id = %id, %error, "failed to release permit on drop");
         }
+    }
+}
+
+/// Answers [`Permit::is_lost`] for a permit kept elsewhere (see [`Permit::probe`]); never
+/// waits for a renewal in progress.
+#[cfg(feature = "tokio")]
+#[derive(Clone)]
+pub(crate) struct Probe {
+    hold: Target,
+}
+
+#[cfg(feature = "tokio")]
+impl Probe {
+    /// As [`Permit::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.hold.shared.lost.load(Ordering::SeqCst) || self.hold.ran_out()
     }
 }
 

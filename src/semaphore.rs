@@ -632,7 +632,7 @@ impl Semaphore {
         })
     }
 
-    fn check_request(&self, id: &str, options: &AcquireOptions) -> Result<()> {
+    pub(crate) fn check_request(&self, id: &str, options: &AcquireOptions) -> Result<()> {
         state::validate_id(id).map_err(|reason| Error::InvalidId {
             path: self.path().to_path_buf(),
             id: id.to_string(),

@@ -14,15 +14,15 @@ use crate::store::Waker;
 /// Safety-net timer with prompt notification (inotify on a local filesystem): events cover
 /// every write, so the timer only matters for what no write announces (an entry's expiry, a
 /// death). 100 ms doubling to 1 s: about 10 looks per 10 s asleep.
-const PROMPT_FIRST: Duration = Duration::from_millis(100);
-const PROMPT_MAX: Duration = Duration::from_secs(1);
+pub(crate) const PROMPT_FIRST: Duration = Duration::from_millis(100);
+pub(crate) const PROMPT_MAX: Duration = Duration::from_secs(1);
 
 /// Polling without notification (or on a network filesystem): 5 ms doubling to 250 ms, back
 /// to 5 ms whenever the state changed. A hand-off right after queueing is seen within a few
 /// ms; a long wait costs 4 looks a second (a snapshot read is tens of microseconds), and the
 /// worst-case wake-up latency is the polling peers' best.
-const POLL_FIRST: Duration = Duration::from_millis(5);
-const POLL_MAX: Duration = Duration::from_millis(250);
+pub(crate) const POLL_FIRST: Duration = Duration::from_millis(5);
+pub(crate) const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// How often the cancel flag is checked when no wake-up socket could be made.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);

@@ -377,15 +377,23 @@ pub(crate) fn leave(
 /// entry vanished or lost its ticket, token or slot, a slot is free for the queue, or an
 /// entry is stale.
 pub(crate) fn needs_step(doc: &Document, mine: &Mine, ctx: &Ctx<'_>) -> bool {
+    needs_step_given(doc, mine, || queue_needs_step(doc, ctx))
+}
+
+/// [`needs_step`], with the part that does not depend on `mine` ([`queue_needs_step`])
+/// computed by `queue` only when needed: many waiters looking at one snapshot judge its
+/// entries once.
+pub(crate) fn needs_step_given(doc: &Document, mine: &Mine, queue: impl FnOnce() -> bool) -> bool {
     match find(doc, mine) {
-        Some(Found::Waiter(_)) => {}
-        Some(Found::Holder(i))
-            if doc.holders[i].slot.is_some() && doc.holders[i].token.is_some() =>
-        {
-            return false;
-        }
-        _ => return true,
+        Some(Found::Waiter(_)) => queue(),
+        Some(Found::Holder(i)) => doc.holders[i].slot.is_none() || doc.holders[i].token.is_none(),
+        None => true,
     }
+}
+
+/// Whether a snapshot shows something a locked step would change for any waiter still
+/// queued: a slot is free for the queue, or (when reaping) an entry is stale.
+pub(crate) fn queue_needs_step(doc: &Document, ctx: &Ctx<'_>) -> bool {
     let free =
         doc.holders.len() < doc.capacity() as usize && rules::lowest_free_slot(doc).is_some();
     free || (ctx.reap
@@ -398,10 +406,50 @@ pub(crate) fn needs_step(doc: &Document, mine: &Mine, ctx: &Ctx<'_>) -> bool {
 
 /// How long until the next entry other than ours becomes stale by its expiry.
 pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Option<Duration> {
+    next_expiry_of(doc, |e| !mine.is(e), now)
+}
+
+/// How long until the next entry becomes stale by its expiry: for a watcher that looks on
+/// behalf of every waiter of a process (the async API).
+#[cfg(feature = "tokio")]
+pub(crate) fn next_expiry_any(doc: &Document, now: DateTime<Utc>) -> Option<Duration> {
+    next_expiry_of(doc, |_| true, now)
+}
+
+/// Refreshes the expiry of every waiter among `mines` still queued in `doc`, as a step of
+/// one of them with `refresh` does ([`settle`]): one step for all the waiters of a process
+/// (the async API). Returns how many it refreshed.
+#[cfg(feature = "tokio")]
+pub(crate) fn refresh_all<'m>(
+    doc: &mut Document,
+    mines: impl IntoIterator<Item = &'m Mine>,
+    now: DateTime<Utc>,
+) -> usize {
+    let mines: std::collections::HashMap<u64, &Mine> =
+        mines.into_iter().map(|m| (m.ticket, m)).collect();
+    let mut refreshed = 0;
+    for e in &mut doc.waiters {
+        let ours = e
+            .ticket
+            .and_then(|t| mines.get(&t))
+            .is_some_and(|m| m.is(e));
+        if ours {
+            e.expires_at = Some(expiry_from(now));
+            refreshed += 1;
+        }
+    }
+    refreshed
+}
+
+fn next_expiry_of(
+    doc: &Document,
+    counts: impl Fn(&Entry) -> bool,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
     doc.holders
         .iter()
         .chain(&doc.waiters)
-        .filter(|e| !mine.is(e))
+        .filter(|e| counts(e))
         .filter_map(expiry)
         .filter(|&at| at > now)
         .min()

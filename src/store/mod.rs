@@ -494,6 +494,30 @@ impl Waker {
         }
     }
 
+    /// The descriptor that becomes readable when a notice is pending, for an async runtime's
+    /// reactor (the async API); `None` for a waker without notices, whose waiters poll. Read
+    /// what it announced with [`take`](Waker::take).
+    #[cfg(feature = "tokio")]
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Waker::File(waker) => waker.fd(),
+            #[cfg(feature = "redis")]
+            Waker::Redis(waker) => waker.fd(),
+        }
+    }
+
+    /// The notices pending now, without waiting (a non-blocking read of the
+    /// [`fd`](Waker::fd)): whether a change was announced, or the waker lost its notices for
+    /// good (the descriptor is closed then).
+    #[cfg(feature = "tokio")]
+    pub fn take(&mut self) -> Woke {
+        match self {
+            Waker::File(waker) => waker.take(),
+            #[cfg(feature = "redis")]
+            Waker::Redis(waker) => waker.take(),
+        }
+    }
+
     /// Waits at most `wait` for a notice of a change, or until `cancel` (a cancel token's
     /// wake-up socket) is readable. May return earlier with nothing (a signal): the caller
     /// waits again for what is left of its time.

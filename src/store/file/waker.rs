@@ -120,6 +120,30 @@ impl FileWaker {
         Ok((notified, cancelled))
     }
 
+    /// The inotify descriptor, if there is one (see [`Waker::fd`](crate::store::Waker::fd)).
+    #[cfg(feature = "tokio")]
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        #[cfg(target_os = "linux")]
+        {
+            self.notifier.as_ref().and_then(|n| n.fd())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// The pending events, without waiting (see [`Waker::take`](crate::store::Waker::take)).
+    #[cfg(feature = "tokio")]
+    pub fn take(&mut self) -> Woke {
+        let (changed, lost) = self.drain();
+        Woke {
+            changed,
+            cancelled: false,
+            lost,
+        }
+    }
+
     /// Reads the notifier's events: (the state file changed, or the notifier broke and the
     /// caller should look now; the notifier broke, and this waker has none from now on).
     fn drain(&mut self) -> (bool, bool) {

@@ -1,0 +1,525 @@
+//! The async API (feature `tokio`): every operation on both runtimes, the queue's order with
+//! a thousand waiting tasks, cancellation storms, no thread per waiting task, no blocking of
+//! the runtime, and releases that outlive the runtime.
+//!
+//! Every test here is `#[serial]`: one counts the threads of the process, and the timings
+//! of the blocked-runtime detector should not include other tests' work.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use filesem::{AcquireOptions, AsyncPermit, AsyncSemaphore, Error, OpenOptions, Semaphore};
+use serial_test::serial;
+
+/// How long any single expected event may take before the test fails. Generous: the machine
+/// is shared.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.durable(false).lock_timeout(Duration::from_secs(30));
+    options
+}
+
+async fn open(path: &Path, capacity: u32) -> AsyncSemaphore {
+    AsyncSemaphore::open_with(&options(), path, capacity)
+        .await
+        .unwrap()
+}
+
+/// Waits (without blocking the runtime) until `n` waiters are queued.
+async fn queued(sem: &AsyncSemaphore, n: usize) {
+    let start = Instant::now();
+    while sem.waiters().await.unwrap().len() != n {
+        assert!(start.elapsed() < DEADLINE, "never {n} waiters");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Every operation of the async API, checked by value.
+async fn every_operation(dir: &Path) {
+    let path = dir.join("ops.json");
+    let sem = open(&path, 1).await;
+    assert_eq!(sem.capacity().await.unwrap(), 1);
+    assert_eq!(sem.available().await.unwrap(), 1);
+    assert!(sem.resolved_path().is_absolute());
+
+    // try_acquire, its refusals, queries.
+    let a = sem.try_acquire("a").await.unwrap();
+    assert_eq!((a.id(), a.slot()), ("a", 0));
+    assert!(matches!(
+        sem.try_acquire("b").await,
+        Err(Error::NoCapacity { .. })
+    ));
+    assert!(matches!(
+        sem.try_acquire("a").await,
+        Err(Error::AlreadyHeld { .. })
+    ));
+    assert!(matches!(
+        sem.try_acquire("").await,
+        Err(Error::InvalidId { .. })
+    ));
+    assert_eq!(sem.count().await.unwrap(), 1);
+    assert_eq!(sem.available().await.unwrap(), 0);
+    let ids: Vec<String> = sem
+        .holders()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, ["a"]);
+    assert!(a.is_held().await.unwrap());
+    assert_eq!(a.renew().await.unwrap(), None, "no lease to extend");
+
+    // acquire_timeout runs out; acquire waits for the hand-off.
+    let err = sem
+        .acquire_timeout("b", Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(sem.waiters().await.unwrap().is_empty());
+    let waiter = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire("b").await })
+    };
+    queued(&sem, 1).await;
+    let waiting: Vec<String> = sem
+        .waiters()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(waiting, ["b"]);
+    let token_a = a.token();
+    a.release().await.unwrap();
+    let b = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.id(), "b");
+    assert!(b.token() > token_a, "a later grant has a larger token");
+
+    // set_capacity hands the new slot to a waiter; priorities order the queue.
+    let low = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire("low").await })
+    };
+    queued(&sem, 1).await;
+    let high = {
+        let sem = sem.clone();
+        let opts = AcquireOptions::new().priority(5);
+        tokio::spawn(async move { sem.acquire_with("high", &opts).await })
+    };
+    queued(&sem, 2).await;
+    sem.set_capacity(2).await.unwrap();
+    assert_eq!(sem.capacity().await.unwrap(), 2);
+    let high = tokio::time::timeout(DEADLINE, high)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(high.id(), "high");
+    drop(b);
+    let low = tokio::time::timeout(DEADLINE, low)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(low.id(), "low");
+    assert!(low.token() > high.token());
+    high.release().await.unwrap();
+    low.release().await.unwrap();
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // Leases: renew, keep-alive, is_lost.
+    let opts = AcquireOptions::new().lease(Duration::from_secs(30));
+    let mut leased = sem.try_acquire_with("leased", &opts).await.unwrap();
+    assert_eq!(leased.lease(), Some(Duration::from_secs(30)));
+    let until = leased.renew().await.unwrap().expect("has a lease");
+    assert!(until > chrono::Utc::now() + chrono::Duration::seconds(29));
+    leased.keep_alive().await.unwrap();
+    assert!(!leased.is_lost());
+    leased.stop_keep_alive().await.unwrap();
+
+    // keep, release by ID, remove, reap.
+    leased.keep().await.unwrap();
+    assert_eq!(
+        sem.holders().await.unwrap()[0].mode,
+        filesem::HoldMode::Detached
+    );
+    sem.release("leased").await.unwrap();
+    assert!(matches!(
+        sem.release("leased").await,
+        Err(Error::NotHeld { .. })
+    ));
+    sem.try_acquire("gone").await.unwrap().keep().await.unwrap();
+    assert_eq!(sem.remove(["gone", "never"]).await.unwrap(), ["gone"]);
+    let short = AcquireOptions::new()
+        .detached(true)
+        .lease(filesem::MIN_LEASE);
+    drop(sem.try_acquire_with("short", &short).await.unwrap());
+    tokio::time::sleep(filesem::MIN_LEASE + filesem::LEASE_GRACE + Duration::from_millis(100))
+        .await;
+    let reaped = sem.reap().await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].id, "short");
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // Conversions to and from the blocking API share the semaphore.
+    let blocking: Semaphore = sem.blocking().clone();
+    let p = blocking.try_acquire("blocking").unwrap();
+    let p = AsyncPermit::from_blocking(p).unwrap();
+    assert_eq!(sem.count().await.unwrap(), 1);
+    let p = p.into_blocking().await.unwrap();
+    assert_eq!(p.id(), "blocking");
+    let again = AsyncSemaphore::from_blocking(blocking).unwrap();
+    assert_eq!(again.count().await.unwrap(), 1);
+    // A blocking permit's release is blocking: off the runtime.
+    tokio::task::spawn_blocking(move || p.release())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // open_existing and recover.
+    let existing = AsyncSemaphore::open_existing(&path).await.unwrap();
+    assert_eq!(existing.capacity().await.unwrap(), 2);
+    assert!(matches!(
+        AsyncSemaphore::open_existing(dir.join("nope.json")).await,
+        Err(Error::NotFound { .. })
+    ));
+    let corrupt = dir.join("corrupt.json");
+    std::fs::write(&corrupt, "{\"capacity\": 2, \"hold").unwrap();
+    assert!(matches!(
+        AsyncSemaphore::open(&corrupt, 2).await,
+        Err(Error::Corrupt { .. })
+    ));
+    let recovered = AsyncSemaphore::recover(&corrupt, 2).await.unwrap();
+    assert!(recovered.moved_to.is_some());
+    assert_eq!(recovered.semaphore.available().await.unwrap(), 2);
+}
+
+#[test]
+#[serial]
+fn every_operation_works_on_a_current_thread_runtime() {
+    // The async API does what the blocking one does, on a single-threaded runtime.
+    let dir = common::tmpfs_dir();
+    current_thread().block_on(every_operation(dir.path()));
+}
+
+#[test]
+#[serial]
+fn every_operation_works_on_a_multi_thread_runtime() {
+    // The same on a multi-threaded runtime.
+    let dir = common::tmpfs_dir();
+    multi_thread().block_on(every_operation(dir.path()));
+}
+
+/// The number of threads of this process.
+fn threads() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .expect("Threads: line")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `n` tasks queue one after the other behind a holder (each waits until the one before it
+/// is queued), then are served by releasing: returns the order they were granted in, with
+/// their tokens, and the threads counted while all of them waited.
+async fn serve_in_order(sem: &AsyncSemaphore, n: usize) -> (Vec<(usize, u64)>, usize) {
+    let holder = sem.try_acquire("holder").await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..n {
+        let (task_sem, tx) = (sem.clone(), tx.clone());
+        // Told once the task is queued, so that the next one queues behind it.
+        let (queued_tx, queued_rx) = tokio::sync::oneshot::channel();
+        let queued_tx = std::sync::Mutex::new(Some(queued_tx));
+        let opts = AcquireOptions::new().on_wait(move |_| {
+            if let Some(tx) = queued_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        });
+        tokio::spawn(async move {
+            let permit = task_sem
+                .acquire_with(&format!("task-{i}"), &opts)
+                .await
+                .unwrap();
+            tx.send((i, permit.token())).unwrap();
+            permit.release().await.unwrap();
+        });
+        tokio::time::timeout(DEADLINE, queued_rx)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(sem.waiters().await.unwrap().len(), n);
+    let waiting_threads = threads();
+    holder.release().await.unwrap();
+    let mut order = Vec::with_capacity(n);
+    for _ in 0..n {
+        let got = tokio::time::timeout(DEADLINE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        order.push(got);
+    }
+    (order, waiting_threads)
+}
+
+#[test]
+#[serial]
+fn a_thousand_waiting_tasks_are_served_in_arrival_order_without_a_thread_each() {
+    // FIFO: tasks that queued one after the other get their slots in that order, with
+    // increasing fencing tokens. Waiting is a task, not a thread: with 1,000 tasks waiting
+    // the process has the runtime's threads, the handle's two and at most a few more.
+    let dir = common::tmpfs_dir();
+    let before = threads();
+    let rt = multi_thread();
+    let (order, waiting) = rt.block_on(async {
+        let sem = open(&dir.path().join("fifo.json"), 1).await;
+        let served = serve_in_order(&sem, 1000).await;
+        assert!(sem.waiters().await.unwrap().is_empty());
+        assert_eq!(sem.count().await.unwrap(), 0);
+        served
+    });
+    drop(rt);
+    let served: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
+    assert_eq!(served, (0..1000).collect::<Vec<_>>());
+    assert!(order.windows(2).all(|w| w[0].1 < w[1].1), "tokens increase");
+    eprintln!("threads: {before} before the runtime, {waiting} with 1,000 waiting tasks");
+    // 2 runtime workers, the 2 threads of the handle, and a small constant (the process's
+    // inotify closer thread, the blocking pool's threads of `queued`: none).
+    assert!(
+        waiting <= before + 2 + 2 + 3,
+        "{waiting} threads with 1,000 waiting tasks, {before} before"
+    );
+}
+
+#[test]
+#[serial]
+fn a_cancellation_storm_leaves_no_queue_entry_and_no_slot_behind() {
+    // Waiters dropped at random moments (by timeouts, aborts and select!) leave the queue,
+    // and slots handed to them as they were dropped are handed on: none is leaked.
+    let seed = common::seed("a_cancellation_storm_leaves_no_queue_entry_and_no_slot_behind");
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("storm.json");
+    multi_thread().block_on(async {
+        let sem = open(&path, 3).await;
+        let granted = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, i));
+            let (sem, granted) = (sem.clone(), granted.clone());
+            let id = format!("w-{i}");
+            let hold = Duration::from_micros(rng.u64(0..3000));
+            let patience = Duration::from_micros(rng.u64(100..20_000));
+            let kind = rng.u8(0..4);
+            tasks.push(tokio::spawn(async move {
+                let got = match kind {
+                    // The call's own timeout.
+                    0 => sem.acquire_timeout(&id, patience).await.ok(),
+                    // tokio's timeout drops the future.
+                    1 => tokio::time::timeout(patience, sem.acquire(&id))
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    // select! drops the losing branch.
+                    2 => tokio::select! {
+                        p = sem.acquire(&id) => p.ok(),
+                        () = tokio::time::sleep(patience) => None,
+                    },
+                    // Waits to the end.
+                    _ => sem.acquire(&id).await.ok(),
+                };
+                if let Some(permit) = got {
+                    granted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(hold).await;
+                    drop(permit);
+                }
+            }));
+            if rng.u8(0..8) == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // Abort some tasks outright, wherever they are.
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for task in &tasks {
+            if rng.u8(0..10) == 0 {
+                task.abort();
+            }
+        }
+        for task in tasks {
+            let _ = tokio::time::timeout(DEADLINE, task).await.unwrap();
+        }
+        // The drops hand their releases and leaves to the step thread: wait for it.
+        let start = Instant::now();
+        while sem.count().await.unwrap() != 0 || !sem.waiters().await.unwrap().is_empty() {
+            assert!(start.elapsed() < DEADLINE, "entries left behind");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!("granted {} of 200", granted.load(Ordering::SeqCst));
+        assert!(granted.load(Ordering::SeqCst) >= 3, "some were served");
+    });
+    // On file too, read without the library.
+    assert!(common::entries_on_file(&path, "holders").is_empty());
+    assert!(common::entries_on_file(&path, "waiters").is_empty());
+    let witnesses = std::fs::read_dir(dir.path().join("storm.json.witness"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(witnesses, 0, "no witness file left behind");
+}
+
+#[test]
+#[serial]
+fn the_runtime_keeps_ticking_while_tasks_wait_and_release() {
+    // No blocking call on the runtime's thread: a task that wakes every 5 ms on a
+    // current_thread runtime is never held up for long while 50 tasks wait and release.
+    let dir = common::tmpfs_dir();
+    let worst = current_thread().block_on(async {
+        let sem = open(&dir.path().join("ticks.json"), 2).await;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                let mut last = Instant::now();
+                while !done.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let now = Instant::now();
+                    worst = worst.max(now - last);
+                    last = now;
+                }
+                worst
+            })
+        };
+        // Another process's long critical section (here: the lock file held for 3 s by a
+        // thread) must stall the steps, never the runtime.
+        let lock = std::fs::File::open(dir.path().join("ticks.json.lock")).unwrap();
+        let locked = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            drop(locked);
+        });
+        let workers: Vec<_> = (0..50)
+            .map(|i| {
+                let sem = sem.clone();
+                tokio::spawn(async move {
+                    for round in 0..4 {
+                        let permit = sem.acquire(&format!("w{i}-{round}")).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        permit.release().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            tokio::time::timeout(DEADLINE, w).await.unwrap().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        holder.join().unwrap();
+        ticker.await.unwrap()
+    });
+    eprintln!("worst gap between 5 ms ticks: {worst:?}");
+    // Generous for a shared machine (busy ones show stalls of tens of ms, rarely a second);
+    // a step on this thread would have waited out the 3 s lock.
+    assert!(
+        worst < Duration::from_millis(2500),
+        "the runtime stalled for {worst:?}"
+    );
+}
+
+#[test]
+#[serial]
+fn a_permit_dropped_in_a_task_is_released_after_the_runtime_shut_down() {
+    // The release a drop hands off runs on the handle's own thread, which outlives the
+    // runtime: shutting the runtime down right after the drop loses nothing.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("shutdown.json");
+    let rt = current_thread();
+    let sem = rt.block_on(open(&path, 1));
+    let permit = rt.block_on(sem.try_acquire("job")).unwrap();
+    // Hold the lock file, so that the release is still queued when the runtime goes.
+    let lock = std::fs::File::open(dir.path().join("shutdown.json.lock")).unwrap();
+    let locked = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    rt.block_on(async move {
+        tokio::spawn(async move { drop(permit) }).await.unwrap();
+    });
+    drop(sem);
+    drop(rt);
+    let blocking = Semaphore::open_existing(&path).unwrap();
+    assert_eq!(
+        blocking.count().unwrap(),
+        1,
+        "still held while the lock is busy"
+    );
+    drop(locked);
+    common::wait_until(Instant::now() + DEADLINE, "the release", || {
+        blocking.count().unwrap() == 0
+    });
+}
+
+#[test]
+#[serial]
+fn blocking_and_async_waiters_share_one_queue() {
+    // A thread waiting with the blocking API and tasks waiting with the async API are
+    // served in the order they queued.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("mixed.json");
+    let blocking = options().open(&path, 1).unwrap();
+    multi_thread().block_on(async {
+        let sem = open(&path, 1).await;
+        let first = sem.try_acquire("first").await.unwrap();
+        let thread = {
+            let blocking = blocking.clone();
+            std::thread::spawn(move || {
+                let p = blocking.acquire("thread").unwrap();
+                let token = p.token();
+                p.release().unwrap();
+                token
+            })
+        };
+        queued(&sem, 1).await;
+        let task = {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                let p = sem.acquire("task").await.unwrap();
+                let token = p.token();
+                p.release().await.unwrap();
+                token
+            })
+        };
+        queued(&sem, 2).await;
+        first.release().await.unwrap();
+        let task_token = tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+        let thread_token = tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        assert!(thread_token < task_token, "the thread queued first");
+    });
+}
