@@ -523,3 +523,26 @@ fn blocking_and_async_waiters_share_one_queue() {
         assert!(thread_token < task_token, "the thread queued first");
     });
 }
+
+#[test]
+#[serial]
+fn a_cancelled_acquire_has_left_the_queue_before_the_next_step_of_its_handle() {
+    // The leave of a dropped acquire runs before any step asked for after the drop: the
+    // same ID can try again at once and is refused for capacity, not as already queued.
+    let dir = common::tmpfs_dir();
+    multi_thread().block_on(async {
+        let sem = open(&dir.path().join("again.json"), 1).await;
+        let _held = sem.try_acquire("a").await.unwrap();
+        for round in 0..20 {
+            let patience = Duration::from_millis(1 + round % 7);
+            let dropped = tokio::time::timeout(patience, sem.acquire("b")).await;
+            assert!(dropped.is_err(), "round {round}: nothing to hand over");
+            let again = sem.try_acquire("b").await.unwrap_err();
+            assert!(
+                matches!(again, Error::NoCapacity { .. }),
+                "round {round}: {again:?}"
+            );
+        }
+        assert!(sem.waiters().await.unwrap().is_empty());
+    });
+}

@@ -77,8 +77,12 @@ impl Lane {
         let back = self.clone();
         let sent = self.send(move || {
             let out = catch_unwind(AssertUnwindSafe(f));
-            // A receiver dropped meanwhile hands the value back here, where it is dropped.
-            let _ = tx.send(OffThread::new(out, back));
+            // A receiver dropped meanwhile hands the value back: dropped here and now, before
+            // the jobs sent after this one (an acquire of the same ID right after a cancelled
+            // one must find its queue entry gone).
+            if let Err(mut unsent) = tx.send(OffThread::new(out, back)) {
+                drop(unsent.take());
+            }
         });
         let gone = || {
             Error::io(
