@@ -296,3 +296,64 @@ fn basic_and_shared_examples_succeed() {
         assert!(stdout.contains("done: count 0"), "{name}: {stdout}");
     }
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_workers_example_shares_the_semaphore_with_a_second_process_within_capacity() {
+    // Tokio tasks in two processes take turns on one file; the example's own checker saw
+    // every grant and never more than the capacity inside.
+    let exe = example("workers");
+    let examples = exe.parent().expect("the examples directory");
+    let target_dir = examples
+        .parent()
+        .and_then(|profile| profile.parent())
+        .expect("the target directory");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--features",
+            "tokio",
+            "--example",
+            "async_workers",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if examples
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "release")
+    {
+        cargo.arg("--release");
+    }
+    let built = run(cargo, Duration::from_secs(600));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut cmd = Command::new(examples.join("async_workers"));
+    cmd.args(["--tasks", "6", "--capacity", "2", "--cycles", "3"]);
+    let out = run(cmd, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 2 processes x 6 tasks x 3 cycles.
+    assert!(
+        stdout.contains("checker: 36 grants, at most 2 inside (capacity 2), 0 violations")
+            || stdout.contains("checker: 36 grants, at most 1 inside (capacity 2), 0 violations"),
+        "{stdout}"
+    );
+    // Both processes print to the same output (the second inherits it).
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(": slot ")).count(),
+        36,
+        "{stdout}"
+    );
+    assert!(stdout.contains("p2-task-5: slot "), "{stdout}");
+}
