@@ -290,6 +290,70 @@
 //! socket, with the same safety-net timer; the releaser's write hands the slot over, and the
 //! waiter only reads the key to see it.
 //!
+//! # Async (tokio)
+//!
+//! With the cargo feature `tokio`, `AsyncSemaphore` and `AsyncPermit` offer every
+//! operation as an `async` method, for services on a tokio runtime (`current_thread` or
+//! `multi_thread`, with I/O and time enabled). Without the feature the crate has no tokio
+//! dependency. They run the same steps as the blocking API, so queue order, priorities,
+//! hand-off, fencing tokens and slots are the same, and blocking and async users (threads,
+//! tasks, other processes, the CLI) share one semaphore at once.
+//!
+//! - **No blocking call on a runtime thread.** Each handle (with its clones) has two threads
+//!   of its own: one runs its locked steps in order, the other its lock-free reads. A
+//!   handle's steps take turns for the lock file anyway (as the blocking API's threads do),
+//!   so tokio's blocking pool would only park more threads behind them; and the handle's
+//!   threads outlive the runtime.
+//! - **Waiting costs no thread.** One watcher per handle serves all its waiting tasks: on
+//!   Linux an inotify descriptor driven by the runtime's reactor (`AsyncFd`), one read of the
+//!   document per change shared by every waiter, and one step that refreshes all their queue
+//!   entries. A thousand tasks waiting on one handle use the runtime's threads, the handle's
+//!   two and no more (tested by counting the process's threads).
+//! - **Dropping a permit never blocks**: the release is handed to the handle's step thread,
+//!   and runs even if the runtime shuts down right after. It does not run if the process
+//!   exits first; the kernel then unlocks the hold's witness, and the next user reaps the
+//!   entry, as after a crash.
+//! - **Cancel safety.** Dropping an acquire future (through `tokio::time::timeout`,
+//!   `select!`, an aborted task) leaves the queue; a slot handed over as it was dropped is
+//!   released and handed on, never leaked. A step already started finishes on the step
+//!   thread (see `AsyncSemaphore`, "Cancel safety").
+//!
+//! ```
+//! # #[cfg(feature = "tokio")]
+//! # fn main() -> Result<(), filesem::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+//! # rt.block_on(async {
+//! use std::time::Duration;
+//! use filesem::AsyncSemaphore;
+//!
+//! let sem = AsyncSemaphore::open(dir.path().join("gpus.json"), 2).await?;
+//! let mut tasks = Vec::new();
+//! for i in 0..5 {
+//!     let sem = sem.clone();
+//!     tasks.push(tokio::spawn(async move {
+//!         // Waits in the queue (a task, not a thread) until a slot is handed over.
+//!         let permit = sem.acquire_timeout(&format!("job-{i}"), Duration::from_secs(30)).await?;
+//!         tokio::time::sleep(Duration::from_millis(10)).await; // use GPU permit.slot()
+//!         permit.release().await
+//!     }));
+//! }
+//! for task in tasks {
+//!     task.await.expect("the task ran")?;
+//! }
+//! assert_eq!(sem.count().await?, 0);
+//! # Ok(())
+//! # })
+//! # }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
+//! ```
+//!
+//! `AsyncSemaphore::from_blocking` and `AsyncSemaphore::blocking` convert handles,
+//! `AsyncPermit::from_blocking` and `AsyncPermit::into_blocking` permits. The async API
+//! covers file semaphores; a Redis semaphore is used through the blocking API (from
+//! `spawn_blocking` in a tokio service).
+//!
 //! # Errors
 //!
 //! Every operation returns [`Result`]. Besides the errors of its own (listed in its
