@@ -135,6 +135,9 @@ pub(crate) async fn acquire(
             watch.poke();
             continue;
         }
+        // Not kept while asleep: a thousand waiters each holding the look it last saw would
+        // keep a thousand versions of the document alive.
+        drop(look);
         let mut until = deadline;
         if cancel.is_some() {
             let check = Instant::now() + CANCEL_CHECK;
