@@ -232,9 +232,13 @@ fn blocking_worker() {
     report(threads.into_iter().map(|t| t.join().unwrap()).collect());
 }
 
+/// What one task or thread of a worker did: its tokens, its cancelled acquires, the
+/// witness's complaints; or the error that stopped it.
+type Outcome = Result<(Vec<u64>, u64, Vec<String>), String>;
+
 /// Says what the tasks or threads of a worker did: errors, violations, then `done GRANTS
 /// CANCELLED` and `tokens ...`.
-fn report(results: Vec<Result<(Vec<u64>, u64, Vec<String>), String>>) {
+fn report(results: Vec<Outcome>) {
     let (mut tokens, mut cancelled) = (Vec::new(), 0);
     for r in results {
         match r {
