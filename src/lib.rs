@@ -351,8 +351,12 @@
 //!
 //! `AsyncSemaphore::from_blocking` and `AsyncSemaphore::blocking` convert handles,
 //! `AsyncPermit::from_blocking` and `AsyncPermit::into_blocking` permits. The async API
-//! covers file semaphores; a Redis semaphore is used through the blocking API (from
-//! `spawn_blocking` in a tokio service).
+//! opens file semaphores. For a Redis semaphore (features `redis` and `tokio`), open the
+//! blocking handle (`Semaphore::open_redis`, a blocking call: in `spawn_blocking`) and wrap
+//! it with `AsyncSemaphore::from_blocking`: its steps then use the blocking connection on
+//! the handle's step thread, and its waiting tasks share the handle's pub/sub subscription,
+//! whose doorbell the runtime's reactor watches. There are no async Redis opens, and no
+//! async Redis connection.
 //!
 //! # Errors
 //!

@@ -29,6 +29,13 @@ use crate::semaphore::{Reaped, Semaphore};
 /// runtime shuts down right after (but not if the process exits first: then, as for a
 /// killed process, the kernel unlocks its witness and the next user reaps the entry).
 ///
+/// Queries ([`holders`](AsyncSemaphore::holders), [`waiters`](AsyncSemaphore::waiters),
+/// [`count`](AsyncSemaphore::count), [`available`](AsyncSemaphore::available),
+/// [`capacity`](AsyncSemaphore::capacity)) run on the look thread, beside the steps, so that
+/// they never wait for a lock: one that follows a dropped permit or acquire future may still
+/// show its entry for the moment its release or leave takes on the step thread. Every step
+/// asked for after the drop sees it gone.
+///
 /// Waiting for a slot costs no thread: the handle has one watcher for all its waiting tasks
 /// (on Linux an inotify descriptor driven by the runtime's reactor through
 /// [`AsyncFd`](tokio::io::unix::AsyncFd)), which reads the document once per change on the
