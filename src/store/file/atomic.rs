@@ -32,10 +32,10 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
-use nix::sys::stat::{FileStat, fchmod, fstat};
+use nix::sys::stat::{fchmod, fstat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use super::dir::{Files, mode, parent_dir};
+use super::dir::{DirStatus, Files, mode, parent_dir};
 use crate::error::Result;
 
 const TEMP_SUFFIX: &str = ".filesem-tmp";
@@ -91,7 +91,7 @@ pub(crate) fn write_atomic(
     bytes: &[u8],
     meta: FileMeta,
     durable: bool,
-    dir: &FileStat,
+    dir: &DirStatus<'_>,
 ) -> Result<()> {
     let mode_bits = meta.mode & 0o7777 & !SPECIAL_BITS;
     let (file, temp) = create_temp(files, mode_bits, dir)?;
@@ -125,7 +125,7 @@ pub(crate) fn write_atomic(
 
 /// Creates the temp file: the fixed first choice (removing a leftover found there), else a
 /// random name (see the [module docs](self)).
-fn create_temp(files: &Files, mode_bits: u32, dir: &FileStat) -> Result<(File, OsString)> {
+fn create_temp(files: &Files, mode_bits: u32, dir: &DirStatus<'_>) -> Result<(File, OsString)> {
     let prefix = temp_prefix(&files.state_name);
     let first = temp_name(&prefix, FIRST_CHOICE);
     let mut leftover_checked = false;
@@ -253,7 +253,7 @@ fn remove_temp(files: &Files, name: &OsStr) {
 /// Removes `name` if it is a leftover of ours: a regular file whose owner is trusted in the
 /// directory (whose status is `dir`). Returns whether it did. Call under the state lock (then
 /// no live writer of this semaphore has a temp file).
-fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<bool> {
+fn remove_if_leftover(files: &Files, name: &OsStr, dir: &DirStatus<'_>) -> Result<bool> {
     let path = parent_dir(&files.path).join(name);
     let st = files
         .stat_at(files.dir(), name)
@@ -261,7 +261,9 @@ fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<boo
     let Some(st) = st else {
         return Ok(false);
     };
-    if !super::dir::is_regular(&st) || !files.trust.trusts(st.st_uid, dir) {
+    let trusted =
+        files.trust.trusts_anywhere(st.st_uid) || files.trust.trusts(st.st_uid, &dir.get()?);
+    if !super::dir::is_regular(&st) || !trusted {
         tracing::warn!(
             path = %files.path.display(),
             file = %path.display(),
@@ -285,7 +287,7 @@ fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<boo
 /// temp names (regular files of trusted owners only; see [`remove_if_leftover`]). Lists the
 /// whole directory, so it is called only by `open` and `reap`. Call under the state lock.
 /// Returns the paths removed.
-pub(crate) fn remove_leftovers(files: &Files, dir: &FileStat) -> Result<Vec<PathBuf>> {
+pub(crate) fn remove_leftovers(files: &Files, dir: &DirStatus<'_>) -> Result<Vec<PathBuf>> {
     let prefix = temp_prefix(&files.state_name);
     let dir_path = parent_dir(&files.path);
     let names =
@@ -330,7 +332,7 @@ mod tests {
     }
 
     fn write(files: &Files, bytes: &[u8], meta: FileMeta) -> Result<()> {
-        write_atomic(files, bytes, meta, true, &files.dir_stat().unwrap())
+        write_atomic(files, bytes, meta, true, &DirStatus::new(files))
     }
 
     fn names(dir: &Path) -> Vec<OsString> {
@@ -457,7 +459,7 @@ mod tests {
             }
             let planted = fs::symlink_metadata(&first).unwrap();
             let planted_bytes = planted.is_file().then(|| fs::read(&first).unwrap());
-            let st = files.dir_stat().unwrap();
+            let st = DirStatus::new(&files);
             let (file, name) = create_temp(&files, 0o644, &st).unwrap();
             assert_ne!(dir.join(&name), first, "{what}");
             assert!(
@@ -517,7 +519,7 @@ mod tests {
             dir.path().join(".s.json.linklink.filesem-tmp"),
         )
         .unwrap();
-        let removed = remove_leftovers(&files, &files.dir_stat().unwrap()).unwrap();
+        let removed = remove_leftovers(&files, &DirStatus::new(&files)).unwrap();
         assert_eq!(
             removed,
             vec![dir.path().join(".s.json.abcdefgh.filesem-tmp")]

@@ -21,15 +21,16 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::stat::FileStat;
+use std::sync::PoisonError;
 
 use super::{InStep, LockWait, Snapshot, Step, StepContext};
 use crate::core::doc::Document;
 use crate::error::{Error, Result};
 use atomic::FileMeta;
-use dir::{Files, Trust, access_mode};
+use dir::{DirStatus, Files, Trust, access_mode};
 use gate::Gate;
 use judge::SystemJudge;
-use lock::LockGuard;
+use lock::{LockFile, LockGuard};
 use witness::WitnessDir;
 
 mod atomic;
@@ -82,6 +83,9 @@ pub(crate) struct FileStore {
     /// polling) rather than on the lock file. Held only for one step; waiting for it counts
     /// against the step's lock wait ([`LockWait`]).
     gate: Gate,
+    /// The lock file as the last step left it, open and unlocked (see [`lock`]); used only
+    /// inside the gate.
+    lock_file: Mutex<Option<LockFile>>,
     /// The witness directory as last opened, with its status: an acquire checks by one
     /// `fstatat` that the name still refers to it, instead of opening it again.
     witness_dir: Mutex<Option<(Arc<std::os::fd::OwnedFd>, FileStat)>>,
@@ -118,6 +122,7 @@ impl FileStore {
             create_mode: settings.mode,
             lock_timeout: settings.lock_timeout,
             gate: Gate::default(),
+            lock_file: Mutex::new(None),
             witness_dir: Mutex::new(None),
         })
     }
@@ -155,7 +160,7 @@ impl FileStore {
             let mut cx = StepContext {
                 now: Utc::now(),
                 created,
-                at: InStep::File(FileStep::new(self, *dir, meta.mode, &witness_dir_created)),
+                at: InStep::File(FileStep::new(self, dir, meta.mode, &witness_dir_created)),
             };
             let stepped = rule(&mut doc, &mut cx).and_then(|mut step| {
                 // A new document is written even if the rule changed nothing.
@@ -178,7 +183,7 @@ impl FileStore {
         step: Step<R>,
         doc: &Document,
         meta: FileMeta,
-        dir: &FileStat,
+        dir: &DirStatus<'_>,
         guard: &LockGuard,
         opening: bool,
     ) -> Result<R> {
@@ -216,12 +221,14 @@ impl FileStore {
         waker::FileWaker::new(&self.files)
     }
 
-    /// Runs `f` under the lock. The lock file is opened without `O_CREAT` first; only if it is
-    /// absent is the state file looked up: without `may_create` a missing semaphore is
-    /// [`Error::NotFound`] and nothing is created; otherwise (or if the state file exists) the
-    /// lock file is created with the mode derived from the state's. That is one `statx` fewer
-    /// per operation than looking up the state file first; a state file that is missing while
-    /// its lock file exists is found missing by [`FileStore::read`].
+    /// Runs `f` under the lock. The lock file the last step kept open is locked if it is
+    /// still `PATH.lock` (see [`lock`]); otherwise `PATH.lock` is opened without `O_CREAT`
+    /// first, and only if it is absent is the state file looked up: without `may_create` a
+    /// missing semaphore is [`Error::NotFound`] and nothing is created; otherwise (or if the
+    /// state file exists) the lock file is created with the mode derived from the state's.
+    /// That is one `statx` fewer per operation than looking up the state file first; a state
+    /// file that is missing while its lock file exists is found missing by
+    /// [`FileStore::read`].
     ///
     /// The lock is waited for as `wait` says: when that time runs out, the error is
     /// [`Error::LockTimeout`] for [`LockWait::Timeout`] and [`Error::LockBusy`] for
@@ -230,7 +237,7 @@ impl FileStore {
         &self,
         may_create: bool,
         wait: LockWait,
-        f: impl FnOnce(&LockGuard, &FileStat) -> Result<R>,
+        f: impl FnOnce(&LockGuard, &DirStatus<'_>) -> Result<R>,
     ) -> Result<R> {
         let start = Instant::now();
         // One deadline for the in-process queue and the lock file together: otherwise the
@@ -257,6 +264,10 @@ impl FileStore {
                 },
             }
         };
+        let timeout = |e| match e {
+            Error::LockTimeout { holder, .. } => timed_out(holder),
+            other => other,
+        };
         let Some(_serial) = self.gate.enter(deadline) else {
             // Another thread of this process is inside a step: waiting for the lock file, or
             // holding it. Whoever holds it is the one to name.
@@ -266,20 +277,37 @@ impl FileStore {
             let holder = lock.ok().flatten().and_then(|st| lock::holder_of(&st));
             return Err(timed_out(holder));
         };
-        // One fstat per step: a removed directory is never written in, and its status says
-        // whose files are trusted.
-        let dir = self.files.dir_stat()?;
-        let guard = match lock::lock_exclusive(&self.files, None, &dir, deadline) {
-            Ok(Some(guard)) => Ok(guard),
-            Ok(None) => self.create_lock(may_create, &dir, deadline),
-            Err(e) => Err(e),
+        let kept = self
+            .lock_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let relocked = match kept {
+            Some(kept) => lock::relock(&self.files, kept, deadline).map_err(timeout)?,
+            None => None,
         };
-        let guard = guard.map_err(|e| match e {
-            Error::LockTimeout { holder, .. } => timed_out(holder),
-            other => other,
-        })?;
+        let (guard, dir) = match relocked {
+            // The lock file's name was found in the directory: it was not removed.
+            Some(guard) => (guard, DirStatus::new(&self.files)),
+            None => {
+                // A removed directory is never written in, and its status says whose files
+                // are trusted.
+                let dir = DirStatus::known(&self.files, self.files.dir_stat()?);
+                let guard = match lock::lock_exclusive(&self.files, None, &dir, deadline) {
+                    Ok(Some(guard)) => Ok(guard),
+                    Ok(None) => self.create_lock(may_create, &dir, deadline),
+                    Err(e) => Err(e),
+                };
+                (guard.map_err(timeout)?, dir)
+            }
+        };
         let r = f(&guard, &dir);
-        guard.unlock();
+        if let Some(file) = guard.unlock_keeping_file() {
+            *self
+                .lock_file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(file);
+        }
         r
     }
 
@@ -289,7 +317,7 @@ impl FileStore {
     fn create_lock(
         &self,
         may_create: bool,
-        dir: &FileStat,
+        dir: &DirStatus<'_>,
         deadline: Option<Instant>,
     ) -> Result<LockGuard> {
         let files = &self.files;
@@ -437,5 +465,30 @@ mod tests {
             std::fs::read(&target).unwrap(),
             br#"{"capacity": 2, "holders": []}"#
         );
+    }
+
+    #[test]
+    fn a_step_after_the_lock_file_was_removed_waits_for_whoever_holds_the_new_one() {
+        // The handle keeps its lock file open between steps; once PATH.lock names another
+        // file (removed by a cleaner and created again by someone), that is the lock.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        std::fs::write(store.path(), br#"{"capacity": 2, "holders": []}"#).unwrap();
+        let read =
+            |store: &FileStore| step(store, None, |doc, _| Ok(Step::unchanged(doc.capacity())));
+        assert_eq!(read(&store).unwrap(), 2);
+        std::fs::remove_file(&store.files.lock_path).unwrap();
+        let other = std::fs::File::create(&store.files.lock_path).unwrap();
+        let held = nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let r = store.step(
+            LockWait::Until(Instant::now() + Duration::from_millis(50)),
+            None,
+            |doc, _| Ok(Step::unchanged(doc.capacity())),
+        );
+        assert!(matches!(r, Err(Error::LockBusy { .. })), "{r:?}");
+        drop(held);
+        assert_eq!(read(&store).unwrap(), 2);
     }
 }

@@ -7,10 +7,8 @@ use std::cell::Cell;
 use std::io;
 use std::sync::{Arc, PoisonError};
 
-use nix::sys::stat::FileStat;
-
 use super::FileStore;
-use super::dir::{self, Want, access_mode, witness_dir_mode};
+use super::dir::{self, DirStatus, Want, access_mode, witness_dir_mode};
 use super::identity::Identity;
 use super::witness::{self, Created, WitnessDir};
 use crate::core::doc::{Document, Entry};
@@ -24,8 +22,8 @@ use crate::store::NewHold;
 /// What one locked step knows about the semaphore's files, for the files its rule makes.
 pub(crate) struct FileStep<'s> {
     store: &'s FileStore,
-    /// The directory's status at the start of the step: who is trusted in it.
-    dir: FileStat,
+    /// The directory's status (looked up when first needed): who is trusted in it.
+    dir: &'s DirStatus<'s>,
     /// The state file's mode (or the create mode for a new one): lock and witness modes
     /// derive from it.
     state_mode: u32,
@@ -36,7 +34,7 @@ pub(crate) struct FileStep<'s> {
 impl<'s> FileStep<'s> {
     pub(super) fn new(
         store: &'s FileStore,
-        dir: FileStat,
+        dir: &'s DirStatus<'s>,
         state_mode: u32,
         witness_dir_created: &'s Cell<bool>,
     ) -> FileStep<'s> {
@@ -126,7 +124,7 @@ impl<'s> FileStep<'s> {
                 &files.witness_path,
                 &now,
                 Want::Dir,
-                || Ok(self.dir),
+                || self.dir.get(),
                 parent,
             )?;
             return Ok(WitnessDir {
@@ -135,8 +133,8 @@ impl<'s> FileStep<'s> {
                 created: false,
             });
         }
-        let dir_mode = witness_dir_mode(self.state_mode, dir::mode_bits(&self.dir));
-        let wdir = witness::open_dir(files, &self.dir, Some(dir_mode))?.ok_or_else(|| {
+        let dir_mode = witness_dir_mode(self.state_mode, dir::mode_bits(&self.dir.get()?));
+        let wdir = witness::open_dir(files, self.dir, Some(dir_mode))?.ok_or_else(|| {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             files.io(&files.witness_path, "create the witness directory", missing)
         })?;
@@ -152,7 +150,7 @@ impl<'s> FileStep<'s> {
 impl FileStore {
     /// Removes temp files left by killed writers (listing the directory) and witness files
     /// that no entry of `doc` refers to and nobody holds. Under the lock, before the write.
-    pub(super) fn tidy(&self, doc: &Document, dir: &FileStat) -> Result<()> {
+    pub(super) fn tidy(&self, doc: &Document, dir: &DirStatus<'_>) -> Result<()> {
         let mut leftovers = super::atomic::remove_leftovers(&self.files, dir)?;
         if let Some(wdir) = witness::open_dir(&self.files, dir, None)? {
             leftovers.extend(witness::remove_orphans(
@@ -169,7 +167,7 @@ impl FileStore {
 
     /// Logs the entries a step reaped and deletes their witness files, once the write that
     /// removed them has committed. Failures are logged: the write stands.
-    pub(super) fn forget_reaped(&self, dir: &FileStat, reaped: &[Removed]) {
+    pub(super) fn forget_reaped(&self, dir: &DirStatus<'_>, reaped: &[Removed]) {
         let wdir = witness::open_dir(&self.files, dir, None).unwrap_or_else(|e| {
             tracing::warn!(path = %self.path().display(), error = %e, "cannot remove the witness files of reaped entries");
             None

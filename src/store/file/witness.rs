@@ -26,7 +26,7 @@ use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::{FileStat, fchmod, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use super::dir::{Files, Want, file_id, is_regular, mode, perm_bits};
+use super::dir::{DirStatus, Files, Want, file_id, is_regular, mode, perm_bits};
 use super::lock::unlock;
 use crate::core::doc::Witness;
 use crate::error::{Error, Result};
@@ -60,7 +60,7 @@ pub(crate) struct WitnessDir {
 /// trusted; [`Error::Io`].
 pub(crate) fn open_dir(
     files: &Files,
-    state_dir: &FileStat,
+    state_dir: &DirStatus<'_>,
     create: Option<u32>,
 ) -> Result<Option<WitnessDir>> {
     let name = files.witness_name.as_os_str();
@@ -98,7 +98,7 @@ pub(crate) fn open_dir(
         object,
         &stat,
         Want::Dir,
-        || Ok(*state_dir),
+        || state_dir.get(),
         super::dir::parent_dir(&files.path),
     )?;
     let mut dir = WitnessDir {
@@ -495,7 +495,7 @@ mod tests {
         // Held means alive, free means dead, a replaced file is no evidence.
         let tmp = tempfile::tempdir().unwrap();
         let files = files(tmp.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let dir = open_dir(&files, &st, Some(0o711)).unwrap().unwrap();
         assert!(dir.created);
         let Created::Locked(lock) = create(&files, &dir, 7, 0o600).unwrap() else {
@@ -539,7 +539,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let files = files(tmp.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let dir = open_dir(&files, &st, Some(0o771)).unwrap().unwrap();
         let Created::Locked(lock) = create(&files, &dir, 3, 0o660).unwrap() else {
             panic!("token 3 should be free");
@@ -556,7 +556,7 @@ mod tests {
         // nothing created or removed through it.
         let tmp = tempfile::tempdir().unwrap();
         let files = files(tmp.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let victim = tmp.path().join("victim");
         fs::create_dir(&victim).unwrap();
         fs::write(victim.join("1"), b"precious").unwrap();
