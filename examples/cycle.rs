@@ -88,15 +88,15 @@ fn main() -> Res<()> {
     let options = AcquireOptions::new().detached(args.detached);
     // One cycle before the measured ones: the witness directory and the lock file exist.
     sem.try_acquire_with("cycling", &options)?.release()?;
-    eprintln!("cycles start");
     let cpu_start = cpu_ns();
+    eprintln!("cycles start");
     let start = Instant::now();
     run(&sem, &options, args.cycles)?;
     let per = start.elapsed().as_secs_f64() / args.cycles as f64;
+    eprintln!("cycles end");
     let cpu = cpu_ns()
         .zip(cpu_start)
         .map(|(end, start)| end.saturating_sub(start));
-    eprintln!("cycles end");
     let cpu = cpu.map_or("-".to_string(), |ns| {
         format!("{:.1}", ns as f64 / args.cycles as f64 / 1e3)
     });

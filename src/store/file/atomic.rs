@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
-use nix::sys::stat::{fchmod, fstat};
+use nix::sys::stat::{FileStat, fchmod, fstat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::dir::{DirStatus, Files, mode, parent_dir};
@@ -86,17 +86,19 @@ fn temp_name(prefix: &OsStr, middle: &str) -> OsString {
 /// on disk when this returns. The new file gets `meta.mode` without the set-id and sticky
 /// bits, whatever the umask, and (as root) `meta.owner`. `dir` is the directory's status,
 /// against which a leftover's owner is judged. Call under the state lock.
+///
+/// Returns the new state file, still open, and its status after the rename: what a handle
+/// keeps to recognise the file as the one it wrote (see [`super::read`]).
 pub(crate) fn write_atomic(
     files: &Files,
     bytes: &[u8],
     meta: FileMeta,
     durable: bool,
     dir: &DirStatus<'_>,
-) -> Result<()> {
+) -> Result<(File, FileStat)> {
     let mode_bits = meta.mode & 0o7777 & !SPECIAL_BITS;
-    let (file, temp) = create_temp(files, mode_bits, dir)?;
-    let temp_path = parent_dir(&files.path).join(&temp);
-    let written = fill(files, file, &temp_path, bytes, meta, mode_bits, durable).and_then(|()| {
+    let (mut file, temp) = create_temp(files, mode_bits, dir)?;
+    let written = fill(files, &mut file, &temp, bytes, meta, mode_bits, durable).and_then(|()| {
         renameat(
             files.dir(),
             temp.as_os_str(),
@@ -117,10 +119,11 @@ pub(crate) fn write_atomic(
         remove_temp(files, &temp);
         return Err(e);
     }
+    let stat = fstat(&file).map_err(|e| files.io(&files.path, "look up the new state file", e))?;
     if durable {
         files.sync()?;
     }
-    Ok(())
+    Ok((file, stat))
 }
 
 /// Creates the temp file: the fixed first choice (removing a leftover found there), else a
@@ -205,33 +208,34 @@ fn create_failed(files: &Files, errno: Errno) -> crate::error::Error {
     files.io(parent_dir(&files.path), "create a temp file in", errno)
 }
 
-/// Sets the owner and mode of the new temp file, writes `bytes` and (durable) flushes them.
+/// Sets the owner and mode of the new temp file `temp`, writes `bytes` and (durable) flushes
+/// them.
 fn fill(
     files: &Files,
-    mut file: File,
-    temp_path: &std::path::Path,
+    file: &mut File,
+    temp: &OsStr,
     bytes: &[u8],
     meta: FileMeta,
     mode_bits: u32,
     durable: bool,
 ) -> Result<()> {
-    let io = |action, e: std::io::Error| files.io(temp_path, action, e);
+    let io = |action, e: std::io::Error| files.io(&parent_dir(&files.path).join(temp), action, e);
     // One fstat tells whether the mode or the owner needs changing; changing them only then
     // saves the fchmod, geteuid and fchown that every write would make.
-    let created = fstat(&file).map_err(|e| io("look up the temp file", e.into()))?;
+    let created = fstat(&*file).map_err(|e| io("look up the temp file", e.into()))?;
     let mut chowned = false;
     if let Some((uid, gid)) = meta.owner
         && (created.st_uid, created.st_gid) != (uid, gid)
         && nix::unistd::geteuid().is_root()
     {
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+        std::os::unix::fs::fchown(&*file, Some(uid), Some(gid))
             .map_err(|e| io("change the owner of", e))?;
         chowned = true;
     }
     // Not subject to the umask: the new file gets exactly this mode (set after the chown,
     // which may clear set-id bits).
     if chowned || super::dir::perm_bits(&created) != mode_bits {
-        fchmod(&file, mode(mode_bits)).map_err(|e| io("set the mode of", e.into()))?;
+        fchmod(&*file, mode(mode_bits)).map_err(|e| io("set the mode of", e.into()))?;
     }
     file.write_all(bytes).map_err(|e| io("write", e))?;
     if durable {
@@ -332,7 +336,7 @@ mod tests {
     }
 
     fn write(files: &Files, bytes: &[u8], meta: FileMeta) -> Result<()> {
-        write_atomic(files, bytes, meta, true, &DirStatus::new(files))
+        write_atomic(files, bytes, meta, true, &DirStatus::new(files)).map(drop)
     }
 
     fn names(dir: &Path) -> Vec<OsString> {

@@ -31,6 +31,7 @@ use dir::{DirStatus, Files, Trust, access_mode};
 use gate::Gate;
 use judge::SystemJudge;
 use lock::{LockFile, LockGuard};
+use read::Written;
 use witness::WitnessDir;
 
 mod atomic;
@@ -86,6 +87,8 @@ pub(crate) struct FileStore {
     /// The lock file as the last step left it, open and unlocked (see [`lock`]); used only
     /// inside the gate.
     lock_file: Mutex<Option<LockFile>>,
+    /// What the last step wrote, if it wrote (see [`read`]); used only inside the gate.
+    written: Mutex<Option<Written>>,
     /// The witness directory as last opened, with its status: an acquire checks by one
     /// `fstatat` that the name still refers to it, instead of opening it again.
     witness_dir: Mutex<Option<(Arc<std::os::fd::OwnedFd>, FileStat)>>,
@@ -123,6 +126,7 @@ impl FileStore {
             lock_timeout: settings.lock_timeout,
             gate: Gate::default(),
             lock_file: Mutex::new(None),
+            written: Mutex::new(None),
             witness_dir: Mutex::new(None),
         })
     }
@@ -143,7 +147,7 @@ impl FileStore {
         mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
         self.locked(create.is_some(), wait, |guard, dir| {
-            let (mut doc, meta, created) = match self.read()? {
+            let (mut doc, meta, created) = match self.read_for_step()? {
                 Some((doc, meta)) => (doc, meta, false),
                 None => match create {
                     Some(capacity) => {
@@ -167,17 +171,26 @@ impl FileStore {
                 step.changed |= created;
                 self.commit(step, &doc, meta, dir, guard, create.is_some())
             });
-            if stepped.is_err() {
-                // A failed operation leaves no new witness directory behind.
-                WitnessDir::remove_if_created(&self.files, witness_dir_created.get());
+            match stepped {
+                Ok((value, written)) => {
+                    if let Some((file, stat)) = written {
+                        self.keep_written(Written::new(doc, file, stat));
+                    }
+                    Ok(value)
+                }
+                Err(e) => {
+                    // A failed operation leaves no new witness directory behind.
+                    WitnessDir::remove_if_created(&self.files, witness_dir_created.get());
+                    Err(e)
+                }
             }
-            stepped
         })
     }
 
     /// The end of a step whose rule succeeded: cleanup if asked, the write if anything
     /// changed, the lock file's mode when opening, and the witness files of reaped entries
-    /// once their removal is on disk.
+    /// once their removal is on disk. Returns the rule's value and, if it wrote, the new
+    /// state file and its status (see [`read`]).
     fn commit<R>(
         &self,
         step: Step<R>,
@@ -186,12 +199,19 @@ impl FileStore {
         dir: &DirStatus<'_>,
         guard: &LockGuard,
         opening: bool,
-    ) -> Result<R> {
+    ) -> Result<(R, Option<(std::fs::File, FileStat)>)> {
         if step.tidy {
             self.tidy(doc, dir)?;
         }
+        let mut written = None;
         if step.changed {
-            atomic::write_atomic(&self.files, &doc.to_bytes(), meta, self.durable, dir)?;
+            written = Some(atomic::write_atomic(
+                &self.files,
+                &doc.to_bytes(),
+                meta,
+                self.durable,
+                dir,
+            )?);
         }
         if opening {
             // Only when the open succeeds: a failed operation changes nothing.
@@ -200,7 +220,7 @@ impl FileStore {
         if !step.reaped.is_empty() {
             self.forget_reaped(dir, &step.reaped);
         }
-        Ok(step.value)
+        Ok((step.value, written))
     }
 
     /// The current document, read without the lock, with this machine's clock.
@@ -386,6 +406,7 @@ impl FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn store(dir: &Path) -> FileStore {
         let settings = Settings {
@@ -490,5 +511,161 @@ mod tests {
         assert!(matches!(r, Err(Error::LockBusy { .. })), "{r:?}");
         drop(held);
         assert_eq!(read(&store).unwrap(), 2);
+    }
+
+    /// The document this store keeps from its last write, if any.
+    fn kept(store: &FileStore) -> Option<Document> {
+        store
+            .written
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|w| w.doc.clone())
+    }
+
+    /// The file store of a semaphore handle.
+    #[allow(irrefutable_let_patterns)] // Store has more variants with other features.
+    fn file_store(sem: &crate::Semaphore) -> &FileStore {
+        let super::super::Store::File(store) = &sem.inner.store else {
+            panic!("not a file store");
+        };
+        store
+    }
+
+    #[test]
+    fn the_document_kept_from_a_write_is_what_the_file_holds() {
+        // A step that finds PATH unchanged uses the document its handle wrote last instead
+        // of reading it: that document must be exactly what parsing the file gives, after
+        // every kind of write (grants, a queue and its hand-off, kept holds, leases,
+        // metadata, a capacity change, unknown fields another writer added).
+        use crate::{AcquireOptions, OpenOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let sem = OpenOptions::new().durable(false).open(&path, 2).unwrap();
+        let store = file_store(&sem);
+        let check = |what: &str| {
+            // No step of another thread is under way meanwhile.
+            let _inside = store.gate.enter(None);
+            let on_file = Document::parse(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(kept(store).as_ref(), Some(&on_file), "after {what}");
+        };
+        check("open");
+        let a = sem
+            .try_acquire_with(
+                "a",
+                &AcquireOptions::new()
+                    .metadata("job", "x \"quoted\"")
+                    .lease(Duration::from_secs(600)),
+            )
+            .unwrap();
+        check("a grant with metadata and a lease");
+        let b = sem.try_acquire("b").unwrap();
+        check("a second grant");
+        let waiter = {
+            let sem = sem.clone();
+            std::thread::spawn(move || {
+                sem.acquire_with("c", &AcquireOptions::new().priority(3))
+                    .map(|p| p.keep())
+            })
+        };
+        let start = Instant::now();
+        while sem.waiters().unwrap().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(60), "never queued");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        check("a waiter joined");
+        // The waiter's thread takes steps of its own on this handle from here on.
+        b.release().unwrap();
+        waiter.join().unwrap().unwrap().unwrap();
+        assert_eq!(sem.holders().unwrap()[1].id, "c", "handed over");
+        check("a hand-off and a kept hold");
+        a.renew().unwrap();
+        check("a renewal");
+        sem.set_capacity(5).unwrap();
+        check("a capacity change");
+        // Another writer replaces the file, adding fields this crate does not know.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["x_top"] = serde_json::json!({"keep": [1.10, -0]});
+        v["holders"][0]["x_entry"] = serde_json::json!("kept");
+        let temp = dir.path().join("other-writer.tmp");
+        std::fs::write(&temp, serde_json::to_vec(&v).unwrap()).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        sem.remove(["c"]).unwrap();
+        check("a write after another writer's");
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            written.contains("x_entry") && written.contains("x_top"),
+            "{written}"
+        );
+        drop(a);
+        check("the last release");
+    }
+
+    #[test]
+    fn a_step_reads_the_file_when_another_writer_replaced_or_changed_it() {
+        // The kept document is used only while PATH is exactly the file this handle wrote:
+        // a replacement (rename, as every writer of the protocol does) and a change in place
+        // are both read.
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        std::fs::write(store.path(), br#"{"capacity": 2, "holders": []}"#).unwrap();
+        let capacity = || step(&store, None, |doc, _| Ok(Step::unchanged(doc.capacity())));
+        let bump = |to: u32| {
+            step(&store, None, move |doc, _| {
+                doc.capacity = i64::from(to);
+                Ok(Step::changed(()))
+            })
+        };
+        bump(3).unwrap();
+        assert!(kept(&store).is_some());
+        // Replaced by rename: the kept file is still open, so its inode is not reused.
+        let temp = store.path().with_extension("tmp");
+        std::fs::write(&temp, br#"{"capacity": 4, "holders": []}"#).unwrap();
+        std::fs::rename(&temp, store.path()).unwrap();
+        assert_eq!(capacity().unwrap(), 4);
+        // Changed in place, keeping its size: `3` becomes `6`.
+        bump(3).unwrap();
+        let before = std::fs::metadata(store.path()).unwrap();
+        let bytes = std::fs::read(store.path()).unwrap();
+        let at = bytes.windows(4).position(|w| w == b": 3,").unwrap() + 2;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.path())
+            .unwrap();
+        file.write_all_at(b"6", at as u64).unwrap();
+        drop(file);
+        let after = std::fs::metadata(store.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        if (after.ctime(), after.ctime_nsec()) == (before.ctime(), before.ctime_nsec()) {
+            println!(
+                "SKIPPED: this kernel gave the change the same change time (coarse timestamps)"
+            );
+            return;
+        }
+        assert_eq!(capacity().unwrap(), 6);
+    }
+
+    #[test]
+    fn a_failed_or_unchanged_step_keeps_nothing() {
+        // A rule may change the document in memory and then fail: the next step must read
+        // the file, not that document.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        std::fs::write(store.path(), br#"{"capacity": 2, "holders": []}"#).unwrap();
+        step(&store, None, |_, _| Ok(Step::changed(()))).unwrap();
+        assert!(kept(&store).is_some());
+        let failed = step(&store, None, |doc, _| -> Result<Step<()>> {
+            doc.capacity = 9;
+            Err(Error::NotFound {
+                path: PathBuf::from("made up"),
+            })
+        });
+        assert!(failed.is_err());
+        assert!(kept(&store).is_none());
+        let capacity = step(&store, None, |doc, _| Ok(Step::unchanged(doc.capacity())));
+        assert_eq!(capacity.unwrap(), 2);
+        assert!(kept(&store).is_none(), "an unchanged step keeps nothing");
     }
 }
