@@ -109,6 +109,18 @@ impl FileStore {
             .take()
     }
 
+    /// The document the last step kept, once no step of another thread is under way (for
+    /// tests of the API above, which cannot see inside the store).
+    #[cfg(test)]
+    pub(crate) fn kept_document(&self) -> Option<Document> {
+        let _inside = self.gate.enter(None);
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        written.as_ref().map(|w| w.doc.clone())
+    }
+
     /// Keeps what a step just wrote, for the next step.
     pub(super) fn keep_written(&self, written: Written) {
         *self
