@@ -45,6 +45,7 @@ mod lock;
 mod notify;
 mod read;
 mod recover;
+mod spare;
 mod step;
 pub(crate) mod waker;
 pub(super) mod witness;
@@ -89,6 +90,8 @@ pub(crate) struct FileStore {
     lock_file: Mutex<Option<LockFile>>,
     /// What the last step wrote, if it wrote (see [`read`]); used only inside the gate.
     written: Mutex<Option<Written>>,
+    /// The spare witness files this handle keeps locked for its next holds.
+    spares: Arc<spare::Spares>,
     /// The witness directory as last opened, with its status: an acquire checks by one
     /// `fstatat` that the name still refers to it, instead of opening it again.
     witness_dir: Mutex<Option<(Arc<std::os::fd::OwnedFd>, FileStat)>>,
@@ -127,6 +130,7 @@ impl FileStore {
             gate: Gate::default(),
             lock_file: Mutex::new(None),
             written: Mutex::new(None),
+            spares: Arc::default(),
             witness_dir: Mutex::new(None),
         })
     }
@@ -179,7 +183,11 @@ impl FileStore {
                     Ok(value)
                 }
                 Err(e) => {
-                    // A failed operation leaves no new witness directory behind.
+                    // A failed operation leaves no new witness directory behind (nor the
+                    // spares made in it).
+                    if witness_dir_created.get() {
+                        self.spares.retire_all();
+                    }
                     WitnessDir::remove_if_created(&self.files, witness_dir_created.get());
                     Err(e)
                 }

@@ -98,6 +98,7 @@ impl<'s> FileStep<'s> {
         }
         witness::create(
             &self.store.files,
+            &self.store.spares,
             &wdir,
             token,
             access_mode(self.state_mode),
