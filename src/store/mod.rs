@@ -44,7 +44,8 @@
 //!   their witness files). It is the store's business alone.
 //! - **A lock-free snapshot** for queries ([`Store::snapshot`]).
 //! - **A waker** ([`Waker`]) that tells a waiter the document may have changed (the file
-//!   store: inotify, or nothing and the sleeper polls; a Redis store: pub/sub). The backoff of
+//!   store: inotify, or nothing and the sleeper polls; a Redis store: pub/sub), and whether
+//!   the change may be a death (then the waiter judges the entries again). The backoff of
 //!   the safety-net timer is the sleeper's, shared by all stores.
 
 use std::fmt;
@@ -330,10 +331,12 @@ impl Store {
         }
     }
 
-    /// A waker for one waiting acquire (see [`Waker`]).
-    pub fn waker(&self) -> Waker {
+    /// A waker for one waiting acquire (see [`Waker`]) whose queue entry keeps `own` (the file
+    /// store: the witness the writers that change the entry touch; see
+    /// [`Waker::set_head`]).
+    pub fn waker(&self, own: Option<&WitnessLock>) -> Waker {
         match self {
-            Store::File(store) => Waker::File(store.waker()),
+            Store::File(store) => Waker::File(store.waker(own)),
         }
     }
 
@@ -361,6 +364,10 @@ pub(crate) enum Waker {
 pub(crate) struct Woke {
     /// A change was announced: look again now.
     pub changed: bool,
+    /// What was announced may be a death (the file store: a witness closed), or notices were
+    /// lost: the look judges the entries too. Other notices announce writes, which change no
+    /// verdict.
+    pub died: bool,
     /// The cancel socket became readable.
     pub cancelled: bool,
     /// The waker lost its notifications for good (it is not [`prompt`](Waker::prompt) any
@@ -383,6 +390,18 @@ impl Waker {
     pub fn wait(&mut self, wait: Duration, cancel: Option<BorrowedFd<'_>>) -> Woke {
         match self {
             Waker::File(waker) => waker.wait(wait, cancel),
+        }
+    }
+
+    /// Tells the waker whether its waiter is at the head of the queue, after each look. A
+    /// waker that is told of every change to its waiter's own entry (the file store: the
+    /// writer that grants it a slot, removes it or makes it the head touches its witness)
+    /// wakes for other changes only at the head, which a write by another program (the Go
+    /// package, which knows no queue) may serve; further back, such writes are seen by the
+    /// timer. A waker that announces nothing per waiter ignores this.
+    pub fn set_head(&mut self, head: bool) {
+        match self {
+            Waker::File(waker) => waker.set_head(head),
         }
     }
 }

@@ -96,6 +96,19 @@ pub(crate) fn write_atomic(
     durable: bool,
     dir: &DirStatus<'_>,
 ) -> Result<(File, FileStat)> {
+    write_atomic_then(files, bytes, meta, durable, dir, || {})
+}
+
+/// [`write_atomic`], calling `renamed` right after the rename (before the directory's
+/// `fsync`): when readers can see the new file, as a watcher of the directory learns of it.
+pub(crate) fn write_atomic_then(
+    files: &Files,
+    bytes: &[u8],
+    meta: FileMeta,
+    durable: bool,
+    dir: &DirStatus<'_>,
+    renamed: impl FnOnce(),
+) -> Result<(File, FileStat)> {
     let mode_bits = meta.mode & 0o7777 & !SPECIAL_BITS;
     let (mut file, temp) = create_temp(files, mode_bits, dir)?;
     let written = fill(files, &mut file, &temp, bytes, meta, mode_bits, durable).and_then(|()| {
@@ -119,6 +132,7 @@ pub(crate) fn write_atomic(
         remove_temp(files, &temp);
         return Err(e);
     }
+    renamed();
     let stat = fstat(&file).map_err(|e| files.io(&files.path, "look up the new state file", e))?;
     if durable {
         files.sync()?;

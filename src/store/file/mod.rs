@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::stat::FileStat;
+use std::os::fd::AsFd;
 use std::sync::PoisonError;
 
 use super::{InStep, LockWait, Snapshot, Step, StepContext};
@@ -164,6 +165,7 @@ impl FileStore {
                     None => return Err(self.not_found()),
                 },
             };
+            let queued = queued_with_witness(&doc);
             let witness_dir_created = Cell::new(false);
             let mut cx = StepContext {
                 now: Utc::now(),
@@ -173,7 +175,8 @@ impl FileStore {
             let stepped = rule(&mut doc, &mut cx).and_then(|mut step| {
                 // A new document is written even if the rule changed nothing.
                 step.changed |= created;
-                self.commit(step, &doc, meta, dir, guard, create.is_some())
+                let touches = to_touch(&queued, &doc);
+                self.commit(step, &doc, meta, dir, guard, create.is_some(), &touches)
             });
             match stepped {
                 Ok((value, written)) => {
@@ -195,10 +198,40 @@ impl FileStore {
         })
     }
 
+    /// Touches the witnesses of the waiters `numbers` whose entries the write just renamed into
+    /// place changed (see [`notify`]): at once, as the directory's watchers learn of a write.
+    fn touch_waiters(&self, numbers: &[u64]) {
+        if numbers.is_empty() {
+            return;
+        }
+        let cached = self
+            .witness_dir
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(fd, _)| Arc::clone(fd));
+        let opened;
+        let dir = match &cached {
+            Some(fd) => fd.as_fd(),
+            None => match witness::open_dir_for_probe(&self.files) {
+                Ok(Some(fd)) => {
+                    opened = fd;
+                    opened.as_fd()
+                }
+                _ => return,
+            },
+        };
+        for &n in numbers {
+            witness::touch(dir, n);
+        }
+    }
+
     /// The end of a step whose rule succeeded: cleanup if asked, the write if anything
     /// changed, the lock file's mode when opening, and the witness files of reaped entries
-    /// once their removal is on disk. Returns the rule's value and, if it wrote, the new
-    /// state file and its status (see [`read`]).
+    /// once their removal is on disk. A write tells the waiters `touches` (see
+    /// [`notify`]). Returns the rule's value and, if it wrote, the new state file and its
+    /// status (see [`read`]).
+    #[allow(clippy::too_many_arguments)] // one step's parts
     fn commit<R>(
         &self,
         step: Step<R>,
@@ -207,18 +240,22 @@ impl FileStore {
         dir: &DirStatus<'_>,
         guard: &LockGuard,
         opening: bool,
+        touches: &[u64],
     ) -> Result<(R, Option<(std::fs::File, FileStat)>)> {
         if step.tidy {
             self.tidy(doc, dir)?;
         }
         let mut written = None;
         if step.changed {
-            written = Some(atomic::write_atomic(
+            let bytes = doc.to_bytes();
+            let renamed = || self.touch_waiters(touches);
+            written = Some(atomic::write_atomic_then(
                 &self.files,
-                &doc.to_bytes(),
+                &bytes,
                 meta,
                 self.durable,
                 dir,
+                renamed,
             )?);
         }
         if opening {
@@ -243,10 +280,11 @@ impl FileStore {
         })
     }
 
-    /// A waker for one waiting acquire: inotify on the bound directory and the witness
-    /// directory where it works.
-    pub fn waker(&self) -> waker::FileWaker {
-        waker::FileWaker::new(&self.files)
+    /// A waker for one waiting acquire: inotify on the bound directory, the witness directory
+    /// and the waiter's witness `own` where it works.
+    pub fn waker(&self, own: Option<&witness::WitnessLock>) -> waker::FileWaker {
+        let own = own.and_then(witness::WitnessLock::fd);
+        waker::FileWaker::new(&self.files, own)
     }
 
     /// Runs `f` under the lock. The lock file the last step kept open is locked if it is
@@ -411,6 +449,33 @@ impl FileStore {
     }
 }
 
+/// The tickets of the waiters with a witness file, in queue order: those a write can tell of
+/// their changes.
+fn queued_with_witness(doc: &Document) -> Vec<u64> {
+    doc.waiters
+        .iter()
+        .filter(|e| e.witness.is_some())
+        .filter_map(|e| e.ticket)
+        .collect()
+}
+
+/// The waiters (of `before`, tickets of [`queued_with_witness`] before a write) that the
+/// written document `after` concerns and that do not watch the directory: those behind the
+/// head that are no longer queued (granted a slot, or removed), and the new head of the queue
+/// if it was queued behind before. The head watches the directory (see [`notify`]), and a
+/// waiter that joins with this write is the writer: neither needs a notice.
+fn to_touch(before: &[u64], after: &Document) -> Vec<u64> {
+    let still = |t: u64| after.waiters.iter().any(|e| e.ticket == Some(t));
+    let behind = before.get(1..).unwrap_or_default();
+    let mut touch: Vec<u64> = behind.iter().copied().filter(|&t| !still(t)).collect();
+    if let Some(head) = after.waiters.first().and_then(|e| e.ticket)
+        && behind.contains(&head)
+    {
+        touch.push(head);
+    }
+    touch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,6 +507,60 @@ mod tests {
         rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
         store.step(LockWait::Timeout, create, rule)
+    }
+
+    /// A document with holders and waiters given as (ticket, has a witness), in order.
+    fn queue(holders: &[(u64, bool)], waiters: &[(u64, bool)]) -> Document {
+        let entries = |list: &[(u64, bool)]| {
+            list.iter()
+                .map(|&(t, w)| {
+                    let witness = if w { r#","witness":{"dev":1,"ino":2}"# } else { "" };
+                    format!(r#"{{"id":"e{t}","acquired_at":"2024-01-01T00:00:00Z","ticket":{t}{witness}}}"#)
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let text = format!(
+            r#"{{"capacity":1,"holders":[{}],"version":1,"next_token":100,"waiters":[{}]}}"#,
+            entries(holders),
+            entries(waiters)
+        );
+        Document::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_write_touches_the_waiters_behind_the_head_that_it_serves_removes_or_makes_head() {
+        // Waiters behind the head watch only their witness: every write that changes their
+        // entry must name them, or they wait for the timer. The head and new waiters are not
+        // named (the head watches the directory; a new waiter is the writer).
+        let before = queue(&[(1, true)], &[(2, true), (3, true), (4, false), (5, true)]);
+        let queued = queued_with_witness(&before);
+        assert_eq!(
+            queued,
+            [2, 3, 5],
+            "only waiters with a witness can be touched"
+        );
+
+        // A release that serves the head: 3 becomes the head.
+        let served = queue(&[(2, true)], &[(3, true), (4, false), (5, true)]);
+        assert_eq!(to_touch(&queued, &served), [3]);
+        // Two slots more: 2 and 3 served, 4 (no witness) is the head now, 5 stays behind.
+        let grown = queue(&[(1, true), (2, true), (3, true)], &[(4, false), (5, true)]);
+        assert_eq!(to_touch(&queued, &grown), [3]);
+        // 5 removed (reaped, or its acquire gave up) and 3 and 4 served: 5 is told.
+        let removed = queue(&[(1, true), (3, true), (4, false)], &[(2, true)]);
+        assert_eq!(to_touch(&queued, &removed), [3, 5]);
+        // A new waiter of higher priority ahead of everyone: nobody behind is concerned.
+        let joined = queue(
+            &[(1, true)],
+            &[(9, true), (2, true), (3, true), (4, false), (5, true)],
+        );
+        assert!(to_touch(&queued, &joined).is_empty());
+        // A write that leaves the queue as it is touches nobody.
+        assert!(to_touch(&queued, &before).is_empty());
+        // The head served and the next one removed: 5, behind, becomes the head.
+        let skipped = queue(&[(2, true)], &[(5, true), (4, false)]);
+        assert_eq!(to_touch(&queued, &skipped), [3, 5]);
     }
 
     #[test]

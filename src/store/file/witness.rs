@@ -238,6 +238,14 @@ impl WitnessLock {
         nix::unistd::dup(flock.as_fd()).map_err(io::Error::from)
     }
 
+    /// The locked witness file, to watch it (`None` once released).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.spare
+            .as_ref()
+            .and_then(|spare| spare.file())
+            .map(|flock| flock.as_fd())
+    }
+
     /// The witness directory it is in, as named by the semaphore's path, for messages.
     pub fn dir_path(&self) -> &Path {
         &self.files.witness_path
@@ -298,6 +306,26 @@ impl WitnessLock {
 impl Drop for WitnessLock {
     fn drop(&mut self) {
         self.release_inner();
+    }
+}
+
+/// Tells the waiter whose witness is named `number` in `dir` that its entry changed (granted,
+/// removed, or now the head of the queue): sets the file's times to now, which raises
+/// `IN_ATTRIB` on the watch its waiter keeps on it (see [`super::notify`]). A symlink planted
+/// at that name is not followed. A failure is only logged: the waiter's timer stands in.
+pub(crate) fn touch(dir: BorrowedFd<'_>, number: u64) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let name = number.to_string();
+    let now = TimeSpec::UTIME_NOW;
+    if let Err(e) = utimensat(
+        dir,
+        name.as_str(),
+        &now,
+        &now,
+        UtimensatFlags::NoFollowSymlink,
+    ) {
+        tracing::debug!(witness = %name, error = %e, "could not touch a waiter's witness");
     }
 }
 
