@@ -12,9 +12,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Contention has variants of its own ([`NoCapacity`](Error::NoCapacity),
 /// [`AlreadyHeld`](Error::AlreadyHeld), [`Timeout`](Error::Timeout),
 /// [`LockBusy`](Error::LockBusy), [`LockTimeout`](Error::LockTimeout)), so callers match on them instead of guessing from an
-/// [`io::ErrorKind`]. Every variant names the semaphore's state file (`path`); I/O variants
-/// also name the file they were working on and carry the OS error as their
-/// [`source`](std::error::Error::source).
+/// [`io::ErrorKind`]. Every variant names the semaphore's state file (`path`), or for a
+/// Redis semaphore its URL without the password; I/O variants also name the file they were
+/// working on and carry the OS error as their [`source`](std::error::Error::source). The
+/// variants about Redis exist with the `redis` feature.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -283,6 +284,60 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The semaphore's state file was removed after this handle had found it there: its
+    /// holds and its queue went with it. A waiting acquire that finds its semaphore removed
+    /// ends with this (and holds no slot); a [`Permit`](crate::Permit) reports its hold lost.
+    ///
+    /// Nothing is created: operations on a handle never create a semaphore, so none appears
+    /// in place of a removed one behind the back of the processes that used it. Open the
+    /// semaphore again ([`Semaphore::open`](crate::Semaphore::open)) to start a new one. If
+    /// the directory was removed too, the error is [`DirectoryGone`](Error::DirectoryGone).
+    #[error("semaphore `{path}` was removed while in use: its state file is gone")]
+    Removed {
+        /// The state file, as given to `open`.
+        path: PathBuf,
+    },
+
+    /// A [durable](crate::OpenOptions::durable) change needs an `fsync` of the semaphore's
+    /// directory, and this user may search that directory but not read it, so it cannot be
+    /// opened for that (Linux opens such a directory with `O_PATH`, through which queries
+    /// work but `fsync` does not). The change was refused before anything was changed.
+    ///
+    /// Give the user read permission on the directory, or open the semaphore with
+    /// [`OpenOptions::durable(false)`](crate::OpenOptions::durable) if it need not survive
+    /// a power loss.
+    #[error(
+        "cannot make a durable change to semaphore `{path}`: this user may search its \
+         directory `{directory}` but not read it, and a durable change needs an fsync of the \
+         directory; give read permission on the directory, or open the semaphore with \
+         `OpenOptions::durable(false)` (nothing was changed)"
+    )]
+    CannotSyncDirectory {
+        /// The state file.
+        path: PathBuf,
+        /// The semaphore's directory.
+        directory: PathBuf,
+    },
+
+    /// The state file is in a newer format (its `version` field) than this crate writes. A
+    /// newer format may give fields meanings this version does not know, so this crate
+    /// refuses to change such a file: every operation that may write (acquires, releases,
+    /// `remove`, `reap`, `set_capacity`, opening with a capacity, a permit's renewal) fails
+    /// with this before anything is changed. Queries still read it (they change nothing),
+    /// showing the fields this version knows. A newer filesem can change it.
+    #[error(
+        "semaphore `{path}` is in format version {version}, newer than version {supported} \
+         that this filesem writes: it can be queried, but only a newer filesem may change it"
+    )]
+    UnsupportedVersion {
+        /// The state file.
+        path: PathBuf,
+        /// The `version` on file.
+        version: u32,
+        /// The newest format version this crate reads and writes.
+        supported: u32,
+    },
+
     /// One of the semaphore's files or directories (`object`) is not what filesem creates:
     /// a symbolic link, FIFO, socket or device where a file or directory belongs, a file
     /// where the witness directory belongs, or an object whose owner is not trusted in a
@@ -325,6 +380,168 @@ pub enum Error {
     TokensExhausted {
         /// The state file.
         path: PathBuf,
+    },
+
+    /// A Redis location given to [`Semaphore::open_redis`](crate::Semaphore::open_redis) (or
+    /// another Redis operation) is not `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]/KEY`.
+    /// Nothing was contacted.
+    #[cfg(feature = "redis")]
+    #[error("invalid Redis location `{path}`: {reason}")]
+    InvalidLocation {
+        /// The input, with anything that may be a password replaced by `***`.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// No connection to the Redis server could be opened within the
+    /// [connect timeout](crate::OpenOptions::connect_timeout): refused, no route, unknown
+    /// host. Nothing was changed.
+    #[cfg(feature = "redis")]
+    #[error("cannot connect to Redis for semaphore `{path}`")]
+    RedisUnreachable {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// The Redis client's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The Redis server did not answer within the
+    /// [response timeout](crate::OpenOptions::response_timeout) (or, while connecting, the
+    /// [connect timeout](crate::OpenOptions::connect_timeout)): a stopped, overloaded or
+    /// partitioned server.
+    ///
+    /// With `outcome_unknown`, a change was in flight and may or may not have been made, and
+    /// filesem could not find out before the operation's deadline (it reads the state again
+    /// to settle such outcomes while it may); an acquire's entry may then be on the server,
+    /// held by nobody, until its lease runs out.
+    #[cfg(feature = "redis")]
+    #[error(
+        "Redis did not answer within {} while {during} (semaphore `{path}`){}",
+        seconds(*.timeout),
+        unknown(*.outcome_unknown)
+    )]
+    RedisTimeout {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// What filesem was doing, e.g. "committing a change".
+        during: &'static str,
+        /// The timeout that ran out.
+        timeout: Duration,
+        /// Whether a change may or may not have been made.
+        outcome_unknown: bool,
+    },
+
+    /// An open connection to the Redis server broke (reset, closed by the server) in the
+    /// middle of a command. `outcome_unknown` as for [`RedisTimeout`](Error::RedisTimeout).
+    #[cfg(feature = "redis")]
+    #[error(
+        "the connection to Redis broke while {during} (semaphore `{path}`){}",
+        unknown(*.outcome_unknown)
+    )]
+    RedisDisconnected {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// What filesem was doing.
+        during: &'static str,
+        /// Whether a change may or may not have been made.
+        outcome_unknown: bool,
+        /// The Redis client's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The Redis server refused the credentials of the location (wrong password, unknown
+    /// user), asked for credentials that were not given (`NOAUTH`), or does not let this user
+    /// run a command filesem needs (`NOPERM`). Nothing was changed.
+    #[cfg(feature = "redis")]
+    #[error("Redis refused the credentials for semaphore `{path}`: {detail}")]
+    RedisAuth {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// The server's or the client's words (never the password).
+        detail: String,
+    },
+
+    /// Every attempt of a change to a Redis semaphore lost its compare-and-swap to another
+    /// writer until the deadline (the [lock timeout](crate::OpenOptions::lock_timeout), or
+    /// the deadline of an acquire given a [timeout](crate::AcquireOptions::timeout)). This is
+    /// contention, the Redis store's [`LockBusy`](Error::LockBusy); nothing was changed.
+    #[cfg(feature = "redis")]
+    #[error(
+        "semaphore `{path}` was changed by others during each of {attempts} attempts in {}; \
+         nothing was changed",
+        seconds(*.waited)
+    )]
+    Contended {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// Attempts made, each a read followed by a lost compare-and-swap.
+        attempts: u32,
+        /// How long the change was tried.
+        waited: Duration,
+    },
+
+    /// A change was committed on the Redis primary, but fewer replicas than
+    /// [asked for](crate::OpenOptions::replica_ack) acknowledged it in time: it may be lost
+    /// if the primary fails before a replica has it. An acquire that gets this has released
+    /// its grant again (best effort) and holds nothing; other operations' changes stay on the
+    /// primary.
+    #[cfg(feature = "redis")]
+    #[error(
+        "the change to semaphore `{path}` is on the Redis primary, but only {acked} of \
+         {wanted} replicas acknowledged it within {}: it may be lost if the primary fails",
+        seconds(*.timeout)
+    )]
+    NotReplicated {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged the change.
+        acked: u32,
+        /// How long the server waited for them.
+        timeout: Duration,
+    },
+
+    /// The Redis server answered with an error that has no variant of its own (`READONLY`
+    /// on a replica, `LOADING`, out of memory, a script error), an answer of the wrong shape,
+    /// or a local resource failed. Nothing was changed unless `message` says otherwise.
+    #[cfg(feature = "redis")]
+    #[error("Redis failed while {during} (semaphore `{path}`): {message}")]
+    Redis {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// What filesem was doing.
+        during: &'static str,
+        /// The server's or the client's words.
+        message: String,
+        /// The Redis client's error, if there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// A [`Permit`](crate::Permit) of a Redis semaphore went a whole lease without a
+    /// successful renewal (measured on this machine's monotonic clock from the moment the
+    /// last successful renewal was sent): its entry may be reaped at any moment and its slot
+    /// granted to someone else, so the permit counts it as lost and never renews it again.
+    /// Releasing the permit still removes the entry if it is there.
+    #[cfg(feature = "redis")]
+    #[error(
+        "the lease of `{id}` (token {token}) on semaphore `{path}` ran out before it could be \
+         renewed ({} without a successful renewal); the hold is lost",
+        exact(*.lease)
+    )]
+    LeaseExpired {
+        /// The semaphore's location (password redacted).
+        path: PathBuf,
+        /// The permit's holder ID.
+        id: String,
+        /// The permit's fencing token.
+        token: u64,
+        /// The lease length.
+        lease: Duration,
     },
 
     /// An I/O operation on one of the semaphore's files failed. The message ends with the
@@ -385,6 +602,16 @@ fn held_by(holder: Option<u32>) -> String {
     holder.map_or_else(String::new, |pid| format!(" (held by pid {pid})"))
 }
 
+/// `; the change may or may not have been made` when it may or may not have been.
+#[cfg(feature = "redis")]
+fn unknown(outcome_unknown: bool) -> &'static str {
+    if outcome_unknown {
+        "; the change may or may not have been made"
+    } else {
+        ""
+    }
+}
+
 /// A wait for messages: `302 ms` below a second, else `1.5 s`.
 fn seconds(d: Duration) -> String {
     if d < Duration::from_secs(1) {
@@ -422,7 +649,8 @@ impl Error {
         }
     }
 
-    /// The semaphore state file this error is about.
+    /// The semaphore state file this error is about; for a Redis semaphore its location,
+    /// `redis://[USER:***@]HOST:PORT/DB/KEY`, never with the password.
     pub fn path(&self) -> &std::path::Path {
         match self {
             Error::NoCapacity { path, .. }
@@ -445,17 +673,34 @@ impl Error {
             | Error::LockBusy { path, .. }
             | Error::Timeout { path, .. }
             | Error::DirectoryGone { path }
+            | Error::Removed { path }
+            | Error::CannotSyncDirectory { path, .. }
+            | Error::UnsupportedVersion { path, .. }
             | Error::Untrusted { path, .. }
             | Error::TokensExhausted { path }
             | Error::Io { path, .. } => path,
+            #[cfg(feature = "redis")]
+            Error::InvalidLocation { path, .. }
+            | Error::RedisUnreachable { path, .. }
+            | Error::RedisTimeout { path, .. }
+            | Error::RedisDisconnected { path, .. }
+            | Error::RedisAuth { path, .. }
+            | Error::Contended { path, .. }
+            | Error::NotReplicated { path, .. }
+            | Error::Redis { path, .. }
+            | Error::LeaseExpired { path, .. } => path,
         }
     }
 
     /// `true` for contention: [`NoCapacity`](Error::NoCapacity),
     /// [`Timeout`](Error::Timeout), [`LockBusy`](Error::LockBusy) and
-    /// [`LockTimeout`](Error::LockTimeout). Trying again later may succeed; the other
-    /// variants need a change first.
+    /// [`LockTimeout`](Error::LockTimeout) (and, for Redis semaphores, `Contended`). Trying
+    /// again later may succeed; the other variants need a change first.
     pub fn is_contention(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Error::Contended { .. } = self {
+            return true;
+        }
         matches!(
             self,
             Error::NoCapacity { .. }

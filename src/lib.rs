@@ -43,7 +43,10 @@
 //!   working directory nor a renamed directory or a repointed symlink in the path changes
 //!   what it acts on, just as an open file stays bound to its inode
 //!   ([`resolved_path`](Semaphore::resolved_path) is where it was opened). If the directory is
-//!   removed, every operation fails with [`Error::DirectoryGone`] and nothing is created.
+//!   removed, every operation fails with [`Error::DirectoryGone`] and nothing is created; if
+//!   only the state file is removed, operations on a handle that found it fail with
+//!   [`Error::Removed`] (a waiting acquire ends with it; a permit's keep-alive reports the
+//!   hold lost).
 //!
 //! ## Waiting: fairness, hand-off, timeouts, wake-up
 //!
@@ -138,7 +141,16 @@
 //!   too large for the clock means no limit (a lock wait or an acquire without deadline), too
 //!   large for the calendar means a lease ending 9999-12-31T23:59:59Z. Nothing overflows.
 //! - A corrupt state file is reported as [`Error::Corrupt`] by every operation and is never
-//!   overwritten; [`Semaphore::recover`] moves it aside explicitly.
+//!   overwritten; [`Semaphore::recover`] sets it aside explicitly, and `PATH` is never
+//!   missing meanwhile: a recovery that fails or is killed leaves it corrupt (or recovered).
+//! - **Fencing tokens never go backwards** at one path: a semaphore created where an earlier
+//!   one left its lock file (never deleted) or witness directory starts its counter at the
+//!   clock in microseconds and above every witness file's number, not at 1.
+//! - **Durability**: after the rename that commits a change, a failed `fsync` of the
+//!   directory does not fail the operation (the change is made and seen by every process);
+//!   a `tracing` warning says it may not survive a power loss. A directory that cannot be
+//!   `fsync`ed at all (searchable, not readable) fails durable changes before they start
+//!   ([`Error::CannotSyncDirectory`]).
 //!
 //! # Trust model
 //!
@@ -165,25 +177,129 @@
 //! - A witness that cannot be examined is never evidence of death (see the table above).
 //! - A failed operation removes the witness directory, witness file or temp file it created;
 //!   only a lock file may stay (it is never deleted).
-//! - [`Semaphore::recover`] moves aside only a regular file of a trusted owner, and the new
-//!   state file never gets set-id, sticky or world-write bits from the old one.
+//! - [`Semaphore::recover`] sets aside only a regular file of a trusted owner, and every mode
+//!   it sets (the new state file's, the lock file's) derives from the old file's read and
+//!   write bits without world-write: never set-id, sticky, world-write or execute bits.
 //! - Modes: the lock file and witness files are readable and writable only by the classes of
 //!   users who may write the state, whatever the umask (see [`OpenOptions::mode`]), so users
 //!   who may only read the state can query it but cannot stall writers or keep a dead holder
-//!   "alive".
+//!   "alive". Every operation of the lock file's owner that takes the lock tightens a lock
+//!   file that grants more (older versions and the Go package made them 0644).
 //!
 //! To keep others out, put a semaphore in a directory only you (or your group) can write; to
 //! share it with a group, use a group directory with mode 2775 and
-//! [`OpenOptions::mode(0o664)`](OpenOptions::mode) (the README has the recipe).
+//! [`OpenOptions::mode(0o664)`](OpenOptions::mode) (docs/how-it-works.md has the recipe).
+//!
+//! # Redis
+//!
+//! With the cargo feature `redis`, a semaphore can live in one key of a Redis server instead
+//! of a file, so that processes on several machines share it (GPU jobs on several hosts, CI
+//! runners, containers on different nodes). Open it by URL with `Semaphore::open_redis`
+//! (`OpenOptions::open_redis`, `open_redis_existing`, `recover_redis`):
+//! `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]/KEY`, for example
+//! `redis://:s3cret@cache.internal:6379/0/gpus`.
+//!
+//! **What is the same.** The whole API and its semantics: named holders, slots, fencing
+//! tokens (strictly increasing across all hosts), the queue (priority, then first come
+//! first served) with direct hand-off, timeouts and cancellation, `holders`, `waiters`,
+//! `reap`, `remove`, `set_capacity`. The key holds the same JSON document as a state file
+//! (see docs/how-it-works.md, "File format"), so status tools read it unchanged. Every change is one
+//! atomic step on the server: a Lua script compares the key with what was read and writes
+//! the new document only if nobody changed it in between (and then publishes a change
+//! notice); a lost race runs the rule again on the newer document. No sequence of commands
+//! can be left half done.
+//!
+//! **What differs.**
+//!
+//! - **Time is the server's.** Every rule (lease ends, grant times, waiters' expiries) and
+//!   every query's verdicts use the server's `TIME`, never a client's clock: hosts' clocks
+//!   differ.
+//! - **Leases only.** A process on another machine cannot be judged by its pid or a
+//!   witness lock, so the store offers no evidence of death: every entry is
+//!   [`Liveness::Unknown`] until its lease runs out (plus [`LEASE_GRACE`]). Every hold has a
+//!   lease: [`AcquireOptions::lease`], else [`OpenOptions::default_lease`], else 30 s
+//!   (`DEFAULT_REDIS_LEASE`), never below [`MIN_LEASE`]; its [`Permit`] renews it in the
+//!   background from the start (a third of the lease apart). A detached hold
+//!   ([`AcquireOptions::detached`], [`Permit::keep`]) keeps its lease and is not renewed: it
+//!   ends by release, `remove`, or its lease. A crashed, killed or partitioned holder's slot
+//!   comes back when its lease runs out; a killed waiter leaves the queue when its expiry
+//!   (6 s, refreshed every 2 s while it waits) runs out, or, if the queue hands it a slot
+//!   first, when that hold's lease does. A dead queue head never blocks the queue for
+//!   longer.
+//! - **A permit finds out when it lost its hold.** It keeps its lease's end on this
+//!   machine's monotonic clock, counted from when its last successful renewal was *sent*
+//!   (so never later than the server's). Once that passes without a renewal (the server or
+//!   the network failed for a whole lease), [`Permit::is_held`] is `false` (without asking
+//!   the server), [`Permit::is_lost`] is `true`, the keep-alive's callback
+//!   ([`Permit::keep_alive_with`]) gets `Error::LeaseExpired`, and the permit never renews
+//!   that hold again, even if its entry is still on the server; releasing or dropping it
+//!   still removes the entry if it is there. Check `is_lost` between steps of long work.
+//! - **Timeouts everywhere.** Opening a connection may take the connect timeout and each
+//!   command the response timeout (2 s each by default, `OpenOptions::connect_timeout` and
+//!   `response_timeout`), so no operation, and no `Drop` of a permit, hangs on a stopped,
+//!   overloaded or partitioned server: it fails with a typed error (`Error::RedisTimeout`,
+//!   `RedisUnreachable`, `RedisDisconnected`, `RedisAuth`, `Redis`), each naming the URL
+//!   without its password. There is no lock to wait for: [`OpenOptions::lock_timeout`] is
+//!   how long a change keeps retrying while other writers win the races, then
+//!   `Error::Contended` (contention, like [`Error::LockBusy`]). A waiting acquire fails
+//!   with the error when the server cannot be reached (its queue entry then expires).
+//! - **Unknown outcomes are settled.** When a change got no answer (the server stopped or
+//!   the connection broke while the script was on its way), it may or may not have been
+//!   made, and may even be made later by the stopped server. The operation then reads the
+//!   key again, for as long as its lock timeout (or deadline) allows, and looks for its own
+//!   effect before acting again: an acquire for its entry (by token or ticket, ID, owner
+//!   and grant time), a release for its entry's absence. It never reports a hold that was not
+//!   written, and never leaves its own entry behind for a hold it reports failed, unless the
+//!   server stays unreachable until the deadline: then the error says the outcome is
+//!   unknown, and an acquire's entry may be on the server, held by nobody, until its lease
+//!   runs out.
+//! - **Failover.** Redis replicates asynchronously: a change the primary acknowledged can be
+//!   lost if it fails before a replica has it, and the promoted replica then runs with an
+//!   older document: a grant lost (its slot granted again while the first holder still uses
+//!   it), a release lost (the slot stays taken until its lease ends), steps of the token
+//!   counter lost (a fencing token handed out twice). `OpenOptions::replica_ack(n,
+//!   timeout)` makes every change wait (`WAIT`) until `n` replicas have it: an acquire whose
+//!   grant was not acknowledged in time releases it again and fails with
+//!   `Error::NotReplicated`; other operations report that error, their change made on the
+//!   primary. This narrows the window; it is not a consensus protocol. A fencing resource
+//!   that must never accept a token twice needs more than Redis gives. Redis Cluster is not
+//!   supported (the script uses one key, but the URL names one server); with Sentinel, point
+//!   the URL at the current primary.
+//! - **No TLS.** `rediss://` is refused (this build includes no TLS stack): reach a TLS-only
+//!   server through a tunnel (`stunnel`, `spiped`). The host name lookup is not bounded by
+//!   the connect timeout.
+//! - **Settings that make no sense there are ignored:** [`OpenOptions::durable`] (the
+//!   server's `appendonly` and `appendfsync` decide what survives its crash),
+//!   [`OpenOptions::mode`] and [`OpenOptions::trust_owner`] (no files; the server's ACLs
+//!   decide who may change the key). [`Semaphore::path`] and
+//!   [`resolved_path`](Semaphore::resolved_path) are the URL with the password replaced by
+//!   `***` and port and database written out; so is every error's `path`.
+//! - **Trust.** Anyone who can write the key can disturb the semaphore, as anyone who can
+//!   write a state file can: give the semaphore's users an ACL of their own on their keys.
+//!   A key of another Redis type or with garbage in it is [`Error::Corrupt`] for every
+//!   operation and is never changed; `Semaphore::recover_redis` moves it aside to
+//!   `KEY.corrupt-<server time>` and starts afresh, with a token counter above every token
+//!   the old value shows and above the server's clock in microseconds.
+//! - **Resources.** A handle keeps up to 4 idle connections; once one of its acquires has
+//!   waited, it also keeps a pub/sub connection and a thread (the waiters' wake-up, a
+//!   `PING` every response timeout), until its last clone is dropped. Each permit runs its
+//!   keep-alive thread. A forked child opens its own connections.
+//!
+//! Waiting works as on a file: a waiter sleeps in `poll(2)` on a socket that the handle's
+//! pub/sub subscriber rings for every change notice, together with its [`CancelToken`]'s
+//! socket, with the same safety-net timer; the releaser's write hands the slot over, and the
+//! waiter only reads the key to see it.
 //!
 //! # Errors
 //!
 //! Every operation returns [`Result`]. Besides the errors of its own (listed in its
 //! `# Errors`), any operation on the files can fail with [`Error::Io`] (whose message ends
-//! with the OS error), [`Error::Untrusted`] (an object of the wrong type or owner) and
-//! [`Error::DirectoryGone`] (the directory was removed after the semaphore was opened);
-//! operations that change the state also with [`Error::LockTimeout`] (or, for an acquire
-//! given a timeout, [`Error::LockBusy`]). None of them changes anything on disk.
+//! with the OS error), [`Error::Untrusted`] (an object of the wrong type or owner),
+//! [`Error::DirectoryGone`] (the directory was removed after the semaphore was opened) and
+//! [`Error::Removed`] (the state file was); operations that may change the state also with
+//! [`Error::LockTimeout`] (or, for an acquire given a timeout, [`Error::LockBusy`]),
+//! [`Error::UnsupportedVersion`] (a state file of a newer format, never rewritten) and, for
+//! durable changes, [`Error::CannotSyncDirectory`]. None of them changes anything on disk.
 //!
 //! # Platform notes
 //!
@@ -209,16 +325,21 @@
 //!   as the exact JSON text they had, wherever they are; a field filesem uses that appears twice
 //!   in one object makes the file [`Error::Corrupt`].
 
-// The README's code blocks are compiled and run as doctests.
+// The code blocks of the README and of docs/ are compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+#[doc = include_str!("../docs/how-it-works.md")]
+#[cfg(doctest)]
+pub struct HowItWorksDoctests;
+
 // The layers, each using only those below it (see the `store` module's "Architecture"):
-// `core` (the document and the pure rules), `store` (where the document lives: the file
-// store now), and the blocking API (`semaphore`, `permit`, `wait`, `sleeper`). Beside them
-// the values they share: `error` (all), `options` (the core's requests, the API), `holder` and
-// `cancel` (the API). `layers` checks the rules on the sources.
+// `core` (the document and the pure rules), `store` (where the document lives: a file, or
+// with the `redis` feature a Redis key), and the blocking API (`semaphore`, `permit`, `wait`,
+// `sleeper`, and `redis_api` for opening Redis semaphores). Beside them the values they
+// share: `error` (all), `options` (the core's requests, the API), `holder` and `cancel` (the
+// API). `layers` checks the rules on the sources.
 mod cancel;
 mod core;
 mod error;
@@ -227,6 +348,8 @@ mod holder;
 mod layers;
 mod options;
 mod permit;
+#[cfg(feature = "redis")]
+mod redis_api;
 mod semaphore;
 mod sleeper;
 mod store;
@@ -241,5 +364,9 @@ pub use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 pub use crate::options::{
     AcquireOptions, DEFAULT_LOCK_TIMEOUT, MAX_METADATA_BYTES, MIN_LEASE, OpenOptions,
 };
+#[cfg(feature = "redis")]
+pub use crate::options::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REDIS_LEASE, DEFAULT_RESPONSE_TIMEOUT};
 pub use crate::permit::{KeepError, Permit};
+#[cfg(feature = "redis")]
+pub use crate::redis_api::RedisStats;
 pub use crate::semaphore::{Reaped, Recovered, Semaphore};

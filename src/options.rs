@@ -43,6 +43,24 @@ pub(crate) fn check_lease(path: &Path, lease: Option<Duration>) -> Result<()> {
     }
 }
 
+/// The default for [`OpenOptions::connect_timeout`] (Redis semaphores): 2 seconds.
+#[cfg(feature = "redis")]
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default for [`OpenOptions::response_timeout`] (Redis semaphores): 2 seconds.
+#[cfg(feature = "redis")]
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The lease of a hold (or waiter's grant) on a Redis semaphore when neither
+/// [`AcquireOptions::lease`] nor [`OpenOptions::default_lease`] gives one: 30 seconds.
+#[cfg(feature = "redis")]
+pub const DEFAULT_REDIS_LEASE: Duration = Duration::from_secs(30);
+
+/// The longest Redis timeout used: a day. Longer ones (up to [`Duration::MAX`]) are taken
+/// as this, so that no wait on the server is without end.
+#[cfg(feature = "redis")]
+pub(crate) const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// The most metadata an acquire may attach, in bytes of keys plus values.
 pub const MAX_METADATA_BYTES: usize = 4096;
 
@@ -67,6 +85,12 @@ pub struct OpenOptions {
     pub(crate) default_lease: Option<Duration>,
     pub(crate) create_new: bool,
     pub(crate) trusted_owners: Vec<u32>,
+    #[cfg(feature = "redis")]
+    pub(crate) connect_timeout: Duration,
+    #[cfg(feature = "redis")]
+    pub(crate) response_timeout: Duration,
+    #[cfg(feature = "redis")]
+    pub(crate) replicas: Option<(u32, Duration)>,
 }
 
 impl Default for OpenOptions {
@@ -77,7 +101,8 @@ impl Default for OpenOptions {
 
 impl OpenOptions {
     /// The defaults: durable writes, mode 0644 for new files, a 10 s lock timeout, automatic
-    /// reaping on, no lease.
+    /// reaping on, no lease (a Redis semaphore imposes `DEFAULT_REDIS_LEASE`, 30 s); for
+    /// Redis, 2 s connect and response timeouts and no replica acknowledgement.
     ///
     /// Every [`Duration`] these options take may be as large as [`Duration::MAX`]: a duration
     /// too large for the clock or the calendar means "no limit" (a lock wait without deadline,
@@ -91,6 +116,12 @@ impl OpenOptions {
             default_lease: None,
             create_new: false,
             trusted_owners: Vec::new(),
+            #[cfg(feature = "redis")]
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            #[cfg(feature = "redis")]
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            #[cfg(feature = "redis")]
+            replicas: None,
         }
     }
 
@@ -128,7 +159,8 @@ impl OpenOptions {
     }
 
     /// A lease for every acquire through this handle that does not set its own
-    /// ([`AcquireOptions::lease`]). Default: none. See [`AcquireOptions::lease`].
+    /// ([`AcquireOptions::lease`]). Default: none; on a Redis semaphore, where every hold
+    /// has a lease, `DEFAULT_REDIS_LEASE` (30 s). See [`AcquireOptions::lease`].
     ///
     /// A lease shorter than [`MIN_LEASE`] (1 s) makes [`open`](OpenOptions::open),
     /// [`open_existing`](OpenOptions::open_existing) and [`recover`](OpenOptions::recover)
@@ -153,6 +185,16 @@ impl OpenOptions {
     /// `fsync` of the new state file before the `rename` and of the directory after it. Turn
     /// it off only for throwaway semaphores (tmpfs, tests): without it, a power loss may lose
     /// the last writes (never truncate the file: the rename stays atomic).
+    ///
+    /// The directory's `fsync` needs read permission on it: in a directory this user may
+    /// search but not read, durable changes fail before they change anything
+    /// ([`Error::CannotSyncDirectory`]), and `durable(false)` is the way to use it. The
+    /// rename commits the change: if the directory's `fsync` fails after it, the operation
+    /// still succeeds (every process already sees the change, so an error would contradict
+    /// the file), with a `tracing` warning that the change may not survive a power loss.
+    ///
+    /// Ignored by Redis semaphores: how the server keeps its data (`appendonly`,
+    /// `appendfsync`) is the server's setting.
     pub fn durable(&mut self, durable: bool) -> &mut Self {
         self.durable = durable;
         self
@@ -176,12 +218,15 @@ impl OpenOptions {
     /// we run as root, its owner and group across rewrites; the lock file and witness files
     /// created later derive from that mode. A lock file that grants more than its derived
     /// mode and that this user owns (those of older versions and of the Go package are
-    /// 0644) is tightened to it when [`open`](OpenOptions::open) finds it; permissions are
-    /// never added to an existing file, and files of other users are never changed.
+    /// 0644) is tightened to it by every operation that takes the lock (queries take none);
+    /// permissions are never added to an existing file, and files of other users are never
+    /// changed.
     ///
     /// To share a semaphore between the users of a group, use `0o664` in a directory owned
     /// by that group with mode 2775 (group-writable, set-group-ID, not sticky); see "Trust
     /// model" in the crate docs.
+    ///
+    /// Ignored by Redis semaphores (there are no files).
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = mode & 0o7777;
         self
@@ -196,6 +241,9 @@ impl OpenOptions {
     /// `uid` to those owners, for a semaphore shared on purpose with that user. In a directory
     /// that is neither world-writable nor sticky every owner is trusted anyway: whoever can
     /// write there can replace any file. See "Trust model" in the crate docs.
+    ///
+    /// Ignored by Redis semaphores (there are no files; the server's ACLs decide who may
+    /// change the key).
     ///
     /// ```
     /// let mut options = filesem::OpenOptions::new();
@@ -222,8 +270,59 @@ impl OpenOptions {
     /// [`Error::LockBusy`](crate::Error::LockBusy). Acquires without a timeout use the lock
     /// timeout for each of their lock waits, and so do release, `remove`, `reap`,
     /// `set_capacity`, `renew`, the keep-alive and the other operations.
+    ///
+    /// On a Redis semaphore there is no lock: a change is a compare-and-swap that is tried
+    /// again when another writer changed the key first. This is how long such a change keeps
+    /// trying, in operations without a deadline of their own, before it fails with
+    /// `Error::Contended` (an acquire given a timeout tries until its deadline). Each attempt
+    /// is bounded by the Redis connect and response timeouts
+    /// (`OpenOptions::connect_timeout`, `response_timeout`), so a call may end up to those
+    /// later.
     pub fn lock_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.lock_timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection to a Redis server (TCP connect, `AUTH`, `SELECT`) may
+    /// take (default [`DEFAULT_CONNECT_TIMEOUT`], 2 s); then the operation fails with
+    /// [`Error::RedisTimeout`](crate::Error::RedisTimeout). Durations above a day are taken
+    /// as a day, and below a millisecond as a millisecond. The name lookup of the host is not
+    /// bounded by it (use an address, or a resolver that answers). Ignored by file
+    /// semaphores.
+    #[cfg(feature = "redis")]
+    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a Redis server may take to answer one command (default
+    /// [`DEFAULT_RESPONSE_TIMEOUT`], 2 s); then the operation fails with
+    /// [`Error::RedisTimeout`](crate::Error::RedisTimeout) instead of hanging on a stopped,
+    /// overloaded or partitioned server. Every operation sends a few commands (a step: one
+    /// read, one compare-and-swap, more after a lost race), each bounded by this. Durations
+    /// above a day are taken as a day, and below a millisecond as a millisecond. Ignored by
+    /// file semaphores.
+    #[cfg(feature = "redis")]
+    pub fn response_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// After each change to a Redis semaphore, waits (Redis `WAIT`) until `replicas` replicas
+    /// have it, at most `timeout` (at least 1 ms). Default: off (`replicas` = 0 turns it
+    /// off).
+    ///
+    /// Redis replicates asynchronously: a change the primary has answered can be lost if the
+    /// primary fails before a replica has it, and a replica promoted then runs with the older
+    /// state: a slot granted twice, a fencing token handed out twice. With this setting, an
+    /// acquire whose grant fewer replicas acknowledged releases it again (best effort) and
+    /// fails with [`Error::NotReplicated`](crate::Error::NotReplicated); every other operation
+    /// reports that error too, though its change stays on the primary. It narrows the
+    /// window, it does not close it: this is not a consensus protocol, and a failover can
+    /// still lose a change that fewer replicas had. Ignored by file semaphores.
+    #[cfg(feature = "redis")]
+    pub fn replica_ack(&mut self, replicas: u32, timeout: Duration) -> &mut Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
         self
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -16,7 +16,7 @@ use crate::core::verdict::expired;
 use crate::error::{Error, Result};
 use crate::options::MIN_LEASE;
 use crate::semaphore::Semaphore;
-use crate::store::{Snapshot, Step, WitnessLock};
+use crate::store::{LockWait, Snapshot, Step, WitnessLock};
 
 /// One held slot of a [`Semaphore`]. Dropping it releases the slot.
 ///
@@ -31,14 +31,26 @@ use crate::store::{Snapshot, Step, WitnessLock};
 /// or its witness when its process dies.
 ///
 /// Drop is best effort: it never panics and waits for the lock file at most the
-/// [lock timeout](crate::OpenOptions::lock_timeout); a failure is reported as a `tracing`
-/// warning naming the path and ID. Use [`release`](Permit::release) to see errors. A permit
+/// [lock timeout](crate::OpenOptions::lock_timeout) (on Redis: each command at most the
+/// response timeout, and retries at most the lock timeout); a failure is reported as a
+/// `tracing` warning naming the path and ID. Use [`release`](Permit::release) to see errors. A permit
 /// dropped in a forked child process does nothing: the hold belongs to the parent. A permit
 /// of a detached hold ([`AcquireOptions::detached`](crate::AcquireOptions::detached)) is not
 /// released on drop either.
 ///
 /// `let _ = sem.try_acquire("x")?;` releases at once; bind the permit to a name
 /// (`let _permit = ...`) to keep it for the scope.
+///
+/// A permit of a Redis semaphore (`Semaphore::open_redis`, see the crate docs, "Redis")
+/// always has a lease and renews it in the background from the start (its
+/// [keep-alive](Permit::keep_alive) runs already; a detached hold's does not). It also
+/// keeps the lease's end on this machine's monotonic clock, counted from when the last
+/// successful renewal was sent: once that passes without a renewal (the server or the
+/// network failed for a whole lease), [`is_held`](Permit::is_held) is `false`,
+/// [`is_lost`](Permit::is_lost) is `true`, the keep-alive's callback is called with
+/// `Error::LeaseExpired`, and the permit never renews the hold again, even if its entry turns
+/// out to be still on file. Releasing it (or dropping it) still removes the entry if it is
+/// there.
 ///
 /// # Examples
 ///
@@ -84,6 +96,10 @@ pub struct KeepError {
 }
 
 impl Permit {
+    /// The permit of a grant seen at `seen` (see [`Seen`]). In a store judged by leases
+    /// only, the lease's end is tracked from then on ([`local_end`]); call
+    /// [`started`](Permit::started) to start the keep-alive such a store needs.
+    #[allow(clippy::too_many_arguments)] // what a grant records, as the acquire knows it
     pub(crate) fn new(
         sem: Semaphore,
         id: String,
@@ -92,14 +108,20 @@ impl Permit {
         lease: Option<Duration>,
         record: Record,
         witness: Option<WitnessLock>,
+        seen: Seen,
     ) -> Permit {
         let detached = record.detached;
+        let lease_end = match record.expires_at {
+            Some(end) if sem.inner.store.leases_only() => Some(local_end(seen, end)),
+            _ => None,
+        };
         Permit {
             held: Some(Held {
                 hold: Target {
                     sem,
                     id,
                     token: record.token,
+                    lease,
                     slot,
                     acquired_at,
                     shared: Arc::new(Shared {
@@ -108,6 +130,7 @@ impl Permit {
                             ended: false,
                         }),
                         lost: AtomicBool::new(false),
+                        lease_end: Mutex::new(lease_end),
                     }),
                 },
                 lease,
@@ -116,6 +139,25 @@ impl Permit {
                 pid: std::process::id(),
                 renewer: None,
             }),
+        }
+    }
+
+    /// The permit, with its keep-alive running if its store judges holds by leases only
+    /// (and the hold is not detached): such a hold must be renewed from the start. If the
+    /// thread cannot be started, the hold is released again and the error returned.
+    pub(crate) fn started(mut self) -> Result<Permit> {
+        let h = self.held();
+        if h.detached || h.lease.is_none() || !h.hold.sem.inner.store.leases_only() {
+            return Ok(self);
+        }
+        match self.keep_alive() {
+            Ok(()) => Ok(self),
+            Err(error) => {
+                if let Err(e) = self.release() {
+                    tracing::warn!(%e, "failed to release a hold that could not be kept alive");
+                }
+                Err(error)
+            }
         }
     }
 
@@ -178,16 +220,24 @@ impl Permit {
     /// entry (it is found by ID and grant time), this first writes back what the hold records
     /// (see [`Permit`]), in one locked step, and answers for the restored entry.
     ///
+    /// For a Redis semaphore this is `false` without asking the server once the lease ran out
+    /// on this machine's clock without a renewal (see [`Permit`]).
+    ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the state cannot be read;
+    /// [`Error::Corrupt`], [`Error::Io`] when the state cannot be read;
     /// [`Error::Untrusted`] when the state file (or, to restore a stripped entry, the lock
-    /// file) is of the wrong type or owner; [`Error::DirectoryGone`] when the semaphore's
-    /// directory was removed (the hold with it); [`Error::LockTimeout`] when a stripped entry
-    /// could not be restored.
+    /// file) is of the wrong type or owner; [`Error::Removed`] or [`Error::DirectoryGone`]
+    /// when the semaphore's state file or directory was removed (the hold with it);
+    /// [`Error::LockTimeout`] when a stripped entry could not be restored; for a Redis
+    /// semaphore its connection errors.
     pub fn is_held(&self) -> Result<bool> {
-        let (entry, now) = self.held().hold.look()?;
-        Ok(entry.is_some_and(|e| expired(&e, now).is_none()))
+        let hold = &self.held().hold;
+        if hold.ran_out() {
+            return Ok(false);
+        }
+        let (entry, now) = hold.look()?;
+        Ok(entry.is_some_and(|e| expired(&e, now).is_none()) && !hold.ran_out())
     }
 
     /// Extends the lease to `now + lease` and returns the new end (capped at
@@ -198,15 +248,19 @@ impl Permit {
     ///
     /// Never re-acquires: if the entry is gone, the hold is lost and this fails. Each call
     /// writes the state file; to renew in the background at a sensible pace, use
-    /// [`keep_alive`](Permit::keep_alive).
+    /// [`keep_alive`](Permit::keep_alive). For a Redis semaphore the lease counts from when
+    /// the renewal was sent (see [`Permit`]); a renewal of a lease that ran out meanwhile
+    /// fails and writes nothing.
     ///
     /// # Errors
     ///
-    /// [`Error::Lost`] if the entry is no longer on file; [`Error::DirectoryGone`] if the
-    /// semaphore's directory was removed (the entry with it); [`Error::NotFound`],
-    /// [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and [`Error::Untrusted`]
-    /// for a state, lock or witness file of the wrong type or owner (see the crate docs'
-    /// "Trust model").
+    /// [`Error::Lost`] if the entry is no longer on file; [`Error::Removed`] or
+    /// [`Error::DirectoryGone`] if the semaphore's state file or directory was removed (the
+    /// entry with it); for a Redis semaphore `Error::LeaseExpired` once the lease ran out
+    /// without a renewal, and its connection errors (`NotReplicated`: renewed on the primary
+    /// only, not counted as a renewal); [`Error::Corrupt`], [`Error::UnsupportedVersion`],
+    /// [`Error::LockTimeout`], [`Error::Io`], and [`Error::Untrusted`] for a state, lock or
+    /// witness file of the wrong type or owner (see the crate docs' "Trust model").
     ///
     /// # Examples
     ///
@@ -235,8 +289,9 @@ impl Permit {
     /// and dropping the permit stop it before they act, so it never renews a released hold
     /// and never outlives the permit; [`stop_keep_alive`](Permit::stop_keep_alive) stops it
     /// earlier. Stopping waits for a renewal in progress (at most one
-    /// [lock timeout](crate::OpenOptions::lock_timeout)). Calling this again replaces the
-    /// running thread.
+    /// [lock timeout](crate::OpenOptions::lock_timeout); for a Redis semaphore at most until
+    /// the lease's end, plus the Redis timeouts, which only a renewal whose commit got no
+    /// answer takes). Calling this again replaces the running thread.
     ///
     /// # Errors
     ///
@@ -276,10 +331,17 @@ impl Permit {
     }
 
     /// [`keep_alive`](Permit::keep_alive), calling `on_lost` once (from the background
-    /// thread) with the [`Error::Lost`] when the hold is found lost, or with the
-    /// [`Error::DirectoryGone`] when the semaphore's directory was removed (and the entry with
-    /// it). It is not called when the permit is released, kept or dropped. Other failures of a
-    /// renewal ([`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`], ...) are retried.
+    /// thread) with the [`Error::Lost`] when the hold is found lost, with the
+    /// [`Error::Removed`] when the state file was removed (and the entry with it), with the
+    /// [`Error::DirectoryGone`] when the semaphore's directory was removed, or, for a Redis
+    /// semaphore, with `Error::LeaseExpired` when the lease ran out without a successful
+    /// renewal (the callback comes at the lease's end, or as soon as a renewal in progress
+    /// then gives up, within the Redis timeouts). It is not called when the permit is
+    /// released, kept or dropped. Other failures of a renewal ([`Error::LockTimeout`],
+    /// [`Error::Io`], [`Error::Untrusted`], the Redis connection errors, ...) are retried.
+    ///
+    /// A permit of a Redis semaphore runs a keep-alive from the start; calling this replaces
+    /// it with one that calls `on_lost`.
     ///
     /// # Errors
     ///
@@ -316,11 +378,15 @@ impl Permit {
     }
 
     /// Whether the keep-alive thread found the hold lost (its entry vanished from the file:
-    /// reaped, removed, released by ID; or the semaphore's directory was removed). Once
-    /// `true`, the thread has stopped; stop using the
-    /// resource. Without a keep-alive this stays `false`; ask [`is_held`](Permit::is_held).
+    /// reaped, removed, released by ID; or the semaphore's state file or directory was
+    /// removed), or, for a Redis semaphore, whether the lease ran out on this machine's clock
+    /// without a renewal (this needs no thread and no server). Once `true`, it stays `true`
+    /// and the thread has stopped (or stops at its next look); stop using the resource.
+    /// Without a keep-alive this stays `false` for a file semaphore; ask
+    /// [`is_held`](Permit::is_held).
     pub fn is_lost(&self) -> bool {
-        self.held().hold.shared.lost.load(Ordering::SeqCst)
+        let hold = &self.held().hold;
+        hold.shared.lost.load(Ordering::SeqCst) || hold.ran_out()
     }
 
     /// A duplicate of the hold's witness lock descriptor *without* `O_CLOEXEC`, so that a
@@ -353,9 +419,10 @@ impl Permit {
     ///
     /// [`Error::Lost`] if the entry is no longer on file (nothing is changed);
     /// [`Error::NotOwner`] in a forked child (the hold is the parent's; nothing is changed);
-    /// [`Error::DirectoryGone`] if the semaphore's directory was removed (the entry went with
-    /// it; nothing is created anywhere); [`Error::NotFound`], [`Error::Corrupt`],
-    /// [`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`] (a state, lock or witness
+    /// [`Error::Removed`] or [`Error::DirectoryGone`] if the semaphore's state file or
+    /// directory was removed (the entry went with it; nothing is created anywhere);
+    /// [`Error::Corrupt`], [`Error::UnsupportedVersion`], [`Error::LockTimeout`],
+    /// [`Error::Io`], [`Error::Untrusted`] (a state, lock or witness
     /// file of the wrong type or owner, left as it is): the entry may then still be on file;
     /// [`Semaphore::release`] or [`Semaphore::remove`] can remove it later.
     pub fn release(mut self) -> Result<()> {
@@ -376,15 +443,17 @@ impl Permit {
     /// [`Semaphore::release`], [`Semaphore::remove`] or its lease ends it, even after this
     /// process exits. This is the Go package's session use. A stripped entry gets back what
     /// the hold records first (see [`Permit`]). The keep-alive thread stops: nothing renews
-    /// a kept hold's lease.
+    /// a kept hold's lease (on Redis every hold has one, so a kept hold ends with it).
     ///
     /// # Errors
     ///
     /// A [`KeepError`] holding the error and the permit, which is not lost: on
     /// [`Error::LockTimeout`], [`Error::Io`] or [`Error::Untrusted`] (a state, lock or
     /// witness file of the wrong type or owner) it can be kept again later or released. On
-    /// [`Error::Lost`] the entry was already gone, and on [`Error::DirectoryGone`] it went with
-    /// the removed directory; [`Error::NotOwner`] in a forked child.
+    /// [`Error::Lost`] the entry was already gone, and on [`Error::Removed`] or
+    /// [`Error::DirectoryGone`] it went with the removed state file or directory;
+    /// [`Error::NotOwner`] in a forked child; for a Redis semaphore `Error::LeaseExpired`
+    /// (nothing written) and its connection errors.
     #[allow(clippy::result_large_err)] // the permit rides in the error on purpose, as in tempfile
     pub fn keep(mut self) -> std::result::Result<(), KeepError> {
         let Some(mut held) = self.held.take() else {
@@ -443,8 +512,12 @@ impl Held {
         let result = self.hold.remove_entry();
         if let Some(w) = witness {
             match &result {
-                // The entry is gone: so goes its witness.
-                Ok(()) | Err(Error::Lost { .. }) => w.release(),
+                // The entry is gone (with the state file or directory, for the last two): so
+                // goes its witness.
+                Ok(())
+                | Err(Error::Lost { .. } | Error::Removed { .. } | Error::DirectoryGone { .. }) => {
+                    w.release()
+                }
                 // The write failed and the entry may still be on file: a witness that is
                 // there but free proves it dead to whoever looks next, who reaps it (a
                 // missing witness would prove nothing, and the entry would keep its slot
@@ -486,6 +559,8 @@ struct Target {
     sem: Semaphore,
     id: String,
     token: u64,
+    /// The lease length, if the hold has one.
+    lease: Option<Duration>,
     slot: u32,
     acquired_at: DateTime<Utc>,
     shared: Arc<Shared>,
@@ -496,8 +571,34 @@ struct Shared {
     /// Locked around every step on the hold, so that the thread never renews between a
     /// [`Permit::keep`] and the end of the permit.
     state: Mutex<HoldState>,
-    /// Set by the keep-alive thread when it finds the hold lost.
+    /// Set when the hold is found lost: by the keep-alive thread, or (in a store judged by
+    /// leases only) by anyone who finds `lease_end` passed. Never cleared.
     lost: AtomicBool,
+    /// In a store judged by leases only
+    /// ([`Store::leases_only`](crate::store::Store::leases_only)): the instant on this
+    /// machine's monotonic clock by which the lease has certainly ended on the server unless
+    /// renewed (see [`local_end`]). `None` elsewhere. Apart from `state`, so that asking
+    /// never waits for a renewal in progress.
+    lease_end: Mutex<Option<Instant>>,
+}
+
+/// When a hold was seen granted: the instant the request that read the store's clock was
+/// sent, and that clock's reading (`now`). With the entry's `expires_at` it tells when the
+/// lease ends on this machine's clock ([`local_end`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seen {
+    pub sent: Instant,
+    pub now: DateTime<Utc>,
+}
+
+/// The instant on this machine's monotonic clock by which a lease ending at `expires_at`
+/// has certainly ended in the store, given a reading of the store's clock (`now`) by a
+/// request sent at `sent`: `sent + (expires_at - now)`. The store read its clock after
+/// `sent`, so this is never later than the real end (clock rates assumed equal; the
+/// [`LEASE_GRACE`](crate::LEASE_GRACE) before anyone reaps covers their drift).
+fn local_end(seen: Seen, expires_at: DateTime<Utc>) -> Instant {
+    let left = (expires_at - seen.now).to_std().unwrap_or(Duration::ZERO);
+    seen.sent.checked_add(left).unwrap_or(seen.sent)
 }
 
 struct HoldState {
@@ -529,6 +630,50 @@ impl Target {
         }
     }
 
+    /// The end of the lease on this machine's clock, if it is tracked (see [`Shared`]).
+    fn lease_end(&self) -> Option<Instant> {
+        *self
+            .shared
+            .lease_end
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the tracked lease ran out without a renewal, or the hold was found lost
+    /// before; latches [`Shared::lost`]. Always `false` when the lease is not tracked.
+    fn ran_out(&self) -> bool {
+        let Some(end) = self.lease_end() else {
+            return false;
+        };
+        if self.shared.lost.load(Ordering::SeqCst) {
+            return true;
+        }
+        if Instant::now() >= end {
+            self.shared.lost.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// The error of a tracked lease that ran out.
+    fn lease_ran_out(&self) -> Error {
+        #[cfg(feature = "redis")]
+        {
+            Error::LeaseExpired {
+                path: self.sem.path().to_path_buf(),
+                id: self.id.clone(),
+                token: self.token,
+                lease: self.lease.unwrap_or_default(),
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            // Only stores judged by leases only track a lease; none is built without the
+            // `redis` feature.
+            self.lost()
+        }
+    }
+
     /// Writes back into our entry (at `i`) what a foreign write dropped; see
     /// [`rules::restore`]. Returns whether it changed anything.
     fn restore(&self, doc: &mut Document, i: usize, record: &Record) -> bool {
@@ -540,7 +685,10 @@ impl Target {
         changed
     }
 
+    /// Removes our entry, handing its slot on. After a commit whose outcome is unknown, an
+    /// entry found gone is taken as removed by it.
     fn remove_entry(&self) -> Result<()> {
+        let mut removed = false;
         self.sem
             .inner
             .store
@@ -548,8 +696,10 @@ impl Target {
                 Some(i) => {
                     doc.holders.remove(i);
                     rules::hand_off(doc, cx.now);
+                    removed = true;
                     Ok(Step::changed(Ok(())))
                 }
+                None if removed && cx.settling() => Ok(Step::unchanged(Ok(()))),
                 None => Ok(Step::unchanged(Err(self.lost()))),
             })??;
         tracing::debug!(path = %self.sem.path().display(), id = %self.id, token = self.token, "released");
@@ -561,9 +711,24 @@ impl Target {
     }
 
     /// [`renew`](Target::renew) with the shared state already locked.
+    ///
+    /// With a tracked lease (see [`Shared`]): nothing is written once it ran out (checked
+    /// again right before the commit), the step retries lost races only until it runs out,
+    /// and a renewal that returns after that is not counted (the hold stays lost, though
+    /// the server renewed the entry). Otherwise the lease's end moves to when this renewal
+    /// was sent plus the lease.
     fn renew_locked(&self, state: &mut HoldState) -> Result<Option<DateTime<Utc>>> {
+        let sent = Instant::now();
+        let tracked = self.lease_end();
+        if self.ran_out() {
+            return Err(self.lease_ran_out());
+        }
+        let wait = tracked.map_or(LockWait::Timeout, LockWait::Until);
         let record = &state.record;
-        let until = self.sem.inner.store.step(None, |doc, cx| {
+        let (until, now) = self.sem.inner.store.step_with(wait, None, |doc, cx| {
+            if self.ran_out() {
+                return Ok(Step::unchanged(Err(self.lease_ran_out())));
+            }
             let Some(i) = self.find(doc) else {
                 return Ok(Step::unchanged(Err(self.lost())));
             };
@@ -572,13 +737,26 @@ impl Target {
             match rules::lease_end(record.lease_ms, cx.now) {
                 Some(until) => {
                     entry.expires_at = Some(until);
-                    Ok(Step::changed(Ok(Some(until))))
+                    Ok(Step::changed(Ok((Some(until), cx.now))))
                 }
-                None => Ok(Step::new(Ok(None), restored)),
+                None => Ok(Step::new(Ok((None, cx.now)), restored)),
             }
         })??;
         if until.is_some() {
             state.record.expires_at = until;
+        }
+        if tracked.is_some() {
+            if self.ran_out() {
+                return Err(self.lease_ran_out());
+            }
+            if let Some(until) = until {
+                let end = local_end(Seen { sent, now }, until);
+                *self
+                    .shared
+                    .lease_end
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(end);
+            }
         }
         Ok(until)
     }
@@ -610,8 +788,11 @@ impl Target {
     }
 
     /// Rewrites our entry as detached, restored first; the keep-alive thread does nothing
-    /// after this succeeded.
+    /// after this succeeded. A tracked lease that ran out is not kept.
     fn keep(&self) -> Result<()> {
+        if self.ran_out() {
+            return Err(self.lease_ran_out());
+        }
         let mut state = self.state();
         let record = &state.record;
         self.sem
@@ -651,7 +832,8 @@ impl Target {
 
 /// How often the keep-alive thread renews a lease of `lease`, and how soon it retries after a
 /// failed renewal: a third and a tenth of the lease, never more often than every third of
-/// [`MIN_LEASE`]. Without a lease it looks once a second.
+/// [`MIN_LEASE`]. Without a lease it looks once a second. (A tracked lease also bounds both:
+/// see [`Target::next_look`].)
 fn intervals(lease: Option<Duration>) -> (Duration, Duration) {
     let floor = MIN_LEASE / 3;
     match lease {
@@ -669,6 +851,39 @@ struct Renewer {
     pid: u32,
 }
 
+impl Target {
+    /// How long the keep-alive thread waits before its next look: `every` after a
+    /// successful one and `retry` after a failure, as [`intervals`] says; with a tracked
+    /// lease, so that the next renewal comes when a third of the lease has passed since the
+    /// last one was sent, and after a failure no later than the lease's end (to report the
+    /// loss then).
+    fn next_look(&self, failed: bool) -> Duration {
+        let (every, retry) = intervals(self.lease);
+        let (Some(end), Some(lease)) = (self.lease_end(), self.lease) else {
+            return if failed { retry } else { every };
+        };
+        let left = end.saturating_duration_since(Instant::now());
+        if failed {
+            retry.min(left)
+        } else {
+            left.saturating_sub(lease.saturating_sub(every))
+        }
+    }
+
+    /// Whether `error` means the hold is gone for good: its entry vanished, its directory
+    /// was removed (the entry went with it), or its tracked lease ran out.
+    fn is_end(&self, error: &Error) -> bool {
+        #[cfg(feature = "redis")]
+        if let Error::LeaseExpired { .. } = error {
+            return true;
+        }
+        matches!(
+            error,
+            Error::Lost { .. } | Error::DirectoryGone { .. } | Error::Removed { .. }
+        )
+    }
+}
+
 impl Renewer {
     fn start(
         target: Target,
@@ -679,22 +894,38 @@ impl Renewer {
         let thread = std::thread::Builder::new()
             .name("filesem-keep-alive".into())
             .spawn(move || {
-                let (every, retry) = intervals(lease);
-                let mut wait = every;
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                let mut failed = false;
+                let lost = |e: &Error| {
+                    target.shared.lost.store(true, Ordering::SeqCst);
+                    tracing::warn!(path = %target.sem.path().display(), id = %target.id, error = %e, "hold lost");
+                };
+                loop {
+                    let wait = target.next_look(failed);
+                    if !matches!(
+                        stopped.recv_timeout(wait),
+                        Err(mpsc::RecvTimeoutError::Timeout)
+                    ) {
+                        return;
+                    }
                     match target.keep_alive_once(lease) {
-                        Ok(true) => wait = every,
+                        Ok(true) => failed = false,
                         Ok(false) => return,
-                        // A removed directory never comes back, and the entry went with it.
-                        Err(e @ (Error::Lost { .. } | Error::DirectoryGone { .. })) => {
-                            target.shared.lost.store(true, Ordering::SeqCst);
-                            tracing::warn!(path = %target.sem.path().display(), id = %target.id, "hold lost");
+                        // A removed directory never comes back, and the entry went with it;
+                        // a removed state file took the entry with it too.
+                        Err(e) if target.is_end(&e) => {
+                            lost(&e);
                             on_lost(&e);
                             return;
                         }
                         Err(e) => {
                             tracing::warn!(path = %target.sem.path().display(), id = %target.id, error = %e, "renewal failed; retrying");
-                            wait = retry;
+                            failed = true;
+                            if target.ran_out() {
+                                let e = target.lease_ran_out();
+                                lost(&e);
+                                on_lost(&e);
+                                return;
+                            }
                         }
                     }
                 }

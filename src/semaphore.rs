@@ -9,22 +9,23 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::core::doc::{self as state, Entry, MAX_CAPACITY};
+use crate::core::doc::{self as state, Document, Entry, MAX_CAPACITY, Owner};
 use crate::core::queue::holder_entry;
-use crate::core::rules::{self, Ctx, Refusal};
+use crate::core::rules::{self, Ctx, Record, Refusal};
 use crate::core::verdict::{Judge, Liveness, verdict};
 use crate::error::{Error, Result};
 use crate::holder::{HoldMode, Holder, HolderInfo, OwnerInfo};
 use crate::options::{AcquireOptions, OpenOptions};
-use crate::permit::Permit;
+use crate::permit::{Permit, Seen};
 use crate::store::file::{FileStore, Settings};
-use crate::store::{LockWait, NewHold, Step, Store, busy_since};
+use crate::store::{Committed, LockWait, NewHold, Step, Store, busy_since};
 
-/// A cheap, cloneable handle on one semaphore file; every operation goes through it.
+/// A cheap, cloneable handle on one semaphore file (or, with the `redis` feature, one key of a
+/// Redis server: see the crate docs, "Redis"); every operation goes through it.
 ///
 /// `Semaphore` is `Send + Sync`: threads may share one handle (or clone it). Each operation is
-/// one short critical section under `PATH.lock`; no lock is held between operations, and none
-/// while waiting for a slot.
+/// one short critical section under `PATH.lock` (on Redis, one compare-and-swap); no lock is
+/// held between operations, and none while waiting for a slot.
 #[derive(Clone)]
 pub struct Semaphore {
     pub(crate) inner: Arc<Inner>,
@@ -80,14 +81,15 @@ impl fmt::Debug for Semaphore {
     }
 }
 
-/// What [`Semaphore::recover`] did.
+/// What [`Semaphore::recover`] (or `recover_redis`) did.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Recovered {
     /// The semaphore, now with a valid state file.
     pub semaphore: Semaphore,
-    /// Where the corrupt state file was moved (`PATH.corrupt-<UTC time>`); `None` when the
-    /// file was valid (nothing was changed) or absent (a new semaphore was created).
+    /// Where the corrupt state file was moved (`PATH.corrupt-<UTC time>`; for a Redis
+    /// semaphore the location of `KEY.corrupt-<server time>`, shown like its path); `None`
+    /// when the file was valid (nothing was changed) or absent (a new semaphore was created).
     pub moved_to: Option<PathBuf>,
 }
 
@@ -99,6 +101,11 @@ impl Semaphore {
     /// is `PATH.lock` beside it. After opening, the file is the source of truth: every
     /// operation uses the capacity it reads then. Opening also removes temp files left by a
     /// writer that was killed mid-write.
+    ///
+    /// A new semaphore counts its fencing tokens from 1, unless an earlier semaphore at this
+    /// path left its lock file (which is never deleted) or witness directory: then its
+    /// counter starts at the clock in microseconds since 1970 and above every witness file's
+    /// number, so that its tokens stay above those the earlier one handed out.
     ///
     /// # Errors
     ///
@@ -163,8 +170,20 @@ impl Semaphore {
             check_capacity(path, u64::from(capacity.max(1)))?;
         }
         let store = FileStore::open(path, &file_settings(options), capacity.is_some())?;
-        let sem = Semaphore::with_store(Store::File(store), options);
+        Semaphore::opened(Store::File(store), capacity, options)
+    }
+
+    /// A handle on the semaphore in `store`, created with `capacity` slots if absent, or
+    /// (without a capacity) checked to exist: the part of opening that is the same for
+    /// every store.
+    pub(crate) fn opened(
+        store: Store,
+        capacity: Option<u32>,
+        options: &OpenOptions,
+    ) -> Result<Semaphore> {
+        let sem = Semaphore::with_store(store, options);
         let store = &sem.inner.store;
+        let path = store.path();
         match capacity {
             None => {
                 store.snapshot()?;
@@ -172,7 +191,13 @@ impl Semaphore {
             Some(capacity) => {
                 let requested = capacity.max(1);
                 store.step(Some(requested), |doc, cx| {
-                    if options.create_new && !cx.created {
+                    // After an unanswered commit, an empty semaphore of the capacity asked for
+                    // may be the one this call created.
+                    let ours = cx.settling()
+                        && doc.capacity() == requested
+                        && doc.holders.is_empty()
+                        && doc.waiters.is_empty();
+                    if options.create_new && !cx.created && !ours {
                         return Err(Error::AlreadyExists {
                             path: path.to_path_buf(),
                         });
@@ -193,7 +218,7 @@ impl Semaphore {
     }
 
     /// A handle on the semaphore in `store`, with the handle's settings of `options`.
-    fn with_store(store: Store, options: &OpenOptions) -> Semaphore {
+    pub(crate) fn with_store(store: Store, options: &OpenOptions) -> Semaphore {
         Semaphore {
             inner: Arc::new(Inner {
                 store,
@@ -207,7 +232,9 @@ impl Semaphore {
     /// The state file's path, as given to `open` (used in messages).
     ///
     /// The handle is bound to the directory this path named when it was opened: see
-    /// [`resolved_path`](Semaphore::resolved_path).
+    /// [`resolved_path`](Semaphore::resolved_path). For a Redis semaphore: its URL with the
+    /// password replaced by `***` and port and database written out
+    /// (`redis://:***@host:6379/0/gpus`).
     pub fn path(&self) -> &Path {
         self.inner.store.path()
     }
@@ -220,7 +247,8 @@ impl Semaphore {
     /// directory or a repointed symlink in the path does not move them (if the directory is
     /// renamed, this path is out of date; the handle follows the directory). Give this path to
     /// another process (the `filesem` tool exports it as `FILESEM_PATH`) to name the same
-    /// semaphore.
+    /// semaphore. For a Redis semaphore it is the same as [`path`](Semaphore::path) (a
+    /// process that opens it needs the password besides).
     ///
     /// # Examples
     ///
@@ -239,7 +267,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`] when the file cannot be read:
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::Io`] when the file cannot be read:
     /// never a guessed number; [`Error::Untrusted`] for a state file of the wrong type or
     /// owner; [`Error::DirectoryGone`] once the directory was removed.
     pub fn capacity(&self) -> Result<u32> {
@@ -253,7 +281,7 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`Error::InvalidCapacity`] for 0 or more than [`MAX_CAPACITY`] (unlike `open`, 0 is not
-    /// rounded up here); [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`],
+    /// rounded up here); [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`],
     /// [`Error::Io`], [`Error::Untrusted`], [`Error::DirectoryGone`].
     ///
     /// # Examples
@@ -292,7 +320,7 @@ impl Semaphore {
     /// - [`Error::InvalidId`] for an empty ID, one over [`MAX_ID_LEN`](crate::MAX_ID_LEN)
     ///   bytes, or one with control characters;
     /// - [`Error::TokensExhausted`] when every fencing token was handed out;
-    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and
+    /// - [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`], and
     ///   [`Error::Untrusted`], [`Error::DirectoryGone`] as for every operation (see the crate
     ///   docs).
     ///
@@ -357,8 +385,17 @@ impl Semaphore {
         let path = self.path();
         let lease = self.lease_for(options);
         let req = options.request(id, lease, false);
-        let granted = self.inner.store.step_with(wait, None, |doc, cx| {
+        // The grants earlier runs of the step wrote (see `Attempt`).
+        let mut tried: Vec<Attempt> = Vec::new();
+        let granted = self.inner.store.step_committed(wait, None, |doc, cx| {
             let now = cx.now;
+            if cx.settling()
+                && let Some(entry) = tried.iter().find_map(|t| t.find(doc))
+            {
+                // Its commit got no answer, and it landed: that grant is ours.
+                let record = Record::of(entry, entry.token.unwrap_or_default());
+                return Ok(Step::unchanged(Ok((record, entry.acquired_at, None))));
+            }
             let ctx = self.ctx(now, cx.judge());
             let mut changed = false;
             let mut removed = Vec::new();
@@ -371,13 +408,22 @@ impl Semaphore {
             let NewHold { stamp, witness } = cx.new_hold(doc, req.detached)?;
             let token = stamp.number;
             let entry = holder_entry(&req, now, stamp);
+            tried.push(Attempt::of(&entry, token));
             let record = rules::grant(doc, entry, token, now);
             Ok(Step::changed(Ok((record, now, witness))).reaped(removed))
         });
-        let (record, acquired_at, witness) = granted.map_err(|e| busy_since(e, call))??;
+        let Committed {
+            value: granted,
+            unreplicated,
+        } = granted.map_err(|e| busy_since(e, call))?;
+        let (record, acquired_at, witness) = granted?;
         let slot = record.slot.unwrap_or(0);
         tracing::debug!(path = %path.display(), id, token = record.token, slot, "acquired");
-        Ok(Permit::new(
+        let seen = Seen {
+            sent: call,
+            now: acquired_at,
+        };
+        let permit = Permit::new(
             self.clone(),
             id.to_string(),
             slot,
@@ -385,7 +431,12 @@ impl Semaphore {
             lease,
             record,
             witness,
-        ))
+            seen,
+        );
+        match unreplicated {
+            Some(error) => Err(undo_unreplicated(permit, error)),
+            None => permit.started(),
+        }
     }
 
     /// Takes a slot for `holder`, waiting as long as it takes.
@@ -401,7 +452,7 @@ impl Semaphore {
     /// - [`Error::AlreadyHeld`] when `holder`'s ID holds a slot or is queued;
     /// - [`Error::InvalidId`], [`Error::TokensExhausted`] as for
     ///   [`try_acquire`](Semaphore::try_acquire);
-    /// - [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// - [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
     ///   [`Error::Untrusted`], [`Error::DirectoryGone`]; the queue entry is then removed if the
     ///   file can still be written, and otherwise its witness is unlocked, so that the next
     ///   process that looks judges it dead (or it expires on its own within seconds).
@@ -530,7 +581,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
     /// [`Error::Untrusted`] (a state, lock or witness file of the wrong type or owner, left
     /// as it is), [`Error::DirectoryGone`].
     ///
@@ -550,6 +601,9 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn reap(&self) -> Result<Vec<Reaped>> {
+        // What the previous run reaped: after an unanswered commit, what it removed and is
+        // gone now counts as reaped by this call.
+        let mut earlier: Vec<Reaped> = Vec::new();
         self.inner.store.step(None, |doc, cx| {
             let ctx = Ctx {
                 reap: true,
@@ -557,7 +611,22 @@ impl Semaphore {
             };
             let removed = rules::reap(doc, &ctx);
             let granted = rules::hand_off(doc, ctx.now);
-            let reaped = removed.iter().cloned().map(Reaped::from).collect();
+            let mut reaped: Vec<Reaped> = removed.iter().cloned().map(Reaped::from).collect();
+            if cx.settling() {
+                let gone = |r: &Reaped| {
+                    !doc.holders
+                        .iter()
+                        .chain(&doc.waiters)
+                        .any(|e| e.id == r.id && (r.waiter || e.token == r.token))
+                };
+                let before: Vec<Reaped> = earlier.iter().filter(|r| gone(r)).cloned().collect();
+                for r in before.into_iter().rev() {
+                    if !reaped.contains(&r) {
+                        reaped.insert(0, r);
+                    }
+                }
+            }
+            earlier.clone_from(&reaped);
             // Reaping cleans up after killed processes too.
             Ok(Step::new(reaped, granted > 0).reaped(removed).tidy())
         })
@@ -584,7 +653,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotHeld`] if `id` holds no slot; [`Error::NotFound`], [`Error::Corrupt`],
+    /// [`Error::NotHeld`] if `id` holds no slot; [`Error::Removed`], [`Error::Corrupt`],
     /// [`Error::LockTimeout`], [`Error::Io`], [`Error::Untrusted`],
     /// [`Error::DirectoryGone`].
     ///
@@ -600,13 +669,17 @@ impl Semaphore {
     /// # Ok::<(), filesem::Error>(())
     /// ```
     pub fn release(&self, id: &str) -> Result<()> {
+        let mut released = false;
         self.inner.store.step(None, |doc, cx| {
             match doc.holders.iter().position(|e| e.id == id) {
                 Some(i) => {
                     doc.holders.remove(i);
                     rules::hand_off(doc, cx.now);
+                    released = true;
                     Ok(Step::changed(Ok(())))
                 }
+                // An earlier run released it, and its commit got no answer: it landed.
+                None if released && cx.settling() => Ok(Step::unchanged(Ok(()))),
                 None => Ok(Step::unchanged(Err(Error::NotHeld {
                     path: self.path().to_path_buf(),
                     id: id.to_string(),
@@ -621,7 +694,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::LockTimeout`], [`Error::Io`],
     /// [`Error::Untrusted`] (a state, lock or witness file of the wrong type or owner, left
     /// as it is), [`Error::DirectoryGone`].
     ///
@@ -642,9 +715,22 @@ impl Semaphore {
     {
         let ids: Vec<S> = ids.into_iter().collect();
         let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+        // What the previous run removed: after an unanswered commit, an ID it removed that
+        // is gone now counts as removed by this call.
+        let mut earlier: Vec<String> = Vec::new();
         self.inner.store.step(None, |doc, cx| {
-            let removed = rules::remove_ids(doc, &ids, cx.now);
+            let mut removed = rules::remove_ids(doc, &ids, cx.now);
             let changed = !removed.is_empty();
+            if cx.settling() {
+                let more: Vec<String> = earlier
+                    .iter()
+                    .filter(|id| !removed.contains(id))
+                    .cloned()
+                    .collect();
+                removed.extend(more);
+                removed.sort_by_key(|r| ids.iter().position(|id| id == r));
+            }
+            earlier.clone_from(&removed);
             Ok(Step::new(removed, changed))
         })
     }
@@ -654,7 +740,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], [`Error::Io`]: never an empty list made up
+    /// [`Error::Removed`], [`Error::Corrupt`], [`Error::Io`]: never an empty list made up
     /// from a file that could not be read; [`Error::Untrusted`] for a state file of the wrong
     /// type or owner; [`Error::DirectoryGone`] once the directory was removed.
     ///
@@ -733,9 +819,9 @@ impl Semaphore {
         Ok(rules::available(&snapshot.doc, &ctx))
     }
 
-    /// Recovers from a corrupt state file: moves it aside to `PATH.corrupt-<UTC time>` and
-    /// starts an empty semaphore with `capacity` slots and a fencing-token counter above any
-    /// token the old file can have handed out.
+    /// Recovers from a corrupt state file: keeps its bytes as `PATH.corrupt-<UTC time>` and
+    /// replaces it by an empty semaphore with `capacity` slots and a fencing-token counter
+    /// above any token the old file can have handed out.
     ///
     /// **Stop all holders first**: their holds are forgotten, so a process that still holds
     /// a slot is no longer counted. This is never done automatically. If the state file is
@@ -746,18 +832,28 @@ impl Semaphore {
     /// number found in the corrupt bytes + 1) and the current time in microseconds since
     /// 1970, so it stays above tokens that a truncated file lost.
     ///
-    /// Only a regular file is moved aside: a FIFO, socket or device at `path` is refused with
+    /// `path` is never missing, so the next `open` can never create a new semaphore in its
+    /// place whose tokens start again at 1: the corrupt file is first linked to its aside
+    /// name (copied where the file system refuses a hard link), then the new state replaces
+    /// it by the same atomic write as every change (temp file, `fsync`, `rename`). A recovery
+    /// that fails (a full disk) leaves every file as it was; one that is killed leaves `path`
+    /// corrupt or recovered, and the corrupt bytes at `path` or the aside name.
+    ///
+    /// Only a regular file is set aside: a FIFO, socket or device at `path` is refused with
     /// [`Error::Untrusted`] and left where it is, as is a file whose owner is not trusted in a
-    /// world-writable or sticky directory (see [`OpenOptions::trust_owner`]). The new state
-    /// file keeps the old file's mode without set-user-ID, set-group-ID, sticky and
-    /// world-write bits. A valid file whose fencing tokens are exhausted
+    /// world-writable or sticky directory (see [`OpenOptions::trust_owner`]). Every mode
+    /// recovery sets derives from the old file's read and write bits without world-write,
+    /// plus read and write for the owner (0666 and 6777 give 0664, 0775 gives 0664): the new
+    /// state file's, the lock file's if recovery creates it, and the tightening of a lock
+    /// file of this user that grants more. A valid file whose fencing tokens are exhausted
     /// ([`Error::TokensExhausted`]) is left as it is: tokens must only grow, so only a new
     /// semaphore path helps.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidCapacity`], [`Error::Symlink`], [`Error::Untrusted`],
-    /// [`Error::IsLockFile`], [`Error::LockTimeout`], [`Error::Io`].
+    /// [`Error::IsLockFile`], [`Error::LockTimeout`], [`Error::CannotSyncDirectory`],
+    /// [`Error::Io`] (a full disk, for one): nothing is changed then.
     ///
     /// # Examples
     ///
@@ -858,7 +954,7 @@ fn file_settings(options: &OpenOptions) -> Settings<'_> {
     }
 }
 
-fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
+pub(crate) fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
     if capacity == 0 || capacity > u64::from(MAX_CAPACITY) {
         return Err(Error::InvalidCapacity {
             path: path.to_path_buf(),
@@ -867,6 +963,55 @@ fn check_capacity(path: &Path, capacity: u64) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A grant an earlier run of a step wrote, to recognise it when that run's commit got no
+/// answer ([`StepContext::settling`](crate::store::StepContext::settling)): by its token, ID,
+/// owner and grant time (the store's clock at that run's read). Another process's entry
+/// never matches (its owner differs), nor one of this process written in another run.
+///
+/// A step keeps the attempts of all its runs, and a settling run looks for each: the
+/// unanswered commit may still land after a later run read the key unchanged (it was
+/// buffered on a stopped server), and only a later commit of the step fences it off. Runs
+/// whose commit definitely failed (a lost race) are never found, so looking for them is
+/// harmless.
+pub(crate) struct Attempt {
+    token: u64,
+    id: String,
+    owner: Option<Owner>,
+    acquired_at: DateTime<Utc>,
+}
+
+impl Attempt {
+    /// The attempt that writes `entry` with `token` (before [`rules::grant`] takes it).
+    pub(crate) fn of(entry: &Entry, token: u64) -> Attempt {
+        Attempt {
+            token,
+            id: entry.id.clone(),
+            owner: entry.owner.clone(),
+            acquired_at: entry.acquired_at,
+        }
+    }
+
+    /// Its holder entry in `doc`, if it is there.
+    pub(crate) fn find<'d>(&self, doc: &'d Document) -> Option<&'d Entry> {
+        doc.holders.iter().find(|e| {
+            e.token == Some(self.token)
+                && e.id == self.id
+                && e.owner == self.owner
+                && e.acquired_at == self.acquired_at
+        })
+    }
+}
+
+/// Ends a grant whose write fewer replicas acknowledged than asked for (it may be lost in a
+/// failover, and its token granted again): releases it, best effort, and returns `error`.
+pub(crate) fn undo_unreplicated(permit: Permit, error: Error) -> Error {
+    let (id, token) = (permit.id().to_string(), permit.token());
+    if let Err(e) = permit.release() {
+        tracing::warn!(path = %error.path().display(), id, token, error = %e, "failed to release a grant the replicas did not confirm");
+    }
+    error
 }
 
 pub(crate) fn refusal_error(path: &Path, id: &str, refusal: Refusal) -> Error {

@@ -25,21 +25,31 @@
 //! milliseconds whoever holds the lock ([`Queued::time_out`]): a grant seen in a lock-free
 //! snapshot is returned; otherwise it leaves the queue with a brief lock wait, or, if the
 //! lock is busy, unlocks its witness and leaves the entry to be judged dead.
+//!
+//! On a Redis semaphore the same loop runs on compare-and-swap steps: a step that keeps
+//! losing races until the deadline fails with `Error::Contended` where the file store's
+//! fails with [`Error::LockBusy`], and is handled alike; the waiter's expiry is its lease
+//! in the queue (the store proves no process dead). A step whose change was not confirmed
+//! by the replicas asked for ends the acquire with `Error::NotReplicated`, after releasing
+//! a grant it made or leaving the queue.
 
 use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use crate::cancel::CancelToken;
 use crate::core::doc::Document;
 use crate::core::queue::{
-    Grant, Left, Mine, Outcome, Request, at_head, granted, leave, needs_step, next_expiry, settle,
+    Grant, Left, Mine, Outcome, Request, Stamp, at_head, granted, leave, needs_step, next_expiry,
+    settle,
 };
-use crate::core::rules::Refusal;
+use crate::core::rules::{Record, Refusal};
 use crate::error::{Error, Result};
 use crate::options::AcquireOptions;
-use crate::permit::Permit;
-use crate::semaphore::{Semaphore, refusal_error};
+use crate::permit::{Permit, Seen};
+use crate::semaphore::{Attempt, Semaphore, refusal_error, undo_unreplicated};
 use crate::sleeper::Sleeper;
-use crate::store::{LockWait, Step, WitnessLock, busy_since};
+use crate::store::{Committed, LockWait, Step, WitnessLock, busy_since};
 
 /// How often a waiter refreshes its expiry.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -68,18 +78,32 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             path: path.to_path_buf(),
         });
     }
-    let (outcome, witness) =
-        step(sem, &req, None, false, wait).map_err(|e| busy_since(e, start))?;
+    let Stepped {
+        outcome,
+        witness,
+        now,
+        unreplicated,
+    } = step(sem, &req, None, false, wait).map_err(|e| busy_since(e, start))?;
+    let seen = Seen { sent: start, now };
     let (mine, mut status) = match outcome {
-        Outcome::Granted(grant) => return Ok(permit(sem, &req, grant, witness)),
+        Outcome::Granted(grant) => {
+            let permit = permit(sem, &req, grant, witness, seen);
+            return match unreplicated {
+                Some(error) => Err(undo_unreplicated(permit, error)),
+                None => permit.started(),
+            };
+        }
         Outcome::Queued { mine, status } => (mine, status),
-        Outcome::Refused(Refusal::NoCapacity { .. }) => {
-            return Err(Error::Timeout {
-                path: path.to_path_buf(),
-                waited: start.elapsed(),
+        Outcome::Refused(refusal) => {
+            return Err(match (unreplicated, refusal) {
+                (Some(error), _) => error,
+                (None, Refusal::NoCapacity { .. }) => Error::Timeout {
+                    path: path.to_path_buf(),
+                    waited: start.elapsed(),
+                },
+                (None, refusal) => refusal_error(path, id, refusal),
             });
         }
-        Outcome::Refused(refusal) => return Err(refusal_error(path, id, refusal)),
     };
     let mut queued = Queued {
         sem,
@@ -88,6 +112,10 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         armed: true,
         wait,
     };
+    if let Some(error) = unreplicated {
+        // Dropping `queued` leaves the queue.
+        return Err(error);
+    }
     tracing::debug!(path = %path.display(), id, ticket = queued.mine.ticket, ahead = status.ahead, "queued");
     if let Some(on_wait) = &options.on_wait {
         status.path = path.to_path_buf();
@@ -104,23 +132,40 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     // by the timer).
     let mut judge = false;
     loop {
+        let sent = Instant::now();
         let snapshot = sem.inner.store.snapshot()?;
         let (doc, now) = (snapshot.doc, snapshot.now);
         if let Some(grant) = granted(&doc, &queued.mine) {
-            return Ok(queued.granted(&req, grant, None, start));
+            return queued.granted(&req, grant, None, start, Seen { sent, now });
         }
         let refresh = refreshed.elapsed() >= REFRESH_EVERY;
         let mut ctx = sem.ctx(now, sem.inner.store.judge());
         ctx.reap &= judge;
         if refresh || needs_step(&doc, &queued.mine, &ctx) {
-            let (outcome, witness) = match step(sem, &req, Some(&queued.mine), refresh, wait) {
-                // The deadline passed while another process held the lock.
-                Err(busy @ Error::LockBusy { .. }) => return queued.time_out(&req, start, busy),
+            let sent = Instant::now();
+            let stepped = match step(sem, &req, Some(&queued.mine), refresh, wait) {
+                // The deadline passed while another process held the lock (or kept winning
+                // the races for the Redis key).
+                Err(busy) if is_busy(&busy) => return queued.time_out(&req, start, busy),
                 stepped => stepped?,
             };
-            match outcome {
+            let seen = Seen {
+                sent,
+                now: stepped.now,
+            };
+            if let Some(error) = stepped.unreplicated {
+                return Err(queued.unreplicated(
+                    &req,
+                    stepped.outcome,
+                    stepped.witness,
+                    seen,
+                    error,
+                ));
+            }
+            let witness = stepped.witness;
+            match stepped.outcome {
                 Outcome::Granted(grant) => {
-                    return Ok(queued.granted(&req, grant, witness, start));
+                    return queued.granted(&req, grant, witness, start, seen);
                 }
                 Outcome::Queued { mine, .. } => {
                     if mine.ticket != queued.mine.ticket {
@@ -179,11 +224,22 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     }
 }
 
+/// Whether `error` says that a step's deadline passed while others kept the state busy: the
+/// lock file held ([`Error::LockBusy`]), or the Redis key changed at every attempt.
+fn is_busy(error: &Error) -> bool {
+    #[cfg(feature = "redis")]
+    if let Error::Contended { .. } = error {
+        return true;
+    }
+    matches!(error, Error::LockBusy { .. })
+}
+
 fn permit(
     sem: &Semaphore,
     req: &Request<'_>,
     grant: Grant,
     witness: Option<WitnessLock>,
+    seen: Seen,
 ) -> Permit {
     Permit::new(
         sem.clone(),
@@ -193,26 +249,72 @@ fn permit(
         req.lease,
         grant.record,
         witness,
+        seen,
     )
 }
 
-/// One locked [`settle`] step, waiting for the lock as `wait` says; also returns the witness
-/// lock of a token it took.
+/// What one step of an acquire did.
+struct Stepped {
+    outcome: Outcome,
+    /// The witness lock of a number the step took.
+    witness: Option<WitnessLock>,
+    /// The store's clock when the step read the document.
+    now: DateTime<Utc>,
+    /// The change was committed, but not confirmed by the replicas asked for.
+    unreplicated: Option<Error>,
+}
+
+/// One locked [`settle`] step, waiting for the lock as `wait` says.
+///
+/// If a run of the step committed a change that got no answer (a Redis store), the next run
+/// looks first for what it wrote ([`StepContext::settling`](crate::store::StepContext::settling)):
+/// a direct grant (by its token, ID, owner and time) is returned as it is, and a new queue
+/// entry is looked for as ours (by its ticket), so that nothing is granted or queued twice.
 fn step(
     sem: &Semaphore,
     req: &Request<'_>,
     mine: Option<&Mine>,
     refresh: bool,
     wait: LockWait,
-) -> Result<(Outcome, Option<WitnessLock>)> {
-    sem.inner.store.step_with(wait, None, |doc, cx| {
-        let ctx = sem.ctx(cx.now, cx.judge());
+) -> Result<Stepped> {
+    // What the runs that took a number wrote: direct grants, and new queue entries (with
+    // their owner). All of them: see `Attempt`.
+    let mut tried_grants: Vec<Attempt> = Vec::new();
+    let mut tried_mines: Vec<(Mine, Stamp)> = Vec::new();
+    let committed = sem.inner.store.step_committed(wait, None, |doc, cx| {
+        let now = cx.now;
+        if cx.settling()
+            && let Some(entry) = tried_grants.iter().find_map(|t| t.find(doc))
+        {
+            let token = entry.token.unwrap_or_default();
+            let grant = Grant {
+                token,
+                slot: entry.slot.unwrap_or(0),
+                acquired_at: entry.acquired_at,
+                record: Record::of(entry, token),
+            };
+            return Ok(Step::unchanged((Outcome::Granted(grant), None, now)));
+        }
+        // A queue entry an earlier run wrote, if it is on file (queued, or handed a slot).
+        let on_file = |(m, stamp): &&(Mine, Stamp)| {
+            doc.waiters.iter().chain(&doc.holders).any(|e| {
+                e.ticket == Some(m.ticket) && e.id == m.id && e.owner.as_ref() == Some(&stamp.owner)
+            })
+        };
+        let tried = match cx.settling() {
+            true => tried_mines.iter().find(on_file).map(|(m, _)| m),
+            false => None,
+        };
+        let mine = tried.or(mine);
+        let ctx = sem.ctx(now, cx.judge());
         let mut changed = false;
         let mut removed = Vec::new();
         let mut lock = None;
+        let mut stamped: Option<Stamp> = None;
         let mut new_stamp = |doc: &mut Document| {
             let hold = cx.new_hold(doc, req.detached)?;
             lock = hold.witness;
+            stamped = Some(hold.stamp.clone());
             Ok(hold.stamp)
         };
         let outcome = settle(
@@ -224,8 +326,30 @@ fn step(
             &mut new_stamp,
             &mut changed,
             &mut removed,
-        );
-        Ok(Step::new((outcome?, lock), changed).reaped(removed))
+        )?;
+        if let Some(stamp) = stamped {
+            match &outcome {
+                Outcome::Granted(grant) if grant.token == stamp.number => {
+                    let entry = doc.holders.iter().find(|e| e.token == Some(stamp.number));
+                    tried_grants.extend(entry.map(|e| Attempt::of(e, stamp.number)));
+                }
+                Outcome::Queued { mine, .. } if mine.ticket == stamp.number => {
+                    tried_mines.push((mine.clone(), stamp));
+                }
+                _ => {}
+            }
+        }
+        Ok(Step::new((outcome, lock, now), changed).reaped(removed))
+    })?;
+    let Committed {
+        value: (outcome, witness, now),
+        unreplicated,
+    } = committed;
+    Ok(Stepped {
+        outcome,
+        witness,
+        now,
+        unreplicated,
     })
 }
 
@@ -243,30 +367,69 @@ struct Queued<'a> {
 }
 
 impl Queued<'_> {
-    /// The permit for a grant; `witness` is the lock of a number the last step took (when it
-    /// granted a new entry after ours vanished), else ours carries over to the grant of our
-    /// queue entry (found by its ticket, which names that witness).
+    /// The permit for a grant seen at `seen`; `witness` is the lock of a number the last
+    /// step took (when it granted a new entry after ours vanished), else ours carries over to
+    /// the grant of our queue entry (found by its ticket, which names that witness). Started
+    /// as its store needs ([`Permit::started`]).
     fn granted(
         &mut self,
         req: &Request<'_>,
         grant: Grant,
         witness: Option<WitnessLock>,
         start: Instant,
-    ) -> Permit {
+        seen: Seen,
+    ) -> Result<Permit> {
         self.armed = false;
-        let witness = match witness {
+        let witness = self.witness_for(&grant, witness);
+        tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, token = grant.token, slot = grant.slot, waited = ?start.elapsed(), "acquired after waiting");
+        permit(self.sem, req, grant, witness, seen).started()
+    }
+
+    /// The witness of a grant: `witness` if the step took one, else ours if the grant is
+    /// of our queue entry.
+    fn witness_for(&mut self, grant: &Grant, witness: Option<WitnessLock>) -> Option<WitnessLock> {
+        match witness {
             Some(w) => Some(w),
             None if grant.record.ticket == Some(self.mine.ticket) => self.witness.take(),
             None => None,
-        };
-        tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, token = grant.token, slot = grant.slot, waited = ?start.elapsed(), "acquired after waiting");
-        permit(self.sem, req, grant, witness)
+        }
+    }
+
+    /// Ends the call after a step whose change the replicas did not confirm: a grant is
+    /// released again, a queue entry left (both best effort). Returns `error`.
+    fn unreplicated(
+        &mut self,
+        req: &Request<'_>,
+        outcome: Outcome,
+        witness: Option<WitnessLock>,
+        seen: Seen,
+        error: Error,
+    ) -> Error {
+        match outcome {
+            Outcome::Granted(grant) => {
+                self.armed = false;
+                let witness = self.witness_for(&grant, witness);
+                undo_unreplicated(permit(self.sem, req, grant, witness, seen), error)
+            }
+            Outcome::Queued { mine, .. } => {
+                self.mine = mine;
+                self.witness = witness.or(self.witness.take());
+                if let Err(e) = self.leave(false) {
+                    tracing::warn!(path = %self.sem.path().display(), id = %self.mine.id, error = %e, "failed to leave the queue");
+                }
+                error
+            }
+            Outcome::Refused(_) => {
+                self.armed = false;
+                error
+            }
+        }
     }
 
     /// Leaves the queue in one locked step (see [`leave`]), waiting for the lock until the
     /// call's deadline (or the lock timeout).
     fn leave(&mut self, keep_grant: bool) -> Result<Left> {
-        self.leave_with(keep_grant, self.wait)
+        self.leave_with(keep_grant, self.wait).map(|(left, _)| left)
     }
 
     /// [`leave`](Queued::leave), waiting for the lock as `wait` says. The witness goes once
@@ -275,16 +438,20 @@ impl Queued<'_> {
     /// meanwhile: the witness is then unlocked but its file kept, so that the next process
     /// that looks judges the entry dead and reaps it (handing any slot on) instead of
     /// waiting for its expiry, or for ever for a granted entry without a lease.
-    fn leave_with(&mut self, keep_grant: bool, wait: LockWait) -> Result<Left> {
+    ///
+    /// Also returns the store's clock when the step read the document.
+    fn leave_with(&mut self, keep_grant: bool, wait: LockWait) -> Result<(Left, DateTime<Utc>)> {
         self.armed = false;
         let left = self.sem.inner.store.step_with(wait, None, |doc, cx| {
             let mut changed = false;
             let left = leave(doc, &self.mine, keep_grant, cx.now, &mut changed);
-            Ok(Step::new(left, changed))
+            Ok(Step::new((left, cx.now), changed))
         });
         match &left {
-            Ok(Left::Granted(_)) => {}
-            Ok(Left::Gone | Left::Released) => drop(self.witness.take()),
+            Ok((Left::Granted(_), _)) => {}
+            // The entry is gone, or went with the removed state file or directory.
+            Ok((Left::Gone | Left::Released, _))
+            | Err(Error::Removed { .. } | Error::DirectoryGone { .. }) => drop(self.witness.take()),
             Err(_) => {
                 if let Some(witness) = self.witness.take() {
                     witness.unlock_keeping_file();
@@ -304,10 +471,15 @@ impl Queued<'_> {
     /// ([`leave_with`](Queued::leave_with)): the entry is judged dead and removed by the next
     /// process that looks, or expires, and a slot handed to it is reaped, never leaked.
     fn time_out(&mut self, req: &Request<'_>, start: Instant, error: Error) -> Result<Permit> {
+        let sent = Instant::now();
         match self.sem.inner.store.snapshot() {
             Ok(snapshot) => {
                 if let Some(grant) = granted(&snapshot.doc, &self.mine) {
-                    return Ok(self.granted(req, grant, None, start));
+                    let seen = Seen {
+                        sent,
+                        now: snapshot.now,
+                    };
+                    return self.granted(req, grant, None, start, seen);
                 }
             }
             // The locked step below reads the file again, and reports what it finds.
@@ -315,11 +487,14 @@ impl Queued<'_> {
                 tracing::debug!(path = %self.sem.path().display(), error = %e, "no snapshot at the deadline")
             }
         }
+        let sent = Instant::now();
         match self.leave_with(true, LockWait::Until(Instant::now())) {
             // Handed over while we were timing out: the slot is ours, return it.
-            Ok(Left::Granted(grant)) => Ok(self.granted(req, grant, None, start)),
-            Ok(Left::Gone | Left::Released) => Err(error),
-            Err(Error::LockBusy { .. }) => {
+            Ok((Left::Granted(grant), now)) => {
+                self.granted(req, grant, None, start, Seen { sent, now })
+            }
+            Ok((Left::Gone | Left::Released, _)) => Err(error),
+            Err(busy) if is_busy(&busy) => {
                 tracing::debug!(path = %self.sem.path().display(), id = %self.mine.id, ticket = self.mine.ticket, "lock busy at the deadline; left the queue entry to be reaped");
                 Err(error)
             }

@@ -282,22 +282,44 @@ fn open_existing_adopts_capacity_and_creates_nothing() {
 }
 
 #[test]
-fn operations_on_a_deleted_semaphore_are_not_found_and_create_nothing() {
-    // Queries, release and remove never create a semaphore; they fail closed.
+fn operations_on_a_deleted_semaphore_say_it_was_removed_and_create_nothing() {
+    // Queries, release and remove never create a semaphore; they fail closed, saying that
+    // the semaphore the handle opened was removed (not that there never was one), for
+    // handles opened either way.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gone.json");
     let sem = Semaphore::open(&path, 1).unwrap();
+    let existing = Semaphore::open_existing(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let before = common::snapshot(dir.path());
-    assert!(matches!(sem.count(), Err(Error::NotFound { .. })));
-    assert!(matches!(sem.available(), Err(Error::NotFound { .. })));
-    assert!(matches!(sem.holders(), Err(Error::NotFound { .. })));
-    assert!(matches!(sem.capacity(), Err(Error::NotFound { .. })));
-    assert!(matches!(sem.release("x"), Err(Error::NotFound { .. })));
-    assert!(matches!(sem.remove(["x"]), Err(Error::NotFound { .. })));
-    assert!(matches!(sem.set_capacity(2), Err(Error::NotFound { .. })));
-    assert!(matches!(sem.try_acquire("x"), Err(Error::NotFound { .. })));
+    for sem in [&sem, &existing] {
+        let removed = |r: Result<(), Error>| match r {
+            Err(Error::Removed { path: p }) => assert_eq!(p, path),
+            other => panic!("expected Removed, got {other:?}"),
+        };
+        removed(sem.count().map(drop));
+        removed(sem.available().map(drop));
+        removed(sem.holders().map(drop));
+        removed(sem.capacity().map(drop));
+        removed(sem.release("x"));
+        removed(sem.remove(["x"]).map(drop));
+        removed(sem.set_capacity(2));
+        removed(sem.try_acquire("x").map(drop));
+    }
     assert_eq!(common::snapshot(dir.path()), before);
+    let err = sem.count().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "semaphore `{}` was removed while in use: its state file is gone",
+            path.display()
+        )
+    );
+    // A path where there never was a semaphore is still NotFound.
+    assert!(matches!(
+        Semaphore::open_existing(&path),
+        Err(Error::NotFound { .. })
+    ));
 }
 
 #[test]

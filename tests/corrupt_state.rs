@@ -459,28 +459,49 @@ fn a_device_node_at_the_state_path_is_refused_and_recover_leaves_it() {
 }
 
 #[test]
-fn recover_never_passes_on_set_id_sticky_or_world_write_bits() {
-    // The new state file keeps the old file's mode without the bits that would let others
-    // rewrite it or run with its owner's rights.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sem.json");
-    fs::write(&path, b"garbage").unwrap();
-    chmod(&path, 0o6777);
-    let recovered = Semaphore::recover(&path, 2).unwrap();
-    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode, 0o775);
-    assert_eq!(
-        fs::read(recovered.moved_to.unwrap()).unwrap(),
-        b"garbage",
-        "the bad bytes are kept aside"
-    );
+fn recover_never_passes_on_set_id_sticky_world_write_or_execute_bits() {
+    // The new state file keeps the old file's read and write bits without the bits that
+    // would let others rewrite it or run with its owner's rights, or that `--mode` refuses
+    // (execute); the lock file it creates derives from that mode, never from the planted
+    // one (0666 would let anyone stall the semaphore).
+    for (planted, state, lock) in [
+        (0o6777, 0o664, 0o660),
+        (0o775, 0o664, 0o660),
+        (0o666, 0o664, 0o660),
+        (0o444, 0o644, 0o600),
+        (0o600, 0o600, 0o600),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sem.json");
+        fs::write(&path, b"garbage").unwrap();
+        chmod(&path, planted);
+        let recovered = Semaphore::recover(&path, 2).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode(&path),
+            state,
+            "state file after recovering a {planted:o} file"
+        );
+        let lock_path = dir.path().join("sem.json.lock");
+        assert_eq!(
+            mode(&lock_path),
+            lock,
+            "lock file after recovering a {planted:o} file"
+        );
+        assert_eq!(
+            fs::read(recovered.moved_to.unwrap()).unwrap(),
+            b"garbage",
+            "the bad bytes are kept aside"
+        );
+    }
 }
 
 #[test]
-fn a_lock_file_is_tightened_by_its_owners_successful_open_only() {
+fn a_lock_file_is_tightened_by_every_successful_step_of_its_owner() {
     // A 0644 lock file (the Go package's) lets readers of the state flock it; the owner's
-    // next open takes the extra bits away. A failed open changes nothing, and a lock file of
-    // another user is never changed.
+    // next step, whatever the operation and even if it writes nothing, takes the extra bits
+    // away. A failed step and a query (which takes no lock) change nothing, and a lock file
+    // of another user is never changed.
     let dir = tempfile::tempdir().unwrap();
     let (path, _sem) = valid_semaphore(dir.path());
     let lock = dir.path().join("sem.json.lock");
@@ -491,12 +512,18 @@ fn a_lock_file_is_tightened_by_its_owners_successful_open_only() {
         Err(Error::CapacityMismatch { .. })
     ));
     assert_eq!(mode_of(&lock), 0o644, "a failed open changes nothing");
-    Semaphore::open_existing(&path).unwrap();
+    let existing = Semaphore::open_existing(&path).unwrap();
+    existing.holders().unwrap();
+    assert_eq!(mode_of(&lock), 0o644, "queries take no lock");
+    let before = fs::read(&path).unwrap();
+    existing.set_capacity(2).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), before, "nothing to write");
     assert_eq!(
         mode_of(&lock),
-        0o644,
-        "only an open that may create tightens"
+        0o600,
+        "tightened by a step that wrote nothing"
     );
+    chmod(&lock, 0o644);
     Semaphore::open(&path, 2).unwrap();
     assert_eq!(mode_of(&lock), 0o600);
     if nix::unistd::geteuid().is_root() {

@@ -236,3 +236,116 @@ fn the_one_limit_left_is_the_file_size_of_64_mib() {
     }
     assert_eq!(common::snapshot(dir.path()), before);
 }
+
+#[test]
+fn a_newer_format_version_is_read_but_never_rewritten() {
+    // A state file in a format this crate does not know may give its fields meanings this
+    // crate cannot keep: every operation that may write refuses it, naming both versions, and
+    // leaves it byte for byte; queries still read the fields they know.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("s.json");
+    let newer = r#"{"capacity": 2, "version": 2, "holders": [{"id": "v2-job",
+        "acquired_at": "2024-01-01T10:00:00Z", "x_v2": {"lease": "elsewhere"}}]}"#;
+    fs::write(&path, newer).unwrap();
+    let sem = quick().open_existing(&path).unwrap();
+    assert_eq!(sem.capacity().unwrap(), 2);
+    assert_eq!(sem.holders().unwrap()[0].id, "v2-job");
+    assert_eq!(sem.available().unwrap(), 1);
+    let refused = |what: &str, result: Result<(), Error>| match result {
+        Err(Error::UnsupportedVersion {
+            path: p,
+            version: 2,
+            supported: 1,
+        }) => assert_eq!(p, path, "{what}"),
+        other => panic!("{what}: expected UnsupportedVersion, got {other:?}"),
+    };
+    refused("try_acquire", sem.try_acquire("a").map(drop));
+    refused(
+        "acquire_timeout",
+        sem.acquire_timeout("a", Duration::from_millis(50))
+            .map(drop),
+    );
+    refused("release", sem.release("v2-job"));
+    refused("remove", sem.remove(["v2-job"]).map(drop));
+    refused("reap", sem.reap().map(drop));
+    refused("set_capacity", sem.set_capacity(3));
+    refused("open", quick().open(&path, 2).map(drop));
+    let recovered = quick().recover(&path, 2).unwrap();
+    assert_eq!(recovered.moved_to, None, "a valid file is not recovered");
+    assert_eq!(text(&path), newer);
+    let message = sem.set_capacity(3).unwrap_err().to_string();
+    assert_eq!(
+        message,
+        format!(
+            "semaphore `{}` is in format version 2, newer than version 1 that this filesem \
+             writes: it can be queried, but only a newer filesem may change it",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn an_id_with_a_lone_surrogate_escape_is_listed_and_removed_as_go_reads_it() {
+    // `"\ud800"` is valid JSON that no Rust string holds; the Go package reads it as U+FFFD.
+    // So does filesem: the file is not corrupt, the holder is listed with U+FFFD and removed
+    // by that ID, and the fields around it survive the rewrite.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("s.json");
+    fs::write(
+        &path,
+        r#"{"capacity": 2, "holders": [
+            {"id": "job-\ud800", "acquired_at": "2024-01-01T10:00:00Z", "x_dec": 1.10},
+            {"id": "other", "acquired_at": "2024-01-01T10:00:01Z"}], "x_top": "\udfff"}"#,
+    )
+    .unwrap();
+    let sem = quick().open_existing(&path).unwrap();
+    let ids: Vec<String> = sem.holders().unwrap().into_iter().map(|h| h.id).collect();
+    assert_eq!(ids, ["job-\u{fffd}", "other"]);
+    assert_eq!(sem.remove(["job-\u{fffd}"]).unwrap(), ["job-\u{fffd}"]);
+    let ids: Vec<String> = sem.holders().unwrap().into_iter().map(|h| h.id).collect();
+    assert_eq!(ids, ["other"]);
+    assert!(
+        text(&path).contains(r#""x_top":"\udfff""#),
+        "{}",
+        text(&path)
+    );
+}
+
+#[test]
+fn a_priority_outside_32_bits_is_corrupt_naming_it_and_the_file_stays() {
+    // The file format limits a waiter's priority to a signed 32-bit integer (documented):
+    // a larger one cannot be kept as it is, so the file is corrupt, the reason names the
+    // priority, and nothing is changed.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("s.json");
+    for priority in ["2147483648", "-2147483649"] {
+        let doc = format!(
+            r#"{{"capacity": 1, "holders": [], "waiters": [{{"id": "w",
+                "acquired_at": "2024-01-01T10:00:00Z", "ticket": 3, "priority": {priority}}}]}}"#
+        );
+        fs::write(&path, &doc).unwrap();
+        match Semaphore::open_existing(&path) {
+            Err(Error::Corrupt { path: p, reason }) => {
+                assert_eq!(p, path);
+                assert!(
+                    reason.contains(&format!(
+                        "priority {priority} is outside the signed 32-bit range"
+                    )),
+                    "{reason}"
+                );
+            }
+            other => panic!("priority {priority}: expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(text(&path), doc);
+    }
+    // The edges of the range are fine.
+    for priority in [i32::MIN, i32::MAX] {
+        let doc = format!(
+            r#"{{"capacity": 1, "holders": [], "waiters": [{{"id": "w",
+                "acquired_at": "2024-01-01T10:00:00Z", "ticket": 3, "priority": {priority}}}]}}"#
+        );
+        fs::write(&path, &doc).unwrap();
+        let sem = Semaphore::open_existing(&path).unwrap();
+        assert_eq!(sem.waiters().unwrap()[0].priority, priority);
+    }
+}

@@ -694,6 +694,49 @@ fn a_waiter_whose_entry_vanished_queues_again() {
 }
 
 #[test]
+fn a_waiter_whose_semaphore_is_removed_says_so_and_holds_nothing() {
+    // `rm -rf` deletes the files before the directory, so a waiter first finds the state
+    // file gone: it ends with Removed (or DirectoryGone if it looks after the directory
+    // went too), never with NotFound ("no semaphore at"), and leaves no witness file behind.
+    for whole_directory in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("v");
+        let path = dir.join("s.json");
+        let sem = OpenOptions::new()
+            .durable(false)
+            .lock_timeout(Duration::from_secs(30))
+            .open(&path, 1)
+            .unwrap();
+        sem.try_acquire("h").unwrap().keep().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiter = sem.clone();
+        std::thread::spawn(move || {
+            tx.send(waiter.acquire("w").map(drop)).unwrap();
+        });
+        eventually("the waiter to queue", || {
+            (ids(sem.waiters().unwrap()) == ["w"]).then_some(())
+        });
+        if whole_directory {
+            std::fs::remove_dir_all(&dir).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+        let result = rx.recv_timeout(DEADLINE).expect("the waiter ends");
+        match (whole_directory, result) {
+            (false, Err(Error::Removed { path: p })) => {
+                assert_eq!(p, path);
+                let witnesses = std::fs::read_dir(dir.join("s.json.witness")).unwrap();
+                assert_eq!(witnesses.count(), 0, "the waiter's witness went with it");
+            }
+            (true, Err(Error::Removed { .. } | Error::DirectoryGone { .. })) => {
+                assert!(!dir.exists(), "nothing created in its place");
+            }
+            (_, other) => panic!("whole directory {whole_directory}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn on_wait_reports_holders_capacity_and_position_once() {
     // The CLI's "waiting for a slot" line gets who holds and how many are ahead.
     enum Msg {

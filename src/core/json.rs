@@ -86,6 +86,123 @@ fn key_name(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
+/// A known string field (an `id`, a metadata key or value, an owner's `host`, `machine_id`
+/// or `boot_id`), read as the Go package reads strings: a lone surrogate escape (`"\ud800"`,
+/// valid JSON that no Rust string holds) becomes U+FFFD, as Go's `encoding/json` decodes it,
+/// instead of making the whole file corrupt. So any ID on file can be listed and removed
+/// (by the ID as read, with U+FFFD, as the Go package would); a rewrite writes U+FFFD, as a
+/// rewrite by the Go package does. Every other string is read exactly, and a value that is
+/// not a string is an error as before.
+struct GoString(String);
+
+impl<'de> Deserialize<'de> for GoString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<GoString, D::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?;
+        let text = raw.get();
+        match serde_json::from_str::<String>(text) {
+            Ok(s) => Ok(GoString(s)),
+            Err(_) if text.starts_with('"') => Ok(GoString(decode_lossy(text))),
+            // Not a string: serde's own message, at the place in the document.
+            Err(e) => {
+                let message = e.to_string();
+                let at = format!(" at line {} column {}", e.line(), e.column());
+                Err(de::Error::custom(
+                    message.strip_suffix(&at).unwrap_or(&message),
+                ))
+            }
+        }
+    }
+}
+
+/// A string's metadata map, with keys and values read as [`GoString`]s.
+struct GoStringMap(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for GoStringMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<GoStringMap, D::Error> {
+        d.deserialize_map(GoStringMapVisitor)
+    }
+}
+
+struct GoStringMapVisitor;
+
+impl<'de> Visitor<'de> for GoStringMapVisitor {
+    type Value = GoStringMap;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<GoStringMap, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some((GoString(k), GoString(v))) = map.next_entry()? {
+            out.insert(k, v);
+        }
+        Ok(GoStringMap(out))
+    }
+}
+
+/// Decodes the JSON string literal `text` (quotes included, valid JSON: serde_json checked
+/// it while capturing it) as Go does: escapes as usual, a surrogate escape that is not half
+/// of a pair as U+FFFD.
+fn decode_lossy(text: &str) -> String {
+    let inner = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        let Some(kind) = rest.chars().next() else {
+            break;
+        };
+        rest = &rest[kind.len_utf8()..];
+        match kind {
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => {
+                let unit = hex4(rest);
+                rest = rest.get(4..).unwrap_or("");
+                let decoded = match unit {
+                    // A leading surrogate pairs only with a trailing one right after it; if
+                    // none follows, the next escape is read on its own, as Go does.
+                    Some(high @ 0xD800..=0xDBFF) => {
+                        let next = rest.strip_prefix("\\u");
+                        match next.and_then(hex4) {
+                            Some(low @ 0xDC00..=0xDFFF) => {
+                                rest = next.and_then(|n| n.get(4..)).unwrap_or("");
+                                char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+                            }
+                            _ => None,
+                        }
+                    }
+                    // A trailing surrogate alone is not a character either: None.
+                    Some(unit) => char::from_u32(unit),
+                    None => None,
+                };
+                out.push(decoded.unwrap_or(char::REPLACEMENT_CHARACTER));
+            }
+            // `"`, `\` and `/` stand for themselves.
+            other => out.push(other),
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of the four hex digits that `text` starts with.
+fn hex4(text: &str) -> Option<u32> {
+    let digits = text.get(..4)?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
+}
+
 /// Reads the value of known field `name` into `slot`; a second occurrence is an error.
 fn once<'de, A, T>(map: &mut A, slot: &mut Option<T>, name: &'static str) -> Result<(), A::Error>
 where
@@ -184,7 +301,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Entry, A::Error> {
-        let mut id = None;
+        let mut id: Option<GoString> = None;
         let mut acquired_at = None;
         let mut token: Option<Option<u64>> = None;
         let mut ticket: Option<Option<u64>> = None;
@@ -194,8 +311,9 @@ impl<'de> Visitor<'de> for EntryVisitor {
         let mut expires_at: Option<Option<DateTime<Utc>>> = None;
         let mut lease_ms: Option<Option<u64>> = None;
         let mut detached = None;
-        let mut priority: Option<Option<i32>> = None;
-        let mut metadata = None;
+        // Read wider than it is kept, so that a priority outside 32 bits is named as such.
+        let mut priority: Option<Option<i64>> = None;
+        let mut metadata: Option<GoStringMap> = None;
         let mut extra = Unknown::default();
         fields(map, &mut extra, |name, map| {
             match name {
@@ -215,8 +333,20 @@ impl<'de> Visitor<'de> for EntryVisitor {
             }
             Ok(true)
         })?;
+        let priority = priority
+            .flatten()
+            .map(|p| {
+                i32::try_from(p).map_err(|_| {
+                    de::Error::custom(format_args!(
+                        "priority {p} is outside the signed 32-bit range {}..={}",
+                        i32::MIN,
+                        i32::MAX
+                    ))
+                })
+            })
+            .transpose()?;
         Ok(Entry {
-            id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+            id: id.ok_or_else(|| de::Error::missing_field("id"))?.0,
             acquired_at: acquired_at.ok_or_else(|| de::Error::missing_field("acquired_at"))?,
             token: token.flatten(),
             ticket: ticket.flatten(),
@@ -226,8 +356,8 @@ impl<'de> Visitor<'de> for EntryVisitor {
             expires_at: expires_at.flatten(),
             lease_ms: lease_ms.flatten(),
             detached: detached.unwrap_or(false),
-            priority: priority.flatten(),
-            metadata: metadata.unwrap_or_default(),
+            priority,
+            metadata: metadata.map(|m| m.0).unwrap_or_default(),
             extra,
         })
     }
@@ -249,11 +379,11 @@ impl<'de> Visitor<'de> for OwnerVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Owner, A::Error> {
-        let mut host = None;
+        let mut host: Option<GoString> = None;
         let mut pid = None;
         let mut start_time: Option<Option<u64>> = None;
-        let mut machine_id: Option<Option<String>> = None;
-        let mut boot_id: Option<Option<String>> = None;
+        let mut machine_id: Option<Option<GoString>> = None;
+        let mut boot_id: Option<Option<GoString>> = None;
         let mut pid_ns: Option<Option<u64>> = None;
         let mut time_ns: Option<Option<u64>> = None;
         let mut extra = Unknown::default();
@@ -271,11 +401,11 @@ impl<'de> Visitor<'de> for OwnerVisitor {
             Ok(true)
         })?;
         Ok(Owner {
-            host: host.unwrap_or_default(),
+            host: host.map(|h| h.0).unwrap_or_default(),
             pid: pid.ok_or_else(|| de::Error::missing_field("pid"))?,
             start_time: start_time.flatten(),
-            machine_id: machine_id.flatten(),
-            boot_id: boot_id.flatten(),
+            machine_id: machine_id.flatten().map(|m| m.0),
+            boot_id: boot_id.flatten().map(|b| b.0),
             pid_ns: pid_ns.flatten(),
             time_ns: time_ns.flatten(),
             extra,
@@ -712,6 +842,65 @@ mod tests {
         let mut o = Vec::new();
         Object::begin(&mut o).int(i64::MIN);
         assert_eq!(o[1..], *i64::MIN.to_string().as_bytes());
+    }
+
+    #[test]
+    fn lone_surrogates_in_known_strings_read_as_go_reads_them() {
+        // Valid JSON that no Rust string holds: an ID with a lone surrogate escape is listed
+        // (and removable) with U+FFFD, as the Go package reads it, instead of the whole file
+        // being corrupt; metadata and owner strings alike. A rewrite writes U+FFFD, as Go's.
+        let text = r#"{"capacity": 1, "holders": [{"id": "job-\ud800", "acquired_at":
+            "2024-01-01T10:00:00Z", "owner": {"pid": 7, "host": "h\udc00", "boot_id": "\ud800"},
+            "metadata": {"k\ud800": "v\udfff", "ok": "\ud83d\ude00"}}]}"#;
+        let doc = parse(text).unwrap();
+        let e = &doc.holders[0];
+        assert_eq!(e.id, "job-\u{fffd}");
+        let owner = e.owner.as_ref().unwrap();
+        assert_eq!(owner.host, "h\u{fffd}");
+        assert_eq!(owner.boot_id.as_deref(), Some("\u{fffd}"));
+        assert_eq!(e.metadata["k\u{fffd}"], "v\u{fffd}");
+        assert_eq!(e.metadata["ok"], "\u{1f600}");
+        let again = parse(&written(text)).unwrap();
+        assert_eq!(again, doc);
+        assert!(written(text).contains("\"id\":\"job-\u{fffd}\""));
+        // Not a string is still a type error, at its place in the document.
+        for (bad, needle) in [
+            (
+                r#"{"capacity": 1, "holders": [{"id": 3}]}"#,
+                "invalid type: integer `3`, expected a string at line 1",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": null}]}"#,
+                "invalid type: null",
+            ),
+            (
+                r#"{"capacity": 1, "holders": [{"id": "a", "acquired_at": "2024-01-01T10:00:00Z", "metadata": {"k": 1}}]}"#,
+                "invalid type: integer `1`",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn lossy_decoding_pairs_surrogates_and_replaces_only_lone_ones() {
+        // Go's decoding: a pair is one character; a half without its other half is U+FFFD,
+        // and the escape after a lone leading half is read on its own.
+        for (literal, expected) in [
+            (r#""\ud800""#, "\u{fffd}"),
+            (r#""\udc00x""#, "\u{fffd}x"),
+            (r#""\ud800\u0041""#, "\u{fffd}A"),
+            (r#""\ud800\ud800\udc00""#, "\u{fffd}\u{10000}"),
+            (r#""a\ud83d\ude00b""#, "a\u{1f600}b"),
+            (
+                r#""\"\\\/\b\f\n\r\t\ud800é""#,
+                "\"\\/\u{8}\u{c}\n\r\t\u{fffd}é",
+            ),
+            (r#""\ud800""#, "\u{fffd}"),
+        ] {
+            assert_eq!(decode_lossy(literal), expected, "{literal}");
+        }
     }
 
     #[test]

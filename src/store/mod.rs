@@ -10,8 +10,8 @@
 //!    identity and the liveness evidence come in as arguments. No I/O, no clock.
 //! 2. **The stores** (this module): [`Store`], an enum with one variant per store. The file
 //!    store ([`file`](mod@file)) keeps the document in `PATH` under the flock of `PATH.lock`;
-//!    a Redis store will be a second variant (behind the `redis` feature: `store::redis`),
-//!    keeping the same document in one key. A store uses the core, never the API above it.
+//!    the Redis store (behind the `redis` feature: `store::redis`) keeps the same document
+//!    in one key of a Redis server. A store uses the core, never the API above it.
 //! 3. **The blocking API** (`Semaphore`, `Permit`, the wait loop and its sleeper): composes
 //!    the core's rules into operations and runs each in store steps. It uses the core and the
 //!    stores.
@@ -26,8 +26,10 @@
 //!   create it, given a capacity), run a rule on it, and commit the result only if nobody
 //!   changed the document in between: the file store holds `PATH.lock` throughout; a network
 //!   store compares and swaps, and runs the rule again after a lost race (rules are `FnMut`
-//!   and act outside their document only through their [`StepContext`]). The step waits
-//!   (for a lock, or retrying) as its [`LockWait`] says. The shared part of every step (the
+//!   and act outside their document only through their [`StepContext`]; after a commit
+//!   whose outcome is unknown they run again [settling](StepContext::settling): looking for
+//!   what their earlier run did before doing it again). The step waits (for a lock, or
+//!   retrying) as its [`LockWait`] says. The shared part of every step (the
 //!   token counter policy, the format version) is applied here, for every store alike.
 //! - **The store's clock**: every step and every snapshot comes with `now` from the store
 //!   (the file store: this machine's clock; a Redis store: the server's `TIME`), so that all
@@ -44,7 +46,8 @@
 //!   their witness files). It is the store's business alone.
 //! - **A lock-free snapshot** for queries ([`Store::snapshot`]).
 //! - **A waker** ([`Waker`]) that tells a waiter the document may have changed (the file
-//!   store: inotify, or nothing and the sleeper polls; a Redis store: pub/sub), and whether
+//!   store: inotify, or nothing and the sleeper polls; the Redis store: pub/sub, which rings
+//!   a doorbell socket that the waiter polls together with its cancel socket), and whether
 //!   the change may be a death (then the waiter judges the entries again). The backoff of
 //!   the safety-net timer is the sleeper's, shared by all stores.
 
@@ -72,9 +75,14 @@ pub(crate) use file::witness::WitnessLock;
 /// One semaphore's store. Each variant is one kind of store; every operation dispatches by
 /// `match`.
 #[derive(Debug)]
+// One per handle, behind its `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Store {
     /// The document in a file, `PATH`, changed under the flock of `PATH.lock`.
     File(FileStore),
+    /// The document in one key of a Redis server, changed by compare-and-swap.
+    #[cfg(feature = "redis")]
+    Redis(redis::store::RedisStore),
 }
 
 /// How long a step may wait for its turn to change the document (the file store: for the
@@ -108,6 +116,12 @@ impl LockWait {
 /// its call, and `-n`'s 1 s should not read `999 ms`).
 pub(crate) fn busy_since(error: Error, start: Instant) -> Error {
     match error {
+        #[cfg(feature = "redis")]
+        Error::Contended { path, attempts, .. } => Error::Contended {
+            path,
+            attempts,
+            waited: start.elapsed(),
+        },
         Error::LockBusy {
             path,
             lock_path,
@@ -180,6 +194,8 @@ pub(crate) struct StepContext<'s> {
 /// The store-specific part of a step in progress.
 enum InStep<'s> {
     File(file::FileStep<'s>),
+    #[cfg(feature = "redis")]
+    Redis(redis::store::RedisStep<'s>),
 }
 
 impl<'s> StepContext<'s> {
@@ -187,6 +203,22 @@ impl<'s> StepContext<'s> {
     pub fn judge(&self) -> &'s dyn Judge {
         match &self.at {
             InStep::File(step) => step.judge(),
+            #[cfg(feature = "redis")]
+            InStep::Redis(step) => step.judge(),
+        }
+    }
+
+    /// Whether an earlier run of this step's rule committed a change whose outcome is
+    /// unknown (its commit got no answer: it may have been made, or may still be made by a
+    /// command buffered on the server, until this run commits). The rule then looks for what
+    /// that run did before acting again: an acquire for the entry it wrote (by its number,
+    /// ID, owner and grant time), a release for its entry's absence. Never for the file
+    /// store, whose writes are done or not when the step ends.
+    pub fn settling(&self) -> bool {
+        match &self.at {
+            InStep::File(_) => false,
+            #[cfg(feature = "redis")]
+            InStep::Redis(step) => step.settling,
         }
     }
 
@@ -204,6 +236,8 @@ impl<'s> StepContext<'s> {
     pub fn new_hold(&mut self, doc: &mut Document, detached: bool) -> Result<NewHold> {
         match &mut self.at {
             InStep::File(step) => step.new_hold(doc, detached),
+            #[cfg(feature = "redis")]
+            InStep::Redis(step) => step.new_hold(doc),
         }
     }
 }
@@ -216,6 +250,16 @@ pub(crate) struct NewHold {
     pub witness: Option<WitnessLock>,
 }
 
+/// What a step returned, and whether its change is confirmed where the store was asked to
+/// confirm it: a Redis store with replica acknowledgement (`WAIT`) reports a change that
+/// fewer replicas acknowledged as `unreplicated` ([`Error::NotReplicated`], or the
+/// connection error of the wait); the change is then on the primary only, and a failover
+/// may lose it.
+pub(crate) struct Committed<R> {
+    pub value: R,
+    pub unreplicated: Option<Error>,
+}
+
 /// A document read without taking part in any step, for queries and for a waiter's looks.
 pub(crate) struct Snapshot {
     pub doc: Document,
@@ -224,14 +268,25 @@ pub(crate) struct Snapshot {
 }
 
 /// The part of every step that is the same for every store, around the rule: a loaded
-/// document gets a token counter if a foreign write dropped it (at the store's `now`), and a
-/// document that will be written gets the format version.
+/// document in a newer format than this crate writes is refused before the rule runs
+/// ([`Error::UnsupportedVersion`]: a step may write, and this crate must not rewrite a
+/// format it does not know), a loaded document gets a token counter if a foreign write
+/// dropped it (at the store's `now`), and a document that will be written gets the format
+/// version.
 fn run_rule<R>(
+    path: &Path,
     doc: &mut Document,
     cx: &mut StepContext<'_>,
     rule: &mut impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
 ) -> Result<Step<R>> {
     if !cx.created {
+        if let Some(version) = doc.version.filter(|&v| v > FORMAT_VERSION) {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                version,
+                supported: FORMAT_VERSION,
+            });
+        }
         resume_token_counter(doc, cx.now);
     }
     let step = rule(doc, cx)?;
@@ -247,6 +302,8 @@ impl Store {
     pub fn path(&self) -> &Path {
         match self {
             Store::File(store) => store.path(),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.path(),
         }
     }
 
@@ -255,6 +312,8 @@ impl Store {
     pub fn resolved_path(&self) -> &Path {
         match self {
             Store::File(store) => &store.files.resolved,
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.path(),
         }
     }
 
@@ -285,18 +344,49 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// What `rule` returns; [`Error::NotFound`], [`Error::Corrupt`], [`Error::LockTimeout`]
-    /// or [`Error::LockBusy`] (as `wait` says), and the store's errors (the file store:
-    /// [`Error::Io`], [`Error::Untrusted`], [`Error::Symlink`], [`Error::DirectoryGone`]).
+    /// What `rule` returns; [`Error::NotFound`], [`Error::Removed`], [`Error::Corrupt`],
+    /// [`Error::UnsupportedVersion`], [`Error::LockTimeout`] or [`Error::LockBusy`] (as
+    /// `wait` says), and the store's errors (the file store: [`Error::Io`],
+    /// [`Error::Untrusted`], [`Error::Symlink`], [`Error::DirectoryGone`],
+    /// [`Error::CannotSyncDirectory`]; the Redis store: `Contended` in place of the lock
+    /// errors, its connection errors, and `NotReplicated` for a change committed on the
+    /// primary only, see [`step_committed`](Store::step_committed)).
     pub fn step_with<R>(
         &self,
         wait: LockWait,
         create: Option<u32>,
-        mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
+        rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
-        let rule = |doc: &mut Document, cx: &mut StepContext<'_>| run_rule(doc, cx, &mut rule);
+        let committed = self.step_committed(wait, create, rule)?;
+        match committed.unreplicated {
+            Some(error) => Err(error),
+            None => Ok(committed.value),
+        }
+    }
+
+    /// [`step_with`](Store::step_with), returning the value of a step whose change was
+    /// committed but not confirmed by the replicas asked for, with that error beside it: for
+    /// an acquire, which must release such a grant.
+    ///
+    /// # Errors
+    ///
+    /// As [`step_with`](Store::step_with), except a commit without the replicas' confirmation.
+    pub fn step_committed<R>(
+        &self,
+        wait: LockWait,
+        create: Option<u32>,
+        mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
+    ) -> Result<Committed<R>> {
+        let path = self.path();
+        let rule =
+            |doc: &mut Document, cx: &mut StepContext<'_>| run_rule(path, doc, cx, &mut rule);
         match self {
-            Store::File(store) => store.step(wait, create, rule),
+            Store::File(store) => store.step(wait, create, rule).map(|value| Committed {
+                value,
+                unreplicated: None,
+            }),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.step(wait, create, rule),
         }
     }
 
@@ -304,11 +394,14 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::Corrupt`], and the store's errors (the file store:
-    /// [`Error::Io`], [`Error::Untrusted`], [`Error::Symlink`], [`Error::DirectoryGone`]).
+    /// [`Error::NotFound`], [`Error::Removed`], [`Error::Corrupt`], and the store's errors
+    /// (the file store: [`Error::Io`], [`Error::Untrusted`], [`Error::Symlink`],
+    /// [`Error::DirectoryGone`]).
     pub fn snapshot(&self) -> Result<Snapshot> {
         match self {
             Store::File(store) => store.snapshot(),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.snapshot(),
         }
     }
 
@@ -316,6 +409,8 @@ impl Store {
     pub fn judge(&self) -> &dyn Judge {
         match self {
             Store::File(store) => &store.judge,
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.judge(),
         }
     }
 
@@ -328,6 +423,19 @@ impl Store {
     pub fn imposed_lease(&self) -> Option<Duration> {
         match self {
             Store::File(_) => None,
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => Some(store.lease()),
+        }
+    }
+
+    /// Whether the store judges holds by their leases only (it offers no evidence about
+    /// processes): then every hold has a lease, its permit renews it in the background from
+    /// the start, and tracks on this machine's clock when it ran out without a renewal.
+    pub fn leases_only(&self) -> bool {
+        match self {
+            Store::File(_) => false,
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => true,
         }
     }
 
@@ -337,6 +445,11 @@ impl Store {
     pub fn waker(&self, own: Option<&WitnessLock>) -> Waker {
         match self {
             Store::File(store) => Waker::File(store.waker(own)),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => {
+                let _ = own;
+                Waker::Redis(store.waker())
+            }
         }
     }
 
@@ -347,6 +460,8 @@ impl Store {
                 out.field("durable", &store.durable)
                     .field("lock_timeout", &store.lock_timeout);
             }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.describe(out),
         }
     }
 }
@@ -357,6 +472,9 @@ pub(crate) enum Waker {
     /// inotify on the semaphore's directories where it works; nothing (the sleeper polls)
     /// where it does not.
     File(file::waker::FileWaker),
+    /// A doorbell rung by the handle's pub/sub subscriber.
+    #[cfg(feature = "redis")]
+    Redis(redis::waker::RedisWaker),
 }
 
 /// How one [`Waker::wait`] ended.
@@ -381,6 +499,8 @@ impl Waker {
     pub fn prompt(&self) -> bool {
         match self {
             Waker::File(waker) => waker.prompt(),
+            #[cfg(feature = "redis")]
+            Waker::Redis(waker) => waker.prompt(),
         }
     }
 
@@ -390,6 +510,8 @@ impl Waker {
     pub fn wait(&mut self, wait: Duration, cancel: Option<BorrowedFd<'_>>) -> Woke {
         match self {
             Waker::File(waker) => waker.wait(wait, cancel),
+            #[cfg(feature = "redis")]
+            Waker::Redis(waker) => waker.wait(wait, cancel),
         }
     }
 
@@ -402,6 +524,10 @@ impl Waker {
     pub fn set_head(&mut self, head: bool) {
         match self {
             Waker::File(waker) => waker.set_head(head),
+            #[cfg(feature = "redis")]
+            Waker::Redis(_) => {
+                let _ = head;
+            }
         }
     }
 }

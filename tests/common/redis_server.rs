@@ -11,8 +11,9 @@
 //! `SKIPPED: redis-server not installed` and returns `None`, except under `CI=true`, where
 //! it panics (`.ci/run` installs the Debian package `redis-server`).
 //!
-//! Used by `src/store/redis/tests.rs` and `benches/redis_floor.rs` through `#[path]`; it needs
-//! only std, `nix` and `tempfile`.
+//! Used through `#[path]` by `src/store/redis/tests.rs` (and from there by the crate's other
+//! unit tests of Redis), `tests/redis.rs`, `tests/redis_processes.rs` and
+//! `benches/redis_floor.rs`; it needs only std, `nix` and `tempfile`.
 
 #![allow(dead_code)] // Each user needs a different part.
 

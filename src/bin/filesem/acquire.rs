@@ -31,6 +31,29 @@ pub enum Wait {
     Forever,
 }
 
+impl Wait {
+    /// The wait the options of `run` or `acquire` ask for.
+    pub fn of(args: &SlotArgs) -> Wait {
+        match (args.nonblock, args.timeout) {
+            (true, _) => Wait::Nonblock,
+            (false, Some(d)) => Wait::AtMost(d),
+            (false, None) => Wait::Forever,
+        }
+    }
+
+    /// How long the whole command may take to get its slot, counted from `start`, creating
+    /// the semaphore included: [`NONBLOCK_LOCK_WAIT`] for `-n`, the duration of `-w`; `None`
+    /// without a limit (also a `-w` past what the clock can count).
+    pub fn limit(self, start: Instant) -> Option<Duration> {
+        let limit = match self {
+            Wait::Nonblock => NONBLOCK_LOCK_WAIT,
+            Wait::AtMost(d) => d,
+            Wait::Forever => return None,
+        };
+        start.checked_add(limit).map(|_| limit)
+    }
+}
+
 /// One acquire as the command line asked for it.
 pub struct Request<'a> {
     /// The holder ID.
@@ -43,16 +66,16 @@ pub struct Request<'a> {
     pub quiet: bool,
     /// `--verbose`: report slot, token and time waited.
     pub verbose: bool,
+    /// When the command started: `-n` and `-w` count from here, so that the time spent
+    /// creating the semaphore is part of theirs.
+    pub start: Instant,
 }
 
 impl<'a> Request<'a> {
-    /// The request described by the shared options, for holder `id`.
-    pub fn new(args: &SlotArgs, id: &'a str) -> Request<'a> {
-        let wait = match (args.nonblock, args.timeout) {
-            (true, _) => Wait::Nonblock,
-            (false, Some(d)) => Wait::AtMost(d),
-            (false, None) => Wait::Forever,
-        };
+    /// The request described by the shared options, for holder `id`, of a command that
+    /// started at `start`.
+    pub fn new(args: &SlotArgs, id: &'a str, start: Instant) -> Request<'a> {
+        let wait = Wait::of(args);
         let mut options = AcquireOptions::new();
         if let Some(lease) = args.lease {
             options = options.lease(lease);
@@ -69,7 +92,14 @@ impl<'a> Request<'a> {
             wait,
             quiet: args.quiet,
             verbose: args.verbose,
+            start,
         }
+    }
+
+    /// What is left of `limit` since the command started (zero once it has passed: the
+    /// library still makes its one short attempt).
+    fn left_of(&self, limit: Duration) -> Duration {
+        limit.saturating_sub(self.start.elapsed())
     }
 }
 
@@ -77,7 +107,8 @@ impl<'a> Request<'a> {
 /// first served within a priority) unless `-n`. A signal that arrives while waiting makes
 /// the acquire leave the queue and then ends the process by that signal
 /// ([`signals::die_by`]). With `-n` or `-w` the call ends by its deadline whoever holds the
-/// state lock (`-n`: [`NONBLOCK_LOCK_WAIT`]).
+/// state lock (`-n`: [`NONBLOCK_LOCK_WAIT`]), counted from the start of the command
+/// ([`Request::start`]).
 ///
 /// # Errors
 ///
@@ -91,7 +122,8 @@ pub fn acquire(
     let start = Instant::now();
     let permit = match request.wait {
         Wait::Nonblock => {
-            let options = request.options.clone().timeout(NONBLOCK_LOCK_WAIT);
+            let timeout = request.left_of(NONBLOCK_LOCK_WAIT);
+            let options = request.options.clone().timeout(timeout);
             sem.try_acquire_with(request.id, &options)?
         }
         Wait::AtMost(_) | Wait::Forever => wait(sem, request, signals)?,
@@ -126,7 +158,7 @@ fn wait(sem: &Semaphore, request: &Request<'_>, signals: &Arc<Signals>) -> Resul
         }
     });
     if let Wait::AtMost(timeout) = request.wait {
-        options = options.timeout(timeout);
+        options = options.timeout(request.left_of(timeout));
     }
     let result = sem.acquire_with(request.id, &options);
     if let Some(signal) = watcher.stop() {
@@ -220,9 +252,10 @@ fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
 ///
 /// As [`acquire`], and the library's errors from opening the semaphore.
 pub fn detached(args: AcquireArgs) -> Result<Exit, Fail> {
+    let start = Instant::now();
     let signals = Arc::new(Signals::start().map_err(signal_failure)?);
-    let sem = open::open(&args.slot)?;
-    let mut request = Request::new(&args.slot, &args.id);
+    let sem = open::open(&args.slot, start)?;
+    let mut request = Request::new(&args.slot, &args.id, start);
     request.options = request.options.detached(true);
     let permit = acquire(&sem, &request, &signals)?;
     // A detached permit leaves its entry on file when dropped.

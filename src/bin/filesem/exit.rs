@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | no slot could be had (`-n`, or `-w` ran out, or the state lock stayed busy until then, or the ID already holds one; `-E` changes it), or `release` of an ID that holds none |
 //! | 2 | usage: bad arguments (clap's own errors), a capacity that does not match the file, an invalid ID |
-//! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout, an untrusted file, a removed directory, an exhausted token counter |
+//! | 125 | filesem itself failed: I/O, corrupt state, no semaphore at the path, lock timeout, an untrusted file, a semaphore or directory removed while in use, a durable change in a directory that cannot be fsynced, a state file of a newer format, an exhausted token counter |
 //! | 126 | `run`: the command was found but could not be run |
 //! | 127 | `run`: the command was not found |
 //! | other | `run`: the command's own exit code, or 128 + the signal that killed it |
@@ -183,6 +183,17 @@ fn wording(error: &filesem::Error) -> Option<Escaped> {
             human(*waited),
             held_by(*holder)
         ),
+        // The library's message names `OpenOptions::durable(false)`, which the command line
+        // does not offer: the way out is read permission (the hint).
+        E::CannotSyncDirectory {
+            path: p, directory, ..
+        } => format!(
+            "cannot make a durable change to semaphore `{}`: this user may search its \
+             directory `{}` but not read it, and a durable change needs an fsync of the \
+             directory; nothing was changed",
+            escape_path(p),
+            escape_path(directory)
+        ),
         // The library's message names `OpenOptions::trust_owner`, which a shell user reaches
         // through `--trust-owner` (the hint's command). The owner is named here when the
         // problem does not name it already.
@@ -307,14 +318,36 @@ impl Fail {
                 owner,
                 ..
             } => Some(untrusted_hint(object, *kind, *owner, invocation)),
-            E::DirectoryGone { path } if invocation.creates() => invocation.again().map(|again| {
-                format!(
-                    "`{again}` opens {} anew and creates a semaphore there if there is \
-                         none; the holds of the removed directory went with it",
-                    shell_quote(path)
-                )
-            }),
+            E::DirectoryGone { path } | E::Removed { path } if invocation.creates() => {
+                invocation.again().map(|again| {
+                    format!(
+                        "`{again}` opens {} anew and creates a semaphore there if there is \
+                         none; the holds of the removed semaphore went with it",
+                        shell_quote(path)
+                    )
+                })
+            }
             E::TokensExhausted { path } => Some(exhausted_hint(path, invocation)),
+            // `run` without --id nested in another `run` takes the outer hold's ID from the
+            // environment: the user typed no ID, so say where this one came from.
+            E::InvalidId { id, .. }
+                if !invocation.gives_id()
+                    && std::env::var_os("FILESEM_ID").is_some_and(|v| v == id.as_str()) =>
+            {
+                Some(
+                    "the ID came from the environment variable FILESEM_ID, which an enclosing \
+                     `filesem run` on this semaphore sets (or which was inherited); give --id"
+                        .to_string(),
+                )
+            }
+            E::CannotSyncDirectory { directory, .. } => Some(read_permission_hint(directory)),
+            E::UnsupportedVersion {
+                path, supported, ..
+            } => Some(format!(
+                "`filesem status {}` still shows it; changing it needs a filesem that writes \
+                 its format (this one writes version {supported})",
+                shell_quote(path)
+            )),
             _ => None,
         };
         let error: Box<dyn StdError + Send + Sync> = match wording(&error) {
@@ -353,6 +386,28 @@ fn untrusted_hint(
             shell_quote(object)
         ),
     }
+}
+
+/// The way past a directory this user may search but not read, which a durable change must
+/// `fsync`: read permission for the class of users this process is in (`u`, `g` or `o` of
+/// the directory, looked up here; `o` if it cannot be).
+fn read_permission_hint(directory: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let class = match std::fs::metadata(directory) {
+        Ok(meta) if meta.uid() == nix::unistd::geteuid().as_raw() => "u",
+        Ok(meta) if in_group(meta.gid()) => "g",
+        _ => "o",
+    };
+    format!(
+        "`chmod {class}+r {}` (as the directory's owner or root) lets this user read it",
+        shell_quote(directory)
+    )
+}
+
+/// Whether this process is in group `gid` (its effective group or a supplementary one).
+fn in_group(gid: u32) -> bool {
+    nix::unistd::getegid().as_raw() == gid
+        || nix::unistd::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
 }
 
 /// The way past an exhausted token counter at `path`: the same command on a new semaphore

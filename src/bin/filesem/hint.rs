@@ -37,6 +37,16 @@ impl Invocation {
         self.args.first().map(OsString::as_os_str)
     }
 
+    /// Whether the command line gives a holder ID with `--id` (before any `--`): `run`
+    /// without one takes the ID of an enclosing `run` from `FILESEM_ID`.
+    pub fn gives_id(&self) -> bool {
+        self.args
+            .iter()
+            .skip(1)
+            .take_while(|a| a.as_os_str() != "--")
+            .any(|a| a == "--id" || a.as_bytes().starts_with(b"--id="))
+    }
+
     /// Whether the subcommand creates a semaphore that is not there (`run`, `acquire`).
     pub fn creates(&self) -> bool {
         matches!(self.subcommand(), Some(s) if s == "run" || s == "acquire")

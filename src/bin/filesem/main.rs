@@ -1,7 +1,7 @@
 //! `filesem`: limit concurrent jobs from shell scripts, inspect and clean up holders.
 //!
 //! Built with `--features cli`; it uses only the public API of the `filesem` library, on the
-//! same semaphore files. See the README's "Command line" section for recipes, the exit codes and the `status --json`
+//! same semaphore files. See docs/cli.md for recipes, the exit codes and the `status --json`
 //! schema.
 
 // First: the `out!` and `err!` macros are used by every module after it.
@@ -52,8 +52,10 @@ enum Command {
     /// The command inherits the hold: if `filesem run` is killed (even with SIGKILL), the
     /// slot stays taken until the command (and any process it started that kept the
     /// inherited descriptor) has ended; -o turns this off. The command gets FILESEM_PATH (the
-    /// state file's absolute path, its directory resolved when `run` opened it), FILESEM_ID,
-    /// FILESEM_TOKEN and FILESEM_SLOT in its environment. Signals sent to `filesem run` are
+    /// state file's absolute path, its directory resolved when `run` opened it: a path, which
+    /// names something else if that directory is renamed later), FILESEM_ID, FILESEM_TOKEN
+    /// and FILESEM_SLOT in its environment. The slot is released when the command ends,
+    /// waiting at most the 10 s lock timeout for the state lock. Signals sent to `filesem run` are
     /// forwarded to it once; a terminal's Ctrl-C reaches it directly and is not forwarded
     /// again.
     ///
@@ -123,9 +125,10 @@ enum Command {
     },
     /// Start afresh after the state file became corrupt (stop all holders first).
     ///
-    /// Moves the corrupt file aside to SEMFILE.corrupt-<time> and writes an empty semaphore
-    /// with CAPACITY slots. Does nothing to a valid file (exit 0), not even change its
-    /// capacity: a hint then names `filesem set-capacity`.
+    /// Keeps the corrupt file as SEMFILE.corrupt-<time> and replaces it by an empty semaphore
+    /// with CAPACITY slots; SEMFILE is never missing meanwhile, and a recovery that fails
+    /// changes nothing. Does nothing to a valid file (exit 0), not even change its capacity:
+    /// a hint then names `filesem set-capacity`.
     Recover {
         /// The semaphore's state file.
         semfile: PathBuf,
@@ -134,7 +137,8 @@ enum Command {
         capacity: u32,
         /// Permission bits, in octal (664, 0664, 0o664), of the state file if there is none
         /// yet (default 644; the lock and witness files follow, as `run --help` says). A
-        /// corrupt file's replacement keeps the corrupt file's mode.
+        /// corrupt file's replacement keeps the corrupt file's read and write bits, without
+        /// world-write.
         #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
         mode: Option<u32>,
         #[command(flatten)]
@@ -144,7 +148,7 @@ enum Command {
     Status {
         /// The semaphore's state file.
         semfile: PathBuf,
-        /// Print one JSON document (schema in the README) instead of text.
+        /// Print one JSON document (schema in docs/cli.md) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -162,9 +166,10 @@ struct SlotArgs {
     #[arg(short, long, value_parser = capacity_range())]
     capacity: Option<u32>,
     /// Wait at most this long for a slot: seconds (10, 0.5, 1e3) or 250ms, 30s, 5m, 1h30m;
-    /// a value past what the clock can count means no limit. This bounds the whole acquire,
-    /// waits for the state lock SEMFILE.lock included: if a process stopped inside its
-    /// critical section holds that lock until then, exit 1 (-E) saying so.
+    /// a value past what the clock can count means no limit. This bounds the whole acquire
+    /// from the start of the command, waits for the state lock SEMFILE.lock and creating the
+    /// semaphore included: if a process stopped inside its critical section holds that lock
+    /// until then, exit 1 (-E) saying so.
     #[arg(
         short = 'w',
         long = "timeout",
@@ -174,8 +179,9 @@ struct SlotArgs {
     )]
     timeout: Option<Duration>,
     /// Do not wait: fail at once if no slot is free (exit 1, or -E). Waits at most 1 s for
-    /// the state lock SEMFILE.lock, which a working process holds only for an instant; if a
-    /// process stopped inside its critical section holds it longer, exit 1 (-E) saying so.
+    /// the state lock SEMFILE.lock (creating the semaphore included), which a working process
+    /// holds only for an instant; if a process stopped inside its critical section holds it
+    /// longer, exit 1 (-E) saying so.
     #[arg(short = 'n', long = "nonblock", conflicts_with = "timeout")]
     nonblock: bool,
     /// The exit code when no slot could be had.
@@ -191,7 +197,7 @@ struct SlotArgs {
     lease: Option<Duration>,
     /// Permission bits, in octal (664, 0664, 0o664), of the state file if this command
     /// creates the semaphore (default 644); the lock and witness files get read and write
-    /// for each class that may write the state (664: owner and group; see the README on
+    /// for each class that may write the state (664: owner and group; see docs/how-it-works.md on
     /// sharing a semaphore with a group). An existing semaphore keeps its modes. Must
     /// include 600; execute, setuid, setgid and sticky bits are refused.
     #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]

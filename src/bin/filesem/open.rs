@@ -1,30 +1,44 @@
 //! Opening the semaphore for `run` and `acquire`: `-c` and `--mode` only where needed, a note
-//! when a new semaphore is created, and a capacity mismatch that says how to change the
-//! capacity.
+//! when a new semaphore is created, a capacity mismatch that says how to change the
+//! capacity, and `-n` / `-w` bounding the creation too.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use filesem::{Error, Semaphore};
 
 use crate::SlotArgs;
+use crate::acquire::Wait;
 use crate::escape::{escape_path, shell_quote};
 use crate::exit::{Exit, Fail};
 
 /// The capacity of a semaphore created without `-c`.
 pub const DEFAULT_CAPACITY: u32 = 1;
 
-/// Opens the semaphore at `args.semfile`. An existing one is opened with its stored capacity
-/// (`-c`, if given, must match it); an absent one is created with `-c` (default
-/// [`DEFAULT_CAPACITY`]) and `--mode` (the library's default without it) and, unless `-q`, a
-/// note on stderr says so, since a mistyped path would otherwise silently make a second
-/// semaphore. `--mode` on an existing semaphore whose state file has other permission bits
-/// changes nothing; a note says so (unless `-q`).
+/// The shortest wait for the state lock when creating a semaphore under a `-n` or `-w`
+/// deadline that has (nearly) passed: one short try past another process's ordinary critical
+/// section, as the library gives an acquire at its deadline.
+const LAST_LOCK_WAIT: Duration = Duration::from_millis(5);
+
+/// Opens the semaphore at `args.semfile` for a command that started at `start`. An existing
+/// one is opened with its stored capacity (`-c`, if given, must match it); an absent one is
+/// created with `-c` (default [`DEFAULT_CAPACITY`]) and `--mode` (the library's default
+/// without it) and, unless `-q`, a note on stderr says so, since a mistyped path would
+/// otherwise silently make a second semaphore. `--mode` on an existing semaphore whose state
+/// file has other permission bits changes nothing; a note says so (unless `-q`).
+///
+/// Creating takes the state lock: with `-n` or `-w` it waits for it only until their
+/// deadline (counted from `start`), and a lock still busy then is the library's
+/// [`Error::LockBusy`], contention like a busy lock during the acquire (exit 1 or `-E`,
+/// silenced by `-q`). Without them, at most the lock timeout, as every other wait for the
+/// lock. The semaphore is then opened again with the default lock timeout, which bounds
+/// every later step of the command (the release at the end of `run`).
 ///
 /// # Errors
 ///
 /// A [`Fail`] with [`Exit::Usage`] for a capacity mismatch, or the library's error.
-pub fn open(args: &SlotArgs) -> Result<Semaphore, Fail> {
+pub fn open(args: &SlotArgs, start: Instant) -> Result<Semaphore, Fail> {
     let path = args.semfile.as_path();
     let existing_options = args.trust.options();
     match existing_options.open_existing(path) {
@@ -36,6 +50,11 @@ pub fn open(args: &SlotArgs) -> Result<Semaphore, Fail> {
             if let Some(mode) = args.mode {
                 options.mode(mode);
             }
+            let limit = Wait::of(args).limit(start);
+            if let Some(limit) = limit {
+                let left = limit.saturating_sub(start.elapsed());
+                options.lock_timeout(left.max(LAST_LOCK_WAIT));
+            }
             match options.open(path, requested) {
                 Ok(sem) => {
                     if !args.quiet {
@@ -44,12 +63,30 @@ pub fn open(args: &SlotArgs) -> Result<Semaphore, Fail> {
                             escape_path(path)
                         );
                     }
-                    Ok(sem)
+                    match limit {
+                        // The handle for the rest of the command waits for the lock as long
+                        // as any other.
+                        Some(_) => Ok(existing_options.open_existing(path)?),
+                        None => Ok(sem),
+                    }
                 }
                 // Someone else created it since we looked.
                 Err(Error::AlreadyExists { .. }) => {
                     existing(existing_options.open_existing(path)?, args)
                 }
+                // The deadline of -n or -w passed while another process held the state lock.
+                Err(Error::LockTimeout {
+                    path,
+                    lock_path,
+                    holder,
+                    ..
+                }) if limit.is_some() => Err(Error::LockBusy {
+                    path,
+                    lock_path,
+                    waited: start.elapsed(),
+                    holder,
+                }
+                .into()),
                 Err(e) => Err(e.into()),
             }
         }

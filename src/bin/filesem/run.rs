@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use filesem::{Error, Permit};
 use nix::errno::Errno;
@@ -28,10 +28,11 @@ use crate::{RunArgs, open};
 /// As [`acquire::acquire`]; [`Exit::CommandNotFound`] / [`Exit::CannotRun`] when the command
 /// cannot be started; [`Exit::Failure`] for signal setup or waiting failures.
 pub fn run(args: RunArgs) -> Result<Exit, Fail> {
+    let start = Instant::now();
     // First, before any thread exists: every thread must inherit the blocked mask.
     let signals = Arc::new(Signals::start().map_err(acquire::signal_failure)?);
     let slot = &args.slot;
-    let sem = open::open(slot)?;
+    let sem = open::open(slot, start)?;
     // As resolved when the semaphore was opened: a command that changes directory, or a
     // symlinked directory repointed later, cannot make it name another semaphore.
     let resolved = sem.resolved_path().to_path_buf();
@@ -41,7 +42,8 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
         (None, Some(outer)) => outer.clone(),
         (None, None) => default_id(),
     };
-    let request = Request::new(slot, &id);
+    let request = Request::new(slot, &id, start);
+    // An invalid ID from FILESEM_ID gets its hint where every error gets one (`exit.rs`).
     let mut permit = acquire::acquire(&sem, &request, &signals).map_err(|fail| {
         let already_held = matches!(
             fail.error.downcast_ref::<Error>(),
@@ -83,20 +85,36 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     drop(inherited);
     let watch = watching.then_some(&*lost);
     let ended = supervise(child, &signals, watch, args.kill_on_lost)?;
+    let permit_id = permit.id().to_string();
+    // Bounded by the lock timeout, as every step without a deadline of its own (the -n and
+    // -w deadlines were for getting the slot): a failed release only delays the slot's
+    // return, see below.
     match permit.release() {
         Ok(()) => {}
         // Already reported while the command ran.
-        Err(Error::Lost { .. }) if ended.lost => {}
-        // The directory was removed while the command ran, and the hold with it: there is
-        // nothing left to release, and running the command again is no fix for this run.
-        Err(error @ Error::DirectoryGone { .. }) => {
+        Err(Error::Lost { .. } | Error::Removed { .. } | Error::DirectoryGone { .. })
+            if ended.lost => {}
+        // The state file or the directory was removed while the command ran, and the hold
+        // with it: there is nothing left to release, and running the command again is no fix
+        // for this run.
+        Err(error @ (Error::DirectoryGone { .. } | Error::Removed { .. })) => {
             let fail = Fail {
                 hint: None,
                 ..Fail::from(error)
             };
             err!("{}", fail.report());
         }
-        Err(error) => err!("{}", Fail::from(error).report()),
+        Err(error @ Error::Lost { .. }) => err!("{}", Fail::from(error).report()),
+        Err(error) => {
+            err!("{}", Fail::from(error).report());
+            // The library unlocked the witness (keeping its file) when the write failed.
+            err!(
+                "filesem: note: the hold of {} may still be on file; it ends once no process \
+                 holds its witness (the command and what it started), and the next acquire or \
+                 `filesem reap` removes it",
+                escape(permit_id.as_str())
+            );
+        }
     }
     Ok(Exit::Command(ended.code))
 }

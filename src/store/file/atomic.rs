@@ -1,5 +1,7 @@
 //! Atomic replacement of the state file: a temp file in the same directory, `fsync`,
-//! `renameat`, then `fsync` of the directory, all relative to the bound directory.
+//! `renameat`, then `fsync` of the directory, all relative to the bound directory. The
+//! rename is the commit: a failure before it changes nothing, and after it the change stands
+//! (see [`write_atomic`] for a directory `fsync` that fails).
 //!
 //! Temp files are named `.NAME.XXXXXXXX.filesem-tmp` and created with
 //! `O_CREAT|O_EXCL|O_NOFOLLOW`: an object planted at a temp name is never followed or
@@ -82,20 +84,30 @@ fn temp_name(prefix: &OsStr, middle: &str) -> OsString {
 }
 
 /// Replaces the state file with `bytes` so that a reader (or a crash) sees either the old or
-/// the new file, never a mix or a truncated one. With `durable`, the data and the rename are
-/// on disk when this returns. The new file gets `meta.mode` without the set-id and sticky
-/// bits, whatever the umask, and (as root) `meta.owner`. `dir` is the directory's status,
-/// against which a leftover's owner is judged. Call under the state lock.
+/// the new file, never a mix or a truncated one. The new file gets `meta.mode` without the
+/// set-id and sticky bits, whatever the umask, and (as root) `meta.owner`. `dir` is the
+/// directory's status, against which a leftover's owner is judged. Call under the state
+/// lock.
+///
+/// With `durable`, the data is on disk before the rename and the rename once the directory
+/// is `fsync`ed after it. A directory that cannot be `fsync`ed at all (opened search-only)
+/// is refused before anything is written ([`Files::check_syncable`]). An `fsync` of the
+/// directory that fails *after* the rename does not fail the write: the new state is in
+/// place and every process reads it (a waiter may already act on it), so reporting the
+/// change as not made would contradict the file (a caller told that its acquire failed
+/// while its hold is on file would leak the slot). Only its survival of a power loss is in
+/// doubt, which a warning says.
 ///
 /// Returns the new state file, still open, and its status after the rename: what a handle
-/// keeps to recognise the file as the one it wrote (see [`super::read`]).
+/// keeps to recognise the file as the one it wrote (see [`super::read`]); `None` if that
+/// status cannot be looked up (the write stands all the same).
 pub(crate) fn write_atomic(
     files: &Files,
     bytes: &[u8],
     meta: FileMeta,
     durable: bool,
     dir: &DirStatus<'_>,
-) -> Result<(File, FileStat)> {
+) -> Result<Option<(File, FileStat)>> {
     write_atomic_then(files, bytes, meta, durable, dir, || {})
 }
 
@@ -108,7 +120,10 @@ pub(crate) fn write_atomic_then(
     durable: bool,
     dir: &DirStatus<'_>,
     renamed: impl FnOnce(),
-) -> Result<(File, FileStat)> {
+) -> Result<Option<(File, FileStat)>> {
+    if durable {
+        files.check_syncable()?;
+    }
     let mode_bits = meta.mode & 0o7777 & !SPECIAL_BITS;
     let (mut file, temp) = create_temp(files, mode_bits, dir)?;
     let written = fill(files, &mut file, &temp, bytes, meta, mode_bits, durable).and_then(|()| {
@@ -133,11 +148,22 @@ pub(crate) fn write_atomic_then(
         return Err(e);
     }
     renamed();
-    let stat = fstat(&file).map_err(|e| files.io(&files.path, "look up the new state file", e))?;
-    if durable {
-        files.sync()?;
+    let kept = match fstat(&file) {
+        Ok(stat) => Some((file, stat)),
+        Err(e) => {
+            tracing::debug!(path = %files.path.display(), error = %e, "could not look up the new state file; it is read again next time");
+            None
+        }
+    };
+    if durable && let Err(error) = files.sync() {
+        tracing::warn!(
+            path = %files.path.display(),
+            %error,
+            "the state file was replaced, but its directory could not be fsynced: the change \
+             is made and visible, and may not survive a power loss"
+        );
     }
-    Ok((file, stat))
+    Ok(kept)
 }
 
 /// Creates the temp file: the fixed first choice (removing a leftover found there), else a

@@ -37,6 +37,9 @@ const STICKY: u32 = 0o1000;
 pub(crate) struct Files {
     /// The directory, opened once at open.
     dir: OwnedFd,
+    /// Whether it was opened search-only (`O_PATH`: this user may search it but not read
+    /// it): it cannot be `fsync`ed, so durable changes are refused before they start.
+    search_only: bool,
     /// The state file as given to `open`: used in messages and returned by `path()`.
     pub path: PathBuf,
     /// `PATH.lock` and `PATH.witness` as given, for messages.
@@ -55,7 +58,8 @@ impl Files {
     /// Opens the directory of `path` (which must exist) and binds to it.
     ///
     /// A directory this user may search but not read is opened `O_PATH` (Linux): queries
-    /// work through it, durable writes (which `fsync` the directory) do not.
+    /// work through it, durable writes (which `fsync` the directory) are refused before
+    /// they change anything ([`Files::check_syncable`]).
     pub fn open(path: &Path, trust: Trust) -> Result<Files> {
         let Some(name) = path.file_name().filter(|n| !n.is_empty()) else {
             return Err(Error::io(
@@ -67,8 +71,12 @@ impl Files {
         };
         let dir_path = parent_dir(path);
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut search_only = false;
         let dir = match openat(AT_FDCWD, dir_path, flags, Mode::empty()) {
-            Err(Errno::EACCES) => open_search_only(dir_path),
+            Err(Errno::EACCES) => {
+                search_only = true;
+                open_search_only(dir_path)
+            }
             other => other,
         };
         let dir = match dir {
@@ -102,6 +110,7 @@ impl Files {
         };
         Ok(Files {
             dir,
+            search_only,
             lock_path: with_suffix(".lock"),
             witness_path: with_suffix(".witness"),
             path: path.to_path_buf(),
@@ -141,6 +150,18 @@ impl Files {
         Error::DirectoryGone {
             path: self.path.clone(),
         }
+    }
+
+    /// Refuses a durable change before it starts if the directory cannot be `fsync`ed: it
+    /// was opened search-only ([`Error::CannotSyncDirectory`]).
+    pub fn check_syncable(&self) -> Result<()> {
+        if self.search_only {
+            return Err(Error::CannotSyncDirectory {
+                path: self.path.clone(),
+                directory: parent_dir(&self.path).to_path_buf(),
+            });
+        }
+        Ok(())
     }
 
     /// `fsync` of the directory, making a rename in it durable.

@@ -44,6 +44,10 @@ pub(crate) struct LockGuard {
     stat: Cell<FileStat>,
     /// The process that opened the lock file.
     pid: u32,
+    /// Whether this call created the lock file. A lock file that was there already (or that
+    /// a handle kept open from an earlier step) is the trace of a semaphore used at this path
+    /// before (it is never deleted).
+    pub created: bool,
 }
 
 /// The lock file, open and unlocked, as a handle keeps it between steps (see the
@@ -77,7 +81,7 @@ pub(crate) fn lock_exclusive(
     dir: &DirStatus<'_>,
     deadline: Option<Instant>,
 ) -> Result<Option<LockGuard>> {
-    let Some(file) = open_lock_file(files, create)? else {
+    let Some((file, created)) = open_lock_file(files, create)? else {
         return Ok(None);
     };
     let stat = fstat(&file).map_err(|e| files.io(&files.lock_path, "look up lock file", e))?;
@@ -88,7 +92,13 @@ pub(crate) fn lock_exclusive(
         || dir.get(),
         super::dir::parent_dir(&files.path),
     )?;
-    lock_file(files, file, stat, std::process::id(), deadline).map(Some)
+    let flock = lock_file(files, file, &stat, deadline)?;
+    Ok(Some(LockGuard {
+        flock: Some(flock),
+        stat: Cell::new(stat),
+        pid: std::process::id(),
+        created,
+    }))
 }
 
 /// Locks the lock file a handle kept open (waiting as [`lock_exclusive`] does), if this
@@ -107,7 +117,13 @@ pub(crate) fn relock(
     if kept.pid != std::process::id() {
         return Ok(None);
     }
-    let guard = lock_file(files, kept.file, kept.stat, kept.pid, deadline)?;
+    let flock = lock_file(files, kept.file, &kept.stat, deadline)?;
+    let guard = LockGuard {
+        flock: Some(flock),
+        stat: Cell::new(kept.stat),
+        pid: kept.pid,
+        created: false,
+    };
     let named = files
         .stat_at(files.dir(), files.lock_name.as_os_str())
         .map_err(|e| files.io(&files.lock_path, "look up lock file", e))?;
@@ -120,27 +136,21 @@ pub(crate) fn relock(
     }
 }
 
-/// Locks the open lock file `file`, polling with backoff until `deadline` at most.
+/// Locks the open lock file `file` (whose status is `stat`), polling with backoff until
+/// `deadline` at most.
 fn lock_file(
     files: &Files,
     file: File,
-    stat: FileStat,
-    pid: u32,
+    stat: &FileStat,
     deadline: Option<Instant>,
-) -> Result<LockGuard> {
+) -> Result<Flock<File>> {
     let start = Instant::now();
     let mut backoff = FIRST_BACKOFF;
     let mut file = file;
     let mut announced = false;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(flock) => {
-                return Ok(LockGuard {
-                    flock: Some(flock),
-                    stat: Cell::new(stat),
-                    pid,
-                });
-            }
+            Ok(flock) => return Ok(flock),
             Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
             Err((_, errno)) => return Err(files.io(&files.lock_path, "lock", errno)),
         }
@@ -153,7 +163,7 @@ fn lock_file(
                         path: files.path.clone(),
                         lock_path: files.lock_path.clone(),
                         waited: start.elapsed(),
-                        holder: holder_of(&stat),
+                        holder: holder_of(stat),
                     });
                 }
             },
@@ -184,8 +194,9 @@ pub(crate) fn holder_of(stat: &FileStat) -> Option<u32> {
 }
 
 /// Opens the lock file read-write (read-only if that is all this user may); creates it with
-/// exactly `create`'s mode when it is absent and `create` is given, else `Ok(None)`.
-fn open_lock_file(files: &Files, create: Option<u32>) -> Result<Option<File>> {
+/// exactly `create`'s mode when it is absent and `create` is given, else `Ok(None)`. With the
+/// file, whether this call created it.
+fn open_lock_file(files: &Files, create: Option<u32>) -> Result<Option<(File, bool)>> {
     let dir = files.dir();
     let name = files.lock_name.as_os_str();
     let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
@@ -198,12 +209,12 @@ fn open_lock_file(files: &Files, create: Option<u32>) -> Result<Option<File>> {
     // opened by the second round.
     for _ in 0..2 {
         match openat(dir, name, flags | OFlag::O_RDWR, mode(0)) {
-            Ok(fd) => return Ok(Some(File::from(fd))),
+            Ok(fd) => return Ok(Some((File::from(fd), false))),
             Err(e @ (Errno::EACCES | Errno::EROFS)) => {
                 // If the read-only open fails too (typically: the directory is not
                 // writable and there is no lock file), the first error explains it.
                 return match openat(dir, name, flags | OFlag::O_RDONLY, mode(0)) {
-                    Ok(fd) => Ok(Some(File::from(fd))),
+                    Ok(fd) => Ok(Some((File::from(fd), false))),
                     Err(Errno::ENOENT) if create.is_none() => Ok(None),
                     Err(_) => Err(refuse(e)),
                 };
@@ -219,7 +230,7 @@ fn open_lock_file(files: &Files, create: Option<u32>) -> Result<Option<File>> {
             Ok(fd) => {
                 let file = File::from(fd);
                 set_exact_mode(files, &file, wanted)?;
-                return Ok(Some(file));
+                return Ok(Some((file, true)));
             }
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(refuse(e)),

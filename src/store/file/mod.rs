@@ -16,6 +16,7 @@ use std::cell::Cell;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,9 @@ pub(crate) struct FileStore {
     witness_dir: Mutex<Option<(Arc<std::os::fd::OwnedFd>, FileStat)>>,
     /// Judges entries by witness locks, pids and boot ids.
     pub(super) judge: SystemJudge,
+    /// Whether this handle has found (or written) the state file: a missing one is then
+    /// [`Error::Removed`], not [`Error::NotFound`].
+    seen: AtomicBool,
 }
 
 impl FileStore {
@@ -133,6 +137,7 @@ impl FileStore {
             written: Mutex::new(None),
             spares: Arc::default(),
             witness_dir: Mutex::new(None),
+            seen: AtomicBool::new(false),
         })
     }
 
@@ -151,7 +156,8 @@ impl FileStore {
         create: Option<u32>,
         mut rule: impl FnMut(&mut Document, &mut StepContext<'_>) -> Result<Step<R>>,
     ) -> Result<R> {
-        self.locked(create.is_some(), wait, |guard, dir| {
+        let stepped = self.locked(create.is_some(), wait, as_on_file, |guard, dir| {
+            let now = Utc::now();
             let (mut doc, meta, created) = match self.read_for_step()? {
                 Some((doc, meta)) => (doc, meta, false),
                 None => match create {
@@ -160,7 +166,12 @@ impl FileStore {
                             mode: self.create_mode,
                             owner: None,
                         };
-                        (Document::new(capacity), meta, true)
+                        let mut doc = Document::new(capacity);
+                        // Above every token a semaphore used here before can have handed out.
+                        if let Some(floor) = self.counter_floor_here(guard, dir, now)? {
+                            doc.next_token = Some(floor);
+                        }
+                        (doc, meta, true)
                     }
                     None => return Err(self.not_found()),
                 },
@@ -168,7 +179,7 @@ impl FileStore {
             let queued = queued_with_witness(&doc);
             let witness_dir_created = Cell::new(false);
             let mut cx = StepContext {
-                now: Utc::now(),
+                now,
                 created,
                 at: InStep::File(FileStep::new(self, dir, meta.mode, &witness_dir_created)),
             };
@@ -176,10 +187,13 @@ impl FileStore {
                 // A new document is written even if the rule changed nothing.
                 step.changed |= created;
                 let touches = to_touch(&queued, &doc);
-                self.commit(step, &doc, meta, dir, guard, create.is_some(), &touches)
+                self.commit(step, &doc, meta, dir, guard, &touches)
             });
             match stepped {
                 Ok((value, written)) => {
+                    if created {
+                        self.saw_state();
+                    }
                     if let Some((file, stat)) = written {
                         self.keep_written(Written::new(doc, file, stat));
                     }
@@ -195,7 +209,16 @@ impl FileStore {
                     Err(e)
                 }
             }
-        })
+        });
+        // A removed semaphore keeps none of this handle's spares in its witness directory.
+        let gone = matches!(
+            stepped,
+            Err(Error::Removed { .. } | Error::DirectoryGone { .. })
+        );
+        if gone || stepped.is_ok() {
+            self.spares.semaphore_gone(gone);
+        }
+        stepped
     }
 
     /// Touches the witnesses of the waiters `numbers` whose entries the write just renamed into
@@ -227,11 +250,16 @@ impl FileStore {
     }
 
     /// The end of a step whose rule succeeded: cleanup if asked, the write if anything
-    /// changed, the lock file's mode when opening, and the witness files of reaped entries
-    /// once their removal is on disk. A write tells the waiters `touches` (see
-    /// [`notify`]). Returns the rule's value and, if it wrote, the new state file and its
-    /// status (see [`read`]).
-    #[allow(clippy::too_many_arguments)] // one step's parts
+    /// changed, the lock file's mode, and the witness files of reaped entries once their
+    /// removal is on disk. A write tells the waiters `touches` (see [`notify`]). Returns the
+    /// rule's value and, if it wrote, the new state file and its status (see [`read`]).
+    ///
+    /// A durable change in a directory that cannot be `fsync`ed is refused first, before the
+    /// cleanup changes anything ([`Error::CannotSyncDirectory`]). The lock file is tightened
+    /// ([`LockGuard::tighten`]) by every step that succeeds, whatever the operation: a lock
+    /// file of an older version or of the Go package (0644) lets users who may only read the
+    /// state flock it, and the first step of its owner takes that away (one `fchmod`, only
+    /// when the mode grants more than it should; its status was taken when it was locked).
     fn commit<R>(
         &self,
         step: Step<R>,
@@ -239,9 +267,11 @@ impl FileStore {
         meta: FileMeta,
         dir: &DirStatus<'_>,
         guard: &LockGuard,
-        opening: bool,
         touches: &[u64],
     ) -> Result<(R, Option<(std::fs::File, FileStat)>)> {
+        if step.changed && self.durable {
+            self.files.check_syncable()?;
+        }
         if step.tidy {
             self.tidy(doc, dir)?;
         }
@@ -249,19 +279,10 @@ impl FileStore {
         if step.changed {
             let bytes = doc.to_bytes();
             let renamed = || self.touch_waiters(touches);
-            written = Some(atomic::write_atomic_then(
-                &self.files,
-                &bytes,
-                meta,
-                self.durable,
-                dir,
-                renamed,
-            )?);
+            written =
+                atomic::write_atomic_then(&self.files, &bytes, meta, self.durable, dir, renamed)?;
         }
-        if opening {
-            // Only when the open succeeds: a failed operation changes nothing.
-            guard.tighten(&self.files, access_mode(meta.mode));
-        }
+        guard.tighten(&self.files, access_mode(meta.mode));
         if !step.reaped.is_empty() {
             self.forget_reaped(dir, &step.reaped);
         }
@@ -299,10 +320,14 @@ impl FileStore {
     /// The lock is waited for as `wait` says: when that time runs out, the error is
     /// [`Error::LockTimeout`] for [`LockWait::Timeout`] and [`Error::LockBusy`] for
     /// [`LockWait::Until`], naming the lock's holder where the kernel tells.
+    ///
+    /// `state_mode` gives the mode the lock file's mode is derived from when it is created,
+    /// from the state file's ([`as_on_file`]; recovery passes its sanitized mode).
     fn locked<R>(
         &self,
         may_create: bool,
         wait: LockWait,
+        state_mode: fn(u32) -> u32,
         f: impl FnOnce(&LockGuard, &DirStatus<'_>) -> Result<R>,
     ) -> Result<R> {
         let start = Instant::now();
@@ -361,7 +386,7 @@ impl FileStore {
                 let dir = DirStatus::known(&self.files, self.files.dir_stat()?);
                 let guard = match lock::lock_exclusive(&self.files, None, &dir, deadline) {
                     Ok(Some(guard)) => Ok(guard),
-                    Ok(None) => self.create_lock(may_create, &dir, deadline),
+                    Ok(None) => self.create_lock(may_create, &dir, deadline, state_mode),
                     Err(e) => Err(e),
                 };
                 (guard.map_err(timeout)?, dir)
@@ -385,6 +410,7 @@ impl FileStore {
         may_create: bool,
         dir: &DirStatus<'_>,
         deadline: Option<Instant>,
+        state_mode: fn(u32) -> u32,
     ) -> Result<LockGuard> {
         let files = &self.files;
         let state = files
@@ -396,7 +422,7 @@ impl FileStore {
             Some(st) if dir::is_symlink(&st) => return Err(self.symlink()),
             Some(st) => {
                 self.check_state(&st)?;
-                dir::perm_bits(&st)
+                state_mode(dir::perm_bits(&st))
             }
         };
         let created = lock::lock_exclusive(files, Some(access_mode(state_mode)), dir, deadline)?;
@@ -432,10 +458,25 @@ impl FileStore {
         Ok(())
     }
 
+    /// The error for a missing state file: [`Error::DirectoryGone`] if the directory went
+    /// with it; [`Error::Removed`] if this handle has seen the state file before (it was
+    /// removed while in use); else [`Error::NotFound`].
     fn not_found(&self) -> Error {
-        self.files.missing(Error::NotFound {
-            path: self.path().to_path_buf(),
+        let path = self.path().to_path_buf();
+        self.files.missing(if self.seen.load(Ordering::Relaxed) {
+            Error::Removed { path }
+        } else {
+            Error::NotFound { path }
         })
+    }
+
+    /// Records that this handle found (or wrote) the state file: from now on a missing one
+    /// was removed ([`Error::Removed`]). Written only once, so that threads sharing the handle
+    /// do not contend on it.
+    pub(super) fn saw_state(&self) {
+        if !self.seen.load(Ordering::Relaxed) {
+            self.seen.store(true, Ordering::Relaxed);
+        }
     }
 
     fn symlink(&self) -> Error {
@@ -474,6 +515,12 @@ fn to_touch(before: &[u64], after: &Document) -> Vec<u64> {
         touch.push(head);
     }
     touch
+}
+
+/// The mode of a state file as it is on file: what the lock file's mode derives from in
+/// every step but recovery's.
+fn as_on_file(mode: u32) -> u32 {
+    mode
 }
 
 #[cfg(test)]

@@ -130,6 +130,7 @@ impl FileStore {
     }
 
     /// Reads the current document without the lock; `None` when there is no state file.
+    /// Records that this handle has seen the state file ([`FileStore::saw_state`]).
     pub(super) fn read(&self) -> Result<Option<(Document, FileMeta)>> {
         let (bytes, meta) = match self.read_raw()? {
             Raw::Missing => return Ok(None),
@@ -141,6 +142,7 @@ impl FileStore {
             }
         };
         let doc = Document::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
+        self.saw_state();
         Ok(Some((doc, meta)))
     }
 
@@ -166,7 +168,7 @@ impl FileStore {
     }
 
     /// Opens the state file for reading and checks it: `None` when it is absent.
-    fn open_state(&self) -> Result<Option<(File, FileStat)>> {
+    pub(super) fn open_state(&self) -> Result<Option<(File, FileStat)>> {
         let files = &self.files;
         let name = files.state_name.as_os_str();
         // O_NONBLOCK: opening a FIFO for reading would wait for a writer, under the lock.

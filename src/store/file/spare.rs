@@ -172,6 +172,10 @@ pub(crate) struct Spares {
     // allocation per hold.
     #[allow(clippy::vec_box)]
     free: Mutex<Vec<Box<Spare>>>,
+    /// The handle's last step found its semaphore removed: spares given back are retired, so
+    /// that nothing of this handle stays behind in the witness directory of a removed
+    /// semaphore. Cleared by the next step that succeeds.
+    gone: AtomicBool,
 }
 
 impl Spares {
@@ -211,7 +215,7 @@ impl Spares {
     /// Keeps a spare whose hold ended (its link removed), unless it may not be lent again or
     /// enough are kept: then it is retired.
     pub fn give_back(&self, spare: Box<Spare>) {
-        if !spare.reusable() {
+        if !spare.reusable() || self.gone.load(Ordering::Relaxed) {
             spare.retire();
             return;
         }
@@ -222,6 +226,17 @@ impl Spares {
         }
         drop(free);
         spare.retire();
+    }
+
+    /// Records whether the handle's last step found its semaphore removed (the state file or
+    /// its directory); if so, retires every kept spare too, and those given back from now on.
+    pub fn semaphore_gone(&self, gone: bool) {
+        if self.gone.load(Ordering::Relaxed) != gone {
+            self.gone.store(gone, Ordering::Relaxed);
+        }
+        if gone {
+            self.retire_all();
+        }
     }
 
     /// Retires every kept spare (before an operation that created the witness directory

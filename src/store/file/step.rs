@@ -7,11 +7,14 @@ use std::cell::Cell;
 use std::io;
 use std::sync::{Arc, PoisonError};
 
+use chrono::{DateTime, Utc};
+
 use super::FileStore;
 use super::dir::{self, DirStatus, Want, access_mode, witness_dir_mode};
 use super::identity::Identity;
+use super::lock::LockGuard;
 use super::witness::{self, Created, WitnessDir};
-use crate::core::doc::{Document, Entry};
+use crate::core::doc::{Document, Entry, MAX_TOKEN};
 use crate::core::queue::Stamp;
 use crate::core::rules::Removed;
 use crate::core::tokens::{take_token, tokens_exhausted};
@@ -149,6 +152,50 @@ impl<'s> FileStep<'s> {
 }
 
 impl FileStore {
+    /// Where the token counter of a semaphore that this step creates starts: `None` (at 1)
+    /// for the first semaphore at this path, else above every fencing token an earlier one
+    /// can have handed out.
+    ///
+    /// The lock file is never deleted, so a lock file that was there before this step (or a
+    /// witness directory) is the trace of an earlier semaphore at this path whose state file
+    /// was removed since: deleted by hand, or lost to a crash of an older version's
+    /// `recover`. Its holders may still hold fencing tokens, and a counter that started at 1
+    /// again would hand out smaller ones: a fenced resource would refuse the new holders, or
+    /// worse, take a stale token for a new one. So the counter starts at the clock in
+    /// microseconds since 1970 (`now`), as after a foreign write that dropped the counter
+    /// ([`resume_token_counter`](crate::core::tokens::resume_token_counter)), and above every
+    /// number a witness file there is named by (in case the clock went back). Names above
+    /// [`MAX_TOKEN`] were not made by filesem and are ignored. A lock file that a failed
+    /// first attempt left behind costs nothing but larger numbers.
+    ///
+    /// Lists the witness directory if there is one (checked as every witness directory is).
+    pub(super) fn counter_floor_here(
+        &self,
+        lock: &LockGuard,
+        dir: &DirStatus<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>> {
+        let files = &self.files;
+        let witness_dir = witness::open_dir(files, dir, None)?;
+        if lock.created && witness_dir.is_none() {
+            return Ok(None);
+        }
+        let micros = u64::try_from(now.timestamp_micros()).unwrap_or(0);
+        let mut floor = micros.max(1);
+        if let Some(wdir) = witness_dir {
+            let names = dir::names_in(wdir.fd())
+                .map_err(|e| files.io(&files.witness_path, "list the witness directory", e))?;
+            let taken = names
+                .iter()
+                .filter_map(|n| n.to_str()?.parse::<u64>().ok())
+                .filter(|&n| n <= MAX_TOKEN);
+            for n in taken {
+                floor = floor.max(n + 1);
+            }
+        }
+        Ok(Some(floor.min(MAX_TOKEN + 1)))
+    }
+
     /// Removes temp files left by killed writers (listing the directory) and witness files
     /// that no entry of `doc` refers to and nobody holds. Under the lock, before the write.
     pub(super) fn tidy(&self, doc: &Document, dir: &DirStatus<'_>) -> Result<()> {

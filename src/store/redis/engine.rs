@@ -9,11 +9,13 @@
 //! backoff, until the caller's deadline. No `WATCH`: the design needs no per-connection
 //! state, so it works unchanged on a multiplexed asynchronous connection.
 //!
-//! Connections: the engine keeps a few idle connections (a `Mutex<Vec<Connection>>` held
+//! Connections: the engine keeps a few idle connections (a mutex-guarded list held
 //! only to take or return one, never during a command). A thread takes an idle connection or
 //! opens a new one, and returns it after the step unless it failed; a broken or timed-out
 //! connection is dropped, so the next step reconnects. An idle connection that turns out to
-//! be closed (the server restarted) is replaced once, transparently, before the read.
+//! be closed (the server restarted) is replaced once, transparently, before the read. A
+//! forked child never uses its parent's idle connections (their sockets are shared with the
+//! parent): it forgets them and opens its own.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,6 +167,7 @@ pub(super) struct Scripts {
     pub(super) cas: Script,
     pub(super) inspect: Script,
     pub(super) aside: Script,
+    #[cfg_attr(not(test), allow(dead_code))] // see `Engine::delete`
     pub(super) delete: Script,
 }
 
@@ -189,7 +192,7 @@ pub(crate) struct Engine {
     channel: String,
     client: Client,
     options: EngineOptions,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Idle>,
     pub(super) counters: Counters,
     pub(super) scripts: Scripts,
 }
@@ -200,6 +203,24 @@ impl std::fmt::Debug for Engine {
             .field("location", &self.location)
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// The idle connections, and the process they belong to.
+struct Idle {
+    pid: u32,
+    connections: Vec<Connection>,
+}
+
+impl Idle {
+    /// The idle connections of this process: after a fork, the parent's are forgotten.
+    fn mine(&mut self) -> &mut Vec<Connection> {
+        let pid = std::process::id();
+        if self.pid != pid {
+            self.pid = pid;
+            self.connections.clear();
+        }
+        &mut self.connections
     }
 }
 
@@ -216,6 +237,7 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(con) = self.con.take() {
             let mut idle = self.engine.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = idle.mine();
             if idle.len() < MAX_IDLE {
                 idle.push(con);
             }
@@ -305,7 +327,10 @@ impl Engine {
                 response_timeout: options.response_timeout.max(MIN_TIMEOUT),
                 replicas: options.replicas,
             },
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle {
+                pid: std::process::id(),
+                connections: Vec::new(),
+            }),
             counters: Counters::default(),
             scripts: Scripts::new(),
         })
@@ -430,7 +455,12 @@ impl Engine {
 
     /// A connection for one operation: an idle one, or none yet (opened on first use).
     pub(super) fn lease(&self) -> Lease<'_> {
-        let con = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let con = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mine()
+            .pop();
         Lease {
             engine: self,
             con,

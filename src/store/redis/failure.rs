@@ -2,13 +2,16 @@
 //!
 //! Every [`RedisFailure`] names the semaphore by its redacted location
 //! (`redis://:***@host:6379/0/KEY`, which includes the key) and keeps the `redis` crate's
-//! error as its [`source`](std::error::Error::source) when there is one. When the store is
-//! wired in, these become variants of the crate's `Error`.
+//! error as its [`source`](std::error::Error::source) when there is one. The store turns
+//! each into the crate's [`Error`] ([`RedisFailure::into_error`]).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ::redis::{ErrorKind, RedisError};
+
+use crate::error::Error;
 
 /// What the engine was doing when it failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +31,8 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    fn describe(self) -> &'static str {
+    /// What the engine was doing, for messages: "reading the state", ...
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Phase::Connect => "connecting",
             Phase::Read => "reading the state",
@@ -180,6 +184,80 @@ impl RedisFailure {
                 | FailureKind::Timeout { .. }
                 | FailureKind::Protocol { .. }
         )
+    }
+}
+
+impl RedisFailure {
+    /// The crate's error for this failure; `waited` is how long the step tried (for
+    /// [`Error::Contended`]). A key of another type is [`Error::Corrupt`].
+    pub(crate) fn into_error(self, waited: Duration) -> Error {
+        let outcome_unknown = self.outcome_unknown();
+        let path = PathBuf::from(&self.location);
+        let source = self
+            .source
+            .map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+        match self.kind {
+            FailureKind::Unreachable => Error::RedisUnreachable { path, source },
+            FailureKind::Disconnected { during } => Error::RedisDisconnected {
+                path,
+                during: during.describe(),
+                outcome_unknown,
+                source,
+            },
+            FailureKind::Timeout { during, after } => Error::RedisTimeout {
+                path,
+                during: during.describe(),
+                timeout: after,
+                outcome_unknown,
+            },
+            FailureKind::Auth { detail } => Error::RedisAuth { path, detail },
+            FailureKind::WrongType { found } => Error::Corrupt {
+                path,
+                reason: match found {
+                    Some(t) => format!("the Redis key holds a {t}, not a string"),
+                    None => "the Redis key holds a value of another type, not a string".into(),
+                },
+            },
+            FailureKind::Contended { attempts } => Error::Contended {
+                path,
+                attempts,
+                waited,
+            },
+            FailureKind::NotReplicated {
+                wanted,
+                acked,
+                timeout,
+            } => Error::NotReplicated {
+                path,
+                wanted,
+                acked,
+                timeout,
+            },
+            FailureKind::AsideTaken { aside } => Error::Redis {
+                path,
+                during: Phase::Recover.describe(),
+                message: format!("the key cannot be moved aside: `{aside}` exists"),
+                source,
+            },
+            FailureKind::Server { during, message } => Error::Redis {
+                path,
+                during: during.describe(),
+                message,
+                source,
+            },
+            FailureKind::Protocol { during, detail } => Error::Redis {
+                path,
+                during: during.describe(),
+                message: format!("unexpected answer: {detail}"),
+                source,
+            },
+            FailureKind::Local { detail } => Error::Redis {
+                path,
+                during: "starting a thread",
+                message: detail,
+                source,
+            },
+        }
     }
 }
 

@@ -1,24 +1,32 @@
-//! Change notices for waiters: a pub/sub connection subscribed to the semaphore's channel.
+//! Change notices for waiters: a pub/sub connection subscribed to the semaphore's channel,
+//! ringing a doorbell (a socket) for each waiter.
 //!
 //! A [`Subscriber`] owns a thread with its own connection, subscribed to
 //! [`Engine::channel`](super::engine::Engine::channel), where every committed change is
-//! announced by the compare-and-swap script. Each notice (and each re-subscription after a
-//! broken connection, since notices may have been missed meanwhile) advances a generation
-//! counter under a mutex and wakes every waiting thread through a condition variable.
+//! announced by the compare-and-swap script. Each waiter registers a [`Doorbell`]: one end of
+//! a socket pair whose other end the thread writes a byte to for every notice, and every
+//! time the channel is subscribed (the first time, and again after a broken connection,
+//! since notices may have been missed meanwhile). A waiter sleeps in `poll(2)` on its
+//! doorbell together with anything else it waits for (its cancel token's socket), so one
+//! wait covers both.
 //!
-//! The protocol for a waiter, so that no notice is missed: take a [`Mark`] *before* looking at
-//! the state, look, then [`wait`](Subscriber::wait) with the mark; a change committed after the
-//! mark was taken ends the wait at once. One subscriber can serve every waiter of a handle.
+//! The protocol for a waiter, so that no notice is missed: register the doorbell *before*
+//! looking at the state, look, then wait for the doorbell; a notice committed after the
+//! registration has left a byte in it, so the wait ends at once. One subscriber serves every
+//! waiter of a handle.
 //!
 //! Failures never hang a waiter: the thread reads with the response timeout and, when
 //! nothing came in that long, sends `PING` and expects the answer within the response timeout
-//! (so a silently dead connection is noticed). A broken connection is dropped and reopened
-//! (pausing 50 ms doubling to 1 s between failed attempts); meanwhile
-//! [`wait`](Subscriber::wait) simply sleeps until its deadline: the caller's timer is the
-//! safety net.
+//! (so a silently dead connection is noticed). A broken connection (or one that could not be
+//! opened) is dropped and opened again, pausing 50 ms doubling to 1 s between failed
+//! attempts; meanwhile no doorbell rings and [`is_subscribed`](Subscriber::is_subscribed)
+//! is `false`: the caller's timer is the safety net.
 
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use ::redis::{Client, Connection};
@@ -33,48 +41,43 @@ const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between two attempts to reopen a subscription.
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
-/// A point in the sequence of notices, taken before looking at the state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Mark(u64);
-
-/// How a [`Subscriber::wait`] ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wake {
-    /// A change was announced after the mark (or the subscription was renewed, and one may
-    /// have been missed): look again.
-    Changed,
-    /// The deadline passed with no notice.
-    TimedOut,
-}
-
-/// The state the listening thread shares with waiters.
+/// The state the listening thread shares with the subscriber and its doorbells.
 struct Shared {
     state: Mutex<State>,
-    changed: Condvar,
+    /// Wakes the thread from its pause between reconnection attempts when it is stopped.
+    stopped: Condvar,
     stop: AtomicBool,
+    /// The writing ends of the registered doorbells. Weak: a waiter that is done drops its
+    /// doorbell, and the entry is pruned at the next registration.
+    bells: Mutex<Vec<Weak<UnixStream>>>,
 }
 
 struct State {
-    /// Advanced by every notice and every re-subscription.
-    generation: u64,
     /// Whether the channel is subscribed right now.
     subscribed: bool,
     /// Subscriptions made (1 after the first, +1 per renewal).
     subscriptions: u64,
-    /// The first attempt's failure, for [`Engine::subscribe`] to return.
-    first_failure: Option<RedisFailure>,
-    /// Whether the first attempt has ended (well or not).
-    started: bool,
+    /// The last attempt's failure, if the channel is not subscribed because of one.
+    failure: Option<String>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Writes a byte to every registered doorbell. Non-blocking: a full socket already
+    /// holds a byte, and one is all a waiter needs.
+    fn ring(&self) {
+        let bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
+        for bell in bells.iter().filter_map(Weak::upgrade) {
+            let _ = (&*bell).write(&[1]);
+        }
+    }
 }
 
-/// A waker for waiters of one semaphore (see the module docs). Dropping it stops its thread
-/// (within the response timeout) without waiting for it.
+/// Change notices for the waiters of one semaphore (see the module docs). Dropping it stops
+/// its thread (within the response timeout) without waiting for it.
 pub(crate) struct Subscriber {
     shared: Arc<Shared>,
 }
@@ -83,34 +86,60 @@ impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.shared.lock();
         f.debug_struct("Subscriber")
-            .field("generation", &state.generation)
             .field("subscribed", &state.subscribed)
+            .field("subscriptions", &state.subscriptions)
             .finish()
     }
 }
 
+/// One waiter's doorbell: readable once a change was announced (or the channel subscribed)
+/// after it was registered. Dropping it unregisters it.
+pub(crate) struct Doorbell {
+    reader: UnixStream,
+    _writer: Arc<UnixStream>,
+}
+
+impl Doorbell {
+    /// The descriptor to `poll(2)` for reading.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.reader.as_fd()
+    }
+
+    /// Empties the doorbell: `true` if it had rung since it was last emptied.
+    pub(crate) fn take(&self) -> bool {
+        let mut rung = false;
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.reader).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            rung = true;
+        }
+        rung
+    }
+}
+
 impl Engine {
-    /// Subscribes to this semaphore's change notices on a connection of its own. Returns once
-    /// the subscription is in place, so that a waiter's first look (after
-    /// [`Subscriber::mark`]) cannot miss a change.
+    /// Starts listening for this semaphore's change notices on a connection of its own, in a
+    /// thread of its own; returns at once. Register a [`Doorbell`] before looking at the
+    /// state: it rings for every later notice, and when the channel is subscribed (which
+    /// takes a round trip or two; until then, and while the connection is broken, nothing
+    /// rings).
     ///
     /// # Errors
     ///
-    /// The failure of the first attempt to connect and subscribe
-    /// ([`FailureKind::Unreachable`], [`FailureKind::Timeout`], [`FailureKind::Auth`], ...),
-    /// or [`FailureKind::Local`] if the thread cannot be started. Later failures do not
-    /// surface: the subscriber reconnects, and waits fall back to their deadline.
+    /// [`FailureKind::Local`] if the thread cannot be started. Connection failures do not
+    /// surface: the thread tries again (see [`Subscriber::failure`]).
     pub(crate) fn subscribe(&self) -> Result<Subscriber, RedisFailure> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                generation: 0,
                 subscribed: false,
                 subscriptions: 0,
-                first_failure: None,
-                started: false,
+                failure: None,
             }),
-            changed: Condvar::new(),
+            stopped: Condvar::new(),
             stop: AtomicBool::new(false),
+            bells: Mutex::new(Vec::new()),
         });
         let listener = Listener {
             shared: Arc::clone(&shared),
@@ -131,85 +160,52 @@ impl Engine {
                     },
                 )
             })?;
-        let subscriber = Subscriber { shared };
-        // The first attempt ends within the connect timeout plus one response timeout per
-        // command; the margin only guards against a stalled thread.
-        let o = self.options();
-        let limit = Instant::now()
-            + o.connect_timeout
-            + o.response_timeout.saturating_mul(2)
-            + Duration::from_secs(1);
-        let mut state = subscriber.shared.lock();
-        while !state.started {
-            let left = limit.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(RedisFailure::new(
-                    &shown,
-                    FailureKind::Timeout {
-                        during: Phase::Subscribe,
-                        after: o.connect_timeout + o.response_timeout,
-                    },
-                ));
-            }
-            state = subscriber
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        if let Some(failure) = state.first_failure.take() {
-            return Err(failure);
-        }
-        drop(state);
-        Ok(subscriber)
+        Ok(Subscriber { shared })
     }
 }
 
 impl Subscriber {
-    /// The current point in the sequence of notices; take it before looking at the state.
-    pub(crate) fn mark(&self) -> Mark {
-        Mark(self.shared.lock().generation)
+    /// Registers a doorbell; `None` when no socket pair could be made (then the caller has
+    /// no notices and polls).
+    pub(crate) fn doorbell(&self) -> Option<Doorbell> {
+        let (reader, writer) = UnixStream::pair().ok()?;
+        reader.set_nonblocking(true).ok()?;
+        writer.set_nonblocking(true).ok()?;
+        let writer = Arc::new(writer);
+        let mut bells = self.shared.bells.lock().unwrap_or_else(|p| p.into_inner());
+        bells.retain(|w| w.strong_count() > 0);
+        bells.push(Arc::downgrade(&writer));
+        Some(Doorbell {
+            reader,
+            _writer: writer,
+        })
     }
 
-    /// Sleeps until a change is announced after `mark`, or until `until`. Returns at once
-    /// if one was announced since `mark` was taken. While the subscription is broken, it
-    /// sleeps until `until` (unless the renewed subscription wakes it first).
-    pub(crate) fn wait(&self, mark: Mark, until: Instant) -> Wake {
-        let mut state = self.shared.lock();
-        loop {
-            if state.generation != mark.0 {
-                return Wake::Changed;
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Wake::TimedOut;
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-
-    /// Whether the channel is subscribed right now (`false` while reconnecting).
+    /// Whether the channel is subscribed right now (`false` before the first subscription
+    /// and while reconnecting).
     pub(crate) fn is_subscribed(&self) -> bool {
         self.shared.lock().subscribed
     }
 
-    /// How many times the channel was subscribed: 1, plus one per renewal after a broken
-    /// connection.
+    /// How many times the channel was subscribed: 1 after the first subscription, plus one
+    /// per renewal after a broken connection.
+    #[cfg_attr(not(test), allow(dead_code))] // for tests and debugging
     pub(crate) fn subscriptions(&self) -> u64 {
         self.shared.lock().subscriptions
+    }
+
+    /// Why the channel is not subscribed, if the last attempt failed (the message of its
+    /// [`RedisFailure`]).
+    #[cfg_attr(not(test), allow(dead_code))] // for tests and debugging
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.lock().failure.clone()
     }
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.changed.notify_all();
+        self.shared.stopped.notify_all();
     }
 }
 
@@ -227,22 +223,14 @@ impl Listener {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
-    /// Subscribes, listens until the connection breaks, and again, until stopped. If the
-    /// very first attempt fails, reports that to [`Engine::subscribe`] and ends.
+    /// Subscribes, listens until the connection breaks, and again, until stopped.
     fn run(self) {
         let mut pause = FIRST_RECONNECT_PAUSE;
         while !self.stopped() {
             let before = self.shared.lock().subscriptions;
-            let ended = self.session(before == 0);
+            let ended = self.session();
             let mut state = self.shared.lock();
             state.subscribed = false;
-            if state.subscriptions == 0 {
-                state.first_failure = ended.err();
-                state.started = true;
-                drop(state);
-                self.shared.changed.notify_all();
-                return;
-            }
             let Err(failure) = ended else {
                 return; // Stopped.
             };
@@ -251,6 +239,7 @@ impl Listener {
                 pause = FIRST_RECONNECT_PAUSE;
             }
             tracing::debug!(location = %self.shown, error = %failure, "Redis change notices interrupted; reconnecting");
+            state.failure = Some(failure.to_string());
             // Pause on the condition variable, so that dropping the subscriber ends it.
             let until = Instant::now() + pause;
             while !self.stopped() {
@@ -260,7 +249,7 @@ impl Listener {
                 }
                 state = self
                     .shared
-                    .changed
+                    .stopped
                     .wait_timeout(state, left)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
@@ -270,9 +259,10 @@ impl Listener {
         }
     }
 
-    /// One connection: subscribe, report it, listen. `Ok` when stopped, the failure when
-    /// the connection could not be opened or broke.
-    fn session(&self, first: bool) -> Result<(), RedisFailure> {
+    /// One connection: subscribe, ring every doorbell (notices may have been missed before),
+    /// listen. `Ok` when stopped, the failure when the connection could not be opened or
+    /// broke.
+    fn session(&self) -> Result<(), RedisFailure> {
         let o = &self.options;
         let fail = |during, timeout, e| RedisFailure::from_redis(&self.shown, during, timeout, e);
         let mut con: Connection = self
@@ -291,19 +281,13 @@ impl Listener {
             let mut state = self.shared.lock();
             state.subscribed = true;
             state.subscriptions += 1;
-            state.started = true;
-            if !first {
-                // Notices sent while the connection was down are lost: make waiters look.
-                state.generation += 1;
-            }
+            state.failure = None;
         }
-        self.shared.changed.notify_all();
+        // Whatever changed before the subscription was announced to nobody: look again.
+        self.shared.ring();
         while !self.stopped() {
             match pubsub.get_message() {
-                Ok(message) if message.get_channel_name() == self.channel => {
-                    self.shared.lock().generation += 1;
-                    self.shared.changed.notify_all();
-                }
+                Ok(message) if message.get_channel_name() == self.channel => self.shared.ring(),
                 Ok(_) => {}
                 Err(e) if e.is_timeout() => {
                     // Nothing for a while: make sure the connection still answers.

@@ -14,10 +14,10 @@ use chrono::{DateTime, Utc};
 use super::engine::{Decision, Engine, EngineOptions, ReplicaAck, StepError, Stepped};
 use super::failure::{FailureKind, Phase, RedisFailure};
 use super::location::Location;
-use super::subscriber::Wake;
+use super::subscriber::{Doorbell, Subscriber};
 
 #[path = "../../../tests/common/redis_server.rs"]
-mod redis_server;
+pub(crate) mod redis_server;
 use redis_server::RedisServer;
 
 /// The key every test uses (each test has its own server).
@@ -89,6 +89,40 @@ fn failure<R: std::fmt::Debug, T: std::fmt::Debug>(
         Err(StepError::Failed(f)) => f,
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+/// Whether `bell` rings within `within`.
+fn rings(bell: &Doorbell, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if bell.take() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            bell.fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+    }
+}
+
+/// A subscriber of `engine` and a doorbell of it, once the channel is subscribed (the
+/// subscription's own ring consumed).
+fn subscribed(engine: &Engine) -> (Subscriber, Doorbell) {
+    let subscriber = engine.subscribe().unwrap();
+    let bell = subscriber.doorbell().unwrap();
+    assert!(
+        rings(&bell, Duration::from_secs(30)),
+        "never subscribed: {:?}",
+        subscriber.failure()
+    );
+    assert!(subscriber.is_subscribed());
+    (subscriber, bell)
 }
 
 /// A step that changes nothing and returns the server's clock.
@@ -576,21 +610,22 @@ fn a_committed_step_wakes_a_subscriber() {
         return;
     };
     let waiter = engine(&server);
-    let subscriber = waiter.subscribe().unwrap();
-    assert!(subscriber.is_subscribed());
-    let mark = subscriber.mark();
+    let (_subscriber, bell) = subscribed(&waiter);
     let writer = engine(&server);
     let committed = Instant::now();
     increment(&writer);
-    let wake = subscriber.wait(mark, soon());
+    assert!(rings(&bell, Duration::from_secs(10)));
     let latency = committed.elapsed();
-    assert_eq!(wake, Wake::Changed);
     eprintln!("notice latency (commit started -> waiter woken): {latency:?}");
-    // A notice that came before the wait is not missed: the mark remembers.
-    let mark = subscriber.mark();
+    // A notice that came before the wait is not missed: the doorbell keeps it.
     increment(&writer);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(subscriber.wait(mark, Instant::now()), Wake::Changed);
+    assert!(rings(&bell, Duration::from_secs(10)));
+    // Every doorbell rings, not only one.
+    let other = _subscriber.doorbell().unwrap();
+    increment(&writer);
+    assert!(rings(&bell, Duration::from_secs(10)));
+    assert!(rings(&other, Duration::from_secs(10)));
 }
 
 #[test]
@@ -601,8 +636,7 @@ fn steps_that_write_nothing_wake_no_subscriber() {
     };
     let writer = engine(&server);
     increment(&writer);
-    let subscriber = writer.subscribe().unwrap();
-    let mark = subscriber.mark();
+    let (_subscriber, bell) = subscribed(&writer);
     look(&writer).unwrap();
     let mut intruder = raw(&server);
     let mut first = true;
@@ -615,45 +649,52 @@ fn steps_that_write_nothing_wake_no_subscriber() {
             Decision::Write(current.unwrap().to_vec(), ())
         })
         .unwrap();
-    let wake = subscriber.wait(mark, Instant::now() + Duration::from_millis(300));
-    assert_eq!(wake, Wake::TimedOut);
+    assert!(!rings(&bell, Duration::from_millis(300)));
     assert_eq!(writer.stats().retries, 1);
 }
 
 #[test]
 fn a_subscriber_outlives_a_server_restart() {
-    // While the server is down a wait ends at its deadline; once it is back the subscriber
-    // subscribes again and wakes waiters (notices may have been missed), then works as before.
+    // While the server is down nothing rings; once it is back the subscriber subscribes
+    // again and rings every doorbell (notices may have been missed), then works as before.
     let Some(mut server) = RedisServer::start() else {
         return;
     };
     let engine = engine_with(&server, impatient());
-    let subscriber = engine.subscribe().unwrap();
-    let mark = subscriber.mark();
+    let (subscriber, bell) = subscribed(&engine);
     server.kill();
-    let wake = subscriber.wait(mark, Instant::now() + Duration::from_millis(200));
-    assert_eq!(wake, Wake::TimedOut);
+    assert!(!rings(&bell, Duration::from_millis(200)));
     server.restart();
-    assert_eq!(
-        subscriber.wait(mark, Instant::now() + Duration::from_secs(30)),
-        Wake::Changed
-    );
+    assert!(rings(&bell, Duration::from_secs(30)));
     assert_eq!(subscriber.subscriptions(), 2);
-    let mark = subscriber.mark();
     increment(&engine);
-    assert_eq!(subscriber.wait(mark, soon()), Wake::Changed);
+    assert!(rings(&bell, Duration::from_secs(10)));
 }
 
 #[test]
-fn subscribing_to_a_dead_server_fails_with_a_typed_error() {
-    // The first subscription's failure is returned, not hidden behind a timer.
+fn a_subscriber_of_a_dead_server_says_why_and_subscribes_once_it_is_back() {
+    // Starting never waits for the server: the failure is recorded, nothing rings, and the
+    // subscription comes (ringing) when the server does.
     let Some(mut server) = RedisServer::start() else {
         return;
     };
     let engine = engine_with(&server, impatient());
     server.kill();
-    let f = engine.subscribe().unwrap_err();
-    assert_eq!(f.kind, FailureKind::Unreachable, "{f}");
+    let subscriber = engine.subscribe().unwrap();
+    let bell = subscriber.doorbell().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while subscriber.failure().is_none() {
+        assert!(Instant::now() < deadline, "no failure recorded");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let failure = subscriber.failure().unwrap();
+    assert!(failure.starts_with("cannot connect to Redis"), "{failure}");
+    assert!(!subscriber.is_subscribed());
+    assert!(!bell.take());
+    server.restart();
+    assert!(rings(&bell, Duration::from_secs(30)));
+    assert!(subscriber.is_subscribed());
+    assert_eq!(subscriber.failure(), None);
 }
 
 #[test]
@@ -712,8 +753,7 @@ fn a_corrupt_key_is_moved_aside_only_if_unchanged() {
     assert_eq!(items, ["a", "b"]);
 
     let seen = engine.inspect(1024).unwrap();
-    let subscriber = engine.subscribe().unwrap();
-    let mark = subscriber.mark();
+    let (_subscriber, bell) = subscribed(&engine);
     let aside = engine.rename_aside(&seen, Some(b"fresh")).unwrap().unwrap();
     let stamp = seen.server_now.format("%Y%m%dT%H%M%S%.6fZ").to_string();
     assert_eq!(aside, format!("{KEY}.corrupt-{stamp}"));
@@ -721,7 +761,7 @@ fn a_corrupt_key_is_moved_aside_only_if_unchanged() {
     assert_eq!(items, ["a", "b"]);
     let fresh: Vec<u8> = con.get(KEY).unwrap();
     assert_eq!(fresh, b"fresh");
-    assert_eq!(subscriber.wait(mark, soon()), Wake::Changed);
+    assert!(rings(&bell, Duration::from_secs(10)));
 
     // A string key: its first bytes come with the inspection (for a token floor).
     let seen = engine.inspect(3).unwrap();
@@ -809,7 +849,7 @@ fn dropping_a_subscriber_closes_its_subscription() {
             .unwrap();
         n
     };
-    let subscriber = engine.subscribe().unwrap();
+    let (subscriber, _bell) = subscribed(&engine);
     assert_eq!(subscribers(&mut con), 1);
     drop(subscriber);
     let deadline = Instant::now() + Duration::from_secs(10);
