@@ -94,6 +94,8 @@ pub(crate) struct FileStore {
     written: Mutex<Option<Written>>,
     /// The spare witness files this handle keeps locked for its next holds.
     spares: Arc<spare::Spares>,
+    /// The inotify instances of waits that ended, for the next waits (see [`waker`]).
+    notifiers: waker::KeptNotifiers,
     /// The witness directory as last opened, with its status: an acquire checks by one
     /// `fstatat` that the name still refers to it, instead of opening it again.
     witness_dir: Mutex<Option<(Arc<std::os::fd::OwnedFd>, FileStat)>>,
@@ -136,6 +138,7 @@ impl FileStore {
             lock_file: Mutex::new(None),
             written: Mutex::new(None),
             spares: Arc::default(),
+            notifiers: waker::KeptNotifiers::default(),
             witness_dir: Mutex::new(None),
             seen: AtomicBool::new(false),
         })
@@ -305,7 +308,7 @@ impl FileStore {
     /// and the waiter's witness `own` where it works.
     pub fn waker(&self, own: Option<&witness::WitnessLock>) -> waker::FileWaker {
         let own = own.and_then(witness::WitnessLock::fd);
-        waker::FileWaker::new(&self.files, own)
+        waker::FileWaker::new(&self.files, own, &self.notifiers)
     }
 
     /// Runs `f` under the lock. The lock file the last step kept open is locked if it is

@@ -32,7 +32,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Mutex, PoisonError, mpsc};
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
@@ -56,6 +56,8 @@ pub(crate) struct Notifier {
     /// Whether the directory is on a filesystem where writes by other machines may happen
     /// without events (NFS, SMB/CIFS, FUSE, Ceph, 9p).
     remote: bool,
+    /// The process that made it: a forked child shares the instance, and must not use it.
+    pid: u32,
 }
 
 /// What one drain of the event queue found.
@@ -98,7 +100,25 @@ impl Notifier {
         let remote = statfs::fstatfs(files.dir())
             .map(|s| is_remote(s.filesystem_type()))
             .unwrap_or(true);
-        let witness_wd = super::witness::open_dir_for_probe(files)
+        let mut notifier = Notifier {
+            inotify: Some(inotify),
+            state_name: files.state_name.clone(),
+            dir_path,
+            dir_wd: Some(dir_wd),
+            witness_wd: None,
+            own_wd: None,
+            remote,
+            pid: std::process::id(),
+        };
+        notifier.arm(files, own);
+        Some(notifier)
+    }
+
+    /// Watches the witness directory (as it is now: it may have been made, or made anew,
+    /// since the last wait) and `own`, the waiter's witness file.
+    fn arm(&mut self, files: &Files, own: Option<BorrowedFd<'_>>) {
+        let Some(inotify) = &self.inotify else { return };
+        self.witness_wd = super::witness::open_dir_for_probe(files)
             .ok()
             .flatten()
             .and_then(|dir| {
@@ -107,22 +127,37 @@ impl Notifier {
             });
         // Without the witness directory's watch a touch would come, but no death: then the
         // directory stays watched.
-        let own_wd = own.filter(|_| witness_wd.is_some()).and_then(|fd| {
+        self.own_wd = own.filter(|_| self.witness_wd.is_some()).and_then(|fd| {
             inotify
                 .add_watch(fd_path(fd).as_str(), AddWatchFlags::IN_ATTRIB)
                 .ok()
         });
-        Some(Notifier {
-            inotify: Some(inotify),
-            state_name: files.state_name.clone(),
-            dir_path,
-            dir_wd: Some(dir_wd),
-            witness_wd,
-            own_wd,
-            remote,
-        })
     }
 
+    /// Makes a notifier whose waiter is done fit for the next waiter of the same handle (see
+    /// [`Kept`]): no watch on that waiter's witness, the directory watched, nothing queued.
+    /// `false` if it is not fit (made by another process, the directory gone, reading
+    /// failed): then it is closed.
+    fn reset(&mut self) -> bool {
+        if self.pid != std::process::id() {
+            return false;
+        }
+        let Some(inotify) = &self.inotify else {
+            return false;
+        };
+        if let Some(wd) = self.own_wd.take() {
+            // Fails only if the file's watch went already (the file is gone).
+            let _ = inotify.rm_watch(wd);
+        }
+        if self.dir_wd.is_none() {
+            match inotify.add_watch(self.dir_path.as_str(), dir_mask()) {
+                Ok(wd) => self.dir_wd = Some(wd),
+                Err(_) => return false,
+            }
+        }
+        // What was queued concerns the waiter that is done; a gone directory makes it unfit.
+        self.drain() != Events::Broken
+    }
     /// The descriptor to poll for readability.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.inotify.as_ref().map(AsFd::as_fd)
@@ -213,6 +248,52 @@ impl Drop for Notifier {
     fn drop(&mut self) {
         if let Some(inotify) = self.inotify.take() {
             close_later(inotify);
+        }
+    }
+}
+
+/// The notifiers a handle keeps for its next waits: closing an inotify instance waits for an
+/// RCU grace period in the kernel (10-20 ms), so one instance per wait piles up instances
+/// waiting to be closed under a fast queue (8 processes each waiting every few hundred
+/// microseconds had more than 100), against a limit of 128 per user
+/// (`fs.inotify.max_user_instances`) shared with every other program; a waiter that finds
+/// none polls.
+#[derive(Default)]
+pub(crate) struct Kept {
+    free: Mutex<Vec<Notifier>>,
+}
+
+/// How many notifiers a handle keeps: enough for threads that wait at once now and then.
+const KEPT: usize = 2;
+
+impl Kept {
+    /// A notifier for a waiter whose witness is `own`: a kept one of this process, armed
+    /// for it, else a new one ([`Notifier::new`]).
+    pub fn take(&self, files: &Files, own: Option<BorrowedFd<'_>>) -> Option<Notifier> {
+        let kept = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match kept {
+            Some(mut n) if n.pid == std::process::id() => {
+                n.arm(files, own);
+                Some(n)
+            }
+            // A forked child's copy of its parent's: closed (the parent's stays open).
+            _ => Notifier::new(files, own),
+        }
+    }
+
+    /// Keeps the notifier of a waiter that is done, if it is fit ([`Notifier::reset`]) and
+    /// fewer than [`KEPT`] are kept; otherwise it is closed.
+    pub fn give_back(&self, mut notifier: Notifier) {
+        if !notifier.reset() {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.len() < KEPT {
+            free.push(notifier);
         }
     }
 }

@@ -5,6 +5,8 @@
 //! raise no events, its notifications are not prompt.
 
 use std::os::fd::BorrowedFd;
+#[cfg(target_os = "linux")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -32,10 +34,26 @@ fn polling_forced() -> bool {
     }
 }
 
+/// The notifiers a handle keeps between waits ([`Kept`](super::notify::Kept), Linux).
+#[derive(Default)]
+pub(crate) struct KeptNotifiers {
+    #[cfg(target_os = "linux")]
+    kept: Arc<super::notify::Kept>,
+}
+
+impl std::fmt::Debug for KeptNotifiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptNotifiers").finish_non_exhaustive()
+    }
+}
+
 /// Change notices for one waiter of a file semaphore.
 pub(crate) struct FileWaker {
     #[cfg(target_os = "linux")]
     notifier: Option<super::notify::Notifier>,
+    /// Where the notifier goes back when the wait is over.
+    #[cfg(target_os = "linux")]
+    kept: Arc<super::notify::Kept>,
     /// The directory is watched anew: a change made after the waiter's last look and before
     /// the watch raised no event, so the next wait ends at once and the waiter looks again.
     rewatched: bool,
@@ -43,18 +61,20 @@ pub(crate) struct FileWaker {
 
 impl FileWaker {
     /// Watches the directories of `files`, and `own`, the waiter's witness file, where
-    /// inotify works (and is not switched off for a test); otherwise a waker without
-    /// notifications.
-    pub fn new(files: &Files, own: Option<BorrowedFd<'_>>) -> FileWaker {
+    /// inotify works (and is not switched off for a test), with a notifier of `kept` if the
+    /// handle kept one; otherwise a waker without notifications.
+    pub fn new(files: &Files, own: Option<BorrowedFd<'_>>, kept: &KeptNotifiers) -> FileWaker {
         #[cfg(not(target_os = "linux"))]
-        let _ = (files, own);
+        let _ = (files, own, kept);
         FileWaker {
             #[cfg(target_os = "linux")]
             notifier: if polling_forced() {
                 None
             } else {
-                super::notify::Notifier::new(files, own)
+                kept.kept.take(files, own)
             },
+            #[cfg(target_os = "linux")]
+            kept: Arc::clone(&kept.kept),
             rewatched: false,
         }
     }
@@ -172,6 +192,16 @@ impl FileWaker {
     }
 }
 
+impl Drop for FileWaker {
+    /// Gives the notifier back to the handle, for its next wait.
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(notifier) = self.notifier.take() {
+            self.kept.give_back(notifier);
+        }
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -190,6 +220,7 @@ mod tests {
         let files = Files::open(&state, super::super::dir::Trust::new(&[])).unwrap();
         let mut waker = FileWaker {
             notifier: super::super::notify::Notifier::new(&files, Some(own.as_fd())),
+            kept: Arc::default(),
             rewatched: false,
         };
         assert!(waker.prompt(), "inotify on a local directory");
@@ -204,5 +235,69 @@ mod tests {
         waker.set_head(true);
         let woke = waker.wait(Duration::from_millis(1), None);
         assert!(!woke.changed, "{woke:?}");
+    }
+
+    #[test]
+    fn a_notifier_kept_between_waits_serves_the_next_waiter_only() {
+        // A handle reuses its inotify instance: the next waiter is woken by writers that touch
+        // its own witness, not the previous waiter's, and by writes while it is the head,
+        // however the previous waiter left the directory watch; nothing queued for the
+        // previous waiter wakes it.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.json");
+        let witness_dir = super::super::witness::dir_of(&state);
+        std::fs::create_dir(&witness_dir).unwrap();
+        let first = std::fs::File::create(witness_dir.join("5")).unwrap();
+        let second = std::fs::File::create(witness_dir.join("6")).unwrap();
+        let files = Files::open(&state, super::super::dir::Trust::new(&[])).unwrap();
+        let kept = KeptNotifiers::default();
+        let wdir = super::super::witness::open_dir_for_probe(&files)
+            .unwrap()
+            .unwrap();
+        let replace = || {
+            let temp = dir.path().join(".tmp");
+            std::fs::write(&temp, b"{}").unwrap();
+            std::fs::rename(&temp, &state).unwrap();
+        };
+        let fd_of = |w: &FileWaker| {
+            use std::os::fd::AsRawFd;
+            w.notifier.as_ref().unwrap().fd().unwrap().as_raw_fd()
+        };
+
+        let mut waker = FileWaker::new(&files, Some(first.as_fd()), &kept);
+        assert!(waker.prompt(), "inotify on a local directory");
+        let used = fd_of(&waker);
+        waker.set_head(false);
+        // Left queued for the first waiter: a touch of its witness.
+        super::super::witness::touch(wdir.as_fd(), 5);
+        drop(waker);
+
+        let mut waker = FileWaker::new(&files, Some(second.as_fd()), &kept);
+        assert_eq!(fd_of(&waker), used, "the same instance");
+        waker.set_head(false);
+        let woke = waker.wait(Duration::from_millis(1), None);
+        assert!(!woke.changed, "nothing left for the first waiter: {woke:?}");
+        super::super::witness::touch(wdir.as_fd(), 5);
+        replace();
+        let woke = waker.wait(Duration::from_millis(1), None);
+        assert!(
+            !woke.changed,
+            "neither its old witness nor a write: {woke:?}"
+        );
+        super::super::witness::touch(wdir.as_fd(), 6);
+        let woke = waker.wait(Duration::from_secs(60), None);
+        assert!(woke.changed && !woke.died, "its own witness: {woke:?}");
+        drop(waker);
+
+        // The next one starts watching the directory, though the last one did not.
+        let mut waker = FileWaker::new(&files, None, &kept);
+        assert_eq!(fd_of(&waker), used, "the same instance");
+        replace();
+        let woke = waker.wait(Duration::from_secs(60), None);
+        assert!(woke.changed && !woke.died, "a write: {woke:?}");
+        // Deaths are seen as before.
+        drop(std::fs::File::create(witness_dir.join("7")).unwrap());
+        let woke = waker.wait(Duration::from_secs(60), None);
+        assert!(woke.changed && woke.died, "a witness closed: {woke:?}");
     }
 }
