@@ -1053,6 +1053,62 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // Reviewed: fork in a test; the child makes two calls, then _exit.
+    fn a_child_forked_while_the_handles_caches_are_locked_acquires_without_them() {
+        // A child forked while another thread of its parent was inside one of the handle's
+        // caches inherits it locked, with nobody to unlock it: its operations must go without
+        // the cache, never wait for it.
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+        let dir = tempfile::tempdir().unwrap();
+        let sem = crate::OpenOptions::new()
+            .durable(false)
+            .open(dir.path().join("s.json"), 2)
+            .unwrap();
+        // Fills the caches: the lock file, the document, the witness directory, a spare.
+        sem.try_acquire("warm").unwrap().release().unwrap();
+        let held = file_store(&sem).lock_caches();
+        // SAFETY: the child makes two library calls, which must end by themselves, then _exit.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code = match sem.try_acquire("child").map(Permit::release) {
+                    Ok(Ok(())) => 0,
+                    _ => 1,
+                };
+                // SAFETY: _exit skips destructors and atexit handlers.
+                unsafe { libc::_exit(code) };
+            }
+            ForkResult::Parent { child } => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let status = loop {
+                    match waitpid(child, Some(WaitPidFlag::WNOHANG)).unwrap() {
+                        WaitStatus::StillAlive if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        WaitStatus::StillAlive => {
+                            let _ =
+                                nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                            let _ = waitpid(child, None);
+                            panic!("the forked child hung on a cache its parent held");
+                        }
+                        status => break status,
+                    }
+                };
+                drop(held);
+                assert_eq!(
+                    status,
+                    WaitStatus::Exited(child, 0),
+                    "the child's acquire and release"
+                );
+            }
+        }
+        assert!(
+            sem.holders().unwrap().is_empty(),
+            "the child released its slot"
+        );
+    }
+
+    #[test]
     fn the_document_kept_from_a_write_is_what_the_file_holds() {
         // A step that finds PATH unchanged uses the document its handle wrote last instead
         // of reading it: that document must be exactly what parsing the file gives, after

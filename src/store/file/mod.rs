@@ -17,13 +17,12 @@ use std::fs;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::stat::FileStat;
 use std::os::fd::AsFd;
-use std::sync::PoisonError;
 
 use super::{InStep, LockWait, Snapshot, Step, StepContext};
 use crate::core::doc::Document;
@@ -224,18 +223,26 @@ impl FileStore {
         stepped
     }
 
+    /// Locks the caches a step uses until the result is dropped: a test's stand-in for
+    /// another thread caught inside one by a fork (see [`cache`]).
+    #[cfg(test)]
+    pub(crate) fn lock_caches(&self) -> impl Sized + '_ {
+        (
+            self.lock_file.lock().unwrap(),
+            self.written.lock().unwrap(),
+            self.witness_dir.lock().unwrap(),
+            self.spares.lock(),
+        )
+    }
+
     /// Touches the witnesses of the waiters `numbers` whose entries the write just renamed into
     /// place changed (see [`notify`]): at once, as the directory's watchers learn of a write.
     fn touch_waiters(&self, numbers: &[u64]) {
         if numbers.is_empty() {
             return;
         }
-        let cached = self
-            .witness_dir
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|(fd, _)| Arc::clone(fd));
+        let cached =
+            cache(&self.witness_dir).and_then(|dir| dir.as_ref().map(|(fd, _)| Arc::clone(fd)));
         let opened;
         let dir = match &cached {
             Some(fd) => fd.as_fd(),
@@ -371,11 +378,7 @@ impl FileStore {
             let holder = lock.ok().flatten().and_then(|st| lock::holder_of(&st));
             return Err(timed_out(holder));
         };
-        let kept = self
-            .lock_file
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let kept = cache(&self.lock_file).and_then(|mut kept| kept.take());
         let relocked = match kept {
             Some(kept) => lock::relock(&self.files, kept, deadline).map_err(timeout)?,
             None => None,
@@ -396,11 +399,10 @@ impl FileStore {
             }
         };
         let r = f(&guard, &dir);
-        if let Some(file) = guard.unlock_keeping_file() {
-            *self
-                .lock_file
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(file);
+        if let Some(file) = guard.unlock_keeping_file()
+            && let Some(mut kept) = cache(&self.lock_file)
+        {
+            *kept = Some(file);
         }
         r
     }
@@ -490,6 +492,19 @@ impl FileStore {
 
     fn io_error(&self, action: &'static str, e: io::Error) -> Error {
         Error::io(self.path(), self.path(), action, e)
+    }
+}
+
+/// Locks the mutex of one of a handle's caches (the kept lock file, the document written last,
+/// the witness directory, spares, inotify instances: what a step can do without) if nobody
+/// holds it, else `None`. Threads of a handle rarely contend for one; but a child forked while
+/// another thread held one inherits it locked, with nobody to unlock it, and would wait for
+/// it for ever. A step that finds a cache busy goes without it.
+pub(super) fn cache<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 

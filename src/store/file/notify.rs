@@ -32,7 +32,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::{Mutex, mpsc};
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
@@ -270,11 +270,7 @@ impl Kept {
     /// A notifier for a waiter whose witness is `own`: a kept one of this process, armed
     /// for it, else a new one ([`Notifier::new`]).
     pub fn take(&self, files: &Files, own: Option<BorrowedFd<'_>>) -> Option<Notifier> {
-        let kept = self
-            .free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let kept = super::cache(&self.free).and_then(|mut free| free.pop());
         match kept {
             Some(mut n) if n.pid == std::process::id() => {
                 n.arm(files, own);
@@ -291,8 +287,9 @@ impl Kept {
         if !notifier.reset() {
             return;
         }
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        if free.len() < KEPT {
+        if let Some(mut free) = super::cache(&self.free)
+            && free.len() < KEPT
+        {
             free.push(notifier);
         }
     }

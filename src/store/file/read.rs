@@ -103,10 +103,7 @@ impl FileStore {
 
     /// Takes what a step wrote last, if it was kept.
     fn take_written(&self) -> Option<Written> {
-        self.written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        super::cache(&self.written).and_then(|mut written| written.take())
     }
 
     /// The document the last step kept, once no step of another thread is under way (for
@@ -123,10 +120,9 @@ impl FileStore {
 
     /// Keeps what a step just wrote, for the next step.
     pub(super) fn keep_written(&self, written: Written) {
-        *self
-            .written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(written);
+        if let Some(mut kept) = super::cache(&self.written) {
+            *kept = Some(written);
+        }
     }
 
     /// Reads the current document without the lock; `None` when there is no state file.

@@ -180,7 +180,7 @@ pub(crate) struct Spares {
 
 impl Spares {
     #[allow(clippy::vec_box)]
-    fn lock(&self) -> MutexGuard<'_, Vec<Box<Spare>>> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Vec<Box<Spare>>> {
         self.free.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -194,9 +194,10 @@ impl Spares {
     pub fn take(&self, files: &Files, dir: &WitnessDir, file_mode: u32) -> Result<Box<Spare>> {
         let mut unfit = Vec::new();
         let found = {
-            let mut free = self.lock();
+            // A busy list (see `cache`): a new spare.
+            let mut free = super::cache(&self.free);
             let mut found = None;
-            while let Some(spare) = free.pop() {
+            while let Some(spare) = free.as_mut().and_then(|free| free.pop()) {
                 if Arc::ptr_eq(&spare.dir, &dir.fd) && spare.mode == file_mode && spare.reusable() {
                     found = Some(spare);
                     break;
@@ -219,12 +220,12 @@ impl Spares {
             spare.retire();
             return;
         }
-        let mut free = self.lock();
-        if free.len() < KEPT {
+        if let Some(mut free) = super::cache(&self.free)
+            && free.len() < KEPT
+        {
             free.push(spare);
             return;
         }
-        drop(free);
         spare.retire();
     }
 

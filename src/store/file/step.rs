@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -113,12 +113,7 @@ impl<'s> FileStep<'s> {
     /// opened (and checked) afresh.
     fn witness_dir_for_create(&self) -> Result<WitnessDir> {
         let files = &self.store.files;
-        let cached = self
-            .store
-            .witness_dir
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let cached = super::cache(&self.store.witness_dir).and_then(|dir| dir.clone());
         if let Some((fd, opened)) = cached
             && let Ok(Some(now)) = files.stat_at(files.dir(), files.witness_name.as_os_str())
             && dir::file_id(&now) == dir::file_id(&opened)
@@ -142,11 +137,9 @@ impl<'s> FileStep<'s> {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             files.io(&files.witness_path, "create the witness directory", missing)
         })?;
-        *self
-            .store
-            .witness_dir
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((Arc::clone(&wdir.fd), wdir.stat));
+        if let Some(mut cached) = super::cache(&self.store.witness_dir) {
+            *cached = Some((Arc::clone(&wdir.fd), wdir.stat));
+        }
         Ok(wdir)
     }
 }
