@@ -434,6 +434,7 @@ impl Store {
     /// judge). A store with leases only gives a waiter the lease its hold will have, so that
     /// a waiter is kept as long as a holder would be, and refreshed as rarely (each refresh is
     /// a write that wakes every waiter).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub fn waiter_expiry(&self, lease: Option<Duration>) -> Duration {
         match self {
             Store::File(_) => WAITER_EXPIRY,
