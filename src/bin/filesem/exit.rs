@@ -624,6 +624,57 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_contention_is_no_slot_a_bad_url_usage_and_a_server_failure_125_with_a_hint() {
+        // Scripts tell "busy, try later" (1 or -E) from "fix the arguments" (2) and
+        // "filesem failed" (125), on Redis as on files; each failure's hint names a command,
+        // never with the password.
+        let path = std::path::PathBuf::from("redis://:***@cache:6390/0/jobs");
+        let contended = Fail::from(filesem::Error::Contended {
+            path: path.clone(),
+            attempts: 40,
+            waited: std::time::Duration::from_secs(10),
+        });
+        assert_eq!(contended.exit, Exit::NoSlot);
+        assert!(
+            contended
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("`filesem status redis://cache:6390/0/jobs`"),
+            "{contended:?}"
+        );
+        let invalid = Fail::from(filesem::Error::InvalidLocation {
+            path: "redis://".into(),
+            reason: "the host is missing".into(),
+        });
+        assert_eq!(invalid.exit, Exit::Usage);
+        let timeout = Fail::from(filesem::Error::RedisTimeout {
+            path: path.clone(),
+            during: "committing a change",
+            timeout: std::time::Duration::from_secs(2),
+            outcome_unknown: true,
+        });
+        assert_eq!(timeout.exit, Exit::Failure);
+        let hint = timeout.hint.unwrap();
+        assert!(hint.contains("`redis-cli -h cache -p 6390 ping`"), "{hint}");
+        assert!(hint.contains("--response-timeout"), "{hint}");
+        assert!(hint.contains("may have been made"), "{hint}");
+        assert!(hint.contains("REDISCLI_AUTH"), "{hint}");
+        let replicas = Fail::from(filesem::Error::NotReplicated {
+            path,
+            wanted: 2,
+            acked: 0,
+            timeout: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(replicas.exit, Exit::Failure);
+        assert!(
+            replicas.hint.unwrap().contains("info replication"),
+            "names the check"
+        );
+    }
+
     #[test]
     fn report_has_the_cause_chain_on_one_line() {
         // Errors print once, with the path and every cause.
