@@ -188,7 +188,7 @@
 //!
 //! To keep others out, put a semaphore in a directory only you (or your group) can write; to
 //! share it with a group, use a group directory with mode 2775 and
-//! [`OpenOptions::mode(0o664)`](OpenOptions::mode) (the README has the recipe).
+//! [`OpenOptions::mode(0o664)`](OpenOptions::mode) (docs/how-it-works.md has the recipe).
 //!
 //! # Redis
 //!
@@ -203,7 +203,7 @@
 //! tokens (strictly increasing across all hosts), the queue (priority, then first come
 //! first served) with direct hand-off, timeouts and cancellation, `holders`, `waiters`,
 //! `reap`, `remove`, `set_capacity`. The key holds the same JSON document as a state file
-//! (see the README's "File format"), so status tools read it unchanged. Every change is one
+//! (see docs/how-it-works.md, "File format"), so status tools read it unchanged. Every change is one
 //! atomic step on the server: a Lua script compares the key with what was read and writes
 //! the new document only if nobody changed it in between (and then publishes a change
 //! notice); a lost race runs the rule again on the newer document. No sequence of commands
@@ -328,10 +328,14 @@
 //!   as the exact JSON text they had, wherever they are; a field filesem uses that appears twice
 //!   in one object makes the file [`Error::Corrupt`].
 
-// The README's code blocks are compiled and run as doctests.
+// The code blocks of the README and of docs/ are compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[doc = include_str!("../docs/how-it-works.md")]
+#[cfg(doctest)]
+pub struct HowItWorksDoctests;
 
 // The layers, each using only those below it (see the `store` module's "Architecture"):
 // `core` (the document and the pure rules), `store` (where the document lives: a file, or

@@ -167,7 +167,7 @@ fn in_new_session_with_stdin_closed(command: &mut Command) {
 }
 
 #[test]
-#[ignore = "known limitation (README: `kill -TERM -PGID` reaches the command twice): a signal \
+#[ignore = "known limitation (docs/cli.md: `kill -TERM -PGID` reaches the command twice): a signal \
             to run's whole process group, as coreutils `timeout` sends without --foreground, \
             is delivered to the command directly and forwarded by run"]
 fn a_signal_to_the_whole_process_group_reaches_the_command_once() {

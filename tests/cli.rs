@@ -621,7 +621,7 @@ fn status_of_a_lease_in_its_grace_says_when_it_is_reaped_in_one_time_format() {
 
 #[test]
 fn status_json_has_the_documented_fields() {
-    // The JSON schema in the README is an interface: every documented field, with its type.
+    // The JSON schema in docs/cli.md is an interface: every documented field, with its type.
     let dir = tempfile::tempdir().unwrap();
     let path = sem_path(&dir);
     hold(&path, "worker-1", 3);
@@ -1304,10 +1304,10 @@ fn racing_runs_say_created_exactly_once() {
     assert_eq!(notes, 1);
 }
 
-/// The shell block that follows `<!-- recipe: NAME -->` in the README, with `/tmp/` and
+/// The shell block that follows `<!-- recipe: NAME -->` in docs/cli.md, with `/tmp/` and
 /// `/run/lock/` moved into `dir`.
 fn recipe(name: &str, dir: &Path) -> String {
-    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
     let marker = format!("<!-- recipe: {name} -->\n```sh\n");
     let start = doc
         .find(&marker)
@@ -1340,7 +1340,7 @@ fn shell(script: &str, dir: &Path) -> Command {
 
 #[test]
 fn recipe_gpu_jobs_from_xargs_use_each_gpu_alone() {
-    // The README's xargs -P recipe, as written: four jobs at a time, one per GPU slot.
+    // The xargs -P recipe, as written: four jobs at a time, one per GPU slot.
     if Command::new("python3").arg("--version").output().is_err() {
         println!("skipped: the recipe runs python3, which is not installed");
         return;
@@ -1812,7 +1812,7 @@ fn a_mode_that_is_not_plain_octal_read_write_bits_is_a_usage_error() {
 }
 
 /// Undoes the escaping of `status --json`'s `path` when `path_escaped` is true: `\\`, `\n`,
-/// `\r`, `\t`, `\u{..}` and `\xNN`, as the README's schema describes.
+/// `\r`, `\t`, `\u{..}` and `\xNN`, as the schema in docs/cli.md describes.
 fn unescape_path(text: &str) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut chars = text.chars();

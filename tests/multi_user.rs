@@ -72,7 +72,7 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 /// A base directory others may enter, with `d/` owned by `root:gid` mode 2775 (the shared
-/// group directory of the README's recipe) and `markers/` for the capacity checker.
+/// group directory of the recipe in docs/how-it-works.md) and `markers/` for the capacity checker.
 fn group_dirs(gid: u32) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let base = common::tmpfs_dir();
     chmod(base.path(), 0o755);
@@ -127,7 +127,7 @@ fn run_one(spec: ChildSpec, uid: u32, groups: &[u32]) -> Vec<String> {
 
 #[test]
 fn a_group_shares_a_semaphore_whatever_the_umask_of_its_members() {
-    // The README's recipe: a directory `root:GROUP` 2775 and `mode(0o664)`. Two users of the
+    // The recipe in docs/how-it-works.md: a directory `root:GROUP` 2775 and `mode(0o664)`. Two users of the
     // group, one with umask 077, take, release and reap there; every file gets its mode
     // whatever the umask, and a holder that exited leaves nothing that blocks the other.
     if !can_switch_users("the group recipe") {

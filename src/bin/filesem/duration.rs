@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn units_and_combinations_parse() {
-        // The forms the issue and README promise.
+        // The forms docs/cli.md promises.
         assert_eq!(parse("250ms"), Ok(ms(250)));
         assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));

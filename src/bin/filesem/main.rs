@@ -1,7 +1,7 @@
 //! `filesem`: limit concurrent jobs from shell scripts, inspect and clean up holders.
 //!
 //! Built with `--features cli`; it uses only the public API of the `filesem` library, on the
-//! same semaphore files. See the README's "Command line" section for recipes, the exit codes and the `status --json`
+//! same semaphore files. See docs/cli.md for recipes, the exit codes and the `status --json`
 //! schema.
 
 // First: the `out!` and `err!` macros are used by every module after it.
@@ -169,7 +169,7 @@ enum Command {
     Status {
         /// The semaphore's state file, or a redis:// URL (see `filesem --help`).
         semfile: PathBuf,
-        /// Print one JSON document (schema in the README) instead of text.
+        /// Print one JSON document (schema in docs/cli.md) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -219,7 +219,7 @@ struct SlotArgs {
     lease: Option<Duration>,
     /// Permission bits, in octal (664, 0664, 0o664), of the state file if this command
     /// creates the semaphore (default 644); the lock and witness files get read and write
-    /// for each class that may write the state (664: owner and group; see the README on
+    /// for each class that may write the state (664: owner and group; see docs/how-it-works.md on
     /// sharing a semaphore with a group). An existing semaphore keeps its modes. Must
     /// include 600; execute, setuid, setgid and sticky bits are refused.
     #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]

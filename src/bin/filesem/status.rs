@@ -1,6 +1,6 @@
 //! `filesem status`: the capacity, the holders and the queue, as text or as JSON.
 //!
-//! The JSON document (`--json`) is a stable interface, documented in the README ("Command line"): fields are only
+//! The JSON document (`--json`) is a stable interface, documented in docs/cli.md: fields are only
 //! ever added, and `schema` changes if one is ever removed or changes meaning.
 
 use std::collections::BTreeMap;
