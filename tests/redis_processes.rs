@@ -44,6 +44,7 @@ fn child_process() {
         "worker" => worker(&url),
         "holder" => holder(&url),
         "waiter" => waiter(&url),
+        "threads" => threads(&url),
         other => panic!("unknown role {other}"),
     }
 }
@@ -687,4 +688,53 @@ fn server_time(server: &RedisServer) -> chrono::DateTime<chrono::Utc> {
     let mut con = client.get_connection().unwrap();
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut con).unwrap();
     chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32).unwrap()
+}
+
+// ----------------------------------------------------------------- keep-alive threads
+
+/// The threads of this process.
+fn threads_now() -> usize {
+    fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Takes and releases a hold (which starts what runs once per process), then takes one
+/// with a 300 s lease (its keep-alive thread due 50 s later) and says `SHORT <new threads>`;
+/// then takes one with a 1 s lease, waits for its renewal, and says `LONG <new threads>`.
+fn threads(url: &str) {
+    let sem = options().open_redis_existing(url).unwrap();
+    let long = AcquireOptions::new().lease(Duration::from_secs(300));
+    sem.try_acquire_with("warm-up", &long)
+        .unwrap()
+        .release()
+        .unwrap();
+    let before = threads_now();
+    let short = sem.try_acquire_with("short", &long).unwrap();
+    assert!(short.is_kept_alive(), "a pending keep-alive counts");
+    say(format!("SHORT {}", threads_now() - before));
+    short.release().unwrap();
+    let held = sem
+        .try_acquire_with("renewed", &AcquireOptions::new().lease(filesem::MIN_LEASE))
+        .unwrap();
+    let first = sem.holders().unwrap()[0].expires_at.unwrap();
+    common::wait_until(deadline(60), "a renewal", || {
+        sem.holders().unwrap()[0].expires_at.unwrap() > first
+    });
+    say(format!("LONG {}", threads_now() - before));
+    held.release().unwrap();
+}
+
+#[test]
+fn a_redis_hold_released_early_never_starts_a_keep_alive_thread_and_a_longer_one_is_renewed() {
+    // A Redis permit's keep-alive thread starts half a renewal interval after the grant:
+    // short holds cost no thread, a hold that lives on is renewed by one.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("t");
+    options().open_redis(&url, 1).unwrap();
+    let mut group = Group::new();
+    let child = group.spawn(child("threads", "threads", &url));
+    assert_eq!(group.expect(child, "SHORT", deadline(60)), "SHORT 0");
+    assert_eq!(group.expect(child, "LONG", deadline(60)), "LONG 1");
+    group.finish(deadline(60));
 }
