@@ -83,7 +83,7 @@
 //! - **Dead waiters.** A waiter's entry records its owner and a witness lock, like a holder's
 //!   (see [Crash behavior](#crash-behavior)), so a killed waiter is judged dead and removed by
 //!   the next waiter that looks. For waiters nobody can judge (on another machine), each waiter also
-//!   keeps an expiry 6 s ahead, refreshed every 2 s; one that stops refreshing (dead, or
+//!   keeps an expiry 6 s ahead, refreshed every 2 s (on Redis: its lease, see [Redis](#redis)); one that stops refreshing (dead, or
 //!   stopped) leaves the queue 8 s later ([`LEASE_GRACE`] included) and is never granted a
 //!   slot. A waiter whose entry vanished (removed with [`Semaphore::remove`], or dropped by a
 //!   write of the Go package, which does not know the queue) joins the queue again, at the
@@ -222,10 +222,13 @@
 //!   background from the start (a third of the lease apart). A detached hold
 //!   ([`AcquireOptions::detached`], [`Permit::keep`]) keeps its lease and is not renewed: it
 //!   ends by release, `remove`, or its lease. A crashed, killed or partitioned holder's slot
-//!   comes back when its lease runs out; a killed waiter leaves the queue when its expiry
-//!   (6 s, refreshed every 2 s while it waits) runs out, or, if the queue hands it a slot
-//!   first, when that hold's lease does. A dead queue head never blocks the queue for
-//!   longer.
+//!   comes back when its lease runs out. A queued waiter has the same lease (its acquire's:
+//!   the option, else the handle's default, else 30 s), renewed a third of it apart while it
+//!   waits (each renewal is a write that wakes every waiter, so a short lease costs
+//!   traffic); a killed waiter leaves the queue when it runs out, or, if the queue hands it
+//!   a slot first, when that hold's lease does. The trade-off: a dead queue head blocks the
+//!   queue for at most its lease plus [`LEASE_GRACE`]; choose a shorter lease where a
+//!   blocked queue costs more than the renewals.
 //! - **A permit finds out when it lost its hold.** It keeps its lease's end on this
 //!   machine's monotonic clock, counted from when its last successful renewal was *sent*
 //!   (so never later than the server's). Once that passes without a renewal (the server or

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::core::doc::{self as state, Document, Entry, MAX_CAPACITY, Owner};
-use crate::core::queue::holder_entry;
+use crate::core::queue::{Request, holder_entry};
 use crate::core::rules::{self, Ctx, Record, Refusal};
 use crate::core::verdict::{Judge, Liveness, verdict};
 use crate::error::{Error, Result};
@@ -383,8 +383,7 @@ impl Semaphore {
         let id = holder.id();
         self.check_request(id, options)?;
         let path = self.path();
-        let lease = self.lease_for(options);
-        let req = options.request(id, lease, false);
+        let req = self.request(options, id, false);
         // The grants earlier runs of the step wrote (see `Attempt`).
         let mut tried: Vec<Attempt> = Vec::new();
         let granted = self.inner.store.step_committed(wait, None, |doc, cx| {
@@ -428,7 +427,7 @@ impl Semaphore {
             id.to_string(),
             slot,
             acquired_at,
-            lease,
+            req.lease,
             record,
             witness,
             seen,
@@ -888,6 +887,20 @@ impl Semaphore {
             .lease
             .or(self.inner.default_lease)
             .or_else(|| self.inner.store.imposed_lease())
+    }
+
+    /// What an acquire of `id` with `options` asks of the queue steps: its hold's lease
+    /// ([`Semaphore::lease_for`]), and the waiter expiry the store gives it.
+    pub(crate) fn request<'a>(
+        &self,
+        options: &'a AcquireOptions,
+        id: &'a str,
+        may_wait: bool,
+    ) -> Request<'a> {
+        let lease = self.lease_for(options);
+        let mut req = options.request(id, lease, may_wait);
+        req.waiter_expiry = self.inner.store.waiter_expiry(lease);
+        req
     }
 
     pub(crate) fn info(&self, e: &Entry, now: DateTime<Utc>) -> HolderInfo {

@@ -51,9 +51,6 @@ use crate::semaphore::{Attempt, Semaphore, refusal_error, undo_unreplicated};
 use crate::sleeper::Sleeper;
 use crate::store::{Committed, LockWait, Step, WitnessLock, busy_since};
 
-/// How often a waiter refreshes its expiry.
-const REFRESH_EVERY: Duration = Duration::from_secs(2);
-
 /// Acquires a slot for `id`, waiting as `options` say. The caller has validated the request.
 pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Result<Permit> {
     let start = Instant::now();
@@ -61,11 +58,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
     let deadline = options.timeout.and_then(|d| start.checked_add(d));
     // Every lock wait of the call ends at its deadline; without one, at the lock timeout.
     let wait = LockWait::for_call(start, options.timeout);
-    let req = options.request(
-        id,
-        sem.lease_for(options),
-        options.timeout != Some(Duration::ZERO),
-    );
+    let req = sem.request(options, id, options.timeout != Some(Duration::ZERO));
     let path = sem.path();
     let cancelled = || {
         options
@@ -138,7 +131,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         if let Some(grant) = granted(&doc, &queued.mine) {
             return queued.granted(&req, grant, None, start, Seen { sent, now });
         }
-        let refresh = refreshed.elapsed() >= REFRESH_EVERY;
+        let refresh = refreshed.elapsed() >= req.refresh_every();
         let mut ctx = sem.ctx(now, sem.inner.store.judge());
         ctx.reap &= judge;
         if refresh || needs_step(&doc, &queued.mine, &ctx) {
@@ -208,7 +201,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             sleeper.reset();
         }
         let mut until = Instant::now() + sleeper.next_interval();
-        until = until.min(refreshed + REFRESH_EVERY);
+        until = until.min(refreshed + req.refresh_every());
         if let Some(d) = deadline {
             until = until.min(d);
         }

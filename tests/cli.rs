@@ -1483,12 +1483,12 @@ fn recipe_session_hold_lasts_until_the_script_exits() {
     // acquire + trap release, as written: the hold exists during the script and is gone after.
     let dir = tempfile::tempdir().unwrap();
     let check = format!(
-        "filesem status --json {}/deploy.json | grep -c '\"id\": \"deploy-tester\"'",
+        "filesem status --json {}/deploy.json | grep -c \"\\\"id\\\": \\\"deploy-$(id -un)\\\"\"",
         dir.path().display()
     );
     let script =
         recipe("session", dir.path()).replace("echo \"deploying as the only deployer\"", &check);
-    let out = finish(shell(&script, dir.path()).env("USER", "tester"));
+    let out = finish(shell(&script, dir.path()).env_remove("USER"));
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "1", "held while the script ran");
     assert_eq!(

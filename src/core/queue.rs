@@ -16,10 +16,10 @@ use crate::core::tokens::{take_token, tokens_exhausted};
 use crate::core::verdict::{expiry, verdict};
 use crate::error::Result;
 
-/// How far ahead a waiter's `expires_at` is set. A waiter refreshes it every third of this
-/// while it waits; one that stops (it died, or was stopped for longer) is dropped from the
-/// queue once it has passed, plus [`LEASE_GRACE`](crate::LEASE_GRACE). This is what lets a queue move past
-/// a dead waiter that nobody can judge (another machine, or no liveness evidence at all).
+/// The default of [`Request::waiter_expiry`], and the file store's: how far ahead a waiter's
+/// `expires_at` is set. The file store keeps it short and fixed: a process-bound waiter's
+/// witness proves it dead at once, and this bounds only what nothing else can judge (another
+/// machine, a stopped process).
 pub(crate) const WAITER_EXPIRY: Duration = Duration::from_secs(6);
 
 /// What [`AcquireOptions::on_wait`](crate::AcquireOptions::on_wait) is told when an acquire
@@ -50,6 +50,20 @@ pub(crate) struct Request<'a> {
     pub lease: Option<Duration>,
     /// `false` for one attempt only (a zero timeout): refused instead of queued.
     pub may_wait: bool,
+    /// How far ahead a waiter's `expires_at` is set, chosen by the store (the file store:
+    /// [`WAITER_EXPIRY`]; a store with leases only: the acquire's lease). The waiter
+    /// refreshes it every third of this while it waits; one that stops (it died, or was
+    /// stopped for longer) is dropped from the queue once it has passed, plus
+    /// [`LEASE_GRACE`](crate::LEASE_GRACE). This is what lets a queue move past a dead waiter
+    /// that nobody can judge (another machine, or no liveness evidence at all).
+    pub waiter_expiry: Duration,
+}
+
+impl Request<'_> {
+    /// How often a waiter refreshes its expiry: a third of [`Request::waiter_expiry`].
+    pub fn refresh_every(&self) -> Duration {
+        self.waiter_expiry / 3
+    }
 }
 
 /// What a new hold or waiter records, as its store issues it in the step that writes the
@@ -174,12 +188,12 @@ pub(crate) fn waiter_entry(req: &Request<'_>, stamp: Stamp, now: DateTime<Utc>) 
     let mut entry = holder_entry(req, now, stamp);
     entry.ticket = Some(ticket);
     entry.priority = (req.priority != 0).then_some(req.priority);
-    entry.expires_at = Some(expiry_from(now));
+    entry.expires_at = Some(expiry_from(now, req.waiter_expiry));
     entry
 }
 
-fn expiry_from(now: DateTime<Utc>) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(WAITER_EXPIRY).unwrap_or_default()
+fn expiry_from(now: DateTime<Utc>, expiry: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(expiry).unwrap_or_default()
 }
 
 /// Finds our entry: by ticket and ID ([`Mine::is`]), among the holders (granted: the hand-off
@@ -292,7 +306,7 @@ pub(crate) fn settle(
                     return Ok(Outcome::Refused(Refusal::TokensExhausted));
                 }
                 if refresh {
-                    doc.waiters[i].expires_at = Some(expiry_from(ctx.now));
+                    doc.waiters[i].expires_at = Some(expiry_from(ctx.now, req.waiter_expiry));
                     *changed = true;
                 }
                 return Ok(Outcome::Queued {
@@ -503,7 +517,10 @@ mod tests {
         assert_eq!(doc.waiters[0].ticket, Some(mine.ticket));
         assert_eq!(doc.waiters[0].token, None);
         assert_eq!(mine.ticket, 2, "the number after the holder's token");
-        assert_eq!(doc.waiters[0].expires_at, Some(expiry_from(t(1))));
+        assert_eq!(
+            doc.waiters[0].expires_at,
+            Some(expiry_from(t(1), WAITER_EXPIRY))
+        );
     }
 
     #[test]
@@ -820,7 +837,10 @@ mod tests {
         );
         assert!(changed);
         assert!(matches!(o, Outcome::Queued { .. }));
-        assert_eq!(doc.waiters[1].expires_at, Some(expiry_from(t(4))));
+        assert_eq!(
+            doc.waiters[1].expires_at,
+            Some(expiry_from(t(4), WAITER_EXPIRY))
+        );
         let later = t(9);
         assert!(needs_step(&doc, &live, &ctx(later)));
         let (o, _) = settle_at(

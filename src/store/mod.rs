@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::core::doc::{Document, FORMAT_VERSION};
-use crate::core::queue::Stamp;
+use crate::core::queue::{Stamp, WAITER_EXPIRY};
 use crate::core::rules::Removed;
 use crate::core::tokens::resume_token_counter;
 use crate::core::verdict::Judge;
@@ -425,6 +425,22 @@ impl Store {
             Store::File(_) => None,
             #[cfg(feature = "redis")]
             Store::Redis(store) => Some(store.lease()),
+        }
+    }
+
+    /// How far ahead a waiter of an acquire whose hold gets `lease` sets its expiry
+    /// ([`Request::waiter_expiry`](crate::core::queue::Request::waiter_expiry)): for the file
+    /// store the fixed [`WAITER_EXPIRY`](crate::core::queue::WAITER_EXPIRY) (its witness
+    /// proves a dead process-bound waiter dead at once; the expiry bounds only what it cannot
+    /// judge). A store with leases only gives a waiter the lease its hold will have, so that
+    /// a waiter is kept as long as a holder would be, and refreshed as rarely (each refresh is
+    /// a write that wakes every waiter).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub fn waiter_expiry(&self, lease: Option<Duration>) -> Duration {
+        match self {
+            Store::File(_) => WAITER_EXPIRY,
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => lease.unwrap_or(store.lease()),
         }
     }
 

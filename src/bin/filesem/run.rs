@@ -19,6 +19,7 @@ use crate::acquire::{self, Request};
 use crate::escape::escape;
 use crate::exit::{Exit, Fail};
 use crate::signals::Signals;
+use crate::store::{self, Target};
 use crate::{RunArgs, open};
 
 /// Runs `filesem run`.
@@ -34,9 +35,11 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let slot = &args.slot;
     let sem = open::open(slot, start)?;
     // As resolved when the semaphore was opened: a command that changes directory, or a
-    // symlinked directory repointed later, cannot make it name another semaphore.
-    let resolved = sem.resolved_path().to_path_buf();
-    let nested = nested_id(&resolved);
+    // symlinked directory repointed later, cannot make it name another semaphore. A Redis
+    // URL without its password (see `store.rs`).
+    let target = Target::of(&slot.semfile);
+    let resolved = target.exported(&sem);
+    let nested = nested_id(&resolved, target.is_redis());
     let id = match (&args.id, &nested) {
         (Some(id), _) => id.clone(),
         (None, Some(outer)) => outer.clone(),
@@ -135,11 +138,16 @@ fn inherit_hold(permit: &Permit, close: bool) -> Result<Option<OwnedFd>, Fail> {
 }
 
 /// The ID of the hold whose command we run in, if it is on this same semaphore (`resolved`
-/// is ours, from [`filesem::Semaphore::resolved_path`]): a `run` nested in another `run` (FILESEM_PATH and
+/// is ours, from [`filesem::Semaphore::resolved_path`], or our Redis URL without its password when `redis`): a `run` nested in another `run` (FILESEM_PATH and
 /// FILESEM_ID set by the outer one).
-fn nested_id(resolved: &Path) -> Option<String> {
+fn nested_id(resolved: &Path, redis: bool) -> Option<String> {
     let outer_path = std::env::var_os("FILESEM_PATH")?;
     let outer_id = std::env::var("FILESEM_ID").ok()?;
+    if redis {
+        // Both in the exported form: the location as the library shows it, without password.
+        let outer = store::exported(&outer_path.to_string_lossy());
+        return (Path::new(&outer) == resolved).then_some(outer_id);
+    }
     let same = match (
         std::fs::canonicalize(Path::new(&outer_path)),
         std::fs::canonicalize(resolved),

@@ -37,7 +37,8 @@
 //!   exhausted) and record an owner for display (host, pid); no witness, so nothing to keep.
 //! - The judge judges nothing (every entry it is asked about is unknown): every hold and
 //!   waiter carries a lease, judged on the server's clock by the core's verdict, and
-//!   `Store::imposed_lease` returns the store's default lease.
+//!   `Store::imposed_lease` returns the store's default lease; `Store::waiter_expiry` gives
+//!   a waiter its acquire's lease as its expiry in the queue.
 //! - `snapshot()`: [`Engine::snapshot`](engine::Engine::snapshot), `now` = the server's time.
 //! - `waker()`: a doorbell of the handle's [`Subscriber`](subscriber::Subscriber), which the
 //!   first wait starts; the doorbell is registered before the waiter's first look, so every
