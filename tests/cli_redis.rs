@@ -11,27 +11,11 @@ mod cli_common;
 mod redis_server;
 
 use std::fs;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_common::{DEADLINE, filesem};
+use cli_common::{DEADLINE, Finished, filesem};
 use redis_server::RedisServer;
-
-/// A finished `filesem`.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
-    }
-}
 
 /// Runs `command` to its end, its output in files (no pipe can fill up); kills it and fails
 /// the test if it takes longer than [`DEADLINE`].
