@@ -229,6 +229,15 @@
 //!   a slot first, when that hold's lease does. The trade-off: a dead queue head blocks the
 //!   queue for at most its lease plus [`LEASE_GRACE`]; choose a shorter lease where a
 //!   blocked queue costs more than the renewals.
+//! - **A key the server forgets.** A server restarted without persistence (`appendonly`),
+//!   a `FLUSHDB`, an eviction (`maxmemory-policy` other than `noeviction`) or a `DEL`
+//!   forgets every hold at once: the next `open_redis` creates the key afresh and grants
+//!   its slots again while the forgotten holders may still be working (each of their
+//!   permits finds the key missing at its next renewal and reports its hold lost). Fencing
+//!   tokens still never go backwards: a new key counts them from the server's clock in
+//!   microseconds (as long as that clock does not go back), so the first token of a fresh
+//!   semaphore is a large number, not 1. Run the server with persistence, and without
+//!   eviction, where that matters.
 //! - **A permit finds out when it lost its hold.** It keeps its lease's end on this
 //!   machine's monotonic clock, counted from when its last successful renewal was *sent*
 //!   (so never later than the server's). Once that passes without a renewal (the server or

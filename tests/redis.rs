@@ -111,8 +111,14 @@ fn acquire_release_and_queries_report_the_values_on_the_server() {
     let b = sem
         .try_acquire_with("b", &AcquireOptions::new().metadata("job", "7"))
         .unwrap();
-    assert_eq!((a.token(), a.slot()), (1, 0));
-    assert_eq!((b.token(), b.slot()), (2, 1));
+    // A new key counts from the server's clock in microseconds, one token per grant.
+    let first = u64::try_from(server_time(&server).timestamp_micros()).unwrap();
+    assert!(
+        a.token() <= first && a.token() > first - 600_000_000,
+        "{}",
+        a.token()
+    );
+    assert_eq!((a.slot(), b.token(), b.slot()), (0, a.token() + 1, 1));
     assert_eq!(a.lease(), Some(filesem::DEFAULT_REDIS_LEASE));
     assert!(a.is_kept_alive(), "a Redis hold renews itself");
     assert!(a.is_held().unwrap());
@@ -159,12 +165,16 @@ fn acquire_release_and_queries_report_the_values_on_the_server() {
     assert_eq!(sem.count().unwrap(), 1);
     sem.release("b").unwrap();
     assert_eq!(sem.count().unwrap(), 0);
+    let b_token = b.token();
     let err = b.release().unwrap_err();
-    assert!(matches!(err, Error::Lost { token: 2, .. }), "{err}");
+    assert!(
+        matches!(err, Error::Lost { token, .. } if token == b_token),
+        "{err}"
+    );
     let err = sem.release("b").unwrap_err();
     assert!(matches!(err, Error::NotHeld { .. }), "{err}");
     let doc = stored(&server, "s");
-    assert_eq!(doc["next_token"], 3);
+    assert_eq!(doc["next_token"].as_u64(), Some(b_token + 1));
 }
 
 #[test]
@@ -366,6 +376,51 @@ fn bad_locations_and_credentials_get_typed_errors_without_the_password() {
         .unwrap_err();
     assert!(matches!(err, Error::RedisUnreachable { .. }), "{err}");
     assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn a_key_the_server_forgot_counts_on_above_the_tokens_its_holders_still_have() {
+    // A DEL (or FLUSHDB, an eviction) and a restart without persistence forget the key while
+    // its holders may still fence with their tokens: the semaphore created again in its
+    // place hands out only larger ones, and the forgotten permit never takes its hold back.
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("forgot");
+    let sem = impatient().open_redis(&url, 1).unwrap();
+    let first = sem.try_acquire("first").unwrap();
+    let _: () = raw(&server).del("forgot").unwrap();
+    let again = impatient().open_redis(&url, 1).unwrap();
+    let second = again.try_acquire("second").unwrap();
+    assert!(
+        second.token() > first.token(),
+        "{} after {}",
+        second.token(),
+        first.token()
+    );
+    assert!(
+        !first.is_held().unwrap_or(false),
+        "a forgotten hold is not taken back"
+    );
+    assert_eq!(stored(&server, "forgot")["holders"][0]["id"], "second");
+
+    server.restart();
+    let third = impatient()
+        .open_redis(&url, 1)
+        .unwrap()
+        .try_acquire("third")
+        .unwrap();
+    assert!(
+        third.token() > second.token(),
+        "{} after {}",
+        third.token(),
+        second.token()
+    );
+    assert_eq!(stored(&server, "forgot")["holders"][0]["id"], "third");
+    assert_eq!(
+        stored(&server, "forgot")["next_token"].as_u64(),
+        Some(third.token() + 1)
+    );
 }
 
 #[test]
@@ -651,7 +706,8 @@ fn the_readme_example_works_against_a_server() {
         permit.slot(),
         permit.token()
     );
-    assert_eq!((permit.slot(), permit.token()), (0, 1));
+    assert_eq!(permit.slot(), 0);
+    assert!(permit.token() > 1_700_000_000_000_000, "{}", permit.token());
     assert!(!permit.is_lost());
     permit.release().unwrap();
     assert_eq!(sem.count().unwrap(), 0);

@@ -26,7 +26,8 @@
 //!
 //! - `step_with(wait, create, rule)`: [`Engine::step`](engine::Engine::step) with the
 //!   deadline of `wait` (the call's, or the handle's lock timeout from now), and as its
-//!   closure: parse the bytes (`None` with `create` is `Document::new(capacity)`, without it
+//!   closure: parse the bytes (`None` with `create` is `Document::new(capacity)` counting tokens from the server's
+//!   clock in microseconds (a missing key may have been forgotten by the server), without it
 //!   `Error::NotFound`; garbage or a value over 64 MiB is `Error::Corrupt`), build a
 //!   [`StepContext`](super::StepContext) with `now` = the server's time, run the rule
 //!   (already wrapped by the shared step code), and answer `Decision::Write(doc.to_bytes(),

@@ -199,6 +199,13 @@ impl RedisStore {
                     Ok(parsed) => parsed,
                     Err(e) => return Decision::Abort(e),
                 };
+                if created {
+                    // A missing key is no proof that no semaphore was here: a server
+                    // restarted without persistence, a `FLUSHDB`, an eviction or a `DEL`
+                    // forget the key while its holders may still fence with their tokens.
+                    // Counting from the server's clock keeps every new token above theirs.
+                    doc.next_token = Some(token_floor(b"", now));
+                }
                 let mut cx = StepContext {
                     now,
                     created,
