@@ -462,3 +462,39 @@ fn options_that_do_not_apply_are_usage_errors_and_a_path_in_front_keeps_a_file()
     assert_eq!(made.code(), 0, "{made:?}");
     assert!(dir.path().join("redis:/x").is_file(), "{made:?}");
 }
+
+#[test]
+fn a_url_with_white_space_in_front_is_a_usage_error_that_shows_no_password_and_creates_nothing() {
+    // ` redis://:PASSWORD@...` (a stray space from quoting) would otherwise be a file path:
+    // every subcommand refuses it (exit 2) before creating a directory, without echoing it.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let spaced = format!(
+        " {}",
+        server
+            .url("spaced")
+            .replace("redis://", "redis://:hunter2@")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["run", "-c", "1", spaced.as_str(), "true"],
+        vec!["acquire", "-c", "1", "--id", "a", spaced.as_str()],
+        vec!["status", spaced.as_str()],
+        vec!["release", spaced.as_str(), "a"],
+    ] {
+        let mut command = filesem();
+        command
+            .env_remove("REDISCLI_AUTH")
+            .current_dir(dir.path())
+            .args(&args);
+        let done = finish(command);
+        assert_eq!(done.code(), 2, "{args:?}: {done:?}");
+        assert!(done.stderr.contains("white space in front"), "{done:?}");
+        assert!(!done.stderr.contains("hunter2"), "{done:?}");
+        assert!(!done.stdout.contains("hunter2"), "{done:?}");
+    }
+    let made: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(made.is_empty(), "nothing created: {made:?}");
+    assert_eq!(get(&server, "spaced"), None, "nor a key");
+}
