@@ -498,3 +498,66 @@ fn a_url_with_white_space_in_front_is_a_usage_error_that_shows_no_password_and_c
     assert!(made.is_empty(), "nothing created: {made:?}");
     assert_eq!(get(&server, "spaced"), None, "nor a key");
 }
+
+#[test]
+fn a_run_whose_server_stops_past_the_lease_kills_the_command_and_says_the_lease_ends_the_hold() {
+    // The server stopped for longer than the lease: `run --kill-on-lost` learns the hold is
+    // lost, ends the command, cannot release, and its note names the lease (a Redis hold
+    // has no witness), never a witness; the entry is on the key until its lease runs out.
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("stopped");
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut command = filesem();
+    command
+        .env_remove("REDISCLI_AUTH")
+        .args(["run", "-c", "1", "--lease", "2s", "--kill-on-lost"])
+        .args(["--connect-timeout", "300ms", "--response-timeout", "300ms"])
+        .args([
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "touch \"$0\"; sleep 60; echo survived",
+        ])
+        .arg(&started)
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap());
+    let mut child = command.spawn().expect("start filesem run");
+    let begin = Instant::now();
+    while !started.exists() {
+        assert!(begin.elapsed() < DEADLINE, "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.pause();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if begin.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("filesem run did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    server.resume();
+    let stderr = fs::read_to_string(&err).unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        "",
+        "the command was ended"
+    );
+    assert!(stderr.contains("the hold is lost"), "{stderr}");
+    assert!(stderr.contains("sending SIGTERM"), "{stderr}");
+    assert!(
+        stderr.contains("may still be on the server; it ends when its lease (2 s) runs out"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("witness"), "{stderr}");
+    assert_eq!(key_json(&server, "stopped")["holders"][0]["lease_ms"], 2000);
+}
