@@ -561,3 +561,37 @@ fn a_run_whose_server_stops_past_the_lease_kills_the_command_and_says_the_lease_
     assert!(!stderr.contains("witness"), "{stderr}");
     assert_eq!(key_json(&server, "stopped")["holders"][0]["lease_ms"], 2000);
 }
+
+#[test]
+fn an_acl_user_with_a_slash_is_exported_escaped_and_a_nested_run_reaches_the_same_server() {
+    // User `ci/runner`: FILESEM_PATH keeps the `/` escaped (unescaped it would end the
+    // authority and name host `ci`, where a nested run would send REDISCLI_AUTH), has no
+    // password marker, and a nested status on it sees the outer hold.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.server_url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "ci/runner", "on", ">pw-Ab3", "~*", "&*", "+@all"][..])
+        .query(&mut con)
+        .unwrap();
+    let url = format!("redis://ci%2Frunner@127.0.0.1:{}/0/acl", server.port());
+    let mut command = filesem();
+    command
+        .env("REDISCLI_AUTH", "pw-Ab3")
+        .env("FILESEM", env!("CARGO_BIN_EXE_filesem"))
+        .args(["run", "-c", "1", "--id", "outer", &url, "--", "sh", "-c"])
+        .arg(r#"echo "PATH=$FILESEM_PATH"; "$FILESEM" status --json "$FILESEM_PATH""#);
+    let done = finish(command);
+    assert_eq!(done.code(), 0, "{done:?}");
+    assert!(done.stdout.contains(&format!("PATH={url}\n")), "{done:?}");
+    let json = done.stdout.split_once('\n').unwrap().1;
+    let status: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        status["path"],
+        format!("redis://ci%2Frunner:***@127.0.0.1:{}/0/acl", server.port())
+    );
+    assert_eq!(holder_ids(&status), ["outer"]);
+    assert!(!done.stdout.contains("pw-Ab3") && !done.stderr.contains("pw-Ab3"));
+}
