@@ -403,6 +403,10 @@ fn a_key_the_server_forgot_counts_on_above_the_tokens_its_holders_still_have() {
         !first.is_held().unwrap_or(false),
         "a forgotten hold is not taken back"
     );
+    // A permit finds its entry by token: the forgotten one must not take the new holder's.
+    let err = first.release().unwrap_err();
+    assert!(matches!(err, Error::Lost { .. }), "{err}");
+    assert!(second.is_held().unwrap());
     assert_eq!(stored(&server, "forgot")["holders"][0]["id"], "second");
 
     server.restart();
