@@ -213,7 +213,8 @@
 //!
 //! - **Time is the server's.** Every rule (lease ends, grant times, waiters' expiries) and
 //!   every query's verdicts use the server's `TIME`, never a client's clock: hosts' clocks
-//!   differ.
+//!   differ. [`Semaphore::now`] reads it, to show ages and the time left of leases that
+//!   agree with the verdicts.
 //! - **Leases only.** A process on another machine cannot be judged by its pid or a
 //!   witness lock, so the store offers no evidence of death: every entry is
 //!   [`Liveness::Unknown`] until its lease runs out (plus [`LEASE_GRACE`]). Every hold has a

@@ -595,3 +595,61 @@ fn an_acl_user_with_a_slash_is_exported_escaped_and_a_nested_run_reaches_the_sam
     assert_eq!(holder_ids(&status), ["outer"]);
     assert!(!done.stdout.contains("pw-Ab3") && !done.stderr.contains("pw-Ab3"));
 }
+
+/// libfaketime, to give one `filesem` process a clock far from the server's; `None` if it is
+/// not installed.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|dir| std::path::Path::new(dir).join("faketime/libfaketime.so.1"))
+    .find(|lib| lib.is_file())
+}
+
+#[test]
+fn status_counts_ages_and_lease_ends_on_the_servers_clock_not_this_machines() {
+    // A client clock two minutes ahead must not show a hold within its lease as expired
+    // (nor one behind as not yet begun): status computes against the server's TIME, as the
+    // verdicts do.
+    let Some(lib) = libfaketime() else {
+        println!("SKIPPED: libfaketime is not installed (Debian package libfaketime)");
+        return;
+    };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("skew");
+    let held = fs_run(&["acquire", "-c", "1", "--id", "held", "--lease", "10m", &url]);
+    assert_eq!(held.code(), 0, "{held:?}");
+    for offset in ["+120s", "-3600s"] {
+        let mut command = filesem();
+        command
+            .env_remove("REDISCLI_AUTH")
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["status", "--json", &url]);
+        let done = finish(command);
+        assert_eq!(done.code(), 0, "{offset}: {done:?}");
+        let status: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+        let age = status["holders"][0]["age_seconds"].as_f64().unwrap();
+        assert!((0.0..100.0).contains(&age), "{offset}: age {age}: {done:?}");
+
+        let mut command = filesem();
+        command
+            .env_remove("REDISCLI_AUTH")
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["status", &url]);
+        let done = finish(command);
+        assert_eq!(done.code(), 0, "{offset}: {done:?}");
+        assert!(
+            done.stdout.contains("lease expires in 9m"),
+            "{offset}: {done:?}"
+        );
+    }
+}
