@@ -13,7 +13,11 @@
 //! Between looks it sleeps ([`crate::sleeper`]) until its store's waker announces a change
 //! (the file store: `poll(2)` on an inotify descriptor, Linux) or its cancel token's socket
 //! wakes it, with a timer as the safety net: bounded exponential backoff with jitter, shorter
-//! when there is no prompt notification.
+//! when there is no prompt notification. The waker is told after each look whether the
+//! waiter is at the head of the queue: a waker told of the waiter's own changes wakes it for
+//! other changes only there. A look judges the entries in its way only when a verdict may
+//! have changed: on the first look, when the timer ran out, and when the waker announced a
+//! possible death.
 //!
 //! A call with a timeout has one deadline for everything: each locked step waits for the
 //! lock until then ([`LockWait::Until`]), not for the lock timeout, and a step still waiting
@@ -36,7 +40,8 @@ use chrono::{DateTime, Utc};
 use crate::cancel::CancelToken;
 use crate::core::doc::Document;
 use crate::core::queue::{
-    Grant, Left, Mine, Outcome, Request, Stamp, granted, leave, needs_step, next_expiry, settle,
+    Grant, Left, Mine, Outcome, Request, Stamp, at_head, granted, leave, needs_step, next_expiry,
+    settle,
 };
 use crate::core::rules::{Record, Refusal};
 use crate::error::{Error, Result};
@@ -110,9 +115,15 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         on_wait(&status);
     }
 
-    let mut sleeper = Sleeper::new(sem.inner.store.waker(), options.cancel.as_ref());
+    let waker = |queued: &Queued<'_>| sem.inner.store.waker(queued.witness.as_ref());
+    let mut sleeper = Sleeper::new(waker(&queued), options.cancel.as_ref());
     let mut refreshed = Instant::now();
     let mut last: Option<Document> = None;
+    // Entries are judged only when the sleeper says a verdict may have changed (its timer ran
+    // out, a death was announced): a write changes none, and the step that queued us judged
+    // every entry in its way a moment ago (a death since, before the waker watched, is found
+    // by the timer).
+    let mut judge = false;
     loop {
         let sent = Instant::now();
         let snapshot = sem.inner.store.snapshot()?;
@@ -121,7 +132,9 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             return queued.granted(&req, grant, None, start, Seen { sent, now });
         }
         let refresh = refreshed.elapsed() >= req.refresh_every();
-        if refresh || needs_step(&doc, &queued.mine, &sem.ctx(now, sem.inner.store.judge())) {
+        let mut ctx = sem.ctx(now, sem.inner.store.judge());
+        ctx.reap &= judge;
+        if refresh || needs_step(&doc, &queued.mine, &ctx) {
             let sent = Instant::now();
             let stepped = match step(sem, &req, Some(&queued.mine), refresh, wait) {
                 // The deadline passed while another process held the lock (or kept winning
@@ -151,6 +164,8 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
                     if mine.ticket != queued.mine.ticket {
                         tracing::debug!(path = %path.display(), id, ticket = mine.ticket, "queue entry vanished; queued again");
                         queued.witness = witness;
+                        // Writers announce changes to the new entry on its own witness.
+                        sleeper = Sleeper::new(waker(&queued), options.cancel.as_ref());
                         refreshed = Instant::now();
                     } else if refresh {
                         refreshed = Instant::now();
@@ -196,8 +211,9 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         if let Some(at) = expiry {
             until = until.min(at);
         }
+        sleeper.set_head(at_head(&doc, &queued.mine));
         last = Some(doc);
-        sleeper.sleep_until(until, options.cancel.as_ref());
+        judge = sleeper.sleep_until(until, options.cancel.as_ref());
     }
 }
 

@@ -171,7 +171,7 @@ fn corrupt_semaphore_with_two_tokens(dir: &Path) -> Vec<u8> {
     ok(dir, &["acquire", "-q", "s.json", "--id", "b"]);
     let path = dir.join("s.json");
     let mut bytes = fs::read(&path).unwrap();
-    assert!(String::from_utf8_lossy(&bytes).contains("\"token\": 2"));
+    assert!(String::from_utf8_lossy(&bytes).contains("\"token\":2"));
     bytes.extend_from_slice(b"garbage");
     fs::write(&path, &bytes).unwrap();
     bytes

@@ -410,6 +410,11 @@ pub(crate) fn needs_step(doc: &Document, mine: &Mine, ctx: &Ctx<'_>) -> bool {
             .any(|e| verdict(e, ctx.now, ctx.judge).is_stale()))
 }
 
+/// Whether our entry is the head of the queue: the waiter served next.
+pub(crate) fn at_head(doc: &Document, mine: &Mine) -> bool {
+    doc.waiters.first().is_some_and(|e| mine.is(e))
+}
+
 /// How long until the next entry other than ours becomes stale by its expiry.
 pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Option<Duration> {
     doc.holders
