@@ -796,6 +796,31 @@ impl Semaphore {
             .collect())
     }
 
+    /// The time by the clock that judges this semaphore's leases: this machine's clock for a
+    /// state file, the Redis server's (`TIME`) for a Redis key. Ages and the time left of
+    /// leases computed against it agree with the verdicts of [`holders`](Semaphore::holders)
+    /// however far this machine's clock is from the server's. Reads the state (on Redis one
+    /// round trip) and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`holders`](Semaphore::holders).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// let permit = sem.try_acquire("a")?;
+    /// let age = sem.now()? - sem.holders()?[0].acquired_at;
+    /// assert!(age >= chrono::Duration::zero());
+    /// # drop(permit);
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(self.inner.store.snapshot()?.now)
+    }
+
     /// The number of holders on file (including stale ones not yet reaped).
     ///
     /// # Errors

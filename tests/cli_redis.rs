@@ -446,3 +446,194 @@ fn options_that_do_not_apply_are_usage_errors_and_a_path_in_front_keeps_a_file()
     assert_eq!(made.code(), 0, "{made:?}");
     assert!(dir.path().join("redis:/x").is_file(), "{made:?}");
 }
+
+#[test]
+fn a_url_with_white_space_in_front_is_a_usage_error_that_shows_no_password_and_creates_nothing() {
+    // ` redis://:PASSWORD@...` (a stray space from quoting) would otherwise be a file path:
+    // every subcommand refuses it (exit 2) before creating a directory, without echoing it.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let spaced = format!(
+        " {}",
+        server
+            .url("spaced")
+            .replace("redis://", "redis://:hunter2@")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["run", "-c", "1", spaced.as_str(), "true"],
+        vec!["acquire", "-c", "1", "--id", "a", spaced.as_str()],
+        vec!["status", spaced.as_str()],
+        vec!["release", spaced.as_str(), "a"],
+    ] {
+        let mut command = filesem();
+        command
+            .env_remove("REDISCLI_AUTH")
+            .current_dir(dir.path())
+            .args(&args);
+        let done = finish(command);
+        assert_eq!(done.code(), 2, "{args:?}: {done:?}");
+        assert!(done.stderr.contains("white space in front"), "{done:?}");
+        assert!(!done.stderr.contains("hunter2"), "{done:?}");
+        assert!(!done.stdout.contains("hunter2"), "{done:?}");
+    }
+    let made: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(made.is_empty(), "nothing created: {made:?}");
+    assert_eq!(get(&server, "spaced"), None, "nor a key");
+}
+
+#[test]
+fn a_run_whose_server_stops_past_the_lease_kills_the_command_and_says_the_lease_ends_the_hold() {
+    // The server stopped for longer than the lease: `run --kill-on-lost` learns the hold is
+    // lost, ends the command, cannot release, and its note names the lease (a Redis hold
+    // has no witness), never a witness; the entry is on the key until its lease runs out.
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("stopped");
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut command = filesem();
+    command
+        .env_remove("REDISCLI_AUTH")
+        .args(["run", "-c", "1", "--lease", "2s", "--kill-on-lost"])
+        .args(["--connect-timeout", "300ms", "--response-timeout", "300ms"])
+        .args([
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "touch \"$0\"; sleep 60; echo survived",
+        ])
+        .arg(&started)
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap());
+    let mut child = command.spawn().expect("start filesem run");
+    let begin = Instant::now();
+    while !started.exists() {
+        assert!(begin.elapsed() < DEADLINE, "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.pause();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if begin.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("filesem run did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    server.resume();
+    let stderr = fs::read_to_string(&err).unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        "",
+        "the command was ended"
+    );
+    assert!(stderr.contains("the hold is lost"), "{stderr}");
+    assert!(stderr.contains("sending SIGTERM"), "{stderr}");
+    assert!(
+        stderr.contains("may still be on the server; it ends when its lease (2 s) runs out"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("witness"), "{stderr}");
+    assert_eq!(key_json(&server, "stopped")["holders"][0]["lease_ms"], 2000);
+}
+
+#[test]
+fn an_acl_user_with_a_slash_is_exported_escaped_and_a_nested_run_reaches_the_same_server() {
+    // User `ci/runner`: FILESEM_PATH keeps the `/` escaped (unescaped it would end the
+    // authority and name host `ci`, where a nested run would send REDISCLI_AUTH), has no
+    // password marker, and a nested status on it sees the outer hold.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.server_url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "ci/runner", "on", ">pw-Ab3", "~*", "&*", "+@all"][..])
+        .query(&mut con)
+        .unwrap();
+    let url = format!("redis://ci%2Frunner@127.0.0.1:{}/0/acl", server.port());
+    let mut command = filesem();
+    command
+        .env("REDISCLI_AUTH", "pw-Ab3")
+        .env("FILESEM", env!("CARGO_BIN_EXE_filesem"))
+        .args(["run", "-c", "1", "--id", "outer", &url, "--", "sh", "-c"])
+        .arg(r#"echo "PATH=$FILESEM_PATH"; "$FILESEM" status --json "$FILESEM_PATH""#);
+    let done = finish(command);
+    assert_eq!(done.code(), 0, "{done:?}");
+    assert!(done.stdout.contains(&format!("PATH={url}\n")), "{done:?}");
+    let json = done.stdout.split_once('\n').unwrap().1;
+    let status: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        status["path"],
+        format!("redis://ci%2Frunner:***@127.0.0.1:{}/0/acl", server.port())
+    );
+    assert_eq!(holder_ids(&status), ["outer"]);
+    assert!(!done.stdout.contains("pw-Ab3") && !done.stderr.contains("pw-Ab3"));
+}
+
+/// libfaketime, to give one `filesem` process a clock far from the server's; `None` if it is
+/// not installed.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|dir| std::path::Path::new(dir).join("faketime/libfaketime.so.1"))
+    .find(|lib| lib.is_file())
+}
+
+#[test]
+fn status_counts_ages_and_lease_ends_on_the_servers_clock_not_this_machines() {
+    // A client clock two minutes ahead must not show a hold within its lease as expired
+    // (nor one behind as not yet begun): status computes against the server's TIME, as the
+    // verdicts do.
+    let Some(lib) = libfaketime() else {
+        println!("SKIPPED: libfaketime is not installed (Debian package libfaketime)");
+        return;
+    };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("skew");
+    let held = fs_run(&["acquire", "-c", "1", "--id", "held", "--lease", "10m", &url]);
+    assert_eq!(held.code(), 0, "{held:?}");
+    for offset in ["+120s", "-3600s"] {
+        let mut command = filesem();
+        command
+            .env_remove("REDISCLI_AUTH")
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["status", "--json", &url]);
+        let done = finish(command);
+        assert_eq!(done.code(), 0, "{offset}: {done:?}");
+        let status: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+        let age = status["holders"][0]["age_seconds"].as_f64().unwrap();
+        assert!((0.0..100.0).contains(&age), "{offset}: age {age}: {done:?}");
+
+        let mut command = filesem();
+        command
+            .env_remove("REDISCLI_AUTH")
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["status", &url]);
+        let done = finish(command);
+        assert_eq!(done.code(), 0, "{offset}: {done:?}");
+        assert!(
+            done.stdout.contains("lease expires in 9m"),
+            "{offset}: {done:?}"
+        );
+    }
+}

@@ -89,6 +89,7 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let watch = watching.then_some(&*lost);
     let ended = supervise(child, &signals, watch, args.kill_on_lost)?;
     let permit_id = permit.id().to_string();
+    let lease = permit.lease();
     // Bounded by the lock timeout, as every step without a deadline of its own (the -n and
     // -w deadlines were for getting the slot): a failed release only delays the slot's
     // return, see below.
@@ -110,13 +111,22 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
         Err(error @ Error::Lost { .. }) => err!("{}", Fail::from(error).report()),
         Err(error) => {
             err!("{}", Fail::from(error).report());
-            // The library unlocked the witness (keeping its file) when the write failed.
-            err!(
-                "filesem: note: the hold of {} may still be on file; it ends once no process \
-                 holds its witness (the command and what it started), and the next acquire or \
-                 `filesem reap` removes it",
-                escape(permit_id.as_str())
-            );
+            match lease {
+                // A Redis hold has no witness: only its lease ends it.
+                Some(lease) if target.is_redis() => err!(
+                    "filesem: note: the hold of {} may still be on the server; it ends when its \
+                     lease ({}) runs out, and the next acquire or `filesem reap` removes it then",
+                    escape(permit_id.as_str()),
+                    crate::duration::human(lease)
+                ),
+                // The library unlocked the witness (keeping its file) when the write failed.
+                _ => err!(
+                    "filesem: note: the hold of {} may still be on file; it ends once no \
+                     process holds its witness (the command and what it started), and the next \
+                     acquire or `filesem reap` removes it",
+                    escape(permit_id.as_str())
+                ),
+            }
         }
     }
     Ok(Exit::Command(ended.code))

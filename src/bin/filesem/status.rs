@@ -73,7 +73,8 @@ pub fn status(path: &Path, json: bool, store: &StoreArgs) -> Result<Exit, Fail> 
     let infos = sem.holders()?;
     let waiting = sem.waiters()?;
     let available = sem.available()?;
-    let now = Utc::now();
+    // The clock of the verdicts (on Redis the server's): this machine's may be off.
+    let now = sem.now()?;
     let (shown, path_escaped) = match path.to_str() {
         Some(exact) => (exact.to_string(), false),
         None => (escape_path(path), true),

@@ -123,11 +123,27 @@ impl Target {
     /// # Errors
     ///
     /// [`Exit::Usage`] for an option that does not apply: `--trust-owner` or `--mode` (when
-    /// `mode` is given) on a Redis URL, a Redis option on a file; a Redis URL in a build
-    /// without the `redis` feature.
+    /// `mode` is given) on a Redis URL, a Redis option on a file; a path that is a Redis
+    /// URL with white space in front; a Redis URL in a build without the `redis` feature.
     pub fn options(&self, args: &StoreArgs, mode: Option<u32>) -> Result<OpenOptions, Fail> {
         match self {
-            Target::File(_) => {
+            Target::File(path) => {
+                // ` redis://:PASSWORD@HOST/KEY` (white space picked up by quoting) would be
+                // a file, whose directories would be created with the password in their
+                // names, and which messages would show. Refused without echoing it.
+                if path
+                    .to_str()
+                    .is_some_and(|text| text != text.trim_start() && is_url(text.trim_start()))
+                {
+                    return Err(Fail::new(
+                        Exit::Usage,
+                        "SEMFILE has white space in front of its redis:// URL",
+                    )
+                    .hint(
+                        "remove the white space to name a Redis key; a state file of that \
+                         name is written with ./ in front",
+                    ));
+                }
                 if let Some(flag) = args.redis.first_given() {
                     return Err(Fail::new(
                         Exit::Usage,
