@@ -15,59 +15,28 @@
 //! `--bench` (as `cargo test --benches` does) it makes one short round, to check that it
 //! works. Without `redis-server` installed it prints SKIPPED.
 
+#[path = "support/redis_floor.rs"]
+mod floor;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
 use std::time::{Duration, Instant};
 
-use redis::{Connection, Script, Value};
+use redis::{Connection, Script};
 use redis_server::RedisServer;
+
+use floor::{cas_script, connect, document, server_version, step};
 
 /// The key the benchmark writes (on its own private server).
 const KEY: &str = "floor";
-
-/// A state document of the usual size: one holder with a token, a lease and an owner.
-fn document(token: u64) -> Vec<u8> {
-    format!(
-        "{{\"version\":1,\"capacity\":4,\"next_token\":{next},\"holders\":[{{\"id\":\"bench-holder\",\
-         \"acquired_at\":\"2026-01-01T00:00:00.123456Z\",\"token\":{token},\"slot\":0,\
-         \"expires_at\":\"2026-01-01T00:00:30.123456Z\",\"owner\":{{\"host\":\"bench-host\",\
-         \"pid\":4242}}}}],\"waiters\":[]}}",
-        next = token + 1
-    )
-    .into_bytes()
-}
-
-fn sha1_hex(bytes: &[u8]) -> String {
-    sha1_smol::Sha1::from(bytes).digest().to_string()
-}
-
-/// One step's round trips: read the document and the clock, then compare-and-swap `next`.
-fn step(con: &mut Connection, cas: &Script, channel: &str, next: &[u8]) {
-    let (current, _time): (Option<Vec<u8>>, (i64, i64)) = redis::pipe()
-        .cmd("GET")
-        .arg(KEY)
-        .cmd("TIME")
-        .query(con)
-        .expect("GET + TIME");
-    let expected = current.as_deref().map(sha1_hex).unwrap_or_default();
-    let won: i64 = cas
-        .key(KEY)
-        .arg(expected)
-        .arg(next)
-        .arg(channel)
-        .arg(sha1_hex(next))
-        .invoke(con)
-        .expect("EVALSHA");
-    assert_eq!(won, 1, "the only writer lost a compare-and-swap");
-}
 
 /// Steps per second over `length`.
 fn round(con: &mut Connection, cas: &Script, docs: &[Vec<u8>; 2], length: Duration) -> f64 {
     let started = Instant::now();
     let mut steps = 0u64;
     while started.elapsed() < length {
-        step(con, cas, "filesem:0:{floor}", &docs[(steps % 2) as usize]);
+        let lost = step(con, cas, KEY, &docs[(steps % 2) as usize]);
+        assert_eq!(lost, 0, "the only writer lost a compare-and-swap");
         steps += 1;
     }
     steps as f64 / started.elapsed().as_secs_f64()
@@ -95,16 +64,8 @@ fn main() {
         return;
     };
     // Connected as the engine connects: TCP_NODELAY on.
-    let info = redis::IntoConnectionInfo::into_connection_info(server.server_url())
-        .expect("connection info");
-    let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let client = redis::Client::open(info).expect("client");
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .expect("connect");
-    con.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    let cas = Script::new(include_str!("../src/store/redis/lua/cas.lua"));
+    let mut con = connect(&server.server_url());
+    let cas = cas_script();
     let docs = [document(7), document(8)];
     // Load the script and warm up.
     round(&mut con, &cas, &docs, length / 5);
@@ -113,18 +74,7 @@ fn main() {
         .collect();
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
-    let version: Value = redis::cmd("INFO")
-        .arg("server")
-        .query(&mut con)
-        .expect("INFO");
-    let version = match &version {
-        Value::BulkString(b) => String::from_utf8_lossy(b)
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
-            .unwrap_or_default(),
-        Value::VerbatimString { text, .. } => text.clone(),
-        _ => String::new(),
-    };
+    let version = server_version(&mut con);
     println!(
         "redis floor (GET+TIME pipeline, EVALSHA compare-and-swap of a {}-byte document; \
          one connection, loopback, redis {version}):",

@@ -9,6 +9,8 @@
 //! --cycles N     times each worker takes a slot (default 3)
 //! --hold-ms N    how long a worker holds its slot, in milliseconds (default 200, jittered)
 //! --path FILE    the semaphore's state file (default: a fresh file in the temp directory)
+//! --redis URL    share a semaphore in a Redis key instead (redis://HOST[:PORT][/DB]/KEY;
+//!                needs `--features redis` and a running redis-server)
 //! --kill N       SIGKILL worker N while it holds its first slot, and show the slot coming
 //!                back by itself (crash resilience)
 //! --window-ms N  how long the timeline holds a line back to print it in time order
@@ -29,6 +31,13 @@
 //! lock, plus one `O_EXCL` marker file per slot in use; not the library's liveness witness
 //! files) counts who is inside. The program exits with status 1 if the checker ever saw more than `capacity` inside, a slot used twice,
 //! a release that failed, or a semaphore that is not empty at the end; 2 for bad arguments.
+//!
+//! With `--redis URL` the workers share a semaphore in one key of a Redis server instead, with
+//! the same timeline, checker and summary (`cargo run --example workers --features redis --
+//! --redis redis://127.0.0.1:6390/0/workers`; a throwaway server: `redis-server --port 6390
+//! --save '' --appendonly no`). Holds there have leases ([`REDIS_LEASE`] here, renewed in the
+//! background), so a worker killed with `--kill` gets its slot back once its lease has run out.
+//! The URL reaches the workers in their environment, not on their command line.
 
 #[path = "common/witness.rs"]
 mod witness;
@@ -44,12 +53,66 @@ use filesem::{AcquireOptions, Semaphore};
 use witness::Witness;
 
 const USAGE: &str = "\
-usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE] [--kill N] [--window-ms N]
+usage: cargo run --example workers -- [--workers N] [--capacity N] [--cycles N] [--hold-ms N] [--path FILE | --redis URL] [--kill N] [--window-ms N]
 
 Starts N worker processes that compete for a semaphore with a few slots, prints a timeline
 of who held which slot, and exits non-zero if the semaphore ever let too many in.
 --kill N kills worker N with SIGKILL in the middle of its first hold: its slot comes back
-by itself as soon as it is provably dead.";
+by itself as soon as it is provably dead.
+--redis redis://HOST[:PORT][/DB]/KEY shares a semaphore in a Redis key instead (build with
+--features redis; a throwaway server: redis-server --port 6390 --save '' --appendonly no).";
+
+/// The lease of the workers' holds on Redis (renewed by their permits a third of it apart):
+/// short, so that `--kill` shows the slot coming back within seconds.
+const REDIS_LEASE: Duration = Duration::from_secs(3);
+
+/// The variable that gives a worker the Redis URL (kept off the command line, where `ps`
+/// would show a password in it).
+const URL_VARIABLE: &str = "FILESEM_WORKERS_REDIS_URL";
+
+/// Where the semaphore lives.
+#[derive(Clone, Debug)]
+enum Place {
+    File(PathBuf),
+    Redis(String),
+}
+
+impl Place {
+    /// Opens (or creates) the semaphore with `capacity` slots.
+    fn open(&self, capacity: u32) -> Result<Semaphore, String> {
+        match self {
+            Place::File(path) => Semaphore::open(path, capacity).map_err(|e| e.to_string()),
+            Place::Redis(url) => open_redis(url, capacity),
+        }
+    }
+}
+
+/// Opens the semaphore in the Redis key at `url`, saying clearly when no server answers.
+#[cfg(feature = "redis")]
+fn open_redis(url: &str, capacity: u32) -> Result<Semaphore, String> {
+    let mut options = filesem::OpenOptions::new();
+    options.default_lease(Some(REDIS_LEASE));
+    options.open_redis(url, capacity).map_err(|e| match e {
+        filesem::Error::RedisUnreachable { .. } | filesem::Error::RedisTimeout { .. } => {
+            format!(
+                "no Redis server answers there: {e}\n\
+                 start a throwaway one with `redis-server --port 6390 --save '' --appendonly no` \
+                 and pass --redis redis://127.0.0.1:6390/0/workers"
+            )
+        }
+        e => e.to_string(),
+    })
+}
+
+/// Without the `redis` feature there is no Redis store to open.
+#[cfg(not(feature = "redis"))]
+fn open_redis(_: &str, _: u32) -> Result<Semaphore, String> {
+    Err(
+        "this build has no Redis support: run `cargo run --example workers --features redis \
+         -- --redis URL`"
+            .to_string(),
+    )
+}
 
 /// The settings of a run, shared by the parent and (as arguments) its workers.
 #[derive(Clone, Debug)]
@@ -59,6 +122,8 @@ struct Config {
     cycles: u32,
     hold_ms: u64,
     path: Option<PathBuf>,
+    /// A Redis URL to use instead of a file.
+    redis: Option<String>,
     /// The worker (1-based) to SIGKILL during its first hold.
     kill: Option<u32>,
     /// How long a timeline line may wait for earlier ones still in a pipe, in milliseconds.
@@ -73,6 +138,7 @@ impl Default for Config {
             cycles: 3,
             hold_ms: 200,
             path: None,
+            redis: None,
             kill: None,
             window_ms: 50,
         }
@@ -109,12 +175,13 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             Some((name, value)) => (name, Some(value.to_string())),
             None => (arg.as_str(), None),
         };
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 8] = [
             "--workers",
             "--capacity",
             "--cycles",
             "--hold-ms",
             "--path",
+            "--redis",
             "--kill",
             "--window-ms",
         ];
@@ -139,10 +206,14 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             "--cycles" => config.cycles = number(10_000)? as u32,
             "--hold-ms" => config.hold_ms = number(60_000)?,
             "--path" => config.path = Some(PathBuf::from(value)),
+            "--redis" => config.redis = Some(value),
             "--kill" => config.kill = Some(number(64)? as u32),
             "--window-ms" => config.window_ms = number(60_000)?,
             _ => return Err(format!("unknown option {name}")),
         }
+    }
+    if config.path.is_some() && config.redis.is_some() {
+        return Err("--path and --redis exclude each other".to_string());
     }
     if let Some(n) = config.kill.filter(|&n| n > config.workers) {
         return Err(format!(
@@ -188,7 +259,10 @@ fn worker(args: &[String]) -> ExitCode {
             .unwrap_or_default()
     };
     let id = value("--id");
-    let path = PathBuf::from(value("--path"));
+    let place = match std::env::var(URL_VARIABLE) {
+        Ok(url) => Place::Redis(url),
+        Err(_) => Place::File(PathBuf::from(value("--path"))),
+    };
     let capacity: u32 = value("--capacity").parse().unwrap_or(1);
     let cycles: u32 = value("--cycles").parse().unwrap_or(1);
     let hold_ms: u64 = value("--hold-ms").parse().unwrap_or(1);
@@ -203,9 +277,9 @@ fn worker(args: &[String]) -> ExitCode {
         Ok(w) => w,
         Err(e) => return fail(format!("checker: {e}")),
     };
-    let sem = match Semaphore::open(&path, capacity) {
+    let sem = match place.open(capacity) {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
     emit(epoch, "ready", &[]);
     // Start together: wait for the parent's "go" (or for its end).
@@ -439,21 +513,31 @@ fn run(config: &Config) -> Result<bool, String> {
         .prefix("filesem-workers-")
         .tempdir()
         .map_err(|e| format!("cannot create a temp directory: {e}"))?;
-    let (path, keep_note) = match &config.path {
-        Some(p) => (p.clone(), ""),
-        None => (
-            temp.path().join("workers.json"),
-            " (a fresh file, removed at the end; pass --path FILE to keep one)",
+    let (place, keep_note) = match (&config.path, &config.redis) {
+        (_, Some(url)) => (
+            Place::Redis(url.clone()),
+            format!(
+                " (a key on a Redis server; holds have {} s leases there, renewed in the \
+                 background)",
+                REDIS_LEASE.as_secs()
+            ),
+        ),
+        (Some(p), None) => (Place::File(p.clone()), String::new()),
+        (None, None) => (
+            Place::File(temp.path().join("workers.json")),
+            " (a fresh file, removed at the end; pass --path FILE to keep one)".to_string(),
         ),
     };
     let witness = Witness::create(temp.path().join("checker"), config.capacity)
         .map_err(|e| format!("cannot create the checker directory: {e}"))?;
-    let sem = Semaphore::open(&path, config.capacity).map_err(|e| e.to_string())?;
+    let sem = place.open(config.capacity)?;
+    // As the semaphore shows it: a Redis URL without its password.
+    let path = sem.path().to_path_buf();
     let already = sem.count().map_err(|e| e.to_string())?;
     if already > 0 {
         return Err(format!(
             "the semaphore at {} already has {already} holder(s); this demo needs an empty one \
-             (remove them, or pick another --path)",
+             (remove them, or pick another --path or --redis key)",
             path.display()
         ));
     }
@@ -462,7 +546,11 @@ fn run(config: &Config) -> Result<bool, String> {
         "filesem workers: {} processes share a semaphore with {} slots",
         config.workers, config.capacity
     );
-    println!("  state file: {}{keep_note}", path.display());
+    let what = match place {
+        Place::File(_) => "state file",
+        Place::Redis(_) => "state key ",
+    };
+    println!("  {what}: {}{keep_note}", path.display());
     println!(
         "  checker:    {} (an independent count of who is inside)",
         witness.dir().display()
@@ -480,10 +568,13 @@ fn run(config: &Config) -> Result<bool, String> {
     let mut workers = Workers(Vec::new());
     for i in 0..config.workers as usize {
         let name = format!("worker-{}", i + 1);
-        let mut child = Command::new(&exe)
-            .args(["--worker", "--id", &name])
-            .arg("--path")
-            .arg(&path)
+        let mut command = Command::new(&exe);
+        command.args(["--worker", "--id", &name]);
+        match &place {
+            Place::File(path) => command.arg("--path").arg(path).env_remove(URL_VARIABLE),
+            Place::Redis(url) => command.env(URL_VARIABLE, url),
+        };
+        let mut child = command
             .arg("--checker")
             .arg(witness.dir())
             .args(["--capacity", &config.capacity.to_string()])
@@ -792,6 +883,26 @@ fn summarize(
     witness: &Witness,
     mut tally: Tally,
 ) -> Result<bool, String> {
+    if config.redis.is_some()
+        && let Some(k) = &tally.killed
+    {
+        // On Redis nothing proves the killed worker dead: its entry goes once its lease (and
+        // the grace) has run out, when an acquire or a reap looks.
+        let start = Instant::now();
+        let limit = REDIS_LEASE + filesem::LEASE_GRACE + Duration::from_secs(10);
+        while sem.count().map_err(|e| e.to_string())? > 0 && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(100));
+            sem.reap().map_err(|e| e.to_string())?;
+        }
+        println!();
+        println!(
+            "worker-{}'s hold on slot {} ended with its lease, {} ms after the last worker \
+             finished (a Redis semaphore judges holders by leases only)",
+            k.worker + 1,
+            k.slot,
+            start.elapsed().as_millis()
+        );
+    }
     println!();
     println!("final state of {}:", path.display());
     let holders = sem.holders().map_err(|e| e.to_string())?;

@@ -83,7 +83,7 @@
 //! - **Dead waiters.** A waiter's entry records its owner and a witness lock, like a holder's
 //!   (see [Crash behavior](#crash-behavior)), so a killed waiter is judged dead and removed by
 //!   the next waiter that looks. For waiters nobody can judge (on another machine), each waiter also
-//!   keeps an expiry 6 s ahead, refreshed every 2 s; one that stops refreshing (dead, or
+//!   keeps an expiry 6 s ahead, refreshed every 2 s (on Redis: its lease, see [Redis](#redis)); one that stops refreshing (dead, or
 //!   stopped) leaves the queue 8 s later ([`LEASE_GRACE`] included) and is never granted a
 //!   slot. A waiter whose entry vanished (removed with [`Semaphore::remove`], or dropped by a
 //!   write of the Go package, which does not know the queue) joins the queue again, at the
@@ -213,7 +213,8 @@
 //!
 //! - **Time is the server's.** Every rule (lease ends, grant times, waiters' expiries) and
 //!   every query's verdicts use the server's `TIME`, never a client's clock: hosts' clocks
-//!   differ.
+//!   differ. [`Semaphore::now`] reads it, to show ages and the time left of leases that
+//!   agree with the verdicts.
 //! - **Leases only.** A process on another machine cannot be judged by its pid or a
 //!   witness lock, so the store offers no evidence of death: every entry is
 //!   [`Liveness::Unknown`] until its lease runs out (plus [`LEASE_GRACE`]). Every hold has a
@@ -222,10 +223,25 @@
 //!   background from the start (a third of the lease apart). A detached hold
 //!   ([`AcquireOptions::detached`], [`Permit::keep`]) keeps its lease and is not renewed: it
 //!   ends by release, `remove`, or its lease. A crashed, killed or partitioned holder's slot
-//!   comes back when its lease runs out; a killed waiter leaves the queue when its expiry
-//!   (6 s, refreshed every 2 s while it waits) runs out, or, if the queue hands it a slot
-//!   first, when that hold's lease does. A dead queue head never blocks the queue for
-//!   longer.
+//!   comes back when its lease runs out. A queued waiter has the same lease (its acquire's:
+//!   the option, else the handle's default, else 30 s), renewed a third of it apart while it
+//!   waits (each renewal is a write that wakes every waiter, so a short lease costs
+//!   traffic); a killed waiter leaves the queue when it runs out, or, if the queue hands it
+//!   a slot first, when that hold's lease does. The trade-off: a dead queue head blocks the
+//!   queue for at most its lease plus [`LEASE_GRACE`]; choose a shorter lease where a
+//!   blocked queue costs more than the renewals.
+//! - **A key the server forgets or rolls back.** A server restarted without persistence
+//!   (`appendonly`), a `FLUSHDB`, an eviction (a `maxmemory-policy` other than
+//!   `noeviction`) or a `DEL` forgets every hold at once, and a server restarted from an
+//!   older snapshot (RDB, or `appendfsync everysec` after a crash) forgets the holds granted
+//!   since: their slots are granted again while the forgotten holders may still be working
+//!   (each of their permits finds its entry missing at its next renewal and reports the
+//!   hold lost). Fencing tokens still never go backwards: every token is at least the
+//!   server's clock in microseconds at its grant (the counter is raised to it), so a grant
+//!   after the restart is above every token before it, as long as the server's clock does
+//!   not go back. The first token of a new semaphore is therefore a large number, not 1.
+//!   Run the server with `appendonly yes`, `appendfsync always` and no eviction where
+//!   forgotten holds matter.
 //! - **A permit finds out when it lost its hold.** It keeps its lease's end on this
 //!   machine's monotonic clock, counted from when its last successful renewal was *sent*
 //!   (so never later than the server's). Once that passes without a renewal (the server or
@@ -257,7 +273,9 @@
 //!   lost if it fails before a replica has it, and the promoted replica then runs with an
 //!   older document: a grant lost (its slot granted again while the first holder still uses
 //!   it), a release lost (the slot stays taken until its lease ends), steps of the token
-//!   counter lost (a fencing token handed out twice). `OpenOptions::replica_ack(n,
+//!   counter lost (a fencing token handed out twice only if the promoted replica's clock
+//!   is behind the old primary's by more than the failover took, since every token is
+//!   raised to the server's clock). `OpenOptions::replica_ack(n,
 //!   timeout)` makes every change wait (`WAIT`) until `n` replicas have it: an acquire whose
 //!   grant was not acknowledged in time releases it again and fails with
 //!   `Error::NotReplicated`; other operations report that error, their change made on the

@@ -515,7 +515,9 @@ impl AcquireOptions {
     }
 
     /// What an acquire of `id` with these options asks of the queue steps, with the hold's
-    /// `lease` (its own or the handle's default) and whether it `may_wait`.
+    /// `lease` (its own or the handle's default) and whether it `may_wait`; the waiter
+    /// expiry is the file store's until the caller sets its store's
+    /// (`Semaphore::request`).
     pub(crate) fn request<'a>(
         &'a self,
         id: &'a str,
@@ -529,6 +531,7 @@ impl AcquireOptions {
             priority: self.priority,
             lease,
             may_wait,
+            waiter_expiry: crate::core::queue::WAITER_EXPIRY,
         }
     }
 

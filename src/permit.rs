@@ -352,8 +352,10 @@ impl Permit {
             return Err(e);
         }
         held.stop_keep_alive();
-        let renewer =
-            Renewer::start(held.hold.clone(), held.lease, Box::new(on_lost)).map_err(|e| {
+        // A tracked lease (a Redis hold) needs no thread before its first renewal is near.
+        let defer = held.hold.lease_end().map(|_| intervals(held.lease).0 / 2);
+        let renewer = Renewer::start(held.hold.clone(), held.lease, Box::new(on_lost), defer)
+            .map_err(|e| {
                 let path = held.hold.sem.path();
                 Error::io(path, path, "start the keep-alive thread for", e)
             })?;
@@ -371,10 +373,11 @@ impl Permit {
     /// [`keep_alive`](Permit::keep_alive), after [`stop_keep_alive`](Permit::stop_keep_alive),
     /// and once the thread found the hold lost.
     pub fn is_kept_alive(&self) -> bool {
-        self.held()
-            .renewer
-            .as_ref()
-            .is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished()))
+        // The thread sets `lost` before its callback and ends right after: once lost, it
+        // renews nothing, even if it has not ended yet.
+        let held = self.held();
+        held.renewer.as_ref().is_some_and(Renewer::is_active)
+            && !held.hold.shared.lost.load(Ordering::SeqCst)
     }
 
     /// Whether the keep-alive thread found the hold lost (its entry vanished from the file:
@@ -867,10 +870,182 @@ fn intervals(lease: Option<Duration>) -> (Duration, Duration) {
     }
 }
 
-/// A permit's keep-alive thread; see [`Permit::keep_alive`]. Dropping it stops the thread and
-/// waits for it (in the process that started it; in a forked child, where the thread does not
-/// exist, the handle is forgotten).
+/// A permit's keep-alive; see [`Permit::keep_alive`]. Its thread runs from the start, or,
+/// for a hold whose lease end is tracked here (a Redis permit, whose keep-alive starts with
+/// the hold), is started by the process's [`Starter`] half a renewal interval later: a hold
+/// released before then never costs a thread (spawning and ending one per hold cost more
+/// than the hold's own round trips to the server). The first renewal is due a third of the
+/// lease after the hold was taken whenever the thread starts ([`Target::next_look`]).
+///
+/// Dropping it stops the keep-alive: once the drop returns, no renewal starts and no
+/// callback is called. In a forked child, where the threads do not exist, it is forgotten.
 struct Renewer {
+    phase: Arc<Mutex<Phase>>,
+    pid: u32,
+}
+
+/// Where a [`Renewer`] is.
+enum Phase {
+    /// Not started yet: what its thread will need.
+    Pending(Pending),
+    Running(Running),
+    /// Stopped by its owner.
+    Stopped,
+}
+
+/// What a deferred keep-alive thread is started with.
+struct Pending {
+    target: Target,
+    lease: Option<Duration>,
+    on_lost: Box<dyn FnOnce(&Error) + Send>,
+}
+
+/// Starts the deferred keep-alive threads of this process when they are due: one thread,
+/// started with the first deferred keep-alive (again in a forked child, where the parent's
+/// does not exist).
+struct Starter {
+    due: Mutex<Vec<(Instant, std::sync::Weak<Mutex<Phase>>)>>,
+    wake: std::sync::Condvar,
+}
+
+/// The process's [`Starter`], with the pid it was started in.
+static STARTER: Mutex<Option<(u32, Arc<Starter>)>> = Mutex::new(None);
+
+impl Starter {
+    /// Has the keep-alive of `phase` started at `at`, if it is still pending then.
+    fn schedule(at: Instant, phase: &Arc<Mutex<Phase>>) -> std::io::Result<()> {
+        let pid = std::process::id();
+        let mut global = STARTER.lock().unwrap_or_else(PoisonError::into_inner);
+        let starter = match &*global {
+            Some((p, starter)) if *p == pid => Arc::clone(starter),
+            _ => {
+                let starter = Arc::new(Starter {
+                    due: Mutex::new(Vec::new()),
+                    wake: std::sync::Condvar::new(),
+                });
+                let running = Arc::clone(&starter);
+                std::thread::Builder::new()
+                    .name("filesem-starter".into())
+                    .spawn(move || running.run())?;
+                *global = Some((pid, Arc::clone(&starter)));
+                starter
+            }
+        };
+        drop(global);
+        starter
+            .due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((at, Arc::downgrade(phase)));
+        starter.wake.notify_one();
+        Ok(())
+    }
+
+    /// Forever: waits for the earliest due keep-alive, and starts it if it is still pending.
+    fn run(&self) {
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let now = Instant::now();
+            let next = due.iter().enumerate().min_by_key(|(_, (at, _))| *at);
+            match next.map(|(i, (at, _))| (i, *at)) {
+                None => {
+                    due = self.wake.wait(due).unwrap_or_else(PoisonError::into_inner);
+                }
+                Some((_, at)) if at > now => {
+                    due = self
+                        .wake
+                        .wait_timeout(due, at - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                Some((i, _)) => {
+                    let (_, phase) = due.swap_remove(i);
+                    drop(due);
+                    if let Some(phase) = phase.upgrade() {
+                        start_pending(&phase);
+                    }
+                    due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the thread of a pending keep-alive (a stopped one stays stopped). A thread that
+/// cannot be started is logged: the hold is then not renewed, and its permit finds out when
+/// the lease runs out ([`Permit::is_lost`]).
+fn start_pending(phase: &Mutex<Phase>) {
+    let mut phase = phase.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Phase::Pending(_) = &*phase {
+        let Phase::Pending(p) = std::mem::replace(&mut *phase, Phase::Stopped) else {
+            unreachable!("matched above");
+        };
+        let path = p.target.sem.path().to_path_buf();
+        match Running::start(p.target, p.lease, p.on_lost) {
+            Ok(running) => *phase = Phase::Running(running),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot start the keep-alive thread; the hold will not be renewed")
+            }
+        }
+    }
+}
+
+impl Renewer {
+    /// Starts a keep-alive: its thread now, or, with `defer`, that much later (if it is not
+    /// stopped before).
+    fn start(
+        target: Target,
+        lease: Option<Duration>,
+        on_lost: Box<dyn FnOnce(&Error) + Send>,
+        defer: Option<Duration>,
+    ) -> std::io::Result<Renewer> {
+        let pid = std::process::id();
+        let Some(defer) = defer else {
+            let running = Running::start(target, lease, on_lost)?;
+            return Ok(Renewer {
+                phase: Arc::new(Mutex::new(Phase::Running(running))),
+                pid,
+            });
+        };
+        let phase = Arc::new(Mutex::new(Phase::Pending(Pending {
+            target,
+            lease,
+            on_lost,
+        })));
+        Starter::schedule(Instant::now() + defer, &phase)?;
+        Ok(Renewer { phase, pid })
+    }
+
+    /// Whether it renews (or watches) the hold now: pending, or its thread still runs.
+    fn is_active(&self) -> bool {
+        match &*self.phase.lock().unwrap_or_else(PoisonError::into_inner) {
+            Phase::Pending(_) => true,
+            Phase::Running(r) => r.thread.as_ref().is_some_and(|t| !t.is_finished()),
+            Phase::Stopped => false,
+        }
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // A forked child: the threads, and whoever held the lock, are the parent's.
+            // Nothing is touched or dropped (a reference is leaked).
+            std::mem::forget(Arc::clone(&self.phase));
+            return;
+        }
+        let old = std::mem::replace(
+            &mut *self.phase.lock().unwrap_or_else(PoisonError::into_inner),
+            Phase::Stopped,
+        );
+        // A pending one is dropped unstarted; a running one stops (see `Running`'s drop).
+        drop(old);
+    }
+}
+
+/// A running keep-alive thread. Dropping it stops the thread and waits for it (at most a
+/// renewal in progress), so that its callback is gone when the drop returns.
+struct Running {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     pid: u32,
@@ -909,12 +1084,12 @@ impl Target {
     }
 }
 
-impl Renewer {
+impl Running {
     fn start(
         target: Target,
         lease: Option<Duration>,
         on_lost: Box<dyn FnOnce(&Error) + Send>,
-    ) -> std::io::Result<Renewer> {
+    ) -> std::io::Result<Running> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("filesem-keep-alive".into())
@@ -955,7 +1130,7 @@ impl Renewer {
                     }
                 }
             })?;
-        Ok(Renewer {
+        Ok(Running {
             stop: Some(stop),
             thread: Some(thread),
             pid: std::process::id(),
@@ -963,7 +1138,7 @@ impl Renewer {
     }
 }
 
-impl Drop for Renewer {
+impl Drop for Running {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {

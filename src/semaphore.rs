@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::core::doc::{self as state, Document, Entry, MAX_CAPACITY, Owner};
-use crate::core::queue::holder_entry;
+use crate::core::queue::{Request, holder_entry};
 use crate::core::rules::{self, Ctx, Record, Refusal};
 use crate::core::verdict::{Judge, Liveness, verdict};
 use crate::error::{Error, Result};
@@ -383,8 +383,7 @@ impl Semaphore {
         let id = holder.id();
         self.check_request(id, options)?;
         let path = self.path();
-        let lease = self.lease_for(options);
-        let req = options.request(id, lease, false);
+        let req = self.request(options, id, false);
         // The grants earlier runs of the step wrote (see `Attempt`).
         let mut tried: Vec<Attempt> = Vec::new();
         let granted = self.inner.store.step_committed(wait, None, |doc, cx| {
@@ -428,7 +427,7 @@ impl Semaphore {
             id.to_string(),
             slot,
             acquired_at,
-            lease,
+            req.lease,
             record,
             witness,
             seen,
@@ -797,6 +796,31 @@ impl Semaphore {
             .collect())
     }
 
+    /// The time by the clock that judges this semaphore's leases: this machine's clock for a
+    /// state file, the Redis server's (`TIME`) for a Redis key. Ages and the time left of
+    /// leases computed against it agree with the verdicts of [`holders`](Semaphore::holders)
+    /// however far this machine's clock is from the server's. Reads the state (on Redis one
+    /// round trip) and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`holders`](Semaphore::holders).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = filesem::Semaphore::open(dir.path().join("s.json"), 1)?;
+    /// let permit = sem.try_acquire("a")?;
+    /// let age = sem.now()? - sem.holders()?[0].acquired_at;
+    /// assert!(age >= chrono::Duration::zero());
+    /// # drop(permit);
+    /// # Ok::<(), filesem::Error>(())
+    /// ```
+    pub fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(self.inner.store.snapshot()?.now)
+    }
+
     /// The number of holders on file (including stale ones not yet reaped).
     ///
     /// # Errors
@@ -888,6 +912,20 @@ impl Semaphore {
             .lease
             .or(self.inner.default_lease)
             .or_else(|| self.inner.store.imposed_lease())
+    }
+
+    /// What an acquire of `id` with `options` asks of the queue steps: its hold's lease
+    /// ([`Semaphore::lease_for`]), and the waiter expiry the store gives it.
+    pub(crate) fn request<'a>(
+        &self,
+        options: &'a AcquireOptions,
+        id: &'a str,
+        may_wait: bool,
+    ) -> Request<'a> {
+        let lease = self.lease_for(options);
+        let mut req = options.request(id, lease, may_wait);
+        req.waiter_expiry = self.inner.store.waiter_expiry(lease);
+        req
     }
 
     pub(crate) fn info(&self, e: &Entry, now: DateTime<Utc>) -> HolderInfo {
@@ -1041,5 +1079,140 @@ mod tests {
     fn semaphore_is_send_and_sync() {
         // Threads share one handle.
         assert_send_sync::<Semaphore>();
+    }
+
+    /// The file store of a semaphore handle.
+    #[allow(irrefutable_let_patterns)] // Store has more variants with other features.
+    fn file_store(sem: &Semaphore) -> &crate::store::file::FileStore {
+        let crate::store::Store::File(store) = &sem.inner.store else {
+            panic!("not a file store");
+        };
+        store
+    }
+
+    #[test]
+    #[allow(unsafe_code)] // Reviewed: fork in a test; the child makes two calls, then _exit.
+    fn a_child_forked_while_the_handles_caches_are_locked_acquires_without_them() {
+        // A child forked while another thread of its parent was inside one of the handle's
+        // caches inherits it locked, with nobody to unlock it: its operations must go without
+        // the cache, never wait for it.
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+        let dir = tempfile::tempdir().unwrap();
+        let sem = crate::OpenOptions::new()
+            .durable(false)
+            .open(dir.path().join("s.json"), 2)
+            .unwrap();
+        // Fills the caches: the lock file, the document, the witness directory, a spare.
+        sem.try_acquire("warm").unwrap().release().unwrap();
+        let held = file_store(&sem).lock_caches();
+        // SAFETY: the child makes two library calls, which must end by themselves, then _exit.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code = match sem.try_acquire("child").map(Permit::release) {
+                    Ok(Ok(())) => 0,
+                    _ => 1,
+                };
+                // SAFETY: _exit skips destructors and atexit handlers.
+                unsafe { libc::_exit(code) };
+            }
+            ForkResult::Parent { child } => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let status = loop {
+                    match waitpid(child, Some(WaitPidFlag::WNOHANG)).unwrap() {
+                        WaitStatus::StillAlive if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        WaitStatus::StillAlive => {
+                            let _ =
+                                nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                            let _ = waitpid(child, None);
+                            panic!("the forked child hung on a cache its parent held");
+                        }
+                        status => break status,
+                    }
+                };
+                drop(held);
+                assert_eq!(
+                    status,
+                    WaitStatus::Exited(child, 0),
+                    "the child's acquire and release"
+                );
+            }
+        }
+        assert!(
+            sem.holders().unwrap().is_empty(),
+            "the child released its slot"
+        );
+    }
+
+    #[test]
+    fn the_document_kept_from_a_write_is_what_the_file_holds() {
+        // A step that finds PATH unchanged uses the document its handle wrote last instead
+        // of reading it: that document must be exactly what parsing the file gives, after
+        // every kind of write (grants, a queue and its hand-off, kept holds, leases,
+        // metadata, a capacity change, unknown fields another writer added).
+        use crate::core::doc::Document;
+        use crate::{AcquireOptions, OpenOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let sem = OpenOptions::new().durable(false).open(&path, 2).unwrap();
+        let store = file_store(&sem);
+        let check = |what: &str| {
+            let kept = store.kept_document();
+            let on_file = Document::parse(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(kept.as_ref(), Some(&on_file), "after {what}");
+        };
+        check("open");
+        let a = sem
+            .try_acquire_with(
+                "a",
+                &AcquireOptions::new()
+                    .metadata("job", "x \"quoted\"")
+                    .lease(Duration::from_secs(600)),
+            )
+            .unwrap();
+        check("a grant with metadata and a lease");
+        let b = sem.try_acquire("b").unwrap();
+        check("a second grant");
+        let waiter = {
+            let sem = sem.clone();
+            std::thread::spawn(move || {
+                sem.acquire_with("c", &AcquireOptions::new().priority(3))
+                    .and_then(|p| p.keep().map_err(|e| e.error))
+            })
+        };
+        let start = Instant::now();
+        while sem.waiters().unwrap().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(60), "never queued");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        check("a waiter joined");
+        // The waiter's thread takes steps of its own on this handle from here on.
+        b.release().unwrap();
+        waiter.join().unwrap().unwrap();
+        assert_eq!(sem.holders().unwrap()[1].id, "c", "handed over");
+        check("a hand-off and a kept hold");
+        a.renew().unwrap();
+        check("a renewal");
+        sem.set_capacity(5).unwrap();
+        check("a capacity change");
+        // Another writer replaces the file, adding fields this crate does not know.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["x_top"] = serde_json::json!({"keep": [1.10, -0]});
+        v["holders"][0]["x_entry"] = serde_json::json!("kept");
+        let temp = dir.path().join("other-writer.tmp");
+        std::fs::write(&temp, serde_json::to_vec(&v).unwrap()).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        sem.remove(["c"]).unwrap();
+        check("a write after another writer's");
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            written.contains("x_entry") && written.contains("x_top"),
+            "{written}"
+        );
+        drop(a);
+        check("the last release");
     }
 }

@@ -71,16 +71,27 @@ impl Sleeper {
         interval
     }
 
+    /// Tells the waker whether the waiter is at the head of the queue (see
+    /// [`Waker::set_head`]).
+    pub(crate) fn set_head(&mut self, head: bool) {
+        self.waker.set_head(head);
+    }
+
     /// Sleeps until `until`, a change of the document, or cancellation, whichever is first.
     /// Signals only resume the sleep; `until` is absolute, so they never extend it.
-    pub(crate) fn sleep_until(&mut self, until: Instant, cancel: Option<&CancelToken>) {
+    ///
+    /// Returns whether the next look should judge the entries again: the timer ran out (it
+    /// stands for what no write announces: an expiry, a death that closed no witness), a death
+    /// may have been announced, or notices were lost. A notice of a write alone changes no
+    /// verdict.
+    pub(crate) fn sleep_until(&mut self, until: Instant, cancel: Option<&CancelToken>) -> bool {
         loop {
             if cancel.is_some_and(CancelToken::is_cancelled) {
-                return;
+                return true;
             }
             let now = Instant::now();
             if now >= until {
-                return;
+                return true;
             }
             let mut wait = until - now;
             if cancel.is_some() && self.cancel.is_none() {
@@ -99,7 +110,7 @@ impl Sleeper {
                 self.reset();
             }
             if woke.changed {
-                return;
+                return woke.died || woke.lost;
             }
         }
     }
@@ -135,7 +146,7 @@ mod tests {
         let waiter = sem.clone();
         std::thread::spawn(move || tx.send(waiter.acquire("b")).unwrap());
         queued(1);
-        assert!(!Sleeper::new(sem.inner.store.waker(), None).prompt());
+        assert!(!Sleeper::new(sem.inner.store.waker(None), None).prompt());
         first.release().unwrap();
         let second = rx.recv_timeout(deadline).unwrap().unwrap();
         assert_eq!(second.id(), "b");

@@ -13,7 +13,11 @@
 //! Between looks it sleeps ([`crate::sleeper`]) until its store's waker announces a change
 //! (the file store: `poll(2)` on an inotify descriptor, Linux) or its cancel token's socket
 //! wakes it, with a timer as the safety net: bounded exponential backoff with jitter, shorter
-//! when there is no prompt notification.
+//! when there is no prompt notification. The waker is told after each look whether the
+//! waiter is at the head of the queue: a waker told of the waiter's own changes wakes it for
+//! other changes only there. A look judges the entries in its way only when a verdict may
+//! have changed: on the first look, when the timer ran out, and when the waker announced a
+//! possible death.
 //!
 //! A call with a timeout has one deadline for everything: each locked step waits for the
 //! lock until then ([`LockWait::Until`]), not for the lock timeout, and a step still waiting
@@ -36,7 +40,8 @@ use chrono::{DateTime, Utc};
 use crate::cancel::CancelToken;
 use crate::core::doc::Document;
 use crate::core::queue::{
-    Grant, Left, Mine, Outcome, Request, Stamp, granted, leave, needs_step, next_expiry, settle,
+    Grant, Left, Mine, Outcome, Request, Stamp, at_head, granted, leave, needs_step, next_expiry,
+    settle,
 };
 use crate::core::rules::{Record, Refusal};
 use crate::error::{Error, Result};
@@ -45,9 +50,6 @@ use crate::permit::{Permit, Seen};
 use crate::semaphore::{Attempt, Semaphore, refusal_error, undo_unreplicated};
 use crate::sleeper::Sleeper;
 use crate::store::{Committed, LockWait, Step, WitnessLock, busy_since};
-
-/// How often a waiter refreshes its expiry.
-pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 /// Acquires a slot for `id`, waiting as `options` say. The caller has validated the request.
 pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Result<Permit> {
@@ -67,9 +69,15 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         Joined::Queued(queued) => queued,
     };
 
-    let mut sleeper = Sleeper::new(sem.inner.store.waker(), options.cancel.as_ref());
+    let waker = |queued: &Queued| sem.inner.store.waker(queued.witness.as_ref());
+    let mut sleeper = Sleeper::new(waker(&queued), options.cancel.as_ref());
     let mut refreshed = Instant::now();
     let mut last: Option<Document> = None;
+    // Entries are judged only when the sleeper says a verdict may have changed (its timer ran
+    // out, a death was announced): a write changes none, and the step that queued us judged
+    // every entry in its way a moment ago (a death since, before the waker watched, is found
+    // by the timer).
+    let mut judge = false;
     loop {
         let sent = Instant::now();
         let snapshot = sem.inner.store.snapshot()?;
@@ -77,12 +85,24 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         if let Some(grant) = granted(&doc, &queued.mine) {
             return queued.granted(&req, grant, None, start, Seen { sent, now });
         }
-        let refresh = refreshed.elapsed() >= REFRESH_EVERY;
-        if refresh || needs_step(&doc, &queued.mine, &sem.ctx(now, sem.inner.store.judge())) {
+        let refresh = refreshed.elapsed() >= req.refresh_every();
+        let mut ctx = sem.ctx(now, sem.inner.store.judge());
+        ctx.reap &= judge;
+        if refresh || needs_step(&doc, &queued.mine, &ctx) {
             match queued.step_once(&req, refresh, start)? {
                 Waiting::Granted(permit) => return Ok(permit),
-                Waiting::Still { refreshed: true } => refreshed = Instant::now(),
-                Waiting::Still { refreshed: false } => {}
+                Waiting::Still {
+                    refreshed: r,
+                    requeued,
+                } => {
+                    if requeued {
+                        // Writers announce changes to the new entry on its own witness.
+                        sleeper = Sleeper::new(waker(&queued), options.cancel.as_ref());
+                    }
+                    if r {
+                        refreshed = Instant::now();
+                    }
+                }
             }
         }
         if cancelled() {
@@ -102,7 +122,7 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
             sleeper.reset();
         }
         let mut until = Instant::now() + sleeper.next_interval();
-        until = until.min(refreshed + REFRESH_EVERY);
+        until = until.min(refreshed + req.refresh_every());
         if let Some(d) = deadline {
             until = until.min(d);
         }
@@ -110,8 +130,9 @@ pub(crate) fn acquire(sem: &Semaphore, id: &str, options: &AcquireOptions) -> Re
         if let Some(at) = expiry_wake(&doc, &queued.mine, now) {
             until = until.min(at);
         }
+        sleeper.set_head(at_head(&doc, &queued.mine));
         last = Some(doc);
-        sleeper.sleep_until(until, options.cancel.as_ref());
+        judge = sleeper.sleep_until(until, options.cancel.as_ref());
     }
 }
 
@@ -121,11 +142,7 @@ pub(crate) fn request<'a>(
     id: &'a str,
     options: &'a AcquireOptions,
 ) -> Request<'a> {
-    options.request(
-        id,
-        sem.lease_for(options),
-        options.timeout != Some(Duration::ZERO),
-    )
+    sem.request(options, id, options.timeout != Some(Duration::ZERO))
 }
 
 /// When a waiter wakes to look again for an entry ahead of it whose expiry passes (5 ms
@@ -225,8 +242,10 @@ pub(crate) enum Waiting {
     /// The slot is ours.
     Granted(Permit),
     /// Still queued; `refreshed` when the step refreshed the entry's expiry (or queued it
-    /// again after it vanished), so the next refresh is due [`REFRESH_EVERY`] from now.
-    Still { refreshed: bool },
+    /// again after it vanished), so the next refresh is due a
+    /// [`refresh_every`](Request::refresh_every) from now; `requeued` when it queued again,
+    /// with a new witness.
+    Still { refreshed: bool, requeued: bool },
 }
 
 /// Whether `error` says that a step's deadline passed while others kept the state busy: the
@@ -410,14 +429,16 @@ impl Queued {
                 .granted(req, grant, witness, start, seen)
                 .map(Waiting::Granted),
             Outcome::Queued { mine, .. } => {
-                let mut refreshed = refresh;
-                if mine.ticket != self.mine.ticket {
+                let requeued = mine.ticket != self.mine.ticket;
+                if requeued {
                     tracing::debug!(path = %path.display(), id = req.id, ticket = mine.ticket, "queue entry vanished; queued again");
                     self.witness = witness;
-                    refreshed = true;
                 }
                 self.mine = mine;
-                Ok(Waiting::Still { refreshed })
+                Ok(Waiting::Still {
+                    refreshed: refresh || requeued,
+                    requeued,
+                })
             }
             Outcome::Refused(Refusal::TokensExhausted) => {
                 // Still queued, owed a slot no token is left for: leave the queue.

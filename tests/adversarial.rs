@@ -766,7 +766,9 @@ fn stopped_processes_are_alive_and_never_hang_the_others() {
     let (mut timeouts, mut refused, mut granted) = (0, 0, 0);
     for _ in 0..15 {
         std::thread::sleep(Duration::from_micros(fastrand::u64(0..5_000)));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        // Stopped for sure before the observer starts: a SIGSTOP still in flight would let
+        // the child take the lock between the observer's acquire and its release.
+        common::stop_process(group.pid(idx));
         let s = sem.clone();
         let r = within(
             10,

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,23 +17,7 @@ use nix::unistd::Pid;
 
 #[path = "common/cli.rs"]
 mod cli_common;
-use cli_common::{DEADLINE, filesem, lines, wait_until};
-
-/// A finished process.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
-    }
-}
+use cli_common::{DEADLINE, Finished, filesem, lines, wait_until};
 
 /// A process started in the background, killed if the test ends before it does.
 struct Running {

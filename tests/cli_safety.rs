@@ -13,28 +13,12 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "common/cli.rs"]
 mod cli_common;
-use cli_common::{DEADLINE, FILESEM_VARS, filesem, wait_until};
-
-/// A finished process and what it printed.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
-    }
-}
+use cli_common::{DEADLINE, FILESEM_VARS, Finished, filesem, wait_until};
 
 /// A process started in the background with its output going to files (so that a
 /// grandchild that keeps them open cannot block the test), killed if the test ends first.
@@ -171,7 +155,7 @@ fn corrupt_semaphore_with_two_tokens(dir: &Path) -> Vec<u8> {
     ok(dir, &["acquire", "-q", "s.json", "--id", "b"]);
     let path = dir.join("s.json");
     let mut bytes = fs::read(&path).unwrap();
-    assert!(String::from_utf8_lossy(&bytes).contains("\"token\": 2"));
+    assert!(String::from_utf8_lossy(&bytes).contains("\"token\":2"));
     bytes.extend_from_slice(b"garbage");
     fs::write(&path, &bytes).unwrap();
     bytes

@@ -58,14 +58,7 @@ fn hold_lock(group: &mut Group, path: &Path) -> usize {
 
 /// Stops child `idx` with SIGSTOP and waits until the kernel shows it stopped.
 fn stop(group: &Group, idx: usize) {
-    let pid = group.pid(idx);
-    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
-    common::wait_until(common::deadline(30), "the child to stop", || {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('T')))
-            .unwrap_or(false)
-    });
+    common::stop_process(group.pid(idx));
 }
 
 /// Whether the kernel can name the holder of a lock in `dir`: tmpfs (whose `st_dev` is the

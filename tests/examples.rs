@@ -7,6 +7,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
 /// The built example `name`: `cargo build --example ...` once, into this test's target dir.
 fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -31,6 +35,18 @@ fn example(name: &str) -> PathBuf {
             ])
             .args(["--example", "shared", "--target-dir"])
             .arg(target_dir);
+        // The features of this test build, so that `workers --redis` is there when they
+        // include `redis`, and the library built for the tests is reused.
+        let features: Vec<&str> = [
+            ("cli", cfg!(feature = "cli")),
+            ("redis", cfg!(feature = "redis")),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        if !features.is_empty() {
+            cargo.args(["--features", &features.join(",")]);
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cargo.arg("--release");
         }
@@ -295,6 +311,72 @@ fn basic_and_shared_examples_succeed() {
         assert!(out.status.success(), "{name}: {stdout}");
         assert!(stdout.contains("done: count 0"), "{name}: {stdout}");
     }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn workers_example_shares_a_redis_semaphore_without_exceeding_capacity() {
+    // `workers --redis URL`: the same timeline, checker and summary on a Redis key, no
+    // violation, and the key empty at the end.
+    let Some(server) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let mut cmd = Command::new(example("workers"));
+    cmd.args([
+        "--workers",
+        "4",
+        "--capacity",
+        "2",
+        "--cycles",
+        "3",
+        "--hold-ms",
+        "20",
+        "--redis",
+        &server.url("workers"),
+    ]);
+    let out = run(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = format!("redis://127.0.0.1:{}/0/workers", server.port());
+    assert!(stdout.contains(&format!("state key : {shown}")), "{stdout}");
+    assert!(
+        stdout.contains("4 workers x 3 cycles = 12 grants"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(", 0 violations"), "{stdout}");
+    assert!(stdout.contains("OK: never more than 2 inside"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "final state of {shown}:\n  count 0, available 2 of 2, holders: none"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("entered slot").count(), 12);
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn workers_example_without_a_redis_server_says_so_and_how_to_start_one() {
+    // A URL nobody listens at: a clear message and a failure exit, no hang.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(example("workers"));
+    cmd.args(["--redis", &format!("redis://127.0.0.1:{port}/0/w")]);
+    let out = run(cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no Redis server answers there"), "{stderr}");
+    assert!(
+        stderr.contains("redis-server --port 6390 --save '' --appendonly no"),
+        "{stderr}"
+    );
 }
 
 #[cfg(feature = "tokio")]

@@ -190,10 +190,38 @@ fn killed_holder_is_shown_dead_then_its_slot_comes_back() {
     let ids: Vec<String> = sem.holders().unwrap().into_iter().map(|h| h.id).collect();
     assert_eq!(ids, ["next"]);
     assert_eq!(permit.slot(), 0);
-    let witnesses = fs::read_dir(dir.path().join("sem.json.witness"))
+    // The dead holder's witness file (and its spares) are removed: only the new holder's is
+    // left, one file under its number and its spare name.
+    let witness_dir = dir.path().join("sem.json.witness");
+    assert_eq!(numbered(&witness_dir), [permit.token()]);
+    use std::os::unix::fs::MetadataExt;
+    let ours = fs::metadata(witness_dir.join(permit.token().to_string())).unwrap();
+    for entry in fs::read_dir(&witness_dir).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        assert_eq!((meta.dev(), meta.ino()), (ours.dev(), ours.ino()));
+    }
+}
+
+/// The witness files of `dir` named by a number (not the spares a handle keeps), sorted.
+fn numbered(dir: &std::path::Path) -> Vec<u64> {
+    let mut numbers: Vec<u64> = fs::read_dir(dir)
         .unwrap()
-        .count();
-    assert_eq!(witnesses, 1, "the dead holder's witness file is removed");
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+/// Whether every file in `dir` is a spare this process keeps locked (none is free).
+fn only_held_spares(dir: &std::path::Path) -> bool {
+    fs::read_dir(dir).unwrap().all(|e| {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let file = fs::File::open(e.path()).unwrap();
+        let locked =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock).is_err();
+        name.starts_with("spare-") && locked
+    })
 }
 
 #[test]
@@ -536,12 +564,10 @@ fn keep_turns_a_process_bound_hold_into_a_detached_one() {
     let h = &sem.holders().unwrap()[0];
     assert_eq!(h.mode, HoldMode::Detached);
     assert_eq!(h.liveness.name(), "unknown");
-    assert_eq!(
-        fs::read_dir(dir.path().join("sem.json.witness"))
-            .unwrap()
-            .count(),
-        0
-    );
+    // Its witness file is gone; the handle's spare, locked, waits for the next hold.
+    let witness_dir = dir.path().join("sem.json.witness");
+    assert!(numbered(&witness_dir).is_empty());
+    assert!(only_held_spares(&witness_dir));
     assert!(sem.reap().unwrap().is_empty());
     sem.release("s").unwrap();
 }

@@ -446,6 +446,8 @@ fn objects_planted_by_another_user_in_a_sticky_directory_are_refused_and_never_f
     );
     let opt_in = OpenOptions::new().trust_owner(m).open(&path, 3).unwrap();
     opt_in.try_acquire("x").unwrap().release().unwrap();
+    // The handle's spare witness file goes with it.
+    drop(opt_in);
     fs::remove_dir(&witness).unwrap();
 
     // A state file and a lock file m planted.

@@ -44,6 +44,7 @@ fn child_process() {
         "worker" => worker(&url),
         "holder" => holder(&url),
         "waiter" => waiter(&url),
+        "threads" => threads(&url),
         other => panic!("unknown role {other}"),
     }
 }
@@ -554,4 +555,186 @@ fn a_killed_waiter_at_the_head_of_the_queue_is_skipped_after_its_lease() {
     assert!(sem.waiters().unwrap().is_empty());
     group.send(next, "release");
     group.expect(next, "RELEASED", deadline(60));
+}
+
+#[test]
+fn a_killed_queue_head_with_a_2s_lease_expires_by_that_lease_and_the_next_waiter_gets_the_slot() {
+    // A waiter's expiry in the queue is its acquire's lease (not a fixed 6 s): the killed head
+    // is dropped once its 2 s lease plus the grace has passed, while the slot is still held,
+    // and the waiter behind it gets the slot at the release.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("q");
+    let sem = options().open_redis(&url, 1).unwrap();
+    let held = sem
+        .try_acquire_with(
+            "parent",
+            &AcquireOptions::new().lease(Duration::from_secs(120)),
+        )
+        .unwrap();
+    let mut group = Group::new();
+    let dead = queue_up(&mut group, &url, "dead", 0, 2_000);
+    let next = queue_up(&mut group, &url, "next", 0, 30_000);
+    let queue = sem.waiters().unwrap();
+    let now = server_time(&server);
+    // Each entry's expiry is at most its lease ahead of the server's clock, and at least
+    // two thirds of it (it is renewed a third of its lease apart).
+    assert_eq!(queue[0].id, "dead");
+    let ahead = |w: &filesem::HolderInfo| w.expires_at.unwrap() - now;
+    assert!(
+        ahead(&queue[0]) <= chrono::TimeDelta::seconds(2),
+        "{:?}",
+        queue[0]
+    );
+    assert_eq!(queue[1].id, "next");
+    assert!(
+        ahead(&queue[1]) >= chrono::TimeDelta::seconds(19),
+        "{:?}",
+        queue[1]
+    );
+    assert!(
+        ahead(&queue[1]) <= chrono::TimeDelta::seconds(30),
+        "{:?}",
+        queue[1]
+    );
+    group.kill(dead, deadline(10));
+    common::wait_until(deadline(60), "the dead head to leave the queue", || {
+        sem.waiters().unwrap().iter().all(|w| w.id != "dead")
+    });
+    // Dropped from the queue, never granted: the parent still holds the only slot.
+    let holders = sem.holders().unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].id, "parent");
+    let waiting: Vec<String> = sem.waiters().unwrap().into_iter().map(|w| w.id).collect();
+    assert_eq!(waiting, ["next"]);
+    let parent_token = held.token();
+    held.release().unwrap();
+    let granted = group.expect(next, "GRANTED", deadline(60));
+    let token: u64 = granted["GRANTED ".len()..].parse().unwrap();
+    assert!(token > parent_token);
+    group.send(next, "release");
+    group.expect(next, "RELEASED", deadline(60));
+}
+
+#[test]
+fn a_lone_waiter_refreshes_its_expiry_a_third_of_its_lease_apart() {
+    // A Redis waiter writes the key only to renew its expiry, a third of its lease apart: with
+    // a 9 s lease at most 4 writes in 10 s (a fixed 2 s refresh would make 5), each moving
+    // its expiry by at least 3 s of the server's time, to 9 s after the renewal.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("q");
+    let sem = options().open_redis(&url, 1).unwrap();
+    // Detached: its lease is never renewed, so the waiter is the only writer.
+    let held = sem
+        .try_acquire_with(
+            "parent",
+            &AcquireOptions::new()
+                .detached(true)
+                .lease(Duration::from_secs(120)),
+        )
+        .unwrap();
+    let mut group = Group::new();
+    let waiter = queue_up(&mut group, &url, "w", 0, 9_000);
+    let client = redis::Client::open(server.server_url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let read =
+        |con: &mut redis::Connection| -> String { redis::cmd("GET").arg("q").query(con).unwrap() };
+    let mut last = read(&mut con);
+    let mut writes = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = read(&mut con);
+        if now != last {
+            writes.push(now.clone());
+            last = now;
+        }
+    }
+    assert!(
+        (1..=4).contains(&writes.len()),
+        "{} writes in 10 s",
+        writes.len()
+    );
+    let expiries: Vec<chrono::DateTime<chrono::Utc>> = writes
+        .iter()
+        .map(|doc| {
+            let v: serde_json::Value = serde_json::from_str(doc).unwrap();
+            let w = &v["waiters"][0];
+            assert_eq!(w["id"], "w", "only the waiter's entry changes: {doc}");
+            assert_eq!(v["holders"][0]["id"], "parent");
+            w["expires_at"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    for pair in expiries.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= chrono::TimeDelta::seconds(3),
+            "{expiries:?}"
+        );
+    }
+    let queue = sem.waiters().unwrap();
+    assert_eq!(queue.len(), 1);
+    held.release().unwrap();
+    group.expect(waiter, "GRANTED", deadline(60));
+    group.send(waiter, "release");
+    group.expect(waiter, "RELEASED", deadline(60));
+}
+
+/// The server's clock (`TIME`).
+fn server_time(server: &RedisServer) -> chrono::DateTime<chrono::Utc> {
+    let client = redis::Client::open(server.server_url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut con).unwrap();
+    chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32).unwrap()
+}
+
+// ----------------------------------------------------------------- keep-alive threads
+
+/// The threads of this process.
+fn threads_now() -> usize {
+    fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Takes and releases a hold (which starts what runs once per process), then takes one
+/// with a 300 s lease (its keep-alive thread due 50 s later) and says `SHORT <new threads>`;
+/// then takes one with a 1 s lease, waits for its renewal, and says `LONG <new threads>`.
+fn threads(url: &str) {
+    let sem = options().open_redis_existing(url).unwrap();
+    let long = AcquireOptions::new().lease(Duration::from_secs(300));
+    sem.try_acquire_with("warm-up", &long)
+        .unwrap()
+        .release()
+        .unwrap();
+    let before = threads_now();
+    let short = sem.try_acquire_with("short", &long).unwrap();
+    assert!(short.is_kept_alive(), "a pending keep-alive counts");
+    say(format!("SHORT {}", threads_now() - before));
+    short.release().unwrap();
+    let held = sem
+        .try_acquire_with("renewed", &AcquireOptions::new().lease(filesem::MIN_LEASE))
+        .unwrap();
+    let first = sem.holders().unwrap()[0].expires_at.unwrap();
+    common::wait_until(deadline(60), "a renewal", || {
+        sem.holders().unwrap()[0].expires_at.unwrap() > first
+    });
+    say(format!("LONG {}", threads_now() - before));
+    held.release().unwrap();
+}
+
+#[test]
+fn a_redis_hold_released_early_never_starts_a_keep_alive_thread_and_a_longer_one_is_renewed() {
+    // A Redis permit's keep-alive thread starts half a renewal interval after the grant:
+    // short holds cost no thread, a hold that lives on is renewed by one.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("t");
+    options().open_redis(&url, 1).unwrap();
+    let mut group = Group::new();
+    let child = group.spawn(child("threads", "threads", &url));
+    assert_eq!(group.expect(child, "SHORT", deadline(60)), "SHORT 0");
+    assert_eq!(group.expect(child, "LONG", deadline(60)), "LONG 1");
+    group.finish(deadline(60));
 }

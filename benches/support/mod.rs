@@ -4,6 +4,7 @@
 // Each benchmark target uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod cfloor;
 pub mod config;
 pub mod floor;
 pub mod place;

@@ -60,9 +60,13 @@ pub(crate) async fn acquire(
     let mut after = Instant::now();
     watch.poke();
     // The watcher refreshes the entry's expiry (with those of the handle's other waiters).
+    let expiry = {
+        let (id, options) = &*call;
+        wait::request(&sem, id, options).waiter_expiry
+    };
     let listed = shared
         .hub
-        .list(&queued.get().expect("kept between steps").mine);
+        .list(&queued.get().expect("kept between steps").mine, expiry);
     loop {
         if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
             let left = with_queued(steps, &sem, &call, &mut queued, |q, _| q.leave(false)).await?;

@@ -30,11 +30,10 @@ use tokio::sync::{Notify, watch};
 
 use super::runner::{Lane, Runner};
 use crate::core::doc::Document;
-use crate::core::queue::{Mine, next_expiry_any, queue_needs_step};
+use crate::core::queue::{Mine, WAITER_EXPIRY, next_expiry_any, queue_needs_step};
 use crate::semaphore::Semaphore;
 use crate::sleeper::{POLL_FIRST, POLL_MAX, PROMPT_FIRST, PROMPT_MAX};
 use crate::store::{Step, Waker, jitter};
-use crate::wait::REFRESH_EVERY;
 
 /// One snapshot of the document, as every waiter of the handle sees it.
 pub(crate) struct Look {
@@ -80,23 +79,40 @@ pub(crate) type Published = Option<Arc<std::result::Result<Look, Instant>>>;
 #[derive(Default)]
 pub(crate) struct Hub {
     live: Arc<Mutex<Option<Live>>>,
-    /// The queue entries of the handle's waiting tasks, by call: the watcher refreshes their
-    /// expiry in one step every [`REFRESH_EVERY`] (a thousand waiters refreshing each for
-    /// itself would write the state file 500 times a second).
-    waiting: Arc<Mutex<HashMap<u64, Mine>>>,
+    /// The queue entries of the handle's waiting tasks, by call, with their requests'
+    /// waiter expiry: the watcher refreshes them in one step every third of the shortest
+    /// expiry (a thousand file waiters refreshing each for itself would write the state file
+    /// 500 times a second).
+    waiting: Waiting,
 }
+
+/// The queue entries of a handle's waiting tasks, by call, each with its waiter expiry.
+type Waiting = Arc<Mutex<HashMap<u64, (Mine, Duration)>>>;
 
 /// A waiting task's queue entry, listed for the watcher's refresh while this lives.
 pub(crate) struct Listed {
-    waiting: Arc<Mutex<HashMap<u64, Mine>>>,
+    waiting: Waiting,
     call: u64,
+    expiry: Duration,
 }
 
 impl Listed {
     /// Lists the entry again after a step (it changes when the call queued again).
     pub fn update(&self, mine: &Mine) {
-        lock(&self.waiting).insert(self.call, mine.clone());
+        lock(&self.waiting).insert(self.call, (mine.clone(), self.expiry));
     }
+}
+
+/// How often the listed entries are refreshed: a third of the shortest waiter expiry (as
+/// [`Request::refresh_every`](crate::core::queue::Request::refresh_every)); a third of the
+/// file store's when none is listed.
+fn refresh_every(waiting: &Waiting) -> Duration {
+    lock(waiting)
+        .values()
+        .map(|(_, expiry)| *expiry)
+        .min()
+        .unwrap_or(WAITER_EXPIRY)
+        / 3
 }
 
 impl Drop for Listed {
@@ -135,11 +151,12 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 impl Hub {
     /// Lists a waiting task's queue entry for the watcher's refresh, until the returned
     /// guard is dropped.
-    pub fn list(&self, mine: &Mine) -> Listed {
+    pub fn list(&self, mine: &Mine, expiry: Duration) -> Listed {
         let call = GENERATION.fetch_add(1, Ordering::Relaxed);
         let listed = Listed {
             waiting: Arc::clone(&self.waiting),
             call,
+            expiry,
         };
         listed.update(mine);
         listed
@@ -238,14 +255,14 @@ async fn watcher(
     poke: Arc<Notify>,
     sem: Semaphore,
     runner: Runner,
-    waiting: Arc<Mutex<HashMap<u64, Mine>>>,
+    waiting: Waiting,
 ) {
     let lane = &runner.looks;
     let path = sem.path().to_path_buf();
     // Making the notifier opens and watches directories: on the look thread.
     let store = sem.clone();
     let mut waker: Option<Waker> = lane
-        .run(&path, move || Ok(store.inner.store.waker()))
+        .run(&path, move || Ok(store.inner.store.waker(None)))
         .await
         .ok();
     let mut fd: Option<AsyncFd<OwnedFd>> = waker.as_ref().and_then(register);
@@ -257,9 +274,7 @@ async fn watcher(
     let mut backoff = bounds(prompt).0;
     let mut last: Option<Arc<std::result::Result<Look, Instant>>> = None;
     let refreshing = Arc::new(AtomicBool::new(false));
-    let mut refresh =
-        tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshed = Instant::now();
     loop {
         let look = Arc::new(look(&sem, lane).await);
         let same = match (last.as_deref(), &*look) {
@@ -293,7 +308,10 @@ async fn watcher(
                 }
                 () = poke.notified() => break false,
                 () = &mut timer => break false,
-                _ = refresh.tick() => refresh_all(&sem, &runner, &waiting, &refreshing),
+                () = tokio::time::sleep_until((refreshed + refresh_every(&waiting)).into()) => {
+                    refresh_all(&sem, &runner, &waiting, &refreshing);
+                    refreshed = Instant::now();
+                }
                 ready = readable(fd.as_ref()) => {
                     let Some(waker) = waker.as_mut() else { continue };
                     match ready {
@@ -336,18 +354,13 @@ fn drop_on<T: Send + 'static>(lane: &Lane, value: Option<T>) {
 /// Refreshes the expiry of every listed queue entry in one step on the step thread, unless
 /// the last such step is still to run. A failure is logged: the waiters see what became
 /// of their entries in the next looks (one reaped meanwhile queues again).
-fn refresh_all(
-    sem: &Semaphore,
-    runner: &Runner,
-    waiting: &Arc<Mutex<HashMap<u64, Mine>>>,
-    refreshing: &Arc<AtomicBool>,
-) {
+fn refresh_all(sem: &Semaphore, runner: &Runner, waiting: &Waiting, refreshing: &Arc<AtomicBool>) {
     if lock(waiting).is_empty() || refreshing.swap(true, Ordering::SeqCst) {
         return;
     }
     let (sem, waiting, refreshing) = (sem.clone(), Arc::clone(waiting), Arc::clone(refreshing));
     runner.steps.send(move || {
-        let mines: Vec<Mine> = lock(&waiting).values().cloned().collect();
+        let mines: Vec<(Mine, Duration)> = lock(&waiting).values().cloned().collect();
         let refreshed = sem.inner.store.step(None, |doc, cx| {
             let n = crate::core::queue::refresh_all(doc, &mines, cx.now);
             Ok(Step::new(n, n > 0))

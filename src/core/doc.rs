@@ -162,8 +162,8 @@ impl Document {
         u32::try_from(self.capacity).unwrap_or(1).max(1)
     }
 
-    /// Serializes the document for writing: two-space indentation like Go's
-    /// `json.MarshalIndent`, unknown fields as they were read, a trailing newline.
+    /// Serializes the document for writing: compact JSON, unknown fields as they were read, a
+    /// trailing newline (see [`crate::core::json`]).
     pub fn to_bytes(&self) -> Vec<u8> {
         crate::core::json::write(self)
     }

@@ -16,10 +16,10 @@ use crate::core::tokens::{take_token, tokens_exhausted};
 use crate::core::verdict::{expiry, verdict};
 use crate::error::Result;
 
-/// How far ahead a waiter's `expires_at` is set. A waiter refreshes it every third of this
-/// while it waits; one that stops (it died, or was stopped for longer) is dropped from the
-/// queue once it has passed, plus [`LEASE_GRACE`](crate::LEASE_GRACE). This is what lets a queue move past
-/// a dead waiter that nobody can judge (another machine, or no liveness evidence at all).
+/// The default of [`Request::waiter_expiry`], and the file store's: how far ahead a waiter's
+/// `expires_at` is set. The file store keeps it short and fixed: a process-bound waiter's
+/// witness proves it dead at once, and this bounds only what nothing else can judge (another
+/// machine, a stopped process).
 pub(crate) const WAITER_EXPIRY: Duration = Duration::from_secs(6);
 
 /// What [`AcquireOptions::on_wait`](crate::AcquireOptions::on_wait) is told when an acquire
@@ -50,6 +50,20 @@ pub(crate) struct Request<'a> {
     pub lease: Option<Duration>,
     /// `false` for one attempt only (a zero timeout): refused instead of queued.
     pub may_wait: bool,
+    /// How far ahead a waiter's `expires_at` is set, chosen by the store (the file store:
+    /// [`WAITER_EXPIRY`]; a store with leases only: the acquire's lease). The waiter
+    /// refreshes it every third of this while it waits; one that stops (it died, or was
+    /// stopped for longer) is dropped from the queue once it has passed, plus
+    /// [`LEASE_GRACE`](crate::LEASE_GRACE). This is what lets a queue move past a dead waiter
+    /// that nobody can judge (another machine, or no liveness evidence at all).
+    pub waiter_expiry: Duration,
+}
+
+impl Request<'_> {
+    /// How often a waiter refreshes its expiry: a third of [`Request::waiter_expiry`].
+    pub fn refresh_every(&self) -> Duration {
+        self.waiter_expiry / 3
+    }
 }
 
 /// What a new hold or waiter records, as its store issues it in the step that writes the
@@ -174,12 +188,12 @@ pub(crate) fn waiter_entry(req: &Request<'_>, stamp: Stamp, now: DateTime<Utc>) 
     let mut entry = holder_entry(req, now, stamp);
     entry.ticket = Some(ticket);
     entry.priority = (req.priority != 0).then_some(req.priority);
-    entry.expires_at = Some(expiry_from(now));
+    entry.expires_at = Some(expiry_from(now, req.waiter_expiry));
     entry
 }
 
-fn expiry_from(now: DateTime<Utc>) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(WAITER_EXPIRY).unwrap_or_default()
+fn expiry_from(now: DateTime<Utc>, expiry: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(expiry).unwrap_or_default()
 }
 
 /// Finds our entry: by ticket and ID ([`Mine::is`]), among the holders (granted: the hand-off
@@ -292,7 +306,7 @@ pub(crate) fn settle(
                     return Ok(Outcome::Refused(Refusal::TokensExhausted));
                 }
                 if refresh {
-                    doc.waiters[i].expires_at = Some(expiry_from(ctx.now));
+                    doc.waiters[i].expires_at = Some(expiry_from(ctx.now, req.waiter_expiry));
                     *changed = true;
                 }
                 return Ok(Outcome::Queued {
@@ -404,6 +418,11 @@ pub(crate) fn queue_needs_step(doc: &Document, ctx: &Ctx<'_>) -> bool {
             .any(|e| verdict(e, ctx.now, ctx.judge).is_stale()))
 }
 
+/// Whether our entry is the head of the queue: the waiter served next.
+pub(crate) fn at_head(doc: &Document, mine: &Mine) -> bool {
+    doc.waiters.first().is_some_and(|e| mine.is(e))
+}
+
 /// How long until the next entry other than ours becomes stale by its expiry.
 pub(crate) fn next_expiry(doc: &Document, mine: &Mine, now: DateTime<Utc>) -> Option<Duration> {
     next_expiry_of(doc, |e| !mine.is(e), now)
@@ -416,25 +435,27 @@ pub(crate) fn next_expiry_any(doc: &Document, now: DateTime<Utc>) -> Option<Dura
     next_expiry_of(doc, |_| true, now)
 }
 
-/// Refreshes the expiry of every waiter among `mines` still queued in `doc`, as a step of
-/// one of them with `refresh` does ([`settle`]): one step for all the waiters of a process
-/// (the async API). Returns how many it refreshed.
+/// Refreshes the expiry of every waiter among `mines` (each with its request's
+/// [`waiter_expiry`](Request::waiter_expiry)) still queued in `doc`, as a step of one of them
+/// with `refresh` does ([`settle`]): one step for all the waiters of a process (the async
+/// API). Returns how many it refreshed.
 #[cfg(feature = "tokio")]
 pub(crate) fn refresh_all<'m>(
     doc: &mut Document,
-    mines: impl IntoIterator<Item = &'m Mine>,
+    mines: impl IntoIterator<Item = &'m (Mine, Duration)>,
     now: DateTime<Utc>,
 ) -> usize {
-    let mines: std::collections::HashMap<u64, &Mine> =
-        mines.into_iter().map(|m| (m.ticket, m)).collect();
+    let mines: std::collections::HashMap<u64, &(Mine, Duration)> =
+        mines.into_iter().map(|m| (m.0.ticket, m)).collect();
     let mut refreshed = 0;
     for e in &mut doc.waiters {
-        let ours = e
+        let expiry = e
             .ticket
             .and_then(|t| mines.get(&t))
-            .is_some_and(|m| m.is(e));
-        if ours {
-            e.expires_at = Some(expiry_from(now));
+            .filter(|(m, _)| m.is(e))
+            .map(|(_, expiry)| *expiry);
+        if let Some(expiry) = expiry {
+            e.expires_at = Some(expiry_from(now, expiry));
             refreshed += 1;
         }
     }
@@ -546,7 +567,10 @@ mod tests {
         assert_eq!(doc.waiters[0].ticket, Some(mine.ticket));
         assert_eq!(doc.waiters[0].token, None);
         assert_eq!(mine.ticket, 2, "the number after the holder's token");
-        assert_eq!(doc.waiters[0].expires_at, Some(expiry_from(t(1))));
+        assert_eq!(
+            doc.waiters[0].expires_at,
+            Some(expiry_from(t(1), WAITER_EXPIRY))
+        );
     }
 
     #[test]
@@ -863,7 +887,10 @@ mod tests {
         );
         assert!(changed);
         assert!(matches!(o, Outcome::Queued { .. }));
-        assert_eq!(doc.waiters[1].expires_at, Some(expiry_from(t(4))));
+        assert_eq!(
+            doc.waiters[1].expires_at,
+            Some(expiry_from(t(4), WAITER_EXPIRY))
+        );
         let later = t(9);
         assert!(needs_step(&doc, &live, &ctx(later)));
         let (o, _) = settle_at(

@@ -57,8 +57,10 @@ pub(crate) fn lowest_free_slot(doc: &Document) -> Option<u32> {
     (candidate < capacity).then_some(candidate)
 }
 
-/// Finds an entry by fencing token, or, for entries whose token was dropped by a Go write, by
-/// (ID, acquired_at).
+/// Finds a permit's entry by fencing token and ID, or, for entries whose token was dropped by a
+/// Go write, by (ID, acquired_at). The ID is checked with the token so that an entry of another
+/// holder is never taken for one's own, even where a token was handed out twice (a Redis key
+/// rolled back by a failover, a server clock set back).
 pub(crate) fn find_own(
     entries: &[Entry],
     token: u64,
@@ -67,7 +69,7 @@ pub(crate) fn find_own(
 ) -> Option<usize> {
     entries
         .iter()
-        .position(|e| e.token == Some(token))
+        .position(|e| e.token == Some(token) && e.id == id)
         .or_else(|| {
             entries
                 .iter()
@@ -661,6 +663,8 @@ mod tests {
         assert_eq!(find_own(&entries, 7, "a", now()), Some(0));
         assert_eq!(find_own(&entries, 8, "a", now()), Some(1));
         assert_eq!(find_own(&entries, 8, "a", a.acquired_at), None);
+        // Another holder's entry with the same token (a token handed out twice) is not ours.
+        assert_eq!(find_own(&entries, 7, "b", a.acquired_at), None);
     }
 
     #[test]

@@ -47,7 +47,8 @@
 //! - **A lock-free snapshot** for queries ([`Store::snapshot`]).
 //! - **A waker** ([`Waker`]) that tells a waiter the document may have changed (the file
 //!   store: inotify, or nothing and the sleeper polls; the Redis store: pub/sub, which rings
-//!   a doorbell socket that the waiter polls together with its cancel socket). The backoff of
+//!   a doorbell socket that the waiter polls together with its cancel socket), and whether
+//!   the change may be a death (then the waiter judges the entries again). The backoff of
 //!   the safety-net timer is the sleeper's, shared by all stores.
 
 use std::fmt;
@@ -58,7 +59,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::core::doc::{Document, FORMAT_VERSION};
-use crate::core::queue::Stamp;
+use crate::core::queue::{Stamp, WAITER_EXPIRY};
 use crate::core::rules::Removed;
 use crate::core::tokens::resume_token_counter;
 use crate::core::verdict::Judge;
@@ -427,6 +428,22 @@ impl Store {
         }
     }
 
+    /// How far ahead a waiter of an acquire whose hold gets `lease` sets its expiry
+    /// ([`Request::waiter_expiry`](crate::core::queue::Request::waiter_expiry)): for the file
+    /// store the fixed [`WAITER_EXPIRY`](crate::core::queue::WAITER_EXPIRY) (its witness
+    /// proves a dead process-bound waiter dead at once; the expiry bounds only what it cannot
+    /// judge). A store with leases only gives a waiter the lease its hold will have, so that
+    /// a waiter is kept as long as a holder would be, and refreshed as rarely (each refresh is
+    /// a write that wakes every waiter).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub fn waiter_expiry(&self, lease: Option<Duration>) -> Duration {
+        match self {
+            Store::File(_) => WAITER_EXPIRY,
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => lease.unwrap_or(store.lease()),
+        }
+    }
+
     /// Whether the store judges holds by their leases only (it offers no evidence about
     /// processes): then every hold has a lease, its permit renews it in the background from
     /// the start, and tracks on this machine's clock when it ran out without a renewal.
@@ -438,12 +455,17 @@ impl Store {
         }
     }
 
-    /// A waker for one waiting acquire (see [`Waker`]).
-    pub fn waker(&self) -> Waker {
+    /// A waker for one waiting acquire (see [`Waker`]) whose queue entry keeps `own` (the file
+    /// store: the witness the writers that change the entry touch; see
+    /// [`Waker::set_head`]).
+    pub fn waker(&self, own: Option<&WitnessLock>) -> Waker {
         match self {
-            Store::File(store) => Waker::File(store.waker()),
+            Store::File(store) => Waker::File(store.waker(own)),
             #[cfg(feature = "redis")]
-            Store::Redis(store) => Waker::Redis(store.waker()),
+            Store::Redis(store) => {
+                let _ = own;
+                Waker::Redis(store.waker())
+            }
         }
     }
 
@@ -476,6 +498,10 @@ pub(crate) enum Waker {
 pub(crate) struct Woke {
     /// A change was announced: look again now.
     pub changed: bool,
+    /// What was announced may be a death (the file store: a witness closed), or notices were
+    /// lost: the look judges the entries too. Other notices announce writes, which change no
+    /// verdict.
+    pub died: bool,
     /// The cancel socket became readable.
     pub cancelled: bool,
     /// The waker lost its notifications for good (it is not [`prompt`](Waker::prompt) any
@@ -526,6 +552,22 @@ impl Waker {
             Waker::File(waker) => waker.wait(wait, cancel),
             #[cfg(feature = "redis")]
             Waker::Redis(waker) => waker.wait(wait, cancel),
+        }
+    }
+
+    /// Tells the waker whether its waiter is at the head of the queue, after each look. A
+    /// waker that is told of every change to its waiter's own entry (the file store: the
+    /// writer that grants it a slot, removes it or makes it the head touches its witness)
+    /// wakes for other changes only at the head, which a write by another program (the Go
+    /// package, which knows no queue) may serve; further back, such writes are seen by the
+    /// timer. A waker that announces nothing per waiter ignores this.
+    pub fn set_head(&mut self, head: bool) {
+        match self {
+            Waker::File(waker) => waker.set_head(head),
+            #[cfg(feature = "redis")]
+            Waker::Redis(_) => {
+                let _ = head;
+            }
         }
     }
 }

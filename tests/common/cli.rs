@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long any one process or condition may take before the test fails.
@@ -19,6 +19,23 @@ pub const FILESEM_VARS: [&str; 4] = [
     "FILESEM_TOKEN",
     "FILESEM_SLOT",
 ];
+
+/// A finished process and what it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The exit code; fails the test if a signal killed the process.
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+}
 
 /// The built `filesem`, with no `FILESEM_*` variables inherited from an enclosing run and no
 /// stdin.

@@ -431,6 +431,24 @@ pub fn deadline(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs)
 }
 
+/// Stops process `pid` with SIGSTOP and waits until the kernel shows it stopped (`T` in
+/// `/proc/PID/stat`): the signal is delivered asynchronously, so without the wait the process
+/// may still run a step (and take a lock) after `kill` returned.
+#[allow(dead_code)]
+pub fn stop_process(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    wait_until(deadline(30), "the process to stop", || {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('T')))
+            .unwrap_or(false)
+    });
+}
+
 /// Polls `done` every few milliseconds until it returns true; panics naming `what` if
 /// `deadline` passes first. For conditions no child announces (a process becoming a zombie,
 /// a background thread noticing something), so that such a wait cannot hang.

@@ -2,18 +2,30 @@
 
 use std::path::Path;
 
-use crate::escape::{escape, escape_path, shell_quote};
+use crate::escape::{escape, escape_path};
 use crate::exit::{Exit, Fail};
 use crate::open;
-use crate::trust::TrustArgs;
+use crate::store::{self, StoreArgs, Target};
+
+/// Opens the existing semaphore `semfile` names (a file or a Redis URL).
+///
+/// # Errors
+///
+/// [`Exit::Usage`](crate::exit::Exit::Usage) for options that do not apply to it; the
+/// library's errors.
+pub fn open_existing(semfile: &Path, store: &StoreArgs) -> Result<filesem::Semaphore, Fail> {
+    let target = Target::of(semfile);
+    let options = target.options(store, None)?;
+    Ok(target.open_existing(&options)?)
+}
 
 /// `filesem release SEMFILE ID`.
 ///
 /// # Errors
 ///
 /// [`Exit::NotHeld`] if `id` holds no slot; the library's errors.
-pub fn release(path: &Path, id: &str, trust: &TrustArgs) -> Result<Exit, Fail> {
-    trust.options().open_existing(path)?.release(id)?;
+pub fn release(path: &Path, id: &str, store: &StoreArgs) -> Result<Exit, Fail> {
+    open_existing(path, store)?.release(id)?;
     Ok(Exit::Success)
 }
 
@@ -22,8 +34,8 @@ pub fn release(path: &Path, id: &str, trust: &TrustArgs) -> Result<Exit, Fail> {
 /// # Errors
 ///
 /// The library's errors.
-pub fn remove(path: &Path, ids: &[String], trust: &TrustArgs) -> Result<Exit, Fail> {
-    for id in trust.options().open_existing(path)?.remove(ids)? {
+pub fn remove(path: &Path, ids: &[String], store: &StoreArgs) -> Result<Exit, Fail> {
+    for id in open_existing(path, store)?.remove(ids)? {
         out!("removed {}", escape(&id));
     }
     Ok(Exit::Success)
@@ -36,12 +48,13 @@ pub fn remove(path: &Path, ids: &[String], trust: &TrustArgs) -> Result<Exit, Fa
 /// # Errors
 ///
 /// The library's errors.
-pub fn reap(path: &Path, quiet: bool, trust: &TrustArgs) -> Result<Exit, Fail> {
-    let all = trust.options().open_existing(path)?.reap()?;
+pub fn reap(path: &Path, quiet: bool, store: &StoreArgs) -> Result<Exit, Fail> {
+    let sem = open_existing(path, store)?;
+    let all = sem.reap()?;
     if all.is_empty() && !quiet {
         err!(
             "filesem: nothing to reap in {}: no holder or waiter is provably dead or expired",
-            escape_path(path)
+            store::shown(path, sem.path())
         );
     }
     for reaped in all {
@@ -74,11 +87,8 @@ pub fn reap(path: &Path, quiet: bool, trust: &TrustArgs) -> Result<Exit, Fail> {
 /// # Errors
 ///
 /// The library's errors.
-pub fn set_capacity(path: &Path, capacity: u32, trust: &TrustArgs) -> Result<Exit, Fail> {
-    trust
-        .options()
-        .open_existing(path)?
-        .set_capacity(capacity)?;
+pub fn set_capacity(path: &Path, capacity: u32, store: &StoreArgs) -> Result<Exit, Fail> {
+    open_existing(path, store)?.set_capacity(capacity)?;
     Ok(Exit::Success)
 }
 
@@ -93,25 +103,32 @@ pub fn recover(
     path: &Path,
     capacity: u32,
     mode: Option<u32>,
-    trust: &TrustArgs,
+    store: &StoreArgs,
 ) -> Result<Exit, Fail> {
-    let existed = path.exists();
-    let mut options = trust.options();
-    if let Some(mode) = mode {
-        options.mode(mode);
-    }
-    let recovered = options.recover(path, capacity)?;
-    let shown = escape_path(path);
+    let target = Target::of(path);
+    let options = target.options(store, mode)?;
+    let existed = match &target {
+        Target::File(path) => path.exists(),
+        // Display only: whether the key was there a moment before.
+        Target::Redis(_) => !matches!(
+            target.open_existing(&options),
+            Err(filesem::Error::NotFound { .. })
+        ),
+    };
+    let recovered = target.recover(&options, capacity)?;
+    let sem = &recovered.semaphore;
+    let shown = store::shown(path, sem.path());
     if let (Some(requested), true) = (mode, existed) {
         open::note_other_mode(path, requested);
     }
     if existed && recovered.moved_to.is_none() {
-        let on_file = options.open_existing(path)?.capacity()?;
+        let on_file = sem.capacity()?;
         if on_file != capacity {
             err!(
                 "filesem: hint: its capacity stays {on_file}, not the {capacity} given with -c; \
-                 `filesem set-capacity {} {capacity}` changes it",
-                shell_quote(path)
+                 `filesem set-capacity {} {capacity}` changes it{}",
+                store::command_arg(sem.path()),
+                store::password_note(sem.path())
             );
         }
     }

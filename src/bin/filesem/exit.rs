@@ -24,6 +24,7 @@ use filesem::UntrustedKind;
 use crate::duration::human;
 use crate::escape::{escape, escape_path, shell_quote, terminal_safe};
 use crate::hint::{self, Invocation};
+use crate::store;
 use crate::trust;
 
 /// How `filesem` ends.
@@ -297,6 +298,11 @@ impl Fail {
             | E::InvalidId { .. }
             | E::InvalidMetadata { .. }
             | E::InvalidLease { .. } => Exit::Usage,
+            #[cfg(feature = "redis")]
+            E::InvalidLocation { .. } => Exit::Usage,
+            // Contention, as a busy state lock.
+            #[cfg(feature = "redis")]
+            E::Contended { .. } => Exit::NoSlot,
             _ => Exit::Failure,
         };
         // Each hint's command is the first text between backquotes, and works for that case
@@ -304,6 +310,12 @@ impl Fail {
         // FIFO, socket or device at the path is `Untrusted` and stays where it is, and an
         // exhausted token counter cannot be lowered by anything.
         let hint = match &error {
+            E::Corrupt { path, .. } if store::is_url(&path.to_string_lossy()) => Some(format!(
+                "stop every holder, then start afresh with `filesem recover {} -c CAPACITY`{}; \
+                 it keeps the bad value aside as KEY.corrupt-TIME",
+                store::command_arg(path),
+                store::password_note(path)
+            )),
             E::Corrupt { path, .. } => Some(format!(
                 "stop every holder, then start afresh with `filesem recover {} -c CAPACITY` \
                  (the bad file is kept aside)",
@@ -348,7 +360,7 @@ impl Fail {
                  its format (this one writes version {supported})",
                 shell_quote(path)
             )),
-            _ => None,
+            _ => redis_hint(&error),
         };
         let error: Box<dyn StdError + Send + Sync> = match wording(&error) {
             Some(escaped) => Box::new(escaped),
@@ -356,6 +368,96 @@ impl Fail {
         };
         Fail { exit, error, hint }
     }
+}
+
+/// The way past an error about a Redis server: each names a command that checks what went
+/// wrong, or the option that changes it. The URL in a command is shown without its password
+/// ([`store::command_arg`]).
+#[cfg(feature = "redis")]
+fn redis_hint(error: &filesem::Error) -> Option<String> {
+    use filesem::Error as E;
+    let ping = |path: &Path| {
+        let (host, port) = store::host_port(&path.to_string_lossy())
+            .unwrap_or_else(|| ("HOST".to_string(), "PORT".to_string()));
+        format!(
+            "redis-cli -h {} -p {}",
+            shell_quote(host),
+            shell_quote(port)
+        )
+    };
+    let status = |path: &Path| {
+        format!(
+            "`filesem status {}` shows what the server has{}",
+            store::command_arg(path),
+            store::password_note(path)
+        )
+    };
+    let unknown = |path: &Path, outcome_unknown: bool| match outcome_unknown {
+        true => format!("; the change may have been made: {}", status(path)),
+        false => String::new(),
+    };
+    Some(match error {
+        E::InvalidLocation { .. } => "a Redis semaphore is \
+            redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]/KEY, e.g. \
+            `filesem status redis://127.0.0.1:6379/0/jobs`; a state file whose path starts with \
+            redis:// is written ./redis://..."
+            .to_string(),
+        E::RedisUnreachable { path, .. } => format!(
+            "is a Redis server listening there? `{} ping` answers PONG when it is",
+            ping(path)
+        ),
+        E::RedisTimeout {
+            path,
+            during,
+            outcome_unknown,
+            ..
+        } => format!(
+            "the server is stopped, overloaded or out of reach: `{} ping` checks it, and \
+             {} gives a slow server longer{}",
+            ping(path),
+            match during.contains("connect") {
+                true => "--connect-timeout",
+                false => "--response-timeout",
+            },
+            unknown(path, *outcome_unknown)
+        ),
+        E::RedisDisconnected {
+            path,
+            outcome_unknown,
+            ..
+        } => format!(
+            "the server closed the connection or restarted: `{} ping` checks it{}",
+            ping(path),
+            unknown(path, *outcome_unknown)
+        ),
+        E::RedisAuth { path, .. } => format!(
+            "give the password in the environment variable REDISCLI_AUTH (or in the URL, \
+             redis://:PASSWORD@HOST/...); `{} --askpass ping` checks it",
+            ping(path)
+        ),
+        E::NotReplicated { path, .. } => format!(
+            "`{} info replication` shows the replicas connected to it; ask for fewer with \
+             --replica-ack or wait longer with --replica-timeout",
+            ping(path)
+        ),
+        E::Contended { path, .. } => format!(
+            "other clients changed the key at every attempt; try again later: {}",
+            status(path)
+        ),
+        E::Redis { path, message, .. } if message.contains("READONLY") => format!(
+            "this server is a read-only replica: use the primary's URL (`{} info replication` \
+             names it)",
+            ping(path)
+        ),
+        E::Redis { path, .. } => format!("`{} info` shows the server's state", ping(path)),
+        _ => return None,
+    })
+}
+
+/// No Redis errors without the feature.
+#[cfg(not(feature = "redis"))]
+fn redis_hint(_: &filesem::Error) -> Option<String> {
+    None
 }
 
 /// The way past an [`Untrusted`](filesem::Error::Untrusted) `object`: for an owner that is
@@ -519,6 +621,57 @@ mod tests {
         assert!(
             report.ends_with("`ps -o pid,stat,etime,args -p 4242`"),
             "{report}"
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_contention_is_no_slot_a_bad_url_usage_and_a_server_failure_125_with_a_hint() {
+        // Scripts tell "busy, try later" (1 or -E) from "fix the arguments" (2) and
+        // "filesem failed" (125), on Redis as on files; each failure's hint names a command,
+        // never with the password.
+        let path = std::path::PathBuf::from("redis://:***@cache:6390/0/jobs");
+        let contended = Fail::from(filesem::Error::Contended {
+            path: path.clone(),
+            attempts: 40,
+            waited: std::time::Duration::from_secs(10),
+        });
+        assert_eq!(contended.exit, Exit::NoSlot);
+        assert!(
+            contended
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("`filesem status redis://cache:6390/0/jobs`"),
+            "{contended:?}"
+        );
+        let invalid = Fail::from(filesem::Error::InvalidLocation {
+            path: "redis://".into(),
+            reason: "the host is missing".into(),
+        });
+        assert_eq!(invalid.exit, Exit::Usage);
+        let timeout = Fail::from(filesem::Error::RedisTimeout {
+            path: path.clone(),
+            during: "committing a change",
+            timeout: std::time::Duration::from_secs(2),
+            outcome_unknown: true,
+        });
+        assert_eq!(timeout.exit, Exit::Failure);
+        let hint = timeout.hint.unwrap();
+        assert!(hint.contains("`redis-cli -h cache -p 6390 ping`"), "{hint}");
+        assert!(hint.contains("--response-timeout"), "{hint}");
+        assert!(hint.contains("may have been made"), "{hint}");
+        assert!(hint.contains("REDISCLI_AUTH"), "{hint}");
+        let replicas = Fail::from(filesem::Error::NotReplicated {
+            path,
+            wanted: 2,
+            acked: 0,
+            timeout: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(replicas.exit, Exit::Failure);
+        assert!(
+            replicas.hint.unwrap().contains("info replication"),
+            "names the check"
         );
     }
 

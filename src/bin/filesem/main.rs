@@ -19,6 +19,7 @@ mod open;
 mod run;
 mod signals;
 mod status;
+mod store;
 mod trust;
 
 use std::ffi::OsString;
@@ -29,14 +30,25 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::exit::NO_SLOT;
-use crate::trust::TrustArgs;
+use crate::store::StoreArgs;
 
 /// A counting semaphore for shell scripts: at most N named holders at once, across
 /// processes, in a JSON state file that `filesem status` shows and `filesem reap` cleans up.
 ///
+/// SEMFILE is a state file, or a semaphore in a Redis key shared across machines:
+/// redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]/KEY (port 6379 and database 0 by default;
+/// `rediss://` is refused: no TLS). Any SEMFILE that starts with redis:// or rediss:// is a
+/// URL; write a file of such a name as ./redis://... A URL without a password takes it from
+/// the environment variable REDISCLI_AUTH, as redis-cli does; filesem never prints a
+/// password (it shows ***) and never puts one in a command's environment. On Redis every
+/// hold has a lease (--lease, default 30 s); --mode and --trust-owner are refused there, and
+/// --connect-timeout, --response-timeout and --replica-ack apply only there.
+///
 /// Exit codes: 0 success; 1 no slot could be had (-n, or -w ran out, also when the state
-/// lock stayed busy until then; -E changes it) or `release` of an ID that holds none; 2 usage; 125 filesem's own failure (I/O, corrupt
-/// state); 126 the command cannot be run; 127 the command was not found; otherwise `run`
+/// lock stayed busy until then, or other clients changed the Redis key at every attempt; -E
+/// changes it) or `release` of an ID that holds none; 2 usage; 125 filesem's own failure
+/// (I/O, corrupt state, Redis unreachable, timed out, credentials refused, replicas not
+/// confirming); 126 the command cannot be run; 127 the command was not found; otherwise `run`
 /// exits with the command's code, or 128 + the signal that killed it.
 #[derive(Debug, Parser)]
 #[command(name = "filesem", version, max_term_width = 100)]
@@ -59,6 +71,13 @@ enum Command {
     /// forwarded to it once; a terminal's Ctrl-C reaches it directly and is not forwarded
     /// again.
     ///
+    /// On a Redis URL there is no witness to inherit: the hold has a lease (--lease, default
+    /// 30 s) that `run` renews while the command runs, so if `run` is killed the slot comes
+    /// back when the lease runs out, even if the command lives on. FILESEM_PATH is then the
+    /// URL without its password, so nothing in the command's environment holds a password
+    /// that filesem put there; a nested `filesem run "$FILESEM_PATH"` reaches the same
+    /// semaphore with the password in REDISCLI_AUTH (exported by you).
+    ///
     /// Nested in the command of a `run` on the same semaphore, `run` without --id uses the
     /// outer hold's ID and so fails at once with exit code 1 (already held) instead of
     /// waiting for its own parent; with another --id it competes for a slot like anyone.
@@ -69,7 +88,9 @@ enum Command {
     Run(RunArgs),
     /// Take a detached slot that outlives this process (a session), until `release`.
     ///
-    /// Waits for a slot by default; `filesem release SEMFILE ID` ends the hold.
+    /// Waits for a slot by default; `filesem release SEMFILE ID` ends the hold. On a Redis
+    /// URL the hold has a lease (--lease, default 30 s) that nothing renews: it also ends
+    /// when that runs out.
     #[command(mut_arg("lease", |a| a.help(
         "Give the hold a lease (at least 1 s): nothing renews a detached hold's lease, so the \
          hold ends by itself this long after it was taken, unless released before"
@@ -77,25 +98,25 @@ enum Command {
     Acquire(AcquireArgs),
     /// End the hold of an ID (taken with `acquire`, or by any program).
     Release {
-        /// The semaphore's state file.
+        /// The semaphore's state file, or a redis:// URL (see `filesem --help`).
         semfile: PathBuf,
         /// The holder ID; it may start with a dash (`-job`).
         #[arg(allow_hyphen_values = true)]
         id: String,
         #[command(flatten)]
-        trust: TrustArgs,
+        store: StoreArgs,
     },
     /// Remove the entries of these IDs, whoever holds them (cleanup after a crash).
     ///
     /// Idempotent: IDs that are not on file are not an error. Prints each removed ID.
     Remove {
-        /// The semaphore's state file.
+        /// The semaphore's state file, or a redis:// URL (see `filesem --help`).
         semfile: PathBuf,
         /// The holder IDs (put `--` before them if one starts with a dash: `-- -job`).
         #[arg(required = true)]
         ids: Vec<String>,
         #[command(flatten)]
-        trust: TrustArgs,
+        store: StoreArgs,
     },
     /// Remove the entries of holders that are provably dead or whose lease ran out.
     ///
@@ -103,25 +124,25 @@ enum Command {
     /// (unless -q). Entries that cannot be judged (written by Go or another machine, detached
     /// holds without a lease) are never removed by guess.
     Reap {
-        /// The semaphore's state file.
+        /// The semaphore's state file, or a redis:// URL (see `filesem --help`).
         semfile: PathBuf,
         /// Print nothing when nothing was stale (instead of "nothing to reap" on stderr).
         #[arg(short, long)]
         quiet: bool,
         #[command(flatten)]
-        trust: TrustArgs,
+        store: StoreArgs,
     },
     /// Change the number of slots.
     ///
     /// Lowering it evicts nobody: new holders wait until enough holders have left.
     SetCapacity {
-        /// The semaphore's state file.
+        /// The semaphore's state file, or a redis:// URL (see `filesem --help`).
         semfile: PathBuf,
         /// The new capacity, in holders.
         #[arg(value_parser = capacity_range())]
         capacity: u32,
         #[command(flatten)]
-        trust: TrustArgs,
+        store: StoreArgs,
     },
     /// Start afresh after the state file became corrupt (stop all holders first).
     ///
@@ -130,7 +151,7 @@ enum Command {
     /// changes nothing. Does nothing to a valid file (exit 0), not even change its capacity:
     /// a hint then names `filesem set-capacity`.
     Recover {
-        /// The semaphore's state file.
+        /// The semaphore's state file, or a redis:// URL (see `filesem --help`).
         semfile: PathBuf,
         /// The capacity of the fresh semaphore, in holders.
         #[arg(short, long, value_parser = capacity_range())]
@@ -142,24 +163,25 @@ enum Command {
         #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
         mode: Option<u32>,
         #[command(flatten)]
-        trust: TrustArgs,
+        store: StoreArgs,
     },
     /// Show the capacity, the holders (slot, age, owner, liveness) and the queue.
     Status {
-        /// The semaphore's state file.
+        /// The semaphore's state file, or a redis:// URL (see `filesem --help`).
         semfile: PathBuf,
         /// Print one JSON document (schema in docs/cli.md) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        trust: TrustArgs,
+        store: StoreArgs,
     },
 }
 
 /// Options shared by `run` and `acquire`: how to open the semaphore and how to wait.
 #[derive(Debug, Args)]
 struct SlotArgs {
-    /// The semaphore's state file (the lock file is SEMFILE.lock beside it).
+    /// The semaphore's state file (the lock file is SEMFILE.lock beside it), or a Redis
+    /// key as redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]/KEY (see `filesem --help`).
     semfile: PathBuf,
     /// The capacity, in holders: needed only to create the semaphore (default 1 then);
     /// if given for an existing one, it must match.
@@ -203,7 +225,7 @@ struct SlotArgs {
     #[arg(long, value_name = "OCTAL", value_parser = mode::parse)]
     mode: Option<u32>,
     #[command(flatten)]
-    trust: TrustArgs,
+    store: StoreArgs,
     /// Queue priority while waiting: higher is served first, first come first served within
     /// a priority (default 0; negative values queue behind).
     #[arg(long, value_name = "P", allow_negative_numbers = true)]
@@ -323,33 +345,33 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Acquire(args) => acquire::detached(args),
-        Command::Release { semfile, id, trust } => admin::release(&semfile, &id, &trust),
+        Command::Release { semfile, id, store } => admin::release(&semfile, &id, &store),
         Command::Remove {
             semfile,
             ids,
-            trust,
-        } => admin::remove(&semfile, &ids, &trust),
+            store,
+        } => admin::remove(&semfile, &ids, &store),
         Command::Reap {
             semfile,
             quiet,
-            trust,
-        } => admin::reap(&semfile, quiet, &trust),
+            store,
+        } => admin::reap(&semfile, quiet, &store),
         Command::SetCapacity {
             semfile,
             capacity,
-            trust,
-        } => admin::set_capacity(&semfile, capacity, &trust),
+            store,
+        } => admin::set_capacity(&semfile, capacity, &store),
         Command::Recover {
             semfile,
             capacity,
             mode,
-            trust,
-        } => admin::recover(&semfile, capacity, mode, &trust),
+            store,
+        } => admin::recover(&semfile, capacity, mode, &store),
         Command::Status {
             semfile,
             json,
-            trust,
-        } => status::status(&semfile, json, &trust),
+            store,
+        } => status::status(&semfile, json, &store),
     };
     match result {
         Ok(exit) => exit.exit_code(conflict),

@@ -10,8 +10,9 @@ use filesem::{Error, Semaphore};
 
 use crate::SlotArgs;
 use crate::acquire::Wait;
-use crate::escape::{escape_path, shell_quote};
+use crate::escape::escape_path;
 use crate::exit::{Exit, Fail};
+use crate::store::{self, Target};
 
 /// The capacity of a semaphore created without `-c`.
 pub const DEFAULT_CAPACITY: u32 = 1;
@@ -39,40 +40,40 @@ const LAST_LOCK_WAIT: Duration = Duration::from_millis(5);
 ///
 /// A [`Fail`] with [`Exit::Usage`] for a capacity mismatch, or the library's error.
 pub fn open(args: &SlotArgs, start: Instant) -> Result<Semaphore, Fail> {
-    let path = args.semfile.as_path();
-    let existing_options = args.trust.options();
-    match existing_options.open_existing(path) {
+    let target = Target::of(&args.semfile);
+    // Refuses what does not apply: `--mode` or `--trust-owner` on a Redis URL, a Redis
+    // option on a file.
+    target.options(&args.store, args.mode)?;
+    let existing_options = target.options(&args.store, None)?;
+    match target.open_existing(&existing_options) {
         Ok(sem) => existing(sem, args),
         Err(Error::NotFound { .. }) => {
             let requested = args.capacity.unwrap_or(DEFAULT_CAPACITY);
-            let mut options = args.trust.options();
+            let mut options = target.options(&args.store, args.mode)?;
             options.create_new(true);
-            if let Some(mode) = args.mode {
-                options.mode(mode);
-            }
             let limit = Wait::of(args).limit(start);
             if let Some(limit) = limit {
                 let left = limit.saturating_sub(start.elapsed());
                 options.lock_timeout(left.max(LAST_LOCK_WAIT));
             }
-            match options.open(path, requested) {
+            match target.open(&options, requested) {
                 Ok(sem) => {
                     if !args.quiet {
                         err!(
                             "filesem: created a new semaphore at {} with capacity {requested}",
-                            escape_path(path)
+                            store::shown(&args.semfile, sem.path())
                         );
                     }
                     match limit {
                         // The handle for the rest of the command waits for the lock as long
                         // as any other.
-                        Some(_) => Ok(existing_options.open_existing(path)?),
+                        Some(_) => Ok(target.open_existing(&existing_options)?),
                         None => Ok(sem),
                     }
                 }
                 // Someone else created it since we looked.
                 Err(Error::AlreadyExists { .. }) => {
-                    existing(existing_options.open_existing(path)?, args)
+                    existing(target.open_existing(&existing_options)?, args)
                 }
                 // The deadline of -n or -w passed while another process held the state lock.
                 Err(Error::LockTimeout {
@@ -134,7 +135,8 @@ fn mismatch(path: &Path, requested: u32, on_file: u32) -> Fail {
     )
     .hint(format!(
         "leave out -c to use the capacity on file, or change it with \
-         `filesem set-capacity {} {requested}`",
-        shell_quote(path)
+         `filesem set-capacity {} {requested}`{}",
+        store::command_arg(path),
+        store::password_note(path)
     ))
 }

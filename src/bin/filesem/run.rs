@@ -19,6 +19,7 @@ use crate::acquire::{self, Request};
 use crate::escape::escape;
 use crate::exit::{Exit, Fail};
 use crate::signals::Signals;
+use crate::store::{self, Target};
 use crate::{RunArgs, open};
 
 /// Runs `filesem run`.
@@ -34,9 +35,11 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let slot = &args.slot;
     let sem = open::open(slot, start)?;
     // As resolved when the semaphore was opened: a command that changes directory, or a
-    // symlinked directory repointed later, cannot make it name another semaphore.
-    let resolved = sem.resolved_path().to_path_buf();
-    let nested = nested_id(&resolved);
+    // symlinked directory repointed later, cannot make it name another semaphore. A Redis
+    // URL without its password (see `store.rs`).
+    let target = Target::of(&slot.semfile);
+    let resolved = target.exported(&sem);
+    let nested = nested_id(&resolved, target.is_redis());
     let id = match (&args.id, &nested) {
         (Some(id), _) => id.clone(),
         (None, Some(outer)) => outer.clone(),
@@ -86,6 +89,7 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
     let watch = watching.then_some(&*lost);
     let ended = supervise(child, &signals, watch, args.kill_on_lost)?;
     let permit_id = permit.id().to_string();
+    let lease = permit.lease();
     // Bounded by the lock timeout, as every step without a deadline of its own (the -n and
     // -w deadlines were for getting the slot): a failed release only delays the slot's
     // return, see below.
@@ -107,13 +111,22 @@ pub fn run(args: RunArgs) -> Result<Exit, Fail> {
         Err(error @ Error::Lost { .. }) => err!("{}", Fail::from(error).report()),
         Err(error) => {
             err!("{}", Fail::from(error).report());
-            // The library unlocked the witness (keeping its file) when the write failed.
-            err!(
-                "filesem: note: the hold of {} may still be on file; it ends once no process \
-                 holds its witness (the command and what it started), and the next acquire or \
-                 `filesem reap` removes it",
-                escape(permit_id.as_str())
-            );
+            match lease {
+                // A Redis hold has no witness: only its lease ends it.
+                Some(lease) if target.is_redis() => err!(
+                    "filesem: note: the hold of {} may still be on the server; it ends when its \
+                     lease ({}) runs out, and the next acquire or `filesem reap` removes it then",
+                    escape(permit_id.as_str()),
+                    crate::duration::human(lease)
+                ),
+                // The library unlocked the witness (keeping its file) when the write failed.
+                _ => err!(
+                    "filesem: note: the hold of {} may still be on file; it ends once no \
+                     process holds its witness (the command and what it started), and the next \
+                     acquire or `filesem reap` removes it",
+                    escape(permit_id.as_str())
+                ),
+            }
         }
     }
     Ok(Exit::Command(ended.code))
@@ -135,11 +148,16 @@ fn inherit_hold(permit: &Permit, close: bool) -> Result<Option<OwnedFd>, Fail> {
 }
 
 /// The ID of the hold whose command we run in, if it is on this same semaphore (`resolved`
-/// is ours, from [`filesem::Semaphore::resolved_path`]): a `run` nested in another `run` (FILESEM_PATH and
+/// is ours, from [`filesem::Semaphore::resolved_path`], or our Redis URL without its password when `redis`): a `run` nested in another `run` (FILESEM_PATH and
 /// FILESEM_ID set by the outer one).
-fn nested_id(resolved: &Path) -> Option<String> {
+fn nested_id(resolved: &Path, redis: bool) -> Option<String> {
     let outer_path = std::env::var_os("FILESEM_PATH")?;
     let outer_id = std::env::var("FILESEM_ID").ok()?;
+    if redis {
+        // Both in the exported form: the location as the library shows it, without password.
+        let outer = store::exported(&outer_path.to_string_lossy());
+        return (Path::new(&outer) == resolved).then_some(outer_id);
+    }
     let same = match (
         std::fs::canonicalize(Path::new(&outer_path)),
         std::fs::canonicalize(resolved),

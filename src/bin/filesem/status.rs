@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::duration;
 use crate::escape::{escape, escape_path};
 use crate::exit::{Exit, Fail};
-use crate::trust::TrustArgs;
+use crate::store::{StoreArgs, Target};
 
 /// The version of the `--json` document.
 const SCHEMA: u32 = 1;
@@ -22,7 +22,8 @@ const SCHEMA: u32 = 1;
 #[derive(Debug, Serialize)]
 struct Status {
     schema: u32,
-    /// The path as given if it is UTF-8; otherwise [`escape_path`]'s form.
+    /// The path as given if it is UTF-8, otherwise [`escape_path`]'s form; a Redis URL as
+    /// the library shows it (password `***`, port and database written out).
     path: String,
     /// Whether `path` is in [`escape_path`]'s form (only for a path that is not UTF-8).
     path_escaped: bool,
@@ -61,13 +62,19 @@ struct Owner {
 ///
 /// The library's errors (no semaphore, corrupt state, I/O); nothing is printed to stdout
 /// then.
-pub fn status(path: &Path, json: bool, trust: &TrustArgs) -> Result<Exit, Fail> {
-    let sem = trust.options().open_existing(path)?;
+pub fn status(path: &Path, json: bool, store: &StoreArgs) -> Result<Exit, Fail> {
+    let sem = crate::admin::open_existing(path, store)?;
+    // A Redis URL is shown as the library shows it: without its password.
+    let path = match Target::of(path) {
+        Target::File(_) => path,
+        Target::Redis(_) => sem.path(),
+    };
     let capacity = sem.capacity()?;
     let infos = sem.holders()?;
     let waiting = sem.waiters()?;
     let available = sem.available()?;
-    let now = Utc::now();
+    // The clock of the verdicts (on Redis the server's): this machine's may be off.
+    let now = sem.now()?;
     let (shown, path_escaped) = match path.to_str() {
         Some(exact) => (exact.to_string(), false),
         None => (escape_path(path), true),

@@ -37,7 +37,7 @@ use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{FileStat, fchmod, fstat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use super::dir::{Files, mode, parent_dir};
+use super::dir::{DirStatus, Files, mode, parent_dir};
 use crate::error::Result;
 
 const TEMP_SUFFIX: &str = ".filesem-tmp";
@@ -97,20 +97,36 @@ fn temp_name(prefix: &OsStr, middle: &str) -> OsString {
 /// change as not made would contradict the file (a caller told that its acquire failed
 /// while its hold is on file would leak the slot). Only its survival of a power loss is in
 /// doubt, which a warning says.
+///
+/// Returns the new state file, still open, and its status after the rename: what a handle
+/// keeps to recognise the file as the one it wrote (see [`super::read`]); `None` if that
+/// status cannot be looked up (the write stands all the same).
 pub(crate) fn write_atomic(
     files: &Files,
     bytes: &[u8],
     meta: FileMeta,
     durable: bool,
-    dir: &FileStat,
-) -> Result<()> {
+    dir: &DirStatus<'_>,
+) -> Result<Option<(File, FileStat)>> {
+    write_atomic_then(files, bytes, meta, durable, dir, || {})
+}
+
+/// [`write_atomic`], calling `renamed` right after the rename (before the directory's
+/// `fsync`): when readers can see the new file, as a watcher of the directory learns of it.
+pub(crate) fn write_atomic_then(
+    files: &Files,
+    bytes: &[u8],
+    meta: FileMeta,
+    durable: bool,
+    dir: &DirStatus<'_>,
+    renamed: impl FnOnce(),
+) -> Result<Option<(File, FileStat)>> {
     if durable {
         files.check_syncable()?;
     }
     let mode_bits = meta.mode & 0o7777 & !SPECIAL_BITS;
-    let (file, temp) = create_temp(files, mode_bits, dir)?;
-    let temp_path = parent_dir(&files.path).join(&temp);
-    let written = fill(files, file, &temp_path, bytes, meta, mode_bits, durable).and_then(|()| {
+    let (mut file, temp) = create_temp(files, mode_bits, dir)?;
+    let written = fill(files, &mut file, &temp, bytes, meta, mode_bits, durable).and_then(|()| {
         renameat(
             files.dir(),
             temp.as_os_str(),
@@ -131,6 +147,14 @@ pub(crate) fn write_atomic(
         remove_temp(files, &temp);
         return Err(e);
     }
+    renamed();
+    let kept = match fstat(&file) {
+        Ok(stat) => Some((file, stat)),
+        Err(e) => {
+            tracing::debug!(path = %files.path.display(), error = %e, "could not look up the new state file; it is read again next time");
+            None
+        }
+    };
     if durable && let Err(error) = files.sync() {
         tracing::warn!(
             path = %files.path.display(),
@@ -139,12 +163,12 @@ pub(crate) fn write_atomic(
              is made and visible, and may not survive a power loss"
         );
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Creates the temp file: the fixed first choice (removing a leftover found there), else a
 /// random name (see the [module docs](self)).
-fn create_temp(files: &Files, mode_bits: u32, dir: &FileStat) -> Result<(File, OsString)> {
+fn create_temp(files: &Files, mode_bits: u32, dir: &DirStatus<'_>) -> Result<(File, OsString)> {
     let prefix = temp_prefix(&files.state_name);
     let first = temp_name(&prefix, FIRST_CHOICE);
     let mut leftover_checked = false;
@@ -224,33 +248,34 @@ fn create_failed(files: &Files, errno: Errno) -> crate::error::Error {
     files.io(parent_dir(&files.path), "create a temp file in", errno)
 }
 
-/// Sets the owner and mode of the new temp file, writes `bytes` and (durable) flushes them.
+/// Sets the owner and mode of the new temp file `temp`, writes `bytes` and (durable) flushes
+/// them.
 fn fill(
     files: &Files,
-    mut file: File,
-    temp_path: &std::path::Path,
+    file: &mut File,
+    temp: &OsStr,
     bytes: &[u8],
     meta: FileMeta,
     mode_bits: u32,
     durable: bool,
 ) -> Result<()> {
-    let io = |action, e: std::io::Error| files.io(temp_path, action, e);
+    let io = |action, e: std::io::Error| files.io(&parent_dir(&files.path).join(temp), action, e);
     // One fstat tells whether the mode or the owner needs changing; changing them only then
     // saves the fchmod, geteuid and fchown that every write would make.
-    let created = fstat(&file).map_err(|e| io("look up the temp file", e.into()))?;
+    let created = fstat(&*file).map_err(|e| io("look up the temp file", e.into()))?;
     let mut chowned = false;
     if let Some((uid, gid)) = meta.owner
         && (created.st_uid, created.st_gid) != (uid, gid)
         && nix::unistd::geteuid().is_root()
     {
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+        std::os::unix::fs::fchown(&*file, Some(uid), Some(gid))
             .map_err(|e| io("change the owner of", e))?;
         chowned = true;
     }
     // Not subject to the umask: the new file gets exactly this mode (set after the chown,
     // which may clear set-id bits).
     if chowned || super::dir::perm_bits(&created) != mode_bits {
-        fchmod(&file, mode(mode_bits)).map_err(|e| io("set the mode of", e.into()))?;
+        fchmod(&*file, mode(mode_bits)).map_err(|e| io("set the mode of", e.into()))?;
     }
     file.write_all(bytes).map_err(|e| io("write", e))?;
     if durable {
@@ -272,7 +297,7 @@ fn remove_temp(files: &Files, name: &OsStr) {
 /// Removes `name` if it is a leftover of ours: a regular file whose owner is trusted in the
 /// directory (whose status is `dir`). Returns whether it did. Call under the state lock (then
 /// no live writer of this semaphore has a temp file).
-fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<bool> {
+fn remove_if_leftover(files: &Files, name: &OsStr, dir: &DirStatus<'_>) -> Result<bool> {
     let path = parent_dir(&files.path).join(name);
     let st = files
         .stat_at(files.dir(), name)
@@ -280,7 +305,9 @@ fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<boo
     let Some(st) = st else {
         return Ok(false);
     };
-    if !super::dir::is_regular(&st) || !files.trust.trusts(st.st_uid, dir) {
+    let trusted =
+        files.trust.trusts_anywhere(st.st_uid) || files.trust.trusts(st.st_uid, &dir.get()?);
+    if !super::dir::is_regular(&st) || !trusted {
         tracing::warn!(
             path = %files.path.display(),
             file = %path.display(),
@@ -304,7 +331,7 @@ fn remove_if_leftover(files: &Files, name: &OsStr, dir: &FileStat) -> Result<boo
 /// temp names (regular files of trusted owners only; see [`remove_if_leftover`]). Lists the
 /// whole directory, so it is called only by `open` and `reap`. Call under the state lock.
 /// Returns the paths removed.
-pub(crate) fn remove_leftovers(files: &Files, dir: &FileStat) -> Result<Vec<PathBuf>> {
+pub(crate) fn remove_leftovers(files: &Files, dir: &DirStatus<'_>) -> Result<Vec<PathBuf>> {
     let prefix = temp_prefix(&files.state_name);
     let dir_path = parent_dir(&files.path);
     let names =
@@ -349,7 +376,7 @@ mod tests {
     }
 
     fn write(files: &Files, bytes: &[u8], meta: FileMeta) -> Result<()> {
-        write_atomic(files, bytes, meta, true, &files.dir_stat().unwrap())
+        write_atomic(files, bytes, meta, true, &DirStatus::new(files)).map(drop)
     }
 
     fn names(dir: &Path) -> Vec<OsString> {
@@ -476,7 +503,7 @@ mod tests {
             }
             let planted = fs::symlink_metadata(&first).unwrap();
             let planted_bytes = planted.is_file().then(|| fs::read(&first).unwrap());
-            let st = files.dir_stat().unwrap();
+            let st = DirStatus::new(&files);
             let (file, name) = create_temp(&files, 0o644, &st).unwrap();
             assert_ne!(dir.join(&name), first, "{what}");
             assert!(
@@ -536,7 +563,7 @@ mod tests {
             dir.path().join(".s.json.linklink.filesem-tmp"),
         )
         .unwrap();
-        let removed = remove_leftovers(&files, &files.dir_stat().unwrap()).unwrap();
+        let removed = remove_leftovers(&files, &DirStatus::new(&files)).unwrap();
         assert_eq!(
             removed,
             vec![dir.path().join(".s.json.abcdefgh.filesem-tmp")]

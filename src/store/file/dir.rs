@@ -13,6 +13,7 @@
 //! opened without following symlinks, their type is checked on the opened descriptor, and
 //! their owner must be trusted ([`Trust`]); anything else is [`Error::Untrusted`].
 
+use std::cell::OnceCell;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -250,6 +251,46 @@ impl Files {
         }
         let st = self.stat_at(dir, name).ok()??;
         (mode_bits(&st) & TYPE_MASK != want.type_bits()).then(|| self.wrong_type(object, &st, want))
+    }
+}
+
+/// The bound directory's status for one step, looked up (one `fstat`) only when the step
+/// first needs it: to judge the owner of an object that is not trusted everywhere, to derive
+/// the witness directory's mode, to clean up. A step whose lock file is found where it was
+/// (see [`super::lock`]) knows the directory is still there without it.
+pub(crate) struct DirStatus<'a> {
+    files: &'a Files,
+    stat: OnceCell<FileStat>,
+}
+
+impl<'a> DirStatus<'a> {
+    /// Nothing looked up yet.
+    pub fn new(files: &'a Files) -> DirStatus<'a> {
+        DirStatus {
+            files,
+            stat: OnceCell::new(),
+        }
+    }
+
+    /// With the status `stat` just looked up.
+    pub fn known(files: &'a Files, stat: FileStat) -> DirStatus<'a> {
+        DirStatus {
+            files,
+            stat: OnceCell::from(stat),
+        }
+    }
+
+    /// The status, looked up the first time ([`Files::dir_stat`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DirectoryGone`], [`Error::Io`].
+    pub fn get(&self) -> Result<FileStat> {
+        if let Some(st) = self.stat.get() {
+            return Ok(*st);
+        }
+        let st = self.files.dir_stat()?;
+        Ok(*self.stat.get_or_init(|| st))
     }
 }
 

@@ -1,12 +1,27 @@
 //! The lock file: the only code that calls flock on `PATH.lock` (through nix's [`Flock`]).
 //!
-//! The lock is taken for one short read-modify-write and released at once. It is opened per
-//! operation, relative to the semaphore's bound directory, so a forked child never shares a
-//! lock description with its parent, and with `O_CLOEXEC`, so no command we spawn inherits
-//! it. It is opened with `O_NOFOLLOW` (a planted symlink is refused, not followed) and
-//! `O_NONBLOCK` (a FIFO planted there cannot block the open), and its type and owner are
-//! checked on the opened descriptor before it is locked.
+//! The lock is taken for one short read-modify-write and released at once. The lock file is
+//! opened relative to the semaphore's bound directory, with `O_NOFOLLOW` (a planted symlink is
+//! refused, not followed), `O_NONBLOCK` (a FIFO planted there cannot block the open) and
+//! `O_CLOEXEC` (no command we spawn inherits it), and its type and owner are checked on the
+//! opened descriptor before it is locked.
+//!
+//! A handle keeps the lock file open between its steps ([`LockFile`]), as the reference floor
+//! does, instead of opening, checking and closing it for every step. Two things make that as
+//! safe as opening it every time:
+//!
+//! - **Only the process that opened it uses it.** A forked child shares its parent's open
+//!   file description, and flock locks belong to that description: the child's lock would be
+//!   the parent's. A kept lock file records the pid that opened it; any other process opens
+//!   its own (and leaves the inherited one locked or unlocked as the parent has it).
+//! - **It is still the lock file.** After locking a kept descriptor, one `fstatat` checks that
+//!   `PATH.lock` names the same device and inode (which cannot be reused while it is open).
+//!   If the lock file was removed or replaced (a cleaner of old files, a user), everybody else
+//!   locks the new one: the kept one is unlocked and closed, and the step opens `PATH.lock`
+//!   again by name. Because that name is looked up in the bound directory, finding it also
+//!   proves the directory has not been removed.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io;
 use std::time::{Duration, Instant};
@@ -15,7 +30,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat};
 use nix::sys::stat::{FileStat, fchmod, fstat};
 
-use super::dir::{Files, Want, mode};
+use super::dir::{DirStatus, Files, Want, file_id, mode};
 use crate::error::{Error, Result};
 
 /// The first pause after a failed attempt; doubles up to [`MAX_BACKOFF`].
@@ -25,11 +40,25 @@ const MAX_BACKOFF: Duration = Duration::from_millis(2);
 /// An exclusive flock on the lock file, released on drop.
 pub(crate) struct LockGuard {
     flock: Option<Flock<File>>,
-    /// The lock file's status when it was opened.
-    pub stat: FileStat,
-    /// Whether this call created the lock file. A lock file that was there already is the
-    /// trace of a semaphore used at this path before (it is never deleted).
+    /// The lock file's status when it was opened (its mode as tightened since).
+    stat: Cell<FileStat>,
+    /// The process that opened the lock file.
+    pid: u32,
+    /// Whether this call created the lock file. A lock file that was there already (or that
+    /// a handle kept open from an earlier step) is the trace of a semaphore used at this path
+    /// before (it is never deleted).
     pub created: bool,
+}
+
+/// The lock file, open and unlocked, as a handle keeps it between steps (see the
+/// [module docs](self)).
+#[derive(Debug)]
+pub(crate) struct LockFile {
+    file: File,
+    /// Its status when it was opened (its mode as tightened since).
+    stat: FileStat,
+    /// The process that opened it.
+    pid: u32,
 }
 
 /// Opens and exclusively locks `PATH.lock`, waiting until `deadline` at most (`None`: as
@@ -49,7 +78,7 @@ pub(crate) struct LockGuard {
 pub(crate) fn lock_exclusive(
     files: &Files,
     create: Option<u32>,
-    dir: &FileStat,
+    dir: &DirStatus<'_>,
     deadline: Option<Instant>,
 ) -> Result<Option<LockGuard>> {
     let Some((file, created)) = open_lock_file(files, create)? else {
@@ -60,16 +89,51 @@ pub(crate) fn lock_exclusive(
         &files.lock_path,
         &stat,
         Want::File,
-        || Ok(*dir),
+        || dir.get(),
         super::dir::parent_dir(&files.path),
     )?;
-    lock_file(files, file, stat, deadline).map(|flock| {
-        Some(LockGuard {
-            flock: Some(flock),
-            stat,
-            created,
-        })
-    })
+    let flock = lock_file(files, file, &stat, deadline)?;
+    Ok(Some(LockGuard {
+        flock: Some(flock),
+        stat: Cell::new(stat),
+        pid: std::process::id(),
+        created,
+    }))
+}
+
+/// Locks the lock file a handle kept open (waiting as [`lock_exclusive`] does), if this
+/// process opened it and `PATH.lock` still names it: `Ok(None)` otherwise, and the caller
+/// opens `PATH.lock` by name. A kept lock file of another process (inherited by a fork) is
+/// closed without being locked or unlocked.
+///
+/// # Errors
+///
+/// [`Error::LockTimeout`] when the deadline passed (the kept file is closed), [`Error::Io`].
+pub(crate) fn relock(
+    files: &Files,
+    kept: LockFile,
+    deadline: Option<Instant>,
+) -> Result<Option<LockGuard>> {
+    if kept.pid != std::process::id() {
+        return Ok(None);
+    }
+    let flock = lock_file(files, kept.file, &kept.stat, deadline)?;
+    let guard = LockGuard {
+        flock: Some(flock),
+        stat: Cell::new(kept.stat),
+        pid: kept.pid,
+        created: false,
+    };
+    let named = files
+        .stat_at(files.dir(), files.lock_name.as_os_str())
+        .map_err(|e| files.io(&files.lock_path, "look up lock file", e))?;
+    match named {
+        Some(st) if file_id(&st) == file_id(&guard.stat()) => Ok(Some(guard)),
+        _ => {
+            tracing::debug!(lock = %files.lock_path.display(), "the lock file was removed or replaced; opening it again");
+            Ok(None)
+        }
+    }
 }
 
 /// Locks the open lock file `file` (whose status is `stat`), polling with backoff until
@@ -77,7 +141,7 @@ pub(crate) fn lock_exclusive(
 fn lock_file(
     files: &Files,
     file: File,
-    stat: FileStat,
+    stat: &FileStat,
     deadline: Option<Instant>,
 ) -> Result<Flock<File>> {
     let start = Instant::now();
@@ -99,7 +163,7 @@ fn lock_file(
                         path: files.path.clone(),
                         lock_path: files.lock_path.clone(),
                         waited: start.elapsed(),
-                        holder: holder_of(&stat),
+                        holder: holder_of(stat),
                     });
                 }
             },
@@ -194,19 +258,24 @@ impl LockGuard {
     /// package are 0644, which lets users who may only read the state flock it. Never adds
     /// a permission. A failure is logged: the lock works as before.
     pub(crate) fn tighten(&self, files: &Files, wanted: u32) {
-        let current = super::dir::perm_bits(&self.stat);
-        if current & !wanted == 0 || self.stat.st_uid != nix::unistd::geteuid().as_raw() {
+        let mut stat = self.stat.get();
+        let current = super::dir::perm_bits(&stat);
+        if current & !wanted == 0 || stat.st_uid != nix::unistd::geteuid().as_raw() {
             return;
         }
         let Some(flock) = &self.flock else { return };
         let tightened = current & wanted;
         match fchmod(&**flock, mode(tightened)) {
-            Ok(()) => tracing::info!(
+            Ok(()) => {
+                stat.st_mode = (stat.st_mode & !0o7777) | tightened as libc::mode_t;
+                self.stat.set(stat);
+                tracing::info!(
                 lock = %files.lock_path.display(),
                 from = format_args!("{current:o}"),
                 to = format_args!("{tightened:o}"),
                 "tightened the lock file's mode"
-            ),
+                )
+            }
             Err(e) => tracing::warn!(
                 lock = %files.lock_path.display(),
                 error = %e,
@@ -215,9 +284,34 @@ impl LockGuard {
         }
     }
 
-    /// Releases the lock now.
+    /// The lock file's status when it was opened (its mode as tightened since).
+    pub(crate) fn stat(&self) -> FileStat {
+        self.stat.get()
+    }
+
+    /// Releases the lock now and closes the lock file.
+    #[cfg(test)]
     pub(crate) fn unlock(mut self) {
         self.release();
+    }
+
+    /// Releases the lock now and returns the lock file, for the handle to keep for its next
+    /// step; `None` if unlocking failed (then the descriptor stays locked until the process
+    /// exits, see [`unlock`]).
+    pub(crate) fn unlock_keeping_file(mut self) -> Option<LockFile> {
+        let flock = self.flock.take()?;
+        match flock.unlock() {
+            Ok(file) => Some(LockFile {
+                file,
+                stat: self.stat.get(),
+                pid: self.pid,
+            }),
+            Err((flock, errno)) => {
+                tracing::warn!(%errno, "failed to unlock lock file");
+                unlock(flock, "lock file");
+                None
+            }
+        }
     }
 
     fn release(&mut self) {
@@ -270,7 +364,7 @@ mod tests {
         // A held lock file makes others wait at most the timeout, then fail distinctly.
         let dir = tempfile::tempdir().unwrap();
         let files = files(dir.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let lock = |t| lock_exclusive(&files, Some(0o600), &st, Some(Instant::now() + t));
         let held = lock(Duration::from_secs(1)).unwrap().unwrap();
         let t = Instant::now();
@@ -312,7 +406,7 @@ mod tests {
             return;
         }
         let files = files(dir.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let held = lock_exclusive(&files, Some(0o600), &st, None)
             .unwrap()
             .unwrap();
@@ -321,7 +415,7 @@ mod tests {
             Error::LockTimeout { holder, .. } => assert_eq!(holder, Some(std::process::id())),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(holder_of(&held.stat), Some(std::process::id()));
+        assert_eq!(holder_of(&held.stat()), Some(std::process::id()));
         held.unlock();
         let stat = fstat(std::fs::File::open(&files.lock_path).unwrap()).unwrap();
         assert_eq!(holder_of(&stat), None, "nobody holds it now");
@@ -333,7 +427,7 @@ mod tests {
         // created.
         let dir = tempfile::tempdir().unwrap();
         let files = files(dir.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let soon = || Some(Instant::now() + Duration::from_secs(1));
         let none = lock_exclusive(&files, None, &st, soon()).unwrap();
         assert!(none.is_none());
@@ -348,5 +442,109 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o7777, 0o660);
         drop(guard);
+    }
+
+    /// Whether some open file description other than `guard`'s could lock the file at `path`
+    /// exclusively right now (and then let it go).
+    fn lockable(path: &std::path::Path) -> bool {
+        let file = std::fs::File::open(path).unwrap();
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => {
+                unlock(flock, "test");
+                true
+            }
+            Err((_, Errno::EWOULDBLOCK)) => false,
+            Err((_, e)) => panic!("flock: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_kept_lock_file_is_locked_again_while_its_name_still_names_it() {
+        // The kept descriptor is the lock file: locking it excludes everyone who opens
+        // PATH.lock by name.
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let st = DirStatus::new(&files);
+        let soon = || Some(Instant::now() + Duration::from_secs(1));
+        let guard = lock_exclusive(&files, Some(0o600), &st, soon())
+            .unwrap()
+            .unwrap();
+        let kept = guard.unlock_keeping_file().unwrap();
+        assert!(lockable(&files.lock_path), "unlocked between steps");
+        let again = relock(&files, kept, soon())
+            .unwrap()
+            .expect("still PATH.lock");
+        assert!(
+            !lockable(&files.lock_path),
+            "locked through the kept descriptor"
+        );
+        drop(again);
+        assert!(lockable(&files.lock_path));
+    }
+
+    #[test]
+    fn a_kept_lock_file_that_was_removed_or_replaced_is_not_used() {
+        // Whoever opens PATH.lock now locks the new file: a handle that locked its old one
+        // would exclude nobody. The kept file is let go, and PATH.lock is opened anew.
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let st = DirStatus::new(&files);
+        let soon = || Some(Instant::now() + Duration::from_secs(1));
+        for replace in [false, true] {
+            let guard = lock_exclusive(&files, Some(0o600), &st, soon())
+                .unwrap()
+                .unwrap();
+            let kept = guard.unlock_keeping_file().unwrap();
+            let old = files.lock_path.with_extension("old");
+            std::fs::hard_link(&files.lock_path, &old).unwrap();
+            std::fs::remove_file(&files.lock_path).unwrap();
+            if replace {
+                std::fs::write(&files.lock_path, b"").unwrap();
+            }
+            assert!(
+                relock(&files, kept, soon()).unwrap().is_none(),
+                "replace {replace}"
+            );
+            assert!(
+                lockable(&old),
+                "the old file is not left locked (replace {replace})"
+            );
+            std::fs::remove_file(&old).unwrap();
+            let fresh = lock_exclusive(&files, Some(0o600), &st, soon())
+                .unwrap()
+                .unwrap();
+            assert!(
+                !lockable(&files.lock_path),
+                "the new PATH.lock is the one locked"
+            );
+            drop(fresh);
+        }
+    }
+
+    #[test]
+    fn a_lock_file_kept_by_another_process_is_neither_locked_nor_unlocked() {
+        // A forked child inherits its parent's kept descriptor, whose flock is the parent's:
+        // it must open its own. Here the "parent" holds the lock through that description.
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let st = DirStatus::new(&files);
+        let soon = || Some(Instant::now() + Duration::from_secs(1));
+        let guard = lock_exclusive(&files, Some(0o600), &st, soon())
+            .unwrap()
+            .unwrap();
+        let kept = guard.unlock_keeping_file().unwrap();
+        let shared = kept.file.try_clone().unwrap();
+        let parents = Flock::lock(shared, FlockArg::LockExclusiveNonblock).unwrap();
+        let inherited = LockFile {
+            pid: std::process::id().wrapping_add(1),
+            ..kept
+        };
+        assert!(relock(&files, inherited, soon()).unwrap().is_none());
+        assert!(
+            !lockable(&files.lock_path),
+            "the parent's lock is still held"
+        );
+        unlock(parents, "test");
+        assert!(lockable(&files.lock_path));
     }
 }

@@ -1,5 +1,28 @@
 //! Reading the state file: never through a symlink, never blocking on a FIFO, never more
 //! than [`MAX_STATE_BYTES`], only a regular file of a trusted owner.
+//!
+//! # The document this handle wrote last
+//!
+//! A step that writes the state file keeps what it wrote ([`Written`]): the document, and the
+//! file itself, open. The next step of the same handle uses that document instead of reading
+//! and parsing the file again if one `fstatat` of `PATH` finds exactly that file unchanged:
+//! the same device and inode, size, mode, owner, link count, and modification and change
+//! times to the nanosecond, as looked up right after the rename.
+//!
+//! - **Another writer of the protocol** (this crate in another handle or process, the Go
+//!   package, the CLI) replaces the file by `rename`: `PATH` then names another inode. The
+//!   kept inode cannot have been freed and its number given to the new file, because the
+//!   kept descriptor holds it open.
+//! - **A writer that changes the file in place** (an editor, `echo > PATH`, `chmod`, a hard
+//!   link) changes its change time, and its size or modification time. Since Linux 6.13 the
+//!   kernel gives a change made after the time was looked up a fine-grained, strictly later
+//!   time on tmpfs, ext4, xfs and btrfs; on older kernels or other filesystems such a change
+//!   within the same clock tick (1 to 10 ms) that keeps the size goes unseen. Every writer of
+//!   the protocol replaces the file instead; a writer that ignores the lock can corrupt the
+//!   state whatever readers do.
+//!
+//! A step that fails or writes nothing drops what was kept (a rule may have changed the
+//! document in memory before it failed), and the next step reads the file.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -10,11 +33,98 @@ use nix::sys::stat::{FileStat, fstat};
 
 use super::FileStore;
 use super::atomic::FileMeta;
-use super::dir::{self, Want, mode};
+use super::dir::{self, Want, file_id, mode};
 use crate::core::doc::Document;
 use crate::error::{Error, Result};
 
+/// What a step wrote last (see the [module docs](self)).
+pub(crate) struct Written {
+    /// The document, as the file holds it (parsing the file would give exactly this).
+    pub doc: Document,
+    /// The mode and owner of the file.
+    pub meta: FileMeta,
+    /// The file, kept open so that its inode cannot be freed and its number reused.
+    #[allow(dead_code)] // Never read: holding it open is its job.
+    file: File,
+    /// Its status right after it was renamed to `PATH`.
+    pub stat: FileStat,
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("ino", &self.stat.st_ino)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Written {
+    /// What a step just wrote: `doc` in `file`, whose status after the rename is `stat`.
+    pub fn new(doc: Document, file: File, stat: FileStat) -> Written {
+        Written {
+            doc,
+            meta: FileMeta {
+                mode: dir::perm_bits(&stat),
+                owner: Some((stat.st_uid, stat.st_gid)),
+            },
+            file,
+            stat,
+        }
+    }
+}
+
+/// Whether `now` is the status of the file whose status after the rename was `then`, unchanged.
+fn unchanged(now: &FileStat, then: &FileStat) -> bool {
+    file_id(now) == file_id(then)
+        && now.st_size == then.st_size
+        && now.st_mode == then.st_mode
+        && (now.st_uid, now.st_gid) == (then.st_uid, then.st_gid)
+        && now.st_nlink == then.st_nlink
+        && (now.st_mtime, now.st_mtime_nsec) == (then.st_mtime, then.st_mtime_nsec)
+        && (now.st_ctime, now.st_ctime_nsec) == (then.st_ctime, then.st_ctime_nsec)
+}
+
 impl FileStore {
+    /// Reads the current document for a step, under the lock: what this handle wrote last if
+    /// `PATH` is still exactly that file (see the [module docs](self)), else the file as
+    /// [`read`](FileStore::read) reads it. Whatever was kept is dropped either way.
+    pub(super) fn read_for_step(&self) -> Result<Option<(Document, FileMeta)>> {
+        let kept = self.take_written();
+        if let Some(written) = kept {
+            let files = &self.files;
+            if let Ok(Some(st)) = files.stat_at(files.dir(), files.state_name.as_os_str())
+                && unchanged(&st, &written.stat)
+            {
+                return Ok(Some((written.doc, written.meta)));
+            }
+        }
+        self.read()
+    }
+
+    /// Takes what a step wrote last, if it was kept.
+    fn take_written(&self) -> Option<Written> {
+        super::cache(&self.written).and_then(|mut written| written.take())
+    }
+
+    /// The document the last step kept, once no step of another thread is under way (for
+    /// tests of the API above, which cannot see inside the store).
+    #[cfg(test)]
+    pub(crate) fn kept_document(&self) -> Option<Document> {
+        let _inside = self.gate.enter(None);
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        written.as_ref().map(|w| w.doc.clone())
+    }
+
+    /// Keeps what a step just wrote, for the next step.
+    pub(super) fn keep_written(&self, written: Written) {
+        if let Some(mut kept) = super::cache(&self.written) {
+            *kept = Some(written);
+        }
+    }
+
     /// Reads the current document without the lock; `None` when there is no state file.
     /// Records that this handle has seen the state file ([`FileStore::saw_state`]).
     pub(super) fn read(&self) -> Result<Option<(Document, FileMeta)>> {

@@ -5,13 +5,12 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use nix::sys::stat::FileStat;
 
 use super::FileStore;
-use super::dir::{self, Want, access_mode, witness_dir_mode};
+use super::dir::{self, DirStatus, Want, access_mode, witness_dir_mode};
 use super::identity::Identity;
 use super::lock::LockGuard;
 use super::witness::{self, Created, WitnessDir};
@@ -26,8 +25,8 @@ use crate::store::NewHold;
 /// What one locked step knows about the semaphore's files, for the files its rule makes.
 pub(crate) struct FileStep<'s> {
     store: &'s FileStore,
-    /// The directory's status at the start of the step: who is trusted in it.
-    dir: FileStat,
+    /// The directory's status (looked up when first needed): who is trusted in it.
+    dir: &'s DirStatus<'s>,
     /// The state file's mode (or the create mode for a new one): lock and witness modes
     /// derive from it.
     state_mode: u32,
@@ -38,7 +37,7 @@ pub(crate) struct FileStep<'s> {
 impl<'s> FileStep<'s> {
     pub(super) fn new(
         store: &'s FileStore,
-        dir: FileStat,
+        dir: &'s DirStatus<'s>,
         state_mode: u32,
         witness_dir_created: &'s Cell<bool>,
     ) -> FileStep<'s> {
@@ -102,6 +101,7 @@ impl<'s> FileStep<'s> {
         }
         witness::create(
             &self.store.files,
+            &self.store.spares,
             &wdir,
             token,
             access_mode(self.state_mode),
@@ -113,12 +113,7 @@ impl<'s> FileStep<'s> {
     /// opened (and checked) afresh.
     fn witness_dir_for_create(&self) -> Result<WitnessDir> {
         let files = &self.store.files;
-        let cached = self
-            .store
-            .witness_dir
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let cached = super::cache(&self.store.witness_dir).and_then(|dir| dir.clone());
         if let Some((fd, opened)) = cached
             && let Ok(Some(now)) = files.stat_at(files.dir(), files.witness_name.as_os_str())
             && dir::file_id(&now) == dir::file_id(&opened)
@@ -128,7 +123,7 @@ impl<'s> FileStep<'s> {
                 &files.witness_path,
                 &now,
                 Want::Dir,
-                || Ok(self.dir),
+                || self.dir.get(),
                 parent,
             )?;
             return Ok(WitnessDir {
@@ -137,16 +132,14 @@ impl<'s> FileStep<'s> {
                 created: false,
             });
         }
-        let dir_mode = witness_dir_mode(self.state_mode, dir::mode_bits(&self.dir));
-        let wdir = witness::open_dir(files, &self.dir, Some(dir_mode))?.ok_or_else(|| {
+        let dir_mode = witness_dir_mode(self.state_mode, dir::mode_bits(&self.dir.get()?));
+        let wdir = witness::open_dir(files, self.dir, Some(dir_mode))?.ok_or_else(|| {
             let missing = io::Error::from(io::ErrorKind::NotFound);
             files.io(&files.witness_path, "create the witness directory", missing)
         })?;
-        *self
-            .store
-            .witness_dir
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((Arc::clone(&wdir.fd), wdir.stat));
+        if let Some(mut cached) = super::cache(&self.store.witness_dir) {
+            *cached = Some((Arc::clone(&wdir.fd), wdir.stat));
+        }
         Ok(wdir)
     }
 }
@@ -172,7 +165,7 @@ impl FileStore {
     pub(super) fn counter_floor_here(
         &self,
         lock: &LockGuard,
-        dir: &FileStat,
+        dir: &DirStatus<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<u64>> {
         let files = &self.files;
@@ -198,7 +191,7 @@ impl FileStore {
 
     /// Removes temp files left by killed writers (listing the directory) and witness files
     /// that no entry of `doc` refers to and nobody holds. Under the lock, before the write.
-    pub(super) fn tidy(&self, doc: &Document, dir: &FileStat) -> Result<()> {
+    pub(super) fn tidy(&self, doc: &Document, dir: &DirStatus<'_>) -> Result<()> {
         let mut leftovers = super::atomic::remove_leftovers(&self.files, dir)?;
         if let Some(wdir) = witness::open_dir(&self.files, dir, None)? {
             leftovers.extend(witness::remove_orphans(
@@ -215,7 +208,7 @@ impl FileStore {
 
     /// Logs the entries a step reaped and deletes their witness files, once the write that
     /// removed them has committed. Failures are logged: the write stands.
-    pub(super) fn forget_reaped(&self, dir: &FileStat, reaped: &[Removed]) {
+    pub(super) fn forget_reaped(&self, dir: &DirStatus<'_>, reaped: &[Removed]) {
         let wdir = witness::open_dir(&self.files, dir, None).unwrap_or_else(|e| {
             tracing::warn!(path = %self.path().display(), error = %e, "cannot remove the witness files of reaped entries");
             None

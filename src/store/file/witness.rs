@@ -1,10 +1,11 @@
 //! Kernel-held witness files: the strongest evidence that a holder is alive.
 //!
-//! Each process-bound hold creates `PATH.witness/<number>`, named by the number it was
-//! created under (the fencing token of a direct grant, the ticket of a waiter, which keeps that
-//! name once granted: see [`Entry::witness_name`](crate::core::doc::Entry::witness_name); never by
-//! holder ID, which may be `../x`), locks it with flock *before* the entry naming it is
-//! written, and records its device and inode in the entry. The kernel drops the lock when the
+//! Each process-bound hold has `PATH.witness/<number>`, named by the number it was created
+//! under (the fencing token of a direct grant, the ticket of a waiter, which keeps that name
+//! once granted: see [`Entry::witness_name`](crate::core::doc::Entry::witness_name); never by
+//! holder ID, which may be `../x`), locked with flock *before* the entry naming it is written
+//! (a hard link to a locked spare file of the handle, see [`super::spare`]), and records its
+//! device and inode in the entry. The kernel drops the lock when the
 //! last descriptor of that open file closes, i.e. when the holder (and any child that inherited
 //! the descriptor) is gone. So: lock held = alive; lock free (same file) = dead; file missing or
 //! replaced = no evidence; file there but not examinable = no verdict at all.
@@ -21,15 +22,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag, openat};
-use nix::sys::stat::{FileStat, fchmod, fstat, mkdirat};
-use nix::unistd::{UnlinkatFlags, unlinkat};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::dir::{Files, Want, file_id, is_regular, mode, perm_bits};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat};
+use nix::sys::stat::{FileStat, fchmod, fstat, mkdirat};
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
+
+use super::dir::{DirStatus, Files, Want, file_id, is_regular, mode, perm_bits};
 use super::lock::unlock;
+use super::spare::{Spare, Spares, is_spare_name};
 use crate::core::doc::Witness;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The witness directory of the semaphore at `path`: `PATH.witness` (for tests; the store
 /// knows it as [`Files::witness_path`]).
@@ -56,11 +60,11 @@ pub(crate) struct WitnessDir {
 ///
 /// # Errors
 ///
-/// [`Error::Untrusted`] if it is not a directory (a symlink, a file) or its owner is not
-/// trusted; [`Error::Io`].
+/// [`Error::Untrusted`](crate::Error::Untrusted) if it is not a directory (a symlink, a
+/// file) or its owner is not trusted; [`Error::Io`](crate::Error::Io).
 pub(crate) fn open_dir(
     files: &Files,
-    state_dir: &FileStat,
+    state_dir: &DirStatus<'_>,
     create: Option<u32>,
 ) -> Result<Option<WitnessDir>> {
     let name = files.witness_name.as_os_str();
@@ -98,7 +102,7 @@ pub(crate) fn open_dir(
         object,
         &stat,
         Want::Dir,
-        || Ok(*state_dir),
+        || state_dir.get(),
         super::dir::parent_dir(&files.path),
     )?;
     let mut dir = WitnessDir {
@@ -140,23 +144,29 @@ impl WitnessDir {
     }
 }
 
-/// A held witness lock. Dropping it in the process that created it unlocks and removes the
-/// file; [`WitnessLock::abandon`] leaves both alone (a forked child).
+/// A held witness lock: a [`Spare`] linked under the hold's number. Dropping it (or
+/// [`release`](WitnessLock::release)) in the process that created it removes that link and
+/// gives the spare back; [`WitnessLock::abandon`] leaves both alone (a forked child).
 pub(crate) struct WitnessLock {
-    flock: Option<Flock<File>>,
-    /// The witness directory it was created in: it is removed from there, wherever the
-    /// directory has been moved meanwhile.
-    dir: Arc<OwnedFd>,
+    /// The spare, linked in its witness directory (the link is removed from there, wherever
+    /// the directory has been moved meanwhile).
+    spare: Option<Box<Spare>>,
+    /// Where the spare goes back to.
+    spares: Arc<Spares>,
+    /// The hold's number, the link's name.
     name: OsString,
-    /// For messages.
-    path: PathBuf,
+    /// The semaphore's files, for messages.
+    files: Arc<Files>,
+    /// Whether a descriptor of it was handed out ([`inheritable`](WitnessLock::inheritable)):
+    /// then it may stay locked after the hold ends, and is never lent again.
+    handed_out: AtomicBool,
     pub record: Witness,
 }
 
 impl std::fmt::Debug for WitnessLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WitnessLock")
-            .field("path", &self.path)
+            .field("path", &self.files.witness_path.join(&self.name))
             .finish()
     }
 }
@@ -169,47 +179,46 @@ pub(crate) enum Created {
     Taken,
 }
 
-/// Creates and locks the witness file for `token` in `dir`, with exactly `file_mode` (read
-/// and write for whoever may write the state, see [`super::dir::access_mode`]).
+/// Makes the witness for `token` in `dir`: links a spare of `spares` (one with exactly
+/// `file_mode`, read and write for whoever may write the state, see
+/// [`super::dir::access_mode`]) under the token's number.
 pub(crate) fn create(
-    files: &Files,
+    files: &Arc<Files>,
+    spares: &Arc<Spares>,
     dir: &WitnessDir,
     token: u64,
     file_mode: u32,
 ) -> Result<Created> {
+    let spare = spares.take(files, dir, file_mode)?;
     let name = OsString::from(token.to_string());
-    let path = files.witness_path.join(&name);
-    let flags = OFlag::O_RDWR
-        | OFlag::O_CREAT
-        | OFlag::O_EXCL
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_NONBLOCK
-        | OFlag::O_CLOEXEC;
-    let fd = match openat(dir.fd(), name.as_os_str(), flags, mode(file_mode)) {
-        Ok(fd) => fd,
-        Err(Errno::EEXIST) => return Ok(Created::Taken),
-        Err(e) => return Err(files.io(&path, "create witness file", e)),
-    };
-    let file = File::from(fd);
-    let removing = |e: Error| {
-        let _ = unlinkat(dir.fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir);
-        e
-    };
-    let st = fstat(&file).map_err(|e| removing(files.io(&path, "stat witness file", e)))?;
-    if perm_bits(&st) != file_mode {
-        fchmod(&file, mode(file_mode))
-            .map_err(|e| removing(files.io(&path, "set the mode of", e)))?;
+    match linkat(
+        dir.fd(),
+        spare.name(),
+        dir.fd(),
+        name.as_os_str(),
+        AtFlags::empty(),
+    ) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            spares.give_back(spare);
+            return Ok(Created::Taken);
+        }
+        Err(e) => {
+            spares.give_back(spare);
+            let path = files.witness_path.join(&name);
+            return Err(files.io(&path, "create witness file", e));
+        }
     }
-    let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, errno)| removing(files.io(&path, "lock witness file", errno)))?;
+    let (dev, ino) = spare.id;
     Ok(Created::Locked(WitnessLock {
-        flock: Some(flock),
-        dir: Arc::clone(&dir.fd),
+        spare: Some(spare),
+        spares: Arc::clone(spares),
         name,
-        path,
+        files: Arc::clone(files),
+        handed_out: AtomicBool::new(false),
         record: Witness {
-            dev: file_id(&st).0,
-            ino: file_id(&st).1,
+            dev,
+            ino,
             extra: Default::default(),
         },
     }))
@@ -220,15 +229,26 @@ impl WitnessLock {
     /// the hold then stays alive while the child runs.
     pub fn inheritable(&self) -> io::Result<OwnedFd> {
         let flock = self
-            .flock
+            .spare
             .as_ref()
+            .and_then(|spare| spare.file())
             .ok_or_else(|| io::Error::other("witness already released"))?;
+        // Never lent again: the child may hold it locked after this hold ends.
+        self.handed_out.store(true, Ordering::SeqCst);
         nix::unistd::dup(flock.as_fd()).map_err(io::Error::from)
+    }
+
+    /// The locked witness file, to watch it (`None` once released).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.spare
+            .as_ref()
+            .and_then(|spare| spare.file())
+            .map(|flock| flock.as_fd())
     }
 
     /// The witness directory it is in, as named by the semaphore's path, for messages.
     pub fn dir_path(&self) -> &Path {
-        self.path.parent().unwrap_or(&self.path)
+        &self.files.witness_path
     }
 
     /// Removes the file and unlocks it (the entry naming it must already be gone or detached).
@@ -237,18 +257,24 @@ impl WitnessLock {
     }
 
     fn release_inner(&mut self) {
-        let Some(flock) = self.flock.take() else {
+        let Some(mut spare) = self.spare.take() else {
             return;
         };
         if let Err(e) = unlinkat(
-            &*self.dir,
+            &*spare.dir,
             self.name.as_os_str(),
             UnlinkatFlags::NoRemoveDir,
         ) && e != Errno::ENOENT
         {
-            tracing::warn!(witness = %self.path.display(), error = %e, "failed to remove witness file");
+            let path = self.files.witness_path.join(&self.name);
+            tracing::warn!(witness = %path.display(), error = %e, "failed to remove witness file");
+            // Whatever is left under that name must not be locked by a later hold.
+            spare.spoil();
         }
-        unlock(flock, "witness");
+        if self.handed_out.load(Ordering::SeqCst) {
+            spare.spoil();
+        }
+        self.spares.give_back(spare);
     }
 
     /// Unlocks the witness but leaves its file in place, for an entry that may still be on
@@ -256,16 +282,23 @@ impl WitnessLock {
     /// dead to whoever looks next, who reaps it and then removes the file. Dropping the
     /// witness instead removes the file first, and a missing witness proves nothing.
     pub fn unlock_keeping_file(mut self) {
-        if let Some(flock) = self.flock.take() {
-            unlock(flock, "witness");
+        if let Some(spare) = self.spare.take() {
+            // Its spare name goes, so that the file is only the evidence it must be.
+            match unlinkat(&*spare.dir, spare.name(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => {
+                    tracing::warn!(witness = ?spare.name(), error = %e, "failed to remove a spare witness name")
+                }
+            }
+            spare.unlock_keeping_name();
         }
     }
 
     /// Leaves the lock and the file alone (in a forked child, whose parent owns the hold):
     /// unlocking here would unlock the parent's witness too, as both share one open file.
     pub fn abandon(mut self) {
-        if let Some(flock) = self.flock.take() {
-            std::mem::forget(flock);
+        if let Some(spare) = self.spare.take() {
+            spare.abandon();
         }
     }
 }
@@ -273,6 +306,26 @@ impl WitnessLock {
 impl Drop for WitnessLock {
     fn drop(&mut self) {
         self.release_inner();
+    }
+}
+
+/// Tells the waiter whose witness is named `number` in `dir` that its entry changed (granted,
+/// removed, or now the head of the queue): sets the file's times to now, which raises
+/// `IN_ATTRIB` on the watch its waiter keeps on it (see [`super::notify`]). A symlink planted
+/// at that name is not followed. A failure is only logged: the waiter's timer stands in.
+pub(crate) fn touch(dir: BorrowedFd<'_>, number: u64) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let name = number.to_string();
+    let now = TimeSpec::UTIME_NOW;
+    if let Err(e) = utimensat(
+        dir,
+        name.as_str(),
+        &now,
+        &now,
+        UtimensatFlags::NoFollowSymlink,
+    ) {
+        tracing::debug!(witness = %name, error = %e, "could not touch a waiter's witness");
     }
 }
 
@@ -419,12 +472,15 @@ fn remove_if_free(files: &Files, dir: &WitnessDir, name: &OsStr, expect: Option<
 }
 
 /// Logs entries that were reaped (their removal is on disk) and deletes their witness files
-/// if nobody holds them. Called under the state lock, with the witness directory if it exists.
+/// if nobody holds them, and then the spares nobody holds: a process judged dead by its
+/// witness left its spares too (see [`super::spare`]). Called under the state lock, with the
+/// witness directory if it exists.
 pub(crate) fn forget_reaped(
     files: &Files,
     dir: Option<&WitnessDir>,
     reaped: &[crate::core::rules::Removed],
 ) {
+    let mut witnesses = false;
     for r in reaped {
         tracing::info!(
             path = %files.path.display(),
@@ -439,31 +495,57 @@ pub(crate) fn forget_reaped(
             (dir, r.entry.witness_name(), &r.entry.witness)
         {
             remove_if_free(files, dir, OsStr::new(&name.to_string()), Some(record));
+            witnesses = true;
+        }
+    }
+    if let Some(dir) = dir.filter(|_| witnesses) {
+        remove_free_spares(files, dir);
+    }
+}
+
+/// Removes the spares in `dir` that nobody holds (see [`remove_if_free`] for which files are
+/// ours to remove). Failures are logged: the next cleanup tries again.
+fn remove_free_spares(files: &Files, dir: &WitnessDir) {
+    use std::os::unix::ffi::OsStrExt;
+    let names = match super::dir::names_in(dir.fd()) {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::debug!(dir = %files.witness_path.display(), error = %e, "cannot list the witness directory for spares");
+            return;
+        }
+    };
+    for name in names.iter().filter(|n| is_spare_name(n.as_bytes())) {
+        if remove_if_free(files, dir, name, None) {
+            tracing::info!(path = %files.path.display(), file = %files.witness_path.join(name).display(), "removed a spare witness file of a dead process");
         }
     }
 }
 
 /// Removes witness files no entry refers to and nobody holds (left by a process killed between
-/// creating its witness and writing its entry, or by reaped holders): only files named by a
-/// number, regular, of a trusted owner. `live_tokens` are the names entries on file refer to
-/// ([`Entry::witness_name`](crate::core::doc::Entry::witness_name)). Call under the state lock.
-/// Returns the paths removed.
+/// creating its witness and writing its entry, or by reaped holders), and spares nobody holds
+/// (left by killed processes, see [`super::spare`]): only files named by a number or exactly
+/// as a spare, regular, of a trusted owner. `live_tokens` are the names entries on file refer
+/// to ([`Entry::witness_name`](crate::core::doc::Entry::witness_name)). Call under the state
+/// lock. Returns the paths removed.
 pub(crate) fn remove_orphans(
     files: &Files,
     dir: &WitnessDir,
     live_tokens: &[u64],
 ) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
     let names = super::dir::names_in(dir.fd())
         .map_err(|e| files.io(&files.witness_path, "list the witness directory", e))?;
     let mut removed = Vec::new();
     for name in names {
-        let Some(token) = name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
-            continue;
+        let orphan = if is_spare_name(name.as_bytes()) {
+            true
+        } else {
+            let Some(token) = name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
+                continue;
+            };
+            !live_tokens.contains(&token) && name.to_str() == Some(token.to_string().as_str())
         };
-        if live_tokens.contains(&token) || name.to_str() != Some(token.to_string().as_str()) {
-            continue;
-        }
-        if remove_if_free(files, dir, &name, None) {
+        if orphan && remove_if_free(files, dir, &name, None) {
             removed.push(files.witness_path.join(&name));
         }
     }
@@ -473,14 +555,17 @@ pub(crate) fn remove_orphans(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use std::fs;
 
-    fn files(dir: &Path) -> Files {
-        Files::open(
-            &dir.join("s.json"),
-            crate::store::file::dir::Trust::new(&[]),
+    fn files(dir: &Path) -> Arc<Files> {
+        Arc::new(
+            Files::open(
+                &dir.join("s.json"),
+                crate::store::file::dir::Trust::new(&[]),
+            )
+            .unwrap(),
         )
-        .unwrap()
     }
 
     fn probe_now(files: &Files, token: u64, record: &Witness) -> Probe {
@@ -495,16 +580,17 @@ mod tests {
         // Held means alive, free means dead, a replaced file is no evidence.
         let tmp = tempfile::tempdir().unwrap();
         let files = files(tmp.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let dir = open_dir(&files, &st, Some(0o711)).unwrap().unwrap();
         assert!(dir.created);
-        let Created::Locked(lock) = create(&files, &dir, 7, 0o600).unwrap() else {
+        let spares = Arc::new(Spares::default());
+        let Created::Locked(lock) = create(&files, &spares, &dir, 7, 0o600).unwrap() else {
             panic!("token 7 should be free");
         };
         let record = lock.record.clone();
         assert_eq!(probe_now(&files, 7, &record), Probe::Held);
         assert!(matches!(
-            create(&files, &dir, 7, 0o600).unwrap(),
+            create(&files, &spares, &dir, 7, 0o600).unwrap(),
             Created::Taken
         ));
         let fd = lock.inheritable().unwrap();
@@ -539,9 +625,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let files = files(tmp.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let dir = open_dir(&files, &st, Some(0o771)).unwrap().unwrap();
-        let Created::Locked(lock) = create(&files, &dir, 3, 0o660).unwrap() else {
+        let spares = Arc::new(Spares::default());
+        let Created::Locked(lock) = create(&files, &spares, &dir, 3, 0o660).unwrap() else {
             panic!("token 3 should be free");
         };
         let mode_of = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
@@ -556,7 +643,7 @@ mod tests {
         // nothing created or removed through it.
         let tmp = tempfile::tempdir().unwrap();
         let files = files(tmp.path());
-        let st = files.dir_stat().unwrap();
+        let st = DirStatus::new(&files);
         let victim = tmp.path().join("victim");
         fs::create_dir(&victim).unwrap();
         fs::write(victim.join("1"), b"precious").unwrap();
@@ -588,5 +675,187 @@ mod tests {
             }
             other => panic!("expected Untrusted, got {:?}", other.map(|d| d.is_some())),
         }
+    }
+
+    /// The names in the witness directory, sorted, spares as `spare`.
+    fn names(files: &Files) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&files.witness_path)
+            .unwrap()
+            .map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                if is_spare_name(name.as_bytes()) {
+                    "spare".to_string()
+                } else {
+                    name
+                }
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn witness(files: &Arc<Files>, spares: &Arc<Spares>, dir: &WitnessDir, n: u64) -> WitnessLock {
+        match create(files, spares, dir, n, 0o600).unwrap() {
+            Created::Locked(lock) => lock,
+            Created::Taken => panic!("{n} is taken"),
+        }
+    }
+
+    #[test]
+    fn an_ended_hold_lends_its_locked_file_to_the_next_under_the_next_number() {
+        // The link under the old number goes with the hold; the file, still locked, becomes
+        // the next hold's witness: held, under its own number, and the old number is no
+        // evidence of anything any more.
+        let tmp = tempfile::tempdir().unwrap();
+        let files = files(tmp.path());
+        let dir = open_dir(&files, &DirStatus::new(&files), Some(0o711))
+            .unwrap()
+            .unwrap();
+        let spares = Arc::new(Spares::default());
+        let first = witness(&files, &spares, &dir, 7);
+        let record = first.record.clone();
+        assert_eq!(names(&files), ["7", "spare"]);
+        first.release();
+        assert_eq!(names(&files), ["spare"]);
+        assert_eq!(probe_now(&files, 7, &record), Probe::Missing);
+        let second = witness(&files, &spares, &dir, 8);
+        assert_eq!(second.record, record, "the same file, lent again");
+        assert_eq!(probe_now(&files, 8, &second.record), Probe::Held);
+        assert_eq!(probe_now(&files, 7, &record), Probe::Missing);
+        // Two holds at once get two files.
+        let third = witness(&files, &spares, &dir, 9);
+        assert_ne!(third.record, second.record);
+        assert_eq!(names(&files), ["8", "9", "spare", "spare"]);
+        drop((second, third));
+        assert_eq!(names(&files), ["spare", "spare"]);
+        drop(spares);
+        assert_eq!(
+            names(&files),
+            Vec::<String>::new(),
+            "a dropped handle's spares go"
+        );
+    }
+
+    #[test]
+    fn a_witness_handed_out_or_left_as_evidence_is_never_lent_again() {
+        // A child may hold an inherited witness after the hold ended; a witness unlocked as
+        // evidence of death must stay exactly that: neither may become another hold's.
+        let tmp = tempfile::tempdir().unwrap();
+        let files = files(tmp.path());
+        let dir = open_dir(&files, &DirStatus::new(&files), Some(0o711))
+            .unwrap()
+            .unwrap();
+        let spares = Arc::new(Spares::default());
+        let inherited = witness(&files, &spares, &dir, 1);
+        let handed = inherited.record.clone();
+        // The child's copy stays open (its inode cannot be reused meanwhile).
+        let child_copy = inherited.inheritable().unwrap();
+        inherited.release();
+        assert_eq!(names(&files), Vec::<String>::new(), "retired, not kept");
+        let next = witness(&files, &spares, &dir, 2);
+        assert_ne!(next.record, handed);
+        drop(child_copy);
+
+        let evidence = next.record.clone();
+        next.unlock_keeping_file();
+        assert_eq!(names(&files), ["2"], "only the evidence is left");
+        assert_eq!(probe_now(&files, 2, &evidence), Probe::Free);
+        let after = witness(&files, &spares, &dir, 3);
+        assert_ne!(after.record, evidence);
+        assert_eq!(probe_now(&files, 2, &evidence), Probe::Free, "still free");
+        drop(after);
+        assert_eq!(
+            remove_orphans(&files, &dir, &[]).unwrap(),
+            vec![files.witness_path.join("2")]
+        );
+    }
+
+    #[test]
+    fn cleanup_removes_free_spares_and_only_files_named_exactly_as_spares() {
+        // A killed process's spares are unlocked and named by no entry: the next cleanup
+        // removes them. A live handle's spares are locked and stay; names that only look
+        // alike, and anything that is not a regular file, stay.
+        let tmp = tempfile::tempdir().unwrap();
+        let files = files(tmp.path());
+        let dir = open_dir(&files, &DirStatus::new(&files), Some(0o711))
+            .unwrap()
+            .unwrap();
+        let spares = Arc::new(Spares::default());
+        drop(witness(&files, &spares, &dir, 1));
+        let wdir = &files.witness_path;
+        for name in [
+            "spare-00000000000000aa",
+            "spare-00000000000000AB",
+            "spare-x",
+            "spare",
+        ] {
+            fs::write(wdir.join(name), b"").unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/hostname", wdir.join("spare-00000000000000bb")).unwrap();
+        let removed = remove_orphans(&files, &dir, &[]).unwrap();
+        assert_eq!(removed, vec![wdir.join("spare-00000000000000aa")]);
+        let mut left: Vec<String> = fs::read_dir(wdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !is_spare_name(n.as_bytes()) || n == "spare-00000000000000bb")
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "spare",
+                "spare-00000000000000AB",
+                "spare-00000000000000bb",
+                "spare-x"
+            ]
+        );
+        assert_eq!(
+            names(&files).iter().filter(|n| *n == "spare").count(),
+            3,
+            "the live spare stays"
+        );
+    }
+
+    #[test]
+    #[allow(unsafe_code)] // Reviewed: fork in a test; the child drops a witness, then _exit.
+    fn after_a_fork_neither_process_lends_or_ends_a_spare_made_before_it() {
+        // A spare made before a fork is shared with the child (one open file, one lock): a
+        // hold lent it after the fork would look alive while the child lives. The parent
+        // makes new ones; the child leaves the parent's alone.
+        use nix::sys::wait::{WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+        let tmp = tempfile::tempdir().unwrap();
+        let files = files(tmp.path());
+        let dir = open_dir(&files, &DirStatus::new(&files), Some(0o711))
+            .unwrap()
+            .unwrap();
+        let spares = Arc::new(Spares::default());
+        let held = witness(&files, &spares, &dir, 1);
+        drop(witness(&files, &spares, &dir, 2));
+        let before = names(&files);
+        // SAFETY: the child drops what it inherited and calls _exit.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                held.abandon();
+                drop(spares);
+                unsafe { libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
+        }
+        assert_eq!(names(&files), before, "the child removed nothing");
+        assert_eq!(
+            probe_now(&files, 1, &held.record),
+            Probe::Held,
+            "nor unlocked"
+        );
+        let old = held.record.clone();
+        // Kept open, so that its inode number is not given to the next file.
+        let _pinned = fs::File::open(files.witness_path.join("1")).unwrap();
+        held.release();
+        let next = witness(&files, &spares, &dir, 3);
+        assert_ne!(next.record, old, "no spare from before the fork is lent");
+        assert_eq!(probe_now(&files, 3, &next.record), Probe::Held);
     }
 }

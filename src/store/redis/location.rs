@@ -25,15 +25,17 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 /// The port Redis listens on unless told otherwise.
 pub(crate) const DEFAULT_PORT: u16 = 6379;
 
-/// Bytes escaped in the display form of a key, user name or host: controls, space, and the
-/// characters that delimit the parts of the URL.
+/// Bytes escaped in the display form of a user name or host: controls, space, and the
+/// characters that delimit the parts of the URL. `/` too: unescaped, it would end the
+/// authority there, and the display form (`FILESEM_PATH` of the CLI) would name another host.
 const ESCAPE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'%')
     .add(b'?')
     .add(b'#')
     .add(b'@')
-    .add(b':');
+    .add(b':')
+    .add(b'/');
 
 /// The same for a key, where `/` and `:` stay as they are.
 const ESCAPE_KEY: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'?').add(b'#');
@@ -377,6 +379,23 @@ mod tests {
             let again = Location::parse(&l.to_string()).unwrap();
             assert_eq!(again, l, "{input} -> {l}");
         }
+    }
+
+    #[test]
+    fn a_user_or_host_with_a_slash_is_escaped_and_parses_back_to_the_same_server() {
+        // An ACL user `ci/runner`: the display form must not end the authority at its `/`
+        // (it would name host `ci`, and a password would go there).
+        let l = Location::parse("redis://ci%2Frunner:pw@cache:6380/2/k").unwrap();
+        assert_eq!(l.user.as_deref(), Some("ci/runner"));
+        assert_eq!(l.to_string(), "redis://ci%2Frunner:***@cache:6380/2/k");
+        let again = Location::parse(&l.to_string()).unwrap();
+        assert_eq!(
+            (again.user, again.host, again.port, again.db, again.key),
+            (l.user, l.host, l.port, l.db, l.key)
+        );
+        let l = Location::parse("redis://a%2Fb/k").unwrap();
+        assert_eq!(l.to_string(), "redis://a%2Fb:6379/0/k");
+        assert_eq!(Location::parse(&l.to_string()).unwrap(), l);
     }
 
     #[test]

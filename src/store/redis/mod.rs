@@ -27,7 +27,9 @@
 //! - `step_with(wait, create, rule)`: [`Engine::step`](engine::Engine::step) with the
 //!   deadline of `wait` (the call's, or the handle's lock timeout from now), and as its
 //!   closure: parse the bytes (`None` with `create` is `Document::new(capacity)`, without it
-//!   `Error::NotFound`; garbage or a value over 64 MiB is `Error::Corrupt`), build a
+//!   `Error::NotFound`; garbage or a value over 64 MiB is `Error::Corrupt`), raise the
+//!   token counter to the server's clock in microseconds (the key may be older than the
+//!   last tokens handed out, or forgotten: see the crate docs), build a
 //!   [`StepContext`](super::StepContext) with `now` = the server's time, run the rule
 //!   (already wrapped by the shared step code), and answer `Decision::Write(doc.to_bytes(),
 //!   value)` or `Decision::NoChange(value)`. The rule is `FnMut`, so a lost race simply runs
@@ -37,7 +39,8 @@
 //!   exhausted) and record an owner for display (host, pid); no witness, so nothing to keep.
 //! - The judge judges nothing (every entry it is asked about is unknown): every hold and
 //!   waiter carries a lease, judged on the server's clock by the core's verdict, and
-//!   `Store::imposed_lease` returns the store's default lease.
+//!   `Store::imposed_lease` returns the store's default lease; `Store::waiter_expiry` gives
+//!   a waiter its acquire's lease as its expiry in the queue.
 //! - `snapshot()`: [`Engine::snapshot`](engine::Engine::snapshot), `now` = the server's time.
 //! - `waker()`: a doorbell of the handle's [`Subscriber`](subscriber::Subscriber), which the
 //!   first wait starts; the doorbell is registered before the waiter's first look, so every

@@ -199,6 +199,16 @@ impl RedisStore {
                     Ok(parsed) => parsed,
                     Err(e) => return Decision::Abort(e),
                 };
+                // Never a token below the server's clock in microseconds. The key may be an
+                // older value than the one the last tokens came from (a server restarted
+                // from an older snapshot, a failover to a replica that lacked the last
+                // writes), or missing although a semaphore was here (a restart without
+                // persistence, `FLUSHDB`, an eviction, `DEL`), while holders still fence
+                // with those tokens. Each was at most the clock of its grant (the counter
+                // takes one number per write of at least a microsecond), so a later clock
+                // is above them all.
+                let floor = token_floor(b"", now);
+                doc.next_token = Some(doc.next_token.map_or(floor, |next| next.max(floor)));
                 let mut cx = StepContext {
                     now,
                     created,

@@ -79,6 +79,8 @@ impl RedisWaker {
                 let changed = rung && self.bell.as_ref().is_some_and(Doorbell::take);
                 Woke {
                     changed,
+                    // A notice says nothing of what changed: judge the entries at every look.
+                    died: changed,
                     cancelled,
                     lost: false,
                 }
