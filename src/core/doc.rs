@@ -286,6 +286,15 @@ mod tests {
                 "{\"capacity\": 1, \"holders\": [{\"id\": \"a\", \"acquired_at\": \"yesterday\"}]}",
                 "input",
             ),
+            // Valid for chrono's lenient reader, not RFC 3339: written back, Go could not read it.
+            (
+                "{\"capacity\": 1, \"holders\": [{\"id\": \"a\", \"acquired_at\": \"-1970-01-02T00:00:00Z\"}]}",
+                "is not an RFC 3339 time",
+            ),
+            (
+                "{\"capacity\": 1, \"holders\": [{\"id\": \"a\", \"acquired_at\": \"2024-01-01T10:00:00Z\", \"expires_at\": \"+12024-01-01T10:00:00Z\"}]}",
+                "is not an RFC 3339 time",
+            ),
             (
                 "{\"capacity\": 1, \"holders\": [], \"waiters\": [{\"id\": \"w\", \"acquired_at\": \"2024-01-01T10:00:00Z\", \"ticket\": 9007199254740992}]}",
                 "ticket Some(9007199254740992), above 2^53 - 1",

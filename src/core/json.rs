@@ -114,6 +114,20 @@ impl<'de> Deserialize<'de> for GoString {
     }
 }
 
+/// A time as RFC 3339 requires it (years 0000 to 9999, a `T`, an offset), as the Go package
+/// reads and writes it. chrono's own deserializer is more lenient (a year `-1970` or `+12345`),
+/// and such a time, written back, would make the file unreadable for Go.
+struct Rfc3339(DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for Rfc3339 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rfc3339, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| Rfc3339(t.to_utc()))
+            .map_err(|e| de::Error::custom(format_args!("{text:?} is not an RFC 3339 time: {e}")))
+    }
+}
+
 /// A string's metadata map, with keys and values read as [`GoString`]s.
 struct GoStringMap(BTreeMap<String, String>);
 
@@ -302,13 +316,13 @@ impl<'de> Visitor<'de> for EntryVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Entry, A::Error> {
         let mut id: Option<GoString> = None;
-        let mut acquired_at = None;
+        let mut acquired_at: Option<Rfc3339> = None;
         let mut token: Option<Option<u64>> = None;
         let mut ticket: Option<Option<u64>> = None;
         let mut slot: Option<Option<u32>> = None;
         let mut owner: Option<Option<Owner>> = None;
         let mut witness: Option<Option<Witness>> = None;
-        let mut expires_at: Option<Option<DateTime<Utc>>> = None;
+        let mut expires_at: Option<Option<Rfc3339>> = None;
         let mut lease_ms: Option<Option<u64>> = None;
         let mut detached = None;
         // Read wider than it is kept, so that a priority outside 32 bits is named as such.
@@ -347,13 +361,15 @@ impl<'de> Visitor<'de> for EntryVisitor {
             .transpose()?;
         Ok(Entry {
             id: id.ok_or_else(|| de::Error::missing_field("id"))?.0,
-            acquired_at: acquired_at.ok_or_else(|| de::Error::missing_field("acquired_at"))?,
+            acquired_at: acquired_at
+                .ok_or_else(|| de::Error::missing_field("acquired_at"))?
+                .0,
             token: token.flatten(),
             ticket: ticket.flatten(),
             slot: slot.flatten(),
             owner: owner.flatten(),
             witness: witness.flatten(),
-            expires_at: expires_at.flatten(),
+            expires_at: expires_at.flatten().map(|t| t.0),
             lease_ms: lease_ms.flatten(),
             detached: detached.unwrap_or(false),
             priority,
