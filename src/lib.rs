@@ -335,6 +335,13 @@
 //!   `select!`, an aborted task) leaves the queue; a slot handed over as it was dropped is
 //!   released and handed on, never leaked. A step already started finishes on the step
 //!   thread (see `AsyncSemaphore`, "Cancel safety").
+//! - **A timeout bounds the whole call**, as in the blocking API, even while an earlier step
+//!   of the same handle (one without a deadline, or another task's) waits for the lock a
+//!   stopped process holds: a step of the acquire that has not started at its deadline,
+//!   while the step ahead of it has run for 20 ms or more, is given up, and the call returns
+//!   `Error::Timeout` within a few tens of milliseconds of its deadline. The given-up step
+//!   never runs; its queue entry is dropped on the step thread when its turn comes, as for a
+//!   dropped acquire future (see `AsyncSemaphore::acquire_with`, "Deadlines").
 //!
 //! ```
 //! # #[cfg(feature = "tokio")]

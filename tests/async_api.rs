@@ -255,6 +255,7 @@ fn threads() -> usize {
 async fn serve_in_order(sem: &AsyncSemaphore, n: usize) -> (Vec<(usize, u64)>, usize) {
     let holder = sem.try_acquire("holder").await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let (task_sem, tx) = (sem.clone(), tx.clone());
         // Told once the task is queued, so that the next one queues behind it.
@@ -265,14 +266,14 @@ async fn serve_in_order(sem: &AsyncSemaphore, n: usize) -> (Vec<(usize, u64)>, u
                 let _ = tx.send(());
             }
         });
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let permit = task_sem
                 .acquire_with(&format!("task-{i}"), &opts)
                 .await
                 .unwrap();
             tx.send((i, permit.token())).unwrap();
             permit.release().await.unwrap();
-        });
+        }));
         tokio::time::timeout(DEADLINE, queued_rx)
             .await
             .unwrap()
@@ -288,6 +289,11 @@ async fn serve_in_order(sem: &AsyncSemaphore, n: usize) -> (Vec<(usize, u64)>, u
             .unwrap()
             .unwrap();
         order.push(got);
+    }
+    // Each task releases after it reported its grant: the last release is done once every
+    // task has ended.
+    for task in tasks {
+        tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
     }
     (order, waiting_threads)
 }

@@ -5,16 +5,22 @@
 //!
 //! The parent re-executes this test binary (the ignored test `child_process`) once per
 //! worker process; every process says `ready`, waits for `go`, runs its cycles and reports.
+//!
+//! An async acquire's timeout bounds the whole call even while a step of the same handle
+//! waits for the state lock a stopped process holds: the acquire's own steps, queued behind
+//! that one on the handle's step thread, are given up at its deadline, and nothing is left
+//! on file. No timing is asserted except a generous upper bound that tells "kept its
+//! deadline" from "waited for the 10 s lock timeout".
 
 mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::witness::Witness;
 use common::{ChildSpec, Group, arg, say};
-use filesem::{AsyncSemaphore, OpenOptions};
+use filesem::{AsyncSemaphore, Error, OpenOptions};
 
 /// Tasks (or threads) per worker process, and cycles of each.
 const PER_PROCESS: usize = 6;
@@ -257,6 +263,141 @@ fn report(results: Vec<Outcome>) {
     say(format!("tokens {}", list.join(" ")));
 }
 
+/// The lock timeout of the deadline test: long, so that a call that waited for it is told
+/// apart from one that kept its deadline.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much later than its deadline an acquire may return in the deadline test: far more
+/// than the few milliseconds it takes even on a loaded machine, far less than the lock
+/// timeout.
+const OVERRUN: Duration = Duration::from_secs(4);
+
+/// Awaits `f`, failing the test after 30 s: nothing here may hang.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within 30 s"))
+}
+
+/// Polls `f` once: whether it is still pending.
+async fn pending<F: std::future::Future + Unpin>(f: &mut F) -> bool {
+    tokio::select! {
+        biased;
+        _ = f => false,
+        () = std::future::ready(()) => true,
+    }
+}
+
+/// An acquire's outcome and how long it took.
+type Timed = (filesem::Result<filesem::AsyncPermit>, Duration);
+
+/// Asserts that a timed acquire with `timeout` ended with `Error::Timeout` after its
+/// deadline and before the lock timeout could have passed.
+fn assert_kept_deadline(what: &str, (result, took): &Timed, timeout: Duration) {
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "{what}: {result:?} after {took:?}"
+    );
+    assert!(
+        *took >= timeout,
+        "{what} returned before its deadline: {took:?}"
+    );
+    assert!(
+        *took < timeout + OVERRUN,
+        "{what} waited {took:?}, past its {timeout:?} deadline (for the lock timeout?)"
+    );
+}
+
+#[test]
+fn async_acquires_end_at_their_deadline_while_a_step_of_their_handle_waits_for_a_stopped_lock_holder()
+ {
+    // A handle's steps run one at a time: with one step (no deadline) waiting for the lock
+    // a stopped process holds, a queued acquire and a new one still end with Timeout by
+    // their deadlines, leave no queue entry and leak no slot.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("sem.json");
+    let mut group = Group::new();
+    let locker = group.spawn(
+        ChildSpec::new("locker", "child_process", "lock")
+            .arg("LOCK", path.with_extension("json.lock").display()),
+    );
+    group.expect(locker, "ready", common::deadline(30));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut options = OpenOptions::new();
+        options.durable(false).lock_timeout(LOCK_TIMEOUT);
+        let sem = AsyncSemaphore::open_with(&options, &path, 1).await.unwrap();
+        let held = sem.try_acquire("holder").await.unwrap();
+        // Queued while the lock is free; its deadline comes while the lock is held.
+        let queued_timeout = Duration::from_secs(3);
+        let queued = {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let r = sem.acquire_timeout("queued", queued_timeout).await;
+                (r, start.elapsed())
+            })
+        };
+        loop {
+            let waiters = sem.waiters().await.unwrap();
+            if waiters.iter().any(|w| w.id == "queued") {
+                break;
+            }
+            assert!(!queued.is_finished(), "the acquire ended before it queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        group.send(locker, "lock");
+        group.expect(locker, "locked", common::deadline(30));
+        common::stop_process(group.pid(locker));
+        // Holds the step thread until the lock frees or the lock timeout passes; its step is
+        // sent at the first poll, before the new acquire's.
+        let mut stuck = Box::pin(sem.set_capacity(1));
+        assert!(pending(&mut stuck).await, "the held-up step ended at once");
+        // Its first step queues behind the held-up one.
+        let new_timeout = Duration::from_secs(1);
+        let start = Instant::now();
+        let new = sem.acquire_timeout("new", new_timeout).await;
+        let new = (new, start.elapsed());
+        let queued = within("the queued acquire", queued).await.unwrap();
+        assert!(
+            pending(&mut stuck).await,
+            "the held-up step ended before the acquires did"
+        );
+        assert_kept_deadline("the new acquire", &new, new_timeout);
+        assert_kept_deadline("the queued acquire", &queued, queued_timeout);
+        // SIGKILL ends the stopped process; the kernel frees its lock.
+        group.kill(locker, common::deadline(30));
+        within("the held-up step", stuck).await.unwrap();
+        // Steps run in order: this one runs after the given-up steps were dropped.
+        sem.set_capacity(1).await.unwrap();
+        let waiters: Vec<String> = sem
+            .waiters()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        assert!(waiters.is_empty(), "left in the queue: {waiters:?}");
+        let holders: Vec<String> = sem
+            .holders()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(holders, ["holder"]);
+        held.release().await.unwrap();
+        let after = sem.try_acquire("after").await.unwrap();
+        assert_eq!(sem.count().await.unwrap(), 1);
+        after.release().await.unwrap();
+        assert_eq!(sem.available().await.unwrap(), 1);
+    });
+}
+
 #[test]
 #[ignore = "a child-process role, started by the other tests in this file"]
 fn child_process() {
@@ -264,6 +405,22 @@ fn child_process() {
     match common::role().as_deref() {
         Some("async") => async_worker(),
         Some("blocking") => blocking_worker(),
+        Some("lock") => {
+            // Takes the flock on `PATH.lock` when told, as a process inside its critical
+            // section, and holds it until killed or told.
+            say("ready");
+            assert_eq!(common::wait_for_parent(), "lock");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(arg("LOCK"))
+                .unwrap();
+            let _held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .unwrap();
+            say("locked");
+            common::wait_for_parent();
+        }
         Some(other) => panic!("unknown role {other}"),
         None => {}
     }

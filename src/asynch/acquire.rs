@@ -42,15 +42,20 @@ pub(crate) async fn acquire(
     let call = Arc::new((id, options));
     // Watching starts before the step that may queue, so no change after it is missed.
     let mut watch = shared.hub.subscribe(&sem, &shared.runner);
+    let late = || Error::Timeout {
+        path: path.clone(),
+        waited: start.elapsed(),
+    };
     let joined = {
         let (sem, call) = (sem.clone(), Arc::clone(&call));
         steps
-            .run(&path, move || {
+            .run_by(&path, deadline, move || {
                 let (id, options) = &*call;
                 sem.check_request(id, options)?;
                 wait::join(&sem, id, options, start)
             })
             .await?
+            .ok_or_else(late)?
     };
     let mut queued = match joined {
         Joined::Granted(permit) => return Ok(AsyncPermit::new(permit, handle.clone())),
@@ -64,12 +69,21 @@ pub(crate) async fn acquire(
         let (id, options) = &*call;
         wait::request(&sem, id, options).waiter_expiry
     };
+    // Each step after the first: not started at the deadline while an earlier step of the
+    // handle is held up, it is given up (`Error::Timeout`), as `with_queued` says.
+    let at = Call {
+        steps,
+        sem: &sem,
+        call: &call,
+        start,
+        deadline,
+    };
     let listed = shared
         .hub
         .list(&queued.get().expect("kept between steps").mine, expiry);
     loop {
         if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-            let left = with_queued(steps, &sem, &call, &mut queued, |q, _| q.leave(false)).await?;
+            let left = with_queued(&at, &mut queued, |q, _| q.leave(false)).await?;
             left?;
             return Err(Error::Cancelled { path });
         }
@@ -78,7 +92,7 @@ pub(crate) async fn acquire(
                 path: path.clone(),
                 waited: start.elapsed(),
             };
-            let permit = with_queued(steps, &sem, &call, &mut queued, move |q, req| {
+            let permit = with_queued(&at, &mut queued, move |q, req| {
                 q.time_out(req, start, timeout)
             })
             .await??;
@@ -100,7 +114,7 @@ pub(crate) async fn acquire(
                             sent: look.sent,
                             now: look.now,
                         };
-                        let permit = with_queued(steps, &sem, &call, &mut queued, move |q, req| {
+                        let permit = with_queued(&at, &mut queued, move |q, req| {
                             q.granted(req, grant, None, start, seen)
                         })
                         .await??;
@@ -125,7 +139,7 @@ pub(crate) async fn acquire(
             _ => {}
         }
         if step {
-            let waiting = with_queued(steps, &sem, &call, &mut queued, move |q, req| {
+            let waiting = with_queued(&at, &mut queued, move |q, req| {
                 q.step_once(req, false, start)
             })
             .await??;
@@ -168,31 +182,52 @@ async fn sleep_until(until: Option<Instant>) {
     }
 }
 
+/// What every step of a queued call needs.
+struct Call<'a> {
+    steps: &'a Lane,
+    sem: &'a Semaphore,
+    call: &'a Arc<(String, AcquireOptions)>,
+    start: Instant,
+    deadline: Option<Instant>,
+}
+
 /// Runs `f` on the queue entry of the call on the step thread, with the call's request,
 /// and puts the entry back. If the future is dropped meanwhile, the entry is dropped on the
 /// thread (leaving the queue), and so is what `f` returned (a permit is released).
 ///
+/// With a deadline, the step is given up if it has not started by then (or by now, for a
+/// step sent after it) while an earlier step of the handle is held up (one without a
+/// deadline waiting for a lock held by a stopped process may wait up to the lock timeout):
+/// the entry is then dropped on the thread when its turn comes, exactly as if the acquire's
+/// future had been dropped, and the call ends with [`Error::Timeout`] at once.
+///
 /// # Errors
 ///
-/// [`Error::Io`] if the step thread is gone.
+/// [`Error::Timeout`] when the step was given up; [`Error::Io`] if the step thread is gone.
 async fn with_queued<R: Send + 'static>(
-    steps: &Lane,
-    sem: &Semaphore,
-    call: &Arc<(String, AcquireOptions)>,
+    at: &Call<'_>,
     queued: &mut OffThread<Queued>,
     f: impl FnOnce(&mut Queued, &crate::core::queue::Request<'_>) -> R + Send + 'static,
 ) -> Result<R> {
     let mut entry = queued.take().expect("kept between steps");
-    let (sem, call) = (sem.clone(), Arc::clone(call));
+    let (sem, call) = (at.sem.clone(), Arc::clone(at.call));
     let path = sem.path().to_path_buf();
-    let (entry, out) = steps
-        .run(&path, move || {
+    let start_by = at.deadline.map(|d| d.max(Instant::now()));
+    let stepped = at
+        .steps
+        .run_by(&path, start_by, move || {
             let (id, options) = &*call;
             let req = wait::request(&sem, id, options);
             let out = f(&mut entry, &req);
             Ok((entry, out))
         })
         .await?;
-    *queued = OffThread::new(entry, steps.clone());
+    let Some((entry, out)) = stepped else {
+        return Err(Error::Timeout {
+            path,
+            waited: at.start.elapsed(),
+        });
+    };
+    *queued = OffThread::new(entry, at.steps.clone());
     Ok(out)
 }

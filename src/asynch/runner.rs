@@ -22,7 +22,9 @@
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -34,24 +36,56 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Clone, Debug)]
 pub(crate) struct Lane {
     jobs: mpsc::Sender<Job>,
+    /// When the job running now started ([`stamp`]); 0 while the thread is between jobs.
+    running: Arc<AtomicU64>,
+}
+
+/// How long the job running on a lane must have run for a deadline-bound job queued behind
+/// it to be given up ([`Lane::run_by`]): longer than a step takes when nothing holds it up
+/// (a read and a write of the state file), shorter than "a few milliseconds past the
+/// deadline" by much more than the blocking API is late.
+pub(crate) const STUCK: Duration = Duration::from_millis(20);
+
+/// The job states of [`Lane::run_by`].
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// `at` as nanoseconds after the first stamp of the process, plus one (never 0, which means
+/// "between jobs").
+fn stamp(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX - 1) + 1
 }
 
 impl Lane {
     /// Starts the thread `name`; its queue closes once every clone of the lane is gone.
     fn start(name: &str) -> io::Result<Lane> {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let running = Arc::new(AtomicU64::new(0));
+        let now_running = Arc::clone(&running);
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 while let Some(job) = next(&queue) {
+                    now_running.store(stamp(Instant::now()), Ordering::SeqCst);
                     // A job's own panic is caught by `run` and resumed in its caller; a
                     // drop that panics (none should) must not end the thread of the others.
                     if catch_unwind(AssertUnwindSafe(job)).is_err() {
                         tracing::warn!("a job of an async handle's thread panicked");
                     }
+                    now_running.store(0, Ordering::SeqCst);
                 }
             })?;
-        Ok(Lane { jobs })
+        Ok(Lane { jobs, running })
+    }
+
+    /// Whether the job running now has run for [`STUCK`] or longer (waiting for a lock
+    /// another process holds, typically).
+    fn stuck(&self) -> bool {
+        let since = self.running.load(Ordering::SeqCst);
+        since != 0 && stamp(Instant::now()).saturating_sub(since) >= STUCK.as_nanos() as u64
     }
 
     /// Runs `job` on the thread after the jobs sent before it, without waiting for it.
@@ -73,9 +107,42 @@ impl Lane {
         path: &Path,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = oneshot::channel::<OffThread<std::thread::Result<Result<T>>>>();
+        match self.run_by(path, None, f).await? {
+            Some(value) => Ok(value),
+            // Only a job given a time to start by is given up.
+            None => Err(gone(path)),
+        }
+    }
+
+    /// [`run`](Lane::run), but `f` is given up if it has not started by `start_by` while
+    /// the job running then has been running for [`STUCK`] (checked again every `STUCK`
+    /// until `f` starts): `None` then, at once. A job given up never runs: `f` is dropped on
+    /// the thread when its turn comes, and with it what it holds (a queue entry leaves the
+    /// queue there, as if its future had been dropped). Once `f` has started, this waits for
+    /// it: the steps of a call with a deadline bound their own lock waits by it.
+    ///
+    /// # Errors
+    ///
+    /// What `f` returns; [`Error::Io`] naming `path` if the thread is gone.
+    pub async fn run_by<T: Send + 'static>(
+        &self,
+        path: &Path,
+        start_by: Option<Instant>,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<Option<T>> {
+        let (tx, mut rx) = oneshot::channel::<OffThread<std::thread::Result<Result<T>>>>();
         let back = self.clone();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let job_state = Arc::clone(&state);
         let sent = self.send(move || {
+            if job_state
+                .compare_exchange(QUEUED, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                // Given up by its caller: dropped here, with what it holds, unrun.
+                drop(f);
+                return;
+            }
             let out = catch_unwind(AssertUnwindSafe(f));
             // A receiver dropped meanwhile hands the value back: dropped here and now, before
             // the jobs sent after this one (an acquire of the same ID right after a cancelled
@@ -84,25 +151,55 @@ impl Lane {
                 drop(unsent.take());
             }
         });
-        let gone = || {
-            Error::io(
-                path,
-                path,
-                "run a step on the async handle's thread for",
-                io::Error::other("the thread has ended"),
-            )
-        };
         if !sent {
-            return Err(gone());
+            return Err(gone(path));
         }
-        match rx.await {
-            Ok(mut out) => match out.take() {
-                Some(Ok(result)) => result,
-                Some(Err(panic)) => resume_unwind(panic),
-                None => Err(gone()),
-            },
-            Err(_) => Err(gone()),
+        if let Some(mut at) = start_by {
+            loop {
+                tokio::select! {
+                    biased;
+                    out = &mut rx => return unpack(path, out).map(Some),
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+                if self.stuck()
+                    && state
+                        .compare_exchange(QUEUED, GIVEN_UP, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    return Ok(None);
+                }
+                if state.load(Ordering::SeqCst) != QUEUED {
+                    break;
+                }
+                at = Instant::now() + STUCK;
+            }
         }
+        unpack(path, rx.await).map(Some)
+    }
+}
+
+/// The error of a job whose lane's thread is gone.
+fn gone(path: &Path) -> Error {
+    Error::io(
+        path,
+        path,
+        "run a step on the async handle's thread for",
+        io::Error::other("the thread has ended"),
+    )
+}
+
+/// What a job sent back: its value, or its panic resumed.
+fn unpack<T: Send + 'static>(
+    path: &Path,
+    out: std::result::Result<OffThread<std::thread::Result<Result<T>>>, oneshot::error::RecvError>,
+) -> Result<T> {
+    match out {
+        Ok(mut out) => match out.take() {
+            Some(Ok(result)) => result,
+            Some(Err(panic)) => resume_unwind(panic),
+            None => Err(gone(path)),
+        },
+        Err(_) => Err(gone(path)),
     }
 }
 

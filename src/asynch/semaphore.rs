@@ -287,7 +287,11 @@ impl AsyncSemaphore {
         self.try_acquire_with(holder, &AcquireOptions::new()).await
     }
 
-    /// [`Semaphore::try_acquire_with`], async.
+    /// [`Semaphore::try_acquire_with`], async. A timeout bounds its wait for the lock file
+    /// as there, but not a wait for the handle's earlier steps to end first (they run one at
+    /// a time; see [`acquire_with`](AsyncSemaphore::acquire_with), "Deadlines"): behind a
+    /// step that waits for a lock held by a stopped process, it starts only when that step
+    /// ends, at the latest after the lock timeout.
     ///
     /// # Errors
     ///
@@ -321,7 +325,9 @@ impl AsyncSemaphore {
         self.acquire_with(holder, &AcquireOptions::new()).await
     }
 
-    /// [`Semaphore::acquire_timeout`], async: waits at most `timeout` for a slot.
+    /// [`Semaphore::acquire_timeout`], async: waits at most `timeout` for a slot. The
+    /// timeout bounds the whole call, its waits for the lock and for the handle's other
+    /// steps included (see [`acquire_with`](AsyncSemaphore::acquire_with), "Deadlines").
     ///
     /// # Cancel safety
     ///
@@ -330,7 +336,10 @@ impl AsyncSemaphore {
     /// # Errors
     ///
     /// As [`Semaphore::acquire_timeout`]: [`Error::Timeout`](crate::Error::Timeout) when
-    /// none was handed over in time.
+    /// none was handed over in time, or when a step of the call could not start by the
+    /// deadline behind another step of the handle;
+    /// [`Error::LockBusy`](crate::Error::LockBusy) when a step of the call waited for the
+    /// lock until the deadline.
     pub async fn acquire_timeout<H: Holder + ?Sized>(
         &self,
         holder: &H,
@@ -345,13 +354,32 @@ impl AsyncSemaphore {
     /// the task waits; dropping the future cancels at once. The `on_wait` callback is
     /// called on the handle's step thread.
     ///
+    /// # Deadlines
+    ///
+    /// A timeout ([`AcquireOptions::timeout`]) bounds the whole call, as for
+    /// [`Semaphore::acquire_with`]: each locked step of the call waits for the lock at most
+    /// until the deadline ([`Error::LockBusy`](crate::Error::LockBusy) then), and at the
+    /// deadline the call ends within a few milliseconds. The handle's steps run one at a
+    /// time on its step thread, so a step of the call may be queued behind another step of
+    /// the handle (a task's `release` or `set_capacity`, or an acquire without a timeout)
+    /// that waits for the lock a stopped process holds, up to the lock timeout. Such a step
+    /// of the call is given up if it has not started by the deadline while the step ahead
+    /// of it has run for 20 ms or more (checked every 20 ms): the call then returns
+    /// [`Error::Timeout`](crate::Error::Timeout) at once, within a few tens of milliseconds
+    /// of its deadline. The given-up step never runs; when its turn comes, its queue entry
+    /// is dropped on the step thread as a dropped future's is (it leaves the queue, releasing
+    /// a slot handed to it meanwhile; if the lock is still busy then, its witness is unlocked
+    /// so that the entry is judged dead and reaped). A slot can therefore be handed to the
+    /// entry after the call returned, but it is released again, never leaked.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe, as [`acquire`](AsyncSemaphore::acquire).
     ///
     /// # Errors
     ///
-    /// As [`Semaphore::acquire_with`].
+    /// As [`Semaphore::acquire_with`]; [`Error::Timeout`](crate::Error::Timeout) also when a
+    /// step of the call could not start by the deadline (see "Deadlines").
     pub async fn acquire_with<H: Holder + ?Sized>(
         &self,
         holder: &H,
