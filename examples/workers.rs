@@ -87,6 +87,20 @@ impl Place {
     }
 }
 
+/// The port of `url` if it names a server on this machine (`127.0.0.1`, `localhost`), where
+/// a throwaway server can be started for it; `None` otherwise.
+#[cfg(feature = "redis")]
+fn local_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("redis://")?;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok()?),
+        None => (host_port, 6379),
+    };
+    matches!(host, "127.0.0.1" | "localhost").then_some(port)
+}
+
 /// Opens the semaphore in the Redis key at `url`, saying clearly when no server answers.
 #[cfg(feature = "redis")]
 fn open_redis(url: &str, capacity: u32) -> Result<Semaphore, String> {
@@ -94,11 +108,18 @@ fn open_redis(url: &str, capacity: u32) -> Result<Semaphore, String> {
     options.default_lease(Some(REDIS_LEASE));
     options.open_redis(url, capacity).map_err(|e| match e {
         filesem::Error::RedisUnreachable { .. } | filesem::Error::RedisTimeout { .. } => {
-            format!(
-                "no Redis server answers there: {e}\n\
-                 start a throwaway one with `redis-server --port 6390 --save '' --appendonly no` \
-                 and pass --redis redis://127.0.0.1:6390/0/workers"
-            )
+            match local_port(url) {
+                Some(port) => format!(
+                    "no Redis server answers there: {e}\n\
+                     start a throwaway one with `redis-server --port {port} --save '' \
+                     --appendonly no` and run this again"
+                ),
+                None => format!(
+                    "no Redis server answers there: {e}\n\
+                     start a throwaway one with `redis-server --port 6390 --save '' \
+                     --appendonly no` and pass --redis redis://127.0.0.1:6390/0/workers"
+                ),
+            }
         }
         e => e.to_string(),
     })

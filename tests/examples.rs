@@ -373,8 +373,11 @@ fn workers_example_without_a_redis_server_says_so_and_how_to_start_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no Redis server answers there"), "{stderr}");
+    // The hint starts a server where the URL points.
     assert!(
-        stderr.contains("redis-server --port 6390 --save '' --appendonly no"),
+        stderr.contains(&format!(
+            "redis-server --port {port} --save '' --appendonly no"
+        )),
         "{stderr}"
     );
 }

@@ -431,8 +431,8 @@ fn redis_hint(error: &filesem::Error) -> Option<String> {
             unknown(path, *outcome_unknown)
         ),
         E::RedisAuth { path, .. } => format!(
-            "give the password in the environment variable REDISCLI_AUTH (or in the URL, \
-             redis://:PASSWORD@HOST/...); `{} --askpass ping` checks it",
+            "check the user and the password given in the environment variable REDISCLI_AUTH \
+             (or in the URL, redis://:PASSWORD@HOST/...); `{} --askpass ping` checks them",
             ping(path)
         ),
         E::NotReplicated { path, .. } => format!(
