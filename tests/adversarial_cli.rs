@@ -7,32 +7,21 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 #[path = "common/cli.rs"]
 mod cli_common;
-use cli_common::{DEADLINE, filesem, lines, wait_until};
+use cli_common::{filesem, lines, wait_until, wait_within_deadline};
 
 /// Waits for `child` (killing it at the deadline); returns its exit code (128 + signal).
 fn wait(child: &mut Child) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap());
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process did not end within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let status = wait_within_deadline(child, "the process");
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap())
 }
 
 /// Runs `command` to its end: (exit code, stdout, stderr).

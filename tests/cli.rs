@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 #[path = "common/cli.rs"]
 mod cli_common;
-use cli_common::{DEADLINE, Finished, filesem, lines, wait_until};
+use cli_common::{DEADLINE, Finished, filesem, lines, wait_until, wait_within_deadline};
 
 /// A process started in the background, killed if the test ends before it does.
 struct Running {
@@ -63,17 +63,7 @@ impl Running {
     /// Waits for the end (killing the process at the deadline) and collects its output.
     fn finish(mut self) -> Finished {
         let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("process did not end within {DEADLINE:?}");
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_within_deadline(&mut self.child, "the process");
         // The rest of the output, up to end-of-file (the pipes close when the process and
         // anything it started are gone).
         let rest = |lines: &mpsc::Receiver<String>| {
@@ -899,17 +889,7 @@ fn a_terminal_ctrl_c_reaches_the_command_once() {
         lines(&log).contains(&"USR1".to_string())
     });
     fs::write(&stop, "").unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("filesem run did not end");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_within_deadline(&mut child, "filesem run");
     assert_eq!(
         status.code(),
         Some(0),
@@ -1505,17 +1485,7 @@ fn with_terminal_stderr(command: &mut Command) -> (i32, String) {
         let _ = master.read_to_end(&mut bytes);
         let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
     });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("did not end");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_within_deadline(&mut child, "the command on the terminal");
     let text = text.recv_timeout(DEADLINE).expect("terminal output");
     (status.code().expect("exit code"), text)
 }

@@ -14,7 +14,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_common::{DEADLINE, Finished, filesem};
+use cli_common::{DEADLINE, Finished, filesem, wait_within_deadline};
 use redis_server::RedisServer;
 
 /// Runs `command` to its end, its output in files (no pipe can fill up); kills it and fails
@@ -26,18 +26,7 @@ fn finish(mut command: Command) -> Finished {
         .stdout(fs::File::create(&out).unwrap())
         .stderr(fs::File::create(&err).unwrap());
     let mut child = command.spawn().expect("start filesem");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("filesem did not end within {DEADLINE:?}: {command:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_within_deadline(&mut child, &format!("{command:?}"));
     Finished {
         status,
         stdout: fs::read_to_string(out).unwrap(),

@@ -14,11 +14,12 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[path = "common/cli.rs"]
 mod cli_common;
-use cli_common::{DEADLINE, FILESEM_VARS, Finished, filesem, wait_until};
+mod common;
+use cli_common::{FILESEM_VARS, Finished, filesem, wait_until, wait_within_deadline};
+use common::can_switch_users;
 
 /// A process started in the background with its output going to files (so that a
 /// grandchild that keeps them open cannot block the test), killed if the test ends first.
@@ -41,18 +42,7 @@ impl Running {
 
     /// Waits for the end (killing the process at the deadline) and collects its output.
     fn finish(mut self) -> Finished {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("process did not end within {DEADLINE:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_within_deadline(&mut self.child, "the process");
         let read = |name| fs::read_to_string(self.out.path().join(name)).unwrap();
         Finished {
             status,
@@ -177,23 +167,6 @@ fn can_inject_faults(test: &str) -> bool {
         .is_ok_and(|s| s.success());
     if !works {
         println!("SKIPPED: {test}: strace cannot trace and inject faults here");
-    }
-    works
-}
-
-/// Whether this process may start children as other users; prints why not.
-fn can_switch_users(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: {test} needs root to start processes as throwaway users");
-        return false;
-    }
-    let works = Command::new("setpriv")
-        .args(["--reuid=61899", "--regid=61899", "--clear-groups", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !works {
-        println!("SKIPPED: {test}: setpriv cannot switch users here");
     }
     works
 }

@@ -16,27 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ChildSpec, Group, arg, say, snapshot};
+use common::{ChildSpec, Group, arg, can_switch_users, say, snapshot};
 use filesem::{Error, OpenOptions, Semaphore, UntrustedKind};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// Whether this process may start children as other users; prints why not.
-fn can_switch_users(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: {test} needs root to start processes as throwaway users");
-        return false;
-    }
-    let works = Command::new("setpriv")
-        .args(["--reuid=61999", "--regid=61999", "--clear-groups", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !works {
-        println!("SKIPPED: {test}: setpriv cannot switch users here");
-    }
-    works
-}
 
 /// The `setpriv` arguments that run a child as `uid` (primary group `uid`) with the
 /// supplementary `groups`.

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long any one process or condition may take before the test fails.
@@ -34,6 +34,23 @@ impl Finished {
         self.status
             .code()
             .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+}
+
+/// Waits for `child` to end, at most [`DEADLINE`]; kills it (and reaps it) and fails the test
+/// naming `what` if it takes longer.
+pub fn wait_within_deadline(child: &mut Child, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

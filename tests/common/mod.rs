@@ -431,6 +431,24 @@ pub fn deadline(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs)
 }
 
+/// Whether this process may start children as other users (root, and `setpriv` works: tried
+/// with a throwaway uid); prints `SKIPPED` with the reason if not.
+pub fn can_switch_users(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: {test} needs root to start processes as throwaway users");
+        return false;
+    }
+    let works = Command::new("setpriv")
+        .args(["--reuid=61999", "--regid=61999", "--clear-groups", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        println!("SKIPPED: {test}: setpriv cannot switch users here");
+    }
+    works
+}
+
 /// Stops process `pid` with SIGSTOP and waits until the kernel shows it stopped (`T` in
 /// `/proc/PID/stat`): the signal is delivered asynchronously, so without the wait the process
 /// may still run a step (and take a lock) after `kill` returned.
