@@ -445,8 +445,30 @@ pub fn can_switch_users(test: &str) -> bool {
         .is_ok_and(|s| s.success());
     if !works {
         println!("SKIPPED: {test}: setpriv cannot switch users here");
+        return false;
     }
-    works
+    // The children run this test binary (or the built CLI beside it) as those users: a
+    // checkout under a private directory (`mktemp -d` makes 0700 ones) keeps them out.
+    let exe = std::env::current_exe().unwrap();
+    let reachable = Command::new("setpriv")
+        .args([
+            "--reuid=61999",
+            "--regid=61999",
+            "--clear-groups",
+            "test",
+            "-x",
+        ])
+        .arg(&exe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !reachable {
+        println!(
+            "SKIPPED: {test}: other users cannot run {} (a parent directory is private); \
+             run the tests from a checkout others may traverse",
+            exe.display()
+        );
+    }
+    reachable
 }
 
 /// Stops process `pid` with SIGSTOP and waits until the kernel shows it stopped (`T` in
