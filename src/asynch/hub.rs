@@ -259,12 +259,18 @@ async fn watcher(
 ) {
     let lane = &runner.looks;
     let path = sem.path().to_path_buf();
-    // Making the notifier opens and watches directories: on the look thread.
+    // A Redis semaphore's notices come on a pub/sub connection of the watcher's own, read by
+    // a task on this runtime; the file store's through its waker's descriptor.
+    let mut notices = redis_notices(&sem);
+    // Making the file store's notifier opens and watches directories: on the look thread.
     let store = sem.clone();
-    let mut waker: Option<Waker> = lane
-        .run(&path, move || Ok(store.inner.store.waker(None)))
-        .await
-        .ok();
+    let mut waker: Option<Waker> = match notices {
+        Some(_) => None,
+        None => lane
+            .run(&path, move || Ok(store.inner.store.waker(None)))
+            .await
+            .ok(),
+    };
     let mut fd: Option<AsyncFd<OwnedFd>> = waker.as_ref().and_then(register);
     let mut prompt = fd.is_some() && waker.as_ref().is_some_and(Waker::prompt);
     let bounds = |prompt: bool| match prompt {
@@ -311,6 +317,21 @@ async fn watcher(
                 () = tokio::time::sleep_until((refreshed + refresh_every(&waiting)).into()) => {
                     refresh_all(&sem, &runner, &waiting, &refreshing);
                     refreshed = Instant::now();
+                }
+                // Not prompt until the channel is subscribed; a subscription, a notice or a
+                // lost connection: look again (at the polling pace while unsubscribed).
+                status = redis_notice(notices.as_mut()) => {
+                    match status {
+                        Some(subscribed) => prompt = subscribed,
+                        None => {
+                            notices = None;
+                            prompt = false;
+                        }
+                    }
+                    if !prompt {
+                        backoff = bounds(prompt).0;
+                    }
+                    break false;
                 }
                 ready = readable(fd.as_ref()) => {
                     let Some(waker) = waker.as_mut() else { continue };
@@ -371,6 +392,36 @@ fn refresh_all(sem: &Semaphore, runner: &Runner, waiting: &Waiting, refreshing: 
             Err(e) => tracing::warn!(path = %sem.path().display(), error = %e, "failed to refresh the waiters' expiry"),
         }
     });
+}
+
+/// The change notices of a Redis semaphore's watcher.
+#[cfg(feature = "redis")]
+type RedisNotices = crate::store::redis::notices::Notices;
+
+/// No Redis semaphore in a build without the feature.
+#[cfg(not(feature = "redis"))]
+enum RedisNotices {}
+
+/// A Redis semaphore's notices, listened for on this runtime from now on; `None` for a
+/// file semaphore.
+fn redis_notices(sem: &Semaphore) -> Option<RedisNotices> {
+    match &sem.inner.store {
+        crate::store::Store::File(_) => None,
+        #[cfg(feature = "redis")]
+        crate::store::Store::Redis(store) => Some(store.notices()),
+    }
+}
+
+/// Waits until the Redis notices change: whether the channel is subscribed then, or `None`
+/// if they ended (with their runtime); never, without notices.
+async fn redis_notice(notices: Option<&mut RedisNotices>) -> Option<bool> {
+    match notices {
+        #[cfg(feature = "redis")]
+        Some(notices) => notices.changed().await.map(|s| s.subscribed),
+        #[cfg(not(feature = "redis"))]
+        Some(notices) => match *notices {},
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits until the notifier is readable; never, without one.

@@ -9,6 +9,8 @@
 mod acquire;
 mod hub;
 mod permit;
+#[cfg(feature = "redis")]
+mod redis;
 mod runner;
 mod semaphore;
 

@@ -94,7 +94,8 @@ pub(crate) struct Shared {
 pub struct AsyncRecovered {
     /// The semaphore, now with a valid state file.
     pub semaphore: AsyncSemaphore,
-    /// Where the corrupt state file was moved; `None` when it was valid or absent.
+    /// Where the corrupt state file was moved (for a Redis semaphore the location of
+    /// `KEY.corrupt-<server time>`, shown like its path); `None` when it was valid or absent.
     pub moved_to: Option<PathBuf>,
 }
 
@@ -108,7 +109,7 @@ impl fmt::Debug for AsyncSemaphore {
 
 impl AsyncSemaphore {
     /// A handle running `open` on its own step thread.
-    async fn opened(
+    pub(super) async fn opened(
         path: &Path,
         open: impl FnOnce() -> Result<Semaphore> + Send + 'static,
     ) -> Result<AsyncSemaphore> {
@@ -117,7 +118,7 @@ impl AsyncSemaphore {
         Ok(AsyncSemaphore::with(sem, runner))
     }
 
-    fn with(sem: Semaphore, runner: Runner) -> AsyncSemaphore {
+    pub(super) fn with(sem: Semaphore, runner: Runner) -> AsyncSemaphore {
         AsyncSemaphore {
             inner: Arc::new(Shared {
                 sem,

@@ -16,6 +16,8 @@
 //! - [`subscriber`]: a pub/sub connection on the semaphore's channel that rings a doorbell
 //!   (a socket) per waiter; [`waker`]: a waiter's `poll(2)` on its doorbell and its cancel
 //!   socket.
+//! - [`notices`] (feature `tokio`): the async API's counterpart of [`subscriber`], a task on
+//!   the runtime listening on an async pub/sub connection, one per async handle's watcher.
 //! - [`failure`]: the engine's error kinds, each naming the redacted location, and how they
 //!   become the crate's `Error`.
 //!
@@ -51,6 +53,8 @@
 pub(crate) mod engine;
 pub(crate) mod failure;
 pub(crate) mod location;
+#[cfg(feature = "tokio")]
+pub(crate) mod notices;
 pub(crate) mod recovery;
 pub(crate) mod store;
 pub(crate) mod subscriber;

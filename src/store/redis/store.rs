@@ -313,6 +313,13 @@ impl RedisStore {
         RedisWaker::new(subscriber)
     }
 
+    /// The change notices of an async handle's watcher: a task on the current runtime,
+    /// listening on a pub/sub connection of its own (see [`super::notices`]); no thread.
+    #[cfg(feature = "tokio")]
+    pub fn notices(&self) -> super::notices::Notices {
+        self.engine.subscribe_async()
+    }
+
     /// Recovery: if the key holds anything but a valid document (garbage, a value over
     /// [`MAX_VALUE_BYTES`], a key of another Redis type), moves it aside to
     /// `KEY.corrupt-<server time>` and puts an empty semaphore with `capacity` slots in its
