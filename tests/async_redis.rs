@@ -1,80 +1,923 @@
-//! The async handle on a Redis semaphore: `AsyncSemaphore::from_blocking` of a handle from
-//! `Semaphore::open_redis`, with a private `redis-server` (SKIPPED without one, unless
-//! `CI=true`).
+//! The async API on a Redis semaphore (features `tokio` and `redis`), each test with a
+//! private `redis-server` (SKIPPED without one, a failure under `CI=true`): every operation
+//! on both runtimes, a thousand waiting tasks served in arrival order on one pub/sub
+//! connection and no thread each, cancellation storms, the blocked-runtime detector, a
+//! killed pub/sub connection, and async and blocking processes sharing one key with an
+//! independent capacity checker.
+//!
+//! Every test here is `#[serial]`: one counts the threads of the process, and the timings
+//! of the blocked-runtime detector should not include other tests' work.
 
+mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use filesem::{AsyncSemaphore, Error, Semaphore};
+use common::witness::Witness;
+use common::{ChildSpec, Group, arg, say};
+use filesem::{AcquireOptions, AsyncPermit, AsyncSemaphore, Error, OpenOptions, Semaphore};
 use redis_server::RedisServer;
+use serial_test::serial;
 
+/// How long any single expected event may take before the test fails. Generous: the machine
+/// is shared.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-#[test]
-fn an_async_handle_on_a_redis_semaphore_waits_hands_over_and_cancels() {
-    // Through the async handle a Redis semaphore grants, refuses, hands a released slot to
-    // an awaiting task (woken by the handle's subscription), and a dropped acquire leaves
-    // the queue; blocking and async users share it.
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let url = server.url("gpus");
-    let blocking = Semaphore::open_redis(&url, 1).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .unwrap()
+}
+
+/// Timeouts short enough that a killed connection costs a waiter a second, not the test's
+/// deadline; a lock timeout long enough for a loaded machine.
+fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.connect_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        .lock_timeout(Duration::from_secs(30));
+    o
+}
+
+async fn open(url: &str, capacity: u32) -> AsyncSemaphore {
+    AsyncSemaphore::open_redis_with(&options(), url, capacity)
+        .await
+        .unwrap()
+}
+
+/// A plain connection of the `redis` crate to the test's server.
+fn raw(server: &RedisServer) -> redis::Connection {
+    redis::Client::open(server.server_url())
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap()
+}
+
+/// The pub/sub connections the server has open now (`CLIENT LIST TYPE pubsub`).
+fn pubsub_clients(server: &RedisServer) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut raw(server))
         .unwrap();
-    rt.block_on(async {
-        let sem = AsyncSemaphore::from_blocking(blocking.clone()).unwrap();
-        let a = sem.try_acquire("a").await.unwrap();
-        assert!(a.lease().is_some(), "a Redis hold has a lease");
-        assert!(matches!(
-            sem.try_acquire("b").await,
-            Err(Error::NoCapacity { .. })
-        ));
-        assert_eq!(sem.count().await.unwrap(), 1);
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
 
-        // A dropped acquire leaves the queue.
-        let dropped = tokio::time::timeout(Duration::from_millis(50), sem.acquire("c")).await;
-        assert!(dropped.is_err());
-        // Gone before the handle's next step (queries run beside the steps: see the docs).
-        let again = sem.try_acquire("c").await.unwrap_err();
-        assert!(matches!(again, Error::NoCapacity { .. }), "{again:?}");
-        let start = Instant::now();
-        while !sem.waiters().await.unwrap().is_empty() {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the dropped acquire stayed queued"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
+/// Waits (without blocking the runtime) until `n` waiters are queued.
+async fn queued(sem: &AsyncSemaphore, n: usize) {
+    let start = Instant::now();
+    while sem.waiters().await.unwrap().len() != n {
+        assert!(start.elapsed() < DEADLINE, "never {n} waiters");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits (without blocking the runtime) until `done` holds, off the runtime's threads.
+async fn until(what: &str, done: impl Fn() -> bool + Send + Sync + 'static) {
+    let done = Arc::new(done);
+    let start = Instant::now();
+    loop {
+        let check = Arc::clone(&done);
+        if tokio::task::spawn_blocking(move || check()).await.unwrap() {
+            return;
         }
+        assert!(start.elapsed() < DEADLINE, "never {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
-        // A task awaiting acquire gets the slot the release hands over.
-        let waiter = {
+fn ids(list: Vec<filesem::HolderInfo>) -> Vec<String> {
+    list.into_iter().map(|h| h.id).collect()
+}
+
+/// Every operation of the async API on a Redis key, checked by value.
+async fn every_operation(server: &RedisServer) {
+    let url = server.url("ops");
+    let sem = open(&url, 1).await;
+    assert_eq!(sem.capacity().await.unwrap(), 1);
+    assert_eq!(sem.available().await.unwrap(), 1);
+    assert_eq!(
+        sem.path().to_str().unwrap(),
+        format!("redis://127.0.0.1:{}/0/ops", server.port())
+    );
+
+    // try_acquire, its refusals, queries.
+    let a = sem.try_acquire("a").await.unwrap();
+    assert_eq!((a.id(), a.slot()), ("a", 0));
+    assert!(a.lease().is_some(), "a Redis hold has a lease");
+    assert!(matches!(
+        sem.try_acquire("b").await,
+        Err(Error::NoCapacity { .. })
+    ));
+    assert!(matches!(
+        sem.try_acquire("a").await,
+        Err(Error::AlreadyHeld { .. })
+    ));
+    assert!(matches!(
+        sem.try_acquire("").await,
+        Err(Error::InvalidId { .. })
+    ));
+    assert_eq!(sem.count().await.unwrap(), 1);
+    assert_eq!(sem.available().await.unwrap(), 0);
+    let holders = sem.holders().await.unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].id, "a");
+    assert_eq!(holders[0].token, Some(a.token()));
+    assert_eq!(holders[0].slot, Some(0));
+    assert!(a.is_held().await.unwrap());
+    let until_a = a.renew().await.unwrap().expect("a lease to extend");
+    assert!(until_a > chrono::Utc::now());
+
+    // acquire_timeout runs out; acquire waits for the hand-off.
+    let err = sem
+        .acquire_timeout("b", Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    // The timed-out call's leave ran before the next step of the handle.
+    let again = sem.try_acquire("b").await.unwrap_err();
+    assert!(matches!(again, Error::NoCapacity { .. }), "{again:?}");
+    assert!(sem.waiters().await.unwrap().is_empty());
+    let waiter = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire("b").await })
+    };
+    queued(&sem, 1).await;
+    assert_eq!(ids(sem.waiters().await.unwrap()), ["b"]);
+    let token_a = a.token();
+    a.release().await.unwrap();
+    let b = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.id(), b.slot()), ("b", 0));
+    assert!(b.token() > token_a, "a later grant has a larger token");
+    assert_eq!(ids(sem.holders().await.unwrap()), ["b"]);
+
+    // set_capacity hands the new slot to a waiter; priorities order the queue.
+    let low = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire("low").await })
+    };
+    queued(&sem, 1).await;
+    let high = {
+        let sem = sem.clone();
+        let opts = AcquireOptions::new().priority(5);
+        tokio::spawn(async move { sem.acquire_with("high", &opts).await })
+    };
+    queued(&sem, 2).await;
+    assert_eq!(ids(sem.waiters().await.unwrap()), ["high", "low"]);
+    sem.set_capacity(2).await.unwrap();
+    assert_eq!(sem.capacity().await.unwrap(), 2);
+    let high = tokio::time::timeout(DEADLINE, high)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((high.id(), high.slot()), ("high", 1));
+    drop(b);
+    let low = tokio::time::timeout(DEADLINE, low)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((low.id(), low.slot()), ("low", 0));
+    assert!(low.token() > high.token());
+    high.release().await.unwrap();
+    low.release().await.unwrap();
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // Leases: renew, keep-alive, is_lost.
+    let opts = AcquireOptions::new().lease(Duration::from_secs(30));
+    let mut leased = sem.try_acquire_with("leased", &opts).await.unwrap();
+    assert_eq!(leased.lease(), Some(Duration::from_secs(30)));
+    let until = leased.renew().await.unwrap().expect("has a lease");
+    assert!(until > chrono::Utc::now() + chrono::Duration::seconds(25));
+    leased.keep_alive().await.unwrap();
+    assert!(!leased.is_lost());
+    leased.stop_keep_alive().await.unwrap();
+
+    // keep, release by ID, remove, reap.
+    leased.keep().await.unwrap();
+    assert_eq!(
+        sem.holders().await.unwrap()[0].mode,
+        filesem::HoldMode::Detached
+    );
+    sem.release("leased").await.unwrap();
+    assert!(matches!(
+        sem.release("leased").await,
+        Err(Error::NotHeld { .. })
+    ));
+    sem.try_acquire("gone").await.unwrap().keep().await.unwrap();
+    assert_eq!(sem.remove(["gone", "never"]).await.unwrap(), ["gone"]);
+    let short = AcquireOptions::new()
+        .detached(true)
+        .lease(filesem::MIN_LEASE);
+    drop(sem.try_acquire_with("short", &short).await.unwrap());
+    tokio::time::sleep(filesem::MIN_LEASE + filesem::LEASE_GRACE + Duration::from_millis(300))
+        .await;
+    let reaped = sem.reap().await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].id, "short");
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // Conversions to and from the blocking API share the semaphore.
+    let blocking: Semaphore = sem.blocking().clone();
+    let p = tokio::task::spawn_blocking({
+        let blocking = blocking.clone();
+        move || blocking.try_acquire("blocking")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let p = AsyncPermit::from_blocking(p).unwrap();
+    assert_eq!(ids(sem.holders().await.unwrap()), ["blocking"]);
+    let p = p.into_blocking().await.unwrap();
+    assert_eq!(p.id(), "blocking");
+    let again = AsyncSemaphore::from_blocking(blocking).unwrap();
+    assert_eq!(again.count().await.unwrap(), 1);
+    tokio::task::spawn_blocking(move || p.release())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // open_redis_existing adopts the key's capacity, creates nothing.
+    let existing = AsyncSemaphore::open_redis_existing(&url).await.unwrap();
+    assert_eq!(existing.capacity().await.unwrap(), 2);
+    let missing = AsyncSemaphore::open_redis_existing(&server.url("nope")).await;
+    assert!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "{missing:?}"
+    );
+    let mut exclusive = options();
+    exclusive.create_new(true);
+    let taken = AsyncSemaphore::open_redis_with(&exclusive, &url, 2).await;
+    assert!(
+        matches!(taken, Err(Error::AlreadyExists { .. })),
+        "{taken:?}"
+    );
+    let bad = AsyncSemaphore::open_redis("redis://:hunter2@127.0.0.1:1", 1).await;
+    match bad {
+        Err(Error::InvalidLocation { path, .. }) => {
+            assert!(!path.display().to_string().contains("hunter2"), "{path:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // recover_redis moves a garbage key aside.
+    let corrupt = server.url("corrupt");
+    let () = redis::cmd("SET")
+        .arg("corrupt")
+        .arg("{\"capacity\": 2, \"hold")
+        .query(&mut raw(server))
+        .unwrap();
+    let refused = AsyncSemaphore::open_redis(&corrupt, 2).await;
+    assert!(matches!(refused, Err(Error::Corrupt { .. })), "{refused:?}");
+    let recovered = AsyncSemaphore::recover_redis(&corrupt, 2).await.unwrap();
+    let aside = recovered.moved_to.expect("moved aside");
+    assert!(
+        aside.display().to_string().contains("/0/corrupt.corrupt-"),
+        "{aside:?}"
+    );
+    assert_eq!(recovered.semaphore.available().await.unwrap(), 2);
+    let valid = AsyncSemaphore::recover_redis_with(&options(), &corrupt, 2)
+        .await
+        .unwrap();
+    assert!(valid.moved_to.is_none(), "a valid key is left as it is");
+}
+
+#[test]
+#[serial]
+fn every_operation_works_on_a_redis_key_on_a_current_thread_runtime() {
+    // The async API does on a Redis key what the blocking one does, on a single-threaded
+    // runtime.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    current_thread().block_on(every_operation(&server));
+}
+
+#[test]
+#[serial]
+fn every_operation_works_on_a_redis_key_on_a_multi_thread_runtime() {
+    // The same on a multi-threaded runtime.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    multi_thread().block_on(every_operation(&server));
+}
+
+/// The threads of this process: how many, and their names.
+fn threads() -> (usize, Vec<String>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let count = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .expect("Threads: line")
+        .trim()
+        .parse()
+        .unwrap();
+    let names = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    (count, names)
+}
+
+/// The threads the test may add while a thousand tasks wait, beyond the runtime's workers
+/// and the handle's step and look threads: the process's keep-alive starter and the
+/// holder's keep-alive thread (a Redis hold renews its lease), and one spare for the
+/// runtime's blocking pool (`until` uses it between the phases).
+const SMALL_CONSTANT: usize = 3;
+
+#[test]
+#[serial]
+fn a_thousand_waiting_tasks_on_redis_are_served_in_arrival_order_on_one_connection_without_a_thread_each()
+ {
+    // FIFO: tasks that queued one after the other get their slots in that order, with
+    // increasing fencing tokens. Waiting is a task, not a thread: with 1,000 tasks waiting
+    // the process has the runtime's threads, the handle's two and a small constant more, no
+    // subscriber thread, and the server sees one pub/sub connection, closed once nobody
+    // waits.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let n = 1000;
+    let (before, _) = threads();
+    let rt = multi_thread();
+    let (order, (waiting, names), subscribed) = rt.block_on(async {
+        let sem = open(&server.url("fifo"), 1).await;
+        let holder = sem.try_acquire("holder").await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let (task_sem, tx) = (sem.clone(), tx.clone());
+            // Told once the task is queued, so that the next one queues behind it.
+            let (queued_tx, queued_rx) = tokio::sync::oneshot::channel();
+            let queued_tx = std::sync::Mutex::new(Some(queued_tx));
+            let opts = AcquireOptions::new().on_wait(move |_| {
+                if let Some(tx) = queued_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            });
+            tasks.push(tokio::spawn(async move {
+                let permit = task_sem
+                    .acquire_with(&format!("task-{i}"), &opts)
+                    .await
+                    .unwrap();
+                tx.send((i, permit.token())).unwrap();
+                permit.release().await.unwrap();
+            }));
+            tokio::time::timeout(DEADLINE, queued_rx)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(sem.waiters().await.unwrap().len(), n);
+        let threads_waiting = threads();
+        let subscribed = pubsub_clients(&server);
+        holder.release().await.unwrap();
+        let mut order = Vec::with_capacity(n);
+        for _ in 0..n {
+            let got = tokio::time::timeout(DEADLINE, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            order.push(got);
+        }
+        for task in tasks {
+            tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+        }
+        assert!(sem.waiters().await.unwrap().is_empty());
+        assert_eq!(sem.count().await.unwrap(), 0);
+        // The last waiter stopped watching: the watcher ends and closes its connection.
+        let watched = Arc::new(server.server_url());
+        until("the pub/sub connection closed", move || {
+            let client = redis::Client::open(watched.as_str()).unwrap();
+            let mut con = client
+                .get_connection_with_timeout(Duration::from_secs(5))
+                .unwrap();
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut con)
+                .unwrap();
+            list.trim().is_empty()
+        })
+        .await;
+        (order, threads_waiting, subscribed)
+    });
+    drop(rt);
+    let served: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
+    assert_eq!(served, (0..n).collect::<Vec<_>>());
+    assert!(order.windows(2).all(|w| w[0].1 < w[1].1), "tokens increase");
+    eprintln!("threads: {before} before the runtime, {waiting} with {n} waiting tasks: {names:?}");
+    assert_eq!(subscribed, 1, "one subscription for the handle's waiters");
+    assert!(
+        !names.iter().any(|t| t.starts_with("filesem-redis")),
+        "no subscriber thread: {names:?}"
+    );
+    // 2 runtime workers, the 2 threads of the handle, and the small constant.
+    assert!(
+        waiting <= before + 2 + 2 + SMALL_CONSTANT,
+        "{waiting} threads with {n} waiting tasks, {before} before: {names:?}"
+    );
+}
+
+#[test]
+#[serial]
+fn a_cancellation_storm_on_redis_leaves_no_queue_entry_and_no_slot_behind() {
+    // Waiters dropped at random moments (by timeouts, aborts and select!) leave the queue,
+    // and slots handed to them as they were dropped are handed on: none is leaked, as the
+    // blocking API reads the key afterwards.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seed =
+        common::seed("a_cancellation_storm_on_redis_leaves_no_queue_entry_and_no_slot_behind");
+    let url = server.url("storm");
+    multi_thread().block_on(async {
+        let sem = open(&url, 3).await;
+        let granted = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, i));
+            let (sem, granted) = (sem.clone(), granted.clone());
+            let id = format!("w-{i}");
+            let hold = Duration::from_micros(rng.u64(0..3000));
+            let patience = Duration::from_micros(rng.u64(100..30_000));
+            let kind = rng.u8(0..4);
+            tasks.push(tokio::spawn(async move {
+                let got = match kind {
+                    // The call's own timeout.
+                    0 => sem.acquire_timeout(&id, patience).await.ok(),
+                    // tokio's timeout drops the future.
+                    1 => tokio::time::timeout(patience, sem.acquire(&id))
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    // select! drops the losing branch.
+                    2 => tokio::select! {
+                        p = sem.acquire(&id) => p.ok(),
+                        () = tokio::time::sleep(patience) => None,
+                    },
+                    // Waits to the end.
+                    _ => sem.acquire(&id).await.ok(),
+                };
+                if let Some(permit) = got {
+                    granted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(hold).await;
+                    drop(permit);
+                }
+            }));
+            if rng.u8(0..8) == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // Abort some tasks outright, wherever they are.
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for task in &tasks {
+            if rng.u8(0..10) == 0 {
+                task.abort();
+            }
+        }
+        for task in tasks {
+            let _ = tokio::time::timeout(DEADLINE, task).await.unwrap();
+        }
+        // The drops hand their releases and leaves to the step thread: wait for it.
+        let start = Instant::now();
+        while sem.count().await.unwrap() != 0 || !sem.waiters().await.unwrap().is_empty() {
+            assert!(start.elapsed() < DEADLINE, "entries left behind");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!("granted {} of 200", granted.load(Ordering::SeqCst));
+        assert!(granted.load(Ordering::SeqCst) >= 3, "some were served");
+    });
+    // On the key too, through the blocking API of another handle.
+    let blocking = Semaphore::open_redis_existing(&url).unwrap();
+    assert_eq!(blocking.count().unwrap(), 0, "no slot left behind");
+    assert!(
+        blocking.waiters().unwrap().is_empty(),
+        "no queue entry left"
+    );
+    assert_eq!(blocking.available().unwrap(), 3);
+}
+
+#[test]
+#[serial]
+fn the_runtime_keeps_ticking_while_tasks_wait_on_redis_and_the_server_stalls() {
+    // No blocking call on the runtime's thread: a task that wakes every 5 ms on a
+    // current_thread runtime is never held up for long while 50 tasks wait and release on a
+    // Redis key, even while the server is stopped for 3 s (every step and the pub/sub ping
+    // wait for it meanwhile).
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let mut slow = options();
+    slow.response_timeout(Duration::from_secs(20));
+    let url = server.url("ticks");
+    let rt = current_thread();
+    let sem = rt
+        .block_on(AsyncSemaphore::open_redis_with(&slow, &url, 2))
+        .unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let done = done.clone();
+        rt.spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut last = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let now = Instant::now();
+                worst = worst.max(now - last);
+                last = now;
+            }
+            worst
+        })
+    };
+    let workers: Vec<_> = (0..50)
+        .map(|i| {
             let sem = sem.clone();
-            tokio::spawn(async move { sem.acquire("b").await })
-        };
-        let start = Instant::now();
-        while sem.waiters().await.unwrap().len() != 1 {
-            assert!(start.elapsed() < DEADLINE, "never queued");
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            rt.spawn(async move {
+                for round in 0..4 {
+                    let permit = sem.acquire(&format!("w{i}-{round}")).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    permit.release().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // The server stops answering for 3 s while the tasks run (this thread is not the
+    // runtime's: the runtime runs only inside `block_on` below, on another thread).
+    let stall = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        server.pause();
+        std::thread::sleep(Duration::from_secs(3));
+        server.resume();
+        server
+    });
+    let worst = rt.block_on(async {
+        for w in workers {
+            tokio::time::timeout(DEADLINE * 2, w)
+                .await
+                .unwrap()
+                .unwrap();
         }
-        let token_a = a.token();
-        a.release().await.unwrap();
-        let b = tokio::time::timeout(DEADLINE, waiter)
+        done.store(true, Ordering::SeqCst);
+        ticker.await.unwrap()
+    });
+    let server = stall.join().unwrap();
+    eprintln!("worst gap between 5 ms ticks: {worst:?}");
+    let blocking = Semaphore::open_redis_existing(&server.url("ticks")).unwrap();
+    assert_eq!(blocking.count().unwrap(), 0);
+    // Generous for a shared machine; a step or a read on this thread would have waited out
+    // the 3 s stop.
+    assert!(
+        worst < Duration::from_millis(2500),
+        "the runtime stalled for {worst:?}"
+    );
+}
+
+#[test]
+#[serial]
+fn waiting_tasks_are_still_served_after_their_pub_sub_connection_is_killed() {
+    // `CLIENT KILL TYPE pubsub` closes the handle's subscription while tasks wait: they
+    // look at the polling pace meanwhile and resubscribe, and every release still reaches
+    // the next task in the queue, kill after kill.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("killed");
+    multi_thread().block_on(async {
+        let sem = open(&url, 1).await;
+        let mut held = sem.try_acquire("holder").await.unwrap();
+        // Queued one after the other: each release hands the slot to the next.
+        let mut waiters = Vec::new();
+        for i in 0..5 {
+            let sem2 = sem.clone();
+            waiters.push(tokio::spawn(async move {
+                sem2.acquire(&format!("task-{i}")).await
+            }));
+            queued(&sem, i + 1).await;
+        }
+        let watched = Arc::new(server.server_url());
+        let subscribed = {
+            let watched = Arc::clone(&watched);
+            move || {
+                let client = redis::Client::open(watched.as_str()).unwrap();
+                let mut con = client
+                    .get_connection_with_timeout(Duration::from_secs(5))
+                    .unwrap();
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query(&mut con)
+                    .unwrap();
+                !list.trim().is_empty()
+            }
+        };
+        let mut served = Vec::new();
+        for (round, waiter) in waiters.into_iter().enumerate() {
+            until("the waiters subscribed", subscribed.clone()).await;
+            let kill = Arc::clone(&watched);
+            let killed = tokio::task::spawn_blocking(move || {
+                let client = redis::Client::open(kill.as_str()).unwrap();
+                let mut con = client
+                    .get_connection_with_timeout(Duration::from_secs(5))
+                    .unwrap();
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query::<u64>(&mut con)
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            assert_eq!(killed, 1, "round {round}: the handle's one subscription");
+            // Released right after the kill: before or after the resubscription.
+            held.release().await.unwrap();
+            held = tokio::time::timeout(DEADLINE, waiter)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the waiter was never served"))
+                .unwrap()
+                .unwrap();
+            served.push(held.id().to_string());
+        }
+        assert_eq!(
+            served,
+            (0..5).map(|i| format!("task-{i}")).collect::<Vec<_>>()
+        );
+        held.release().await.unwrap();
+        assert_eq!(sem.count().await.unwrap(), 0);
+        // Nobody waits any more: the renewed subscription is closed too.
+        until("the subscription closed", move || !subscribed()).await;
+    });
+}
+
+// ------------------------------------------------------------------------ processes
+
+/// Tasks (or threads) per worker process, and cycles of each.
+const PER_PROCESS: usize = 6;
+const CYCLES: usize = 12;
+
+#[test]
+#[serial]
+fn async_and_blocking_processes_share_a_redis_semaphore_within_its_capacity() {
+    // Two processes of 6 async tasks and two of 6 blocking threads share 3 slots of one
+    // Redis key; some async acquires are cancelled by short timeouts on the way. The
+    // independent witness (marker files, not Redis) never sees more than 3 inside, every
+    // grant is counted, no token is used twice, the key ends empty.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seed =
+        common::seed("async_and_blocking_processes_share_a_redis_semaphore_within_its_capacity");
+    let dir = common::tmpfs_dir();
+    let capacity = 3;
+    let url = server.url("shared");
+    let witness = Witness::create(dir.path().join("witness"), capacity).unwrap();
+    let mut group = Group::new();
+    for (i, role) in ["async", "blocking", "async", "blocking"]
+        .iter()
+        .enumerate()
+    {
+        group.spawn(
+            ChildSpec::new(format!("{role}-{i}"), "child_process", role)
+                .arg("URL", &url)
+                .arg("WITNESS", witness.dir().display())
+                .arg("CAPACITY", capacity)
+                .arg("NAME", format!("{role}-{i}"))
+                .seed(common::derive_seed(seed, i as u64)),
+        );
+    }
+    group.expect_all("ready", common::deadline(60));
+    group.send_all("go");
+    let finished = group.finish(common::deadline(240));
+
+    let (mut grants, mut cancelled, mut tokens) = (0u64, 0u64, Vec::new());
+    for f in &finished {
+        let errors = f.lines_of("error");
+        assert!(errors.is_empty(), "{}: {errors:?}", f.name);
+        let violations = f.lines_of("violation");
+        assert!(violations.is_empty(), "{}: {violations:?}", f.name);
+        assert!(f.status.success(), "{} exited with {}", f.name, f.status);
+        let done = f.lines_of("done");
+        assert_eq!(done.len(), 1, "{}: {:?}", f.name, f.lines);
+        let n: Vec<u64> = done[0].split(' ').map(|w| w.parse().unwrap()).collect();
+        assert_eq!(
+            n[0],
+            (PER_PROCESS * CYCLES) as u64,
+            "{} completes every cycle",
+            f.name
+        );
+        grants += n[0];
+        cancelled += n[1];
+        tokens.extend(
+            f.lines_of("tokens")[0]
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse::<u64>().unwrap()),
+        );
+    }
+    let report = witness.report().unwrap();
+    println!(
+        "seed={seed}: {grants} grants, {cancelled} cancelled async acquires, max inside {}, \
+         violations {}",
+        report.max_inside,
+        report.violations.len()
+    );
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(report.max_inside <= capacity);
+    assert_eq!(report.inside, 0);
+    assert_eq!(report.grants, grants, "the witness saw every grant");
+    let distinct: HashSet<u64> = tokens.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        tokens.len(),
+        "fencing tokens are never reused"
+    );
+    let sem = Semaphore::open_redis_existing(&url).unwrap();
+    assert_eq!(sem.count().unwrap(), 0, "every release reached the key");
+    assert!(
+        sem.waiters().unwrap().is_empty(),
+        "no queue entry left behind"
+    );
+}
+
+/// One hold: the witness's enter and leave around a short random pause. Returns the
+/// witness's complaints.
+fn hold(witness: &Witness, slot: u32, id: &str, token: u64, pause: Duration) -> Vec<String> {
+    let mut complaints = witness.enter(slot, id, token).unwrap().violations;
+    std::thread::sleep(pause);
+    complaints.extend(witness.leave(slot, id, token).unwrap().1);
+    complaints
+}
+
+/// The async worker: `PER_PROCESS` tasks on a multi-threaded runtime, each acquiring
+/// `CYCLES` times (a third of the tries first with a short timeout that may cancel it).
+fn async_worker() {
+    let (url, name) = (arg("URL"), arg("NAME"));
+    let capacity: u32 = arg("CAPACITY").parse().unwrap();
+    let seed = common::seed(&name);
+    let witness = Arc::new(Witness::create(arg("WITNESS"), capacity).unwrap());
+    say("ready");
+    common::wait_for_parent();
+    let rt = multi_thread();
+    let results = rt.block_on(async {
+        let sem = open(&url, capacity).await;
+        let tasks: Vec<_> = (0..PER_PROCESS)
+            .map(|t| {
+                let (sem, witness) = (sem.clone(), Arc::clone(&witness));
+                let id = format!("{name}-task-{t}");
+                let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, t as u64));
+                tokio::spawn(async move {
+                    let (mut tokens, mut cancelled, mut complaints) =
+                        (Vec::new(), 0u64, Vec::new());
+                    for _ in 0..CYCLES {
+                        if rng.u8(0..3) == 0 {
+                            let patience = Duration::from_micros(rng.u64(100..5000));
+                            match tokio::time::timeout(patience, sem.acquire(&id)).await {
+                                Ok(permit) => {
+                                    drop(permit.map_err(|e| format!("error acquire: {e}"))?);
+                                }
+                                Err(_) => cancelled += 1,
+                            }
+                        }
+                        let permit = sem
+                            .acquire(&id)
+                            .await
+                            .map_err(|e| format!("error acquire: {e}"))?;
+                        let (slot, token) = (permit.slot(), permit.token());
+                        tokens.push(token);
+                        let pause = Duration::from_micros(rng.u64(0..2000));
+                        let w = Arc::clone(&witness);
+                        let id2 = id.clone();
+                        complaints.extend(
+                            tokio::task::spawn_blocking(move || hold(&w, slot, &id2, token, pause))
+                                .await
+                                .unwrap(),
+                        );
+                        if rng.bool() {
+                            permit
+                                .release()
+                                .await
+                                .map_err(|e| format!("error release: {e}"))?;
+                        } else {
+                            drop(permit);
+                        }
+                    }
+                    Ok::<_, String>((tokens, cancelled, complaints))
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        // Dropped permits release on the handle's thread: wait for them before reporting.
+        let start = Instant::now();
+        while sem
+            .holders()
             .await
             .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(b.id(), "b");
-        assert!(b.token() > token_a);
-        assert!(b.is_held().await.unwrap());
-        b.renew().await.unwrap().expect("a lease to extend");
-        b.release().await.unwrap();
-        assert_eq!(sem.count().await.unwrap(), 0);
+            .iter()
+            .any(|h| h.id.starts_with(&name))
+        {
+            assert!(start.elapsed() < DEADLINE, "the dropped permits' releases");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        results
     });
-    assert_eq!(blocking.count().unwrap(), 0);
+    report(results);
+}
+
+/// The blocking worker: `PER_PROCESS` threads, each acquiring `CYCLES` times.
+fn blocking_worker() {
+    let (url, name) = (arg("URL"), arg("NAME"));
+    let capacity: u32 = arg("CAPACITY").parse().unwrap();
+    let seed = common::seed(&name);
+    let witness = Arc::new(Witness::create(arg("WITNESS"), capacity).unwrap());
+    say("ready");
+    common::wait_for_parent();
+    let sem = options().open_redis(&url, capacity).unwrap();
+    let threads: Vec<_> = (0..PER_PROCESS)
+        .map(|t| {
+            let (sem, witness) = (sem.clone(), Arc::clone(&witness));
+            let id = format!("{name}-thread-{t}");
+            let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, t as u64));
+            std::thread::spawn(move || {
+                let (mut tokens, mut complaints) = (Vec::new(), Vec::new());
+                for _ in 0..CYCLES {
+                    let permit = sem
+                        .acquire(id.as_str())
+                        .map_err(|e| format!("error acquire: {e}"))?;
+                    tokens.push(permit.token());
+                    let pause = Duration::from_micros(rng.u64(0..2000));
+                    complaints.extend(hold(&witness, permit.slot(), &id, permit.token(), pause));
+                    permit
+                        .release()
+                        .map_err(|e| format!("error release: {e}"))?;
+                }
+                Ok::<_, String>((tokens, 0, complaints))
+            })
+        })
+        .collect();
+    report(threads.into_iter().map(|t| t.join().unwrap()).collect());
+}
+
+/// What one task or thread of a worker did: its tokens, its cancelled acquires, the
+/// witness's complaints; or the error that stopped it.
+type Outcome = Result<(Vec<u64>, u64, Vec<String>), String>;
+
+/// Says what the tasks or threads of a worker did: errors, violations, then `done GRANTS
+/// CANCELLED` and `tokens ...`.
+fn report(results: Vec<Outcome>) {
+    let (mut tokens, mut cancelled) = (Vec::new(), 0);
+    for r in results {
+        match r {
+            Ok((t, c, complaints)) => {
+                tokens.extend(t);
+                cancelled += c;
+                for v in complaints {
+                    say(format!("violation {v}"));
+                }
+            }
+            Err(e) => say(e),
+        }
+    }
+    say(format!("done {} {cancelled}", tokens.len()));
+    let list: Vec<String> = tokens.iter().map(u64::to_string).collect();
+    say(format!("tokens {}", list.join(" ")));
+}
+
+#[test]
+#[ignore = "a child-process role, started by the tests in this file"]
+fn child_process() {
+    // Not a test of its own: the body of the worker processes the test above starts.
+    match common::role().as_deref() {
+        Some("async") => async_worker(),
+        Some("blocking") => blocking_worker(),
+        Some(other) => panic!("unknown role {other}"),
+        None => {}
+    }
 }
