@@ -522,13 +522,15 @@ impl Waker {
 
     /// The descriptor that becomes readable when a notice is pending, for an async runtime's
     /// reactor (the async API); `None` for a waker without notices, whose waiters poll. Read
-    /// what it announced with [`take`](Waker::take).
+    /// what it announced with [`take`](Waker::take). Always `None` for a Redis semaphore:
+    /// the async API's waiters listen on a connection of their own
+    /// ([`redis::notices`](crate::store::redis::notices)), not through this waker.
     #[cfg(feature = "tokio")]
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             Waker::File(waker) => waker.fd(),
             #[cfg(feature = "redis")]
-            Waker::Redis(waker) => waker.fd(),
+            Waker::Redis(_) => None,
         }
     }
 
@@ -540,7 +542,7 @@ impl Waker {
         match self {
             Waker::File(waker) => waker.take(),
             #[cfg(feature = "redis")]
-            Waker::Redis(waker) => waker.take(),
+            Waker::Redis(_) => Woke::default(),
         }
     }
 

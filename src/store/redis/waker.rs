@@ -36,22 +36,6 @@ impl RedisWaker {
         self.bell.is_some() && self.subscriber.as_ref().is_some_and(|s| s.is_subscribed())
     }
 
-    /// The doorbell's descriptor, if there is one (see [`Waker::fd`](crate::store::Waker::fd)).
-    #[cfg(feature = "tokio")]
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.bell.as_ref().map(Doorbell::fd)
-    }
-
-    /// Whether the doorbell rang, without waiting (see
-    /// [`Waker::take`](crate::store::Waker::take)).
-    #[cfg(feature = "tokio")]
-    pub fn take(&mut self) -> Woke {
-        Woke {
-            changed: self.bell.as_ref().is_some_and(Doorbell::take),
-            ..Woke::default()
-        }
-    }
-
     /// One `poll(2)` of at most `wait` on the doorbell and `cancel`. A signal (`EINTR`) ends
     /// it with nothing; a failed `poll` pauses briefly instead (the caller's timer still
     /// bounds the wait).
