@@ -300,7 +300,9 @@
 //!   the old value shows and above the server's clock in microseconds.
 //! - **Resources.** A handle keeps up to 4 idle connections; once one of its acquires has
 //!   waited, it also keeps a pub/sub connection and a thread (the waiters' wake-up, a
-//!   `PING` every response timeout), until its last clone is dropped. Each permit runs its
+//!   `PING` every response timeout), until its last clone is dropped (an async handle's
+//!   waiting tasks use a pub/sub connection read on the runtime instead, only while some
+//!   wait: see "Async (tokio)"). Each permit runs its
 //!   keep-alive thread. A forked child opens its own connections.
 //!
 //! Waiting works as on a file: a waiter sleeps in `poll(2)` on a socket that the handle's
@@ -325,8 +327,9 @@
 //! - **Waiting costs no thread.** One watcher per handle serves all its waiting tasks: on
 //!   Linux an inotify descriptor driven by the runtime's reactor (`AsyncFd`), one read of the
 //!   document per change shared by every waiter, and one step that refreshes all their queue
-//!   entries. A thousand tasks waiting on one handle use the runtime's threads, the handle's
-//!   two and no more (tested by counting the process's threads).
+//!   entries (on Redis, one async pub/sub connection; see below). A thousand tasks waiting
+//!   on one handle use the runtime's threads, the handle's two and no more (tested by
+//!   counting the process's threads).
 //! - **Dropping a permit never blocks**: the release is handed to the handle's step thread,
 //!   and runs even if the runtime shuts down right after. It does not run if the process
 //!   exits first; the kernel then unlocks the hold's witness, and the next user reaps the
@@ -375,13 +378,25 @@
 //! ```
 //!
 //! `AsyncSemaphore::from_blocking` and `AsyncSemaphore::blocking` convert handles,
-//! `AsyncPermit::from_blocking` and `AsyncPermit::into_blocking` permits. The async API
-//! opens file semaphores. For a Redis semaphore (features `redis` and `tokio`), open the
-//! blocking handle (`Semaphore::open_redis`, a blocking call: in `spawn_blocking`) and wrap
-//! it with `AsyncSemaphore::from_blocking`: its steps then use the blocking connection on
-//! the handle's step thread, and its waiting tasks share the handle's pub/sub subscription,
-//! whose doorbell the runtime's reactor watches. There are no async Redis opens, and no
-//! async Redis connection.
+//! `AsyncPermit::from_blocking` and `AsyncPermit::into_blocking` permits.
+//!
+//! With the features `redis` and `tokio`, `AsyncSemaphore::open_redis`,
+//! `open_redis_existing` and `recover_redis` (and their `_with` variants taking
+//! [`OpenOptions`]) open a Redis semaphore. Where each behaviour comes from:
+//!
+//! - **Steps** (acquire, release, renew, ...) run on the handle's step thread through the
+//!   blocking engine, its connections and its one compare-and-swap, retry and settling path;
+//!   so does connecting when the handle is opened. They never run on a runtime thread.
+//! - **Waiting** is the `redis` crate's async pub/sub connection, one per handle, opened by
+//!   its first waiting task and read by a task on the runtime, shared by all the handle's
+//!   waiting tasks: no thread (the blocking API's waiters have a subscriber thread instead).
+//!   It uses the URL's credentials and database and the handle's connect and response
+//!   timeouts (a `PING` when nothing came for the response timeout); every (re)subscription
+//!   is followed by a look, so a change announced while nothing was subscribed is not
+//!   missed; a broken connection (a restarted server, `CLIENT KILL TYPE pubsub`) is opened
+//!   again after 50 ms doubling to 1 s, and meanwhile the watcher looks at the polling pace
+//!   (5 ms doubling to 250 ms). The connection is closed when the handle's last waiting task
+//!   stops waiting.
 //!
 //! # Errors
 //!

@@ -1,7 +1,12 @@
 //! The watcher one async handle shares among all its waiting tasks: one notifier (the file
-//! store's inotify descriptor, the Redis store's doorbell) driven by the runtime's reactor
-//! through [`AsyncFd`], one snapshot of the document per change, read on the handle's look
-//! thread, and published to every waiting task through a [`watch`] channel.
+//! store's inotify descriptor driven by the runtime's reactor through [`AsyncFd`]; the Redis
+//! store's async pub/sub connection, read by a task on the runtime:
+//! [`crate::store::redis::notices`]), one snapshot of the document per change, read on the
+//! handle's look thread, and published to every waiting task through a [`watch`] channel.
+//!
+//! On Redis the watcher is prompt only while the channel is subscribed: it looks again at
+//! every notice and after every (re)subscription, and while the connection is down it
+//! polls at the fast pace. The connection is the watcher's: it closes when the watcher ends.
 //!
 //! One notifier per handle rather than per task: the kernel allows 128 inotify instances
 //! per user by default, and a thousand tasks waiting on one semaphore must not need a

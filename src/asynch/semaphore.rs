@@ -38,8 +38,9 @@ use crate::semaphore::{Reaped, Semaphore};
 ///
 /// Waiting for a slot costs no thread: the handle has one watcher for all its waiting tasks
 /// (on Linux an inotify descriptor driven by the runtime's reactor through
-/// [`AsyncFd`](tokio::io::unix::AsyncFd)), which reads the document once per change on the
-/// look thread and publishes it to them; a thousand tasks waiting on one handle use the two
+/// [`AsyncFd`](tokio::io::unix::AsyncFd); on a Redis semaphore an async pub/sub connection
+/// read by a task on the runtime, see [`open_redis`](AsyncSemaphore::open_redis)), which
+/// reads the document once per change on the look thread and publishes it to them; a thousand tasks waiting on one handle use the two
 /// threads of the handle and the runtime's own. The safety-net timers are `tokio::time`.
 ///
 /// It needs a tokio runtime with I/O and time enabled (`enable_all`), `current_thread` or
