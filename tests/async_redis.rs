@@ -674,6 +674,103 @@ fn waiting_tasks_are_still_served_after_their_pub_sub_connection_is_killed() {
     });
 }
 
+#[test]
+#[serial]
+fn the_waiters_subscription_logs_in_with_the_urls_password_and_database() {
+    // On a server that requires a password, with the key in database 3: the waiting tasks'
+    // pub/sub connection authenticates and selects as the URL says, subscribes the channel
+    // of that database's key, and the waiter is handed the slot.
+    let Some(server) = RedisServer::start_with_password("s3cret") else {
+        return;
+    };
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3/auth/key", server.port());
+    multi_thread().block_on(async {
+        let sem = open(&url, 1).await;
+        let held = sem.try_acquire("holder").await.unwrap();
+        let waiter = {
+            let sem = sem.clone();
+            tokio::spawn(async move { sem.acquire("waiter").await })
+        };
+        queued(&sem, 1).await;
+        let server_url = Arc::new(server.server_url());
+        let subscribed = move || {
+            let client = redis::Client::open(server_url.as_str()).unwrap();
+            let mut con = client
+                .get_connection_with_timeout(Duration::from_secs(5))
+                .unwrap();
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut con)
+                .unwrap();
+            let channels: Vec<String> = redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .query(&mut con)
+                .unwrap();
+            let lines: Vec<&str> = list.lines().filter(|l| !l.trim().is_empty()).collect();
+            lines.len() == 1 && lines[0].contains(" db=3 ") && channels == ["filesem:3:{auth/key}"]
+        };
+        until("the waiters subscribed in database 3", subscribed).await;
+        held.release().await.unwrap();
+        let got = tokio::time::timeout(DEADLINE, waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id(), "waiter");
+        got.release().await.unwrap();
+    });
+}
+
+#[test]
+#[serial]
+fn waiters_are_served_by_polling_when_the_user_may_not_subscribe() {
+    // An ACL user who may do everything but SUBSCRIBE: the waiters' subscription is refused
+    // again and again, and the waiting tasks still see every hand-off, at the polling pace.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nosub")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-subscribe")
+        .query(&mut raw(&server))
+        .unwrap();
+    let url = format!("redis://nosub:pw@127.0.0.1:{}/0/polled", server.port());
+    multi_thread().block_on(async {
+        let sem = open(&url, 1).await;
+        let mut held = sem.try_acquire("holder").await.unwrap();
+        for i in 0..3 {
+            let waiter = {
+                let sem = sem.clone();
+                tokio::spawn(async move { sem.acquire(&format!("waiter-{i}")).await })
+            };
+            queued(&sem, 1).await;
+            held.release().await.unwrap();
+            held = tokio::time::timeout(DEADLINE, waiter)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(held.id(), format!("waiter-{i}"));
+        }
+        held.release().await.unwrap();
+    });
+    // The server refused the subscription (its ACL log names the command).
+    let log: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query(&mut raw(&server))
+        .unwrap();
+    let refused = format!("{log:?}");
+    assert!(refused.contains("subscribe"), "{refused}");
+}
+
 // ------------------------------------------------------------------------ processes
 
 /// Tasks (or threads) per worker process, and cycles of each.
