@@ -552,3 +552,29 @@ fn a_cancelled_acquire_has_left_the_queue_before_the_next_step_of_its_handle() {
         assert!(sem.waiters().await.unwrap().is_empty());
     });
 }
+
+#[test]
+#[serial]
+fn a_query_after_a_drop_no_longer_shows_the_dropped_entry() {
+    // As with the blocking API: a query of a handle sees the release of a permit, and the
+    // leave of an acquire future, that were dropped before it was asked for.
+    let dir = common::tmpfs_dir();
+    for rt in [current_thread(), multi_thread()] {
+        rt.block_on(async {
+            let sem = open(&dir.path().join("seen.json"), 1).await;
+            for round in 0..100 {
+                let permit = sem.try_acquire("a").await.unwrap();
+                drop(permit);
+                assert_eq!(sem.count().await.unwrap(), 0, "round {round}: count");
+                assert_eq!(sem.available().await.unwrap(), 1, "round {round}: available");
+                let held = sem.try_acquire("a").await.unwrap();
+                let patience = Duration::from_millis(1 + round % 5);
+                let dropped = tokio::time::timeout(patience, sem.acquire("b")).await;
+                assert!(dropped.is_err(), "round {round}: nothing to hand over");
+                assert!(sem.waiters().await.unwrap().is_empty(), "round {round}: waiters");
+                drop(held);
+                assert!(sem.holders().await.unwrap().is_empty(), "round {round}: holders");
+            }
+        });
+    }
+}

@@ -3,9 +3,10 @@
 //!
 //! Two threads per handle, each running its jobs one at a time, in the order they were
 //! sent: the **step thread** for locked steps (acquire, release, renew, ...), which may wait
-//! for `PATH.lock`, and the **look thread** for lock-free reads (queries, and the snapshots
-//! the waiters of the handle share), which never wait for a lock, so that a hand-off is seen
-//! while steps queue behind a slow lock.
+//! for `PATH.lock`, and the **look thread** for lock-free reads (the snapshots the waiters
+//! of the handle share, and queries while a step waits for the lock), which never wait for a
+//! lock, so that a hand-off is seen while steps queue behind a slow lock. Queries otherwise
+//! run on the step thread, after the steps asked for before them.
 //!
 //! Why dedicated threads rather than tokio's blocking pool: the handle's steps take turns
 //! anyway (the file store's in-process gate lets one step of a handle in at a time), so more

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::hub::Hub;
 use super::runner::Runner;
@@ -31,10 +31,13 @@ use crate::semaphore::{Reaped, Semaphore};
 ///
 /// Queries ([`holders`](AsyncSemaphore::holders), [`waiters`](AsyncSemaphore::waiters),
 /// [`count`](AsyncSemaphore::count), [`available`](AsyncSemaphore::available),
-/// [`capacity`](AsyncSemaphore::capacity)) run on the look thread, beside the steps, so that
-/// they never wait for a lock: one that follows a dropped permit or acquire future may still
-/// show its entry for the moment its release or leave takes on the step thread. Every step
-/// asked for after the drop sees it gone.
+/// [`capacity`](AsyncSemaphore::capacity)) take no lock and run after the handle's steps
+/// asked for before them, so they see what those did: after `drop(permit)` or a dropped
+/// acquire future, a query of the same handle no longer shows the entry, as with the
+/// blocking API. Only while one of those steps waits for the lock file (held by a slow or
+/// stopped process) for more than 20 ms does a query read at once on the look thread
+/// instead of waiting for it; it then shows the file as it is, the entry of a release still
+/// waiting for the lock included.
 ///
 /// Waiting for a slot costs no thread: the handle has one watcher for all its waiting tasks
 /// (on Linux an inotify descriptor driven by the runtime's reactor through
@@ -245,17 +248,28 @@ impl AsyncSemaphore {
             .await
     }
 
-    /// Runs a lock-free read `f` on the blocking handle, on the look thread.
-    async fn look<T: Send + 'static>(
+    /// Runs a lock-free query `f` on the blocking handle after the steps of the handle sent
+    /// before it (so that it sees what they did, the release of a permit dropped before it
+    /// included, as a blocking query after a blocking drop does), on the step thread; or, if
+    /// one of those steps has waited [`STUCK`](super::runner::STUCK) or longer for the lock, at once on the look
+    /// thread, which never waits for a lock.
+    async fn query<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Semaphore) -> Result<T> + Send + 'static,
+        f: impl Fn(&Semaphore) -> Result<T> + Clone + Send + 'static,
     ) -> Result<T> {
-        let sem = self.inner.sem.clone();
-        self.inner
-            .runner
-            .looks
-            .run(self.path(), move || f(&sem))
-            .await
+        let (sem, after_steps) = (self.inner.sem.clone(), f.clone());
+        let runner = &self.inner.runner;
+        let in_turn = runner
+            .steps
+            .run_by(self.path(), Some(Instant::now()), move || after_steps(&sem))
+            .await?;
+        match in_turn {
+            Some(value) => Ok(value),
+            None => {
+                let sem = self.inner.sem.clone();
+                runner.looks.run(self.path(), move || f(&sem)).await
+            }
+        }
     }
 
     /// [`Semaphore::capacity`], async: the capacity on file now, in holders.
@@ -264,7 +278,7 @@ impl AsyncSemaphore {
     ///
     /// As [`Semaphore::capacity`].
     pub async fn capacity(&self) -> Result<u32> {
-        self.look(Semaphore::capacity).await
+        self.query(Semaphore::capacity).await
     }
 
     /// [`Semaphore::set_capacity`], async: changes the capacity to `capacity` holders.
@@ -430,7 +444,7 @@ impl AsyncSemaphore {
     ///
     /// As [`Semaphore::holders`].
     pub async fn holders(&self) -> Result<Vec<HolderInfo>> {
-        self.look(Semaphore::holders).await
+        self.query(Semaphore::holders).await
     }
 
     /// [`Semaphore::waiters`], async: the queued waiters in the order they will be served.
@@ -439,7 +453,7 @@ impl AsyncSemaphore {
     ///
     /// As [`Semaphore::waiters`].
     pub async fn waiters(&self) -> Result<Vec<HolderInfo>> {
-        self.look(Semaphore::waiters).await
+        self.query(Semaphore::waiters).await
     }
 
     /// [`Semaphore::count`], async: the number of holders on file.
@@ -448,7 +462,7 @@ impl AsyncSemaphore {
     ///
     /// As [`Semaphore::count`].
     pub async fn count(&self) -> Result<usize> {
-        self.look(Semaphore::count).await
+        self.query(Semaphore::count).await
     }
 
     /// [`Semaphore::available`], async: how many slots a `try_acquire` could get now.
@@ -457,7 +471,7 @@ impl AsyncSemaphore {
     ///
     /// As [`Semaphore::available`].
     pub async fn available(&self) -> Result<usize> {
-        self.look(Semaphore::available).await
+        self.query(Semaphore::available).await
     }
 }
 
