@@ -566,14 +566,24 @@ fn a_query_after_a_drop_no_longer_shows_the_dropped_entry() {
                 let permit = sem.try_acquire("a").await.unwrap();
                 drop(permit);
                 assert_eq!(sem.count().await.unwrap(), 0, "round {round}: count");
-                assert_eq!(sem.available().await.unwrap(), 1, "round {round}: available");
+                assert_eq!(
+                    sem.available().await.unwrap(),
+                    1,
+                    "round {round}: available"
+                );
                 let held = sem.try_acquire("a").await.unwrap();
                 let patience = Duration::from_millis(1 + round % 5);
                 let dropped = tokio::time::timeout(patience, sem.acquire("b")).await;
                 assert!(dropped.is_err(), "round {round}: nothing to hand over");
-                assert!(sem.waiters().await.unwrap().is_empty(), "round {round}: waiters");
+                assert!(
+                    sem.waiters().await.unwrap().is_empty(),
+                    "round {round}: waiters"
+                );
                 drop(held);
-                assert!(sem.holders().await.unwrap().is_empty(), "round {round}: holders");
+                assert!(
+                    sem.holders().await.unwrap().is_empty(),
+                    "round {round}: holders"
+                );
             }
         });
     }

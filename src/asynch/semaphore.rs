@@ -43,8 +43,9 @@ use crate::semaphore::{Reaped, Semaphore};
 /// (on Linux an inotify descriptor driven by the runtime's reactor through
 /// [`AsyncFd`](tokio::io::unix::AsyncFd); on a Redis semaphore an async pub/sub connection
 /// read by a task on the runtime, see [`open_redis`](AsyncSemaphore::open_redis)), which
-/// reads the document once per change on the look thread and publishes it to them; a thousand tasks waiting on one handle use the two
-/// threads of the handle and the runtime's own. The safety-net timers are `tokio::time`.
+/// reads the document once per change on the look thread and publishes it to them; a
+/// thousand tasks waiting on one handle use the two threads of the handle and the runtime's
+/// own. The safety-net timers are `tokio::time`.
 ///
 /// It needs a tokio runtime with I/O and time enabled (`enable_all`), `current_thread` or
 /// `multi_thread`. A handle may be used from several runtimes; its watcher runs on the
