@@ -343,8 +343,8 @@ fn threads() -> (usize, Vec<String>) {
 
 /// The threads the test may add while a thousand tasks wait, beyond the runtime's workers
 /// and the handle's step and look threads: the process's keep-alive starter and the
-/// holder's keep-alive thread (a Redis hold renews its lease), and one spare for the
-/// runtime's blocking pool (`until` uses it between the phases).
+/// holder's keep-alive thread (a Redis hold renews its lease), and one spare. A subscriber
+/// thread per handle, or a thread per waiting task, would exceed it.
 const SMALL_CONSTANT: usize = 3;
 
 #[test]
