@@ -185,3 +185,143 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::super::location::Location;
+    use super::super::tests::redis_server::RedisServer;
+    use super::*;
+
+    /// How long any expected change may take: generous, the machine is shared.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn engine(server: &RedisServer) -> Engine {
+        let options = EngineOptions {
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            replicas: None,
+        };
+        Engine::new(Location::parse(&server.url("sem")).unwrap(), options).unwrap()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A plain connection, to publish and meddle behind the listener's back.
+    fn raw(server: &RedisServer) -> ::redis::Connection {
+        ::redis::Client::open(server.server_url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
+    }
+
+    fn command(server: &RedisServer, args: &[&str]) -> ::redis::Value {
+        let mut cmd = ::redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut raw(server)).unwrap()
+    }
+
+    /// Subscribers of `channel` on the server (`PUBSUB NUMSUB`).
+    fn subscribers(server: &RedisServer, channel: &str) -> i64 {
+        let (_, n): (String, i64) = ::redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut raw(server))
+            .unwrap();
+        n
+    }
+
+    /// Waits until the status satisfies `done` (it may already); fails after [`DEADLINE`].
+    async fn until(notices: &mut Notices, what: &str, done: impl Fn(&Status) -> bool) -> Status {
+        let start = Instant::now();
+        loop {
+            let now = *notices.status.borrow_and_update();
+            if done(&now) {
+                return now;
+            }
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            tokio::time::timeout(left, notices.changed())
+                .await
+                .unwrap_or_else(|_| panic!("never {what}: {now:?}"))
+                .expect("the listening task runs");
+        }
+    }
+
+    #[test]
+    fn async_notices_count_the_channels_messages_and_resubscribe_after_a_kill() {
+        // Subscribed once, a message on the semaphore's channel counts and one on another
+        // does not; a killed connection shows as unsubscribed, then subscribed again.
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let engine = engine(&server);
+        let channel = engine.channel().to_string();
+        let rt = runtime();
+        let mut notices = rt.block_on(async { engine.subscribe_async() });
+        let s = rt.block_on(until(&mut notices, "subscribed", |s| s.subscribed));
+        assert_eq!((s.subscriptions, s.notices), (1, 0));
+        command(&server, &["PUBLISH", "other", "x"]);
+        command(&server, &["PUBLISH", &channel, "x"]);
+        let s = rt.block_on(until(&mut notices, "notified", |s| s.notices > 0));
+        assert_eq!((s.subscribed, s.subscriptions, s.notices), (true, 1, 1));
+
+        command(&server, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+        rt.block_on(until(&mut notices, "unsubscribed", |s| !s.subscribed));
+        let s = rt.block_on(until(&mut notices, "subscribed again", |s| s.subscribed));
+        assert_eq!(s.subscriptions, 2);
+        command(&server, &["PUBLISH", &channel, "x"]);
+        let s = rt.block_on(until(&mut notices, "notified again", |s| s.notices > 1));
+        assert_eq!(s.notices, 2);
+    }
+
+    #[test]
+    fn async_notices_of_a_dead_server_subscribe_once_it_is_back() {
+        // Starting never waits for the server: nothing is subscribed while it is down, and
+        // the subscription comes when the server does.
+        let Some(mut server) = RedisServer::start() else {
+            return;
+        };
+        let engine = engine(&server);
+        server.kill();
+        let rt = runtime();
+        let mut notices = rt.block_on(async { engine.subscribe_async() });
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        assert_eq!(*notices.status.borrow(), Status::default());
+        server.restart();
+        let s = rt.block_on(until(&mut notices, "subscribed", |s| s.subscribed));
+        assert_eq!(s.subscriptions, 1);
+    }
+
+    #[test]
+    fn dropping_async_notices_closes_their_subscription() {
+        // The listening task ends with its notices: no connection is left subscribed, even
+        // with the runtime still running.
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let engine = engine(&server);
+        let channel = engine.channel().to_string();
+        let rt = runtime();
+        let mut notices = rt.block_on(async { engine.subscribe_async() });
+        rt.block_on(until(&mut notices, "subscribed", |s| s.subscribed));
+        assert_eq!(subscribers(&server, &channel), 1);
+        drop(notices);
+        let start = Instant::now();
+        while subscribers(&server, &channel) != 0 {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the subscription outlived its notices"
+            );
+            // The runtime runs (and drops the aborted task) while it sleeps.
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
+        }
+    }
+}
