@@ -598,6 +598,60 @@ fn the_runtime_keeps_ticking_while_tasks_wait_on_redis_and_the_server_stalls() {
 
 #[test]
 #[serial]
+fn opening_on_a_stopped_server_times_out_without_blocking_the_runtime() {
+    // Connecting runs on the new handle's thread: while the open waits out its timeouts on
+    // a stopped server, a task on the same current_thread runtime keeps ticking, and the
+    // open ends with the typed timeout naming the URL without its password.
+    let Some(mut server) = RedisServer::start_with_password("s3cret") else {
+        return;
+    };
+    let mut slow = options();
+    slow.connect_timeout(Duration::from_secs(3))
+        .response_timeout(Duration::from_secs(3));
+    server.pause();
+    let url = format!("redis://:s3cret@127.0.0.1:{}/0/stopped", server.port());
+    let (opened, worst) = current_thread().block_on(async {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                let mut last = Instant::now();
+                while !done.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let now = Instant::now();
+                    worst = worst.max(now - last);
+                    last = now;
+                }
+                worst
+            })
+        };
+        let opened =
+            tokio::time::timeout(DEADLINE, AsyncSemaphore::open_redis_with(&slow, &url, 1))
+                .await
+                .expect("the open ended by its timeouts");
+        done.store(true, Ordering::SeqCst);
+        (opened, ticker.await.unwrap())
+    });
+    server.resume();
+    match opened {
+        Err(Error::RedisTimeout { path, .. }) => {
+            let shown = path.display().to_string();
+            assert!(shown.contains(":***@"), "{shown}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        other => panic!("expected RedisTimeout, got {other:?}"),
+    }
+    eprintln!("worst gap between 5 ms ticks while opening: {worst:?}");
+    // A connect on this thread would have stalled it for the whole 3 s timeout.
+    assert!(
+        worst < Duration::from_millis(2500),
+        "the runtime stalled for {worst:?}"
+    );
+}
+
+#[test]
+#[serial]
 fn waiting_tasks_are_still_served_after_their_pub_sub_connection_is_killed() {
     // `CLIENT KILL TYPE pubsub` closes the handle's subscription while tasks wait: they
     // look at the polling pace meanwhile and resubscribe, and every release still reaches
