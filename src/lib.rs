@@ -302,13 +302,13 @@
 //!   waited, it also keeps a pub/sub connection and a thread (the waiters' wake-up, a
 //!   `PING` every response timeout), until its last clone is dropped (an async handle's
 //!   waiting tasks use a pub/sub connection read on the runtime instead, only while some
-//!   wait: see "Async (tokio)"). Each permit runs its
-//!   keep-alive thread. A forked child opens its own connections.
+//!   wait: see "Async (tokio)"). Each permit runs its keep-alive thread. A forked child
+//!   opens its own connections.
 //!
-//! Waiting works as on a file: a waiter sleeps in `poll(2)` on a socket that the handle's
-//! pub/sub subscriber rings for every change notice, together with its [`CancelToken`]'s
-//! socket, with the same safety-net timer; the releaser's write hands the slot over, and the
-//! waiter only reads the key to see it.
+//! Waiting works as on a file: a blocking waiter sleeps in `poll(2)` on a socket that the
+//! handle's pub/sub subscriber rings for every change notice, together with its
+//! [`CancelToken`]'s socket, with the same safety-net timer; the releaser's write hands the
+//! slot over, and the waiter only reads the key to see it.
 //!
 //! # Async (tokio)
 //!

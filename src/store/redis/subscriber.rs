@@ -1,5 +1,6 @@
-//! Change notices for waiters: a pub/sub connection subscribed to the semaphore's channel,
-//! ringing a doorbell (a socket) for each waiter.
+//! Change notices for the blocking API's waiters: a pub/sub connection subscribed to the
+//! semaphore's channel, ringing a doorbell (a socket) for each waiter. (The async API's
+//! waiters listen on a connection of their own, read on the runtime: [`super::notices`].)
 //!
 //! A [`Subscriber`] owns a thread with its own connection, subscribed to
 //! [`Engine::channel`](super::engine::Engine::channel), where every committed change is
