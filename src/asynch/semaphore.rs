@@ -36,6 +36,14 @@ use crate::semaphore::{Reaped, Semaphore};
 /// show its entry for the moment its release or leave takes on the step thread. Every step
 /// asked for after the drop sees it gone.
 ///
+/// Handing a step to the step thread and its result back costs a sleep and a wake-up of
+/// each side, tens of microseconds on a virtual machine, as much as a step on tmpfs. Where
+/// the machine runs threads in parallel, a task awaiting a step that usually takes at most
+/// 100 µs polls for its result instead (it wakes itself, so the runtime runs its other tasks
+/// in between; it backs off while polls find nothing), and the step thread looks for its
+/// next step for 100 µs before it sleeps. Quick steps then cost about what they cost a
+/// blocking caller in time, and about twice its CPU; an idle handle's threads sleep.
+///
 /// Waiting for a slot costs no thread: the handle has one watcher for all its waiting tasks
 /// (on Linux an inotify descriptor driven by the runtime's reactor through
 /// [`AsyncFd`](tokio::io::unix::AsyncFd)), which reads the document once per change on the
