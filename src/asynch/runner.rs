@@ -454,3 +454,57 @@ impl Runner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_backs_off_doubling_after_polls_that_find_nothing_and_resumes_after_one_that_finds() {
+        // Each poll that found nothing doubles the replies waited for by sleeping (up to
+        // MAX_SKIP); one that found its reply starts the doubling over.
+        if !parallel() {
+            println!("SKIPPED: one CPU here, where replies are never polled for");
+            return;
+        }
+        let pace = Pace::default();
+        assert_eq!(pace.poll_for(), None, "no job has run yet");
+        pace.ran(Duration::from_micros(30));
+        assert_eq!(pace.poll_for(), Some(Duration::from_micros(70)));
+        let mut slept = Vec::new();
+        for _ in 0..12 {
+            pace.polled(false);
+            let mut n = 0;
+            while pace.poll_for().is_none() {
+                n += 1;
+            }
+            slept.push(n);
+        }
+        assert_eq!(slept, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1024]);
+        pace.polled(true);
+        pace.polled(false);
+        assert_eq!(pace.poll_for(), None);
+        assert_eq!(pace.poll_for(), Some(Duration::from_micros(70)));
+    }
+
+    #[test]
+    fn replies_of_jobs_longer_than_the_polling_limit_are_waited_for_by_sleeping() {
+        // A lane whose jobs take longer than MAX_POLL on average (fsyncs on a disk) never
+        // polls; once its jobs are quick again on average, it polls for twice their time.
+        let pace = Pace::default();
+        pace.ran(Duration::from_millis(1));
+        assert_eq!(pace.poll_for(), None);
+        for _ in 0..40 {
+            pace.ran(Duration::from_micros(30));
+        }
+        let run = Duration::from_nanos(pace.run_ns.load(Ordering::Relaxed));
+        assert!(
+            run > Duration::from_micros(30) && run < Duration::from_micros(40),
+            "{run:?}"
+        );
+        match parallel() {
+            true => assert_eq!(pace.poll_for(), Some(run * 2 + Duration::from_micros(10))),
+            false => assert_eq!(pace.poll_for(), None),
+        }
+    }
+}
