@@ -412,6 +412,7 @@ impl Store {
     /// `/proc/locks`; never waits for the lock), as a blocking step says when another thread
     /// keeps it out of the in-process gate until its deadline. A Redis store, whose steps
     /// take no turns and wait only for the server: [`Error::Timeout`].
+    #[cfg(feature = "tokio")]
     pub fn busy(&self, start: Instant) -> Error {
         match self {
             Store::File(store) => store.busy(start),

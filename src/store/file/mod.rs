@@ -324,6 +324,7 @@ impl FileStore {
     /// another step of this process held its turn (see [`Store::busy`](super::Store::busy)):
     /// [`Error::LockBusy`] since `start`, naming the lock's holder, as [`locked`] says when
     /// its in-process gate is not entered in time.
+    #[cfg(feature = "tokio")]
     pub fn busy(&self, start: Instant) -> Error {
         Error::LockBusy {
             path: self.path().to_path_buf(),
