@@ -347,9 +347,9 @@
 //! - **Cost**: a step's hand-over to the handle's thread and back. For quick steps (tmpfs)
 //!   on a machine with more than one CPU, the task polls for the reply (waking itself, so
 //!   the runtime runs other tasks in between) instead of sleeping until woken, and the step
-//!   thread looks for the next job for 100 µs before it sleeps: a cycle takes about as long
-//!   as a blocking one but about twice its CPU time. An idle handle uses no CPU
-//!   (`docs/performance.md`, "Async").
+//!   thread looks for the next job for 100 µs before it sleeps: a cycle on tmpfs takes
+//!   1.1-1.3 times as long as a blocking one when the CPUs are not busy with other work, at
+//!   about twice its CPU time. An idle handle uses no CPU (`docs/performance.md`, "Async").
 //!
 //! ```
 //! # #[cfg(feature = "tokio")]
