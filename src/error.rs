@@ -247,10 +247,17 @@ pub enum Error {
 
     /// No slot became free within the time given to an acquire that waits
     /// ([`Semaphore::acquire_timeout`](crate::Semaphore::acquire_timeout), or
-    /// [`AcquireOptions::timeout`](crate::AcquireOptions::timeout)); the call left the queue
-    /// (or, if the lock file was busy at that moment, gave up its queue entry's witness, so
-    /// that the entry is judged dead and removed by the next process that looks). Distinct
-    /// from [`LockTimeout`](Error::LockTimeout) and [`LockBusy`](Error::LockBusy), which are
+    /// [`AcquireOptions::timeout`](crate::AcquireOptions::timeout)). No slot is held, and the
+    /// call's queue entry is gone or on its way out: a blocking call removed it before it
+    /// returned (or, if the lock file was busy at that moment, gave up the entry's witness,
+    /// so that the entry is judged dead and removed by the next process that looks). An
+    /// async call may return while a step of its handle ahead of its own is held up (see
+    /// `AsyncSemaphore::acquire_with`, "Deadlines"); its entry is then removed on the
+    /// handle's step thread when that step ends, as a dropped acquire future's is, and a
+    /// slot handed to the entry until then is released and handed on. On a Redis semaphore
+    /// an async `try_acquire_with` whose step could not start by its deadline fails with
+    /// this too (it never queued). Distinct from
+    /// [`LockTimeout`](Error::LockTimeout) and [`LockBusy`](Error::LockBusy), which are
     /// about the lock file.
     #[error("timed out after {} waiting for a slot of semaphore `{path}`", seconds(*.waited))]
     Timeout {

@@ -378,9 +378,18 @@ impl Semaphore {
         holder: &H,
         options: &AcquireOptions,
     ) -> Result<Permit> {
-        let call = Instant::now();
+        self.try_acquire_since(holder.id(), options, Instant::now())
+    }
+
+    /// [`try_acquire_with`](Semaphore::try_acquire_with) for a call that started at `call`
+    /// (the async API's, which may start its step later): the timeout counts from then.
+    pub(crate) fn try_acquire_since(
+        &self,
+        id: &str,
+        options: &AcquireOptions,
+        call: Instant,
+    ) -> Result<Permit> {
         let wait = LockWait::for_call(call, options.timeout);
-        let id = holder.id();
         self.check_request(id, options)?;
         let path = self.path();
         let req = self.request(options, id, false);

@@ -10,7 +10,9 @@
 //! waits for the state lock a stopped process holds: the acquire's own steps, queued behind
 //! that one on the handle's step thread, are given up at its deadline, and nothing is left
 //! on file. No timing is asserted except a generous upper bound that tells "kept its
-//! deadline" from "waited for the 10 s lock timeout".
+//! deadline" from "waited for the 10 s lock timeout". A `try_acquire_with` given a timeout
+//! behind such a step fails with `LockBusy` naming the stopped process, as a blocking call
+//! does.
 
 mod common;
 
@@ -394,6 +396,92 @@ fn async_acquires_end_at_their_deadline_while_a_step_of_their_handle_waits_for_a
         let after = sem.try_acquire("after").await.unwrap();
         assert_eq!(sem.count().await.unwrap(), 1);
         after.release().await.unwrap();
+        assert_eq!(sem.available().await.unwrap(), 1);
+    });
+}
+
+/// A lock timeout far longer than [`TEST_DEADLINE`]: a call that waited for it fails the test.
+const LONG_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the try_acquire_with test lets its call take.
+const TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Whether the kernel can name the holder of a lock in `dir`: tmpfs (whose `st_dev` is the
+/// device `/proc/locks` prints) and a `/proc` of this process's pid namespace.
+fn kernel_tells(dir: &std::path::Path) -> bool {
+    let own_proc = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id());
+    dir.starts_with("/dev/shm") && own_proc
+}
+
+#[test]
+fn an_async_try_acquire_with_a_timeout_fails_with_lock_busy_behind_a_step_held_up_by_a_stopped_lock_holder()
+ {
+    // A timeout bounds the whole try_acquire_with, also its wait for a step of its handle
+    // that waits for the lock a stopped process holds: it fails as the blocking call does
+    // (LockBusy naming that process), its step never runs, and nothing is left on file.
+    let dir = common::tmpfs_dir();
+    let path = dir.path().join("sem.json");
+    let mut group = Group::new();
+    let locker = group.spawn(
+        ChildSpec::new("locker", "child_process", "lock")
+            .arg("LOCK", path.with_extension("json.lock").display()),
+    );
+    group.expect(locker, "ready", common::deadline(30));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut options = OpenOptions::new();
+        options.durable(false).lock_timeout(LONG_LOCK_TIMEOUT);
+        let sem = AsyncSemaphore::open_with(&options, &path, 1).await.unwrap();
+        group.send(locker, "lock");
+        group.expect(locker, "locked", common::deadline(30));
+        common::stop_process(group.pid(locker));
+        // Holds the step thread until the lock frees or the lock timeout passes.
+        let mut stuck = Box::pin(sem.set_capacity(1));
+        assert!(pending(&mut stuck).await, "the held-up step ended at once");
+        let timed = filesem::AcquireOptions::new().timeout(Duration::from_secs(1));
+        let result = tokio::time::timeout(TEST_DEADLINE, sem.try_acquire_with("new", &timed))
+            .await
+            .expect("the call waited for the held-up step (its lock timeout is 120 s)");
+        match result {
+            Err(Error::LockBusy {
+                path: on, holder, ..
+            }) => {
+                assert_eq!(on, path);
+                let pid = group.pid(locker);
+                if kernel_tells(dir.path()) {
+                    assert_eq!(holder, Some(pid), "the lock's holder");
+                } else {
+                    eprintln!("NOTE: the kernel cannot name lock holders here: {holder:?}");
+                    assert!(holder.is_none_or(|h| h == pid), "{holder:?} is not {pid}");
+                }
+            }
+            other => panic!("expected LockBusy, got {other:?}"),
+        }
+        assert!(
+            pending(&mut stuck).await,
+            "the held-up step ended before the call did"
+        );
+        // SIGKILL ends the stopped process; the kernel frees its lock.
+        group.kill(locker, common::deadline(30));
+        within("the held-up step", stuck).await.unwrap();
+        // Steps run in order: this one runs after the given-up step's turn.
+        sem.set_capacity(1).await.unwrap();
+        assert!(
+            sem.holders().await.unwrap().is_empty(),
+            "the given-up step ran"
+        );
+        assert!(sem.waiters().await.unwrap().is_empty());
+        // The lock free again, the same call gets the slot.
+        let permit = sem.try_acquire_with("new", &timed).await.unwrap();
+        assert_eq!((permit.id(), permit.slot()), ("new", 0));
+        permit.release().await.unwrap();
         assert_eq!(sem.available().await.unwrap(), 1);
     });
 }

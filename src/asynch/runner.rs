@@ -15,16 +15,26 @@
 //! count, keeps a handle's steps in order, and outlives the runtime, so that a permit
 //! dropped in a task is still released after the runtime shut down.
 //!
+//! A step's cost beyond its own work is its hand-over to the thread and back. On this
+//! project's 2-vCPU VM a futex sleep and wake-up of each side costs tens of microseconds, as
+//! much as a step on tmpfs, so where threads run in parallel a task polls for a quick step's
+//! reply rather than sleeping ([`Reply`], [`Pace`]) and a lane's thread looks for its next
+//! job for a while before it sleeps ([`next`]); both are bounded in time, and an idle lane
+//! sleeps.
+//!
 //! A value a job returns to a future that was dropped meanwhile (a cancelled acquire's
 //! permit or queue entry) is dropped on the thread, never on the runtime: see [`OffThread`].
 //! The threads end once the handle, its clones and its permits are gone and every job sent
 //! has run.
 
+use std::future::Future;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -39,6 +49,8 @@ pub(crate) struct Lane {
     jobs: mpsc::Sender<Job>,
     /// When the job running now started ([`stamp`]); 0 while the thread is between jobs.
     running: Arc<AtomicU64>,
+    /// How long the lane's jobs take, and whether waiting for their replies by polling pays.
+    pace: Arc<Pace>,
 }
 
 /// How long the job running on a lane must have run for a deadline-bound job queued behind
@@ -65,21 +77,28 @@ impl Lane {
     fn start(name: &str) -> io::Result<Lane> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let running = Arc::new(AtomicU64::new(0));
-        let now_running = Arc::clone(&running);
+        let pace = Arc::new(Pace::default());
+        let (now_running, timed) = (Arc::clone(&running), Arc::clone(&pace));
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 while let Some(job) = next(&queue) {
-                    now_running.store(stamp(Instant::now()), Ordering::SeqCst);
+                    let started = Instant::now();
+                    now_running.store(stamp(started), Ordering::SeqCst);
                     // A job's own panic is caught by `run` and resumed in its caller; a
                     // drop that panics (none should) must not end the thread of the others.
                     if catch_unwind(AssertUnwindSafe(job)).is_err() {
                         tracing::warn!("a job of an async handle's thread panicked");
                     }
                     now_running.store(0, Ordering::SeqCst);
+                    timed.ran(started.elapsed());
                 }
             })?;
-        Ok(Lane { jobs, running })
+        Ok(Lane {
+            jobs,
+            running,
+            pace,
+        })
     }
 
     /// Whether the job running now has run for [`STUCK`] or longer (waiting for a lock
@@ -131,7 +150,7 @@ impl Lane {
         start_by: Option<Instant>,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<Option<T>> {
-        let (tx, mut rx) = oneshot::channel::<OffThread<std::thread::Result<Result<T>>>>();
+        let (tx, rx) = oneshot::channel::<OffThread<std::thread::Result<Result<T>>>>();
         let back = self.clone();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let job_state = Arc::clone(&state);
@@ -155,11 +174,12 @@ impl Lane {
         if !sent {
             return Err(gone(path));
         }
+        let mut reply = Reply::new(rx, &self.pace);
         if let Some(mut at) = start_by {
             loop {
                 tokio::select! {
                     biased;
-                    out = &mut rx => return unpack(path, out).map(Some),
+                    out = &mut reply => return unpack(path, out).map(Some),
                     () = tokio::time::sleep_until(at.into()) => {}
                 }
                 if self.stuck()
@@ -175,7 +195,7 @@ impl Lane {
                 at = Instant::now() + STUCK;
             }
         }
-        unpack(path, rx.await).map(Some)
+        unpack(path, reply.await).map(Some)
     }
 }
 
@@ -204,23 +224,174 @@ fn unpack<T: Send + 'static>(
     }
 }
 
-/// How many times a lane's thread yields, looking for its next job, before it sleeps: a
-/// task's next step usually follows its last one within microseconds (an acquire's release,
-/// the permit of a grant), and finding it without a futex sleep and wake-up saves both
-/// threads a context switch. About 10-50 µs; yielding lets others run meanwhile.
+/// Whether this machine runs more than one thread at a time: only then can a thread gain by
+/// polling for another's work rather than sleeping until woken (on one CPU the other thread
+/// runs only once the poller stops).
+fn parallel() -> bool {
+    static PARALLEL: OnceLock<bool> = OnceLock::new();
+    *PARALLEL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
+
+/// How long a lane's thread looks for its next job before it sleeps, on a machine that runs
+/// threads in parallel: a task's next step usually follows its last one within
+/// microseconds (an acquire's release, the permit of a grant), and finding it without a
+/// futex sleep and wake-up saves both threads a context switch, which costs tens of
+/// microseconds on a virtual machine. The thread yields its CPU between looks, so others
+/// run meanwhile; once this has passed without a job it sleeps, so an idle handle costs no
+/// CPU.
+const LOOK_FOR_NEXT: Duration = Duration::from_micros(100);
+
+/// How many times a lane's thread yields, looking for its next job, before it sleeps, on a
+/// machine with one CPU (where the task that sends it runs only while this thread yields).
 const YIELDS_BEFORE_SLEEP: usize = 30;
 
-/// The next job of a lane: taken at once if queued, after a few yields if it comes soon,
+/// The next job of a lane: taken at once if queued, after some looking if it comes soon,
 /// else waited for; `None` once every sender is gone and the queue is empty.
 fn next(queue: &mpsc::Receiver<Job>) -> Option<Job> {
-    for _ in 0..YIELDS_BEFORE_SLEEP {
-        match queue.try_recv() {
-            Ok(job) => return Some(job),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+    let look = || match queue.try_recv() {
+        Ok(job) => Some(Some(job)),
+        Err(mpsc::TryRecvError::Disconnected) => Some(None),
+        Err(mpsc::TryRecvError::Empty) => None,
+    };
+    if parallel() {
+        let until = Instant::now() + LOOK_FOR_NEXT;
+        loop {
+            // A few cheap looks between the clock reads and the yields.
+            for _ in 0..16 {
+                if let Some(found) = look() {
+                    return found;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::yield_now();
+        }
+    } else {
+        for _ in 0..YIELDS_BEFORE_SLEEP {
+            if let Some(found) = look() {
+                return found;
+            }
+            std::thread::yield_now();
         }
     }
     queue.recv().ok()
+}
+
+/// The longest a task polls for a job's reply before it waits to be woken: a step on tmpfs
+/// takes 20-40 µs; steps that take longer (fsyncs on a disk, a Redis round trip, a lock
+/// held by another process) are waited for by sleeping, where a wake-up's cost is small
+/// beside the step's.
+const MAX_POLL: Duration = Duration::from_micros(100);
+
+/// The most replies a lane's tasks wait for by sleeping, after polls that found nothing,
+/// before they poll again.
+const MAX_SKIP: u32 = 1024;
+
+/// What a lane knows about its jobs' pace, for the tasks that wait for their replies
+/// ([`Reply`]): the typical job's run time, and whether recent polls found their reply.
+#[derive(Debug, Default)]
+struct Pace {
+    /// A moving average of the jobs' run times, in nanoseconds (0 before the first job).
+    run_ns: AtomicU64,
+    /// How many of the next replies to wait for without polling.
+    skip: AtomicU32,
+    /// What `skip` is set to after the next poll that finds nothing: doubled after each
+    /// such poll, up to [`MAX_SKIP`], and 0 again after a poll that finds its reply.
+    backoff: AtomicU32,
+}
+
+impl Pace {
+    /// Counts a job that ran for `took` into the average (weight 1/8).
+    fn ran(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.run_ns.load(Ordering::Relaxed);
+        let new = match old {
+            0 => took,
+            _ => old - old / 8 + took / 8,
+        };
+        self.run_ns.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// How long to poll for the reply of a job sent now; `None`: do not poll, sleep until
+    /// woken. Twice the typical run time, so that a job that runs on another CPU at once is
+    /// caught; nothing if jobs take longer than [`MAX_POLL`], on one CPU, or while recent
+    /// polls found nothing (the job's thread was not running: it shares this thread's CPU,
+    /// or queued jobs are ahead).
+    fn poll_for(&self) -> Option<Duration> {
+        if !parallel() {
+            return None;
+        }
+        let run = Duration::from_nanos(self.run_ns.load(Ordering::Relaxed));
+        if run.is_zero() || run > MAX_POLL {
+            return None;
+        }
+        let skip = self.skip.load(Ordering::Relaxed);
+        if skip > 0 {
+            self.skip.store(skip - 1, Ordering::Relaxed);
+            return None;
+        }
+        Some((run * 2 + Duration::from_micros(10)).min(MAX_POLL))
+    }
+
+    /// After a poll: whether it found its reply.
+    fn polled(&self, found: bool) {
+        if found {
+            self.backoff.store(0, Ordering::Relaxed);
+        } else {
+            let backoff = (self.backoff.load(Ordering::Relaxed) * 2).clamp(1, MAX_SKIP);
+            self.backoff.store(backoff, Ordering::Relaxed);
+            self.skip.store(backoff, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The reply of a job, awaited: for a job expected to be quick ([`Pace::poll_for`]) by
+/// polling the channel first, waking the task again at once (`wake_by_ref`, so the runtime
+/// runs its other tasks in between and the task never blocks its thread), then by sleeping
+/// until the job's thread wakes it. Polling saves the sleep and the wake-up of the runtime's
+/// thread (a futex or eventfd write and a context switch per step) at the cost of the CPU
+/// the polls take.
+struct Reply<T> {
+    rx: oneshot::Receiver<T>,
+    pace: Arc<Pace>,
+    /// Until when to poll; `None` once sleeping.
+    poll_until: Option<Instant>,
+}
+
+impl<T> Reply<T> {
+    fn new(rx: oneshot::Receiver<T>, pace: &Arc<Pace>) -> Reply<T> {
+        Reply {
+            rx,
+            poll_until: pace.poll_for().map(|d| Instant::now() + d),
+            pace: Arc::clone(pace),
+        }
+    }
+}
+
+impl<T> Future for Reply<T> {
+    type Output = std::result::Result<T, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(until) = self.poll_until {
+            match self.rx.try_recv() {
+                Ok(value) => {
+                    self.pace.polled(true);
+                    return Poll::Ready(Ok(value));
+                }
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => self.pace.polled(false),
+                // The sender is gone: the poll below says so.
+                Err(oneshot::error::TryRecvError::Closed) => {}
+            }
+            self.poll_until = None;
+        }
+        Pin::new(&mut self.rx).poll(cx)
+    }
 }
 
 /// A value that must not be dropped on a runtime thread (a permit, whose drop releases its
@@ -282,5 +453,59 @@ impl Runner {
             steps: start("filesem-steps")?,
             looks: start("filesem-looks")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_backs_off_doubling_after_polls_that_find_nothing_and_resumes_after_one_that_finds() {
+        // Each poll that found nothing doubles the replies waited for by sleeping (up to
+        // MAX_SKIP); one that found its reply starts the doubling over.
+        if !parallel() {
+            println!("SKIPPED: one CPU here, where replies are never polled for");
+            return;
+        }
+        let pace = Pace::default();
+        assert_eq!(pace.poll_for(), None, "no job has run yet");
+        pace.ran(Duration::from_micros(30));
+        assert_eq!(pace.poll_for(), Some(Duration::from_micros(70)));
+        let mut slept = Vec::new();
+        for _ in 0..12 {
+            pace.polled(false);
+            let mut n = 0;
+            while pace.poll_for().is_none() {
+                n += 1;
+            }
+            slept.push(n);
+        }
+        assert_eq!(slept, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1024]);
+        pace.polled(true);
+        pace.polled(false);
+        assert_eq!(pace.poll_for(), None);
+        assert_eq!(pace.poll_for(), Some(Duration::from_micros(70)));
+    }
+
+    #[test]
+    fn replies_of_jobs_longer_than_the_polling_limit_are_waited_for_by_sleeping() {
+        // A lane whose jobs take longer than MAX_POLL on average (fsyncs on a disk) never
+        // polls; once its jobs are quick again on average, it polls for twice their time.
+        let pace = Pace::default();
+        pace.ran(Duration::from_millis(1));
+        assert_eq!(pace.poll_for(), None);
+        for _ in 0..40 {
+            pace.ran(Duration::from_micros(30));
+        }
+        let run = Duration::from_nanos(pace.run_ns.load(Ordering::Relaxed));
+        assert!(
+            run > Duration::from_micros(30) && run < Duration::from_micros(40),
+            "{run:?}"
+        );
+        match parallel() {
+            true => assert_eq!(pace.poll_for(), Some(run * 2 + Duration::from_micros(10))),
+            false => assert_eq!(pace.poll_for(), None),
+        }
     }
 }

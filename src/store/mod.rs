@@ -405,6 +405,25 @@ impl Store {
         }
     }
 
+    /// The error of a call given a deadline (a call that started at `start`) whose step could
+    /// not start by then, because an earlier step of the same handle held the handle's turn:
+    /// what the step would have given had it waited for its turn itself. The file store:
+    /// [`Error::LockBusy`] naming the process that holds `PATH.lock` (read from
+    /// `/proc/locks`; never waits for the lock), as a blocking step says when another thread
+    /// keeps it out of the in-process gate until its deadline. A Redis store, whose steps
+    /// take no turns and wait only for the server: [`Error::Timeout`].
+    #[cfg(feature = "tokio")]
+    pub fn busy(&self, start: Instant) -> Error {
+        match self {
+            Store::File(store) => store.busy(start),
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => Error::Timeout {
+                path: self.path().to_path_buf(),
+                waited: start.elapsed(),
+            },
+        }
+    }
+
     /// The store's judge, for the verdicts of queries on a [`Snapshot`].
     pub fn judge(&self) -> &dyn Judge {
         match self {

@@ -311,6 +311,29 @@ impl FileStore {
         })
     }
 
+    /// The process that holds `PATH.lock` now, where the kernel tells (see
+    /// [`lock::holder_of`]); reads `/proc/locks`, never waits for the lock.
+    pub fn lock_holder(&self) -> Option<u32> {
+        let lock = self
+            .files
+            .stat_at(self.files.dir(), self.files.lock_name.as_os_str());
+        lock.ok().flatten().and_then(|st| lock::holder_of(&st))
+    }
+
+    /// The error of a call with a deadline whose step could not even start by then because
+    /// another step of this process held its turn (see [`Store::busy`](super::Store::busy)):
+    /// [`Error::LockBusy`] since `start`, naming the lock's holder, as [`locked`] says when
+    /// its in-process gate is not entered in time.
+    #[cfg(feature = "tokio")]
+    pub fn busy(&self, start: Instant) -> Error {
+        Error::LockBusy {
+            path: self.path().to_path_buf(),
+            lock_path: self.files.lock_path.clone(),
+            waited: start.elapsed(),
+            holder: self.lock_holder(),
+        }
+    }
+
     /// A waker for one waiting acquire: inotify on the bound directory, the witness directory
     /// and the waiter's witness `own` where it works.
     pub fn waker(&self, own: Option<&witness::WitnessLock>) -> waker::FileWaker {
@@ -372,11 +395,7 @@ impl FileStore {
         let Some(_serial) = self.gate.enter(deadline) else {
             // Another thread of this process is inside a step: waiting for the lock file, or
             // holding it. Whoever holds it is the one to name.
-            let lock = self
-                .files
-                .stat_at(self.files.dir(), self.files.lock_name.as_os_str());
-            let holder = lock.ok().flatten().and_then(|st| lock::holder_of(&st));
-            return Err(timed_out(holder));
+            return Err(timed_out(self.lock_holder()));
         };
         let kept = cache(&self.lock_file).and_then(|mut kept| kept.take());
         let relocked = match kept {
