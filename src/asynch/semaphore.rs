@@ -275,11 +275,21 @@ impl AsyncSemaphore {
             .await?;
         match in_turn {
             Some(value) => Ok(value),
-            None => {
-                let sem = self.inner.sem.clone();
-                runner.looks.run(self.path(), move || f(&sem)).await
-            }
+            None => self.look(f).await,
         }
+    }
+
+    /// Runs a lock-free read `f` on the blocking handle, on the look thread, at once.
+    async fn look<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Semaphore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let sem = self.inner.sem.clone();
+        self.inner
+            .runner
+            .looks
+            .run(self.path(), move || f(&sem))
+            .await
     }
 
     /// [`Semaphore::capacity`], async: the capacity on file now, in holders.
