@@ -175,10 +175,26 @@ impl Hub {
     /// Watches the semaphore for a waiting task, starting a watcher on the current runtime
     /// if none runs there. Subscribe before the step that may queue: no change after it is
     /// missed.
+    ///
+    /// # Panics
+    ///
+    /// If the runtime has no timers or no I/O driver, as tokio's own timers and I/O types
+    /// do, with tokio's message: here, in the waiting task, rather than in the watcher,
+    /// whose waiters would start one failing watcher after another.
     pub fn subscribe(&self, sem: &Semaphore, runner: &Runner) -> Watch {
         let runtime = Handle::current().id();
+        let live = lock(&self.live);
+        if let Some(l) = live.get(&runtime) {
+            return Watch {
+                looks: l.looks.subscribe(),
+                poke: Arc::clone(&l.poke),
+            };
+        }
+        drop(live);
+        needs_timers_and_io();
         let mut live = lock(&self.live);
         if let Some(l) = live.get(&runtime) {
+            // Another task of the runtime started one meanwhile.
             return Watch {
                 looks: l.looks.subscribe(),
                 poke: Arc::clone(&l.poke),
@@ -210,6 +226,25 @@ impl Hub {
             Arc::clone(&self.waiting),
         ));
         Watch { looks: rx, poke }
+    }
+}
+
+/// Panics, with tokio's message, unless the current runtime has timers and an I/O driver,
+/// which a watcher needs (its safety-net timer; the inotify descriptor's registration, or
+/// a Redis pub/sub connection). Costs a socket, registered and closed: once per watcher.
+fn needs_timers_and_io() {
+    drop(tokio::time::sleep(Duration::ZERO));
+    match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(socket) => {
+            // Registering it with the reactor panics without an I/O driver. A failure to
+            // register otherwise (out of memory) concerns only this socket: the watcher
+            // polls when its own registration fails.
+            let _ = socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixDatagram::from_std(socket));
+        }
+        // Without a socket to try, the watcher's own registration tells.
+        Err(e) => tracing::debug!(%e, "no socket to check the runtime's I/O driver with"),
     }
 }
 

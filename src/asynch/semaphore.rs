@@ -56,7 +56,8 @@ use crate::semaphore::{Reaped, Semaphore};
 /// own. The safety-net timers are `tokio::time`.
 ///
 /// It needs a tokio runtime with I/O and time enabled (`enable_all`), `current_thread` or
-/// `multi_thread`. A handle may be used from several runtimes at once: each runtime with
+/// `multi_thread`; on a runtime without them, a call that waits panics, as tokio's own
+/// timers and I/O types do, with tokio's message. A handle may be used from several runtimes at once: each runtime with
 /// waiting tasks has its own watcher, so that the waiters of one runtime never depend on
 /// another being driven (a `current_thread` runtime between two `block_on`s runs no task).
 ///
