@@ -31,7 +31,7 @@ use std::future::Future;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::Path;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::task::{Context, Poll};
@@ -348,8 +348,8 @@ impl Pace {
 }
 
 /// The reply of a job, awaited: for a job expected to be quick ([`Pace::poll_for`]) by
-/// polling the channel first, waking the task again at once (`wake_by_ref`, so the runtime
-/// runs its other tasks in between and the task never blocks its thread), then by sleeping
+/// polling the channel first, yielding to the runtime between polls (`yield_now`, so the
+/// runtime runs its other tasks in between and the task never blocks its thread), then by sleeping
 /// until the job's thread wakes it. Polling saves the sleep and the wake-up of the runtime's
 /// thread (a futex or eventfd write and a context switch per step) at the cost of the CPU
 /// the polls take.
@@ -381,7 +381,12 @@ impl<T> Future for Reply<T> {
                     return Poll::Ready(Ok(value));
                 }
                 Err(oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
-                    cx.waker().wake_by_ref();
+                    // Polled again once the runtime has run its other ready tasks (and
+                    // looked at its I/O): on a worker of a multi-threaded runtime a
+                    // `yield_now` defers the wake-up, where `wake_by_ref` would schedule
+                    // the task at once and wake an idle worker to share the work, a futex
+                    // wake-up per poll. Outside a runtime's worker it is `wake_by_ref`.
+                    let _ = pin!(tokio::task::yield_now()).poll(cx);
                     return Poll::Pending;
                 }
                 Err(oneshot::error::TryRecvError::Empty) => self.pace.polled(false),
