@@ -239,9 +239,12 @@ fn needs_timers_and_io() {
             // Registering it with the reactor panics without an I/O driver. A failure to
             // register otherwise (out of memory) concerns only this socket: the watcher
             // polls when its own registration fails.
-            let _ = socket
+            let registered = socket
                 .set_nonblocking(true)
                 .and_then(|()| tokio::net::UnixDatagram::from_std(socket));
+            if let Err(e) = registered {
+                tracing::debug!(%e, "the reactor refused a socket while checking its I/O driver");
+            }
         }
         // Without a socket to try, the watcher's own registration tells.
         Err(e) => tracing::debug!(%e, "no socket to check the runtime's I/O driver with"),
