@@ -324,7 +324,8 @@
 //!   handle's steps take turns for the lock file anyway (as the blocking API's threads do),
 //!   so tokio's blocking pool would only park more threads behind them; and the handle's
 //!   threads outlive the runtime.
-//! - **Waiting costs no thread.** One watcher per handle serves all its waiting tasks: on
+//! - **Waiting costs no thread.** One watcher per handle and runtime serves all its waiting
+//!   tasks there (so that the waiters of one runtime never depend on another being driven): on
 //!   Linux an inotify descriptor driven by the runtime's reactor (`AsyncFd`), one read of the
 //!   document per change shared by every waiter, and one step that refreshes all their queue
 //!   entries (on Redis, one async pub/sub connection; see below). A thousand tasks waiting

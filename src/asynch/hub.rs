@@ -15,11 +15,12 @@
 //! what concerns the whole queue, such as stale entries, judged once here on the look
 //! thread, where probing witness files may block).
 //!
-//! The watcher is a task on the runtime of the first waiter; it runs while some task waits
-//! and ends when the last one stops watching. If its runtime shuts down first, the
-//! watchers' channel closes and the next look of a waiter (on another runtime) starts a new
-//! one there. Its safety-net timer is the blocking sleeper's backoff: 100 ms doubling to 1 s
-//! with prompt notices, 5 ms doubling to 250 ms without (polling), back to the start
+//! The watcher is a task on the runtime of its waiters: one per runtime that has waiting
+//! tasks of the handle (a watcher on another runtime would serve them only while that
+//! runtime is driven: a `current_thread` runtime between two `block_on`s runs no task). It
+//! runs while some task of its runtime waits and ends when the last one stops watching, or
+//! with its runtime. Its safety-net timer is the blocking sleeper's backoff: 100 ms doubling
+//! to 1 s with prompt notices, 5 ms doubling to 250 ms without (polling), back to the start
 //! whenever the document changed; a waiter can also ask for a look at once ([`Watch::poke`]).
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::runtime::{self, Handle};
 use tokio::sync::{Notify, watch};
 
 use super::runner::{Lane, Runner};
@@ -80,10 +82,10 @@ impl Look {
 /// then reads for itself, to get the error to return).
 pub(crate) type Published = Option<Arc<std::result::Result<Look, Instant>>>;
 
-/// The watcher of one handle, shared by its clones.
+/// The watchers of one handle, shared by its clones: one per runtime with waiting tasks.
 #[derive(Default)]
 pub(crate) struct Hub {
-    live: Arc<Mutex<Option<Live>>>,
+    live: Lives,
     /// The queue entries of the handle's waiting tasks, by call, with their requests'
     /// waiter expiry: the watcher refreshes them in one step every third of the shortest
     /// expiry (a thousand file waiters refreshing each for itself would write the state file
@@ -130,7 +132,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The running watcher.
+/// The running watchers, by runtime.
+type Lives = Arc<Mutex<HashMap<runtime::Id, Live>>>;
+
+/// A running watcher.
 struct Live {
     /// Which watcher this is (a watcher that ends clears only its own entry).
     generation: u64,
@@ -138,7 +143,7 @@ struct Live {
     poke: Arc<Notify>,
 }
 
-/// A waiting task's view of the watcher.
+/// A waiting task's view of the watcher of its runtime.
 pub(crate) struct Watch {
     pub looks: watch::Receiver<Published>,
     poke: Arc<Notify>,
@@ -167,11 +172,29 @@ impl Hub {
         listed
     }
 
-    /// Watches the semaphore for a waiting task, starting the watcher on the current runtime
-    /// if none runs. Subscribe before the step that may queue: no change after it is missed.
+    /// Watches the semaphore for a waiting task, starting a watcher on the current runtime
+    /// if none runs there. Subscribe before the step that may queue: no change after it is
+    /// missed.
+    ///
+    /// # Panics
+    ///
+    /// If the runtime has no timers or no I/O driver, as tokio's own timers and I/O types
+    /// do, with tokio's message: here, in the waiting task, rather than in the watcher,
+    /// whose waiters would start one failing watcher after another.
     pub fn subscribe(&self, sem: &Semaphore, runner: &Runner) -> Watch {
+        let runtime = Handle::current().id();
+        let live = lock(&self.live);
+        if let Some(l) = live.get(&runtime) {
+            return Watch {
+                looks: l.looks.subscribe(),
+                poke: Arc::clone(&l.poke),
+            };
+        }
+        drop(live);
+        needs_timers_and_io();
         let mut live = lock(&self.live);
-        if let Some(l) = live.as_ref() {
+        if let Some(l) = live.get(&runtime) {
+            // Another task of the runtime started one meanwhile.
             return Watch {
                 looks: l.looks.subscribe(),
                 poke: Arc::clone(&l.poke),
@@ -181,13 +204,17 @@ impl Hub {
         let (tx, rx) = watch::channel(None);
         let tx = Arc::new(tx);
         let poke = Arc::new(Notify::new());
-        *live = Some(Live {
-            generation,
-            looks: Arc::clone(&tx),
-            poke: Arc::clone(&poke),
-        });
+        live.insert(
+            runtime,
+            Live {
+                generation,
+                looks: Arc::clone(&tx),
+                poke: Arc::clone(&poke),
+            },
+        );
         let ended = Ended {
             live: Arc::clone(&self.live),
+            runtime,
             generation,
         };
         tokio::spawn(watcher(
@@ -202,26 +229,55 @@ impl Hub {
     }
 }
 
+/// Panics, with tokio's message, unless the current runtime has timers and an I/O driver,
+/// which a watcher needs (its safety-net timer; the inotify descriptor's registration, or
+/// a Redis pub/sub connection). Costs a socket, registered and closed: once per watcher.
+fn needs_timers_and_io() {
+    drop(tokio::time::sleep(Duration::ZERO));
+    match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(socket) => {
+            // Registering it with the reactor panics without an I/O driver. A failure to
+            // register otherwise (out of memory) concerns only this socket: the watcher
+            // polls when its own registration fails.
+            let registered = socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixDatagram::from_std(socket));
+            if let Err(e) = registered {
+                tracing::debug!(%e, "the reactor refused a socket while checking its I/O driver");
+            }
+        }
+        // Without a socket to try, the watcher's own registration tells.
+        Err(e) => tracing::debug!(%e, "no socket to check the runtime's I/O driver with"),
+    }
+}
+
 /// Clears the watcher's entry when its task ends, however it ends (the last waiter left,
 /// or its runtime shut down and dropped it): the next waiter starts a new one.
 struct Ended {
-    live: Arc<Mutex<Option<Live>>>,
+    live: Lives,
+    /// The runtime of the watcher (the ID of a runtime that ended may be reused by another).
+    runtime: runtime::Id,
     generation: u64,
 }
 
 impl Ended {
+    /// Clears the watcher's entry, unless a newer watcher's took its place.
+    fn clear(&self, live: &mut HashMap<runtime::Id, Live>) {
+        if live
+            .get(&self.runtime)
+            .is_some_and(|l| l.generation == self.generation)
+        {
+            live.remove(&self.runtime);
+        }
+    }
+
     /// Clears the entry if no task watches any more; `false` if one subscribed meanwhile.
     fn if_unwatched(&self, tx: &watch::Sender<Published>) -> bool {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if tx.receiver_count() > 0 {
             return false;
         }
-        if live
-            .as_ref()
-            .is_some_and(|l| l.generation == self.generation)
-        {
-            *live = None;
-        }
+        self.clear(&mut live);
         true
     }
 }
@@ -229,12 +285,7 @@ impl Ended {
 impl Drop for Ended {
     fn drop(&mut self) {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if live
-            .as_ref()
-            .is_some_and(|l| l.generation == self.generation)
-        {
-            *live = None;
-        }
+        self.clear(&mut live);
     }
 }
 

@@ -48,7 +48,7 @@ use crate::semaphore::{Reaped, Semaphore};
 /// for a blocking caller, at about twice its CPU time; an idle handle's threads sleep.
 ///
 /// Waiting for a slot costs no thread: the handle has one watcher for all its waiting tasks
-/// (on Linux an inotify descriptor driven by the runtime's reactor through
+/// on a runtime (on Linux an inotify descriptor driven by the runtime's reactor through
 /// [`AsyncFd`](tokio::io::unix::AsyncFd); on a Redis semaphore an async pub/sub connection
 /// read by a task on the runtime, see [`open_redis`](AsyncSemaphore::open_redis)), which
 /// reads the document once per change on the look thread and publishes it to them; a
@@ -56,8 +56,10 @@ use crate::semaphore::{Reaped, Semaphore};
 /// own. The safety-net timers are `tokio::time`.
 ///
 /// It needs a tokio runtime with I/O and time enabled (`enable_all`), `current_thread` or
-/// `multi_thread`. A handle may be used from several runtimes; its watcher runs on the
-/// runtime of a waiting task and moves to another when that runtime shuts down.
+/// `multi_thread`; on a runtime without them, a call that waits panics, as tokio's own
+/// timers and I/O types do, with tokio's message. A handle may be used from several runtimes at once: each runtime with
+/// waiting tasks has its own watcher, so that the waiters of one runtime never depend on
+/// another being driven (a `current_thread` runtime between two `block_on`s runs no task).
 ///
 /// Blocking and async users can share one semaphore at once: they run the same steps on
 /// the same files ([`from_blocking`](AsyncSemaphore::from_blocking),
