@@ -455,6 +455,13 @@ impl AcquireOptions {
     ///   the [lock timeout](crate::OpenOptions::lock_timeout), whether that comes sooner or
     ///   later (with a 30 s timeout and the lock busy for 12 s, the call waits the 12 s).
     ///
+    /// On Redis there is no lock file; the deadline bounds the compare-and-swap retries of
+    /// the call's steps instead, except for leaving the queue at the deadline: that step
+    /// retries lost races for up to the lock timeout, because an entry left behind there has
+    /// no witness to mark it dead and would keep its place (or a slot handed to it) until its
+    /// lease ends. Under heavy contention the call can then return a few milliseconds more
+    /// past its deadline.
+    ///
     /// [`Semaphore::try_acquire_with`] never waits for a slot; there the timeout bounds only
     /// its wait for the lock file.
     ///

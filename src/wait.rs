@@ -528,6 +528,7 @@ impl Queued {
     /// Also returns the store's clock when the step read the document.
     fn leave_with(&mut self, keep_grant: bool, wait: LockWait) -> Result<(Left, DateTime<Utc>)> {
         self.armed = false;
+        let wait = self.sem.inner.store.leave_wait(wait);
         let left = self.sem.inner.store.step_with(wait, None, |doc, cx| {
             let mut changed = false;
             let left = leave(doc, &self.mine, keep_grant, cx.now, &mut changed);
@@ -553,7 +554,8 @@ impl Queued {
     /// First a lock-free snapshot: a slot handed over meanwhile is returned as the permit.
     /// Otherwise the queue is left in a step that tries the lock only for
     /// [`LAST_LOCK_WAIT`](crate::store::file::LAST_LOCK_WAIT) (a slot handed over by then is kept
-    /// and returned). If the lock is busy, the witness is unlocked and left in place
+    /// and returned); on Redis, retrying lost races for up to the lock timeout
+    /// ([`Store::leave_wait`](crate::store::Store::leave_wait)). If the lock is busy, the witness is unlocked and left in place
     /// ([`leave_with`](Queued::leave_with)): the entry is judged dead and removed by the next
     /// process that looks, or expires, and a slot handed to it is reaped, never leaked.
     pub(crate) fn time_out(

@@ -748,3 +748,57 @@ fn the_readme_example_works_against_a_server() {
     permit.release().unwrap();
     assert_eq!(sem.count().unwrap(), 0);
 }
+
+#[test]
+fn acquires_timing_out_under_contention_leave_no_entry_behind() {
+    // A call that times out leaves the queue (and hands on a slot handed to it meanwhile)
+    // even when its leave loses races to other writers: on Redis nothing but a lease would
+    // end an entry left behind, so the slots would stay taken for the lease.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url("contended-timeouts");
+    let handles: Vec<Semaphore> = (0..4)
+        .map(|_| Semaphore::open_redis(&url, 2).unwrap())
+        .collect();
+    let workers: Vec<_> = handles
+        .iter()
+        .enumerate()
+        .flat_map(|(h, sem)| (0..20).map(move |t| (h, t, sem.clone())))
+        .map(|(h, t, sem)| {
+            std::thread::spawn(move || {
+                let id = format!("h{h}-t{t}");
+                let mut outcomes = (0, 0);
+                for _ in 0..25 {
+                    let patience = Duration::from_millis(fastrand::u64(1..20));
+                    match sem.acquire_timeout(&id, patience) {
+                        Ok(permit) => {
+                            std::thread::sleep(Duration::from_millis(1));
+                            permit.release().unwrap();
+                            outcomes.0 += 1;
+                        }
+                        Err(Error::Timeout { .. } | Error::Contended { .. }) => outcomes.1 += 1,
+                        Err(other) => panic!("{id}: {other:?}"),
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let (mut grants, mut timeouts) = (0, 0);
+    for worker in workers {
+        let (g, t) = worker.join().unwrap();
+        grants += g;
+        timeouts += t;
+    }
+    assert_eq!(grants + timeouts, 4 * 20 * 25);
+    assert!(
+        grants > 0 && timeouts > 0,
+        "{grants} grants, {timeouts} timeouts"
+    );
+    let sem = &handles[0];
+    let ids = |list: Vec<filesem::HolderInfo>| list.into_iter().map(|h| h.id).collect::<Vec<_>>();
+    assert_eq!(ids(sem.holders().unwrap()), Vec::<String>::new());
+    assert_eq!(ids(sem.waiters().unwrap()), Vec::<String>::new());
+    assert_eq!(sem.available().unwrap(), 2);
+}

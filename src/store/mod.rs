@@ -297,6 +297,21 @@ fn run_rule<R>(
 }
 
 impl Store {
+    /// How a queued call's step that leaves the queue waits, given the call's own `wait`.
+    /// The file store: as the call says (a leave at the deadline tries the lock only
+    /// briefly, since a stopped process may hold it; an entry that could not leave has its
+    /// witness unlocked, so the next process that looks judges it dead at once). Redis: at
+    /// least the lock timeout, since there a failed leave's entry (and a slot handed to it
+    /// meanwhile) would stay until its lease ends, and a leave loses its compare-and-swap only
+    /// to other writers, a contention that passes.
+    pub fn leave_wait(&self, wait: LockWait) -> LockWait {
+        match self {
+            Store::File(_) => wait,
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => LockWait::Timeout,
+        }
+    }
+
     /// The semaphore's location as given to `open`, for messages (the file store: the state
     /// file's path).
     pub fn path(&self) -> &Path {
