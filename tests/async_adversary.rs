@@ -1,24 +1,20 @@
 //! Attacks on the async API (feature `tokio`): handles shared by runtimes, runtimes that stop
 //! being driven, and other misuse a careless user may commit.
 
+#[path = "common/asynch.rs"]
+mod asynch;
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
+use asynch::current_thread;
 use filesem::{AsyncSemaphore, Error, OpenOptions};
 use serial_test::serial;
 
 /// How long any single expected event may take before the test fails. Generous: the machine
 /// is shared.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn options() -> OpenOptions {
     let mut options = OpenOptions::new();

@@ -5,34 +5,22 @@
 //! Every test here is `#[serial]`: one counts the threads of the process, and the timings
 //! of the blocked-runtime detector should not include other tests' work.
 
+#[path = "common/asynch.rs"]
+mod asynch;
 mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use asynch::{current_thread, multi_thread};
 use filesem::{AcquireOptions, AsyncPermit, AsyncSemaphore, Error, OpenOptions, Semaphore};
 use serial_test::serial;
 
 /// How long any single expected event may take before the test fails. Generous: the machine
 /// is shared.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn options() -> OpenOptions {
     let mut options = OpenOptions::new();
@@ -337,60 +325,7 @@ fn a_cancellation_storm_leaves_no_queue_entry_and_no_slot_behind() {
     let path = dir.path().join("storm.json");
     multi_thread().block_on(async {
         let sem = open(&path, 3).await;
-        let granted = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..200u64 {
-            let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, i));
-            let (sem, granted) = (sem.clone(), granted.clone());
-            let id = format!("w-{i}");
-            let hold = Duration::from_micros(rng.u64(0..3000));
-            let patience = Duration::from_micros(rng.u64(100..20_000));
-            let kind = rng.u8(0..4);
-            tasks.push(tokio::spawn(async move {
-                let got = match kind {
-                    // The call's own timeout.
-                    0 => sem.acquire_timeout(&id, patience).await.ok(),
-                    // tokio's timeout drops the future.
-                    1 => tokio::time::timeout(patience, sem.acquire(&id))
-                        .await
-                        .ok()
-                        .and_then(Result::ok),
-                    // select! drops the losing branch.
-                    2 => tokio::select! {
-                        p = sem.acquire(&id) => p.ok(),
-                        () = tokio::time::sleep(patience) => None,
-                    },
-                    // Waits to the end.
-                    _ => sem.acquire(&id).await.ok(),
-                };
-                if let Some(permit) = got {
-                    granted.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(hold).await;
-                    drop(permit);
-                }
-            }));
-            if rng.u8(0..8) == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
-        // Abort some tasks outright, wherever they are.
-        let mut rng = fastrand::Rng::with_seed(seed);
-        for task in &tasks {
-            if rng.u8(0..10) == 0 {
-                task.abort();
-            }
-        }
-        for task in tasks {
-            let _ = tokio::time::timeout(DEADLINE, task).await.unwrap();
-        }
-        // The drops hand their releases and leaves to the step thread: wait for it.
-        let start = Instant::now();
-        while sem.count().await.unwrap() != 0 || !sem.waiters().await.unwrap().is_empty() {
-            assert!(start.elapsed() < DEADLINE, "entries left behind");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        eprintln!("granted {} of 200", granted.load(Ordering::SeqCst));
-        assert!(granted.load(Ordering::SeqCst) >= 3, "some were served");
+        asynch::cancellation_storm(&sem, seed, Duration::from_millis(20), DEADLINE).await;
     });
     // On file too, read without the library.
     assert!(common::entries_on_file(&path, "holders").is_empty());
