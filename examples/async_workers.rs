@@ -28,6 +28,16 @@ use std::time::{Duration, Instant};
 use filesem::{AsyncSemaphore, OpenOptions};
 use witness::Witness;
 
+/// What `--help` prints.
+const USAGE: &str = "\
+Tokio tasks in two processes sharing one semaphore file, with an independent capacity checker.
+usage: cargo run --features tokio --example async_workers [-- OPTIONS]
+  --tasks N      tasks per process (default 8)
+  --capacity N   slots in the semaphore (default 2)
+  --cycles N     times each task takes a slot (default 3)
+  --path FILE    the semaphore's state file (default: a fresh file in the temp directory)
+  --help         this text";
+
 struct Args {
     tasks: usize,
     capacity: u32,
@@ -55,6 +65,10 @@ fn parse() -> Result<Args, String> {
             "--cycles" => args.cycles = value()?.parse().map_err(|e| format!("--cycles: {e}"))?,
             "--path" => args.path = Some(PathBuf::from(value()?)),
             "--second" => args.second = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }

@@ -23,6 +23,8 @@ impl AsyncSemaphore {
     /// kept in a Redis server at `url` (`redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]/KEY`),
     /// creating it with `capacity` slots if the key does not exist.
     ///
+    /// Needs the cargo features `tokio` and `redis`.
+    ///
     /// Connecting and the first step run on the handle's step thread, within the connect
     /// and response timeouts, never on a runtime thread. Afterwards the handle works as on
     /// a file (see [`AsyncSemaphore`], "How it runs"): its steps run on the step thread
@@ -64,6 +66,8 @@ impl AsyncSemaphore {
     /// `create_new`; the waiting tasks' pub/sub connection uses the connect and response
     /// timeouts too).
     ///
+    /// Needs the cargo features `tokio` and `redis`.
+    ///
     /// # Errors
     ///
     /// As [`OpenOptions::open_redis`]; [`Error::Io`](crate::Error::Io) also if the system
@@ -81,6 +85,8 @@ impl AsyncSemaphore {
     /// opens the semaphore at `url` if its key exists, adopting the capacity stored in it;
     /// creates nothing. See [`open_redis`](AsyncSemaphore::open_redis).
     ///
+    /// Needs the cargo features `tokio` and `redis`.
+    ///
     /// # Errors
     ///
     /// As [`Semaphore::open_redis_existing`](crate::Semaphore::open_redis_existing):
@@ -91,6 +97,8 @@ impl AsyncSemaphore {
     }
 
     /// [`OpenOptions::open_redis_existing`], async.
+    ///
+    /// Needs the cargo features `tokio` and `redis`.
     ///
     /// # Errors
     ///
@@ -108,6 +116,8 @@ impl AsyncSemaphore {
     /// that holds no valid state document aside to `KEY.corrupt-<server time>` and puts an
     /// empty semaphore of `capacity` slots in its place. **Stop all holders first** (see there).
     ///
+    /// Needs the cargo features `tokio` and `redis`.
+    ///
     /// # Errors
     ///
     /// As [`Semaphore::recover_redis`](crate::Semaphore::recover_redis);
@@ -117,6 +127,8 @@ impl AsyncSemaphore {
     }
 
     /// [`OpenOptions::recover_redis`], async.
+    ///
+    /// Needs the cargo features `tokio` and `redis`.
     ///
     /// # Errors
     ///

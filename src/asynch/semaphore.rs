@@ -34,10 +34,11 @@ use crate::semaphore::{Reaped, Semaphore};
 /// [`capacity`](AsyncSemaphore::capacity)) take no lock and run after the handle's steps
 /// asked for before them, so they see what those did: after `drop(permit)` or a dropped
 /// acquire future, a query of the same handle no longer shows the entry, as with the
-/// blocking API. Only while one of those steps waits for the lock file (held by a slow or
-/// stopped process) for more than 20 ms does a query read at once on the look thread
-/// instead of waiting for it; it then shows the file as it is, the entry of a release still
-/// waiting for the lock included.
+/// blocking API. Only while one of those steps has been running for more than 20 ms
+/// (waiting for the lock file held by a slow or stopped process, typically; or on a machine
+/// too busy to run it) does a query read at once on the look thread instead of waiting for
+/// it; it then shows the semaphore as it is, the entry of a release or leave still under way
+/// included.
 ///
 /// Handing a step to the step thread and its result back costs a sleep and a wake-up of
 /// each side, tens of microseconds on a virtual machine, as much as a step on tmpfs. Where
@@ -67,7 +68,7 @@ use crate::semaphore::{Reaped, Semaphore};
 ///
 /// # Cancel safety
 ///
-/// Every method may be dropped before it completes (by [`tokio::time::timeout`],
+/// Every method may be dropped before it completes (by [`tokio::time::timeout`](https://docs.rs/tokio/1/tokio/time/fn.timeout.html),
 /// `tokio::select!`, or an aborted task). A step it already started runs to its end on the
 /// step thread, and what it would have returned is dropped there: an acquire's queue entry
 /// leaves the queue, and a slot it got (also one handed over just as it was dropped) is
@@ -380,7 +381,7 @@ impl AsyncSemaphore {
     /// Cancel safe: dropping the future leaves the queue, and a slot handed over meanwhile
     /// is released and handed on (see [`AsyncSemaphore`], "Cancel safety"). Use
     /// [`acquire_timeout`](AsyncSemaphore::acquire_timeout) or
-    /// [`tokio::time::timeout`] to bound the wait.
+    /// [`tokio::time::timeout`](https://docs.rs/tokio/1/tokio/time/fn.timeout.html) to bound the wait.
     ///
     /// # Errors
     ///
