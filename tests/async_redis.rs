@@ -18,14 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use asynch::{current_thread, multi_thread};
-use filesem::{AcquireOptions, AsyncPermit, AsyncSemaphore, Error, OpenOptions, Semaphore};
+use asynch::{DEADLINE, current_thread, multi_thread, queued};
+use filesem::{AcquireOptions, AsyncSemaphore, Error, OpenOptions, Semaphore};
 use redis_server::RedisServer;
 use serial_test::serial;
-
-/// How long any single expected event may take before the test fails. Generous: the machine
-/// is shared.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Timeouts short enough that a killed connection costs a waiter a second, not the test's
 /// deadline; a lock timeout long enough for a loaded machine.
@@ -62,15 +58,6 @@ fn pubsub_clients(server: &RedisServer) -> usize {
     list.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
-/// Waits (without blocking the runtime) until `n` waiters are queued.
-async fn queued(sem: &AsyncSemaphore, n: usize) {
-    let start = Instant::now();
-    while sem.waiters().await.unwrap().len() != n {
-        assert!(start.elapsed() < DEADLINE, "never {n} waiters");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Waits (without blocking the runtime) until `done` holds, off the runtime's threads.
 async fn until(what: &str, done: impl Fn() -> bool + Send + Sync + 'static) {
     let done = Arc::new(done);
@@ -85,162 +72,21 @@ async fn until(what: &str, done: impl Fn() -> bool + Send + Sync + 'static) {
     }
 }
 
-fn ids(list: Vec<filesem::HolderInfo>) -> Vec<String> {
-    list.into_iter().map(|h| h.id).collect()
-}
-
 /// Every operation of the async API on a Redis key, checked by value.
 async fn every_operation(server: &RedisServer) {
     let url = server.url("ops");
     let sem = open(&url, 1).await;
-    assert_eq!(sem.capacity().await.unwrap(), 1);
-    assert_eq!(sem.available().await.unwrap(), 1);
     assert_eq!(
         sem.path().to_str().unwrap(),
         format!("redis://127.0.0.1:{}/0/ops", server.port())
     );
 
-    // try_acquire, its refusals, queries.
-    let a = sem.try_acquire("a").await.unwrap();
-    assert_eq!((a.id(), a.slot()), ("a", 0));
+    let a = asynch::every_operation_up_to_the_first_hold(&sem).await;
     assert!(a.lease().is_some(), "a Redis hold has a lease");
-    assert!(matches!(
-        sem.try_acquire("b").await,
-        Err(Error::NoCapacity { .. })
-    ));
-    assert!(matches!(
-        sem.try_acquire("a").await,
-        Err(Error::AlreadyHeld { .. })
-    ));
-    assert!(matches!(
-        sem.try_acquire("").await,
-        Err(Error::InvalidId { .. })
-    ));
-    assert_eq!(sem.count().await.unwrap(), 1);
-    assert_eq!(sem.available().await.unwrap(), 0);
-    let holders = sem.holders().await.unwrap();
-    assert_eq!(holders.len(), 1);
-    assert_eq!(holders[0].id, "a");
-    assert_eq!(holders[0].token, Some(a.token()));
-    assert_eq!(holders[0].slot, Some(0));
-    assert!(a.is_held().await.unwrap());
     let until_a = a.renew().await.unwrap().expect("a lease to extend");
     assert!(until_a > chrono::Utc::now());
-
-    // acquire_timeout runs out; acquire waits for the hand-off.
-    let err = sem
-        .acquire_timeout("b", Duration::from_millis(50))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    // The timed-out call's leave ran before the next step of the handle.
-    let again = sem.try_acquire("b").await.unwrap_err();
-    assert!(matches!(again, Error::NoCapacity { .. }), "{again:?}");
-    assert!(sem.waiters().await.unwrap().is_empty());
-    let waiter = {
-        let sem = sem.clone();
-        tokio::spawn(async move { sem.acquire("b").await })
-    };
-    queued(&sem, 1).await;
-    assert_eq!(ids(sem.waiters().await.unwrap()), ["b"]);
-    let token_a = a.token();
-    a.release().await.unwrap();
-    let b = tokio::time::timeout(DEADLINE, waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!((b.id(), b.slot()), ("b", 0));
-    assert!(b.token() > token_a, "a later grant has a larger token");
-    assert_eq!(ids(sem.holders().await.unwrap()), ["b"]);
-
-    // set_capacity hands the new slot to a waiter; priorities order the queue.
-    let low = {
-        let sem = sem.clone();
-        tokio::spawn(async move { sem.acquire("low").await })
-    };
-    queued(&sem, 1).await;
-    let high = {
-        let sem = sem.clone();
-        let opts = AcquireOptions::new().priority(5);
-        tokio::spawn(async move { sem.acquire_with("high", &opts).await })
-    };
-    queued(&sem, 2).await;
-    assert_eq!(ids(sem.waiters().await.unwrap()), ["high", "low"]);
-    sem.set_capacity(2).await.unwrap();
-    assert_eq!(sem.capacity().await.unwrap(), 2);
-    let high = tokio::time::timeout(DEADLINE, high)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!((high.id(), high.slot()), ("high", 1));
-    drop(b);
-    let low = tokio::time::timeout(DEADLINE, low)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!((low.id(), low.slot()), ("low", 0));
-    assert!(low.token() > high.token());
-    high.release().await.unwrap();
-    low.release().await.unwrap();
-    assert_eq!(sem.count().await.unwrap(), 0);
-
-    // Leases: renew, keep-alive, is_lost.
-    let opts = AcquireOptions::new().lease(Duration::from_secs(30));
-    let mut leased = sem.try_acquire_with("leased", &opts).await.unwrap();
-    assert_eq!(leased.lease(), Some(Duration::from_secs(30)));
-    let until = leased.renew().await.unwrap().expect("has a lease");
-    assert!(until > chrono::Utc::now() + chrono::Duration::seconds(25));
-    leased.keep_alive().await.unwrap();
-    assert!(!leased.is_lost());
-    leased.stop_keep_alive().await.unwrap();
-
-    // keep, release by ID, remove, reap.
-    leased.keep().await.unwrap();
-    assert_eq!(
-        sem.holders().await.unwrap()[0].mode,
-        filesem::HoldMode::Detached
-    );
-    sem.release("leased").await.unwrap();
-    assert!(matches!(
-        sem.release("leased").await,
-        Err(Error::NotHeld { .. })
-    ));
-    sem.try_acquire("gone").await.unwrap().keep().await.unwrap();
-    assert_eq!(sem.remove(["gone", "never"]).await.unwrap(), ["gone"]);
-    let short = AcquireOptions::new()
-        .detached(true)
-        .lease(filesem::MIN_LEASE);
-    drop(sem.try_acquire_with("short", &short).await.unwrap());
-    tokio::time::sleep(filesem::MIN_LEASE + filesem::LEASE_GRACE + Duration::from_millis(300))
-        .await;
-    let reaped = sem.reap().await.unwrap();
-    assert_eq!(reaped.len(), 1);
-    assert_eq!(reaped[0].id, "short");
-    assert_eq!(sem.count().await.unwrap(), 0);
-
-    // Conversions to and from the blocking API share the semaphore.
-    let blocking: Semaphore = sem.blocking().clone();
-    let p = tokio::task::spawn_blocking({
-        let blocking = blocking.clone();
-        move || blocking.try_acquire("blocking")
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let p = AsyncPermit::from_blocking(p).unwrap();
-    assert_eq!(ids(sem.holders().await.unwrap()), ["blocking"]);
-    let p = p.into_blocking().await.unwrap();
-    assert_eq!(p.id(), "blocking");
-    let again = AsyncSemaphore::from_blocking(blocking).unwrap();
-    assert_eq!(again.count().await.unwrap(), 1);
-    tokio::task::spawn_blocking(move || p.release())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(sem.count().await.unwrap(), 0);
+    // A 30 s lease renewed now ends more than 25 s from now.
+    asynch::every_operation_after_the_first_hold(&sem, a, Duration::from_secs(5)).await;
 
     // open_redis_existing adopts the key's capacity, creates nothing.
     let existing = AsyncSemaphore::open_redis_existing(&url).await.unwrap();

@@ -1,6 +1,6 @@
-//! Helpers of the async API's tests (feature `tokio`): the two runtimes, the cancellation
-//! storm both stores are put through, and async and blocking processes sharing one
-//! semaphore of either store. Each test binary uses some of them.
+//! Helpers of the async API's tests (feature `tokio`): the two runtimes, the operations and
+//! the cancellation storm both stores are put through, and async and blocking processes
+//! sharing one semaphore of either store. Each test binary uses some of them.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use filesem::{AsyncSemaphore, OpenOptions, Semaphore};
+use filesem::{AcquireOptions, AsyncPermit, AsyncSemaphore, Error, OpenOptions, Semaphore};
 
 use crate::common::witness::Witness;
 
@@ -416,4 +416,185 @@ fn report(results: Vec<Outcome>) {
     say(format!("done {} {cancelled}", tokens.len()));
     let list: Vec<String> = tokens.iter().map(u64::to_string).collect();
     say(format!("tokens {}", list.join(" ")));
+}
+
+// ------------------------------------------------------- the operations of both stores
+
+/// How long any single expected event of the shared operations may take before the test
+/// fails. Generous: the machine is shared.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits (without blocking the runtime) until `n` waiters are queued on `sem`.
+pub async fn queued(sem: &AsyncSemaphore, n: usize) {
+    let start = Instant::now();
+    while sem.waiters().await.unwrap().len() != n {
+        assert!(start.elapsed() < DEADLINE, "never {n} waiters");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The IDs of `list`, in its order.
+pub fn ids(list: Vec<filesem::HolderInfo>) -> Vec<String> {
+    list.into_iter().map(|h| h.id).collect()
+}
+
+/// The first part of every operation of the async API on `sem`, a new semaphore of
+/// capacity 1, checked by value with what both stores answer: `try_acquire`, its refusals,
+/// the queries. Returns the permit of `a` (the only holder) for the store's own checks of it;
+/// [`every_operation_after_the_first_hold`] goes on from there.
+pub async fn every_operation_up_to_the_first_hold(sem: &AsyncSemaphore) -> AsyncPermit {
+    assert_eq!(sem.capacity().await.unwrap(), 1);
+    assert_eq!(sem.available().await.unwrap(), 1);
+    let a = sem.try_acquire("a").await.unwrap();
+    assert_eq!((a.id(), a.slot()), ("a", 0));
+    assert!(matches!(
+        sem.try_acquire("b").await,
+        Err(Error::NoCapacity { .. })
+    ));
+    assert!(matches!(
+        sem.try_acquire("a").await,
+        Err(Error::AlreadyHeld { .. })
+    ));
+    assert!(matches!(
+        sem.try_acquire("").await,
+        Err(Error::InvalidId { .. })
+    ));
+    assert_eq!(sem.count().await.unwrap(), 1);
+    assert_eq!(sem.available().await.unwrap(), 0);
+    let holders = sem.holders().await.unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].id, "a");
+    assert_eq!(holders[0].token, Some(a.token()));
+    assert_eq!(holders[0].slot, Some(0));
+    assert!(a.is_held().await.unwrap());
+    a
+}
+
+/// The rest of every operation both stores answer alike, on `sem` with `a` its only
+/// holder (from [`every_operation_up_to_the_first_hold`]): `acquire_timeout`, the hand-off
+/// to a waiter, `set_capacity` (to 2) and priorities, leases, `keep`, release by ID,
+/// `remove`, `reap`, conversions to and from the blocking API. A lease of 30 s renewed now
+/// must end later than 30 s minus `renew_slack` from now. Leaves `sem` empty, of capacity 2.
+pub async fn every_operation_after_the_first_hold(
+    sem: &AsyncSemaphore,
+    a: AsyncPermit,
+    renew_slack: Duration,
+) {
+    // acquire_timeout runs out; acquire waits for the hand-off.
+    let err = sem
+        .acquire_timeout("b", Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    // The timed-out call's leave ran before the next step of the handle.
+    let again = sem.try_acquire("b").await.unwrap_err();
+    assert!(matches!(again, Error::NoCapacity { .. }), "{again:?}");
+    assert!(sem.waiters().await.unwrap().is_empty());
+    let waiter = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire("b").await })
+    };
+    queued(sem, 1).await;
+    assert_eq!(ids(sem.waiters().await.unwrap()), ["b"]);
+    let token_a = a.token();
+    a.release().await.unwrap();
+    let b = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.id(), b.slot()), ("b", 0));
+    assert!(b.token() > token_a, "a later grant has a larger token");
+    assert_eq!(ids(sem.holders().await.unwrap()), ["b"]);
+
+    // set_capacity hands the new slot to a waiter; priorities order the queue.
+    let low = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire("low").await })
+    };
+    queued(sem, 1).await;
+    let high = {
+        let sem = sem.clone();
+        let opts = AcquireOptions::new().priority(5);
+        tokio::spawn(async move { sem.acquire_with("high", &opts).await })
+    };
+    queued(sem, 2).await;
+    assert_eq!(ids(sem.waiters().await.unwrap()), ["high", "low"]);
+    sem.set_capacity(2).await.unwrap();
+    assert_eq!(sem.capacity().await.unwrap(), 2);
+    let high = tokio::time::timeout(DEADLINE, high)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((high.id(), high.slot()), ("high", 1));
+    drop(b);
+    let low = tokio::time::timeout(DEADLINE, low)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((low.id(), low.slot()), ("low", 0));
+    assert!(low.token() > high.token());
+    high.release().await.unwrap();
+    low.release().await.unwrap();
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // Leases: renew, keep-alive, is_lost.
+    let opts = AcquireOptions::new().lease(Duration::from_secs(30));
+    let mut leased = sem.try_acquire_with("leased", &opts).await.unwrap();
+    assert_eq!(leased.lease(), Some(Duration::from_secs(30)));
+    let until = leased.renew().await.unwrap().expect("has a lease");
+    let least = chrono::Duration::from_std(Duration::from_secs(30) - renew_slack).unwrap();
+    assert!(until > chrono::Utc::now() + least, "{until}");
+    leased.keep_alive().await.unwrap();
+    assert!(!leased.is_lost());
+    leased.stop_keep_alive().await.unwrap();
+
+    // keep, release by ID, remove, reap.
+    leased.keep().await.unwrap();
+    assert_eq!(
+        sem.holders().await.unwrap()[0].mode,
+        filesem::HoldMode::Detached
+    );
+    sem.release("leased").await.unwrap();
+    assert!(matches!(
+        sem.release("leased").await,
+        Err(Error::NotHeld { .. })
+    ));
+    sem.try_acquire("gone").await.unwrap().keep().await.unwrap();
+    assert_eq!(sem.remove(["gone", "never"]).await.unwrap(), ["gone"]);
+    let short = AcquireOptions::new()
+        .detached(true)
+        .lease(filesem::MIN_LEASE);
+    drop(sem.try_acquire_with("short", &short).await.unwrap());
+    tokio::time::sleep(filesem::MIN_LEASE + filesem::LEASE_GRACE + Duration::from_millis(300))
+        .await;
+    let reaped = sem.reap().await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].id, "short");
+    assert_eq!(sem.count().await.unwrap(), 0);
+
+    // Conversions to and from the blocking API share the semaphore; a blocking call runs
+    // off the runtime.
+    let blocking: Semaphore = sem.blocking().clone();
+    let p = tokio::task::spawn_blocking({
+        let blocking = blocking.clone();
+        move || blocking.try_acquire("blocking")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let p = AsyncPermit::from_blocking(p).unwrap();
+    assert_eq!(sem.count().await.unwrap(), 1);
+    assert_eq!(ids(sem.holders().await.unwrap()), ["blocking"]);
+    let p = p.into_blocking().await.unwrap();
+    assert_eq!(p.id(), "blocking");
+    let again = AsyncSemaphore::from_blocking(blocking).unwrap();
+    assert_eq!(again.count().await.unwrap(), 1);
+    tokio::task::spawn_blocking(move || p.release())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sem.count().await.unwrap(), 0);
 }
