@@ -35,18 +35,15 @@
 //! Run without `--bench` (as `cargo test --benches` does) it makes one short round of each,
 //! to check that it works.
 
+#[path = "support/measure.rs"]
+mod measure;
+
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use filesem::{AcquireOptions, AsyncSemaphore, OpenOptions, Semaphore};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use measure::{env_or, median, process};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -106,26 +103,6 @@ fn cpu() -> f64 {
     let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     secs(usage.user_time()) + secs(usage.system_time())
-}
-
-/// `Threads:` and `VmRSS:` (kB) of this process.
-fn process() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:"))
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// One batch: cycles for about `batch`; (wall seconds, CPU seconds) per cycle.

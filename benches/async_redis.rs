@@ -21,6 +21,8 @@
 //! Run without `--bench` (as `cargo test --benches` does) it makes one short round of each,
 //! to check that it works.
 
+#[path = "support/measure.rs"]
+mod measure;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -28,14 +30,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use filesem::{AcquireOptions, AsyncSemaphore, Semaphore};
+use measure::{env_or, median, process};
 use redis_server::RedisServer;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -64,25 +60,6 @@ fn main() {
     cycle(&rt, &server, rounds, batch);
     handoff(&rt, &server, handoffs);
     idle_and_waiting(&rt, &server, waiters, (threads0, rss0));
-}
-
-/// `Threads:` and `VmRSS:` (kB) of this process.
-fn process() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:"))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Alternating batches of blocking and async cycles on one key; prints the median ratio.
@@ -132,9 +109,9 @@ fn cycle(rt: &tokio::runtime::Runtime, server: &RedisServer, rounds: u64, batch:
     println!(
         "cycle redis loopback: async {:.1} us, blocking {:.1} us per cycle; async/blocking \
          throughput {:.2}x, {rounds} rounds",
-        median(&mut a_us),
-        median(&mut b_us),
-        median(&mut ratios)
+        median(&a_us),
+        median(&b_us),
+        median(&ratios)
     );
 }
 

@@ -14,13 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use asynch::{current_thread, multi_thread};
-use filesem::{AcquireOptions, AsyncPermit, AsyncSemaphore, Error, OpenOptions, Semaphore};
+use asynch::{DEADLINE, current_thread, multi_thread, queued};
+use filesem::{AcquireOptions, AsyncSemaphore, Error, OpenOptions, Semaphore};
 use serial_test::serial;
-
-/// How long any single expected event may take before the test fails. Generous: the machine
-/// is shared.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 fn options() -> OpenOptions {
     let mut options = OpenOptions::new();
@@ -34,162 +30,20 @@ async fn open(path: &Path, capacity: u32) -> AsyncSemaphore {
         .unwrap()
 }
 
-/// Waits (without blocking the runtime) until `n` waiters are queued.
-async fn queued(sem: &AsyncSemaphore, n: usize) {
-    let start = Instant::now();
-    while sem.waiters().await.unwrap().len() != n {
-        assert!(start.elapsed() < DEADLINE, "never {n} waiters");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Every operation of the async API, checked by value.
 async fn every_operation(dir: &Path) {
     let path = dir.join("ops.json");
     let sem = open(&path, 1).await;
-    assert_eq!(sem.capacity().await.unwrap(), 1);
-    assert_eq!(sem.available().await.unwrap(), 1);
     assert!(sem.resolved_path().is_absolute());
 
-    // try_acquire, its refusals, queries.
-    let a = sem.try_acquire("a").await.unwrap();
-    assert_eq!((a.id(), a.slot()), ("a", 0));
-    assert!(matches!(
-        sem.try_acquire("b").await,
-        Err(Error::NoCapacity { .. })
-    ));
-    assert!(matches!(
-        sem.try_acquire("a").await,
-        Err(Error::AlreadyHeld { .. })
-    ));
-    assert!(matches!(
-        sem.try_acquire("").await,
-        Err(Error::InvalidId { .. })
-    ));
-    assert_eq!(sem.count().await.unwrap(), 1);
-    assert_eq!(sem.available().await.unwrap(), 0);
-    let ids: Vec<String> = sem
-        .holders()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(ids, ["a"]);
-    assert!(a.is_held().await.unwrap());
-    assert_eq!(a.renew().await.unwrap(), None, "no lease to extend");
-
-    // acquire_timeout runs out; acquire waits for the hand-off.
-    let err = sem
-        .acquire_timeout("b", Duration::from_millis(50))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    assert!(sem.waiters().await.unwrap().is_empty());
-    let waiter = {
-        let sem = sem.clone();
-        tokio::spawn(async move { sem.acquire("b").await })
-    };
-    queued(&sem, 1).await;
-    let waiting: Vec<String> = sem
-        .waiters()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(waiting, ["b"]);
-    let token_a = a.token();
-    a.release().await.unwrap();
-    let b = tokio::time::timeout(DEADLINE, waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(b.id(), "b");
-    assert!(b.token() > token_a, "a later grant has a larger token");
-
-    // set_capacity hands the new slot to a waiter; priorities order the queue.
-    let low = {
-        let sem = sem.clone();
-        tokio::spawn(async move { sem.acquire("low").await })
-    };
-    queued(&sem, 1).await;
-    let high = {
-        let sem = sem.clone();
-        let opts = AcquireOptions::new().priority(5);
-        tokio::spawn(async move { sem.acquire_with("high", &opts).await })
-    };
-    queued(&sem, 2).await;
-    sem.set_capacity(2).await.unwrap();
-    assert_eq!(sem.capacity().await.unwrap(), 2);
-    let high = tokio::time::timeout(DEADLINE, high)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(high.id(), "high");
-    drop(b);
-    let low = tokio::time::timeout(DEADLINE, low)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(low.id(), "low");
-    assert!(low.token() > high.token());
-    high.release().await.unwrap();
-    low.release().await.unwrap();
-    assert_eq!(sem.count().await.unwrap(), 0);
-
-    // Leases: renew, keep-alive, is_lost.
-    let opts = AcquireOptions::new().lease(Duration::from_secs(30));
-    let mut leased = sem.try_acquire_with("leased", &opts).await.unwrap();
-    assert_eq!(leased.lease(), Some(Duration::from_secs(30)));
-    let until = leased.renew().await.unwrap().expect("has a lease");
-    assert!(until > chrono::Utc::now() + chrono::Duration::seconds(29));
-    leased.keep_alive().await.unwrap();
-    assert!(!leased.is_lost());
-    leased.stop_keep_alive().await.unwrap();
-
-    // keep, release by ID, remove, reap.
-    leased.keep().await.unwrap();
+    let a = asynch::every_operation_up_to_the_first_hold(&sem).await;
     assert_eq!(
-        sem.holders().await.unwrap()[0].mode,
-        filesem::HoldMode::Detached
+        a.renew().await.unwrap(),
+        None,
+        "a file hold has no lease to extend"
     );
-    sem.release("leased").await.unwrap();
-    assert!(matches!(
-        sem.release("leased").await,
-        Err(Error::NotHeld { .. })
-    ));
-    sem.try_acquire("gone").await.unwrap().keep().await.unwrap();
-    assert_eq!(sem.remove(["gone", "never"]).await.unwrap(), ["gone"]);
-    let short = AcquireOptions::new()
-        .detached(true)
-        .lease(filesem::MIN_LEASE);
-    drop(sem.try_acquire_with("short", &short).await.unwrap());
-    tokio::time::sleep(filesem::MIN_LEASE + filesem::LEASE_GRACE + Duration::from_millis(100))
-        .await;
-    let reaped = sem.reap().await.unwrap();
-    assert_eq!(reaped.len(), 1);
-    assert_eq!(reaped[0].id, "short");
-    assert_eq!(sem.count().await.unwrap(), 0);
-
-    // Conversions to and from the blocking API share the semaphore.
-    let blocking: Semaphore = sem.blocking().clone();
-    let p = blocking.try_acquire("blocking").unwrap();
-    let p = AsyncPermit::from_blocking(p).unwrap();
-    assert_eq!(sem.count().await.unwrap(), 1);
-    let p = p.into_blocking().await.unwrap();
-    assert_eq!(p.id(), "blocking");
-    let again = AsyncSemaphore::from_blocking(blocking).unwrap();
-    assert_eq!(again.count().await.unwrap(), 1);
-    // A blocking permit's release is blocking: off the runtime.
-    tokio::task::spawn_blocking(move || p.release())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(sem.count().await.unwrap(), 0);
+    // A 30 s lease renewed now ends more than 29 s from now.
+    asynch::every_operation_after_the_first_hold(&sem, a, Duration::from_secs(1)).await;
 
     // open_existing and recover.
     let existing = AsyncSemaphore::open_existing(&path).await.unwrap();

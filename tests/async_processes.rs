@@ -14,18 +14,17 @@
 //! behind such a step fails with `LockBusy` naming the stopped process, as a blocking call
 //! does.
 
+#[path = "common/asynch.rs"]
+mod asynch;
 mod common;
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::witness::Witness;
+use asynch::{Store, multi_thread};
 use common::{ChildSpec, Group, arg, say};
 use filesem::{AsyncSemaphore, Error, OpenOptions};
 
-/// Tasks (or threads) per worker process, and cycles of each.
-const PER_PROCESS: usize = 6;
+/// Cycles of each task or thread of the worker processes.
 const CYCLES: usize = 15;
 
 #[test]
@@ -34,235 +33,20 @@ fn async_and_blocking_processes_never_exceed_capacity_together() {
     // async acquires are cancelled by short timeouts on the way. The witness never sees
     // more than 3 inside, every grant is counted, no token is used twice, the file ends
     // empty.
-    let seed = common::seed("async_and_blocking_processes_never_exceed_capacity_together");
     let dir = common::tmpfs_dir();
-    let capacity = 3;
-    let path = dir.path().join("sem.json");
-    let witness = Witness::create(dir.path().join("witness"), capacity).unwrap();
-    let mut group = Group::new();
-    for (i, role) in ["async", "blocking", "async", "blocking"]
-        .iter()
-        .enumerate()
-    {
-        group.spawn(
-            ChildSpec::new(format!("{role}-{i}"), "child_process", role)
-                .arg("PATH", path.display())
-                .arg("WITNESS", witness.dir().display())
-                .arg("CAPACITY", capacity)
-                .arg("NAME", format!("{role}-{i}"))
-                .seed(common::derive_seed(seed, i as u64)),
-        );
-    }
-    group.expect_all("ready", common::deadline(60));
-    group.send_all("go");
-    let finished = group.finish(common::deadline(240));
-
-    let (mut grants, mut cancelled, mut tokens) = (0u64, 0u64, Vec::new());
-    for f in &finished {
-        let errors = f.lines_of("error");
-        assert!(errors.is_empty(), "{}: {errors:?}", f.name);
-        let violations = f.lines_of("violation");
-        assert!(violations.is_empty(), "{}: {violations:?}", f.name);
-        assert!(f.status.success(), "{} exited with {}", f.name, f.status);
-        let done = f.lines_of("done");
-        assert_eq!(done.len(), 1, "{}: {:?}", f.name, f.lines);
-        let n: Vec<u64> = done[0].split(' ').map(|w| w.parse().unwrap()).collect();
-        assert_eq!(
-            n[0],
-            (PER_PROCESS * CYCLES) as u64,
-            "{} completes every cycle",
-            f.name
-        );
-        grants += n[0];
-        cancelled += n[1];
-        tokens.extend(
-            f.lines_of("tokens")[0]
-                .split(' ')
-                .filter(|w| !w.is_empty())
-                .map(|w| w.parse::<u64>().unwrap()),
-        );
-    }
-    let report = witness.report().unwrap();
-    println!(
-        "seed={seed}: {grants} grants, {cancelled} cancelled async acquires, max inside {}, \
-         violations {}",
-        report.max_inside,
-        report.violations.len()
-    );
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
-    assert!(report.max_inside <= capacity);
-    assert_eq!(report.inside, 0);
-    assert_eq!(report.grants, grants, "the witness saw every grant");
-    let distinct: HashSet<u64> = tokens.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        tokens.len(),
-        "fencing tokens are never reused"
-    );
-    let sem = OpenOptions::new().open_existing(&path).unwrap();
-    assert_eq!(sem.count().unwrap(), 0, "every release reached the file");
-    assert!(
-        sem.waiters().unwrap().is_empty(),
-        "no queue entry left behind"
+    asynch::async_and_blocking_processes(
+        "async_and_blocking_processes_never_exceed_capacity_together",
+        &Store::File(dir.path().join("sem.json")),
+        CYCLES,
     );
 }
 
-/// One hold: the witness's enter and leave around a short random pause. Returns the
-/// witness's complaints.
-fn hold(witness: &Witness, slot: u32, id: &str, token: u64, pause: Duration) -> Vec<String> {
-    let mut complaints = witness.enter(slot, id, token).unwrap().violations;
-    std::thread::sleep(pause);
-    complaints.extend(witness.leave(slot, id, token).unwrap().1);
-    complaints
-}
-
-/// The async worker: `PER_PROCESS` tasks on a multi-threaded runtime, each acquiring
-/// `CYCLES` times (a third of the tries first with a short timeout that may cancel it).
-fn async_worker() {
-    let (path, name) = (arg("PATH"), arg("NAME"));
-    let capacity: u32 = arg("CAPACITY").parse().unwrap();
-    let seed = common::seed(&name);
-    let witness = Arc::new(Witness::create(arg("WITNESS"), capacity).unwrap());
-    say("ready");
-    common::wait_for_parent();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let results = rt.block_on(async {
-        let mut options = OpenOptions::new();
-        options.durable(false).lock_timeout(Duration::from_secs(30));
-        let sem = AsyncSemaphore::open_with(&options, &path, capacity)
-            .await
-            .unwrap();
-        let tasks: Vec<_> = (0..PER_PROCESS)
-            .map(|t| {
-                let (sem, witness) = (sem.clone(), Arc::clone(&witness));
-                let id = format!("{name}-task-{t}");
-                let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, t as u64));
-                tokio::spawn(async move {
-                    let (mut tokens, mut cancelled, mut complaints) =
-                        (Vec::new(), 0u64, Vec::new());
-                    for _ in 0..CYCLES {
-                        if rng.u8(0..3) == 0 {
-                            let patience = Duration::from_micros(rng.u64(100..5000));
-                            match tokio::time::timeout(patience, sem.acquire(&id)).await {
-                                Ok(permit) => {
-                                    // Served in time after all: give it back, then take the
-                                    // cycle's slot below as usual.
-                                    drop(permit.map_err(|e| format!("error acquire: {e}"))?);
-                                }
-                                Err(_) => cancelled += 1,
-                            }
-                        }
-                        let permit = sem
-                            .acquire(&id)
-                            .await
-                            .map_err(|e| format!("error acquire: {e}"))?;
-                        let (slot, token) = (permit.slot(), permit.token());
-                        tokens.push(token);
-                        let pause = Duration::from_micros(rng.u64(0..2000));
-                        let w = Arc::clone(&witness);
-                        let id2 = id.clone();
-                        complaints.extend(
-                            tokio::task::spawn_blocking(move || hold(&w, slot, &id2, token, pause))
-                                .await
-                                .unwrap(),
-                        );
-                        if rng.bool() {
-                            permit
-                                .release()
-                                .await
-                                .map_err(|e| format!("error release: {e}"))?;
-                        } else {
-                            drop(permit);
-                        }
-                    }
-                    Ok::<_, String>((tokens, cancelled, complaints))
-                })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for t in tasks {
-            results.push(t.await.unwrap());
-        }
-        // Dropped permits release on the handle's thread: wait for them before reporting.
-        while sem
-            .blocking()
-            .holders()
-            .unwrap()
-            .iter()
-            .any(|h| h.id.starts_with(&name))
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        results
-    });
-    report(results);
-}
-
-/// The blocking worker: `PER_PROCESS` threads, each acquiring `CYCLES` times.
-fn blocking_worker() {
-    let (path, name) = (arg("PATH"), arg("NAME"));
-    let capacity: u32 = arg("CAPACITY").parse().unwrap();
-    let seed = common::seed(&name);
-    let witness = Arc::new(Witness::create(arg("WITNESS"), capacity).unwrap());
-    say("ready");
-    common::wait_for_parent();
-    let sem = OpenOptions::new()
-        .durable(false)
-        .lock_timeout(Duration::from_secs(30))
-        .open(&path, capacity)
-        .unwrap();
-    let threads: Vec<_> = (0..PER_PROCESS)
-        .map(|t| {
-            let (sem, witness) = (sem.clone(), Arc::clone(&witness));
-            let id = format!("{name}-thread-{t}");
-            let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, t as u64));
-            std::thread::spawn(move || {
-                let (mut tokens, mut complaints) = (Vec::new(), Vec::new());
-                for _ in 0..CYCLES {
-                    let permit = sem
-                        .acquire(id.as_str())
-                        .map_err(|e| format!("error acquire: {e}"))?;
-                    tokens.push(permit.token());
-                    let pause = Duration::from_micros(rng.u64(0..2000));
-                    complaints.extend(hold(&witness, permit.slot(), &id, permit.token(), pause));
-                    permit
-                        .release()
-                        .map_err(|e| format!("error release: {e}"))?;
-                }
-                Ok::<_, String>((tokens, 0, complaints))
-            })
-        })
-        .collect();
-    report(threads.into_iter().map(|t| t.join().unwrap()).collect());
-}
-
-/// What one task or thread of a worker did: its tokens, its cancelled acquires, the
-/// witness's complaints; or the error that stopped it.
-type Outcome = Result<(Vec<u64>, u64, Vec<String>), String>;
-
-/// Says what the tasks or threads of a worker did: errors, violations, then `done GRANTS
-/// CANCELLED` and `tokens ...`.
-fn report(results: Vec<Outcome>) {
-    let (mut tokens, mut cancelled) = (Vec::new(), 0);
-    for r in results {
-        match r {
-            Ok((t, c, complaints)) => {
-                tokens.extend(t);
-                cancelled += c;
-                for v in complaints {
-                    say(format!("violation {v}"));
-                }
-            }
-            Err(e) => say(e),
-        }
-    }
-    say(format!("done {} {cancelled}", tokens.len()));
-    let list: Vec<String> = tokens.iter().map(u64::to_string).collect();
-    say(format!("tokens {}", list.join(" ")));
+/// How the worker processes open the file: not durable (tmpfs), a lock timeout long enough
+/// for a loaded machine.
+fn worker_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.durable(false).lock_timeout(Duration::from_secs(30));
+    options
 }
 
 /// The lock timeout of the deadline test: long, so that a call that waited for it is told
@@ -324,11 +108,7 @@ fn async_acquires_end_at_their_deadline_while_a_step_of_their_handle_waits_for_a
             .arg("LOCK", path.with_extension("json.lock").display()),
     );
     group.expect(locker, "ready", common::deadline(30));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread();
     rt.block_on(async {
         let mut options = OpenOptions::new();
         options.durable(false).lock_timeout(LOCK_TIMEOUT);
@@ -430,11 +210,7 @@ fn an_async_try_acquire_with_a_timeout_fails_with_lock_busy_behind_a_step_held_u
             .arg("LOCK", path.with_extension("json.lock").display()),
     );
     group.expect(locker, "ready", common::deadline(30));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread();
     rt.block_on(async {
         let mut options = OpenOptions::new();
         options.durable(false).lock_timeout(LONG_LOCK_TIMEOUT);
@@ -491,8 +267,8 @@ fn an_async_try_acquire_with_a_timeout_fails_with_lock_busy_behind_a_step_held_u
 fn child_process() {
     // Not a test of its own: the body of the worker processes the test above starts.
     match common::role().as_deref() {
-        Some("async") => async_worker(),
-        Some("blocking") => blocking_worker(),
+        Some("async") => asynch::async_worker(&worker_options()),
+        Some("blocking") => asynch::blocking_worker(&worker_options()),
         Some("lock") => {
             // Takes the flock on `PATH.lock` when told, as a process inside its critical
             // section, and holds it until killed or told.

@@ -14,21 +14,14 @@ mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use asynch::{current_thread, multi_thread};
-use common::witness::Witness;
-use common::{ChildSpec, Group, arg, say};
-use filesem::{AcquireOptions, AsyncPermit, AsyncSemaphore, Error, OpenOptions, Semaphore};
+use asynch::{DEADLINE, current_thread, multi_thread, queued};
+use filesem::{AcquireOptions, AsyncSemaphore, Error, OpenOptions, Semaphore};
 use redis_server::RedisServer;
 use serial_test::serial;
-
-/// How long any single expected event may take before the test fails. Generous: the machine
-/// is shared.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Timeouts short enough that a killed connection costs a waiter a second, not the test's
 /// deadline; a lock timeout long enough for a loaded machine.
@@ -65,15 +58,6 @@ fn pubsub_clients(server: &RedisServer) -> usize {
     list.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
-/// Waits (without blocking the runtime) until `n` waiters are queued.
-async fn queued(sem: &AsyncSemaphore, n: usize) {
-    let start = Instant::now();
-    while sem.waiters().await.unwrap().len() != n {
-        assert!(start.elapsed() < DEADLINE, "never {n} waiters");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Waits (without blocking the runtime) until `done` holds, off the runtime's threads.
 async fn until(what: &str, done: impl Fn() -> bool + Send + Sync + 'static) {
     let done = Arc::new(done);
@@ -88,162 +72,21 @@ async fn until(what: &str, done: impl Fn() -> bool + Send + Sync + 'static) {
     }
 }
 
-fn ids(list: Vec<filesem::HolderInfo>) -> Vec<String> {
-    list.into_iter().map(|h| h.id).collect()
-}
-
 /// Every operation of the async API on a Redis key, checked by value.
 async fn every_operation(server: &RedisServer) {
     let url = server.url("ops");
     let sem = open(&url, 1).await;
-    assert_eq!(sem.capacity().await.unwrap(), 1);
-    assert_eq!(sem.available().await.unwrap(), 1);
     assert_eq!(
         sem.path().to_str().unwrap(),
         format!("redis://127.0.0.1:{}/0/ops", server.port())
     );
 
-    // try_acquire, its refusals, queries.
-    let a = sem.try_acquire("a").await.unwrap();
-    assert_eq!((a.id(), a.slot()), ("a", 0));
+    let a = asynch::every_operation_up_to_the_first_hold(&sem).await;
     assert!(a.lease().is_some(), "a Redis hold has a lease");
-    assert!(matches!(
-        sem.try_acquire("b").await,
-        Err(Error::NoCapacity { .. })
-    ));
-    assert!(matches!(
-        sem.try_acquire("a").await,
-        Err(Error::AlreadyHeld { .. })
-    ));
-    assert!(matches!(
-        sem.try_acquire("").await,
-        Err(Error::InvalidId { .. })
-    ));
-    assert_eq!(sem.count().await.unwrap(), 1);
-    assert_eq!(sem.available().await.unwrap(), 0);
-    let holders = sem.holders().await.unwrap();
-    assert_eq!(holders.len(), 1);
-    assert_eq!(holders[0].id, "a");
-    assert_eq!(holders[0].token, Some(a.token()));
-    assert_eq!(holders[0].slot, Some(0));
-    assert!(a.is_held().await.unwrap());
     let until_a = a.renew().await.unwrap().expect("a lease to extend");
     assert!(until_a > chrono::Utc::now());
-
-    // acquire_timeout runs out; acquire waits for the hand-off.
-    let err = sem
-        .acquire_timeout("b", Duration::from_millis(50))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    // The timed-out call's leave ran before the next step of the handle.
-    let again = sem.try_acquire("b").await.unwrap_err();
-    assert!(matches!(again, Error::NoCapacity { .. }), "{again:?}");
-    assert!(sem.waiters().await.unwrap().is_empty());
-    let waiter = {
-        let sem = sem.clone();
-        tokio::spawn(async move { sem.acquire("b").await })
-    };
-    queued(&sem, 1).await;
-    assert_eq!(ids(sem.waiters().await.unwrap()), ["b"]);
-    let token_a = a.token();
-    a.release().await.unwrap();
-    let b = tokio::time::timeout(DEADLINE, waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!((b.id(), b.slot()), ("b", 0));
-    assert!(b.token() > token_a, "a later grant has a larger token");
-    assert_eq!(ids(sem.holders().await.unwrap()), ["b"]);
-
-    // set_capacity hands the new slot to a waiter; priorities order the queue.
-    let low = {
-        let sem = sem.clone();
-        tokio::spawn(async move { sem.acquire("low").await })
-    };
-    queued(&sem, 1).await;
-    let high = {
-        let sem = sem.clone();
-        let opts = AcquireOptions::new().priority(5);
-        tokio::spawn(async move { sem.acquire_with("high", &opts).await })
-    };
-    queued(&sem, 2).await;
-    assert_eq!(ids(sem.waiters().await.unwrap()), ["high", "low"]);
-    sem.set_capacity(2).await.unwrap();
-    assert_eq!(sem.capacity().await.unwrap(), 2);
-    let high = tokio::time::timeout(DEADLINE, high)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!((high.id(), high.slot()), ("high", 1));
-    drop(b);
-    let low = tokio::time::timeout(DEADLINE, low)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!((low.id(), low.slot()), ("low", 0));
-    assert!(low.token() > high.token());
-    high.release().await.unwrap();
-    low.release().await.unwrap();
-    assert_eq!(sem.count().await.unwrap(), 0);
-
-    // Leases: renew, keep-alive, is_lost.
-    let opts = AcquireOptions::new().lease(Duration::from_secs(30));
-    let mut leased = sem.try_acquire_with("leased", &opts).await.unwrap();
-    assert_eq!(leased.lease(), Some(Duration::from_secs(30)));
-    let until = leased.renew().await.unwrap().expect("has a lease");
-    assert!(until > chrono::Utc::now() + chrono::Duration::seconds(25));
-    leased.keep_alive().await.unwrap();
-    assert!(!leased.is_lost());
-    leased.stop_keep_alive().await.unwrap();
-
-    // keep, release by ID, remove, reap.
-    leased.keep().await.unwrap();
-    assert_eq!(
-        sem.holders().await.unwrap()[0].mode,
-        filesem::HoldMode::Detached
-    );
-    sem.release("leased").await.unwrap();
-    assert!(matches!(
-        sem.release("leased").await,
-        Err(Error::NotHeld { .. })
-    ));
-    sem.try_acquire("gone").await.unwrap().keep().await.unwrap();
-    assert_eq!(sem.remove(["gone", "never"]).await.unwrap(), ["gone"]);
-    let short = AcquireOptions::new()
-        .detached(true)
-        .lease(filesem::MIN_LEASE);
-    drop(sem.try_acquire_with("short", &short).await.unwrap());
-    tokio::time::sleep(filesem::MIN_LEASE + filesem::LEASE_GRACE + Duration::from_millis(300))
-        .await;
-    let reaped = sem.reap().await.unwrap();
-    assert_eq!(reaped.len(), 1);
-    assert_eq!(reaped[0].id, "short");
-    assert_eq!(sem.count().await.unwrap(), 0);
-
-    // Conversions to and from the blocking API share the semaphore.
-    let blocking: Semaphore = sem.blocking().clone();
-    let p = tokio::task::spawn_blocking({
-        let blocking = blocking.clone();
-        move || blocking.try_acquire("blocking")
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let p = AsyncPermit::from_blocking(p).unwrap();
-    assert_eq!(ids(sem.holders().await.unwrap()), ["blocking"]);
-    let p = p.into_blocking().await.unwrap();
-    assert_eq!(p.id(), "blocking");
-    let again = AsyncSemaphore::from_blocking(blocking).unwrap();
-    assert_eq!(again.count().await.unwrap(), 1);
-    tokio::task::spawn_blocking(move || p.release())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(sem.count().await.unwrap(), 0);
+    // A 30 s lease renewed now ends more than 25 s from now.
+    asynch::every_operation_after_the_first_hold(&sem, a, Duration::from_secs(5)).await;
 
     // open_redis_existing adopts the key's capacity, creates nothing.
     let existing = AsyncSemaphore::open_redis_existing(&url).await.unwrap();
@@ -762,8 +605,7 @@ fn waiters_are_served_by_polling_when_the_user_may_not_subscribe() {
 
 // ------------------------------------------------------------------------ processes
 
-/// Tasks (or threads) per worker process, and cycles of each.
-const PER_PROCESS: usize = 6;
+/// Cycles of each task or thread of the worker processes.
 const CYCLES: usize = 12;
 
 #[test]
@@ -776,224 +618,11 @@ fn async_and_blocking_processes_share_a_redis_semaphore_within_its_capacity() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let seed =
-        common::seed("async_and_blocking_processes_share_a_redis_semaphore_within_its_capacity");
-    let dir = common::tmpfs_dir();
-    let capacity = 3;
-    let url = server.url("shared");
-    let witness = Witness::create(dir.path().join("witness"), capacity).unwrap();
-    let mut group = Group::new();
-    for (i, role) in ["async", "blocking", "async", "blocking"]
-        .iter()
-        .enumerate()
-    {
-        group.spawn(
-            ChildSpec::new(format!("{role}-{i}"), "child_process", role)
-                .arg("URL", &url)
-                .arg("WITNESS", witness.dir().display())
-                .arg("CAPACITY", capacity)
-                .arg("NAME", format!("{role}-{i}"))
-                .seed(common::derive_seed(seed, i as u64)),
-        );
-    }
-    group.expect_all("ready", common::deadline(60));
-    group.send_all("go");
-    let finished = group.finish(common::deadline(240));
-
-    let (mut grants, mut cancelled, mut tokens) = (0u64, 0u64, Vec::new());
-    for f in &finished {
-        let errors = f.lines_of("error");
-        assert!(errors.is_empty(), "{}: {errors:?}", f.name);
-        let violations = f.lines_of("violation");
-        assert!(violations.is_empty(), "{}: {violations:?}", f.name);
-        assert!(f.status.success(), "{} exited with {}", f.name, f.status);
-        let done = f.lines_of("done");
-        assert_eq!(done.len(), 1, "{}: {:?}", f.name, f.lines);
-        let n: Vec<u64> = done[0].split(' ').map(|w| w.parse().unwrap()).collect();
-        assert_eq!(
-            n[0],
-            (PER_PROCESS * CYCLES) as u64,
-            "{} completes every cycle",
-            f.name
-        );
-        grants += n[0];
-        cancelled += n[1];
-        tokens.extend(
-            f.lines_of("tokens")[0]
-                .split(' ')
-                .filter(|w| !w.is_empty())
-                .map(|w| w.parse::<u64>().unwrap()),
-        );
-    }
-    let report = witness.report().unwrap();
-    println!(
-        "seed={seed}: {grants} grants, {cancelled} cancelled async acquires, max inside {}, \
-         violations {}",
-        report.max_inside,
-        report.violations.len()
+    asynch::async_and_blocking_processes(
+        "async_and_blocking_processes_share_a_redis_semaphore_within_its_capacity",
+        &asynch::Store::Redis(server.url("shared")),
+        CYCLES,
     );
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
-    assert!(report.max_inside <= capacity);
-    assert_eq!(report.inside, 0);
-    assert_eq!(report.grants, grants, "the witness saw every grant");
-    let distinct: HashSet<u64> = tokens.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        tokens.len(),
-        "fencing tokens are never reused"
-    );
-    let sem = Semaphore::open_redis_existing(&url).unwrap();
-    assert_eq!(sem.count().unwrap(), 0, "every release reached the key");
-    assert!(
-        sem.waiters().unwrap().is_empty(),
-        "no queue entry left behind"
-    );
-}
-
-/// One hold: the witness's enter and leave around a short random pause. Returns the
-/// witness's complaints.
-fn hold(witness: &Witness, slot: u32, id: &str, token: u64, pause: Duration) -> Vec<String> {
-    let mut complaints = witness.enter(slot, id, token).unwrap().violations;
-    std::thread::sleep(pause);
-    complaints.extend(witness.leave(slot, id, token).unwrap().1);
-    complaints
-}
-
-/// The async worker: `PER_PROCESS` tasks on a multi-threaded runtime, each acquiring
-/// `CYCLES` times (a third of the tries first with a short timeout that may cancel it).
-fn async_worker() {
-    let (url, name) = (arg("URL"), arg("NAME"));
-    let capacity: u32 = arg("CAPACITY").parse().unwrap();
-    let seed = common::seed(&name);
-    let witness = Arc::new(Witness::create(arg("WITNESS"), capacity).unwrap());
-    say("ready");
-    common::wait_for_parent();
-    let rt = multi_thread();
-    let results = rt.block_on(async {
-        let sem = open(&url, capacity).await;
-        let tasks: Vec<_> = (0..PER_PROCESS)
-            .map(|t| {
-                let (sem, witness) = (sem.clone(), Arc::clone(&witness));
-                let id = format!("{name}-task-{t}");
-                let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, t as u64));
-                tokio::spawn(async move {
-                    let (mut tokens, mut cancelled, mut complaints) =
-                        (Vec::new(), 0u64, Vec::new());
-                    for _ in 0..CYCLES {
-                        if rng.u8(0..3) == 0 {
-                            let patience = Duration::from_micros(rng.u64(100..5000));
-                            match tokio::time::timeout(patience, sem.acquire(&id)).await {
-                                Ok(permit) => {
-                                    drop(permit.map_err(|e| format!("error acquire: {e}"))?);
-                                }
-                                Err(_) => cancelled += 1,
-                            }
-                        }
-                        let permit = sem
-                            .acquire(&id)
-                            .await
-                            .map_err(|e| format!("error acquire: {e}"))?;
-                        let (slot, token) = (permit.slot(), permit.token());
-                        tokens.push(token);
-                        let pause = Duration::from_micros(rng.u64(0..2000));
-                        let w = Arc::clone(&witness);
-                        let id2 = id.clone();
-                        complaints.extend(
-                            tokio::task::spawn_blocking(move || hold(&w, slot, &id2, token, pause))
-                                .await
-                                .unwrap(),
-                        );
-                        if rng.bool() {
-                            permit
-                                .release()
-                                .await
-                                .map_err(|e| format!("error release: {e}"))?;
-                        } else {
-                            drop(permit);
-                        }
-                    }
-                    Ok::<_, String>((tokens, cancelled, complaints))
-                })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for t in tasks {
-            results.push(t.await.unwrap());
-        }
-        // Dropped permits release on the handle's thread: wait for them before reporting.
-        let start = Instant::now();
-        while sem
-            .holders()
-            .await
-            .unwrap()
-            .iter()
-            .any(|h| h.id.starts_with(&name))
-        {
-            assert!(start.elapsed() < DEADLINE, "the dropped permits' releases");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        results
-    });
-    report(results);
-}
-
-/// The blocking worker: `PER_PROCESS` threads, each acquiring `CYCLES` times.
-fn blocking_worker() {
-    let (url, name) = (arg("URL"), arg("NAME"));
-    let capacity: u32 = arg("CAPACITY").parse().unwrap();
-    let seed = common::seed(&name);
-    let witness = Arc::new(Witness::create(arg("WITNESS"), capacity).unwrap());
-    say("ready");
-    common::wait_for_parent();
-    let sem = options().open_redis(&url, capacity).unwrap();
-    let threads: Vec<_> = (0..PER_PROCESS)
-        .map(|t| {
-            let (sem, witness) = (sem.clone(), Arc::clone(&witness));
-            let id = format!("{name}-thread-{t}");
-            let mut rng = fastrand::Rng::with_seed(common::derive_seed(seed, t as u64));
-            std::thread::spawn(move || {
-                let (mut tokens, mut complaints) = (Vec::new(), Vec::new());
-                for _ in 0..CYCLES {
-                    let permit = sem
-                        .acquire(id.as_str())
-                        .map_err(|e| format!("error acquire: {e}"))?;
-                    tokens.push(permit.token());
-                    let pause = Duration::from_micros(rng.u64(0..2000));
-                    complaints.extend(hold(&witness, permit.slot(), &id, permit.token(), pause));
-                    permit
-                        .release()
-                        .map_err(|e| format!("error release: {e}"))?;
-                }
-                Ok::<_, String>((tokens, 0, complaints))
-            })
-        })
-        .collect();
-    report(threads.into_iter().map(|t| t.join().unwrap()).collect());
-}
-
-/// What one task or thread of a worker did: its tokens, its cancelled acquires, the
-/// witness's complaints; or the error that stopped it.
-type Outcome = Result<(Vec<u64>, u64, Vec<String>), String>;
-
-/// Says what the tasks or threads of a worker did: errors, violations, then `done GRANTS
-/// CANCELLED` and `tokens ...`.
-fn report(results: Vec<Outcome>) {
-    let (mut tokens, mut cancelled) = (Vec::new(), 0);
-    for r in results {
-        match r {
-            Ok((t, c, complaints)) => {
-                tokens.extend(t);
-                cancelled += c;
-                for v in complaints {
-                    say(format!("violation {v}"));
-                }
-            }
-            Err(e) => say(e),
-        }
-    }
-    say(format!("done {} {cancelled}", tokens.len()));
-    let list: Vec<String> = tokens.iter().map(u64::to_string).collect();
-    say(format!("tokens {}", list.join(" ")));
 }
 
 #[test]
@@ -1001,8 +630,8 @@ fn report(results: Vec<Outcome>) {
 fn child_process() {
     // Not a test of its own: the body of the worker processes the test above starts.
     match common::role().as_deref() {
-        Some("async") => async_worker(),
-        Some("blocking") => blocking_worker(),
+        Some("async") => asynch::async_worker(&options()),
+        Some("blocking") => asynch::blocking_worker(&options()),
         Some(other) => panic!("unknown role {other}"),
         None => {}
     }
