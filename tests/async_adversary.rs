@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use asynch::current_thread;
-use filesem::{AsyncSemaphore, Error, OpenOptions};
+use filesem::{AsyncSemaphore, OpenOptions};
 use serial_test::serial;
 
 /// How long any single expected event may take before the test fails. Generous: the machine
@@ -37,32 +37,7 @@ fn a_waiter_is_served_while_the_runtime_that_started_the_watcher_is_idle() {
     let path = dir.path().join("idle.json");
     let idle = current_thread();
     let sem = open(&idle, &path, 1);
-    let holder = sem.blocking().try_acquire("holder").unwrap();
-    // A wait on `idle` starts the watcher there, then `idle` is left alone (not shut down).
-    let timed_out = idle.block_on(sem.acquire_timeout("first", Duration::from_millis(50)));
-    assert!(
-        matches!(timed_out, Err(Error::Timeout { .. })),
-        "{timed_out:?}"
-    );
-    let other = current_thread();
-    let served = other.block_on(async {
-        let waiter = tokio::spawn({
-            let sem = sem.clone();
-            async move { sem.acquire("second").await }
-        });
-        // Queued behind the holder, then the holder leaves.
-        while sem.waiters().await.unwrap().len() != 1 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        drop(holder);
-        tokio::time::timeout(DEADLINE, waiter).await
-    });
-    let permit = served
-        .expect("the waiter was never served")
-        .unwrap()
-        .unwrap();
-    assert_eq!(permit.id(), "second");
-    drop(idle);
+    asynch::served_while_the_first_watchers_runtime_is_idle(idle, &sem);
 }
 
 /// Runs `acquire("waiter")` on a runtime built by `builder` while a blocking holder keeps

@@ -598,3 +598,35 @@ pub async fn every_operation_after_the_first_hold(
         .unwrap();
     assert_eq!(sem.count().await.unwrap(), 0);
 }
+
+/// With the only slot of `sem` (capacity 1) held, a wait on `idle` starts the handle's
+/// watcher there, and `idle` is then left alive but no longer driven (a `current_thread`
+/// runtime between two `block_on`s); a task waiting on another runtime must still be
+/// served when the holder leaves.
+pub fn served_while_the_first_watchers_runtime_is_idle(
+    idle: tokio::runtime::Runtime,
+    sem: &AsyncSemaphore,
+) {
+    let holder = sem.blocking().try_acquire("holder").unwrap();
+    let timed_out = idle.block_on(sem.acquire_timeout("first", Duration::from_millis(50)));
+    assert!(
+        matches!(timed_out, Err(Error::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    let served = current_thread().block_on(async {
+        let waiter = tokio::spawn({
+            let sem = sem.clone();
+            async move { sem.acquire("second").await }
+        });
+        // Queued behind the holder, then the holder leaves.
+        queued(sem, 1).await;
+        drop(holder);
+        tokio::time::timeout(DEADLINE, waiter).await
+    });
+    let permit = served
+        .expect("the waiter was never served")
+        .unwrap()
+        .unwrap();
+    assert_eq!(permit.id(), "second");
+    drop(idle);
+}
