@@ -94,6 +94,17 @@ fn assert_kept_deadline(what: &str, (result, took): &Timed, timeout: Duration) {
     );
 }
 
+/// Starts a child that takes `path`'s lock file when told ("lock"), and waits until it is
+/// ready; returns its index in `group`.
+fn spawn_locker(group: &mut Group, path: &std::path::Path) -> usize {
+    let locker = group.spawn(
+        ChildSpec::new("locker", "child_process", "lock")
+            .arg("LOCK", path.with_extension("json.lock").display()),
+    );
+    group.expect(locker, "ready", common::deadline(30));
+    locker
+}
+
 #[test]
 fn async_acquires_end_at_their_deadline_while_a_step_of_their_handle_waits_for_a_stopped_lock_holder()
  {
@@ -103,11 +114,7 @@ fn async_acquires_end_at_their_deadline_while_a_step_of_their_handle_waits_for_a
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     let mut group = Group::new();
-    let locker = group.spawn(
-        ChildSpec::new("locker", "child_process", "lock")
-            .arg("LOCK", path.with_extension("json.lock").display()),
-    );
-    group.expect(locker, "ready", common::deadline(30));
+    let locker = spawn_locker(&mut group, &path);
     let rt = multi_thread();
     rt.block_on(async {
         let mut options = OpenOptions::new();
@@ -205,11 +212,7 @@ fn an_async_try_acquire_with_a_timeout_fails_with_lock_busy_behind_a_step_held_u
     let dir = common::tmpfs_dir();
     let path = dir.path().join("sem.json");
     let mut group = Group::new();
-    let locker = group.spawn(
-        ChildSpec::new("locker", "child_process", "lock")
-            .arg("LOCK", path.with_extension("json.lock").display()),
-    );
-    group.expect(locker, "ready", common::deadline(30));
+    let locker = spawn_locker(&mut group, &path);
     let rt = multi_thread();
     rt.block_on(async {
         let mut options = OpenOptions::new();
