@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use super::runner::Runner;
 use super::{AsyncRecovered, AsyncSemaphore};
 use crate::error::Result;
 use crate::options::OpenOptions;
@@ -140,15 +139,6 @@ impl AsyncSemaphore {
         capacity: u32,
     ) -> Result<AsyncRecovered> {
         let (options, url) = (options.clone(), url.to_string());
-        let path = shown(&url);
-        let runner = Runner::start(&path)?;
-        let recovered = runner
-            .steps
-            .run(&path, move || options.recover_redis(&url, capacity))
-            .await?;
-        Ok(AsyncRecovered {
-            semaphore: AsyncSemaphore::with(recovered.semaphore, runner),
-            moved_to: recovered.moved_to,
-        })
+        AsyncSemaphore::recovered(&shown(&url), move || options.recover_redis(&url, capacity)).await
     }
 }

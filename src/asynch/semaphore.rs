@@ -11,7 +11,7 @@ use super::{AsyncPermit, acquire};
 use crate::error::Result;
 use crate::holder::{Holder, HolderInfo};
 use crate::options::{AcquireOptions, OpenOptions};
-use crate::semaphore::{Reaped, Semaphore};
+use crate::semaphore::{Reaped, Recovered, Semaphore};
 
 /// A handle on one semaphore for tokio tasks: the operations of [`Semaphore`] as `async`
 /// methods, whose waiting costs no thread and whose file work never runs on a runtime
@@ -134,6 +134,20 @@ impl AsyncSemaphore {
         Ok(AsyncSemaphore::with(sem, runner))
     }
 
+    /// Runs a blocking `recover` on the step thread of a new handle, and makes the handle of
+    /// what it recovered.
+    pub(super) async fn recovered(
+        path: &Path,
+        recover: impl FnOnce() -> Result<Recovered> + Send + 'static,
+    ) -> Result<AsyncRecovered> {
+        let runner = Runner::start(path)?;
+        let recovered = runner.steps.run(path, recover).await?;
+        Ok(AsyncRecovered {
+            semaphore: AsyncSemaphore::with(recovered.semaphore, runner),
+            moved_to: recovered.moved_to,
+        })
+    }
+
     pub(super) fn with(sem: Semaphore, runner: Runner) -> AsyncSemaphore {
         AsyncSemaphore {
             inner: Arc::new(Shared {
@@ -206,16 +220,8 @@ impl AsyncSemaphore {
     /// the handle's threads.
     pub async fn recover(path: impl AsRef<Path>, capacity: u32) -> Result<AsyncRecovered> {
         let path = path.as_ref().to_path_buf();
-        let runner = Runner::start(&path)?;
         let at = path.clone();
-        let recovered = runner
-            .steps
-            .run(&at, move || Semaphore::recover(&path, capacity))
-            .await?;
-        Ok(AsyncRecovered {
-            semaphore: AsyncSemaphore::with(recovered.semaphore, runner),
-            moved_to: recovered.moved_to,
-        })
+        AsyncSemaphore::recovered(&at, move || Semaphore::recover(&path, capacity)).await
     }
 
     /// An async handle on the semaphore of the blocking handle `sem` (the same semaphore,
